@@ -1,0 +1,75 @@
+"""Settings of one `kdc compress` run, with their defaults and allowed ranges."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+from kdcompress.data import resolve_spec
+from kdcompress.errors import KdcError
+
+
+@dataclass(frozen=True)
+class CompressConfig:
+    """Everything that decides what `kdc compress` trains; stored whole in the manifest."""
+
+    dataset: str = "digits"  # digits (offline default) | cifar3 | chest-xray | folder
+    data_dir: str | None = None  # dataset location; cifar3 looks for cifar-10-batches-py here (default ./data)
+    image_size: int | None = None  # model input side in pixels; None = the dataset's default
+    teacher: str = "efficientnet_b3"  # any timm model name
+    student: str = "resnet18"  # any timm model name; baseline and distilled student share it
+    pretrained: bool = False  # start the teacher from timm's ImageNet weights (needs the hub)
+    pretrained_student: bool = False  # start both students from ImageNet weights (needs the hub)
+    teacher_weights: str | None = None  # a trained teacher checkpoint to use instead of training one
+    retrain_teacher: bool = False  # train the teacher even if an identical one is cached
+    temperature: float = 4.0  # T: softens both logit sets before the KL term
+    alpha: float = 0.5  # weight of the KL term; CE gets 1 - alpha
+    beta: float = 0.3  # weight of the feature-alignment term; 0 = logits-only distillation
+    epochs: int | None = None  # epochs per training; None = the dataset's default
+    teacher_epochs: int | None = None  # epochs for the teacher; None = same as epochs
+    batch_size: int = 128
+    lr: float = 2e-3  # peak learning rate, AdamW with a one-cycle schedule
+    weight_decay: float = 0.05
+    val_fraction: float = 0.1  # share of train held out (stratified, fixed split) to pick the best epoch
+    seed: int = 0  # weights, data order and augmentation; same seed on CPU gives the same numbers
+    device: str = "auto"  # auto | cpu | cuda
+    artifacts: str = "artifacts"  # root folder; each run gets its own sub-folder
+    out: str | None = None  # exact run folder; replaces an earlier run there once the new one is complete
+
+    def resolved(self) -> "CompressConfig":
+        """Validate and fill the dataset-dependent defaults."""
+        spec = resolve_spec(self.dataset)
+        _check_range("--T", self.temperature, 0.05, 100.0)
+        _check_range("--alpha", self.alpha, 0.0, 1.0)
+        _check_range("--beta", self.beta, 0.0, 100.0)
+        _check_range("--val-fraction", self.val_fraction, 0.01, 0.5)
+        _check_range("--lr", self.lr, 1e-7, 10.0)
+        _check_range("--weight-decay", self.weight_decay, 0.0, 10.0)
+        for flag, value, low, high in (
+            ("--epochs", self.epochs, 1, 10_000),
+            ("--teacher-epochs", self.teacher_epochs, 1, 10_000),
+            ("--batch-size", self.batch_size, 2, 65_536),
+            ("--image-size", self.image_size, 8, 2048),
+        ):
+            if value is not None:
+                _check_range(flag, value, low, high)
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise KdcError(f"--device must be auto, cpu or cuda, not '{self.device}'")
+        if self.teacher_weights and self.pretrained:
+            raise KdcError("--pretrained and --teacher-weights both set the teacher's weights: pick one")
+        epochs = self.epochs or spec.epochs
+        return replace(
+            self,
+            image_size=self.image_size or spec.image_size,
+            epochs=epochs,
+            teacher_epochs=self.teacher_epochs or epochs,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict for the manifest."""
+        return asdict(self)
+
+
+def _check_range(flag: str, value: float, low: float, high: float) -> None:
+    if not low <= value <= high:
+        raise KdcError(f"{flag} must be between {low:g} and {high:g}, got {value:g}")

@@ -1,0 +1,164 @@
+"""Preprocessing and onnxruntime inference: the deployable path, with no torch import.
+
+Training, evaluation, `kdc benchmark` and `kdc predict` all turn pixels into model input
+through the functions here, so the numbers they give are for exactly the same input.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kdcompress.errors import KdcError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How raw pixels become model input: resize, channels, scale to [0, 1], normalise."""
+
+    image_size: int  # square side in pixels; images are resized (bilinear, antialiased) to it
+    channels: int  # 1 = grayscale ("L"), 3 = RGB
+    mean: tuple[float, ...]  # per channel, on the [0, 1] scale
+    std: tuple[float, ...]  # per channel, on the [0, 1] scale
+
+    def to_dict(self) -> dict[str, Any]:
+        """Manifest form, with the formula spelled out for readers of the JSON."""
+        return {
+            **asdict(self),
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "resize": "PIL bilinear (antialiased) to image_size x image_size",
+            "layout": "NCHW float32",
+            "formula": "x = (pixel / 255 - mean) / std",
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Preprocessing":
+        """Read the manifest form back."""
+        return cls(
+            image_size=int(data["image_size"]),
+            channels=int(data["channels"]),
+            mean=tuple(float(v) for v in data["mean"]),
+            std=tuple(float(v) for v in data["std"]),
+        )
+
+
+def pil_to_array(image: Any, size: int, channels: int) -> np.ndarray:
+    """Convert a PIL image of any mode (16-bit, RGBA, palette...) to uint8 C x size x size."""
+    from PIL import Image
+
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16-bit (or 32-bit integer) grayscale: rescale to 8 bits rather than clipping.
+        data = np.asarray(image, dtype=np.float64)
+        peak = 65535.0 if data.max() > 255 else 255.0
+        image = Image.fromarray(np.clip(np.rint(data / peak * 255.0), 0, 255).astype(np.uint8))
+    elif image.mode == "F":
+        data = np.asarray(image, dtype=np.float64)
+        image = Image.fromarray(np.clip(np.rint(data * 255.0), 0, 255).astype(np.uint8))
+    if image.mode in ("RGBA", "LA", "P", "PA"):
+        # Transparent pixels become white, as most viewers show them.
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba)
+    image = image.convert("L" if channels == 1 else "RGB")
+    if image.size != (size, size):
+        image = image.resize((size, size), Image.Resampling.BILINEAR)
+    array = np.asarray(image, dtype=np.uint8)
+    if channels == 1:
+        return array[None, :, :].copy()
+    return np.ascontiguousarray(array.transpose(2, 0, 1))
+
+
+def load_image(path: str | Path, size: int, channels: int) -> np.ndarray:
+    """Read one image file as uint8 C x size x size; a clear KdcError when it cannot be read."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.exists():
+        raise KdcError(f"image not found: {path}")
+    if path.is_dir():
+        raise KdcError(f"expected an image file but {path} is a folder")
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return pil_to_array(image, size, channels)
+    except UnidentifiedImageError:
+        raise KdcError(f"{path} is not an image PIL can read (PNG, JPEG, BMP...): replace or remove it") from None
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise KdcError(f"cannot read image {path} ({exc}): the file may be truncated or corrupt") from None
+
+
+def resize_array(images: np.ndarray, size: int, channels: int) -> np.ndarray:
+    """Resize a uint8 N x C x H x W array with the same PIL path as image files."""
+    from PIL import Image
+
+    if images.shape[1] == channels and images.shape[2:] == (size, size):
+        return images
+    out = np.empty((len(images), channels, size, size), dtype=np.uint8)
+    for i, chw in enumerate(images):
+        hwc = chw[0] if chw.shape[0] == 1 else chw.transpose(1, 2, 0)
+        out[i] = pil_to_array(Image.fromarray(np.ascontiguousarray(hwc)), size, channels)
+    return out
+
+
+def normalize(images: np.ndarray, prep: Preprocessing) -> np.ndarray:
+    """uint8 N x C x H x W -> float32 model input, by the manifest's formula."""
+    mean = np.asarray(prep.mean, dtype=np.float32).reshape(1, -1, 1, 1)
+    std = np.asarray(prep.std, dtype=np.float32).reshape(1, -1, 1, 1)
+    return ((images.astype(np.float32) / np.float32(255.0)) - mean) / std
+
+
+def create_session(path: str | Path, provider: str = "cpu", threads: int | None = None) -> Any:
+    """An onnxruntime InferenceSession on CPU or CUDA; raises KdcError when CUDA is not really in use."""
+    import onnxruntime as ort
+
+    path = Path(path)
+    if not path.is_file():
+        raise KdcError(f"ONNX model not found: {path}")
+    options = ort.SessionOptions()
+    if threads is not None:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    providers = ["CPUExecutionProvider"]
+    if provider == "cuda":
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise KdcError(
+                "onnxruntime has no CUDAExecutionProvider (install the GPU build: pip install 'kdcompress[gpu]')"
+            )
+        providers = ["CUDAExecutionProvider"]
+    try:
+        session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+    except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
+        raise KdcError(f"onnxruntime cannot load {path}: {exc}") from None
+    if provider == "cuda" and "CUDAExecutionProvider" not in session.get_providers():
+        raise KdcError("onnxruntime fell back to CPU: the CUDA libraries it needs (CUDA, cuDNN) were not found")
+    return session
+
+
+def run_logits(session: Any, images: np.ndarray, prep: Preprocessing, batch_size: int = 256) -> np.ndarray:
+    """Logits for uint8 N x C x H x W images, batch by batch."""
+    input_name = session.get_inputs()[0].name
+    outputs = [
+        session.run(None, {input_name: normalize(images[start : start + batch_size], prep)})[0]
+        for start in range(0, len(images), batch_size)
+    ]
+    return np.concatenate(outputs, axis=0) if outputs else np.zeros((0, 0), dtype=np.float32)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax, numerically stable."""
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Image files directly inside a folder, sorted by name."""
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+

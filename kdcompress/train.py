@@ -1,0 +1,173 @@
+"""One training loop for every run: teacher, baseline and distilled student.
+
+Data lives on the device as one uint8 tensor; each batch is normalised and augmented as a
+whole. Shuffling and augmentation draw from a generator seeded with the run's seed, so two
+runs with the same seed see the same images in the same order with the same crops.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from kdcompress.data import Dataset, augment
+from kdcompress.errors import KdcError
+from kdcompress.objectives import trainable_parameters
+from kdcompress.reporting import Reporter
+from kdcompress.runtime import Preprocessing
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Optimiser and schedule shared by all runs of one compress call."""
+
+    epochs: int
+    batch_size: int
+    lr: float  # peak learning rate of the one-cycle schedule (AdamW)
+    weight_decay: float
+    seed: int
+    device: str  # "cpu" or "cuda" (already resolved)
+
+
+@dataclass
+class FitResult:
+    """What one training run produced: its best epoch (restored into the model) and its history."""
+
+    best_epoch: int
+    best_val_accuracy: float
+    train_seconds: float
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def resolve_device(requested: str) -> str:
+    """auto -> cuda when available, else cpu; cuda without a GPU is an error."""
+    if requested not in ("auto", "cpu", "cuda"):
+        raise KdcError(f"unknown device '{requested}': use auto, cpu or cuda")
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise KdcError("--device cuda was asked for but torch sees no CUDA GPU: use --device cpu or auto")
+    return requested
+
+
+def _autocast(device: str) -> Any:
+    """Mixed precision on CUDA (bfloat16 where supported, else float16); full precision on CPU."""
+    if device != "cuda":
+        return torch.autocast("cpu", enabled=False)
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast("cuda", dtype=dtype)
+
+
+def to_input(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """uint8 N x C x H x W -> normalised float32, the same formula as runtime.normalize."""
+    return (images.float() / 255.0 - mean) / std
+
+
+def _stats(prep: Preprocessing, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    mean = torch.tensor(prep.mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+    std = torch.tensor(prep.std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+    return mean, std
+
+
+@torch.no_grad()
+def predict_logits(
+    model: nn.Module, images: np.ndarray, prep: Preprocessing, device: str, batch_size: int = 256
+) -> np.ndarray:
+    """Logits of model (in eval mode) for uint8 images, as a float32 numpy array."""
+    was_training = model.training
+    model.eval()
+    mean, std = _stats(prep, device)
+    outputs = []
+    for start in range(0, len(images), batch_size):
+        batch = torch.from_numpy(images[start : start + batch_size]).to(device)
+        with _autocast(device):
+            logits = model(to_input(batch, mean, std).contiguous(memory_format=torch.channels_last))
+        outputs.append(logits.float().cpu().numpy())
+    model.train(was_training)
+    return np.concatenate(outputs) if outputs else np.zeros((0, 0), dtype=np.float32)
+
+
+def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
+    """Top-1 accuracy in [0, 1]."""
+    return float((logits.argmax(axis=1) == labels).mean()) if len(labels) else 0.0
+
+
+def fit(
+    objective: nn.Module,
+    data: Dataset,
+    prep: Preprocessing,
+    settings: TrainSettings,
+    reporter: Reporter,
+    label: str,
+) -> FitResult:
+    """Train objective.student; the epoch with the best validation accuracy is restored at the end."""
+    device = settings.device
+    torch.manual_seed(settings.seed)
+    generator = torch.Generator().manual_seed(settings.seed)
+    objective.to(device).to(memory_format=torch.channels_last)
+    student = objective.student
+    train_x = torch.from_numpy(data.train_x).to(device)
+    train_y = torch.from_numpy(data.train_y).to(device)
+    mean, std = _stats(prep, device)
+
+    n = len(train_y)
+    batch_size = min(settings.batch_size, n)
+    steps_per_epoch = max(1, n // batch_size)  # drop the ragged last batch: BatchNorm needs > 1 sample
+    optimizer = torch.optim.AdamW(trainable_parameters(objective), lr=settings.lr, weight_decay=settings.weight_decay)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=settings.lr, total_steps=settings.epochs * steps_per_epoch, pct_start=0.25
+    )
+    scaler = torch.amp.GradScaler("cuda", enabled=device == "cuda" and not torch.cuda.is_bf16_supported())
+
+    history: list[dict[str, float]] = []
+    best_state: dict[str, torch.Tensor] | None = None
+    best_epoch, best_val = 0, -1.0
+    started = time.perf_counter()
+    status = ""
+    with reporter.progress(label, total=settings.epochs * steps_per_epoch) as advance:
+        for epoch in range(1, settings.epochs + 1):
+            objective.train()
+            order = torch.randperm(n, generator=generator)[: steps_per_epoch * batch_size].to(device)
+            sums: dict[str, float] = {}
+            epoch_start = time.perf_counter()
+            for step in range(steps_per_epoch):
+                index = order[step * batch_size : (step + 1) * batch_size]
+                images = augment(to_input(train_x[index], mean, std), generator, data.flip)
+                images = images.contiguous(memory_format=torch.channels_last)
+                with _autocast(device):
+                    loss, parts = objective(images, train_y[index])
+                if not torch.isfinite(loss):
+                    raise KdcError(f"{label}: the loss became {loss.item()} at epoch {epoch}; lower --lr and retry")
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+                for name, value in {"loss": loss, **parts}.items():
+                    sums[name] = sums.get(name, 0.0) + float(value.detach())
+                running = " ".join(f"{k} {v / (step + 1):.3f}" for k, v in sums.items())
+                advance(1, status=f"epoch {epoch}/{settings.epochs}  {running}{status}")
+            val_acc = accuracy(predict_logits(student, data.val_x, prep, device), data.val_y)
+            record = {"epoch": epoch, **{k: v / steps_per_epoch for k, v in sums.items()}}
+            record.update(val_accuracy=val_acc, lr=scheduler.get_last_lr()[0], seconds=time.perf_counter() - epoch_start)
+            history.append(record)
+            if val_acc > best_val:
+                best_val, best_epoch = val_acc, epoch
+                best_state = {k: v.detach().clone() for k, v in student.state_dict().items()}
+            status = f"  | val {val_acc:.1%} (best {best_val:.1%} @ {best_epoch})"
+            advance(0, status=f"epoch {epoch}/{settings.epochs}  {running}{status}")
+    assert best_state is not None
+    student.load_state_dict(best_state)
+    student.eval()
+    return FitResult(best_epoch, best_val, time.perf_counter() - started, history)
+
+
+def clone_model(model: nn.Module) -> nn.Module:
+    """An independent copy with identical weights (for baseline and distilled student)."""
+    return copy.deepcopy(model)

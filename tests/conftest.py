@@ -1,0 +1,46 @@
+"""Shared fixtures: the real data in ../shared/data and one tiny end-to-end run reused by many tests."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("KDC_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+# Tiny timm models: the same code path as efficientnet_b3 / resnet18, in seconds on a CPU.
+TINY = ["--teacher", "test_efficientnet", "--student", "test_resnet", "--image-size", "16", "--epochs", "2"]
+
+
+def _require(path: Path) -> Path:
+    if not path.exists():
+        if os.environ.get("KDC_REQUIRE_SHARED_DATA"):
+            pytest.fail(f"shared data missing at {path} (KDC_REQUIRE_SHARED_DATA is set)")
+        pytest.skip(f"shared data not found at {path}; set KDC_SHARED_DATA")
+    return path
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """../shared/data (or $KDC_SHARED_DATA)."""
+    return _require(SHARED_DATA)
+
+
+@pytest.fixture(scope="session")
+def chest_xray(shared_data: Path) -> Path:
+    return _require(shared_data / "chest_xray")
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One finished compress run on digits with tiny models (shared by export, benchmark and predict tests)."""
+    from kdcompress.config import CompressConfig
+    from kdcompress.pipeline import compress
+
+    root = tmp_path_factory.mktemp("artifacts")
+    config = CompressConfig(
+        teacher="test_efficientnet", student="test_resnet", image_size=16, epochs=2, artifacts=str(root)
+    )
+    return compress(config).run_dir

@@ -1,0 +1,74 @@
+"""The kdc command line: help, exit codes, one-line errors without tracebacks, an end-to-end run."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from kdcompress.cli import app
+
+from conftest import TINY
+
+runner = CliRunner()
+
+
+def _invoke(*args):
+    return runner.invoke(app, list(args), catch_exceptions=False)
+
+
+def test_help_states_the_loss_and_is_instant_without_torch():
+    result = _invoke("compress", "--help")
+    assert result.exit_code == 0
+    assert "alpha * T^2 * KL(softmax(teacher/T) || softmax(student/T))" in " ".join(result.output.split())
+    # `kdc --help` must not pay for importing torch or onnxruntime
+    code = "import sys, kdcompress.cli; sys.exit(('torch' in sys.modules) + 2 * ('onnxruntime' in sys.modules))"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--dataset", "mnist"], "unknown dataset 'mnist'"),
+        (["--teacher", "efficientnet_b33"], "unknown model 'efficientnet_b33'"),
+        (["--alpha", "1.5"], "--alpha must be between 0 and 1, got 1.5"),
+        (["--T", "-2"], "--T must be between"),
+        (["--beta", "-0.1"], "--beta must be between"),
+        (["--epochs", "0"], "--epochs must be between"),
+        (["--dataset", "folder", "--data-dir", "/no/such/folder"], "data folder not found: /no/such/folder"),
+        (["--dataset", "chest-xray"], "needs --data-dir"),
+        (["--teacher-weights", "/no/teacher.pt", *TINY], "weights file not found"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_code_1(tmp_path, args, message):
+    result = _invoke("compress", *args, "--artifacts", str(tmp_path / "a"))
+    assert result.exit_code == 1
+    lines = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and message in " ".join(result.output.split())
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "a").exists() or not [p for p in (tmp_path / "a").iterdir() if not p.name.startswith(".")]
+
+
+def test_device_cuda_without_gpu_is_a_clear_error(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    result = _invoke("compress", "--device", "cuda", *TINY, "--artifacts", str(tmp_path))
+    assert result.exit_code == 1 and "no CUDA GPU" in result.output
+
+
+def test_compress_end_to_end_prints_the_summary(tmp_path):
+    result = _invoke("compress", *TINY, "--epochs", "1", "--artifacts", str(tmp_path), "--T", "2", "--alpha", "0.7")
+    assert result.exit_code == 0, result.output
+    for word in ("teacher", "baseline", "distilled", "test acc", "Run written to"):
+        assert word in result.output
+    (run,) = [p for p in tmp_path.iterdir() if not p.name.startswith(".")]
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["objective"]["resolved"].startswith("loss = 0.3 * CE(student, y) + 0.7 * 2^2 * KL")
+
+
+def test_python_dash_m_runs_the_cli():
+    done = subprocess.run([sys.executable, "-m", "kdcompress", "--help"], capture_output=True, text=True)
+    assert done.returncode == 0 and "compress" in done.stdout

@@ -1,0 +1,175 @@
+"""Dataset loaders on the real shared data and on generated folders, splits and augmentation."""
+
+import hashlib
+import io
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from kdcompress.data import augment, download_cifar10, load_dataset
+from kdcompress.errors import KdcError
+from kdcompress.reporting import NullReporter
+from kdcompress.runtime import load_image
+
+
+def _disjoint_stratified(ds):
+    for split in ("train", "val", "test"):
+        x, y = getattr(ds, f"{split}_x"), getattr(ds, f"{split}_y")
+        assert x.dtype == np.uint8 and x.shape[1:] == (ds.channels, ds.image_size, ds.image_size)
+        assert len(x) == len(y) and set(np.unique(y)) == set(range(len(ds.classes)))
+    # validation is carved from train: same class proportions, no image in both
+    train_share = np.bincount(ds.train_y) / len(ds.train_y)
+    val_share = np.bincount(ds.val_y) / len(ds.val_y)
+    assert np.abs(train_share - val_share).max() < 0.05
+    train_hashes = {hashlib.md5(im.tobytes()).hexdigest() for im in ds.train_x}
+    assert sum(hashlib.md5(im.tobytes()).hexdigest() in train_hashes for im in ds.val_x) <= 2  # digits has a few duplicates
+
+
+def test_digits_is_the_offline_default():
+    ds = load_dataset("digits", None)
+    assert ds.classes == [str(i) for i in range(10)] and ds.channels == 1 and ds.image_size == 16
+    assert ds.counts() == {"train": 1294, "val": 144, "test": 359}
+    assert not ds.flip  # a mirrored 3 is not a 3
+    _disjoint_stratified(ds)
+
+
+def test_split_is_fixed_whatever_happens_elsewhere():
+    a, b = load_dataset("digits", None, image_size=8), load_dataset("digits", None, image_size=8)
+    np.random.seed(123)
+    torch.manual_seed(5)
+    c = load_dataset("digits", None, image_size=8)
+    assert a.fingerprint() == b.fingerprint() == c.fingerprint()
+    assert np.array_equal(a.test_y, c.test_y)
+
+
+def test_cifar3_reads_the_partial_shared_batches(shared_data):
+    ds = load_dataset("cifar3", shared_data)
+    assert ds.classes == ["airplane", "automobile", "bird"]
+    assert ds.counts()["train"] + ds.counts()["val"] == 1629 and ds.counts()["test"] == 298
+    assert ds.channels == 3 and ds.image_size == 32 and ds.flip
+    _disjoint_stratified(ds)
+    # the same folder is found when --data-dir points at cifar-10-batches-py itself
+    direct = load_dataset("cifar3", shared_data / "cifar-10-batches-py")
+    assert direct.fingerprint() == ds.fingerprint()
+
+
+def test_cifar3_missing_and_offline_names_the_folder(tmp_path, monkeypatch):
+    def offline(*args, **kwargs):
+        raise OSError("Network is unreachable")
+
+    monkeypatch.setattr("urllib.request.urlopen", offline)
+    with pytest.raises(KdcError) as err:
+        load_dataset("cifar3", tmp_path / "nowhere")
+    message = str(err.value)
+    assert str(tmp_path / "nowhere" / "cifar-10-batches-py") in message and "--data-dir" in message
+    assert not any((tmp_path / "nowhere").glob("*"))  # nothing half-downloaded left behind
+
+
+def _fake_cifar_archive(tmp_path: Path, shared_data: Path) -> Path:
+    archive = tmp_path / "cifar.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for path in (shared_data / "cifar-10-batches-py").iterdir():
+            tar.add(path, arcname=f"cifar-10-batches-py/{path.name}")
+    return archive
+
+
+def test_download_verifies_checksum_before_extracting(tmp_path, shared_data):
+    archive = _fake_cifar_archive(tmp_path, shared_data)
+    url = archive.as_uri()
+    with pytest.raises(KdcError, match="md5"):
+        download_cifar10(tmp_path / "bad", NullReporter(), url=url, md5="0" * 32)
+    assert not (tmp_path / "bad" / "cifar-10-batches-py").exists()
+    good = download_cifar10(tmp_path / "good", NullReporter(), url=url, md5=hashlib.md5(archive.read_bytes()).hexdigest())
+    assert (good / "data_batch_1").is_file()
+    assert load_dataset("cifar3", tmp_path / "good").counts()["test"] == 298
+
+
+def _write_folder(root: Path, per_class: int = 6, classes=("cat", "dog"), size=20) -> None:
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for c in classes:
+            (root / split / c).mkdir(parents=True)
+            for i in range(per_class):
+                Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(root / split / c / f"{i}.png")
+
+
+def test_folder_dataset_with_train_and_test(tmp_path):
+    _write_folder(tmp_path)
+    ds = load_dataset("folder", tmp_path, image_size=8)
+    assert ds.classes == ["cat", "dog"] and ds.channels == 3
+    assert ds.counts()["test"] == 12 and ds.counts()["train"] + ds.counts()["val"] == 12
+
+
+def test_folder_dataset_without_splits_holds_out_a_test_share(tmp_path):
+    _write_folder(tmp_path / "x", per_class=10)
+    flat = tmp_path / "flat"
+    for c in ("cat", "dog"):
+        (flat / c).mkdir(parents=True)
+        for p in (tmp_path / "x" / "train" / c).iterdir():
+            (flat / c / p.name).write_bytes(p.read_bytes())
+    ds = load_dataset("folder", flat, image_size=8)
+    assert ds.counts()["test"] == 4 and sum(ds.counts().values()) == 20
+
+
+@pytest.mark.parametrize(
+    "setup, message",
+    [
+        (lambda root: None, "data folder not found"),
+        (lambda root: (root / "train" / "a").mkdir(parents=True) or (root / "test" / "a").mkdir(parents=True), "at least 2"),
+        (lambda root: _write_folder(root) or (root / "train" / "cat" / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\nnot"), "bad.png"),
+        (lambda root: _write_folder(root) or [p.unlink() for p in (root / "test" / "dog").iterdir()], "no images in"),
+    ],
+    ids=["missing", "one-class", "corrupt-image", "empty-class"],
+)
+def test_folder_dataset_errors_say_what_is_wrong(tmp_path, setup, message):
+    root = tmp_path / "data"
+    setup(root)
+    with pytest.raises(KdcError, match=message):
+        load_dataset("folder", root, image_size=8)
+
+
+def test_chest_xray_layout_on_a_slice_of_the_shared_set(tmp_path, chest_xray):
+    # A small tree of links to real images keeps this fast; the full set is read in test_realdata.py.
+    for split in ("train", "test"):
+        for c in ("NORMAL", "PNEUMONIA"):
+            (tmp_path / split / c).mkdir(parents=True)
+            for src in sorted((chest_xray / split / c).iterdir())[:8]:
+                (tmp_path / split / c / src.name).symlink_to(src)
+    ds = load_dataset("chest-xray", tmp_path)
+    assert ds.classes == ["NORMAL", "PNEUMONIA"] and ds.channels == 1 and ds.image_size == 32
+    assert ds.counts()["test"] == 16
+    first = sorted((chest_xray / "test" / "NORMAL").iterdir())[0]
+    assert np.array_equal(ds.test_x[0], load_image(first, 32, 1))
+
+
+def test_image_decoding_handles_modes_and_reports_bad_files(tmp_path):
+    Image.fromarray(np.full((10, 12), 40000, dtype=np.uint16)).save(tmp_path / "deep.png")
+    Image.new("RGBA", (9, 9), (255, 0, 0, 0)).save(tmp_path / "clear.png")
+    Image.new("P", (9, 9), 3).save(tmp_path / "palette.bmp")
+    deep = load_image(tmp_path / "deep.png", 4, 1)
+    assert deep.shape == (1, 4, 4) and deep.min() == deep.max() == round(40000 / 65535 * 255)
+    assert load_image(tmp_path / "clear.png", 4, 3)[:, 0, 0].tolist() == [255, 255, 255]  # transparent -> white
+    assert load_image(tmp_path / "palette.bmp", 4, 3).shape == (3, 4, 4)
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), (1, 2, 3)).save(buffer, format="JPEG")
+    (tmp_path / "cut.jpg").write_bytes(buffer.getvalue()[:200])
+    with pytest.raises(KdcError, match="cut.jpg"):
+        load_image(tmp_path / "cut.jpg", 4, 3)
+    with pytest.raises(KdcError, match="not found"):
+        load_image(tmp_path / "absent.png", 4, 3)
+
+
+def test_batch_augmentation_is_seeded_and_crops_come_from_the_image():
+    batch = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).reshape(2, 3, 8, 8)
+    a = augment(batch, torch.Generator().manual_seed(1), flip=True)
+    b = augment(batch, torch.Generator().manual_seed(1), flip=True)
+    c = augment(batch, torch.Generator().manual_seed(2), flip=True)
+    assert a.shape == batch.shape and torch.equal(a, b) and not torch.equal(a, c)
+    # reflect padding + crop only moves pixels: every output value exists in the same image and channel
+    for i in range(2):
+        for ch in range(3):
+            assert set(a[i, ch].flatten().tolist()) <= set(batch[i, ch].flatten().tolist())

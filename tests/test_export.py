@@ -1,0 +1,63 @@
+"""ONNX export: self-contained file, dynamic batch, same outputs as PyTorch, no training-only parts."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import timm
+import torch
+from onnx import numpy_helper
+
+from kdcompress import export as export_module
+from kdcompress.errors import KdcError
+from kdcompress.export import export_onnx
+from kdcompress.models import count_parameters
+from kdcompress.runtime import Preprocessing, create_session, run_logits
+from kdcompress.train import predict_logits
+
+PREP = Preprocessing(image_size=16, channels=3, mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3))
+IMAGES = np.random.default_rng(0).integers(0, 256, (40, 3, 16, 16), dtype=np.uint8)
+
+
+def _model():
+    torch.manual_seed(0)
+    return timm.create_model("test_resnet", num_classes=4, in_chans=3).eval()
+
+
+def test_export_matches_pytorch_for_any_batch_size(tmp_path):
+    model = _model()
+    path = tmp_path / "m.onnx"
+    parity = export_onnx(model, path, PREP, IMAGES)
+    assert parity["max_abs_diff"] <= 1e-3 and parity["parity_images"] == 40 and parity["same_top1"] == 1.0
+    assert list(tmp_path.iterdir()) == [path]  # weights inside the file: no side .onnx.data
+    session = create_session(path)
+    assert session.get_inputs()[0].shape[0] == "batch"
+    for n in (1, 3, 17):
+        expected = predict_logits(model, IMAGES[:n], PREP, "cpu")
+        got = run_logits(session, IMAGES[:n], PREP)
+        assert got.shape == (n, 4) and np.abs(got - expected).max() < 1e-4
+
+
+def test_parity_failure_is_loud(tmp_path, monkeypatch):
+    model = _model()
+    export_onnx(model, tmp_path / "m.onnx", PREP, IMAGES)
+    with torch.no_grad():
+        model.get_classifier().bias.add_(0.5)  # the torch model now differs from the file
+    with pytest.raises(KdcError, match="disagree"):
+        export_module.check_parity(model, tmp_path / "m.onnx", PREP, IMAGES)
+
+
+def test_exported_student_has_exactly_the_student_weights(tiny_run):
+    manifest = json.loads((tiny_run / "manifest.json").read_text())
+    graph = onnx.load(str(tiny_run / "student.onnx")).graph
+    onnx_params = sum(numpy_helper.to_array(t).size for t in graph.initializer if t.data_type == onnx.TensorProto.FLOAT)
+    student = timm.create_model("test_resnet", num_classes=10, in_chans=1)
+    teacher = timm.create_model("test_efficientnet", num_classes=10, in_chans=1)
+    # The projection (student features -> teacher features) lives only in training.
+    projection_shape = (teacher.num_features, student.num_features)
+    assert all(tuple(t.dims) != projection_shape for t in graph.initializer)
+    # BatchNorm may be folded into convolutions, which removes its statistics: never more than the student.
+    trainable = sum(p.numel() for p in student.parameters())
+    assert trainable * 0.9 <= onnx_params <= count_parameters(student) + sum(b.numel() for b in student.buffers())
+    assert manifest["models"]["student"]["parameters"] == count_parameters(student)

@@ -1,0 +1,73 @@
+"""Distillation objective: the loss is the stated sum, and gradients reach only student and projection."""
+
+import pytest
+import timm
+import torch
+
+from kdcompress import losses
+from kdcompress.models import create_projection
+from kdcompress.objectives import Distillation, Supervised, trainable_parameters
+
+
+def _pair(seed=0):
+    torch.manual_seed(seed)
+    student = timm.create_model("test_resnet", num_classes=3, in_chans=3)
+    teacher = timm.create_model("test_efficientnet", num_classes=3, in_chans=3)
+    return student, teacher
+
+
+def test_loss_is_weighted_sum_of_its_parts():
+    student, teacher = _pair()
+    objective = Distillation(student, teacher, 3.0, 0.7, 0.5, create_projection(student, teacher)).train()
+    images, labels = torch.randn(4, 3, 16, 16), torch.tensor([0, 1, 2, 1])
+    loss, parts = objective(images, labels)
+    assert set(parts) == {"ce", "kd", "feat"}
+    expected = 0.3 * parts["ce"] + 0.7 * parts["kd"] + 0.5 * parts["feat"]
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    # The kd part is the KL between exactly these two networks' logits.
+    objective.eval()
+    with torch.no_grad():
+        _, parts_eval = objective(images, labels)
+        direct = losses.kd_kl(student(images), teacher(images), 3.0)
+    assert parts_eval["kd"].item() == pytest.approx(direct.item(), rel=1e-5)
+
+
+def test_gradients_reach_student_and_projection_never_teacher():
+    student, teacher = _pair()
+    projection = create_projection(student, teacher)
+    objective = Distillation(student, teacher, 4.0, 0.5, 0.3, projection).train()
+    loss, _ = objective(torch.randn(4, 3, 16, 16), torch.tensor([0, 1, 2, 0]))
+    loss.backward()
+    assert all(p.grad is None for p in teacher.parameters())
+    assert all(p.grad is not None for p in student.parameters() if p.requires_grad)
+    assert projection.weight.grad is not None and projection.weight.grad.abs().sum() > 0
+    trainable = {id(p) for p in trainable_parameters(objective)}
+    assert trainable == {id(p) for p in list(student.parameters()) + list(projection.parameters())}
+
+
+def test_teacher_stays_in_eval_mode_and_its_batchnorm_statistics_do_not_move():
+    student, teacher = _pair()
+    objective = Distillation(student, teacher, 4.0, 0.5, 0.0)
+    objective.train()
+    assert student.training and not teacher.training
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    objective(torch.randn(4, 3, 16, 16), torch.tensor([0, 1, 2, 0]))
+    assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
+
+
+def test_beta_zero_is_logits_only_and_needs_no_projection():
+    student, teacher = _pair()
+    objective = Distillation(student, teacher, 4.0, 0.5, 0.0)
+    _, parts = objective(torch.randn(2, 3, 16, 16), torch.tensor([0, 1]))
+    assert set(parts) == {"ce", "kd"} and objective.projection is None
+    with pytest.raises(ValueError):
+        Distillation(student, teacher, 4.0, 0.5, 0.3, projection=None)
+
+
+def test_supervised_is_plain_cross_entropy():
+    student, _ = _pair()
+    images, labels = torch.randn(3, 3, 16, 16), torch.tensor([2, 0, 1])
+    student.eval()
+    loss, parts = Supervised(student).eval()(images, labels)
+    assert loss.item() == pytest.approx(losses.cross_entropy(student(images), labels).item(), rel=1e-6)
+    assert set(parts) == {"ce"}

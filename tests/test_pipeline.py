@@ -1,0 +1,139 @@
+"""End to end on tiny models: the run folder contract, fairness, determinism, teacher reuse, safe writes."""
+
+import json
+
+import numpy as np
+import pytest
+
+from kdcompress import pipeline
+from kdcompress.config import CompressConfig
+from kdcompress.errors import KdcError
+from kdcompress.manifest import read_manifest
+from kdcompress.pipeline import compress
+from kdcompress.reporting import Reporter
+from kdcompress.runtime import Preprocessing, create_session, run_logits
+
+TINY = dict(teacher="test_efficientnet", student="test_resnet", image_size=16, epochs=2)
+
+
+class Recorder(Reporter):
+    def __init__(self):
+        self.lines = []
+
+    def info(self, message):
+        self.lines.append(message)
+
+
+def test_run_folder_holds_everything_benchmark_and_predict_need(tiny_run):
+    manifest = read_manifest(tiny_run)
+    assert set(manifest["models"]) == {"teacher", "baseline", "student"}
+    for role, entry in manifest["models"].items():
+        assert (tiny_run / entry["onnx"]).is_file() and (tiny_run / entry["checkpoint"]).is_file()
+        assert 0.0 <= entry["test_accuracy"] <= 1.0 and entry["export"]["max_abs_diff"] <= entry["export"]["allowed_diff"]
+        assert set(entry["per_class_accuracy"]) == set(manifest["dataset"]["classes"])
+        assert entry["onnx_bytes"] == (tiny_run / entry["onnx"]).stat().st_size
+    assert manifest["models"]["student"]["best_epoch"] in (1, 2)
+    history = json.loads((tiny_run / "history.json").read_text())
+    assert [len(history[r]) for r in ("teacher", "baseline", "student")] == [2, 2, 2]
+    assert {"ce", "kd", "feat", "val_accuracy"} <= set(history["student"][0])
+    assert manifest["preprocessing"]["channels"] == 1 and manifest["config"]["epochs"] == 2
+    assert "alpha * T^2 * KL" in manifest["objective"]["formula"]
+    assert {"torch", "onnxruntime", "timm"} <= set(manifest["environment"]["versions"])
+    assert not [p for p in tiny_run.parent.iterdir() if p.name.startswith(".partial")]
+
+
+def test_recorded_test_accuracy_is_what_the_onnx_file_scores(tiny_run):
+    manifest = read_manifest(tiny_run)
+    test = np.load(tiny_run / "test_set.npz")
+    prep = Preprocessing.from_dict(manifest["preprocessing"])
+    for role, entry in manifest["models"].items():
+        logits = run_logits(create_session(tiny_run / entry["onnx"]), test["images"], prep)
+        correct = int((logits.argmax(1) == test["labels"]).sum())
+        assert abs(correct - entry["test_correct"]) <= 1, role
+
+
+def test_distillation_with_alpha_and_beta_zero_reproduces_the_baseline(tmp_path):
+    # Same initial weights, data order, augmentation and schedule: with the KD terms switched off the
+    # distilled student must be the baseline, bit for bit. Any unfairness would show here.
+    result = compress(CompressConfig(**TINY, alpha=0.0, beta=0.0, artifacts=str(tmp_path)))
+    models = result.manifest["models"]
+    history = json.loads((result.run_dir / "history.json").read_text())
+    assert [h["ce"] for h in history["student"]] == [h["ce"] for h in history["baseline"]]
+    assert models["student"]["test_correct"] == models["baseline"]["test_correct"]
+
+
+def test_same_seed_same_numbers_and_the_teacher_is_reused(tmp_path):
+    first_log, second_log = Recorder(), Recorder()
+    first = compress(CompressConfig(**TINY, artifacts=str(tmp_path)), first_log)
+    second = compress(CompressConfig(**TINY, artifacts=str(tmp_path)), second_log)
+    assert first.run_dir != second.run_dir
+    assert not first.manifest["models"]["teacher"]["reused"]
+    assert second.manifest["models"]["teacher"]["reused"]
+    assert any("reusing" in line for line in second_log.lines)
+    h1 = json.loads((first.run_dir / "history.json").read_text())
+    h2 = json.loads((second.run_dir / "history.json").read_text())
+    assert [h["loss"] for h in h1["student"]] == [h["loss"] for h in h2["student"]]
+    for role in ("teacher", "baseline", "student"):
+        assert first.manifest["models"][role]["test_correct"] == second.manifest["models"][role]["test_correct"]
+    other_seed = compress(CompressConfig(**TINY, seed=1, artifacts=str(tmp_path)))
+    assert not other_seed.manifest["models"]["teacher"]["reused"]
+
+
+def test_teacher_weights_file_is_used_instead_of_training(tmp_path, tiny_run):
+    weights = tiny_run / "checkpoints" / "teacher.pt"
+    result = compress(CompressConfig(**TINY, teacher_weights=str(weights), artifacts=str(tmp_path)))
+    teacher = result.manifest["models"]["teacher"]
+    assert teacher["reused"] and teacher["source"] == str(weights)
+    assert teacher["test_correct"] == read_manifest(tiny_run)["models"]["teacher"]["test_correct"]
+
+
+def test_failed_run_leaves_the_earlier_run_at_out_untouched(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    compress(CompressConfig(**TINY, out=str(out)))
+    before = (out / "manifest.json").read_bytes()
+
+    def broken_export(*args, **kwargs):
+        raise KdcError("export exploded")
+
+    monkeypatch.setattr("kdcompress.export.export_onnx", broken_export)
+    with pytest.raises(KdcError, match="exploded"):
+        compress(CompressConfig(**TINY, out=str(out)))
+    assert (out / "manifest.json").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".teachers", "run"]
+
+
+def test_out_replaces_an_earlier_run_once_the_new_one_is_complete(tmp_path):
+    out = tmp_path / "run"
+    compress(CompressConfig(**TINY, out=str(out)))
+    (out / "stale.txt").write_text("from the first run")
+    second = compress(CompressConfig(**TINY, alpha=0.9, out=str(out)))
+    assert second.run_dir == out and not (out / "stale.txt").exists()
+    assert read_manifest(out)["config"]["alpha"] == 0.9
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"temperature": 0.0}, "--T must be between"),
+        ({"alpha": 1.5}, "--alpha must be between"),
+        ({"beta": -1.0}, "--beta must be between"),
+        ({"dataset": "imagenet"}, "unknown dataset 'imagenet'"),
+        ({"student": "resnet_18"}, "unknown model 'resnet_18'.*resnet18"),
+        ({"dataset": "chest-xray"}, "needs --data-dir"),
+    ],
+)
+def test_bad_settings_fail_before_anything_is_written(tmp_path, changes, message):
+    with pytest.raises(KdcError, match=message):
+        compress(CompressConfig(**{**TINY, **changes}, artifacts=str(tmp_path)))
+    assert not tmp_path.exists() or not any(tmp_path.iterdir())
+
+
+def test_cache_key_changes_with_what_shapes_the_teacher():
+    from kdcompress.data import load_dataset
+
+    data = load_dataset("digits", None, image_size=8)
+    base = CompressConfig(**TINY)
+    key = pipeline.teacher_cache_key(base, data)
+    assert key == pipeline.teacher_cache_key(CompressConfig(**TINY, alpha=0.9, beta=0.0), data)  # student-side only
+    assert key != pipeline.teacher_cache_key(CompressConfig(**{**TINY, "teacher_epochs": 3}), data)
+    assert key != pipeline.teacher_cache_key(CompressConfig(**{**TINY, "teacher": "efficientnet_b0"}), data)
