@@ -14,6 +14,7 @@ from typing import Any, Callable, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from kdcompress.errors import KdcError
 
@@ -31,7 +32,8 @@ def _root() -> None:
     """Distil a big image classifier into a small one, export both to ONNX and measure what was gained."""
 
 
-stdout = Console()
+# Piped output (logs, CI) gets a fixed comfortable width instead of Rich's 80 columns.
+stdout = Console(width=None if sys.stdout.isatty() else 140)
 stderr = Console(stderr=True)
 
 
@@ -43,7 +45,7 @@ def _user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return command(*args, **kwargs)
         except KdcError as exc:
-            stderr.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            stderr.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             stderr.print("[bold red]interrupted:[/] the unfinished run was discarded; earlier runs are untouched")
@@ -87,6 +89,7 @@ def compress(
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda (mixed precision on CUDA)."),
     artifacts: Path = typer.Option(Path("artifacts"), "--artifacts", help="Artifacts root; each run gets a new sub-folder."),
     out: Optional[Path] = typer.Option(None, "--out", help="Exact run folder; an earlier run there is replaced once this one completes."),
+    int8: bool = typer.Option(False, "--int8", help="Also write a static INT8 version of the distilled student (see kdc quantize)."),
     as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON on stdout instead of the table."),
 ) -> None:
     from kdcompress.config import CompressConfig
@@ -116,6 +119,7 @@ def compress(
         device=device,
         artifacts=str(artifacts),
         out=str(out) if out else None,
+        int8=int8,
     )
     reporter = RichReporter(stderr)
     reporter.info(LOSS_HELP.split("   (")[0])
@@ -125,10 +129,115 @@ def compress(
         return
     stdout.print(summary_table(result.manifest))
     for warning in result.manifest["warnings"]:
-        stdout.print(f"[bold yellow]warning:[/] {warning}", highlight=False)
+        stdout.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False)
     stdout.print(f"Run written to [bold]{result.run_dir}[/]: next, [bold]kdc benchmark {result.run_dir}[/]", highlight=False)
 
 
 def main() -> None:
     """Entry point of the `kdc` console script."""
     app()
+
+
+@app.command()
+@_user_errors
+def benchmark(
+    path: Path = typer.Argument(Path("artifacts"), help="A run folder, or an artifacts root (its newest finished run)."),
+    all_runs: bool = typer.Option(False, "--all", help="Benchmark every finished run under the artifacts root."),
+    threads: int = typer.Option(1, "--threads", help="onnxruntime intra-op threads for CPU timings (fixed, reported)."),
+    batch: int = typer.Option(64, "--batch", help="Batch size for the throughput figure."),
+    gpu: bool = typer.Option(True, "--gpu/--no-gpu", help="Also time CUDAExecutionProvider when onnxruntime-gpu can use a GPU."),
+    quick: bool = typer.Option(False, "--quick", help="Fewer timing runs (for smoke tests; figures are noisier)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout instead of tables."),
+) -> None:
+    """Accuracy, size and CPU/GPU latency of a run's ONNX models, side by side, with ratios vs the teacher.
+
+    Judges the deployable files through onnxruntime; writes benchmark.json, benchmark.md and
+    benchmark.png into each run folder.
+    """
+    from kdcompress.benchmark import benchmark_run
+    from kdcompress.manifest import resolve_runs, write_json_atomic
+    from kdcompress.report import RichReporter, benchmark_context, benchmark_markdown, benchmark_plot, benchmark_tables
+
+    reporter = RichReporter(stderr)
+    results = []
+    for run_dir in resolve_runs(path, all_runs):
+        reporter.info(f"benchmarking {run_dir}")
+        result = benchmark_run(run_dir, threads=threads, batch=batch, gpu=gpu, quick=quick, reporter=reporter)
+        flags = (" --quick" if quick else "") + ("" if gpu else " --no-gpu")
+        result["command"] = f"kdc benchmark {run_dir} --threads {threads} --batch {batch}{flags}"
+        write_json_atomic(run_dir / "benchmark.json", result)
+        (run_dir / "benchmark.md").write_text(benchmark_markdown(result, result["command"]))
+        benchmark_plot(result, run_dir / "benchmark.png")
+        results.append(result)
+        if not as_json:
+            for table in benchmark_tables(result):
+                stdout.print(table)
+            for line in benchmark_context(result):
+                style = "bold yellow" if line.startswith("WARNING") else "dim"
+                stdout.print(f"[{style}]{escape(line)}[/]", highlight=False)
+            stdout.print(f"Saved benchmark.json, benchmark.md and benchmark.png in {run_dir}", highlight=False)
+    if as_json:
+        sys.stdout.write(json.dumps(results if all_runs else results[0], indent=2) + "\n")
+
+
+@app.command()
+@_user_errors
+def quantize(
+    run: Path = typer.Argument(Path("artifacts"), help="A run folder, or an artifacts root (its newest finished run)."),
+    threads: int = typer.Option(1, "--threads", help="onnxruntime threads used to time the candidates."),
+) -> None:
+    """Write a static INT8 (QDQ, per-channel) version of the distilled student, calibrated on training images.
+
+    Both activation formats (U8S8 with reduced range, S8S8) are built and timed on this machine;
+    the fastest that loses at most 1 point of accuracy is kept as student-int8.onnx.
+    """
+    from kdcompress.manifest import resolve_runs
+    from kdcompress.quantize import quantize_run
+    from kdcompress.report import RichReporter
+
+    run_dir = resolve_runs(run)[0]
+    entry = quantize_run(run_dir, threads=threads, reporter=RichReporter(stderr))
+    q = entry["quantization"]
+    for c in q["candidates"]:
+        stdout.print(f"  {c['format']:<18} accuracy {c['accuracy']:.2%}  p50 {c['p50_ms']:.2f} ms", highlight=False)
+    stdout.print(
+        f"Kept {q['chosen']}: {entry['onnx']} ({entry['onnx_bytes'] / 1e6:.2f} MB), accuracy {entry['test_accuracy']:.2%} "
+        f"(FP32 {q['fp32_accuracy']:.2%}, p50 {q['fp32_p50_ms']:.2f} ms)",
+        highlight=False,
+    )
+
+
+@app.command()
+@_user_errors
+def predict(
+    images: list[Path] = typer.Argument(..., help="Image files (PNG, JPEG, BMP...) or folders of images."),
+    run: Optional[Path] = typer.Option(None, "--run", help="Run folder [default: the newest run under --artifacts]."),
+    model: str = typer.Option("student", "--model", help="teacher, baseline, student (distilled), int8, or a .onnx file."),
+    top_k: int = typer.Option(3, "--top-k", help="How many classes to show per image."),
+    artifacts: Path = typer.Option(Path("artifacts"), "--artifacts", help="Artifacts root searched when --run is not given."),
+    as_json: bool = typer.Option(False, "--json", help="Print the predictions as JSON on stdout."),
+) -> None:
+    """Classify images with a model of a run (the distilled student by default), through onnxruntime."""
+    from rich.table import Table
+
+    from kdcompress.predict import predict_images
+
+    output = predict_images(images, run=run, model=model, top_k=top_k, artifacts=artifacts)
+    failed = [r for r in output["results"] if "error" in r]
+    if as_json:
+        sys.stdout.write(json.dumps(output, indent=2) + "\n")
+    else:
+        for result in output["results"]:
+            if "error" in result:
+                continue
+            table = Table(title=result["file"], title_justify="left")
+            table.add_column("class")
+            table.add_column("probability", justify="right")
+            for p in result["predictions"]:
+                table.add_row(p["class"], f"{p['probability']:.2%}")
+            stdout.print(table)
+    for result in failed:
+        stderr.print(f"[bold red]error:[/] {escape(result['error'])}", highlight=False, soft_wrap=True)
+    if failed:
+        stderr.print(f"{len(failed)} of {len(output['results'])} image(s) could not be classified", highlight=False)
+        raise typer.Exit(1)

@@ -6,6 +6,7 @@ from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -21,10 +22,10 @@ class RichReporter(Reporter):
         self.console = console
 
     def info(self, message: str) -> None:
-        self.console.print(f"[cyan]•[/] {message}", highlight=False)
+        self.console.print(f"[cyan]•[/] {escape(message)}", highlight=False)
 
     def warn(self, message: str) -> None:
-        self.console.print(f"[bold yellow]warning:[/] {message}", highlight=False)
+        self.console.print(f"[bold yellow]warning:[/] {escape(message)}", highlight=False)
 
     @contextmanager
     def progress(self, description: str, total: int | None) -> Iterator[Callable[..., None]]:
@@ -93,3 +94,159 @@ def summary_table(manifest: dict[str, Any]) -> Table:
             _train_time(seconds, reused),
         )
     return table
+
+
+def _ms(speed: dict[str, Any], key: str = "p50_ms") -> str:
+    return f"{speed['batch1'][key]:.2f}" if "batch1" in speed else "n/a"
+
+
+def _x(value: float | None) -> str:
+    return f"{value:.2f}x" if value is not None else "—"
+
+
+def accuracy_rows(result: dict[str, Any]) -> list[list[str]]:
+    """Per model: accuracy and size, with the change and ratio vs the teacher."""
+    rows = []
+    for role, model in result["models"].items():
+        ratios, is_teacher = model["ratios_vs_teacher"], role == "teacher"
+        rows.append(
+            [
+                ROLE_LABELS.get(role, role),
+                f"{model['accuracy']['accuracy']:.2%}",
+                "—" if is_teacher else f"{ratios['accuracy_change_points']:+.1f}",
+                format_count(model["parameters"]),
+                f"{model['file_mb']:.2f}",
+                "—" if is_teacher else _x(ratios.get("smaller_x")),
+                f"{model['macs'] / 1e6:.1f}",
+            ]
+        )
+    return rows
+
+
+def speed_rows(result: dict[str, Any]) -> list[list[str]]:
+    """Per model: CPU latency percentiles and throughput, GPU latency, speed-ups vs the teacher."""
+    rows = []
+    for role, model in result["models"].items():
+        ratios, is_teacher, cpu = model["ratios_vs_teacher"], role == "teacher", model["cpu"]
+        rows.append(
+            [
+                ROLE_LABELS.get(role, role),
+                _ms(cpu),
+                _ms(cpu, "p90_ms"),
+                _ms(cpu, "p99_ms"),
+                f"{cpu['throughput_images_per_s']:.0f}",
+                "—" if is_teacher else _x(ratios.get("cpu_faster_x")),
+                _ms(model["gpu"]),
+                "—" if is_teacher or "gpu_faster_x" not in ratios else _x(ratios["gpu_faster_x"]),
+            ]
+        )
+    return rows
+
+
+ACCURACY_HEADERS = ["model", "test acc", "Δ pts vs teacher", "params", "MB", "x smaller", "MMACs/img"]
+SPEED_HEADERS = ["model", "CPU p50 ms", "p90 ms", "p99 ms", "CPU img/s", "CPU x faster", "GPU p50 ms", "GPU x faster"]
+
+
+def benchmark_context(result: dict[str, Any]) -> list[str]:
+    """Lines that say where and how the numbers were measured, and what to doubt."""
+    m, s = result["machine"], result["settings"]
+    lines = [
+        f"CPU: {m['cpu']}, {m['cores']} cores; onnxruntime CPUExecutionProvider, {s['threads']} thread(s); "
+        f"latency at batch 1, throughput at batch {s['throughput_batch']}",
+        "GPU: " + (result["gpu"]["reason"] if result["gpu"]["available"] else f"not available ({result['gpu']['reason']})"),
+    ]
+    if m["busy"]:
+        lines.append(
+            f"WARNING: the machine was busy (load average {m['load_average_1m']} -> {m['load_average_1m_after']} "
+            f"on {m['cores']} cores): latencies are inflated; rerun on an idle machine"
+        )
+    for role, model in result["models"].items():
+        acc = model["accuracy"]
+        if not acc["agrees_with_manifest"]:
+            lines.append(
+                f"WARNING: {role}: the ONNX file gets {acc['correct']} test images right, compress recorded "
+                f"{acc['recorded_correct']}"
+            )
+    agreeing = [r for r, m in result["models"].items() if m["accuracy"]["agrees_with_manifest"]]
+    if agreeing:
+        lines.append(f"Accuracy from the ONNX files agrees with what compress recorded for: {', '.join(agreeing)}")
+    return lines
+
+
+def _table(title: str, headers: list[str], rows: list[list[str]]) -> Table:
+    table = Table(title=title)
+    for i, header in enumerate(headers):
+        table.add_column(header, justify="left" if i == 0 else "right", no_wrap=True)
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+def benchmark_tables(result: dict[str, Any]) -> list[Table]:
+    """What a person reads first: accuracy and size, then speed, then per-class figures."""
+    head = f"kdc benchmark: {result['run']} ({result['dataset']}, {result['test_images']} test images)"
+    s = result["settings"]
+    tables = [
+        _table(f"{head}\naccuracy and size (onnxruntime on the test split)", ACCURACY_HEADERS, accuracy_rows(result)),
+        _table(
+            f"speed: batch 1 latency, throughput at batch {s['throughput_batch']}, {s['threads']} CPU thread(s)",
+            SPEED_HEADERS,
+            speed_rows(result),
+        ),
+    ]
+    roles = list(result["models"])
+    rows = []
+    for name in result["classes"]:
+        rows.append([name] + [_recall_f1(result["models"][r]["accuracy"]["per_class"][name]) for r in roles])
+    if len(result["classes"]) == 2:
+        for key, label in (("sensitivity", "sensitivity"), ("specificity", "specificity"), ("roc_auc", "ROC-AUC")):
+            rows.append([label] + [_fraction(result["models"][r]["accuracy"].get(key)) for r in roles])
+    tables.append(_table("per class: recall / F1", ["class"] + [ROLE_LABELS.get(r, r) for r in roles], rows))
+    return tables
+
+
+def _recall_f1(per_class: dict[str, float]) -> str:
+    return f"{per_class['recall']:.2f} / {per_class['f1']:.2f}"
+
+
+def _fraction(value: float | None) -> str:
+    return "—" if value is None else f"{value:.3f}"
+
+
+def benchmark_markdown(result: dict[str, Any], command: str) -> str:
+    """The same figures as a Markdown report, with the command that produced them."""
+    lines = [f"# kdc benchmark: {result['run']}", "", f"Command: `{command}`", ""]
+    lines += [f"- {line}" for line in benchmark_context(result)]
+    for headers, rows in ((ACCURACY_HEADERS, accuracy_rows(result)), (SPEED_HEADERS, speed_rows(result))):
+        lines += ["", "| " + " | ".join(headers) + " |", "|" + " --- |" * len(headers)]
+        lines += ["| " + " | ".join(row) + " |" for row in rows]
+    lines += ["", "## Confusion matrices (rows: true class, columns: predicted)", ""]
+    for role, model in result["models"].items():
+        lines += [f"**{ROLE_LABELS.get(role, role)}**", "", "| | " + " | ".join(result["classes"]) + " |"]
+        lines += ["|" + " --- |" * (len(result["classes"]) + 1)]
+        for name, row in zip(result["classes"], model["accuracy"]["confusion_matrix"]):
+            lines.append(f"| {name} | " + " | ".join(str(v) for v in row) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def benchmark_plot(result: dict[str, Any], path: Any) -> None:
+    """Accuracy vs CPU latency, one labelled point per model, saved as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    for role, model in result["models"].items():
+        x = model["cpu"]["batch1"]["p50_ms"]
+        y = 100 * model["accuracy"]["accuracy"]
+        ax.scatter([x], [y], s=40 + 12 * model["file_mb"])
+        ax.annotate(f"{ROLE_LABELS.get(role, role)}\n{model['file_mb']:.1f} MB", (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
+    ax.set_xlabel(f"CPU latency, batch 1, p50 (ms, {result['settings']['threads']} thread)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(f"{result['run']}: accuracy vs latency (marker size ~ file size)", fontsize=9)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

@@ -1,0 +1,258 @@
+"""`kdc benchmark`: accuracy, size and latency of the exported ONNX files, judged through onnxruntime.
+
+Needs no torch: everything is read from the run folder (manifest, .onnx files, test_set.npz).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kdcompress.errors import KdcError
+from kdcompress.manifest import cpu_name, read_manifest
+from kdcompress.reporting import NullReporter, Reporter
+from kdcompress.runtime import Preprocessing, create_session, normalize, run_logits, softmax
+
+MODEL_ORDER = ("teacher", "baseline", "student", "int8")
+
+
+def classification_metrics(logits: np.ndarray, labels: np.ndarray, classes: list[str]) -> dict[str, Any]:
+    """Top-1, per-class precision / recall / F1, confusion matrix; sensitivity, specificity, ROC-AUC for 2 classes."""
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, roc_auc_score
+
+    predicted = logits.argmax(axis=1)
+    index = list(range(len(classes)))
+    precision, recall, f1, support = precision_recall_fscore_support(labels, predicted, labels=index, zero_division=0)
+    metrics: dict[str, Any] = {
+        "accuracy": float((predicted == labels).mean()),
+        "correct": int((predicted == labels).sum()),
+        "per_class": {
+            name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]), "support": int(support[i])}
+            for i, name in enumerate(classes)
+        },
+        "confusion_matrix": confusion_matrix(labels, predicted, labels=index).tolist(),
+    }
+    if len(classes) == 2:
+        # class 1 is the positive one (PNEUMONIA for chest-xray: folders are sorted by name)
+        tn, fp, fn, tp = confusion_matrix(labels, predicted, labels=index).ravel()
+        metrics["sensitivity"] = float(tp / (tp + fn)) if tp + fn else None
+        metrics["specificity"] = float(tn / (tn + fp)) if tn + fp else None
+        both = len(np.unique(labels)) == 2
+        metrics["roc_auc"] = float(roc_auc_score(labels, softmax(logits)[:, 1])) if both else None
+    return metrics
+
+
+def onnx_size(path: Path) -> dict[str, Any]:
+    """Parameters (initializers, each distinct tensor once), file size and multiply-accumulates per image."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    # Quantization scales and zero points are bookkeeping, not weights; int64 tensors are shapes and axes.
+    side = {n.input[i] for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear") for i in (1, 2) if i < len(n.input)}
+    seen: set[str] = set()
+    parameters = 0
+    for tensor in model.graph.initializer:
+        if tensor.name in side or tensor.data_type == onnx.TensorProto.INT64:
+            continue
+        array = numpy_helper.to_array(tensor)
+        digest = hashlib.sha1(array.tobytes() + str(array.shape).encode()).hexdigest()
+        if array.size <= 1 or digest in seen:  # the same tensor stored twice counts once
+            continue
+        seen.add(digest)
+        parameters += int(array.size)
+    return {"parameters": parameters, "file_mb": path.stat().st_size / 1e6, "macs": count_macs(model)}
+
+
+def count_macs(model: Any) -> int:
+    """Multiply-accumulates of Conv, Gemm and MatMul nodes for one image (batch axis fixed to 1)."""
+    import onnx
+    from onnx import shape_inference
+
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    for value in list(model.graph.input) + list(model.graph.output):
+        dims = value.type.tensor_type.shape.dim
+        if dims and not dims[0].HasField("dim_value"):
+            dims[0].Clear()
+            dims[0].dim_value = 1
+    del model.graph.value_info[:]
+    inferred = shape_inference.infer_shapes(model)
+    shapes: dict[str, list[int]] = {}
+    for value in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
+        shapes[value.name] = [d.dim_value for d in value.type.tensor_type.shape.dim]
+    for tensor in inferred.graph.initializer:
+        shapes[tensor.name] = list(tensor.dims)
+    # In QDQ models weights reach Conv through DequantizeLinear: follow it back to the stored tensor.
+    producers = {out: node for node in inferred.graph.node for out in node.output}
+
+    def shape(name: str) -> list[int]:
+        node = producers.get(name)
+        if name not in shapes and node is not None and node.op_type == "DequantizeLinear":
+            return shape(node.input[0])
+        return shapes.get(name, [])
+
+    macs = 0
+    for node in inferred.graph.node:
+        if node.op_type in ("Conv", "ConvInteger", "QLinearConv"):
+            weight = shape(node.input[3] if node.op_type == "QLinearConv" else node.input[1])
+            out = shape(node.output[0])
+            if weight and out:
+                macs += int(np.prod(out[1:])) * int(np.prod(weight[1:]))
+        elif node.op_type in ("Gemm", "MatMul", "MatMulInteger"):
+            a, out = shape(node.input[0]), shape(node.output[0])
+            if a and out:
+                macs += int(np.prod(out)) * a[-1]
+    return macs
+
+
+def latency(session: Any, sample: np.ndarray, warmup: int, runs: int, min_seconds: float) -> dict[str, float]:
+    """Per-call latency in milliseconds after warm-up: p50 / p90 / p99 / mean over at least `runs` calls."""
+    name = session.get_inputs()[0].name
+    feed = {name: sample}
+    for _ in range(warmup):
+        session.run(None, feed)
+    times = []
+    start = time.perf_counter()
+    while len(times) < runs or time.perf_counter() - start < min_seconds:
+        t0 = time.perf_counter()
+        session.run(None, feed)
+        times.append((time.perf_counter() - t0) * 1e3)
+        if len(times) >= 20 * runs:
+            break
+    values = np.asarray(times)
+    return {
+        "p50_ms": float(np.percentile(values, 50)),
+        "p90_ms": float(np.percentile(values, 90)),
+        "p99_ms": float(np.percentile(values, 99)),
+        "mean_ms": float(values.mean()),
+        "runs": int(len(values)),
+    }
+
+
+def measure_speed(
+    path: Path, prep: Preprocessing, images: np.ndarray, provider: str, threads: int, batch: int, quick: bool
+) -> dict[str, Any]:
+    """Batch-1 latency and throughput at `batch` for one model on one execution provider."""
+    session = create_session(path, provider, threads)
+    one = normalize(images[:1], prep)
+    repeats = -(-batch // len(images))
+    many = normalize(np.concatenate([images] * repeats)[:batch], prep)
+    runs, min_seconds = (20, 0.2) if quick else (200, 2.0)
+    single = latency(session, one, warmup=5 if quick else 20, runs=runs, min_seconds=min_seconds)
+    bulk = latency(session, many, warmup=2 if quick else 5, runs=max(5, runs // 10), min_seconds=min_seconds / 2)
+    return {
+        "provider": session.get_providers()[0],
+        "batch1": single,
+        "throughput_batch": batch,
+        "throughput_images_per_s": batch / (bulk["p50_ms"] / 1e3),
+    }
+
+
+def gpu_status() -> tuple[bool, str]:
+    """Whether onnxruntime can really run on CUDA here, and if not, why."""
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        return False, "onnxruntime has no CUDAExecutionProvider (pip install 'kdcompress[gpu]')"
+    return True, "CUDAExecutionProvider"
+
+
+def machine() -> dict[str, Any]:
+    """CPU model, cores and load average, reported with every timing."""
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (0.0, 0.0, 0.0)
+    return {"cpu": cpu_name(), "cores": os.cpu_count() or 1, "load_average_1m": round(load[0], 2)}
+
+
+def benchmark_run(
+    run_dir: str | Path,
+    threads: int = 1,
+    batch: int = 64,
+    gpu: bool = True,
+    quick: bool = False,
+    reporter: Reporter | None = None,
+) -> dict[str, Any]:
+    """Judge every model of a run from its ONNX file: accuracy, size, CPU (and GPU) speed, ratios vs teacher."""
+    reporter = reporter or NullReporter()
+    if threads < 1:
+        raise KdcError(f"--threads must be at least 1, got {threads}")
+    if batch < 1:
+        raise KdcError(f"--batch must be at least 1, got {batch}")
+    run_dir = Path(run_dir)
+    manifest = read_manifest(run_dir)
+    prep = Preprocessing.from_dict(manifest["preprocessing"])
+    classes = manifest["dataset"]["classes"]
+    test_file = run_dir / manifest["files"]["test_set"]
+    if not test_file.is_file():
+        raise KdcError(f"{test_file} is missing: the run folder is incomplete, run kdc compress again")
+    test = np.load(test_file)
+    images, labels = test["images"], test["labels"]
+    before = machine()
+    gpu_ok, gpu_reason = gpu_status() if gpu else (False, "not requested (--no-gpu)")
+    roles = [r for r in MODEL_ORDER if r in manifest["models"]]
+    results: dict[str, Any] = {}
+    with reporter.progress("benchmark", total=len(roles)) as advance:
+        for role in roles:
+            entry = manifest["models"][role]
+            path = run_dir / entry["onnx"]
+            advance(0, status=f"{role}: accuracy")
+            logits = run_logits(create_session(path, "cpu", threads), images, prep)
+            metrics = classification_metrics(logits, labels, classes)
+            recorded = entry.get("test_correct")
+            metrics["recorded_correct"] = recorded
+            # The ONNX file may flip an image sitting exactly on a decision boundary: one image is tolerated.
+            metrics["agrees_with_manifest"] = recorded is None or abs(metrics["correct"] - recorded) <= 1
+            advance(0, status=f"{role}: CPU latency")
+            result = {"role": role, "file": entry["onnx"], "accuracy": metrics, **onnx_size(path)}
+            result["cpu"] = measure_speed(path, prep, images, "cpu", threads, batch, quick)
+            if gpu_ok:
+                advance(0, status=f"{role}: GPU latency")
+                try:
+                    result["gpu"] = measure_speed(path, prep, images, "cuda", threads, batch, quick)
+                except KdcError as exc:
+                    gpu_ok, gpu_reason = False, str(exc)
+            results[role] = result
+            advance(1, status="")
+    after = machine()
+    for role, result in results.items():
+        result["ratios_vs_teacher"] = _ratios(results.get("teacher"), result)
+        if "gpu" not in result:
+            result["gpu"] = {"available": False, "reason": gpu_reason}
+    load = max(before["load_average_1m"], after["load_average_1m"])
+    busy = load > 0.5 * before["cores"]
+    return {
+        "run": manifest["run"],
+        "run_dir": str(run_dir),
+        "dataset": manifest["dataset"]["name"],
+        "test_images": int(len(labels)),
+        "classes": classes,
+        "machine": {**before, "load_average_1m_after": after["load_average_1m"], "busy": busy},
+        "settings": {"threads": threads, "throughput_batch": batch, "quick": quick},
+        "gpu": {"available": gpu_ok, "reason": gpu_reason},
+        "units": {
+            "latency": "milliseconds per call, batch 1",
+            "throughput": "images per second",
+            "file_mb": "megabytes (1e6 bytes)",
+            "macs": "multiply-accumulates per image",
+            "accuracy": "fraction in [0, 1]",
+        },
+        "models": results,
+    }
+
+
+def _ratios(teacher: dict[str, Any] | None, model: dict[str, Any]) -> dict[str, Any]:
+    if teacher is None:
+        return {}
+    ratios: dict[str, Any] = {
+        "smaller_x": teacher["file_mb"] / model["file_mb"],
+        "fewer_params_x": teacher["parameters"] / model["parameters"],
+        "cpu_faster_x": teacher["cpu"]["batch1"]["p50_ms"] / model["cpu"]["batch1"]["p50_ms"],
+        "accuracy_change_points": 100 * (model["accuracy"]["accuracy"] - teacher["accuracy"]["accuracy"]),
+    }
+    if "batch1" in teacher.get("gpu", {}) and "batch1" in model.get("gpu", {}):
+        ratios["gpu_faster_x"] = teacher["gpu"]["batch1"]["p50_ms"] / model["gpu"]["batch1"]["p50_ms"]
+    return ratios

@@ -1,0 +1,144 @@
+"""`kdc quantize`: static post-training INT8 of the distilled student, format chosen by measurement.
+
+onnxruntime's QDQ format with per-channel weights, calibrated on training images saved by
+compress. Which activation type is fastest depends on the CPU (VNNI or not), so each candidate is
+built, timed and scored here, and the fastest one that keeps accuracy is kept.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kdcompress.errors import KdcError
+from kdcompress.manifest import MANIFEST, read_manifest, write_json_atomic
+from kdcompress.reporting import NullReporter, Reporter
+from kdcompress.runtime import Preprocessing, create_session, normalize, run_logits
+
+INT8_FILE = "student-int8.onnx"
+MAX_ACCURACY_LOSS = 0.01  # a candidate may lose at most 1 point of test accuracy vs the FP32 student
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One way to quantize: activation type, weight type and whether to reduce the weight range to 7 bits."""
+
+    name: str
+    activation: str  # "uint8" | "int8"
+    reduce_range: bool  # advised by onnxruntime for U8S8 on CPUs without VNNI (avoids saturation)
+
+
+CANDIDATES = (
+    Candidate("U8S8 reduce-range", "uint8", True),
+    Candidate("S8S8", "int8", False),
+)
+
+
+class _Calibration:
+    """Feeds calibration batches to onnxruntime's calibrator."""
+
+    def __init__(self, images: np.ndarray, prep: Preprocessing, input_name: str, batch: int = 32) -> None:
+        self.batches = [normalize(images[i : i + batch], prep) for i in range(0, len(images), batch)]
+        self.input_name = input_name
+        self.position = 0
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        if self.position >= len(self.batches):
+            return None
+        self.position += 1
+        return {self.input_name: self.batches[self.position - 1]}
+
+    def rewind(self) -> None:
+        self.position = 0
+
+
+def _quantize(source: Path, target: Path, candidate: Candidate, calibration: _Calibration) -> None:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    calibration.rewind()
+    quantize_static(
+        str(source),
+        str(target),
+        calibration,
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        reduce_range=candidate.reduce_range,
+        activation_type=QuantType.QUInt8 if candidate.activation == "uint8" else QuantType.QInt8,
+        weight_type=QuantType.QInt8,
+        calibrate_method=CalibrationMethod.MinMax,
+    )
+
+
+def quantize_run(run_dir: str | Path, threads: int = 1, reporter: Reporter | None = None) -> dict[str, Any]:
+    """Write student-int8.onnx into a run folder and add it to the manifest as model 'int8'."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from kdcompress.benchmark import latency
+
+    reporter = reporter or NullReporter()
+    run_dir = Path(run_dir)
+    manifest = read_manifest(run_dir)
+    prep = Preprocessing.from_dict(manifest["preprocessing"])
+    student = manifest["models"]["student"]
+    calibration_file = run_dir / manifest["files"]["calibration_set"]
+    if not calibration_file.is_file():
+        raise KdcError(f"{calibration_file} is missing: quantization needs the calibration images compress saves")
+    calibration_images = np.load(calibration_file)["images"]
+    test = np.load(run_dir / manifest["files"]["test_set"])
+    images, labels = test["images"], test["labels"]
+    one = normalize(images[:1], prep)
+
+    def score(path: Path) -> tuple[float, int, float]:
+        session = create_session(path, "cpu", threads)
+        correct = int((run_logits(session, images, prep).argmax(1) == labels).sum())
+        ms = latency(session, one, warmup=10, runs=100, min_seconds=1.0)["p50_ms"]
+        return correct / len(labels), correct, ms
+
+    measured = []
+    with tempfile.TemporaryDirectory(dir=run_dir, prefix=".quantize-") as tmp:
+        prepared = Path(tmp) / "student-prepared.onnx"
+        quant_pre_process(str(run_dir / student["onnx"]), str(prepared))
+        fp32_accuracy, _, fp32_ms = score(run_dir / student["onnx"])
+        input_name = create_session(prepared).get_inputs()[0].name
+        calibration = _Calibration(calibration_images, prep, input_name)
+        with reporter.progress("quantize", total=len(CANDIDATES)) as advance:
+            for candidate in CANDIDATES:
+                advance(0, status=candidate.name)
+                target = Path(tmp) / f"{candidate.name.replace(' ', '_')}.onnx"
+                _quantize(prepared, target, candidate, calibration)
+                accuracy, correct, ms = score(target)
+                measured.append({"format": candidate.name, "path": target, "accuracy": accuracy, "correct": correct, "p50_ms": ms})
+                advance(1, status=f"{candidate.name}: {accuracy:.1%}, {ms:.2f} ms")
+        keep = [m for m in measured if fp32_accuracy - m["accuracy"] <= MAX_ACCURACY_LOSS]
+        chosen = min(keep, key=lambda m: m["p50_ms"]) if keep else max(measured, key=lambda m: m["accuracy"])
+        final = run_dir / INT8_FILE
+        shutil.copyfile(chosen["path"], Path(tmp) / "final.onnx")
+        os.replace(Path(tmp) / "final.onnx", final)
+
+    if not keep:
+        reporter.warn(f"every INT8 candidate lost more than {MAX_ACCURACY_LOSS:.0%} accuracy; kept the most accurate")
+    entry = {
+        "architecture": f"{student['architecture']} (INT8, {chosen['format']} QDQ, per-channel)",
+        "onnx": INT8_FILE,
+        "parameters": student["parameters"],
+        "onnx_bytes": final.stat().st_size,
+        "test_accuracy": chosen["accuracy"],
+        "test_correct": chosen["correct"],
+        "quantization": {
+            "chosen": chosen["format"],
+            "calibration_images": int(len(calibration_images)),
+            "fp32_accuracy": fp32_accuracy,
+            "fp32_p50_ms": fp32_ms,
+            "threads": threads,
+            "candidates": [{k: v for k, v in m.items() if k != "path"} for m in measured],
+        },
+    }
+    manifest["models"]["int8"] = entry
+    write_json_atomic(run_dir / MANIFEST, manifest)
+    return entry

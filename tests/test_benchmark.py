@@ -1,0 +1,101 @@
+"""kdc benchmark on tiny exported models: fields and units, golden MACs, agreement with the manifest."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from kdcompress.benchmark import benchmark_run, classification_metrics, onnx_size
+from kdcompress.cli import app
+from kdcompress.export import export_onnx
+from kdcompress.manifest import read_manifest, write_json_atomic
+from kdcompress.report import benchmark_context
+from kdcompress.runtime import Preprocessing
+
+runner = CliRunner()
+
+
+def test_macs_and_parameters_of_a_known_network(tmp_path):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.Flatten(), torch.nn.Linear(256, 5)).eval()
+    prep = Preprocessing(8, 3, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    images = np.random.default_rng(0).integers(0, 256, (8, 3, 8, 8), dtype=np.uint8)
+    export_onnx(model, tmp_path / "m.onnx", prep, images)
+    size = onnx_size(tmp_path / "m.onnx")
+    assert size["macs"] == 4 * 8 * 8 * (3 * 3 * 3) + 256 * 5  # conv output x kernel volume + linear
+    assert size["parameters"] == (4 * 27 + 4) + (256 * 5 + 5)
+    assert size["file_mb"] == pytest.approx((tmp_path / "m.onnx").stat().st_size / 1e6)
+
+
+def test_binary_metrics_by_hand():
+    logits = np.array([[2.0, 0.0], [0.0, 1.0], [0.0, 3.0], [1.0, 0.0], [0.0, 2.0]])
+    labels = np.array([0, 0, 1, 1, 1])  # predicted 0, 1, 1, 0, 1
+    metrics = classification_metrics(logits, labels, ["NORMAL", "PNEUMONIA"])
+    assert metrics["accuracy"] == pytest.approx(3 / 5)
+    assert metrics["confusion_matrix"] == [[1, 1], [1, 2]]
+    assert metrics["sensitivity"] == pytest.approx(2 / 3) and metrics["specificity"] == pytest.approx(1 / 2)
+    assert metrics["per_class"]["PNEUMONIA"]["precision"] == pytest.approx(2 / 3)
+    # positives score 1 - sigmoid-like margins: ranking gives AUC 5/6 by counting pairs
+    assert metrics["roc_auc"] == pytest.approx(5 / 6)
+
+
+def test_benchmark_fields_units_and_honest_gpu_status(tiny_run):
+    result = benchmark_run(tiny_run, quick=True)
+    manifest = read_manifest(tiny_run)
+    assert list(result["models"]) == ["teacher", "baseline", "student"]
+    assert result["units"]["latency"].startswith("milliseconds") and result["settings"]["threads"] == 1
+    assert result["machine"]["cores"] >= 1 and isinstance(result["machine"]["busy"], bool)
+    for role, model in result["models"].items():
+        acc = model["accuracy"]
+        assert acc["agrees_with_manifest"] and acc["recorded_correct"] == manifest["models"][role]["test_correct"]
+        assert 0 <= acc["accuracy"] <= 1 and len(acc["confusion_matrix"]) == 10
+        cpu = model["cpu"]["batch1"]
+        assert 0 < cpu["p50_ms"] <= cpu["p90_ms"] <= cpu["p99_ms"] and cpu["runs"] >= 20
+        assert model["cpu"]["provider"] == "CPUExecutionProvider" and model["cpu"]["throughput_images_per_s"] > 0
+        assert model["macs"] > 0 and model["parameters"] > 0
+        assert model["file_mb"] == pytest.approx((tiny_run / model["file"]).stat().st_size / 1e6)
+    import onnxruntime
+
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        assert result["gpu"]["available"] is False
+        assert all(m["gpu"] == {"available": False, "reason": result["gpu"]["reason"]} for m in result["models"].values())
+        assert any(line.startswith("GPU: not available (") for line in benchmark_context(result))
+    student = result["models"]["student"]["ratios_vs_teacher"]
+    teacher = result["models"]["teacher"]
+    assert student["smaller_x"] == pytest.approx(teacher["file_mb"] / result["models"]["student"]["file_mb"])
+
+
+def test_benchmark_flags_a_manifest_that_disagrees_with_the_onnx_file(tiny_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    manifest = read_manifest(run)
+    manifest["models"]["baseline"]["test_correct"] += 5
+    write_json_atomic(run / "manifest.json", manifest)
+    result = benchmark_run(run, quick=True, gpu=False)
+    assert not result["models"]["baseline"]["accuracy"]["agrees_with_manifest"]
+    assert any("WARNING: baseline" in line for line in benchmark_context(result))
+
+
+def test_cli_benchmark_writes_json_markdown_and_plot(tiny_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    result = runner.invoke(app, ["benchmark", str(tmp_path), "--quick", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["run_dir"] == str(run) and data["command"] == f"kdc benchmark {run} --threads 1 --batch 64 --quick"
+    for name in ("benchmark.json", "benchmark.md", "benchmark.png"):
+        assert (run / name).stat().st_size > 0
+    assert "| distilled |" in (run / "benchmark.md").read_text()
+    human = runner.invoke(app, ["benchmark", str(run), "--quick", "--no-gpu"])
+    assert human.exit_code == 0 and "CPU x faster" in human.stdout and "not requested" in human.stdout
+
+
+@pytest.mark.parametrize("make, message", [(lambda p: p.mkdir(), "no finished run"), (lambda p: None, "folder not found")])
+def test_cli_benchmark_without_a_run_is_a_clear_error(tmp_path, make, message):
+    target = tmp_path / "artifacts"
+    make(target)
+    result = runner.invoke(app, ["benchmark", str(target)])
+    assert result.exit_code == 1 and message in result.output and "Traceback" not in result.output

@@ -1,0 +1,124 @@
+"""kdc predict (same logits as evaluation, any image format, per-file errors) and kdc quantize."""
+
+import json
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from kdcompress.benchmark import benchmark_run
+from kdcompress.cli import app
+from kdcompress.config import CompressConfig
+from kdcompress.manifest import read_manifest
+from kdcompress.pipeline import compress
+from kdcompress.predict import predict_images
+from kdcompress.runtime import Preprocessing, create_session, run_logits
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def folder_run(tmp_path_factory):
+    """A run on a generated two-class image folder, so test images exist as files."""
+    root = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 12), ("test", 4)):
+        for c, tint in (("cats", 40), ("dogs", 200)):
+            (root / split / c).mkdir(parents=True)
+            for i in range(n):
+                pixels = np.clip(rng.normal(tint, 40, (24, 20, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(root / split / c / f"{i:02d}.png")
+    config = CompressConfig(
+        dataset="folder", data_dir=str(root), teacher="test_efficientnet", student="test_resnet",
+        image_size=16, epochs=1, artifacts=str(tmp_path_factory.mktemp("artifacts")),
+    )
+    return root, compress(config).run_dir
+
+
+def test_predict_gives_the_evaluation_logits_for_a_test_image(folder_run):
+    root, run = folder_run
+    manifest = read_manifest(run)
+    test = np.load(run / "test_set.npz")
+    expected = run_logits(create_session(run / "student.onnx"), test["images"], Preprocessing.from_dict(manifest["preprocessing"]))
+    # test split order: classes sorted, files sorted: dogs/01.png is row 4 + 1
+    output = predict_images([root / "test" / "dogs" / "01.png"], run=run)
+    assert output["results"][0]["logits"] == pytest.approx(expected[5].tolist(), abs=1e-6)
+    probabilities = [p["probability"] for p in output["results"][0]["predictions"]]
+    assert sum(probabilities) == pytest.approx(1.0) and probabilities == sorted(probabilities, reverse=True)
+
+
+def _odd_images(folder):
+    folder.mkdir()
+    Image.fromarray(np.full((300, 200), 50000, dtype=np.uint16)).save(folder / "deep16.png")
+    Image.new("RGBA", (40, 40), (10, 200, 30, 128)).save(folder / "alpha.png")
+    Image.new("L", (7, 9), 128).save(folder / "gray.bmp")
+    Image.new("RGB", (640, 480), (200, 10, 10)).save(folder / "big.jpg")
+    return sorted(folder.iterdir())
+
+
+def test_predict_accepts_every_format_and_a_folder(tiny_run, tmp_path):
+    files = _odd_images(tmp_path / "imgs")
+    output = predict_images([tmp_path / "imgs"], run=tiny_run, top_k=2)
+    assert [r["file"] for r in output["results"]] == [str(f) for f in files]
+    assert all(len(r["predictions"]) == 2 and "error" not in r for r in output["results"])
+
+
+def test_predict_reports_bad_files_and_classifies_the_rest(tiny_run, tmp_path):
+    good = _odd_images(tmp_path / "imgs")[0]
+    (tmp_path / "notes.png").write_text("not an image")
+    truncated = tmp_path / "cut.jpg"
+    Image.new("RGB", (64, 64), (1, 2, 3)).save(truncated)
+    truncated.write_bytes(truncated.read_bytes()[:150])
+    args = ["predict", str(good), str(tmp_path / "missing.png"), str(tmp_path / "notes.png"), str(truncated)]
+    result = runner.invoke(app, [*args, "--run", str(tiny_run), "--json"])
+    assert result.exit_code == 1
+    data = json.loads(result.stdout)
+    assert "predictions" in data["results"][0]
+    errors = [r.get("error", "") for r in data["results"][1:]]
+    assert "not found" in errors[0] and "notes.png" in errors[1] and "cut.jpg" in errors[2]
+    assert "3 of 4 image(s) could not be classified" in result.output and "Traceback" not in result.output
+    human = runner.invoke(app, ["predict", str(good), "--run", str(tiny_run), "--model", "teacher", "--top-k", "1"])
+    assert human.exit_code == 0 and "probability" in human.stdout
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--model", "int8"], "kdc quantize"),
+        (["--model", "giant"], "unknown model 'giant'"),
+        (["--top-k", "0"], "--top-k must be at least 1"),
+    ],
+)
+def test_predict_argument_errors(tiny_run, tmp_path, args, message):
+    good = _odd_images(tmp_path / "imgs")[0]
+    result = runner.invoke(app, ["predict", str(good), "--run", str(tiny_run), *args])
+    assert result.exit_code == 1 and message in result.output
+
+
+def test_predict_uses_the_newest_run_under_artifacts(tiny_run, tmp_path):
+    good = _odd_images(tmp_path / "imgs")[0]
+    assert predict_images([good], artifacts=tiny_run.parent)["run"] == str(tiny_run)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = runner.invoke(app, ["predict", str(good), "--artifacts", str(empty)])
+    assert result.exit_code == 1 and "no finished run" in result.output
+
+
+def test_quantize_adds_a_smaller_int8_student_to_the_run(tiny_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    result = runner.invoke(app, ["quantize", str(run)])
+    assert result.exit_code == 0, result.output
+    entry = read_manifest(run)["models"]["int8"]
+    assert entry["onnx"] == "student-int8.onnx" and entry["quantization"]["calibration_images"] > 0
+    assert {c["format"] for c in entry["quantization"]["candidates"]} == {"U8S8 reduce-range", "S8S8"}
+    graph = onnx.load(str(run / "student-int8.onnx")).graph
+    assert any(n.op_type == "DequantizeLinear" for n in graph.node)
+    assert any(t.data_type == onnx.TensorProto.INT8 for t in graph.initializer)  # weights stored as int8
+    assert (run / "student.onnx").stat().st_size / entry["onnx_bytes"] > 3
+    bench = benchmark_run(run, quick=True, gpu=False)
+    assert list(bench["models"])[-1] == "int8" and bench["models"]["int8"]["accuracy"]["agrees_with_manifest"]
+    assert predict_images([_odd_images(tmp_path / "imgs")[0]], run=run, model="int8")["results"][0]["predictions"]
