@@ -77,16 +77,16 @@ def _stats(prep: Preprocessing, device: str) -> tuple[torch.Tensor, torch.Tensor
 
 @torch.no_grad()
 def predict_logits(
-    model: nn.Module, images: np.ndarray, prep: Preprocessing, device: str, batch_size: int = 256
+    model: nn.Module, images: np.ndarray, prep: Preprocessing, device: str, batch_size: int = 256, amp: bool = False
 ) -> np.ndarray:
-    """Logits of model (in eval mode) for uint8 images, as a float32 numpy array."""
+    """Logits of model (in eval mode) for uint8 images; float32 unless amp (mixed precision on CUDA)."""
     was_training = model.training
     model.eval()
     mean, std = _stats(prep, device)
     outputs = []
     for start in range(0, len(images), batch_size):
         batch = torch.from_numpy(images[start : start + batch_size]).to(device)
-        with _autocast(device):
+        with _autocast(device if amp else "cpu"):
             logits = model(to_input(batch, mean, std).contiguous(memory_format=torch.channels_last))
         outputs.append(logits.float().cpu().numpy())
     model.train(was_training)
@@ -153,7 +153,7 @@ def fit(
                     sums[name] = sums.get(name, 0.0) + float(value.detach())
                 running = " ".join(f"{k} {v / (step + 1):.3f}" for k, v in sums.items())
                 advance(1, status=f"epoch {epoch}/{settings.epochs}  {running}{status}")
-            val_acc = accuracy(predict_logits(student, data.val_x, prep, device), data.val_y)
+            val_acc = accuracy(predict_logits(student, data.val_x, prep, device, amp=True), data.val_y)
             record = {"epoch": epoch, **{k: v / steps_per_epoch for k, v in sums.items()}}
             record.update(val_accuracy=val_acc, lr=scheduler.get_last_lr()[0], seconds=time.perf_counter() - epoch_start)
             history.append(record)
