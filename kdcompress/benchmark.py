@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from kdcompress.errors import KdcError
-from kdcompress.manifest import cpu_name, read_manifest
+from kdcompress.manifest import cpu_name, load_images, read_manifest
 from kdcompress.reporting import NullReporter, Reporter
 from kdcompress.runtime import Preprocessing, create_session, normalize, run_logits, softmax
 
@@ -162,10 +162,36 @@ def gpu_status() -> tuple[bool, str]:
     return True, "CUDAExecutionProvider"
 
 
+def cpu_busy_fraction(interval: float = 0.5) -> float | None:
+    """Share of all cores busy over `interval` seconds while this process waits (Linux /proc/stat)."""
+
+    def sample() -> tuple[int, int]:
+        fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+        return sum(fields), idle
+
+    try:
+        total0, idle0 = sample()
+        time.sleep(interval)
+        total1, idle1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    return 1.0 - (idle1 - idle0) / max(1, total1 - total0)
+
+
 def machine() -> dict[str, Any]:
-    """CPU model, cores and load average, reported with every timing."""
+    """CPU model, cores, load average and how busy the CPU is right now, reported with every timing."""
     load = os.getloadavg() if hasattr(os, "getloadavg") else (0.0, 0.0, 0.0)
-    return {"cpu": cpu_name(), "cores": os.cpu_count() or 1, "load_average_1m": round(load[0], 2)}
+    busy = cpu_busy_fraction()
+    return {
+        "cpu": cpu_name(),
+        "cores": os.cpu_count() or 1,
+        "load_average_1m": round(load[0], 2),
+        "cpu_busy_fraction": None if busy is None else round(busy, 3),
+    }
+
+
+BUSY_THRESHOLD = 0.25  # share of the CPU used by other processes above which timings are flagged
 
 
 def benchmark_run(
@@ -186,11 +212,7 @@ def benchmark_run(
     manifest = read_manifest(run_dir)
     prep = Preprocessing.from_dict(manifest["preprocessing"])
     classes = manifest["dataset"]["classes"]
-    test_file = run_dir / manifest["files"]["test_set"]
-    if not test_file.is_file():
-        raise KdcError(f"{test_file} is missing: the run folder is incomplete, run kdc compress again")
-    test = np.load(test_file)
-    images, labels = test["images"], test["labels"]
+    images, labels = load_images(run_dir, manifest, "test_set")
     before = machine()
     gpu_ok, gpu_reason = gpu_status() if gpu else (False, "not requested (--no-gpu)")
     roles = [r for r in MODEL_ORDER if r in manifest["models"]]
@@ -222,15 +244,21 @@ def benchmark_run(
         result["ratios_vs_teacher"] = _ratios(results.get("teacher"), result)
         if "gpu" not in result:
             result["gpu"] = {"available": False, "reason": gpu_reason}
-    load = max(before["load_average_1m"], after["load_average_1m"])
-    busy = load > 0.5 * before["cores"]
+    # Measured while this process sleeps, before and after timing: other processes' share of the CPU.
+    shares = [m["cpu_busy_fraction"] for m in (before, after) if m["cpu_busy_fraction"] is not None]
+    busy = max(shares) > BUSY_THRESHOLD if shares else before["load_average_1m"] > 0.5 * before["cores"]
     return {
         "run": manifest["run"],
         "run_dir": str(run_dir),
         "dataset": manifest["dataset"]["name"],
         "test_images": int(len(labels)),
         "classes": classes,
-        "machine": {**before, "load_average_1m_after": after["load_average_1m"], "busy": busy},
+        "machine": {
+            **before,
+            "load_average_1m_after": after["load_average_1m"],
+            "cpu_busy_fraction_after": after["cpu_busy_fraction"],
+            "busy": busy,
+        },
         "settings": {"threads": threads, "throughput_batch": batch, "quick": quick},
         "gpu": {"available": gpu_ok, "reason": gpu_reason},
         "units": {

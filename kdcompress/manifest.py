@@ -10,6 +10,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from kdcompress.errors import KdcError
 
 MANIFEST = "manifest.json"
@@ -46,6 +48,15 @@ def read_manifest(run_dir: str | Path) -> dict[str, Any]:
     if manifest.get("format") != FORMAT:
         raise KdcError(f"{path} is not a {FORMAT} manifest (format: {manifest.get('format')!r})")
     return manifest
+
+
+def load_images(run_dir: Path, manifest: dict[str, Any], key: str) -> tuple[np.ndarray, np.ndarray]:
+    """Images and labels of a split saved in a run folder: key 'test_set' or 'calibration_set'."""
+    path = Path(run_dir) / manifest["files"][key]
+    if not path.is_file():
+        raise KdcError(f"{path} is missing: the run folder is incomplete; run kdc compress again")
+    data = np.load(path)
+    return data["images"], data["labels"]
 
 
 def list_runs(root: str | Path) -> list[Path]:

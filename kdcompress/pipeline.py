@@ -61,7 +61,7 @@ def compress(config: CompressConfig, reporter: Reporter | None = None) -> Compre
             seed=cfg.seed,
             device=device,
         )
-        models, records = _train_all(cfg, data, prep, settings, staging, reporter)
+        models, records = _train_all(cfg, data, prep, settings, reporter)
         manifest = _finish(cfg, data, prep, models, records, staging, final_dir.name, device, reporter)
         if cfg.int8:
             from kdcompress.manifest import read_manifest
@@ -77,7 +77,7 @@ def compress(config: CompressConfig, reporter: Reporter | None = None) -> Compre
 
 
 def _train_all(
-    cfg: CompressConfig, data: Dataset, prep: Preprocessing, settings: Any, staging: Path, reporter: Reporter
+    cfg: CompressConfig, data: Dataset, prep: Preprocessing, settings: Any, reporter: Reporter
 ) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
     import torch
 
@@ -144,7 +144,11 @@ def _teacher(
     n_classes = len(data.classes)
     if cfg.teacher_weights:
         teacher = create_model(cfg.teacher, n_classes, data.channels)
-        load_weights(teacher, cfg.teacher_weights)
+        meta = load_weights(teacher, cfg.teacher_weights)
+        if meta.get("classes") not in (None, data.classes):
+            raise KdcError(
+                f"{cfg.teacher_weights} was trained on classes {meta['classes']}, this dataset has {data.classes}"
+            )
         reporter.info(f"teacher: {cfg.teacher} weights loaded from {cfg.teacher_weights} (not trained here)")
         return teacher.eval(), {"objective": "given (--teacher-weights)", "source": str(cfg.teacher_weights), "reused": True}
 

@@ -16,8 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from kdcompress.errors import KdcError
-from kdcompress.manifest import MANIFEST, read_manifest, write_json_atomic
+from kdcompress.manifest import MANIFEST, load_images, read_manifest, write_json_atomic
 from kdcompress.reporting import NullReporter, Reporter
 from kdcompress.runtime import Preprocessing, create_session, normalize, run_logits
 
@@ -86,12 +85,8 @@ def quantize_run(run_dir: str | Path, threads: int = 1, reporter: Reporter | Non
     manifest = read_manifest(run_dir)
     prep = Preprocessing.from_dict(manifest["preprocessing"])
     student = manifest["models"]["student"]
-    calibration_file = run_dir / manifest["files"]["calibration_set"]
-    if not calibration_file.is_file():
-        raise KdcError(f"{calibration_file} is missing: quantization needs the calibration images compress saves")
-    calibration_images = np.load(calibration_file)["images"]
-    test = np.load(run_dir / manifest["files"]["test_set"])
-    images, labels = test["images"], test["labels"]
+    calibration_images, _ = load_images(run_dir, manifest, "calibration_set")
+    images, labels = load_images(run_dir, manifest, "test_set")
     one = normalize(images[:1], prep)
 
     def score(path: Path) -> tuple[float, int, float]:

@@ -157,8 +157,9 @@ def benchmark_context(result: dict[str, Any]) -> list[str]:
     ]
     if m["busy"]:
         lines.append(
-            f"WARNING: the machine was busy (load average {m['load_average_1m']} -> {m['load_average_1m_after']} "
-            f"on {m['cores']} cores): latencies are inflated; rerun on an idle machine"
+            f"WARNING: the machine was busy (other processes used {_share(m['cpu_busy_fraction'])} of the CPU before "
+            f"and {_share(m['cpu_busy_fraction_after'])} after timing; load average {m['load_average_1m']} on "
+            f"{m['cores']} cores): latencies are inflated, rerun on an idle machine"
         )
     for role, model in result["models"].items():
         acc = model["accuracy"]
@@ -180,6 +181,10 @@ def _table(title: str, headers: list[str], rows: list[list[str]]) -> Table:
     for row in rows:
         table.add_row(*row)
     return table
+
+
+def _share(value: float | None) -> str:
+    return "?" if value is None else f"{value:.0%}"
 
 
 def benchmark_tables(result: dict[str, Any]) -> list[Table]:

@@ -99,3 +99,12 @@ def test_cli_benchmark_without_a_run_is_a_clear_error(tmp_path, make, message):
     make(target)
     result = runner.invoke(app, ["benchmark", str(target)])
     assert result.exit_code == 1 and message in result.output and "Traceback" not in result.output
+
+
+def test_a_busy_machine_is_flagged_not_silently_reported(tiny_run, monkeypatch):
+    monkeypatch.setattr("kdcompress.benchmark.cpu_busy_fraction", lambda interval=0.5: 0.9)
+    result = benchmark_run(tiny_run, quick=True, gpu=False)
+    assert result["machine"]["busy"] and result["machine"]["cpu_busy_fraction"] == 0.9
+    assert any(line.startswith("WARNING: the machine was busy (other processes used 90%") for line in benchmark_context(result))
+    monkeypatch.setattr("kdcompress.benchmark.cpu_busy_fraction", lambda interval=0.5: 0.05)
+    assert not benchmark_run(tiny_run, quick=True, gpu=False)["machine"]["busy"]

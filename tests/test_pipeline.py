@@ -137,3 +137,13 @@ def test_cache_key_changes_with_what_shapes_the_teacher():
     assert key == pipeline.teacher_cache_key(CompressConfig(**TINY, alpha=0.9, beta=0.0), data)  # student-side only
     assert key != pipeline.teacher_cache_key(CompressConfig(**{**TINY, "teacher_epochs": 3}), data)
     assert key != pipeline.teacher_cache_key(CompressConfig(**{**TINY, "teacher": "efficientnet_b0"}), data)
+
+
+def test_teacher_weights_for_other_classes_are_refused(tmp_path, tiny_run):
+    import torch
+
+    checkpoint = torch.load(tiny_run / "checkpoints" / "teacher.pt", weights_only=True)
+    checkpoint["classes"] = [f"c{i}" for i in range(10)]
+    torch.save(checkpoint, tmp_path / "other.pt")
+    with pytest.raises(KdcError, match="trained on classes"):
+        compress(CompressConfig(**TINY, teacher_weights=str(tmp_path / "other.pt"), artifacts=str(tmp_path / "a")))
