@@ -26,6 +26,9 @@ from kdcompress.manifest import environment, list_runs, read_manifest  # noqa: E
 
 
 def _git_commit() -> str:
+    """The commit measured: $KDC_COMMIT (for a snapshot outside git), else this checkout's HEAD."""
+    if os.environ.get("KDC_COMMIT"):
+        return os.environ["KDC_COMMIT"]
     done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True)
     return done.stdout.strip() or "unknown"
 

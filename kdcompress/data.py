@@ -158,9 +158,10 @@ def stratified_split(
         rare = int(classes[counts.argmin()])
         raise KdcError(f"class {rare} has {counts.min()} image(s): each class needs at least 2 to split off validation")
     held = max(int(round(len(y) * fraction)), len(classes))
-    keep_idx, held_idx = train_test_split(
-        np.arange(len(y)), test_size=held, stratify=y, random_state=SPLIT_SEED
-    )
+    try:
+        keep_idx, held_idx = train_test_split(np.arange(len(y)), test_size=held, stratify=y, random_state=SPLIT_SEED)
+    except ValueError as exc:
+        raise KdcError(f"too few images ({len(y)} in {len(classes)} classes) to split off {held}: {exc}") from None
     keep_idx, held_idx = np.sort(keep_idx), np.sort(held_idx)
     return x[keep_idx], y[keep_idx], x[held_idx], y[held_idx]
 

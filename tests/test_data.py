@@ -173,3 +173,13 @@ def test_batch_augmentation_is_seeded_and_crops_come_from_the_image():
     for i in range(2):
         for ch in range(3):
             assert set(a[i, ch].flatten().tolist()) <= set(batch[i, ch].flatten().tolist())
+
+
+def test_too_few_images_to_split_is_a_clear_error(tmp_path):
+    # 2 images per class: the test split takes one, leaving one per class, too few for validation
+    for c in ("a", "b", "c"):
+        (tmp_path / c).mkdir()
+        for i in range(2):
+            Image.new("RGB", (8, 8), (i, 0, 0)).save(tmp_path / c / f"{i}.png")
+    with pytest.raises(KdcError, match="has 1 image.*at least 2 to split off validation"):
+        load_dataset("folder", tmp_path, image_size=8)
