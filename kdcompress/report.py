@@ -31,7 +31,7 @@ class RichReporter(Reporter):
     def progress(self, description: str, total: int | None) -> Iterator[Callable[..., None]]:
         columns = [
             TextColumn("[bold]{task.description:<9}"),
-            BarColumn(bar_width=20),
+            BarColumn(bar_width=12),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
             TextColumn("{task.fields[status]}"),
@@ -55,8 +55,7 @@ def format_count(n: int) -> str:
 
 
 def _train_time(seconds: float | None, reused: bool) -> str:
-    text = "—" if seconds is None else f"{seconds:.0f} s"
-    return f"reused ({text})" if reused and seconds is not None else ("reused" if reused else text)
+    return "reused" if reused else ("—" if seconds is None else f"{seconds:.0f} s")
 
 
 def summary_table(manifest: dict[str, Any]) -> Table:
@@ -65,18 +64,18 @@ def summary_table(manifest: dict[str, Any]) -> Table:
     baseline = models["baseline"]
     n_test = manifest["dataset"]["counts"]["test"]
     table = Table(
-        title=f"kdc compress: {manifest['run']} ({manifest['dataset']['name']}, {n_test} test images)",
-        caption="Δ = change vs the baseline (same student trained without distillation), in points and test images",
+        title=f"kdc compress: {manifest['run']} ({manifest['dataset']['name']}, {n_test} test images)\n"
+        f"teacher {models['teacher']['architecture']}, students {baseline['architecture']}",
+        caption="Δ: change vs the baseline (the same student trained without distillation), in points and test images",
     )
     table.add_column("model", no_wrap=True)
-    table.add_column("arch", overflow="fold")
     table.add_column("test acc", justify="right", no_wrap=True)
-    table.add_column("Δ acc", justify="right", no_wrap=True)
+    table.add_column("Δ pts", justify="right", no_wrap=True)
     table.add_column("Δ imgs", justify="right", no_wrap=True)
     table.add_column("params", justify="right", no_wrap=True)
-    table.add_column("MB", justify="right")
-    table.add_column("best ep", justify="right")
-    table.add_column("train", justify="right")
+    table.add_column("MB", justify="right", no_wrap=True)
+    table.add_column("best ep", justify="right", no_wrap=True)
+    table.add_column("train", justify="right", no_wrap=True)
     for role in ("teacher", "baseline", "student"):
         entry = models[role]
         is_baseline = role == "baseline"
@@ -84,7 +83,6 @@ def summary_table(manifest: dict[str, Any]) -> Table:
         seconds, reused = entry.get("train_seconds"), entry.get("reused", False)
         table.add_row(
             ROLE_LABELS[role],
-            entry["architecture"],
             f"{entry['test_accuracy']:.2%}",
             "—" if is_baseline else _points(entry["test_accuracy"] - baseline["test_accuracy"]),
             "—" if is_baseline else f"{delta_images:+d}",
@@ -202,16 +200,16 @@ def benchmark_tables(result: dict[str, Any]) -> list[Table]:
     roles = list(result["models"])
     rows = []
     for name in result["classes"]:
-        rows.append([name] + [_recall_f1(result["models"][r]["accuracy"]["per_class"][name]) for r in roles])
+        rows.append([name] + [_precision_recall_f1(result["models"][r]["accuracy"]["per_class"][name]) for r in roles])
     if len(result["classes"]) == 2:
         for key, label in (("sensitivity", "sensitivity"), ("specificity", "specificity"), ("roc_auc", "ROC-AUC")):
             rows.append([label] + [_fraction(result["models"][r]["accuracy"].get(key)) for r in roles])
-    tables.append(_table("per class: recall / F1", ["class"] + [ROLE_LABELS.get(r, r) for r in roles], rows))
+    tables.append(_table("per class: precision / recall / F1", ["class"] + [ROLE_LABELS.get(r, r) for r in roles], rows))
     return tables
 
 
-def _recall_f1(per_class: dict[str, float]) -> str:
-    return f"{per_class['recall']:.2f} / {per_class['f1']:.2f}"
+def _precision_recall_f1(per_class: dict[str, float]) -> str:
+    return f"{per_class['precision']:.2f} / {per_class['recall']:.2f} / {per_class['f1']:.2f}"
 
 
 def _fraction(value: float | None) -> str:

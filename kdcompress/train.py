@@ -152,7 +152,7 @@ def fit(
                 for name, value in {"loss": loss, **parts}.items():
                     sums[name] = sums.get(name, 0.0) + float(value.detach())
                 running = " ".join(f"{k} {v / (step + 1):.3f}" for k, v in sums.items())
-                advance(1, status=f"epoch {epoch}/{settings.epochs}  {running}{status}")
+                advance(1, status=f"ep {epoch}/{settings.epochs}{status} | {running}")
             val_acc = accuracy(predict_logits(student, data.val_x, prep, device, amp=True), data.val_y)
             record = {"epoch": epoch, **{k: v / steps_per_epoch for k, v in sums.items()}}
             record.update(val_accuracy=val_acc, lr=scheduler.get_last_lr()[0], seconds=time.perf_counter() - epoch_start)
@@ -160,8 +160,8 @@ def fit(
             if val_acc > best_val:
                 best_val, best_epoch = val_acc, epoch
                 best_state = {k: v.detach().clone() for k, v in student.state_dict().items()}
-            status = f"  | val {val_acc:.1%} (best {best_val:.1%} @ {best_epoch})"
-            advance(0, status=f"epoch {epoch}/{settings.epochs}  {running}{status}")
+            status = f" val {val_acc:.1%} (best {best_val:.1%} @{best_epoch})"
+            advance(0, status=f"ep {epoch}/{settings.epochs}{status} | {running}")
     assert best_state is not None
     student.load_state_dict(best_state)
     student.eval()
