@@ -12,7 +12,7 @@ import shutil
 import tarfile
 import tempfile
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +67,6 @@ class Dataset:
     val_y: np.ndarray
     test_x: np.ndarray
     test_y: np.ndarray
-    notes: list[str] = field(default_factory=list)
 
     def preprocessing(self) -> Preprocessing:
         """Per-channel mean and std measured on the training split."""
@@ -196,7 +195,17 @@ def find_cifar10(root: Path) -> Path | None:
 def download_cifar10(root: Path, reporter: Reporter, url: str = CIFAR10_URL, md5: str = CIFAR10_MD5) -> Path:
     """Download and verify the official CIFAR-10 archive, then extract it under root."""
     reporter.info(f"CIFAR-10 not found under {root}: downloading {url}")
+    created = not root.exists()
     root.mkdir(parents=True, exist_ok=True)
+    try:
+        return _download_into(root, reporter, url, md5)
+    except BaseException:
+        if created and not any(root.iterdir()):
+            root.rmdir()  # leave no empty folder behind a failed download
+        raise
+
+
+def _download_into(root: Path, reporter: Reporter, url: str, md5: str) -> Path:
     with tempfile.TemporaryDirectory(dir=root) as tmp:
         archive = Path(tmp) / "cifar-10-python.tar.gz"
         try:

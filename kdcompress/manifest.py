@@ -16,7 +16,6 @@ from kdcompress.errors import KdcError
 
 MANIFEST = "manifest.json"
 FORMAT = "kdcompress-run/1"
-MODEL_ROLES = ("teacher", "baseline", "student")  # student = the distilled one
 
 
 def write_json_atomic(path: Path, data: Any) -> None:

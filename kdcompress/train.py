@@ -22,6 +22,8 @@ from kdcompress.objectives import trainable_parameters
 from kdcompress.reporting import Reporter
 from kdcompress.runtime import Preprocessing
 
+REPORT_EVERY = 5  # steps between progress updates (each one waits for the device)
+
 
 @dataclass(frozen=True)
 class TrainSettings:
@@ -134,27 +136,30 @@ def fit(
         for epoch in range(1, settings.epochs + 1):
             objective.train()
             order = torch.randperm(n, generator=generator)[: steps_per_epoch * batch_size].to(device)
-            sums: dict[str, float] = {}
-            epoch_start = time.perf_counter()
+            sums: dict[str, torch.Tensor] = {}  # on the device: read back only every few steps (no per-step sync)
+            epoch_start, reported = time.perf_counter(), 0
             for step in range(steps_per_epoch):
                 index = order[step * batch_size : (step + 1) * batch_size]
                 images = augment(to_input(train_x[index], mean, std), generator, data.flip)
                 images = images.contiguous(memory_format=torch.channels_last)
                 with _autocast(device):
                     loss, parts = objective(images, train_y[index])
-                if not torch.isfinite(loss):
-                    raise KdcError(f"{label}: the loss became {loss.item()} at epoch {epoch}; lower --lr and retry")
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
                 scaler.update()
                 scheduler.step()
                 for name, value in {"loss": loss, **parts}.items():
-                    sums[name] = sums.get(name, 0.0) + float(value.detach())
-                running = " ".join(f"{k} {v / (step + 1):.3f}" for k, v in sums.items())
-                advance(1, status=f"ep {epoch}/{settings.epochs}{status} | {running}")
+                    sums[name] = sums[name] + value.detach().float() if name in sums else value.detach().float()
+                if step % REPORT_EVERY == REPORT_EVERY - 1 or step == steps_per_epoch - 1:
+                    means = {k: float(v) / (step + 1) for k, v in sums.items()}
+                    if not np.isfinite(means["loss"]):
+                        raise KdcError(f"{label}: the loss became {means['loss']} in epoch {epoch}; lower --lr and retry")
+                    running = " ".join(f"{k} {v:.3f}" for k, v in means.items())
+                    advance(step + 1 - reported, status=f"ep {epoch}/{settings.epochs}{status} | {running}")
+                    reported = step + 1
             val_acc = accuracy(predict_logits(student, data.val_x, prep, device, amp=True), data.val_y)
-            record = {"epoch": epoch, **{k: v / steps_per_epoch for k, v in sums.items()}}
+            record = {"epoch": epoch, **means}
             record.update(val_accuracy=val_acc, lr=scheduler.get_last_lr()[0], seconds=time.perf_counter() - epoch_start)
             history.append(record)
             if val_acc > best_val:

@@ -66,7 +66,7 @@ def test_cifar3_missing_and_offline_names_the_folder(tmp_path, monkeypatch):
         load_dataset("cifar3", tmp_path / "nowhere")
     message = str(err.value)
     assert str(tmp_path / "nowhere" / "cifar-10-batches-py") in message and "--data-dir" in message
-    assert not any((tmp_path / "nowhere").glob("*"))  # nothing half-downloaded left behind
+    assert not (tmp_path / "nowhere").exists()  # nothing half-downloaded, not even the folder, left behind
 
 
 def _fake_cifar_archive(tmp_path: Path, shared_data: Path) -> Path:
