@@ -23,7 +23,7 @@ from kdcompress.models import resolve_model_name
 from kdcompress.reporting import NullReporter, Reporter
 from kdcompress.runtime import Preprocessing
 
-TEACHER_RECIPE = 1  # bump when the teacher's training changes, so cached teachers are not reused
+TEACHER_RECIPE = 2  # bump when the teacher's training changes, so cached teachers are not reused (2: zeroed head)
 CALIBRATION_IMAGES = 512  # training images kept for INT8 calibration (kdc quantize)
 
 
@@ -137,7 +137,7 @@ def _teacher(
     """Train the teacher, or reuse one: from --teacher-weights, or cached from an identical earlier run."""
     from dataclasses import replace
 
-    from kdcompress.models import create_model, load_weights, save_checkpoint
+    from kdcompress.models import create_model, load_weights, save_checkpoint, zero_init_head
     from kdcompress.objectives import Supervised
     from kdcompress.train import fit
 
@@ -168,7 +168,7 @@ def _teacher(
     import torch
 
     torch.manual_seed(cfg.seed)
-    teacher = create_model(cfg.teacher, n_classes, data.channels, cfg.pretrained)
+    teacher = zero_init_head(create_model(cfg.teacher, n_classes, data.channels, cfg.pretrained))
     reporter.info(f"teacher: {cfg.teacher}{' (ImageNet weights)' if cfg.pretrained else ''}, loss = CE(teacher, y)")
     result = fit(Supervised(teacher), data, prep, replace(settings, epochs=cfg.teacher_epochs), reporter, "teacher")
     record = {"objective": "loss = CE(teacher, y)", **_fit_record(result)}

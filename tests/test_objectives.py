@@ -1,5 +1,7 @@
 """Distillation objective: the loss is the stated sum, and gradients reach only student and projection."""
 
+import math
+
 import pytest
 import timm
 import torch
@@ -71,3 +73,16 @@ def test_supervised_is_plain_cross_entropy():
     loss, parts = Supervised(student).eval()(images, labels)
     assert loss.item() == pytest.approx(losses.cross_entropy(student(images), labels).item(), rel=1e-6)
     assert set(parts) == {"ce"}
+
+
+def test_zeroed_head_starts_the_teacher_at_uniform_predictions():
+    from kdcompress.models import zero_init_head
+
+    torch.manual_seed(0)
+    teacher = zero_init_head(timm.create_model("test_efficientnet", num_classes=3)).eval()
+    logits = teacher(torch.randn(4, 3, 16, 16))
+    assert torch.equal(logits, torch.zeros_like(logits))
+    loss = losses.cross_entropy(logits, torch.tensor([0, 1, 2, 0]))
+    assert loss.item() == pytest.approx(math.log(3), rel=1e-6)
+    loss.backward()
+    assert teacher.get_classifier().weight.grad.abs().sum() > 0  # still learns
