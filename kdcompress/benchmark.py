@@ -134,11 +134,8 @@ def latency(session: Any, sample: np.ndarray, warmup: int, runs: int, min_second
     }
 
 
-def measure_speed(
-    path: Path, prep: Preprocessing, images: np.ndarray, provider: str, threads: int, batch: int, quick: bool
-) -> dict[str, Any]:
-    """Batch-1 latency and throughput at `batch` for one model on one execution provider."""
-    session = create_session(path, provider, threads)
+def measure_speed(session: Any, prep: Preprocessing, images: np.ndarray, batch: int, quick: bool) -> dict[str, Any]:
+    """Batch-1 latency and throughput at `batch` for one onnxruntime session."""
     one = normalize(images[:1], prep)
     repeats = -(-batch // len(images))
     many = normalize(np.concatenate([images] * repeats)[:batch], prep)
@@ -222,7 +219,8 @@ def benchmark_run(
             entry = manifest["models"][role]
             path = run_dir / entry["onnx"]
             advance(0, status=f"{role}: accuracy")
-            logits = run_logits(create_session(path, "cpu", threads), images, prep)
+            cpu_session = create_session(path, "cpu", threads)
+            logits = run_logits(cpu_session, images, prep)
             metrics = classification_metrics(logits, labels, classes)
             recorded = entry.get("test_correct")
             metrics["recorded_correct"] = recorded
@@ -230,11 +228,11 @@ def benchmark_run(
             metrics["agrees_with_manifest"] = recorded is None or abs(metrics["correct"] - recorded) <= 1
             advance(0, status=f"{role}: CPU latency")
             result = {"role": role, "file": entry["onnx"], "accuracy": metrics, **onnx_size(path)}
-            result["cpu"] = measure_speed(path, prep, images, "cpu", threads, batch, quick)
+            result["cpu"] = measure_speed(cpu_session, prep, images, batch, quick)
             if gpu_ok:
                 advance(0, status=f"{role}: GPU latency")
                 try:
-                    result["gpu"] = measure_speed(path, prep, images, "cuda", threads, batch, quick)
+                    result["gpu"] = measure_speed(create_session(path, "cuda", threads), prep, images, batch, quick)
                 except KdcError as exc:
                     gpu_ok, gpu_reason = False, str(exc)
             results[role] = result
