@@ -64,11 +64,9 @@ def compress(config: CompressConfig, reporter: Reporter | None = None) -> Compre
         models, records = _train_all(cfg, data, prep, settings, reporter)
         manifest = _finish(cfg, data, prep, models, records, staging, final_dir.name, device, reporter)
         if cfg.int8:
-            from kdcompress.manifest import read_manifest
             from kdcompress.quantize import quantize_run
 
-            quantize_run(staging, reporter=reporter)
-            manifest = read_manifest(staging)
+            manifest["models"]["int8"] = quantize_run(staging, reporter=reporter)  # also written to the manifest
         _publish(staging, final_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

@@ -58,40 +58,38 @@ def _train_time(seconds: float | None, reused: bool) -> str:
     return "reused" if reused else ("—" if seconds is None else f"{seconds:.0f} s")
 
 
+SUMMARY_HEADERS = ["model", "test acc", "Δ pts", "Δ imgs", "params", "MB", "best ep", "train"]
+
+
 def summary_table(manifest: dict[str, Any]) -> Table:
     """Teacher / baseline / distilled side by side: accuracy, change vs baseline, size, training time."""
     models = manifest["models"]
     baseline = models["baseline"]
     n_test = manifest["dataset"]["counts"]["test"]
-    table = Table(
-        title=f"kdc compress: {manifest['run']} ({manifest['dataset']['name']}, {n_test} test images)\n"
-        f"teacher {models['teacher']['architecture']}, students {baseline['architecture']}",
-        caption="Δ: change vs the baseline (the same student trained without distillation), in points and test images",
-    )
-    table.add_column("model", no_wrap=True)
-    table.add_column("test acc", justify="right", no_wrap=True)
-    table.add_column("Δ pts", justify="right", no_wrap=True)
-    table.add_column("Δ imgs", justify="right", no_wrap=True)
-    table.add_column("params", justify="right", no_wrap=True)
-    table.add_column("MB", justify="right", no_wrap=True)
-    table.add_column("best ep", justify="right", no_wrap=True)
-    table.add_column("train", justify="right", no_wrap=True)
+    rows = []
     for role in ("teacher", "baseline", "student"):
         entry = models[role]
         is_baseline = role == "baseline"
         delta_images = entry["test_correct"] - baseline["test_correct"]
-        seconds, reused = entry.get("train_seconds"), entry.get("reused", False)
-        table.add_row(
-            ROLE_LABELS[role],
-            f"{entry['test_accuracy']:.2%}",
-            "—" if is_baseline else _points(entry["test_accuracy"] - baseline["test_accuracy"]),
-            "—" if is_baseline else f"{delta_images:+d}",
-            format_count(entry["parameters"]),
-            f"{entry['onnx_bytes'] / 1e6:.2f}",
-            str(entry.get("best_epoch", "—")),
-            _train_time(seconds, reused),
+        rows.append(
+            [
+                ROLE_LABELS[role],
+                f"{entry['test_accuracy']:.2%}",
+                "—" if is_baseline else _points(entry["test_accuracy"] - baseline["test_accuracy"]),
+                "—" if is_baseline else f"{delta_images:+d}",
+                format_count(entry["parameters"]),
+                f"{entry['onnx_bytes'] / 1e6:.2f}",
+                str(entry.get("best_epoch", "—")),
+                _train_time(entry.get("train_seconds"), entry.get("reused", False)),
+            ]
         )
-    return table
+    return _table(
+        f"kdc compress: {manifest['run']} ({manifest['dataset']['name']}, {n_test} test images)\n"
+        f"teacher {models['teacher']['architecture']}, students {baseline['architecture']}",
+        SUMMARY_HEADERS,
+        rows,
+        caption="Δ: change vs the baseline (the same student trained without distillation), in points and test images",
+    )
 
 
 def _ms(speed: dict[str, Any], key: str = "p50_ms") -> str:
@@ -172,8 +170,9 @@ def benchmark_context(result: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _table(title: str, headers: list[str], rows: list[list[str]]) -> Table:
-    table = Table(title=title)
+def _table(title: str, headers: list[str], rows: list[list[str]], caption: str | None = None) -> Table:
+    """First column left-aligned, the figures right-aligned, nothing wrapped."""
+    table = Table(title=title, caption=caption)
     for i, header in enumerate(headers):
         table.add_column(header, justify="left" if i == 0 else "right", no_wrap=True)
     for row in rows:
