@@ -7,7 +7,7 @@ the feature projection live beside it and are never part of the export.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 import torch
 import torch.nn as nn
@@ -22,14 +22,72 @@ class Supervised(nn.Module):
         super().__init__()
         self.student = student
 
-    def forward(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Loss and its parts for one batch."""
+    def forward(
+        self, images: torch.Tensor, labels: torch.Tensor, view: Optional[int] = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Loss and its parts for one batch (view, the batch's index in the run, is not needed here)."""
         ce = losses.cross_entropy(self.student(images), labels)
         return ce, {"ce": ce}
 
     def describe(self) -> str:
         """The objective as a formula."""
         return "loss = CE(student, y)"
+
+
+class LiveTeacher(nn.Module):
+    """The frozen teacher network, run on every batch (what `kdc compress` does)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model.eval().requires_grad_(False)
+        self.num_features = model.num_features
+
+    def train(self, mode: bool = True) -> "LiveTeacher":
+        """The teacher always stays in eval mode (its BatchNorm statistics never move)."""
+        super().train(mode)
+        self.model.eval()
+        return self
+
+    @torch.no_grad()
+    def forward(
+        self, images: torch.Tensor, view: Optional[int], features: bool
+    ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Teacher logits for the batch, and its pooled features when asked for."""
+        feature_map = self.model.forward_features(images)
+        logits = self.model.forward_head(feature_map)
+        pooled = self.model.forward_head(feature_map, pre_logits=True) if features else None
+        return logits, pooled
+
+
+class RecordedTeacher(nn.Module):
+    """The teacher's outputs for every batch of one training run, computed once and replayed.
+
+    Valid only for students that see exactly the recorded views: same data, seed, epochs and
+    batch size (`train.record_teacher` makes them with the same view stream as `train.fit`).
+    This is "consistent teaching" (Beyer et al. 2022) with the outputs precomputed as in FKD
+    (Shen & Xing 2022): a sweep of N students costs N student trainings plus one teacher pass.
+    """
+
+    def __init__(self, logits: torch.Tensor, features: Optional[torch.Tensor], num_features: int) -> None:
+        super().__init__()
+        self.register_buffer("logits", logits)  # views x batch x classes
+        self.register_buffer("features", features)  # views x batch x teacher features, or None
+        self.num_features = num_features
+
+    @property
+    def views(self) -> int:
+        """Number of recorded batches."""
+        return int(self.logits.shape[0])
+
+    def forward(
+        self, images: torch.Tensor, view: Optional[int], features: bool
+    ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """The recorded outputs of batch number `view` (images are only checked for their count)."""
+        if view is None or not 0 <= view < self.views or self.logits.shape[1] != images.shape[0]:
+            raise ValueError(f"batch {view} of {images.shape[0]} images was not recorded ({self.views} batches)")
+        if features and self.features is None:
+            raise ValueError("the teacher's features were not recorded (record with features=True)")
+        return self.logits[view], self.features[view] if features else None
 
 
 class Distillation(nn.Module):
@@ -42,38 +100,30 @@ class Distillation(nn.Module):
         temperature: float,
         alpha: float,
         beta: float,
-        projection: nn.Module | None = None,
+        projection: Optional[nn.Module] = None,
     ) -> None:
         super().__init__()
         if beta > 0 and projection is None:
             raise ValueError("beta > 0 needs a projection from student to teacher features")
         self.student = student
-        self.teacher = teacher.eval().requires_grad_(False)
+        self.teacher = teacher if isinstance(teacher, (LiveTeacher, RecordedTeacher)) else LiveTeacher(teacher)
         self.projection = projection if beta > 0 else None
         self.temperature = temperature
         self.alpha = alpha
         self.beta = beta
 
-    def train(self, mode: bool = True) -> "Distillation":
-        """Train the student (and projection); the teacher always stays in eval mode."""
-        super().train(mode)
-        self.teacher.eval()
-        return self
-
-    def forward(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward(
+        self, images: torch.Tensor, labels: torch.Tensor, view: Optional[int] = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Loss and its parts (ce, kd and, with beta > 0, feat) for one batch."""
         student_map = self.student.forward_features(images)
         student_logits = self.student.forward_head(student_map)
-        with torch.no_grad():
-            teacher_map = self.teacher.forward_features(images)
-            teacher_logits = self.teacher.forward_head(teacher_map)
+        teacher_logits, teacher_features = self.teacher(images, view, self.projection is not None)
         parts = {
             "ce": losses.cross_entropy(student_logits, labels),
             "kd": losses.kd_kl(student_logits, teacher_logits, self.temperature),
         }
         if self.projection is not None:
-            with torch.no_grad():
-                teacher_features = self.teacher.forward_head(teacher_map, pre_logits=True)
             student_features = self.student.forward_head(student_map, pre_logits=True)
             parts["feat"] = losses.feature_l2(self.projection(student_features), teacher_features)
         weights = {"ce": 1.0 - self.alpha, "kd": self.alpha, "feat": self.beta}

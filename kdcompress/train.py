@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -18,7 +18,7 @@ import torch.nn as nn
 
 from kdcompress.data import Dataset, augment
 from kdcompress.errors import KdcError
-from kdcompress.objectives import trainable_parameters
+from kdcompress.objectives import RecordedTeacher, trainable_parameters
 from kdcompress.reporting import Reporter
 from kdcompress.runtime import Preprocessing
 
@@ -100,6 +100,63 @@ def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
     return float((logits.argmax(axis=1) == labels).mean()) if len(labels) else 0.0
 
 
+class ViewStream:
+    """The augmented batches one run trains on, drawn from a generator seeded with the run's seed.
+
+    Every run with the same data, seed, epochs and batch size sees the same views in the same
+    order: what makes a baseline and its distilled students comparable, and what lets a teacher's
+    outputs be recorded once for all of them (`record_teacher`).
+    """
+
+    def __init__(self, data: Dataset, prep: Preprocessing, settings: TrainSettings) -> None:
+        device = settings.device
+        self.generator = torch.Generator().manual_seed(settings.seed)
+        self.train_x = torch.from_numpy(data.train_x).to(device)
+        self.train_y = torch.from_numpy(data.train_y).to(device)
+        self.mean, self.std = _stats(prep, device)
+        self.flip = data.flip
+        self.n = len(data.train_y)
+        self.batch_size = min(settings.batch_size, self.n)
+        self.steps_per_epoch = max(1, self.n // self.batch_size)  # drop the ragged last batch: BatchNorm needs > 1
+        self.device = device
+
+    def epoch(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """One epoch of (normalised, augmented, channels-last images, labels) batches."""
+        used = self.steps_per_epoch * self.batch_size
+        order = torch.randperm(self.n, generator=self.generator)[:used].to(self.device)
+        for step in range(self.steps_per_epoch):
+            index = order[step * self.batch_size : (step + 1) * self.batch_size]
+            images = augment(to_input(self.train_x[index], self.mean, self.std), self.generator, self.flip)
+            yield images.contiguous(memory_format=torch.channels_last), self.train_y[index]
+
+
+@torch.no_grad()
+def record_teacher(
+    teacher: nn.Module,
+    data: Dataset,
+    prep: Preprocessing,
+    settings: TrainSettings,
+    features: bool,
+    reporter: Reporter,
+    label: str = "teacher outputs",
+) -> RecordedTeacher:
+    """Run the frozen teacher once over every view a run with these settings will train on."""
+    device = settings.device
+    teacher.to(device).to(memory_format=torch.channels_last).eval()
+    stream = ViewStream(data, prep, settings)
+    logits, pooled = [], []
+    with reporter.progress(label, total=settings.epochs * stream.steps_per_epoch) as advance:
+        for _ in range(settings.epochs):
+            for images, _labels in stream.epoch():
+                with _autocast(device):
+                    feature_map = teacher.forward_features(images)
+                    logits.append(teacher.forward_head(feature_map).float())
+                    if features:
+                        pooled.append(teacher.forward_head(feature_map, pre_logits=True).float())
+                advance(1)
+    return RecordedTeacher(torch.stack(logits), torch.stack(pooled) if features else None, teacher.num_features)
+
+
 def fit(
     objective: nn.Module,
     data: Dataset,
@@ -111,16 +168,10 @@ def fit(
     """Train objective.student; the epoch with the best validation accuracy is restored at the end."""
     device = settings.device
     torch.manual_seed(settings.seed)
-    generator = torch.Generator().manual_seed(settings.seed)
     objective.to(device).to(memory_format=torch.channels_last)
     student = objective.student
-    train_x = torch.from_numpy(data.train_x).to(device)
-    train_y = torch.from_numpy(data.train_y).to(device)
-    mean, std = _stats(prep, device)
-
-    n = len(train_y)
-    batch_size = min(settings.batch_size, n)
-    steps_per_epoch = max(1, n // batch_size)  # drop the ragged last batch: BatchNorm needs > 1 sample
+    stream = ViewStream(data, prep, settings)
+    steps_per_epoch = stream.steps_per_epoch
     optimizer = torch.optim.AdamW(trainable_parameters(objective), lr=settings.lr, weight_decay=settings.weight_decay)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=settings.lr, total_steps=settings.epochs * steps_per_epoch, pct_start=0.25
@@ -135,15 +186,11 @@ def fit(
     with reporter.progress(label, total=settings.epochs * steps_per_epoch) as advance:
         for epoch in range(1, settings.epochs + 1):
             objective.train()
-            order = torch.randperm(n, generator=generator)[: steps_per_epoch * batch_size].to(device)
             sums: dict[str, torch.Tensor] = {}  # on the device: read back only every few steps (no per-step sync)
             epoch_start, reported = time.perf_counter(), 0
-            for step in range(steps_per_epoch):
-                index = order[step * batch_size : (step + 1) * batch_size]
-                images = augment(to_input(train_x[index], mean, std), generator, data.flip)
-                images = images.contiguous(memory_format=torch.channels_last)
+            for step, (images, labels) in enumerate(stream.epoch()):
                 with _autocast(device):
-                    loss, parts = objective(images, train_y[index])
+                    loss, parts = objective(images, labels, (epoch - 1) * steps_per_epoch + step)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
