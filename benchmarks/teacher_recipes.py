@@ -3,7 +3,7 @@
     python benchmarks/teacher_recipes.py RECIPE [RECIPE ...] [--epochs N] [--data-dir ../shared/data]
 
 Recipes (combinable with '+'):
-  stock   timm efficientnet_b3 from scratch, 3 classes (what kdc compress does today)
+  stock   timm efficientnet_b3 from scratch with a zeroed head, 3 classes (teacher recipe 2)
   stem1   stride-1 stem convolution: at 32 px the network otherwise ends at 1x1
   aux10   train on cifar3's train split plus the 7 other CIFAR-10 classes (10-way head); the
           3-class prediction is the argmax over the first 3 logits. cifar3's validation and test
@@ -32,7 +32,7 @@ sys.path.insert(0, str(HERE.parent))
 
 from kdcompress.data import find_cifar10, load_dataset  # noqa: E402
 from kdcompress.manifest import environment  # noqa: E402
-from kdcompress.models import create_model  # noqa: E402
+from kdcompress.models import create_model, zero_init_head  # noqa: E402
 from kdcompress.objectives import Supervised  # noqa: E402
 from kdcompress.reporting import Reporter  # noqa: E402
 from kdcompress.train import TrainSettings, accuracy, fit, predict_logits  # noqa: E402
@@ -84,7 +84,7 @@ def run(recipe: str, epochs: int, data_dir: Path) -> dict:
         data = replace(data, train_x=np.concatenate([data.train_x, aux_x]), train_y=np.concatenate([data.train_y, aux_y]))
         n_classes = 10
     torch.manual_seed(0)
-    teacher = create_model("efficientnet_b3", n_classes, 3)
+    teacher = zero_init_head(create_model("efficientnet_b3", n_classes, 3))  # recipe 2, as kdc compress
     if "stem1" in parts:
         teacher.conv_stem.stride = (1, 1)
     settings = TrainSettings(epochs=epochs, batch_size=128, lr=2e-3, weight_decay=0.05, seed=0, device="cpu")

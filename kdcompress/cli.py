@@ -54,6 +54,13 @@ def _user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def _config(values: dict[str, Any]) -> Any:
+    """A CompressConfig from command-line values named like its fields (paths become strings)."""
+    from kdcompress.config import CompressConfig
+
+    return CompressConfig(**{k: str(v) if isinstance(v, Path) else v for k, v in values.items()})
+
+
 LOSS_HELP = (
     "loss = (1 - alpha) * CE(student, y) + alpha * T^2 * KL(softmax(teacher/T) || softmax(student/T))"
     " + beta * ||P(f_s) - f_t||^2   (KL averaged per sample; f = pooled penultimate features;"
@@ -61,66 +68,61 @@ LOSS_HELP = (
 )
 
 
+# Options shared by compress and sweep (one definition, so their help and defaults cannot drift apart).
+DATASET_OPTION = typer.Option("digits", "--dataset", "-d", help="digits (offline default), cifar3, chest-xray, or folder.")
+DATA_DIR_OPTION = typer.Option(
+    None, "--data-dir", help="Where the data is: cifar3 looks for cifar-10-batches-py here (default ./data, "
+    "downloaded when absent); chest-xray and folder need it."
+)
+IMAGE_SIZE_OPTION = typer.Option(None, "--image-size", help="Input side in pixels (default per dataset: digits 16, others 32).")
+TEACHER_OPTION = typer.Option("efficientnet_b3", "--teacher", help="Teacher: any timm model name.")
+STUDENT_OPTION = typer.Option("resnet18", "--student", help="Student: any timm model name (baseline and distilled).")
+PRETRAINED_OPTION = typer.Option(False, "--pretrained", help="Start the teacher from timm's ImageNet weights (downloads).")
+PRETRAINED_STUDENT_OPTION = typer.Option(False, "--pretrained-student", help="Start both students from ImageNet weights.")
+TEACHER_WEIGHTS_OPTION = typer.Option(None, "--teacher-weights", help="Use this trained teacher checkpoint (.pt) instead of training one.")
+RETRAIN_TEACHER_OPTION = typer.Option(False, "--retrain-teacher", help="Train the teacher even when an identical one was trained before.")
+EPOCHS_OPTION = typer.Option(None, "--epochs", help="Epochs per training (default per dataset: digits 10, cifar3 30, chest-xray 10, folder 15).")
+TEACHER_EPOCHS_OPTION = typer.Option(None, "--teacher-epochs", help="Epochs for the teacher (default: same as --epochs).")
+BATCH_SIZE_OPTION = typer.Option(128, "--batch-size", help="Batch size of every training.")
+LR_OPTION = typer.Option(2e-3, "--lr", help="Peak learning rate (AdamW, one-cycle schedule).")
+WEIGHT_DECAY_OPTION = typer.Option(0.05, "--weight-decay", help="AdamW weight decay.")
+VAL_FRACTION_OPTION = typer.Option(0.1, "--val-fraction", help="Share of train held out to pick the best epoch (the test split never is).")
+DEVICE_OPTION = typer.Option("auto", "--device", help="auto, cpu or cuda (mixed precision on CUDA).")
+ARTIFACTS_OPTION = typer.Option(Path("artifacts"), "--artifacts", help="Artifacts root; each run gets a new sub-folder.")
+
+
 @app.command(help=f"Train a teacher, a baseline student and a distilled student; export all three to ONNX.\n\n{LOSS_HELP}")
 @_user_errors
 def compress(
-    dataset: str = typer.Option("digits", "--dataset", "-d", help="digits (offline default), cifar3, chest-xray, or folder."),
-    data_dir: Optional[Path] = typer.Option(
-        None, "--data-dir", help="Where the data is: cifar3 looks for cifar-10-batches-py here (default ./data, "
-        "downloaded when absent); chest-xray and folder need it."
-    ),
-    image_size: Optional[int] = typer.Option(None, "--image-size", help="Input side in pixels (default per dataset: digits 16, others 32)."),
-    teacher: str = typer.Option("efficientnet_b3", "--teacher", help="Teacher: any timm model name."),
-    student: str = typer.Option("resnet18", "--student", help="Student: any timm model name (baseline and distilled)."),
-    pretrained: bool = typer.Option(False, "--pretrained", help="Start the teacher from timm's ImageNet weights (downloads)."),
-    pretrained_student: bool = typer.Option(False, "--pretrained-student", help="Start both students from ImageNet weights."),
-    teacher_weights: Optional[Path] = typer.Option(None, "--teacher-weights", help="Use this trained teacher checkpoint (.pt) instead of training one."),
-    retrain_teacher: bool = typer.Option(False, "--retrain-teacher", help="Train the teacher even when an identical one was trained before."),
+    dataset: str = DATASET_OPTION,
+    data_dir: Optional[Path] = DATA_DIR_OPTION,
+    image_size: Optional[int] = IMAGE_SIZE_OPTION,
+    teacher: str = TEACHER_OPTION,
+    student: str = STUDENT_OPTION,
+    pretrained: bool = PRETRAINED_OPTION,
+    pretrained_student: bool = PRETRAINED_STUDENT_OPTION,
+    teacher_weights: Optional[Path] = TEACHER_WEIGHTS_OPTION,
+    retrain_teacher: bool = RETRAIN_TEACHER_OPTION,
     temperature: float = typer.Option(4.0, "--T", "--temperature", help="Temperature T that softens both logit sets in the KL term (> 0)."),
     alpha: float = typer.Option(0.5, "--alpha", help="Weight of the KL term in [0, 1]; CE gets 1 - alpha."),
     beta: float = typer.Option(0.3, "--beta", help="Weight of the feature term (>= 0); 0 = logits-only distillation."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs per training (default per dataset: digits 10, cifar3 30, chest-xray 10, folder 15)."),
-    teacher_epochs: Optional[int] = typer.Option(None, "--teacher-epochs", help="Epochs for the teacher (default: same as --epochs)."),
-    batch_size: int = typer.Option(128, "--batch-size", help="Batch size of every training."),
-    lr: float = typer.Option(2e-3, "--lr", help="Peak learning rate (AdamW, one-cycle schedule)."),
-    weight_decay: float = typer.Option(0.05, "--weight-decay", help="AdamW weight decay."),
-    val_fraction: float = typer.Option(0.1, "--val-fraction", help="Share of train held out to pick the best epoch (the test split never is)."),
+    epochs: Optional[int] = EPOCHS_OPTION,
+    teacher_epochs: Optional[int] = TEACHER_EPOCHS_OPTION,
+    batch_size: int = BATCH_SIZE_OPTION,
+    lr: float = LR_OPTION,
+    weight_decay: float = WEIGHT_DECAY_OPTION,
+    val_fraction: float = VAL_FRACTION_OPTION,
     seed: int = typer.Option(0, "--seed", help="Seed for weights, data order and augmentation."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda (mixed precision on CUDA)."),
-    artifacts: Path = typer.Option(Path("artifacts"), "--artifacts", help="Artifacts root; each run gets a new sub-folder."),
+    device: str = DEVICE_OPTION,
+    artifacts: Path = ARTIFACTS_OPTION,
     out: Optional[Path] = typer.Option(None, "--out", help="Exact run folder; an earlier run there is replaced once this one completes."),
     int8: bool = typer.Option(False, "--int8", help="Also write a static INT8 version of the distilled student (see kdc quantize)."),
     as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON on stdout instead of the table."),
 ) -> None:
-    from kdcompress.config import CompressConfig
+    config = _config({k: v for k, v in locals().items() if k != "as_json"})  # first: locals() = the options
     from kdcompress.pipeline import compress as run_compress
     from kdcompress.report import RichReporter, summary_table
 
-    config = CompressConfig(
-        dataset=dataset,
-        data_dir=str(data_dir) if data_dir else None,
-        image_size=image_size,
-        teacher=teacher,
-        student=student,
-        pretrained=pretrained,
-        pretrained_student=pretrained_student,
-        teacher_weights=str(teacher_weights) if teacher_weights else None,
-        retrain_teacher=retrain_teacher,
-        temperature=temperature,
-        alpha=alpha,
-        beta=beta,
-        epochs=epochs,
-        teacher_epochs=teacher_epochs,
-        batch_size=batch_size,
-        lr=lr,
-        weight_decay=weight_decay,
-        val_fraction=val_fraction,
-        seed=seed,
-        device=device,
-        artifacts=str(artifacts),
-        out=str(out) if out else None,
-        int8=int8,
-    )
     reporter = RichReporter(stderr)
     reporter.info(LOSS_HELP.split("   (")[0])
     result = run_compress(config, reporter)
@@ -131,6 +133,77 @@ def compress(
     for warning in result.manifest["warnings"]:
         stdout.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False)
     stdout.print(f"Run written to [bold]{result.run_dir}[/]: next, [bold]kdc benchmark {result.run_dir}[/]", highlight=False)
+
+
+def _numbers(flag: str, text: str) -> tuple[float, ...]:
+    """'1,4,8' -> (1.0, 4.0, 8.0); anything else is a one-line error."""
+    try:
+        return tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise KdcError(f"{flag} takes comma-separated numbers such as 1,4,8, got '{text}'") from None
+
+
+@app.command()
+@_user_errors
+def sweep(
+    dataset: str = DATASET_OPTION,
+    data_dir: Optional[Path] = DATA_DIR_OPTION,
+    temperatures: str = typer.Option("1,4,8", "--T", "--temperature", help="Temperatures to try, comma-separated."),
+    alphas: str = typer.Option("0.5,0.9", "--alpha", help="KL weights to try, comma-separated, each in [0, 1]."),
+    betas: str = typer.Option("0,0.3", "--beta", help="Feature-term weights to try, comma-separated; 0 = logits only."),
+    seeds: int = typer.Option(3, "--seeds", help="How many seeds (--seed, --seed + 1, ...): each gets its own baseline."),
+    seed: int = typer.Option(0, "--seed", help="First seed; the teacher is trained with it."),
+    image_size: Optional[int] = IMAGE_SIZE_OPTION,
+    teacher: str = TEACHER_OPTION,
+    student: str = STUDENT_OPTION,
+    pretrained: bool = PRETRAINED_OPTION,
+    pretrained_student: bool = PRETRAINED_STUDENT_OPTION,
+    teacher_weights: Optional[Path] = TEACHER_WEIGHTS_OPTION,
+    retrain_teacher: bool = RETRAIN_TEACHER_OPTION,
+    epochs: Optional[int] = EPOCHS_OPTION,
+    teacher_epochs: Optional[int] = TEACHER_EPOCHS_OPTION,
+    batch_size: int = BATCH_SIZE_OPTION,
+    lr: float = LR_OPTION,
+    weight_decay: float = WEIGHT_DECAY_OPTION,
+    val_fraction: float = VAL_FRACTION_OPTION,
+    device: str = DEVICE_OPTION,
+    artifacts: Path = ARTIFACTS_OPTION,
+    out: Optional[Path] = typer.Option(None, "--out", help="Sweep folder [default: ARTIFACTS/sweep-DATASET]; an interrupted sweep there resumes."),
+    as_json: bool = typer.Option(False, "--json", help="Print results.json on stdout instead of the table."),
+) -> None:
+    """Distil over a grid of T x alpha x beta and several seeds; say which settings beat the baseline beyond noise.
+
+    One teacher serves the whole sweep (trained once, or reused from compress); each seed trains
+    its baseline once, and the teacher's outputs are computed once per seed for every augmented
+    batch, so N distilled students cost about N baseline trainings. Writes results.json,
+    summary.md, heatmap.png and objectives.png into the sweep folder; finished trainings are kept,
+    so running the same command again resumes an interrupted sweep.
+    """
+    options = dict(locals())  # first: locals() = the options
+    from kdcompress.report import RichReporter
+    from kdcompress.sweep import SweepConfig
+    from kdcompress.sweep import sweep as run_sweep
+    from kdcompress.sweep_report import sweep_markdown, sweep_plots, sweep_table
+
+    grid = {"temperatures", "alphas", "betas", "seeds", "out", "as_json"}
+    config = SweepConfig(
+        base=_config({k: v for k, v in options.items() if k not in grid}),
+        temperatures=_numbers("--T", temperatures),
+        alphas=_numbers("--alpha", alphas),
+        betas=_numbers("--beta", betas),
+        seeds=seeds,
+        out=str(out) if out else None,
+    )
+    results = run_sweep(config, RichReporter(stderr))
+    folder = Path(config.resolved().out)  # type: ignore[arg-type]
+    command = " ".join(["kdc", *sys.argv[1:]]) if sys.argv[1:2] == ["sweep"] else "kdc sweep (library call)"
+    (folder / "summary.md").write_text(sweep_markdown(results, command))
+    sweep_plots(results, folder)
+    if as_json:
+        sys.stdout.write(json.dumps(results, indent=2) + "\n")
+        return
+    stdout.print(sweep_table(results))
+    stdout.print(f"Saved results.json, summary.md, heatmap.png and objectives.png in {folder}", highlight=False)
 
 
 def main() -> None:

@@ -84,7 +84,7 @@ def _train_all(
     from kdcompress.train import clone_model, fit
 
     n_classes = len(data.classes)
-    teacher, teacher_record = _teacher(cfg, data, prep, settings, reporter)
+    teacher, teacher_record = load_or_train_teacher(cfg, data, prep, settings, reporter)
 
     torch.manual_seed(cfg.seed)
     initial = create_model(cfg.student, n_classes, data.channels, cfg.pretrained_student)
@@ -95,16 +95,16 @@ def _train_all(
     records = {"teacher": teacher_record}
     reporter.info(f"baseline: {cfg.student}, loss = CE(student, y)")
     result = fit(Supervised(baseline), data, prep, settings, reporter, "baseline")
-    records["baseline"] = {"objective": "loss = CE(student, y)", **_fit_record(result)}
+    records["baseline"] = {"objective": "loss = CE(student, y)", **fit_record(result)}
 
     distillation = Distillation(student, teacher, cfg.temperature, cfg.alpha, cfg.beta, projection)
     reporter.info(f"distilled student: {cfg.student}, {distillation.describe()}")
     result = fit(distillation, data, prep, settings, reporter, "distilled")
-    records["student"] = {"objective": distillation.describe(), **_fit_record(result)}
+    records["student"] = {"objective": distillation.describe(), **fit_record(result)}
     return {"teacher": teacher, "baseline": baseline, "student": student}, records
 
 
-def _fit_record(result: Any) -> dict[str, Any]:
+def fit_record(result: Any) -> dict[str, Any]:
     return {
         "best_epoch": result.best_epoch,
         "best_val_accuracy": result.best_val_accuracy,
@@ -129,7 +129,7 @@ def teacher_cache_key(cfg: CompressConfig, data: Dataset) -> str:
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _teacher(
+def load_or_train_teacher(
     cfg: CompressConfig, data: Dataset, prep: Preprocessing, settings: Any, reporter: Reporter
 ) -> tuple[Any, dict[str, Any]]:
     """Train the teacher, or reuse one: from --teacher-weights, or cached from an identical earlier run."""
@@ -169,7 +169,7 @@ def _teacher(
     teacher = zero_init_head(create_model(cfg.teacher, n_classes, data.channels, cfg.pretrained))
     reporter.info(f"teacher: {cfg.teacher}{' (ImageNet weights)' if cfg.pretrained else ''}, loss = CE(teacher, y)")
     result = fit(Supervised(teacher), data, prep, replace(settings, epochs=cfg.teacher_epochs), reporter, "teacher")
-    record = {"objective": "loss = CE(teacher, y)", **_fit_record(result)}
+    record = {"objective": "loss = CE(teacher, y)", **fit_record(result)}
     tmp = cached.parent / f".{key}.{os.getpid()}.tmp"
     tmp.mkdir(parents=True, exist_ok=True)
     save_checkpoint(teacher, tmp / "teacher.pt", {"model": cfg.teacher, "classes": data.classes, "in_chans": data.channels})

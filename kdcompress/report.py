@@ -83,7 +83,7 @@ def summary_table(manifest: dict[str, Any]) -> Table:
                 _train_time(entry.get("train_seconds"), entry.get("reused", False)),
             ]
         )
-    return _table(
+    return build_table(
         f"kdc compress: {manifest['run']} ({manifest['dataset']['name']}, {n_test} test images)\n"
         f"teacher {models['teacher']['architecture']}, students {baseline['architecture']}",
         SUMMARY_HEADERS,
@@ -170,7 +170,7 @@ def benchmark_context(result: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _table(title: str, headers: list[str], rows: list[list[str]], caption: str | None = None) -> Table:
+def build_table(title: str, headers: list[str], rows: list[list[str]], caption: str | None = None) -> Table:
     """First column left-aligned, the figures right-aligned, nothing wrapped."""
     table = Table(title=title, caption=caption)
     for i, header in enumerate(headers):
@@ -189,8 +189,8 @@ def benchmark_tables(result: dict[str, Any]) -> list[Table]:
     head = f"kdc benchmark: {result['run']} ({result['dataset']}, {result['test_images']} test images)"
     s = result["settings"]
     tables = [
-        _table(f"{head}\naccuracy and size (onnxruntime on the test split)", ACCURACY_HEADERS, accuracy_rows(result)),
-        _table(
+        build_table(f"{head}\naccuracy and size (onnxruntime on the test split)", ACCURACY_HEADERS, accuracy_rows(result)),
+        build_table(
             f"speed: batch 1 latency, throughput at batch {s['throughput_batch']}, {s['threads']} CPU thread(s)",
             SPEED_HEADERS,
             speed_rows(result),
@@ -203,7 +203,7 @@ def benchmark_tables(result: dict[str, Any]) -> list[Table]:
     if len(result["classes"]) == 2:
         for key, label in (("sensitivity", "sensitivity"), ("specificity", "specificity"), ("roc_auc", "ROC-AUC")):
             rows.append([label] + [_fraction(result["models"][r]["accuracy"].get(key)) for r in roles])
-    tables.append(_table("per class: precision / recall / F1", ["class"] + [ROLE_LABELS.get(r, r) for r in roles], rows))
+    tables.append(build_table("per class: precision / recall / F1", ["class"] + [ROLE_LABELS.get(r, r) for r in roles], rows))
     return tables
 
 

@@ -1,0 +1,247 @@
+"""`kdc sweep` as a library call: a grid of distillation settings against the baseline, over seeds.
+
+One teacher serves the whole sweep (trained once, or reused from `kdc compress`'s cache). For
+each seed the baseline is trained once, the teacher's outputs are recorded once for every
+augmented batch that seed's runs will see, and each grid point trains one distilled student from
+the baseline's initial weights against those recorded outputs. Students of one seed differ only
+in their objective, and a sweep of N students costs about N baseline trainings.
+
+The sweep folder is resumable: finished trainings are never redone.
+  sweep.json          the settings a resumed sweep must share, and the teacher's record
+  runs/<name>.json    one finished training each
+  results.json        every run and each grid point's comparison with the baseline
+  summary.md, heatmap.png, objectives.png
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kdcompress.config import CompressConfig
+from kdcompress.data import Dataset, load_dataset
+from kdcompress.errors import KdcError
+from kdcompress.manifest import environment, write_json_atomic
+from kdcompress.models import resolve_model_name
+from kdcompress.reporting import NullReporter, Reporter
+from kdcompress.stats import compare
+
+FORMAT = "kdcompress-sweep/1"
+SHARED_SETTINGS = (  # what every run of a sweep shares: a resumed sweep must agree on all of them
+    "dataset", "image_size", "teacher", "student", "pretrained", "pretrained_student", "teacher_weights",
+    "epochs", "teacher_epochs", "batch_size", "lr", "weight_decay", "val_fraction",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """A grid of (T, alpha, beta) over seeds; everything else comes from a compress configuration."""
+
+    base: CompressConfig
+    temperatures: tuple[float, ...] = (1.0, 4.0, 8.0)
+    alphas: tuple[float, ...] = (0.5, 0.9)
+    betas: tuple[float, ...] = (0.0, 0.3)
+    seeds: int = 3  # seeds base.seed, base.seed + 1, ...
+    out: str | None = None  # sweep folder; default <artifacts>/sweep-<dataset>
+
+    def resolved(self) -> "SweepConfig":
+        """Validate every grid value with compress's own ranges and fill the defaults."""
+        base = replace(self.base, int8=False).resolved()
+        if not 1 <= self.seeds <= 100:
+            raise KdcError(f"--seeds must be between 1 and 100, got {self.seeds}")
+        for flag, values, field in (
+            ("--T", self.temperatures, "temperature"),
+            ("--alpha", self.alphas, "alpha"),
+            ("--beta", self.betas, "beta"),
+        ):
+            if not values:
+                raise KdcError(f"{flag} needs at least one value")
+            if len(set(values)) != len(values):
+                raise KdcError(f"{flag} lists a value twice: {', '.join(f'{v:g}' for v in values)}")
+            for value in values:
+                replace(base, **{field: value}).resolved()
+        return replace(self, base=base, out=self.out or str(Path(base.artifacts) / f"sweep-{base.dataset}"))
+
+    def cells(self) -> list[tuple[float, float, float]]:
+        """Every (T, alpha, beta) of the grid."""
+        return list(itertools.product(self.temperatures, self.alphas, self.betas))
+
+    def seed_list(self) -> list[int]:
+        """The seeds the sweep trains with."""
+        return [self.base.seed + i for i in range(self.seeds)]
+
+
+def run_name(seed: int, cell: tuple[float, float, float] | None) -> str:
+    """File stem of one training: seed0-baseline, seed0-T4-alpha0.5-beta0.3."""
+    if cell is None:
+        return f"seed{seed}-baseline"
+    return f"seed{seed}-T{cell[0]:g}-alpha{cell[1]:g}-beta{cell[2]:g}"
+
+
+def sweep(config: SweepConfig, reporter: Reporter | None = None) -> dict[str, Any]:
+    """Train what is missing from the sweep folder, then compare every grid point with the baseline."""
+    reporter = reporter or NullReporter()
+    cfg = config.resolved()
+    base = cfg.base
+    resolve_model_name(base.teacher)
+    resolve_model_name(base.student)
+    from kdcompress.train import resolve_device
+
+    device = resolve_device(base.device)
+    data = load_dataset(base.dataset, base.data_dir, base.image_size, base.val_fraction, reporter)
+    folder = Path(cfg.out)  # type: ignore[arg-type]
+    (folder / "runs").mkdir(parents=True, exist_ok=True)
+    shared = _check_resumable(folder, base, data)
+    done = {p.stem for p in (folder / "runs").glob("*.json")}
+    plan = [(s, c) for s in cfg.seed_list() for c in [None, *cfg.cells()] if run_name(s, c) not in done]
+    total = len(cfg.seed_list()) * (1 + len(cfg.cells()))
+    if done:
+        reporter.info(f"resuming {folder}: {total - len(plan)} of {total} trainings already done")
+    else:
+        reporter.info(f"sweep of {total} trainings into {folder}")
+    if plan or "teacher" not in shared:
+        _train_missing(cfg, data, device, folder, shared, plan, total, reporter)
+    return summarize(cfg, data, folder, device)
+
+
+def _check_resumable(folder: Path, base: CompressConfig, data: Dataset) -> dict[str, Any]:
+    """sweep.json's content; a folder made with other settings is refused rather than mixed."""
+    settings = {name: getattr(base, name) for name in SHARED_SETTINGS}
+    settings["data"] = data.fingerprint()
+    path = folder / "sweep.json"
+    if not path.is_file():
+        shared = {"format": FORMAT, "settings": settings}
+        write_json_atomic(path, shared)
+        return shared
+    import json
+
+    shared = json.loads(path.read_text())
+    differ = [f"{k} {shared['settings'].get(k)!r} -> {v!r}" for k, v in settings.items() if shared["settings"].get(k) != v]
+    if shared.get("format") != FORMAT or differ:
+        raise KdcError(
+            f"{folder} holds a sweep made with other settings ({'; '.join(differ) or 'older format'}): "
+            f"pick another --out, or delete that folder to start over"
+        )
+    return shared
+
+
+def _train_missing(
+    cfg: SweepConfig,
+    data: Dataset,
+    device: str,
+    folder: Path,
+    shared: dict[str, Any],
+    plan: list[tuple[int, tuple[float, float, float] | None]],
+    total: int,
+    reporter: Reporter,
+) -> None:
+    import torch
+
+    from kdcompress.models import create_model, create_projection
+    from kdcompress.objectives import Distillation, Supervised
+    from kdcompress.pipeline import fit_record, load_or_train_teacher
+    from kdcompress.train import TrainSettings, clone_model, fit, predict_logits, record_teacher
+
+    base, prep = cfg.base, data.preprocessing()
+    settings = TrainSettings(base.epochs, base.batch_size, base.lr, base.weight_decay, base.seed, device)  # type: ignore[arg-type]
+    teacher, record = load_or_train_teacher(replace(base, out=cfg.out), data, prep, settings, reporter)
+    if "teacher" not in shared:
+        correct = predict_logits(teacher, data.test_x, prep, device).argmax(axis=1) == data.test_y
+        record.pop("history", None)
+        shared["teacher"] = {**record, "architecture": base.teacher, "test_accuracy": float(correct.mean())}
+        write_json_atomic(folder / "sweep.json", shared)
+    done = total - len(plan)
+    for seed, runs in itertools.groupby(plan, key=lambda item: item[0]):
+        cells = [cell for _, cell in runs]
+        seed_settings = replace(settings, seed=seed)
+        torch.manual_seed(seed)  # the same initial weights and projection as `kdc compress --seed`
+        initial = create_model(base.student, len(data.classes), data.channels, base.pretrained_student)
+        distilled = [cell for cell in cells if cell is not None]
+        recorded = None
+        if distilled:
+            started = time.perf_counter()
+            features = any(cell[2] > 0 for cell in distilled)
+            recorded = record_teacher(teacher, data, prep, seed_settings, features, reporter, f"seed {seed}: teacher outputs")
+            write_json_atomic(folder / "runs" / f"seed{seed}-teacher-outputs.cost", {"seconds": time.perf_counter() - started})
+        for cell in cells:
+            done += 1
+            student = clone_model(initial)
+            if cell is None:
+                objective: Any = Supervised(student)
+            else:
+                torch.manual_seed(seed + 1)
+                projection = create_projection(student, teacher) if cell[2] > 0 else None
+                objective = Distillation(student, recorded, cell[0], cell[1], cell[2], projection)
+            name = run_name(seed, cell)
+            reporter.info(f"[{done}/{total}] {name}: {objective.describe()}")
+            result = fit(objective, data, prep, seed_settings, reporter, name)
+            predictions = predict_logits(student, data.test_x, prep, device).argmax(axis=1)
+            run = {
+                "name": name,
+                "seed": seed,
+                "kind": "baseline" if cell is None else "distilled",
+                "temperature": None if cell is None else cell[0],
+                "alpha": None if cell is None else cell[1],
+                "beta": None if cell is None else cell[2],
+                "objective": objective.describe(),
+                "test_accuracy": float((predictions == data.test_y).mean()),
+                "predictions": predictions.tolist(),
+                "device": device,
+                **fit_record(result),
+            }
+            write_json_atomic(folder / "runs" / f"{name}.json", run)
+
+
+def summarize(cfg: SweepConfig, data: Dataset, folder: Path, device: str) -> dict[str, Any]:
+    """results.json from the run files: per grid point, mean +- std over seeds and the verdict vs baseline."""
+    import json
+
+    runs = {p.stem: json.loads(p.read_text()) for p in sorted((folder / "runs").glob("*.json"))}
+    shared = json.loads((folder / "sweep.json").read_text())
+    seeds = cfg.seed_list()
+
+    def correct(name: str) -> np.ndarray:
+        return np.asarray(runs[name]["predictions"]) == data.test_y
+
+    baseline = np.stack([correct(run_name(s, None)) for s in seeds])
+    baseline_acc = baseline.mean(axis=1)
+    cells = []
+    for cell in cfg.cells():
+        names = [run_name(s, cell) for s in seeds]
+        comparison = compare(np.stack([correct(n) for n in names]), baseline)
+        cells.append(
+            {"temperature": cell[0], "alpha": cell[1], "beta": cell[2], "objective": runs[names[0]]["objective"], **comparison.to_dict()}
+        )
+    costs = [json.loads(p.read_text())["seconds"] for p in (folder / "runs").glob("*.cost")]
+    baseline_seconds = [runs[run_name(s, None)]["train_seconds"] for s in seeds]
+    distilled_seconds = [runs[run_name(s, c)]["train_seconds"] for s in seeds for c in cfg.cells()]
+    results = {
+        "format": FORMAT,
+        "dataset": {"name": data.name, "source": data.source, "classes": data.classes, "counts": data.counts()},
+        "settings": shared["settings"],
+        "grid": {"T": list(cfg.temperatures), "alpha": list(cfg.alphas), "beta": list(cfg.betas), "seeds": seeds},
+        "teacher": shared["teacher"],
+        "baseline": {
+            "mean": float(baseline_acc.mean()),
+            "std": float(baseline_acc.std(ddof=1)) if len(seeds) > 1 else 0.0,
+            "per_seed": baseline_acc.tolist(),
+        },
+        "cells": cells,
+        "cost": {
+            "baseline_seconds_mean": float(np.mean(baseline_seconds)),
+            "distilled_seconds_mean": float(np.mean(distilled_seconds)),
+            "distilled_per_baseline": float(np.mean(distilled_seconds) / np.mean(baseline_seconds)),
+            "teacher_output_seconds": float(np.sum(costs)),
+            "note": "train_seconds of each run as it was trained (resumed runs keep their original timing)",
+        },
+        "device": device,
+        "environment": environment(),
+        "runs": [runs[run_name(s, c)] for s in seeds for c in [None, *cfg.cells()]],
+    }
+    write_json_atomic(folder / "results.json", results)
+    return results

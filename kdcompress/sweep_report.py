@@ -1,0 +1,136 @@
+"""What a person reads from a sweep: the table, its Markdown twin, a T x alpha heatmap and an objectives chart."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+from kdcompress.report import build_table
+
+SWEEP_HEADERS = ["T", "alpha", "beta", "test acc (mean ± std)", "Δ vs baseline", "95% interval", "seeds +/-", "verdict"]
+VERDICT_STYLE = {"better": "[green]more than noise: better[/]", "worse": "[red]more than noise: worse[/]", "noise": "within noise"}
+
+
+def _pct(mean: float, std: float) -> str:
+    return f"{mean * 100:.1f} ± {std * 100:.1f}"
+
+
+def sweep_rows(results: dict[str, Any], rich: bool = True) -> list[list[str]]:
+    """One row for the baseline, then one per grid point, best mean change first."""
+    base = results["baseline"]
+    seeds = len(results["grid"]["seeds"])
+    rows = [["—", "—", "—", _pct(base["mean"], base["std"]), "baseline", "", "", ""]]
+    for cell in sorted(results["cells"], key=lambda c: -c["delta"]):
+        verdict = VERDICT_STYLE[cell["verdict"]] if rich else cell["verdict"]
+        rows.append(
+            [
+                f"{cell['temperature']:g}",
+                f"{cell['alpha']:g}",
+                f"{cell['beta']:g}",
+                _pct(cell["mean"], cell["std"]),
+                f"{cell['delta']:+.1f} ± {cell['delta_std']:.1f}",
+                f"[{cell['ci_low']:+.1f}, {cell['ci_high']:+.1f}]",
+                f"{cell['better_seeds']}/{cell['worse_seeds']} of {seeds}",
+                verdict,
+            ]
+        )
+    return rows
+
+
+def sweep_context(results: dict[str, Any]) -> list[str]:
+    """The lines that say what was compared and how noise was judged."""
+    s, t, cost = results["settings"], results["teacher"], results["cost"]
+    counts = results["dataset"]["counts"]
+    return [
+        f"dataset {results['dataset']['name']}: {counts['train']} train / {counts['test']} test images at {s['image_size']} px; "
+        f"{s['epochs']} epochs per student; seeds {', '.join(map(str, results['grid']['seeds']))}",
+        f"teacher {t['architecture']}: test accuracy {t['test_accuracy']:.1%} (one teacher for the whole sweep); "
+        f"students {s['student']}, each seed's distilled students start from that seed's baseline weights",
+        "Δ: distilled minus baseline, accuracy points, mean ± std over seeds (paired by seed); 95% interval: paired "
+        "bootstrap over test images; 'more than noise' needs the interval to exclude 0 and every seed to agree",
+        f"cost: a distilled student took {cost['distilled_per_baseline']:.2f}x a baseline training "
+        f"({cost['distilled_seconds_mean']:.0f} s vs {cost['baseline_seconds_mean']:.0f} s); the teacher's outputs for "
+        f"every batch took {cost['teacher_output_seconds']:.0f} s in all, once per seed",
+    ]
+
+
+def sweep_table(results: dict[str, Any]) -> Table:
+    """The sweep as a Rich table with its context as caption."""
+    title = f"kdc sweep: {results['dataset']['name']}, {len(results['cells'])} grid points x {len(results['grid']['seeds'])} seeds"
+    return build_table(title, SWEEP_HEADERS, sweep_rows(results), caption="\n".join(sweep_context(results)))
+
+
+def sweep_markdown(results: dict[str, Any], command: str) -> str:
+    """The same table in Markdown, with the command that made it."""
+    lines = [f"# kdc sweep: {results['dataset']['name']}", "", f"Command: `{command}`", ""]
+    lines += [f"- {line}" for line in sweep_context(results)]
+    lines += ["", "| " + " | ".join(SWEEP_HEADERS) + " |", "|" + " --- |" * len(SWEEP_HEADERS)]
+    lines += ["| " + " | ".join(row) + " |" for row in sweep_rows(results, rich=False)]
+    lines += ["", "Per grid point, in words:", ""]
+    for cell in results["cells"]:
+        lines.append(f"- T {cell['temperature']:g}, alpha {cell['alpha']:g}, beta {cell['beta']:g}: {cell['words']}")
+    return "\n".join(lines) + "\n"
+
+
+def sweep_plots(results: dict[str, Any], folder: Path) -> list[Path]:
+    """heatmap.png (change vs baseline over T x alpha, one panel per beta) and objectives.png."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    grid = results["grid"]
+    cells = {(c["temperature"], c["alpha"], c["beta"]): c for c in results["cells"]}
+    limit = max(1.0, max(abs(c["delta"]) for c in results["cells"]))
+    fig, axes = plt.subplots(1, len(grid["beta"]), figsize=(3.2 * len(grid["beta"]) + 1, 3.4), dpi=120, squeeze=False)
+    for ax, beta in zip(axes[0], grid["beta"]):
+        values = np.array([[cells[(t, a, beta)]["delta"] for a in grid["alpha"]] for t in grid["T"]])
+        image = ax.imshow(values, cmap="RdBu", vmin=-limit, vmax=limit, aspect="auto")
+        for i, t in enumerate(grid["T"]):
+            for j, a in enumerate(grid["alpha"]):
+                cell = cells[(t, a, beta)]
+                mark = {"better": " +", "worse": " -", "noise": ""}[cell["verdict"]]
+                ax.text(j, i, f"{cell['delta']:+.1f}{mark}", ha="center", va="center", fontsize=8)
+        ax.set_xticks(range(len(grid["alpha"])), [f"{a:g}" for a in grid["alpha"]])
+        ax.set_yticks(range(len(grid["T"])), [f"{t:g}" for t in grid["T"]])
+        ax.set_xlabel("alpha")
+        ax.set_ylabel("T")
+        ax.set_title("logits only (beta 0)" if beta == 0 else f"logits + features (beta {beta:g})", fontsize=9)
+    fig.colorbar(image, ax=axes[0].tolist(), label="Δ test accuracy vs baseline (pts)")
+    fig.suptitle(f"{results['dataset']['name']}: distilled minus baseline, mean of {len(grid['seeds'])} seeds (+/-: more than noise)", fontsize=9)
+    heatmap = folder / "heatmap.png"
+    fig.savefig(heatmap, bbox_inches="tight")
+    plt.close(fig)
+    return [heatmap, _objectives_chart(results, folder, plt, np)]
+
+
+def _objectives_chart(results: dict[str, Any], folder: Path, plt: Any, np: Any) -> Path:
+    """Mean ± std test accuracy per (T, alpha): no distillation / logits only / logits + features."""
+    grid, base = results["grid"], results["baseline"]
+    pairs = [(t, a) for t in grid["T"] for a in grid["alpha"]]
+    cells = {(c["temperature"], c["alpha"], c["beta"]): c for c in results["cells"]}
+    width = 0.8 / len(grid["beta"])
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(pairs) + 2), 3.8), dpi=120)
+    ax.axhspan(100 * (base["mean"] - base["std"]), 100 * (base["mean"] + base["std"]), color="grey", alpha=0.25)
+    ax.axhline(100 * base["mean"], color="black", lw=1, label=f"no distillation (baseline) {100 * base['mean']:.1f}%")
+    x = np.arange(len(pairs))
+    for k, beta in enumerate(grid["beta"]):
+        means = [100 * cells[(t, a, beta)]["mean"] for t, a in pairs]
+        stds = [100 * cells[(t, a, beta)]["std"] for t, a in pairs]
+        label = "logits only" if beta == 0 else f"logits + features (beta {beta:g})"
+        ax.bar(x + (k - (len(grid["beta"]) - 1) / 2) * width, means, width, yerr=stds, capsize=2, label=label)
+    ax.axhline(100 * results["teacher"]["test_accuracy"], color="tab:red", ls="--", lw=1, label="teacher")
+    ax.set_xticks(x, [f"T {t:g}\nα {a:g}" for t, a in pairs], fontsize=8)
+    low = min(100 * base["mean"], min(100 * c["mean"] for c in results["cells"]), 100 * results["teacher"]["test_accuracy"])
+    ax.set_ylim(max(0, low - 5), 100)
+    ax.set_ylabel("test accuracy (%), mean ± std over seeds")
+    ax.legend(fontsize=7, loc="lower right")
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    path = folder / "objectives.png"
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -1,0 +1,140 @@
+"""kdc sweep: recorded teacher outputs, fairness against compress, resuming, and its errors."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from kdcompress.cli import app
+from kdcompress.config import CompressConfig
+from kdcompress.data import load_dataset
+from kdcompress.errors import KdcError
+from kdcompress.manifest import read_manifest
+from kdcompress.models import create_model, create_projection
+from kdcompress.objectives import Distillation
+from kdcompress.reporting import NullReporter, Reporter
+from kdcompress.sweep import SweepConfig, sweep
+from kdcompress.train import TrainSettings, clone_model, fit, record_teacher
+
+TINY = dict(teacher="test_efficientnet", student="test_resnet", image_size=16, epochs=2)
+
+
+class Recorder(Reporter):
+    def __init__(self):
+        self.lines = []
+
+    def info(self, message):
+        self.lines.append(message)
+
+
+def test_recorded_teacher_outputs_train_the_same_student_without_running_the_teacher():
+    data = load_dataset("digits", None, 16, 0.1)
+    prep = data.preprocessing()
+    settings = TrainSettings(epochs=2, batch_size=64, lr=2e-3, weight_decay=0.05, seed=3, device="cpu")
+    torch.manual_seed(0)
+    teacher = create_model("test_efficientnet", 10, 1)
+    initial = create_model("test_resnet", 10, 1)
+    projection = create_projection(initial, teacher)
+
+    live = clone_model(initial)
+    fit(Distillation(live, teacher, 4.0, 0.5, 0.3, clone_model(projection)), data, prep, settings, NullReporter(), "live")
+
+    recorded = record_teacher(teacher, data, prep, settings, True, NullReporter())
+    assert recorded.views == 2 * (len(data.train_y) // 64)
+    calls = []
+    handle = teacher.register_forward_hook(lambda *args: calls.append(1))
+    replayed = clone_model(initial)
+    fit(Distillation(replayed, recorded, 4.0, 0.5, 0.3, clone_model(projection)), data, prep, settings, NullReporter(), "replay")
+    handle.remove()
+    assert calls == []  # the teacher never ran while the student trained
+    for (name, a), b in zip(live.state_dict().items(), replayed.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_recorded_teacher_refuses_batches_it_never_saw():
+    from kdcompress.objectives import RecordedTeacher
+
+    recorded = RecordedTeacher(torch.zeros(3, 4, 2), None, 8)
+    with pytest.raises(ValueError, match="not recorded"):
+        recorded(torch.zeros(4, 1, 8, 8), 3, False)
+    with pytest.raises(ValueError, match="not recorded"):
+        recorded(torch.zeros(5, 1, 8, 8), 0, False)
+    with pytest.raises(ValueError, match="features"):
+        recorded(torch.zeros(4, 1, 8, 8), 0, True)
+
+
+def _config(tmp_path, teacher_weights, **grid):
+    base = CompressConfig(**TINY, teacher_weights=str(teacher_weights), artifacts=str(tmp_path))
+    return SweepConfig(base=base, out=str(tmp_path / "sweep"), **grid)
+
+
+def test_sweep_students_are_the_students_compress_trains(tmp_path, tiny_run):
+    # Same teacher, seed, initial weights and batches: the sweep's baseline and its (T 4, alpha 0.5,
+    # beta 0.3) student must score exactly what compress's baseline and distilled student scored.
+    manifest = read_manifest(tiny_run)
+    config = _config(tmp_path, tiny_run / "checkpoints" / "teacher.pt", temperatures=(4.0,), alphas=(0.5,), betas=(0.3,), seeds=1)
+    results = sweep(config)
+    runs = {run["name"]: run for run in results["runs"]}
+    test = np.load(tiny_run / "test_set.npz")
+    for name, role in (("seed0-baseline", "baseline"), ("seed0-T4-alpha0.5-beta0.3", "student")):
+        correct = int((np.array(runs[name]["predictions"]) == test["labels"]).sum())
+        assert correct == manifest["models"][role]["test_correct"], name
+    cell = results["cells"][0]
+    expected = 100 * (manifest["models"]["student"]["test_accuracy"] - manifest["models"]["baseline"]["test_accuracy"])
+    assert cell["delta"] == pytest.approx(expected) and cell["verdict"] in ("better", "worse", "noise")
+
+
+def test_an_interrupted_sweep_resumes_and_other_settings_are_refused(tmp_path, tiny_run):
+    weights = tiny_run / "checkpoints" / "teacher.pt"
+    config = _config(tmp_path, weights, temperatures=(2.0,), alphas=(0.5, 0.9), betas=(0.0,), seeds=2)
+    first = sweep(config)
+    assert len(first["runs"]) == 6 and len(first["cells"]) == 2
+    assert all(len(c["per_seed"]) == 2 for c in first["cells"])
+    lost = tmp_path / "sweep" / "runs" / "seed1-T2-alpha0.9-beta0.json"
+    kept = tmp_path / "sweep" / "runs" / "seed0-T2-alpha0.5-beta0.json"
+    kept_before = kept.read_text()
+    lost.unlink()  # as if the sweep had been stopped during its last training
+    log = Recorder()
+    second = sweep(config, log)
+    trained = [line for line in log.lines if line.startswith("[")]
+    assert len(trained) == 1 and "seed1-T2-alpha0.9-beta0" in trained[0]
+    assert any("5 of 6 trainings already done" in line for line in log.lines)
+    assert kept.read_text() == kept_before and lost.is_file()
+    assert [c["mean"] for c in second["cells"]] == [c["mean"] for c in first["cells"]]  # deterministic on CPU
+    assert json.loads((tmp_path / "sweep" / "results.json").read_text())["cells"] == second["cells"]
+
+    with pytest.raises(KdcError, match="other settings.*epochs"):
+        sweep(SweepConfig(base=CompressConfig(**{**TINY, "epochs": 3}, teacher_weights=str(weights)), out=str(tmp_path / "sweep")))
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--T", "1,x"], "--T takes comma-separated numbers"),
+        (["--alpha", "0.5,1.5"], "--alpha must be between 0 and 1"),
+        (["--beta", "0,0"], "--beta lists a value twice"),
+        (["--seeds", "0"], "--seeds must be between 1 and 100"),
+        (["--student", "resnet_18"], "unknown model 'resnet_18'"),
+    ],
+)
+def test_bad_sweep_options_are_one_line_and_exit_code_1(tmp_path, args, message):
+    result = CliRunner().invoke(app, ["sweep", *args, "--artifacts", str(tmp_path)], catch_exceptions=False)
+    assert result.exit_code == 1
+    assert message in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "sweep-digits").exists()
+
+
+def test_sweep_command_writes_table_markdown_and_plots(tmp_path, tiny_run):
+    args = ["sweep", "--teacher", "test_efficientnet", "--student", "test_resnet", "--image-size", "16", "--epochs", "1"]
+    args += ["--teacher-weights", str(tiny_run / "checkpoints" / "teacher.pt"), "--T", "2,4", "--alpha", "0.5"]
+    args += ["--beta", "0,0.3", "--seeds", "1", "--out", str(tmp_path / "s")]
+    result = CliRunner().invoke(app, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "kdc sweep: digits, 4 grid points x 1 seeds" in result.output and "baseline" in result.output
+    folder = tmp_path / "s"
+    for name in ("results.json", "summary.md", "heatmap.png", "objectives.png"):
+        assert (folder / name).stat().st_size > 0, name
+    summary = (folder / "summary.md").read_text()
+    assert summary.count("\n| ") == 2 + 5 and "T 4, alpha 0.5, beta 0.3:" in summary
