@@ -23,7 +23,8 @@ from kdcompress.models import resolve_model_name
 from kdcompress.reporting import NullReporter, Reporter
 from kdcompress.runtime import Preprocessing
 
-TEACHER_RECIPE = 2  # bump when the teacher's training changes, so cached teachers are not reused (2: zeroed head)
+TEACHER_RECIPE = 3  # bump when the teacher's training changes, so cached teachers are not reused
+# (2: zeroed head; 3: stride-1 stem at small inputs)
 CALIBRATION_IMAGES = 512  # training images kept for INT8 calibration (kdc quantize)
 
 
@@ -135,7 +136,7 @@ def load_or_train_teacher(
     """Train the teacher, or reuse one: from --teacher-weights, or cached from an identical earlier run."""
     from dataclasses import replace
 
-    from kdcompress.models import create_model, load_weights, save_checkpoint, zero_init_head
+    from kdcompress.models import create_model, load_weights, save_checkpoint, set_stem_stride, teacher_stem_stride, zero_init_head
     from kdcompress.objectives import Supervised
     from kdcompress.train import fit
 
@@ -167,9 +168,12 @@ def load_or_train_teacher(
 
     torch.manual_seed(cfg.seed)
     teacher = zero_init_head(create_model(cfg.teacher, n_classes, data.channels, cfg.pretrained))
-    reporter.info(f"teacher: {cfg.teacher}{' (ImageNet weights)' if cfg.pretrained else ''}, loss = CE(teacher, y)")
+    stride = teacher_stem_stride(teacher, data.image_size)
+    set_stem_stride(teacher, stride)
+    stem = f", stride-1 stem for {data.image_size} px inputs" if stride else ""
+    reporter.info(f"teacher: {cfg.teacher}{' (ImageNet weights)' if cfg.pretrained else ''}{stem}, loss = CE(teacher, y)")
     result = fit(Supervised(teacher), data, prep, replace(settings, epochs=cfg.teacher_epochs), reporter, "teacher")
-    record = {"objective": "loss = CE(teacher, y)", **fit_record(result)}
+    record = {"objective": "loss = CE(teacher, y)", "recipe": TEACHER_RECIPE, "stem_stride": stride, **fit_record(result)}
     tmp = cached.parent / f".{key}.{os.getpid()}.tmp"
     tmp.mkdir(parents=True, exist_ok=True)
     save_checkpoint(teacher, tmp / "teacher.pt", {"model": cfg.teacher, "classes": data.classes, "in_chans": data.channels})

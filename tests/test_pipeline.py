@@ -147,3 +147,26 @@ def test_teacher_weights_for_other_classes_are_refused(tmp_path, tiny_run):
     torch.save(checkpoint, tmp_path / "other.pt")
     with pytest.raises(KdcError, match="trained on classes"):
         compress(CompressConfig(**TINY, teacher_weights=str(tmp_path / "other.pt"), artifacts=str(tmp_path / "a")))
+
+
+def test_stride_one_stem_is_used_for_small_inputs_and_survives_a_checkpoint(tmp_path, tiny_run):
+    import timm
+    import torch
+
+    from kdcompress.models import load_weights, save_checkpoint, set_stem_stride, teacher_stem_stride
+
+    torch.manual_seed(0)
+    teacher = timm.create_model("test_efficientnet", num_classes=3)
+    assert teacher_stem_stride(teacher, 32) == 1 and teacher_stem_stride(teacher, 224) is None
+    assert teacher_stem_stride(timm.create_model("test_resnet", num_classes=3), 32) is None  # no conv_stem
+    set_stem_stride(teacher, 1)
+    save_checkpoint(teacher, tmp_path / "t.pt", {"model": "test_efficientnet"})
+    reloaded = timm.create_model("test_efficientnet", num_classes=3)
+    assert load_weights(reloaded, tmp_path / "t.pt")["stem_stride"] == 1
+    assert reloaded.conv_stem.stride == (1, 1)
+    images = torch.randn(2, 3, 16, 16)
+    assert torch.equal(teacher.eval()(images), reloaded.eval()(images))
+    # compress's own teacher (16 px inputs) was trained with it, and says so
+    manifest = read_manifest(tiny_run)
+    assert manifest["models"]["teacher"]["stem_stride"] == 1
+    assert torch.load(tiny_run / "checkpoints" / "teacher.pt", weights_only=True)["stem_stride"] == 1
