@@ -43,7 +43,13 @@ def sweep_context(results: dict[str, Any]) -> list[str]:
     """The lines that say what was compared and how noise was judged."""
     s, t, cost = results["settings"], results["teacher"], results["cost"]
     counts = results["dataset"]["counts"]
-    return [
+    warning = []
+    if t["test_accuracy"] < results["baseline"]["mean"]:
+        warning = [
+            f"WARNING: the teacher ({t['test_accuracy']:.1%}) scores below the baseline students "
+            f"({results['baseline']['mean']:.1%} on average): distillation can mostly pass on its mistakes"
+        ]
+    return warning + [
         f"dataset {results['dataset']['name']}: {counts['train']} train / {counts['test']} test images at {s['image_size']} px; "
         f"{s['epochs']} epochs per student; seeds {', '.join(map(str, results['grid']['seeds']))}",
         f"teacher {t['architecture']}: test accuracy {t['test_accuracy']:.1%} (one teacher for the whole sweep); "
