@@ -92,7 +92,7 @@ def sweep_plots(results: dict[str, Any], folder: Path) -> list[Path]:
     cells = {(c["temperature"], c["alpha"], c["beta"]): c for c in results["cells"]}
     limit = max(1.0, max(abs(c["delta"]) for c in results["cells"]))
     fig, axes = plt.subplots(1, len(grid["beta"]), figsize=(3.2 * len(grid["beta"]) + 1, 3.4), dpi=120, squeeze=False)
-    for ax, beta in zip(axes[0], grid["beta"]):
+    for k, (ax, beta) in enumerate(zip(axes[0], grid["beta"])):
         values = np.array([[cells[(t, a, beta)]["delta"] for a in grid["alpha"]] for t in grid["T"]])
         image = ax.imshow(values, cmap="RdBu", vmin=-limit, vmax=limit, aspect="auto")
         for i, t in enumerate(grid["T"]):
@@ -103,7 +103,8 @@ def sweep_plots(results: dict[str, Any], folder: Path) -> list[Path]:
         ax.set_xticks(range(len(grid["alpha"])), [f"{a:g}" for a in grid["alpha"]])
         ax.set_yticks(range(len(grid["T"])), [f"{t:g}" for t in grid["T"]])
         ax.set_xlabel("alpha")
-        ax.set_ylabel("T")
+        if k == 0:
+            ax.set_ylabel("T")
         ax.set_title("logits only (beta 0)" if beta == 0 else f"logits + features (beta {beta:g})", fontsize=9)
     fig.colorbar(image, ax=axes[0].tolist(), label="Δ test accuracy vs baseline (pts)")
     fig.suptitle(f"{results['dataset']['name']}: distilled minus baseline, mean of {len(grid['seeds'])} seeds (+/-: more than noise)", fontsize=9)
@@ -130,10 +131,10 @@ def _objectives_chart(results: dict[str, Any], folder: Path, plt: Any, np: Any) 
         ax.bar(x + (k - (len(grid["beta"]) - 1) / 2) * width, means, width, yerr=stds, capsize=2, label=label)
     ax.axhline(100 * results["teacher"]["test_accuracy"], color="tab:red", ls="--", lw=1, label="teacher")
     ax.set_xticks(x, [f"T {t:g}\nα {a:g}" for t, a in pairs], fontsize=8)
-    low = min(100 * base["mean"], min(100 * c["mean"] for c in results["cells"]), 100 * results["teacher"]["test_accuracy"])
-    ax.set_ylim(max(0, low - 5), 100)
+    levels = [base["mean"], results["teacher"]["test_accuracy"], *(c["mean"] for c in results["cells"])]
+    ax.set_ylim(max(0, 100 * min(levels) - 5), min(100, 100 * max(levels) + 4))
     ax.set_ylabel("test accuracy (%), mean ± std over seeds")
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=4, frameon=False)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     path = folder / "objectives.png"
