@@ -106,6 +106,7 @@ def _train_all(
 
 
 def fit_record(result: Any) -> dict[str, Any]:
+    """What a training run leaves in the manifest (or a sweep's run file): best epoch, timing, history."""
     return {
         "best_epoch": result.best_epoch,
         "best_val_accuracy": result.best_val_accuracy,

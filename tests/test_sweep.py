@@ -14,19 +14,10 @@ from kdcompress.errors import KdcError
 from kdcompress.manifest import read_manifest
 from kdcompress.models import create_model, create_projection
 from kdcompress.objectives import Distillation
-from kdcompress.reporting import NullReporter, Reporter
+from kdcompress.reporting import NullReporter
 from kdcompress.sweep import SweepConfig, sweep
 from kdcompress.train import TrainSettings, clone_model, fit, record_teacher
-
-TINY = dict(teacher="test_efficientnet", student="test_resnet", image_size=16, epochs=2)
-
-
-class Recorder(Reporter):
-    def __init__(self):
-        self.lines = []
-
-    def info(self, message):
-        self.lines.append(message)
+from test_pipeline import TINY, Recorder  # the same tiny models and log recorder as the compress tests
 
 
 def test_recorded_teacher_outputs_train_the_same_student_without_running_the_teacher():
