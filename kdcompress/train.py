@@ -18,7 +18,7 @@ import torch.nn as nn
 
 from kdcompress.data import Dataset, augment
 from kdcompress.errors import KdcError
-from kdcompress.objectives import RecordedTeacher, trainable_parameters
+from kdcompress.objectives import LiveTeacher, RecordedTeacher, trainable_parameters
 from kdcompress.reporting import Reporter
 from kdcompress.runtime import Preprocessing
 
@@ -142,19 +142,19 @@ def record_teacher(
 ) -> RecordedTeacher:
     """Run the frozen teacher once over every view a run with these settings will train on."""
     device = settings.device
-    teacher.to(device).to(memory_format=torch.channels_last).eval()
+    live = LiveTeacher(teacher).to(device).to(memory_format=torch.channels_last)  # the forward students see live
     stream = ViewStream(data, prep, settings)
     logits, pooled = [], []
     with reporter.progress(label, total=settings.epochs * stream.steps_per_epoch) as advance:
         for _ in range(settings.epochs):
             for images, _labels in stream.epoch():
                 with _autocast(device):
-                    feature_map = teacher.forward_features(images)
-                    logits.append(teacher.forward_head(feature_map).float())
-                    if features:
-                        pooled.append(teacher.forward_head(feature_map, pre_logits=True).float())
+                    batch_logits, batch_pooled = live(images, None, features)
+                logits.append(batch_logits.float())
+                if features:
+                    pooled.append(batch_pooled.float())
                 advance(1)
-    return RecordedTeacher(torch.stack(logits), torch.stack(pooled) if features else None, teacher.num_features)
+    return RecordedTeacher(torch.stack(logits), torch.stack(pooled) if features else None, live.num_features)
 
 
 def fit(
