@@ -215,13 +215,28 @@ def _fraction(value: float | None) -> str:
     return "—" if value is None else f"{value:.3f}"
 
 
+def markdown_table(headers: list[str], rows: list[list[str]]) -> list[str]:
+    """A Markdown table as lines: header, rule, one line per row."""
+    lines = ["| " + " | ".join(headers) + " |", "|" + " --- |" * len(headers)]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows]
+
+
+def pyplot() -> Any:
+    """matplotlib.pyplot on the file-only Agg backend (no display needed), imported on first use."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def benchmark_markdown(result: dict[str, Any], command: str) -> str:
     """The same figures as a Markdown report, with the command that produced them."""
     lines = [f"# kdc benchmark: {result['run']}", "", f"Command: `{command}`", ""]
     lines += [f"- {line}" for line in benchmark_context(result)]
     for headers, rows in ((ACCURACY_HEADERS, accuracy_rows(result)), (SPEED_HEADERS, speed_rows(result))):
-        lines += ["", "| " + " | ".join(headers) + " |", "|" + " --- |" * len(headers)]
-        lines += ["| " + " | ".join(row) + " |" for row in rows]
+        lines += ["", *markdown_table(headers, rows)]
     lines += ["", "## Confusion matrices (rows: true class, columns: predicted)", ""]
     for role, model in result["models"].items():
         lines += [f"**{ROLE_LABELS.get(role, role)}**", "", "| | " + " | ".join(result["classes"]) + " |"]
@@ -234,11 +249,7 @@ def benchmark_markdown(result: dict[str, Any], command: str) -> str:
 
 def benchmark_plot(result: dict[str, Any], path: Any) -> None:
     """Accuracy vs CPU latency, one labelled point per model, saved as PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     for role, model in result["models"].items():
         x = model["cpu"]["batch1"]["p50_ms"]

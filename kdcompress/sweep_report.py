@@ -7,7 +7,7 @@ from typing import Any
 
 from rich.table import Table
 
-from kdcompress.report import build_table
+from kdcompress.report import build_table, markdown_table, pyplot
 
 SWEEP_HEADERS = ["T", "alpha", "beta", "test acc (mean ± std)", "Δ vs baseline", "95% interval", "seeds +/-", "verdict"]
 VERDICT_STYLE = {"better": "[green]more than noise: better[/]", "worse": "[red]more than noise: worse[/]", "noise": "within noise"}
@@ -72,8 +72,7 @@ def sweep_markdown(results: dict[str, Any], command: str) -> str:
     """The same table in Markdown, with the command that made it."""
     lines = [f"# kdc sweep: {results['dataset']['name']}", "", f"Command: `{command}`", ""]
     lines += [f"- {line}" for line in sweep_context(results)]
-    lines += ["", "| " + " | ".join(SWEEP_HEADERS) + " |", "|" + " --- |" * len(SWEEP_HEADERS)]
-    lines += ["| " + " | ".join(row) + " |" for row in sweep_rows(results, rich=False)]
+    lines += ["", *markdown_table(SWEEP_HEADERS, sweep_rows(results, rich=False))]
     lines += ["", "Per grid point, in words:", ""]
     for cell in results["cells"]:
         lines.append(f"- T {cell['temperature']:g}, alpha {cell['alpha']:g}, beta {cell['beta']:g}: {cell['words']}")
@@ -82,12 +81,9 @@ def sweep_markdown(results: dict[str, Any], command: str) -> str:
 
 def sweep_plots(results: dict[str, Any], folder: Path) -> list[Path]:
     """heatmap.png (change vs baseline over T x alpha, one panel per beta) and objectives.png."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
 
+    plt = pyplot()
     grid = results["grid"]
     cells = {(c["temperature"], c["alpha"], c["beta"]): c for c in results["cells"]}
     limit = max(1.0, max(abs(c["delta"]) for c in results["cells"]))
@@ -111,14 +107,16 @@ def sweep_plots(results: dict[str, Any], folder: Path) -> list[Path]:
     heatmap = folder / "heatmap.png"
     fig.savefig(heatmap, bbox_inches="tight")
     plt.close(fig)
-    return [heatmap, _objectives_chart(results, folder, plt, np)]
+    return [heatmap, _objectives_chart(results, cells, folder)]
 
 
-def _objectives_chart(results: dict[str, Any], folder: Path, plt: Any, np: Any) -> Path:
+def _objectives_chart(results: dict[str, Any], cells: dict[tuple[float, float, float], Any], folder: Path) -> Path:
     """Mean ± std test accuracy per (T, alpha): no distillation / logits only / logits + features."""
+    import numpy as np
+
+    plt = pyplot()
     grid, base = results["grid"], results["baseline"]
     pairs = [(t, a) for t in grid["T"] for a in grid["alpha"]]
-    cells = {(c["temperature"], c["alpha"], c["beta"]): c for c in results["cells"]}
     width = 0.8 / len(grid["beta"])
     fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(pairs) + 2), 3.8), dpi=120)
     ax.axhspan(100 * (base["mean"] - base["std"]), 100 * (base["mean"] + base["std"]), color="grey", alpha=0.25)
