@@ -16,6 +16,7 @@ The sweep folder is resumable: finished trainings are never redone.
 from __future__ import annotations
 
 import itertools
+import json
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -118,8 +119,6 @@ def _check_resumable(folder: Path, base: CompressConfig, data: Dataset) -> dict[
         shared = {"format": FORMAT, "settings": settings}
         write_json_atomic(path, shared)
         return shared
-    import json
-
     shared = json.loads(path.read_text())
     differ = [f"{k} {shared['settings'].get(k)!r} -> {v!r}" for k, v in settings.items() if shared["settings"].get(k) != v]
     if shared.get("format") != FORMAT or differ:
@@ -185,9 +184,7 @@ def _train_missing(
                 "name": name,
                 "seed": seed,
                 "kind": "baseline" if cell is None else "distilled",
-                "temperature": None if cell is None else cell[0],
-                "alpha": None if cell is None else cell[1],
-                "beta": None if cell is None else cell[2],
+                **dict(zip(("temperature", "alpha", "beta"), cell or (None, None, None))),
                 "objective": objective.describe(),
                 "test_accuracy": float((predictions == data.test_y).mean()),
                 "predictions": predictions.tolist(),
@@ -199,8 +196,6 @@ def _train_missing(
 
 def summarize(cfg: SweepConfig, data: Dataset, folder: Path, device: str) -> dict[str, Any]:
     """results.json from the run files: per grid point, mean +- std over seeds and the verdict vs baseline."""
-    import json
-
     runs = {p.stem: json.loads(p.read_text()) for p in sorted((folder / "runs").glob("*.json"))}
     shared = json.loads((folder / "sweep.json").read_text())
     seeds = cfg.seed_list()
