@@ -74,6 +74,18 @@ def other_classes(folder: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def run(recipe: str, epochs: int, data_dir: Path) -> dict:
     import torch
+    from torch import nn
+
+    class FirstThree(nn.Module):
+        """The full head while training; only cifar3's 3 logits when scored (validation and test)."""
+
+        def __init__(self, model: nn.Module) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, images: torch.Tensor) -> torch.Tensor:
+            logits = self.model(images)
+            return logits if self.training else logits[:, :3]
 
     parts = set(recipe.split("+"))
     data = load_dataset("cifar3", data_dir)
@@ -89,9 +101,10 @@ def run(recipe: str, epochs: int, data_dir: Path) -> dict:
         teacher.conv_stem.stride = (1, 1)
     settings = TrainSettings(epochs=epochs, batch_size=128, lr=2e-3, weight_decay=0.05, seed=0, device="cpu")
     started = time.perf_counter()
-    result = fit(Supervised(teacher), data, prep, settings, Lines(), recipe)
+    scored = FirstThree(teacher)  # the best epoch is picked on the 3-way argmax, as the test score
+    result = fit(Supervised(scored), data, prep, settings, Lines(), recipe)
     seconds = time.perf_counter() - started
-    logits = predict_logits(teacher, data.test_x, prep, "cpu")[:, :3]
+    logits = predict_logits(scored, data.test_x, prep, "cpu")
     return {
         "recipe": recipe,
         "epochs": epochs,
