@@ -81,6 +81,10 @@ PRETRAINED_OPTION = typer.Option(False, "--pretrained", help="Start the teacher 
 PRETRAINED_STUDENT_OPTION = typer.Option(False, "--pretrained-student", help="Start both students from ImageNet weights.")
 TEACHER_WEIGHTS_OPTION = typer.Option(None, "--teacher-weights", help="Use this trained teacher checkpoint (.pt) instead of training one.")
 RETRAIN_TEACHER_OPTION = typer.Option(False, "--retrain-teacher", help="Train the teacher even when an identical one was trained before.")
+TEACHER_AUX_OPTION = typer.Option(
+    True, "--teacher-aux/--no-teacher-aux", help="Also train the teacher on the dataset's auxiliary classes where it "
+    "has some (cifar3: CIFAR-10's 7 other classes, training batches only). The students never see them."
+)
 EPOCHS_OPTION = typer.Option(None, "--epochs", help="Epochs per training (default per dataset: digits 10, cifar3 30, chest-xray 10, folder 15).")
 TEACHER_EPOCHS_OPTION = typer.Option(None, "--teacher-epochs", help="Epochs for the teacher (default: same as --epochs).")
 BATCH_SIZE_OPTION = typer.Option(128, "--batch-size", help="Batch size of every training.")
@@ -103,6 +107,7 @@ def compress(
     pretrained_student: bool = PRETRAINED_STUDENT_OPTION,
     teacher_weights: Optional[Path] = TEACHER_WEIGHTS_OPTION,
     retrain_teacher: bool = RETRAIN_TEACHER_OPTION,
+    teacher_aux: bool = TEACHER_AUX_OPTION,
     temperature: float = typer.Option(4.0, "--T", "--temperature", help="Temperature T that softens both logit sets in the KL term (> 0)."),
     alpha: float = typer.Option(0.5, "--alpha", help="Weight of the KL term in [0, 1]; CE gets 1 - alpha."),
     beta: float = typer.Option(0.3, "--beta", help="Weight of the feature term (>= 0); 0 = logits-only distillation."),
@@ -160,6 +165,7 @@ def sweep(
     pretrained_student: bool = PRETRAINED_STUDENT_OPTION,
     teacher_weights: Optional[Path] = TEACHER_WEIGHTS_OPTION,
     retrain_teacher: bool = RETRAIN_TEACHER_OPTION,
+    teacher_aux: bool = TEACHER_AUX_OPTION,
     epochs: Optional[int] = EPOCHS_OPTION,
     teacher_epochs: Optional[int] = TEACHER_EPOCHS_OPTION,
     batch_size: int = BATCH_SIZE_OPTION,

@@ -22,6 +22,7 @@ class CompressConfig:
     pretrained_student: bool = False  # start both students from ImageNet weights (needs the hub)
     teacher_weights: str | None = None  # a trained teacher checkpoint to use instead of training one
     retrain_teacher: bool = False  # train the teacher even if an identical one is cached
+    teacher_aux: bool = True  # also train the teacher on the dataset's auxiliary classes (cifar3: CIFAR-10's 7 others)
     temperature: float = 4.0  # T: softens both logit sets before the KL term
     alpha: float = 0.5  # weight of the KL term; CE gets 1 - alpha
     beta: float = 0.3  # weight of the feature-alignment term; 0 = logits-only distillation

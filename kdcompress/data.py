@@ -12,7 +12,7 @@ import shutil
 import tarfile
 import tempfile
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from kdcompress.runtime import IMAGE_SUFFIXES, Preprocessing, load_image, resize
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
 CIFAR3_CLASSES = ("airplane", "automobile", "bird")  # CIFAR-10 labels 0, 1, 2
+CIFAR10_OTHERS = ("cat", "deer", "dog", "frog", "horse", "ship", "truck")  # labels 3-9: cifar3's auxiliary classes
 SPLIT_SEED = 0  # validation / test carving is fixed, whatever --seed says, so a teacher can be reused
 
 
@@ -44,7 +45,14 @@ DATASETS: dict[str, DatasetSpec] = {
     spec.name: spec
     for spec in (
         DatasetSpec("digits", "scikit-learn's bundled 8x8 handwritten digits (offline default)", 16, 10, False, False),
-        DatasetSpec("cifar3", "CIFAR-10 airplane / automobile / bird from cifar-10-batches-py", 32, 30, True, False),
+        DatasetSpec(
+            "cifar3",
+            "CIFAR-10 airplane / automobile / bird from cifar-10-batches-py (the teacher also sees the 7 other classes)",
+            32,
+            30,
+            True,
+            False,
+        ),
         DatasetSpec("chest-xray", "Kaggle Chest X-Ray Images (Pneumonia): NORMAL vs PNEUMONIA", 32, 10, True, True),
         DatasetSpec("folder", "your own images: DIR/<class>/*.png or DIR/train|test/<class>/*.png", 32, 15, True, True),
     )
@@ -67,6 +75,24 @@ class Dataset:
     val_y: np.ndarray
     test_x: np.ndarray
     test_y: np.ndarray
+    # Auxiliary images of other classes (cifar3: the rest of CIFAR-10's training batches), for the
+    # teacher only. Their labels continue after the dataset's own: len(classes) + i for aux_classes[i].
+    aux_classes: tuple[str, ...] = ()
+    aux_x: np.ndarray | None = None
+    aux_y: np.ndarray | None = None
+
+    def with_auxiliary(self) -> "Dataset":
+        """This dataset with the auxiliary images added to its training split (validation and test unchanged)."""
+        if self.aux_x is None or self.aux_y is None:
+            return self
+        return replace(
+            self,
+            train_x=np.concatenate([self.train_x, self.aux_x]),
+            train_y=np.concatenate([self.train_y, self.aux_y]),
+            aux_classes=(),
+            aux_x=None,
+            aux_y=None,
+        )
 
     def preprocessing(self) -> Preprocessing:
         """Per-channel mean and std measured on the training split."""
@@ -81,10 +107,17 @@ class Dataset:
             std=tuple(round(float(v), 6) for v in std),
         )
 
-    def fingerprint(self) -> str:
-        """Hash of the training and validation data: a cached teacher is reused only for the same data."""
+    def fingerprint(self, auxiliary: bool = False) -> str:
+        """Hash of the training and validation data: a cached teacher is reused only for the same data.
+
+        With auxiliary, the auxiliary images count too (for a teacher trained on them).
+        """
         digest = hashlib.sha256()
-        for array in (self.train_x, self.train_y, self.val_x, self.val_y):
+        arrays = [self.train_x, self.train_y, self.val_x, self.val_y]
+        if auxiliary and self.aux_x is not None and self.aux_y is not None:
+            arrays += [self.aux_x, self.aux_y]
+            digest.update(repr(self.aux_classes).encode())
+        for array in arrays:
             digest.update(np.ascontiguousarray(array).tobytes())
         digest.update(repr((self.classes, self.image_size, self.channels)).encode())
         return digest.hexdigest()[:16]
@@ -114,11 +147,12 @@ def load_dataset(
     size = image_size or spec.image_size
     if spec.needs_data_dir and data_dir is None:
         raise KdcError(f"--dataset {name} needs --data-dir pointing at the image folder")
+    aux: dict[str, Any] = {}
     if name == "digits":
         train_x, train_y, test_x, test_y, classes, channels, source = _load_digits(size)
     elif name == "cifar3":
         root = Path(data_dir) if data_dir is not None else Path("data")
-        train_x, train_y, test_x, test_y, classes, channels, source = _load_cifar3(root, size, reporter)
+        train_x, train_y, test_x, test_y, classes, channels, source, aux = _load_cifar3(root, size, reporter)
     else:
         root = Path(data_dir)  # type: ignore[arg-type]
         if name == "chest-xray" and not (root / "train").is_dir() and (root / "chest_xray" / "train").is_dir():
@@ -139,6 +173,7 @@ def load_dataset(
         val_y=val_y,
         test_x=test_x,
         test_y=test_y,
+        **aux,
     )
     for split, count in dataset.counts().items():
         if count == 0:
@@ -248,6 +283,8 @@ def _load_cifar3(root: Path, size: int, reporter: Reporter) -> tuple[Any, ...]:
     train_y = np.concatenate([p[1] for p in parts])
     test_x, test_y = _read_cifar_batch(folder / "test_batch")
     keep_train, keep_test = train_y < 3, test_y < 3
+    others = ~keep_train  # training images only: the test batch's other classes are never used
+    auxiliary = {"aux_classes": CIFAR10_OTHERS, "aux_x": resize_array(train_x[others], size, 3), "aux_y": train_y[others]}
     return (
         resize_array(train_x[keep_train], size, 3),
         train_y[keep_train],
@@ -256,6 +293,7 @@ def _load_cifar3(root: Path, size: int, reporter: Reporter) -> tuple[Any, ...]:
         list(CIFAR3_CLASSES),
         3,
         str(folder),
+        auxiliary,
     )
 
 

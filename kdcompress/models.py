@@ -54,6 +54,27 @@ def zero_init_head(model: Any) -> Any:
     return model
 
 
+def keep_first_classes(model: Any, n_classes: int) -> Any:
+    """Cut the classifier down to its first n_classes outputs (a teacher trained with auxiliary classes).
+
+    The logits of the kept classes are unchanged, so the cut model's argmax is the argmax over the
+    first n_classes logits of the full one, and it exports, distills and checkpoints as a plain
+    n_classes model.
+    """
+    import torch.nn as nn
+
+    head = model.get_classifier()
+    if not isinstance(head, nn.Linear):
+        raise KdcError(f"{type(model).__name__}'s classifier is not a linear layer: auxiliary classes need one")
+    if head.out_features > n_classes:
+        head.weight = nn.Parameter(head.weight.detach()[:n_classes].clone())
+        if head.bias is not None:
+            head.bias = nn.Parameter(head.bias.detach()[:n_classes].clone())
+        head.out_features = n_classes
+        model.num_classes = n_classes
+    return model
+
+
 SMALL_IMAGE = 64  # teacher inputs up to this side get a stride-1 stem (teacher recipe 3)
 
 

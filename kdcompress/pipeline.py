@@ -23,8 +23,8 @@ from kdcompress.models import resolve_model_name
 from kdcompress.reporting import NullReporter, Reporter
 from kdcompress.runtime import Preprocessing
 
-TEACHER_RECIPE = 3  # bump when the teacher's training changes, so cached teachers are not reused
-# (2: zeroed head; 3: stride-1 stem at small inputs)
+TEACHER_RECIPE = 4  # bump when the teacher's training changes, so cached teachers are not reused
+# (2: zeroed head; 3: stride-1 stem at small inputs; 4: auxiliary classes where the dataset has them)
 CALIBRATION_IMAGES = 512  # training images kept for INT8 calibration (kdc quantize)
 
 
@@ -115,10 +115,17 @@ def fit_record(result: Any) -> dict[str, Any]:
     }
 
 
+def auxiliary_classes(cfg: CompressConfig, data: Dataset) -> tuple[str, ...]:
+    """The extra classes a teacher trained here also learns (none with --no-teacher-aux)."""
+    return data.aux_classes if cfg.teacher_aux else ()
+
+
 def teacher_cache_key(cfg: CompressConfig, data: Dataset) -> str:
     """Identifies a teacher by the data and every setting that shapes its training."""
+    auxiliary = auxiliary_classes(cfg, data)
     fields = {
-        "data": data.fingerprint(),
+        "data": data.fingerprint(auxiliary=bool(auxiliary)),
+        "auxiliary": list(auxiliary),
         "teacher": cfg.teacher,
         "pretrained": cfg.pretrained,
         "epochs": cfg.teacher_epochs,
@@ -137,7 +144,15 @@ def load_or_train_teacher(
     """Train the teacher, or reuse one: from --teacher-weights, or cached from an identical earlier run."""
     from dataclasses import replace
 
-    from kdcompress.models import create_model, load_weights, save_checkpoint, set_stem_stride, teacher_stem_stride, zero_init_head
+    from kdcompress.models import (
+        create_model,
+        keep_first_classes,
+        load_weights,
+        save_checkpoint,
+        set_stem_stride,
+        teacher_stem_stride,
+        zero_init_head,
+    )
     from kdcompress.objectives import Supervised
     from kdcompress.train import fit
 
@@ -168,13 +183,24 @@ def load_or_train_teacher(
     import torch
 
     torch.manual_seed(cfg.seed)
-    teacher = zero_init_head(create_model(cfg.teacher, n_classes, data.channels, cfg.pretrained))
+    auxiliary = auxiliary_classes(cfg, data)
+    teacher = zero_init_head(create_model(cfg.teacher, n_classes + len(auxiliary), data.channels, cfg.pretrained))
     stride = teacher_stem_stride(teacher, data.image_size)
     set_stem_stride(teacher, stride)
     stem = f", stride-1 stem for {data.image_size} px inputs" if stride else ""
     reporter.info(f"teacher: {cfg.teacher}{' (ImageNet weights)' if cfg.pretrained else ''}{stem}, loss = CE(teacher, y)")
-    result = fit(Supervised(teacher), data, prep, replace(settings, epochs=cfg.teacher_epochs), reporter, "teacher")
-    record = {"objective": "loss = CE(teacher, y)", "recipe": TEACHER_RECIPE, "stem_stride": stride, **fit_record(result)}
+    record: dict[str, Any] = {"objective": "loss = CE(teacher, y)", "recipe": TEACHER_RECIPE, "stem_stride": stride}
+    if auxiliary:
+        n_aux = len(data.aux_y)  # type: ignore[arg-type]
+        reporter.info(
+            f"teacher: also trained on {n_aux} images of {len(auxiliary)} auxiliary classes ({', '.join(auxiliary)}), "
+            f"which the students never see; it keeps only its {n_classes} {data.name} outputs"
+        )
+        record["auxiliary"] = {"classes": list(auxiliary), "images": n_aux}
+    teacher_settings = replace(settings, epochs=cfg.teacher_epochs)
+    result = fit(Supervised(teacher), data.with_auxiliary() if auxiliary else data, prep, teacher_settings, reporter, "teacher")
+    keep_first_classes(teacher, n_classes)
+    record.update(fit_record(result))
     tmp = cached.parent / f".{key}.{os.getpid()}.tmp"
     tmp.mkdir(parents=True, exist_ok=True)
     save_checkpoint(teacher, tmp / "teacher.pt", {"model": cfg.teacher, "classes": data.classes, "in_chans": data.channels})

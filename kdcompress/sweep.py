@@ -34,7 +34,7 @@ from kdcompress.stats import compare
 
 FORMAT = "kdcompress-sweep/1"
 SHARED_SETTINGS = (  # what every run of a sweep shares: a resumed sweep must agree on all of them
-    "dataset", "image_size", "teacher", "student", "pretrained", "pretrained_student", "teacher_weights",
+    "dataset", "image_size", "teacher", "student", "pretrained", "pretrained_student", "teacher_weights", "teacher_aux",
     "epochs", "teacher_epochs", "batch_size", "lr", "weight_decay", "val_fraction",
 )  # fmt: skip
 

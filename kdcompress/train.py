@@ -205,7 +205,9 @@ def fit(
                     running = " ".join(f"{k} {v:.3f}" for k, v in means.items())
                     advance(step + 1 - reported, status=f"ep {epoch}/{settings.epochs}{status} | {running}")
                     reported = step + 1
-            val_acc = accuracy(predict_logits(student, data.val_x, prep, device, amp=True), data.val_y)
+            # Scored on the dataset's own classes: outputs beyond them are auxiliary classes (a teacher's).
+            val_logits = predict_logits(student, data.val_x, prep, device, amp=True)[:, : len(data.classes)]
+            val_acc = accuracy(val_logits, data.val_y)
             record = {"epoch": epoch, **means}
             record.update(val_accuracy=val_acc, lr=scheduler.get_last_lr()[0], seconds=time.perf_counter() - epoch_start)
             history.append(record)

@@ -57,6 +57,20 @@ def test_cifar3_reads_the_partial_shared_batches(shared_data):
     assert direct.fingerprint() == ds.fingerprint()
 
 
+def test_cifar3_auxiliary_classes_are_the_other_training_images(shared_data):
+    ds = load_dataset("cifar3", shared_data, image_size=16)
+    assert ds.aux_classes == ("cat", "deer", "dog", "frog", "horse", "ship", "truck")
+    assert len(ds.aux_y) == 5438 - 1629  # the shared data_batch_* files hold 5,438 images, 1,629 of cifar3's classes
+    assert set(np.unique(ds.aux_y)) == set(range(3, 10))  # numbered after cifar3's own classes, as in CIFAR-10
+    assert ds.aux_x.shape[1:] == (3, 16, 16)
+    with_aux = ds.with_auxiliary()
+    assert with_aux.counts() == {**ds.counts(), "train": ds.counts()["train"] + len(ds.aux_y)}
+    assert np.array_equal(with_aux.val_x, ds.val_x) and np.array_equal(with_aux.test_x, ds.test_x)
+    assert with_aux.aux_x is None and with_aux.with_auxiliary() is with_aux
+    # a teacher trained on the auxiliary images is cached under other data than one trained without
+    assert ds.fingerprint(auxiliary=True) != ds.fingerprint()
+
+
 def test_cifar3_missing_and_offline_names_the_folder(tmp_path, monkeypatch):
     def offline(*args, **kwargs):
         raise OSError("Network is unreachable")

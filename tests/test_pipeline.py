@@ -1,6 +1,7 @@
 """End to end on tiny models: the run folder contract, fairness, determinism, teacher reuse, safe writes."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -135,8 +136,65 @@ def test_cache_key_changes_with_what_shapes_the_teacher():
     base = CompressConfig(**TINY)
     key = pipeline.teacher_cache_key(base, data)
     assert key == pipeline.teacher_cache_key(CompressConfig(**TINY, alpha=0.9, beta=0.0), data)  # student-side only
+    assert key == pipeline.teacher_cache_key(CompressConfig(**TINY, teacher_aux=False), data)  # digits has no aux
     assert key != pipeline.teacher_cache_key(CompressConfig(**{**TINY, "teacher_epochs": 3}), data)
     assert key != pipeline.teacher_cache_key(CompressConfig(**{**TINY, "teacher": "efficientnet_b0"}), data)
+
+
+def test_auxiliary_classes_train_the_teacher_and_nothing_else(tmp_path, shared_data):
+    """cifar3 end to end: the teacher learns 10 classes and keeps 3; the students see cifar3 only."""
+    recorder = Recorder()
+    config = CompressConfig(**{**TINY, "epochs": 1}, dataset="cifar3", data_dir=str(shared_data), out=str(tmp_path / "aux"))
+    result = compress(config, recorder)
+    teacher = result.manifest["models"]["teacher"]
+    assert teacher["auxiliary"] == {"classes": ["cat", "deer", "dog", "frog", "horse", "ship", "truck"], "images": 3809}
+    assert any("3809 images of 7 auxiliary classes" in line for line in recorder.lines)
+    assert result.manifest["dataset"]["counts"]["train"] == 1466  # what the students train on: cifar3 only
+    assert create_session(result.run_dir / teacher["onnx"]).get_outputs()[0].shape[-1] == 3
+    # --no-teacher-aux trains (and caches) another teacher; the baseline does not depend on the choice
+    plain = compress(replace(config, teacher_aux=False, out=str(tmp_path / "plain"))).manifest["models"]
+    assert "auxiliary" not in plain["teacher"] and not plain["teacher"]["reused"]
+    baseline = result.manifest["models"]["baseline"]
+    assert (plain["baseline"]["test_correct"], plain["baseline"]["best_val_accuracy"]) == (
+        baseline["test_correct"],
+        baseline["best_val_accuracy"],
+    )
+
+
+def test_auxiliary_logits_are_never_scored():
+    """fit picks the best epoch on the dataset's own classes, and the cut teacher keeps their logits exactly."""
+    import torch
+    from torch import nn
+
+    from kdcompress.data import load_dataset
+    from kdcompress.models import create_model, keep_first_classes
+    from kdcompress.objectives import Supervised
+    from kdcompress.reporting import NullReporter
+    from kdcompress.train import TrainSettings, accuracy, fit, predict_logits
+
+    class Decoy(nn.Module):  # an auxiliary class that always wins the argmax over all outputs
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, images):
+            logits = self.model(images)
+            return torch.cat([logits, torch.full_like(logits[:, :1], 1e4)], dim=1)
+
+    data = load_dataset("digits", None, image_size=16)
+    prep = data.preprocessing()
+    torch.manual_seed(0)
+    model = create_model("test_resnet", 10, 1)
+    settings = TrainSettings(epochs=1, batch_size=128, lr=2e-3, weight_decay=0.05, seed=0, device="cpu")
+    result = fit(Supervised(Decoy(model)), data, prep, settings, NullReporter(), "decoy")
+    assert result.best_val_accuracy == accuracy(predict_logits(model, data.val_x, prep, "cpu"), data.val_y) > 0.1
+
+    wide = create_model("test_efficientnet", 10, 1).eval()
+    images = torch.randn(4, 1, 16, 16)
+    full = wide(images)
+    cut = keep_first_classes(wide, 7)
+    assert cut(images).shape == (4, 7) and torch.allclose(cut(images), full[:, :7])
+    assert cut.num_classes == 7 and cut.get_classifier().out_features == 7
 
 
 def test_teacher_weights_for_other_classes_are_refused(tmp_path, tiny_run):
