@@ -33,8 +33,9 @@ def create_model(name: str, num_classes: int, in_chans: int, pretrained: bool = 
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise KdcError(
             f"could not load pretrained ImageNet weights for '{name}' ({first_line}). They download from the "
-            f"Hugging Face hub on first use: check your connection, or train from scratch without --pretrained, "
-            f"or pass a trained teacher with --teacher-weights FILE"
+            f"Hugging Face hub on first use: check your connection; on a machine without one, copy the hub cache "
+            f"(~/.cache/huggingface/hub) of a machine that downloaded them and set HF_HUB_OFFLINE=1; or train from "
+            f"scratch without --pretrained, or pass a trained teacher with --teacher-weights FILE"
         ) from None
 
 

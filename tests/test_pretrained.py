@@ -1,0 +1,103 @@
+"""--pretrained and --pretrained-student end to end, without a network.
+
+timm fetches ImageNet weights through the Hugging Face hub client, which reads its local cache
+first. These tests lay ImageNet-shaped weights (1000 classes, RGB) into a cache folder exactly as
+the hub client stores a download, switch the client to offline mode, and run the real loading
+path: timm's head replacement and input-channel adaptation, and kdcompress's pipeline on top.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from kdcompress.config import CompressConfig
+from kdcompress.pipeline import compress
+
+COMMIT = "0123456789abcdef0123456789abcdef01234567"  # any 40-hex revision; refs/main points at it
+
+
+def _cache_imagenet_weights(cache: Path, name: str, seed: int) -> dict:
+    """Save a 1000-class RGB `name` where the hub client keeps timm's download; return its weights."""
+    import timm
+    import torch
+    from safetensors.torch import save_file
+
+    torch.manual_seed(seed)
+    model = timm.create_model(name, pretrained=False)  # timm's ImageNet shape: 1000 classes, 3 channels
+    repo = cache / f"models--{model.pretrained_cfg['hf_hub_id'].replace('/', '--')}"
+    (repo / "snapshots" / COMMIT).mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(COMMIT)
+    state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(repo / "snapshots" / COMMIT / "model.safetensors"))
+    return state
+
+
+@pytest.fixture
+def offline_hub(tmp_path, monkeypatch) -> Path:
+    """An empty hub cache, with the hub client offline (as on a machine without internet)."""
+    import huggingface_hub.constants as hub
+
+    cache = tmp_path / "hub"
+    cache.mkdir()
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", True)
+    return cache
+
+
+def test_pretrained_weights_load_with_a_new_head_and_channels(offline_hub):
+    import torch
+
+    from kdcompress.models import create_model
+
+    imagenet = _cache_imagenet_weights(offline_hub, "test_efficientnet", seed=1)
+    model = create_model("test_efficientnet", num_classes=3, in_chans=1, pretrained=True)
+    state = model.state_dict()
+    assert state["classifier.weight"].shape == (3, imagenet["classifier.weight"].shape[1])  # fresh 3-class head
+    # one grey channel: timm folds the RGB stem filters into one by summing them
+    assert torch.allclose(state["conv_stem.weight"], imagenet["conv_stem.weight"].sum(dim=1, keepdim=True))
+    body = [k for k in imagenet if not k.startswith(("classifier.", "conv_stem."))]
+    assert body and all(torch.equal(state[k], imagenet[k]) for k in body)
+    fresh = create_model("test_efficientnet", num_classes=3, in_chans=1, pretrained=False)
+    assert not all(torch.equal(fresh.state_dict()[k], imagenet[k]) for k in body)
+
+
+def test_compress_pretrained_teacher_and_students(offline_hub, tmp_path, shared_data):
+    """cifar3 with ImageNet starts for all three: the teacher's 10-way head (7 auxiliary classes) is cut to 3."""
+    import torch
+
+    from kdcompress.models import create_model
+
+    _cache_imagenet_weights(offline_hub, "test_efficientnet", seed=1)
+    imagenet_student = _cache_imagenet_weights(offline_hub, "test_resnet", seed=2)
+    config = CompressConfig(
+        dataset="cifar3", data_dir=str(shared_data), teacher="test_efficientnet", student="test_resnet",
+        pretrained=True, pretrained_student=True, image_size=16, epochs=1, out=str(tmp_path / "run"),
+    )  # fmt: skip
+    manifest = compress(config).manifest
+    assert manifest["config"]["pretrained"] and manifest["config"]["pretrained_student"]
+    assert manifest["models"]["teacher"]["auxiliary"]["images"] == 3809
+    # one epoch moves the students' first layer a little away from where they started: the cached
+    # ImageNet weights, not timm's random initialisation under the same seed
+    trained = torch.load(tmp_path / "run" / "checkpoints" / "baseline.pt", weights_only=True)["state_dict"]
+    torch.manual_seed(0)
+    random_start = create_model("test_resnet", 3, 3).state_dict()["conv1.0.weight"]
+    from_imagenet = (trained["conv1.0.weight"] - imagenet_student["conv1.0.weight"]).abs().max()
+    assert from_imagenet < 0.1 * (trained["conv1.0.weight"] - random_start).abs().max()
+
+
+def test_pretrained_offline_without_weights_is_one_clear_line(offline_hub, tmp_path):
+    from typer.testing import CliRunner
+
+    from kdcompress.cli import app
+
+    args = ["compress", "--pretrained", "--teacher", "test_efficientnet", "--student", "test_resnet"]
+    result = CliRunner().invoke(app, [*args, "--image-size", "16", "--artifacts", str(tmp_path / "a")])
+    assert result.exit_code == 1
+    text = " ".join(result.output.split())
+    assert "could not load pretrained ImageNet weights for 'test_efficientnet'" in text
+    assert "HF_HUB_OFFLINE" in text and "--teacher-weights" in text  # what to do about it
+    assert "Traceback" not in result.output
+    assert not list((tmp_path / "a").glob("*")) and not list((tmp_path / "a").glob(".*"))  # nothing half-written
