@@ -86,7 +86,7 @@ TEACHER_AUX_OPTION = typer.Option(
     "has some (cifar3: CIFAR-10's 7 other classes, training batches only). The students never see them."
 )
 EPOCHS_OPTION = typer.Option(None, "--epochs", help="Epochs per training (default per dataset: digits 10, cifar3 30, chest-xray 10, folder 15).")
-TEACHER_EPOCHS_OPTION = typer.Option(None, "--teacher-epochs", help="Epochs for the teacher (default: same as --epochs).")
+TEACHER_EPOCHS_OPTION = typer.Option(None, "--teacher-epochs", help="Epochs for the teacher (default: twice --epochs for cifar3, whose teacher also learns 7 more classes; --epochs otherwise).")
 BATCH_SIZE_OPTION = typer.Option(128, "--batch-size", help="Batch size of every training.")
 LR_OPTION = typer.Option(2e-3, "--lr", help="Peak learning rate (AdamW, one-cycle schedule).")
 WEIGHT_DECAY_OPTION = typer.Option(0.05, "--weight-decay", help="AdamW weight decay.")

@@ -141,6 +141,17 @@ def test_cache_key_changes_with_what_shapes_the_teacher():
     assert key != pipeline.teacher_cache_key(CompressConfig(**{**TINY, "teacher": "efficientnet_b0"}), data)
 
 
+def test_teacher_epochs_default_to_the_datasets_factor_of_the_student_epochs():
+    def teacher_epochs(**settings):
+        return CompressConfig(**settings).resolved().teacher_epochs
+
+    assert teacher_epochs(dataset="cifar3") == 60  # 30 student epochs; its teacher learns 10 classes
+    assert teacher_epochs(dataset="cifar3", epochs=5) == 10
+    assert teacher_epochs(dataset="cifar3", epochs=5, teacher_epochs=7) == 7  # an explicit value wins
+    assert teacher_epochs(dataset="digits", epochs=5) == 5
+    assert teacher_epochs(dataset="chest-xray") == 10
+
+
 def test_auxiliary_classes_train_the_teacher_and_nothing_else(tmp_path, shared_data):
     """cifar3 end to end: the teacher learns 10 classes and keeps 3; the students see cifar3 only."""
     recorder = Recorder()
