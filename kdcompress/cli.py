@@ -153,7 +153,7 @@ def _numbers(flag: str, text: str) -> tuple[float, ...]:
 def sweep(
     dataset: str = DATASET_OPTION,
     data_dir: Optional[Path] = DATA_DIR_OPTION,
-    temperatures: str = typer.Option("1,4,8", "--T", "--temperature", help="Temperatures to try, comma-separated."),
+    temperatures: str = typer.Option("1,4", "--T", "--temperature", help="Temperatures to try, comma-separated."),
     alphas: str = typer.Option("0.5,0.9", "--alpha", help="KL weights to try, comma-separated, each in [0, 1]."),
     betas: str = typer.Option("0,0.3", "--beta", help="Feature-term weights to try, comma-separated; 0 = logits only."),
     seeds: int = typer.Option(3, "--seeds", help="How many seeds (--seed, --seed + 1, ...): each gets its own baseline."),
