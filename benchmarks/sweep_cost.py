@@ -29,7 +29,6 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from kdcompress.config import CompressConfig  # noqa: E402
-from kdcompress.data import load_dataset  # noqa: E402
 from kdcompress.manifest import environment  # noqa: E402
 from kdcompress.reporting import NullReporter  # noqa: E402
 from kdcompress.sweep import SweepConfig, sweep  # noqa: E402
@@ -38,36 +37,28 @@ GRID = dict(temperatures=(2.0, 4.0), alphas=(0.5,), betas=(0.0, 0.3), seeds=1)
 
 
 def measure(data_dir: Path, epochs: int, root: Path) -> dict:
-    import torch
+    from kdcompress.fair import fair_start, prepare
+    from kdcompress.teacher import load_or_train_teacher
+    from kdcompress.train import fit
 
-    from kdcompress.models import create_model, create_projection
-    from kdcompress.objectives import Distillation, Supervised
-    from kdcompress.pipeline import load_or_train_teacher
-    from kdcompress.train import TrainSettings, clone_model, fit
-
-    base = CompressConfig(dataset="cifar3", data_dir=str(data_dir), epochs=epochs, device="cpu", artifacts=str(root)).resolved()
+    base = CompressConfig(dataset="cifar3", data_dir=str(data_dir), epochs=epochs, device="cpu", artifacts=str(root))
     config = SweepConfig(base=base, out=str(root / "sweep"), **GRID)
-    data = load_dataset("cifar3", data_dir, base.image_size, base.val_fraction)
-    prep = data.preprocessing()
-    settings = TrainSettings(epochs, base.batch_size, base.lr, base.weight_decay, base.seed, "cpu")
-    teacher, _ = load_or_train_teacher(replace(base, out=config.out), data, prep, settings, NullReporter())
+    run = prepare(base, NullReporter())
+    teacher, _ = load_or_train_teacher(replace(run.cfg, out=config.out), run.data, run.prep, run.settings, NullReporter())
 
     started = time.perf_counter()
     results = sweep(config)
     sweep_seconds = time.perf_counter() - started
     n = len(config.cells())
 
-    torch.manual_seed(base.seed)
-    initial = create_model(base.student, len(data.classes), data.channels)
+    start = fair_start(run, run.cfg.seed, teacher)  # the sweep's own starting point for this seed
     started = time.perf_counter()
     for i in range(n):
-        fit(Supervised(clone_model(initial)), data, prep, settings, NullReporter(), f"baseline {i}")
+        fit(start.baseline(), run.data, run.prep, start.settings, NullReporter(), f"baseline {i}")
     baselines_seconds = time.perf_counter() - started
 
-    student = clone_model(initial)
     started = time.perf_counter()
-    objective = Distillation(student, teacher, 4.0, 0.5, 0.3, create_projection(student, teacher))
-    fit(objective, data, prep, settings, NullReporter(), "live teacher")
+    fit(start.distilled(teacher, 4.0, 0.5, 0.3), run.data, run.prep, start.settings, NullReporter(), "live teacher")
     live_seconds = time.perf_counter() - started
 
     cost = results["cost"]

@@ -39,59 +39,6 @@ def create_model(name: str, num_classes: int, in_chans: int, pretrained: bool = 
         ) from None
 
 
-def zero_init_head(model: Any) -> Any:
-    """Zero the final classifier so training starts from uniform predictions (loss = ln(classes)).
-
-    timm's EfficientNet-B3 starts with logits of +-17, a cross-entropy of ~8 for 3 classes, and from
-    scratch on small data it barely recovers: measured on digits (10 epochs, 16 px), test accuracy
-    21% with the default head, 77% with a zeroed one, at the same cost.
-    """
-    import torch.nn as nn
-
-    head = model.get_classifier()
-    if isinstance(head, nn.Linear):
-        nn.init.zeros_(head.weight)
-        nn.init.zeros_(head.bias)
-    return model
-
-
-def keep_first_classes(model: Any, n_classes: int) -> Any:
-    """Cut the classifier down to its first n_classes outputs (a teacher trained with auxiliary classes).
-
-    The logits of the kept classes are unchanged, so the cut model's argmax is the argmax over the
-    first n_classes logits of the full one, and it exports, distills and checkpoints as a plain
-    n_classes model.
-    """
-    import torch.nn as nn
-
-    head = model.get_classifier()
-    if not isinstance(head, nn.Linear):
-        raise KdcError(f"{type(model).__name__}'s classifier is not a linear layer: auxiliary classes need one")
-    if head.out_features > n_classes:
-        head.weight = nn.Parameter(head.weight.detach()[:n_classes].clone())
-        if head.bias is not None:
-            head.bias = nn.Parameter(head.bias.detach()[:n_classes].clone())
-        head.out_features = n_classes
-        model.num_classes = n_classes
-    return model
-
-
-SMALL_IMAGE = 64  # teacher inputs up to this side get a stride-1 stem (teacher recipe 3)
-
-
-def teacher_stem_stride(model: Any, image_size: int) -> int | None:
-    """The stem stride teacher recipe 3 gives: 1 for small images when the model has a strided conv_stem.
-
-    EfficientNet-B3 downsamples 32 px inputs to 1x1; a stride-1 stem keeps 2x2 at the end. Measured on
-    cifar3 (30 epochs, 32 px): test accuracy 79.5% -> 84.2% for about 2.5x the training time
-    (benchmarks/results/teacher-stem1-30ep.json). None when the rule does not apply.
-    """
-    stem = getattr(model, "conv_stem", None)
-    if image_size > SMALL_IMAGE or stem is None or tuple(stem.stride) == (1, 1):
-        return None
-    return 1
-
-
 def set_stem_stride(model: Any, stride: int | None) -> Any:
     """Give model.conv_stem this stride (None leaves the model as timm built it)."""
     if stride is not None:

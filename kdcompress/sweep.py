@@ -25,12 +25,13 @@ from typing import Any
 import numpy as np
 
 from kdcompress.config import CompressConfig
-from kdcompress.data import Dataset, load_dataset
+from kdcompress.data import Dataset
 from kdcompress.errors import KdcError
+from kdcompress.fair import Prepared, fair_start, prepare
 from kdcompress.manifest import environment, write_json_atomic
-from kdcompress.models import resolve_model_name
 from kdcompress.reporting import NullReporter, Reporter
 from kdcompress.stats import compare
+from kdcompress.teacher import load_or_train_teacher
 
 FORMAT = "kdcompress-sweep/1"
 SHARED_SETTINGS = (  # what every run of a sweep shares: a resumed sweep must agree on all of them
@@ -89,16 +90,10 @@ def sweep(config: SweepConfig, reporter: Reporter | None = None) -> dict[str, An
     """Train what is missing from the sweep folder, then compare every grid point with the baseline."""
     reporter = reporter or NullReporter()
     cfg = config.resolved()
-    base = cfg.base
-    resolve_model_name(base.teacher)
-    resolve_model_name(base.student)
-    from kdcompress.train import resolve_device
-
-    device = resolve_device(base.device)
-    data = load_dataset(base.dataset, base.data_dir, base.image_size, base.val_fraction, reporter)
+    run = prepare(cfg.base, reporter)
     folder = Path(cfg.out)  # type: ignore[arg-type]
     (folder / "runs").mkdir(parents=True, exist_ok=True)
-    shared = _check_resumable(folder, base, data)
+    shared = _check_resumable(folder, run.cfg, run.data)
     done = {p.stem for p in (folder / "runs").glob("*.json")}
     plan = [(s, c) for s in cfg.seed_list() for c in [None, *cfg.cells()] if run_name(s, c) not in done]
     total = len(cfg.seed_list()) * (1 + len(cfg.cells()))
@@ -107,8 +102,8 @@ def sweep(config: SweepConfig, reporter: Reporter | None = None) -> dict[str, An
     else:
         reporter.info(f"sweep of {total} trainings into {folder}")
     if plan or "teacher" not in shared:
-        _train_missing(cfg, data, device, folder, shared, plan, total, reporter)
-    return summarize(cfg, data, folder, device)
+        _train_missing(cfg, run, folder, shared, plan, total, reporter)
+    return summarize(cfg, run.data, folder, run.device)
 
 
 def _check_resumable(folder: Path, base: CompressConfig, data: Dataset) -> dict[str, Any]:
@@ -132,56 +127,41 @@ def _check_resumable(folder: Path, base: CompressConfig, data: Dataset) -> dict[
 
 def _train_missing(
     cfg: SweepConfig,
-    data: Dataset,
-    device: str,
+    run: Prepared,
     folder: Path,
     shared: dict[str, Any],
     plan: list[tuple[int, tuple[float, float, float] | None]],
     total: int,
     reporter: Reporter,
 ) -> None:
-    import torch
+    from kdcompress.train import fit, predict_logits, record_teacher
 
-    from kdcompress.models import create_model, create_projection
-    from kdcompress.objectives import Distillation, Supervised
-    from kdcompress.pipeline import fit_record, load_or_train_teacher
-    from kdcompress.train import TrainSettings, clone_model, fit, predict_logits, record_teacher
-
-    base, prep = cfg.base, data.preprocessing()
-    settings = TrainSettings(base.epochs, base.batch_size, base.lr, base.weight_decay, base.seed, device)  # type: ignore[arg-type]
-    teacher, record = load_or_train_teacher(replace(base, out=cfg.out), data, prep, settings, reporter)
+    data, prep, device = run.data, run.prep, run.device
+    teacher, record = load_or_train_teacher(replace(run.cfg, out=cfg.out), data, prep, run.settings, reporter)
     if "teacher" not in shared:
         correct = predict_logits(teacher, data.test_x, prep, device).argmax(axis=1) == data.test_y
         record.pop("history", None)
-        shared["teacher"] = {**record, "architecture": base.teacher, "test_accuracy": float(correct.mean())}
+        shared["teacher"] = {**record, "architecture": run.cfg.teacher, "test_accuracy": float(correct.mean())}
         write_json_atomic(folder / "sweep.json", shared)
     done = total - len(plan)
     for seed, runs in itertools.groupby(plan, key=lambda item: item[0]):
         cells = [cell for _, cell in runs]
-        seed_settings = replace(settings, seed=seed)
-        torch.manual_seed(seed)  # the same initial weights and projection as `kdc compress --seed`
-        initial = create_model(base.student, len(data.classes), data.channels, base.pretrained_student)
+        start = fair_start(run, seed, teacher)  # the same initial weights and projection as `kdc compress --seed`
         distilled = [cell for cell in cells if cell is not None]
         recorded = None
         if distilled:
             started = time.perf_counter()
             features = any(cell[2] > 0 for cell in distilled)
-            recorded = record_teacher(teacher, data, prep, seed_settings, features, reporter, f"seed {seed}: teacher outputs")
+            recorded = record_teacher(teacher, data, prep, start.settings, features, reporter, f"seed {seed}: teacher outputs")
             write_json_atomic(folder / "runs" / f"seed{seed}-teacher-outputs.cost", {"seconds": time.perf_counter() - started})
         for cell in cells:
             done += 1
-            student = clone_model(initial)
-            if cell is None:
-                objective: Any = Supervised(student)
-            else:
-                torch.manual_seed(seed + 1)
-                projection = create_projection(student, teacher) if cell[2] > 0 else None
-                objective = Distillation(student, recorded, cell[0], cell[1], cell[2], projection)
+            objective = start.baseline() if cell is None else start.distilled(recorded, *cell)
             name = run_name(seed, cell)
             reporter.info(f"[{done}/{total}] {name}: {objective.describe()}")
-            result = fit(objective, data, prep, seed_settings, reporter, name)
-            predictions = predict_logits(student, data.test_x, prep, device).argmax(axis=1)
-            run = {
+            result = fit(objective, data, prep, start.settings, reporter, name)
+            predictions = predict_logits(objective.student, data.test_x, prep, device).argmax(axis=1)
+            entry = {
                 "name": name,
                 "seed": seed,
                 "kind": "baseline" if cell is None else "distilled",
@@ -190,9 +170,9 @@ def _train_missing(
                 "test_accuracy": float((predictions == data.test_y).mean()),
                 "predictions": predictions.tolist(),
                 "device": device,
-                **fit_record(result),
+                **result.record(),
             }
-            write_json_atomic(folder / "runs" / f"{name}.json", run)
+            write_json_atomic(folder / "runs" / f"{name}.json", entry)
 
 
 def summarize(cfg: SweepConfig, data: Dataset, folder: Path, device: str) -> dict[str, Any]:

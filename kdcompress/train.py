@@ -46,6 +46,15 @@ class FitResult:
     train_seconds: float
     history: list[dict[str, float]] = field(default_factory=list)
 
+    def record(self) -> dict[str, Any]:
+        """What a training leaves in the manifest (or a sweep's run file): best epoch, timing, history."""
+        return {
+            "best_epoch": self.best_epoch,
+            "best_val_accuracy": self.best_val_accuracy,
+            "train_seconds": round(self.train_seconds, 2),
+            "history": self.history,
+        }
+
 
 def resolve_device(requested: str) -> str:
     """auto -> cuda when available, else cpu; cuda without a GPU is an error."""

@@ -76,7 +76,7 @@ def test_supervised_is_plain_cross_entropy():
 
 
 def test_zeroed_head_starts_the_teacher_at_uniform_predictions():
-    from kdcompress.models import zero_init_head
+    from kdcompress.teacher import zero_init_head
 
     torch.manual_seed(0)
     teacher = zero_init_head(timm.create_model("test_efficientnet", num_classes=3)).eval()

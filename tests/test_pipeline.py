@@ -6,7 +6,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from kdcompress import pipeline
+from kdcompress.teacher import teacher_cache_key
 from kdcompress.config import CompressConfig
 from kdcompress.errors import KdcError
 from kdcompress.manifest import read_manifest
@@ -134,11 +134,11 @@ def test_cache_key_changes_with_what_shapes_the_teacher():
 
     data = load_dataset("digits", None, image_size=8)
     base = CompressConfig(**TINY)
-    key = pipeline.teacher_cache_key(base, data)
-    assert key == pipeline.teacher_cache_key(CompressConfig(**TINY, alpha=0.9, beta=0.0), data)  # student-side only
-    assert key == pipeline.teacher_cache_key(CompressConfig(**TINY, teacher_aux=False), data)  # digits has no aux
-    assert key != pipeline.teacher_cache_key(CompressConfig(**{**TINY, "teacher_epochs": 3}), data)
-    assert key != pipeline.teacher_cache_key(CompressConfig(**{**TINY, "teacher": "efficientnet_b0"}), data)
+    key = teacher_cache_key(base, data)
+    assert key == teacher_cache_key(CompressConfig(**TINY, alpha=0.9, beta=0.0), data)  # student-side only
+    assert key == teacher_cache_key(CompressConfig(**TINY, teacher_aux=False), data)  # digits has no aux
+    assert key != teacher_cache_key(CompressConfig(**{**TINY, "teacher_epochs": 3}), data)
+    assert key != teacher_cache_key(CompressConfig(**{**TINY, "teacher": "efficientnet_b0"}), data)
 
 
 def test_teacher_epochs_default_to_the_datasets_factor_of_the_student_epochs():
@@ -178,7 +178,8 @@ def test_auxiliary_logits_are_never_scored():
     from torch import nn
 
     from kdcompress.data import load_dataset
-    from kdcompress.models import create_model, keep_first_classes
+    from kdcompress.models import create_model
+    from kdcompress.teacher import keep_first_classes
     from kdcompress.objectives import Supervised
     from kdcompress.reporting import NullReporter
     from kdcompress.train import TrainSettings, accuracy, fit, predict_logits
@@ -222,7 +223,8 @@ def test_stride_one_stem_is_used_for_small_inputs_and_survives_a_checkpoint(tmp_
     import timm
     import torch
 
-    from kdcompress.models import load_weights, save_checkpoint, set_stem_stride, teacher_stem_stride
+    from kdcompress.models import load_weights, save_checkpoint, set_stem_stride
+    from kdcompress.teacher import teacher_stem_stride
 
     torch.manual_seed(0)
     teacher = timm.create_model("test_efficientnet", num_classes=3)

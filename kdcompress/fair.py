@@ -1,0 +1,89 @@
+"""The fair starting point: what `kdc compress`, `kdc sweep` and the benchmarks all train from.
+
+The baseline and every distilled student of one seed start from the same initial weights, see
+the same views in the same order and follow the same schedule; only the objective differs. That
+property is built here, once: `prepare` resolves the settings, device and data of a run, and
+`fair_start` gives, for one seed, the initial student, the projection and the training settings
+from which `baseline()` and `distilled(...)` objectives are made.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+from kdcompress.config import CompressConfig
+from kdcompress.data import Dataset, load_dataset
+from kdcompress.models import resolve_model_name
+from kdcompress.reporting import Reporter
+from kdcompress.runtime import Preprocessing
+
+
+@dataclass
+class Prepared:
+    """A validated configuration with its device, data, preprocessing and training settings."""
+
+    cfg: CompressConfig  # resolved: dataset defaults filled in
+    device: str  # "cpu" or "cuda"
+    data: Dataset
+    prep: Preprocessing
+    settings: Any  # train.TrainSettings for cfg.seed
+
+
+def prepare(config: CompressConfig, reporter: Reporter) -> Prepared:
+    """Validate the settings, then resolve the device and load the data (everything before training)."""
+    cfg = config.resolved()
+    resolve_model_name(cfg.teacher)
+    resolve_model_name(cfg.student)
+    from kdcompress.train import TrainSettings, resolve_device
+
+    device = resolve_device(cfg.device)
+    data = load_dataset(cfg.dataset, cfg.data_dir, cfg.image_size, cfg.val_fraction, reporter)
+    settings = TrainSettings(
+        epochs=cfg.epochs,  # type: ignore[arg-type]
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        seed=cfg.seed,
+        device=device,
+    )
+    return Prepared(cfg, device, data, data.preprocessing(), settings)
+
+
+@dataclass
+class FairStart:
+    """One seed's starting point: every student made from it differs from the others only in its objective."""
+
+    seed: int
+    settings: Any  # train.TrainSettings with this seed: same views, order and schedule for every student
+    initial: Any  # the student's initial weights (never trained itself: each objective gets a copy)
+    projection: Any  # student -> teacher feature projection's initial weights (copied for beta > 0)
+
+    def baseline(self) -> Any:
+        """CE on labels, from the shared initial weights."""
+        from kdcompress.objectives import Supervised
+        from kdcompress.train import clone_model
+
+        return Supervised(clone_model(self.initial))
+
+    def distilled(self, teacher: Any, temperature: float, alpha: float, beta: float) -> Any:
+        """The distillation objective (live or recorded teacher), from the same initial weights and projection."""
+        from kdcompress.objectives import Distillation
+        from kdcompress.train import clone_model
+
+        projection = clone_model(self.projection) if beta > 0 else None
+        return Distillation(clone_model(self.initial), teacher, temperature, alpha, beta, projection)
+
+
+def fair_start(prepared: Prepared, seed: int, teacher: Any) -> FairStart:
+    """The initial student (seeded with seed) and projection (seed + 1) for one seed; same seed, same weights."""
+    import torch
+
+    from kdcompress.models import create_model, create_projection
+
+    cfg, data = prepared.cfg, prepared.data
+    torch.manual_seed(seed)
+    initial = create_model(cfg.student, len(data.classes), data.channels, cfg.pretrained_student)
+    torch.manual_seed(seed + 1)
+    projection = create_projection(initial, teacher)
+    return FairStart(seed, replace(prepared.settings, seed=seed), initial, projection)

@@ -1,0 +1,70 @@
+"""The same seed gives the same numbers across refactors: a tiny compress and a tiny sweep against recorded values.
+
+tests/golden/tiny_runs.json was written by `python tests/test_same_numbers.py` at commit d9fb70c, before the
+recipe moved into kdcompress/teacher.py and kdcompress/fair.py (issue #9). Losses are compared with a
+relative tolerance of 1e-3, so that another CPU's float rounding passes while any change to the initial
+weights, the views, the schedule or the objective (which move them by far more) fails.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+GOLDEN = Path(__file__).parent / "golden" / "tiny_runs.json"
+TINY = dict(teacher="test_efficientnet", student="test_resnet", image_size=16, epochs=2, device="cpu")
+
+
+def tiny_numbers(root: Path) -> dict:
+    """Per-epoch losses and test scores of a tiny compress and a 2-cell, 1-seed sweep that reuses its teacher."""
+    from kdcompress.config import CompressConfig
+    from kdcompress.pipeline import compress
+    from kdcompress.sweep import SweepConfig, sweep
+
+    run = compress(CompressConfig(**TINY, out=str(root / "run")))
+    history = json.loads((run.run_dir / "history.json").read_text())
+    numbers = {
+        "compress": {
+            role: {
+                "loss": [h["loss"] for h in history[role]],
+                "val_accuracy": [h["val_accuracy"] for h in history[role]],
+                "test_correct": run.manifest["models"][role]["test_correct"],
+            }
+            for role in ("teacher", "baseline", "student")
+        }
+    }
+    teacher = str(run.run_dir / "checkpoints" / "teacher.pt")
+    base = CompressConfig(**TINY, teacher_weights=teacher, artifacts=str(root))
+    results = sweep(SweepConfig(base=base, temperatures=(1.0, 4.0), alphas=(0.5,), betas=(0.3,), seeds=1, out=str(root / "sweep")))
+    numbers["sweep"] = {
+        r["name"]: {"loss": [h["loss"] for h in r["history"]], "test_accuracy": r["test_accuracy"]} for r in results["runs"]
+    }
+    return numbers
+
+
+def _close(actual: list[float], expected: list[float]) -> bool:
+    return len(actual) == len(expected) and all(a == pytest.approx(e, rel=1e-3) for a, e in zip(actual, expected))
+
+
+def test_tiny_compress_and_sweep_give_the_recorded_numbers(tmp_path):
+    golden = json.loads(GOLDEN.read_text())
+    numbers = tiny_numbers(tmp_path)
+    for role, expected in golden["compress"].items():
+        actual = numbers["compress"][role]
+        assert _close(actual["loss"], expected["loss"]), (role, actual["loss"], expected["loss"])
+        assert abs(actual["test_correct"] - expected["test_correct"]) <= 2, role
+    assert set(numbers["sweep"]) == set(golden["sweep"])
+    for name, expected in golden["sweep"].items():
+        assert _close(numbers["sweep"][name]["loss"], expected["loss"]), name
+        assert numbers["sweep"][name]["test_accuracy"] == pytest.approx(expected["test_accuracy"], abs=0.006), name
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    with tempfile.TemporaryDirectory() as folder:
+        GOLDEN.write_text(json.dumps(tiny_numbers(Path(folder)), indent=1) + "\n")
+    print(f"wrote {GOLDEN}")
