@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from kdcompress.errors import KdcError
-from kdcompress.manifest import cpu_name, load_images, read_manifest
+from kdcompress.manifest import cpu_name, load_images, read_manifest, write_json_atomic
 from kdcompress.reporting import NullReporter, Reporter
 from kdcompress.runtime import Preprocessing, create_session, normalize, run_logits, softmax
 
@@ -198,8 +198,14 @@ def benchmark_run(
     gpu: bool = True,
     quick: bool = False,
     reporter: Reporter | None = None,
+    command: str | None = None,
 ) -> dict[str, Any]:
-    """Judge every model of a run from its ONNX file: accuracy, size, CPU (and GPU) speed, ratios vs teacher."""
+    """Judge every model of a run from its ONNX file: accuracy, size, CPU (and GPU) speed, ratios vs teacher.
+
+    Writes benchmark.json, benchmark.md and benchmark.png into the run folder. A folder that cannot be
+    written (full disk, read-only) loses only the files: the results are returned all the same, with
+    `saved` false and the reason in `save_error`.
+    """
     reporter = reporter or NullReporter()
     if threads < 1:
         raise KdcError(f"--threads must be at least 1, got {threads}")
@@ -245,7 +251,10 @@ def benchmark_run(
     # Measured while this process sleeps, before and after timing: other processes' share of the CPU.
     shares = [m["cpu_busy_fraction"] for m in (before, after) if m["cpu_busy_fraction"] is not None]
     busy = max(shares) > BUSY_THRESHOLD if shares else before["load_average_1m"] > 0.5 * before["cores"]
-    return {
+    if command is None:
+        flags = (" --quick" if quick else "") + ("" if gpu else " --no-gpu")
+        command = f"kdc benchmark {run_dir} --threads {threads} --batch {batch}{flags}"
+    result = {
         "run": manifest["run"],
         "run_dir": str(run_dir),
         "dataset": manifest["dataset"]["name"],
@@ -267,7 +276,25 @@ def benchmark_run(
             "accuracy": "fraction in [0, 1]",
         },
         "models": results,
+        "command": command,
     }
+    _save(result, run_dir, reporter)
+    return result
+
+
+def _save(result: dict[str, Any], run_dir: Path, reporter: Reporter) -> None:
+    """benchmark.json, benchmark.md and benchmark.png in the run folder; a failed write is reported, not raised."""
+    from kdcompress.report import benchmark_markdown, benchmark_plot
+
+    try:
+        write_json_atomic(run_dir / "benchmark.json", {**result, "saved": True})
+        (run_dir / "benchmark.md").write_text(benchmark_markdown(result, result["command"]))
+        benchmark_plot(result, run_dir / "benchmark.png")
+        result["saved"] = True
+    except OSError as exc:
+        result["saved"] = False
+        result["save_error"] = f"could not write the benchmark files into {run_dir} ({exc.strerror or exc})"
+        reporter.warn(result["save_error"] + ": the results below are not saved")
 
 
 def _ratios(teacher: dict[str, Any] | None, model: dict[str, Any]) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import sys
+from dataclasses import fields
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -16,7 +17,10 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from kdcompress.config import CompressConfig
 from kdcompress.errors import KdcError
+from kdcompress.losses import FORMULA, FORMULA_NOTES
+from kdcompress.sweep import SweepConfig
 
 app = typer.Typer(
     name="kdc",
@@ -54,45 +58,53 @@ def _user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def _config(values: dict[str, Any]) -> Any:
-    """A CompressConfig from command-line values named like its fields (paths become strings)."""
-    from kdcompress.config import CompressConfig
-
-    return CompressConfig(**{k: str(v) if isinstance(v, Path) else v for k, v in values.items()})
+LOSS_HELP = f"{FORMULA}   ({FORMULA_NOTES})"
+DEFAULTS = {f.name: f.default for f in fields(CompressConfig)}  # every option's default, stated once: in the dataclass
+SWEEP_DEFAULTS = {f.name: f.default for f in fields(SweepConfig)}
 
 
-LOSS_HELP = (
-    "loss = (1 - alpha) * CE(student, y) + alpha * T^2 * KL(softmax(teacher/T) || softmax(student/T))"
-    " + beta * ||P(f_s) - f_t||^2   (KL averaged per sample; f = pooled penultimate features;"
-    " P = linear projection used in training only, never exported)"
-)
+def _option(name: str, *flags: str, help: str) -> Any:
+    """A typer option whose default is CompressConfig's own."""
+    default = DEFAULTS[name]
+    if name == "artifacts":
+        default = Path(default)
+    return typer.Option(default, *flags, help=help)
+
+
+def _grid_default(name: str) -> str:
+    """A sweep grid's default as the comma-separated text the option takes ('1,4')."""
+    return ",".join(f"{v:g}" for v in SWEEP_DEFAULTS[name])
+
+
+def _path(value: Optional[Path]) -> Optional[str]:
+    return str(value) if value is not None else None
 
 
 # Options shared by compress and sweep (one definition, so their help and defaults cannot drift apart).
-DATASET_OPTION = typer.Option("digits", "--dataset", "-d", help="digits (offline default), cifar3, chest-xray, or folder.")
-DATA_DIR_OPTION = typer.Option(
-    None, "--data-dir", help="Where the data is: cifar3 looks for cifar-10-batches-py here (default ./data, "
+DATASET_OPTION = _option("dataset", "--dataset", "-d", help="digits (offline default), cifar3, chest-xray, or folder.")
+DATA_DIR_OPTION = _option(
+    "data_dir", "--data-dir", help="Where the data is: cifar3 looks for cifar-10-batches-py here (default ./data, "
     "downloaded when absent); chest-xray and folder need it."
 )
-IMAGE_SIZE_OPTION = typer.Option(None, "--image-size", help="Input side in pixels (default per dataset: digits 16, others 32).")
-TEACHER_OPTION = typer.Option("efficientnet_b3", "--teacher", help="Teacher: any timm model name.")
-STUDENT_OPTION = typer.Option("resnet18", "--student", help="Student: any timm model name (baseline and distilled).")
-PRETRAINED_OPTION = typer.Option(False, "--pretrained", help="Start the teacher from timm's ImageNet weights (downloads).")
-PRETRAINED_STUDENT_OPTION = typer.Option(False, "--pretrained-student", help="Start both students from ImageNet weights.")
-TEACHER_WEIGHTS_OPTION = typer.Option(None, "--teacher-weights", help="Use this trained teacher checkpoint (.pt) instead of training one.")
-RETRAIN_TEACHER_OPTION = typer.Option(False, "--retrain-teacher", help="Train the teacher even when an identical one was trained before.")
-TEACHER_AUX_OPTION = typer.Option(
-    True, "--teacher-aux/--no-teacher-aux", help="Also train the teacher on the dataset's auxiliary classes where it "
+IMAGE_SIZE_OPTION = _option("image_size", "--image-size", help="Input side in pixels (default per dataset: digits 16, others 32).")
+TEACHER_OPTION = _option("teacher", "--teacher", help="Teacher: any timm model name.")
+STUDENT_OPTION = _option("student", "--student", help="Student: any timm model name (baseline and distilled).")
+PRETRAINED_OPTION = _option("pretrained", "--pretrained", help="Start the teacher from timm's ImageNet weights (downloads).")
+PRETRAINED_STUDENT_OPTION = _option("pretrained_student", "--pretrained-student", help="Start both students from ImageNet weights.")
+TEACHER_WEIGHTS_OPTION = _option("teacher_weights", "--teacher-weights", help="Use this trained teacher checkpoint (.pt) instead of training one.")
+RETRAIN_TEACHER_OPTION = _option("retrain_teacher", "--retrain-teacher", help="Train the teacher even when an identical one was trained before.")
+TEACHER_AUX_OPTION = _option(
+    "teacher_aux", "--teacher-aux/--no-teacher-aux", help="Also train the teacher on the dataset's auxiliary classes where it "
     "has some (cifar3: CIFAR-10's 7 other classes, training batches only). The students never see them."
 )
-EPOCHS_OPTION = typer.Option(None, "--epochs", help="Epochs per training (default per dataset: digits 10, cifar3 30, chest-xray 10, folder 15).")
-TEACHER_EPOCHS_OPTION = typer.Option(None, "--teacher-epochs", help="Epochs for the teacher (default: twice --epochs for cifar3, whose teacher also learns 7 more classes; --epochs otherwise).")
-BATCH_SIZE_OPTION = typer.Option(128, "--batch-size", help="Batch size of every training.")
-LR_OPTION = typer.Option(2e-3, "--lr", help="Peak learning rate (AdamW, one-cycle schedule).")
-WEIGHT_DECAY_OPTION = typer.Option(0.05, "--weight-decay", help="AdamW weight decay.")
-VAL_FRACTION_OPTION = typer.Option(0.1, "--val-fraction", help="Share of train held out to pick the best epoch (the test split never is).")
-DEVICE_OPTION = typer.Option("auto", "--device", help="auto, cpu or cuda (mixed precision on CUDA).")
-ARTIFACTS_OPTION = typer.Option(Path("artifacts"), "--artifacts", help="Artifacts root; each run gets a new sub-folder.")
+EPOCHS_OPTION = _option("epochs", "--epochs", help="Epochs per training (default per dataset: digits 10, cifar3 30, chest-xray 10, folder 15).")
+TEACHER_EPOCHS_OPTION = _option("teacher_epochs", "--teacher-epochs", help="Epochs for the teacher (default: twice --epochs for cifar3, whose teacher also learns 7 more classes; --epochs otherwise).")
+BATCH_SIZE_OPTION = _option("batch_size", "--batch-size", help="Batch size of every training.")
+LR_OPTION = _option("lr", "--lr", help="Peak learning rate (AdamW, one-cycle schedule).")
+WEIGHT_DECAY_OPTION = _option("weight_decay", "--weight-decay", help="AdamW weight decay.")
+VAL_FRACTION_OPTION = _option("val_fraction", "--val-fraction", help="Share of train held out to pick the best epoch (the test split never is).")
+DEVICE_OPTION = _option("device", "--device", help="auto, cpu or cuda (mixed precision on CUDA).")
+ARTIFACTS_OPTION = _option("artifacts", "--artifacts", help="Artifacts root; each run gets a new sub-folder.")
 
 
 @app.command(help=f"Train a teacher, a baseline student and a distilled student; export all three to ONNX.\n\n{LOSS_HELP}")
@@ -108,28 +120,34 @@ def compress(
     teacher_weights: Optional[Path] = TEACHER_WEIGHTS_OPTION,
     retrain_teacher: bool = RETRAIN_TEACHER_OPTION,
     teacher_aux: bool = TEACHER_AUX_OPTION,
-    temperature: float = typer.Option(4.0, "--T", "--temperature", help="Temperature T that softens both logit sets in the KL term (> 0)."),
-    alpha: float = typer.Option(0.5, "--alpha", help="Weight of the KL term in [0, 1]; CE gets 1 - alpha."),
-    beta: float = typer.Option(0.3, "--beta", help="Weight of the feature term (>= 0); 0 = logits-only distillation."),
+    temperature: float = _option("temperature", "--T", "--temperature", help="Temperature T that softens both logit sets in the KL term (> 0)."),
+    alpha: float = _option("alpha", "--alpha", help="Weight of the KL term in [0, 1]; CE gets 1 - alpha."),
+    beta: float = _option("beta", "--beta", help="Weight of the feature term (>= 0); 0 = logits-only distillation."),
     epochs: Optional[int] = EPOCHS_OPTION,
     teacher_epochs: Optional[int] = TEACHER_EPOCHS_OPTION,
     batch_size: int = BATCH_SIZE_OPTION,
     lr: float = LR_OPTION,
     weight_decay: float = WEIGHT_DECAY_OPTION,
     val_fraction: float = VAL_FRACTION_OPTION,
-    seed: int = typer.Option(0, "--seed", help="Seed for weights, data order and augmentation."),
+    seed: int = _option("seed", "--seed", help="Seed for weights, data order and augmentation (>= 0)."),
     device: str = DEVICE_OPTION,
     artifacts: Path = ARTIFACTS_OPTION,
-    out: Optional[Path] = typer.Option(None, "--out", help="Exact run folder; an earlier run there is replaced once this one completes."),
-    int8: bool = typer.Option(False, "--int8", help="Also write a static INT8 version of the distilled student (see kdc quantize)."),
+    out: Optional[Path] = _option("out", "--out", help="Exact run folder: a new or empty folder, or an earlier run (replaced once this one completes); any other folder is refused."),
+    int8: bool = _option("int8", "--int8", help="Also write a static INT8 version of the distilled student (see kdc quantize)."),
     as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON on stdout instead of the table."),
 ) -> None:
-    config = _config({k: v for k, v in locals().items() if k != "as_json"})  # first: locals() = the options
+    config = CompressConfig(
+        dataset=dataset, data_dir=_path(data_dir), image_size=image_size, teacher=teacher, student=student,
+        pretrained=pretrained, pretrained_student=pretrained_student, teacher_weights=_path(teacher_weights),
+        retrain_teacher=retrain_teacher, teacher_aux=teacher_aux, temperature=temperature, alpha=alpha, beta=beta,
+        epochs=epochs, teacher_epochs=teacher_epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+        val_fraction=val_fraction, seed=seed, device=device, artifacts=str(artifacts), out=_path(out), int8=int8,
+    )  # fmt: skip
     from kdcompress.pipeline import compress as run_compress
     from kdcompress.report import RichReporter, summary_table
 
     reporter = RichReporter(stderr)
-    reporter.info(LOSS_HELP.split("   (")[0])
+    reporter.info(FORMULA)
     result = run_compress(config, reporter)
     if as_json:
         sys.stdout.write(json.dumps(result.manifest, indent=2) + "\n")
@@ -153,11 +171,11 @@ def _numbers(flag: str, text: str) -> tuple[float, ...]:
 def sweep(
     dataset: str = DATASET_OPTION,
     data_dir: Optional[Path] = DATA_DIR_OPTION,
-    temperatures: str = typer.Option("1,4", "--T", "--temperature", help="Temperatures to try, comma-separated."),
-    alphas: str = typer.Option("0.5,0.9", "--alpha", help="KL weights to try, comma-separated, each in [0, 1]."),
-    betas: str = typer.Option("0,0.3", "--beta", help="Feature-term weights to try, comma-separated; 0 = logits only."),
-    seeds: int = typer.Option(3, "--seeds", help="How many seeds (--seed, --seed + 1, ...): each gets its own baseline."),
-    seed: int = typer.Option(0, "--seed", help="First seed; the teacher is trained with it."),
+    temperatures: str = typer.Option(_grid_default("temperatures"), "--T", "--temperature", help="Temperatures to try, comma-separated."),
+    alphas: str = typer.Option(_grid_default("alphas"), "--alpha", help="KL weights to try, comma-separated, each in [0, 1]."),
+    betas: str = typer.Option(_grid_default("betas"), "--beta", help="Feature-term weights to try, comma-separated; 0 = logits only."),
+    seeds: int = typer.Option(SWEEP_DEFAULTS["seeds"], "--seeds", help="How many seeds (--seed, --seed + 1, ...): each gets its own baseline."),
+    seed: int = _option("seed", "--seed", help="First seed; the teacher is trained with it."),
     image_size: Optional[int] = IMAGE_SIZE_OPTION,
     teacher: str = TEACHER_OPTION,
     student: str = STUDENT_OPTION,
@@ -185,26 +203,28 @@ def sweep(
     summary.md, heatmap.png and objectives.png into the sweep folder; finished trainings are kept,
     so running the same command again resumes an interrupted sweep.
     """
-    options = dict(locals())  # first: locals() = the options
     from kdcompress.report import RichReporter
-    from kdcompress.sweep import SweepConfig
     from kdcompress.sweep import sweep as run_sweep
-    from kdcompress.sweep_report import sweep_markdown, sweep_plots, sweep_table
+    from kdcompress.sweep_report import sweep_table
 
-    grid = {"temperatures", "alphas", "betas", "seeds", "out", "as_json"}
+    base = CompressConfig(
+        dataset=dataset, data_dir=_path(data_dir), image_size=image_size, teacher=teacher, student=student,
+        pretrained=pretrained, pretrained_student=pretrained_student, teacher_weights=_path(teacher_weights),
+        retrain_teacher=retrain_teacher, teacher_aux=teacher_aux, epochs=epochs, teacher_epochs=teacher_epochs,
+        batch_size=batch_size, lr=lr, weight_decay=weight_decay, val_fraction=val_fraction, seed=seed, device=device,
+        artifacts=str(artifacts),
+    )  # fmt: skip
     config = SweepConfig(
-        base=_config({k: v for k, v in options.items() if k not in grid}),
+        base=base,
         temperatures=_numbers("--T", temperatures),
         alphas=_numbers("--alpha", alphas),
         betas=_numbers("--beta", betas),
         seeds=seeds,
         out=str(out) if out else None,
     )
-    results = run_sweep(config, RichReporter(stderr))
+    command = " ".join(["kdc", *sys.argv[1:]]) if sys.argv[1:2] == ["sweep"] else "kdc sweep"
+    results = run_sweep(config, RichReporter(stderr), command=command)
     folder = Path(config.resolved().out)  # type: ignore[arg-type]
-    command = " ".join(["kdc", *sys.argv[1:]]) if sys.argv[1:2] == ["sweep"] else "kdc sweep (library call)"
-    (folder / "summary.md").write_text(sweep_markdown(results, command))
-    sweep_plots(results, folder)
     if as_json:
         sys.stdout.write(json.dumps(results, indent=2) + "\n")
         return
@@ -234,19 +254,14 @@ def benchmark(
     benchmark.png into each run folder.
     """
     from kdcompress.benchmark import benchmark_run
-    from kdcompress.manifest import resolve_runs, write_json_atomic
-    from kdcompress.report import RichReporter, benchmark_context, benchmark_markdown, benchmark_plot, benchmark_tables
+    from kdcompress.manifest import resolve_runs
+    from kdcompress.report import RichReporter, benchmark_context, benchmark_tables
 
     reporter = RichReporter(stderr)
     results = []
     for run_dir in resolve_runs(path, all_runs):
         reporter.info(f"benchmarking {run_dir}")
         result = benchmark_run(run_dir, threads=threads, batch=batch, gpu=gpu, quick=quick, reporter=reporter)
-        flags = (" --quick" if quick else "") + ("" if gpu else " --no-gpu")
-        result["command"] = f"kdc benchmark {run_dir} --threads {threads} --batch {batch}{flags}"
-        write_json_atomic(run_dir / "benchmark.json", result)
-        (run_dir / "benchmark.md").write_text(benchmark_markdown(result, result["command"]))
-        benchmark_plot(result, run_dir / "benchmark.png")
         results.append(result)
         if not as_json:
             for table in benchmark_tables(result):
@@ -254,9 +269,13 @@ def benchmark(
             for line in benchmark_context(result):
                 style = "bold yellow" if line.startswith("WARNING") else "dim"
                 stdout.print(f"[{style}]{escape(line)}[/]", highlight=False)
-            stdout.print(f"Saved benchmark.json, benchmark.md and benchmark.png in {run_dir}", highlight=False)
+            if result["saved"]:
+                stdout.print(f"Saved benchmark.json, benchmark.md and benchmark.png in {run_dir}", highlight=False)
+    unsaved = [r["save_error"] for r in results if not r["saved"]]
     if as_json:
         sys.stdout.write(json.dumps(results if all_runs else results[0], indent=2) + "\n")
+    if unsaved:
+        raise KdcError(f"{unsaved[0]}: the results were printed above but not saved; free space or pick a writable run folder")
 
 
 @app.command()

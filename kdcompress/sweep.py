@@ -86,8 +86,11 @@ def run_name(seed: int, cell: tuple[float, float, float] | None) -> str:
     return f"seed{seed}-T{cell[0]:g}-alpha{cell[1]:g}-beta{cell[2]:g}"
 
 
-def sweep(config: SweepConfig, reporter: Reporter | None = None) -> dict[str, Any]:
-    """Train what is missing from the sweep folder, then compare every grid point with the baseline."""
+def sweep(config: SweepConfig, reporter: Reporter | None = None, command: str = "kdc sweep (library call)") -> dict[str, Any]:
+    """Train what is missing from the sweep folder, compare every grid point with the baseline, write the report.
+
+    command is recorded in summary.md, as the way the results were made.
+    """
     reporter = reporter or NullReporter()
     cfg = config.resolved()
     run = prepare(cfg.base, reporter)
@@ -103,7 +106,12 @@ def sweep(config: SweepConfig, reporter: Reporter | None = None) -> dict[str, An
         reporter.info(f"sweep of {total} trainings into {folder}")
     if plan or "teacher" not in shared:
         _train_missing(cfg, run, folder, shared, plan, total, reporter)
-    return summarize(cfg, run.data, folder, run.device)
+    results = summarize(cfg, run.data, folder, run.device)
+    from kdcompress.sweep_report import sweep_markdown, sweep_plots
+
+    (folder / "summary.md").write_text(sweep_markdown(results, command))
+    sweep_plots(results, folder)
+    return results
 
 
 def _check_resumable(folder: Path, base: CompressConfig, data: Dataset) -> dict[str, Any]:
