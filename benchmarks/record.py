@@ -34,7 +34,7 @@ def _git_commit() -> str:
 
 
 def _summary(run_dir: Path) -> dict:
-    manifest = read_manifest(run_dir)
+    manifest = read_manifest(run_dir).to_dict()  # the JSON form, as recorded
     out = {
         "run_dir": str(run_dir),
         "models": {

@@ -30,7 +30,8 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from kdcompress.data import find_cifar10, load_dataset  # noqa: E402
+from kdcompress.data import load_dataset  # noqa: E402
+from kdcompress.sources import find_cifar10  # noqa: E402
 from kdcompress.manifest import environment  # noqa: E402
 from kdcompress.models import create_model  # noqa: E402
 from kdcompress.teacher import zero_init_head  # noqa: E402

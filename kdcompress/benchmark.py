@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 
 from kdcompress.errors import KdcError
-from kdcompress.manifest import cpu_name, load_images, read_manifest, write_json_atomic
+from kdcompress.files import write_json_atomic
+from kdcompress.manifest import cpu_name, load_images, read_manifest
 from kdcompress.reporting import NullReporter, Reporter
 from kdcompress.runtime import Preprocessing, create_session, normalize, run_logits, softmax
 
@@ -213,27 +214,27 @@ def benchmark_run(
         raise KdcError(f"--batch must be at least 1, got {batch}")
     run_dir = Path(run_dir)
     manifest = read_manifest(run_dir)
-    prep = Preprocessing.from_dict(manifest["preprocessing"])
-    classes = manifest["dataset"]["classes"]
+    prep = manifest.preprocessing
+    classes = manifest.dataset.classes
     images, labels = load_images(run_dir, manifest, "test_set")
     before = machine()
     gpu_ok, gpu_reason = gpu_status() if gpu else (False, "not requested (--no-gpu)")
-    roles = [r for r in MODEL_ORDER if r in manifest["models"]]
+    roles = [r for r in MODEL_ORDER if r in manifest.models]
     results: dict[str, Any] = {}
     with reporter.progress("benchmark", total=len(roles)) as advance:
         for role in roles:
-            entry = manifest["models"][role]
-            path = run_dir / entry["onnx"]
+            entry = manifest.models[role]
+            path = run_dir / entry.onnx
             advance(0, status=f"{role}: accuracy")
             cpu_session = create_session(path, "cpu", threads)
             logits = run_logits(cpu_session, images, prep)
             metrics = classification_metrics(logits, labels, classes)
-            recorded = entry.get("test_correct")
+            recorded = entry.test_correct
             metrics["recorded_correct"] = recorded
             # The ONNX file may flip an image sitting exactly on a decision boundary: one image is tolerated.
             metrics["agrees_with_manifest"] = recorded is None or abs(metrics["correct"] - recorded) <= 1
             advance(0, status=f"{role}: CPU latency")
-            result = {"role": role, "file": entry["onnx"], "accuracy": metrics, **onnx_size(path)}
+            result = {"role": role, "file": entry.onnx, "accuracy": metrics, **onnx_size(path)}
             result["cpu"] = measure_speed(cpu_session, prep, images, batch, quick)
             if gpu_ok:
                 advance(0, status=f"{role}: GPU latency")
@@ -255,9 +256,9 @@ def benchmark_run(
         flags = (" --quick" if quick else "") + ("" if gpu else " --no-gpu")
         command = f"kdc benchmark {run_dir} --threads {threads} --batch {batch}{flags}"
     result = {
-        "run": manifest["run"],
+        "run": manifest.run,
         "run_dir": str(run_dir),
-        "dataset": manifest["dataset"]["name"],
+        "dataset": manifest.dataset.name,
         "test_images": int(len(labels)),
         "classes": classes,
         "machine": {

@@ -41,21 +41,37 @@ stdout = Console(width=None if sys.stdout.isatty() else 140)
 stderr = Console(stderr=True)
 
 
-def _user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn a KdcError into one red line on stderr and exit code 1, without a traceback."""
+DISCARDED = "the unfinished run was discarded; earlier runs are untouched"
 
-    @functools.wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return command(*args, **kwargs)
-        except KdcError as exc:
-            stderr.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
-            raise typer.Exit(1) from None
-        except KeyboardInterrupt:
-            stderr.print("[bold red]interrupted:[/] the unfinished run was discarded; earlier runs are untouched")
-            raise typer.Exit(130) from None
 
-    return wrapper
+def _user_errors(interrupted: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Turn a KdcError (or a failed file operation) into one red line on stderr and exit code 1, without a traceback.
+
+    interrupted is what Ctrl-C leaves behind, said when the command is interrupted (exit code 130).
+    """
+
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(command)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return command(*args, **kwargs)
+            except KdcError as exc:
+                _error(str(exc))
+            except OSError as exc:  # a full disk, a read-only or vanished folder: the library has cleaned up
+                where = f" {exc.filename}" if exc.filename else ""
+                _error(f"cannot write or read{where}: {exc.strerror or exc}. Free some space or pick a writable folder, then retry")
+            except KeyboardInterrupt:
+                stderr.print(f"[bold red]interrupted:[/] {interrupted}")
+                raise typer.Exit(130) from None
+
+        return wrapper
+
+    return decorate
+
+
+def _error(message: str) -> None:
+    stderr.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    raise typer.Exit(1) from None
 
 
 LOSS_HELP = f"{FORMULA}   ({FORMULA_NOTES})"
@@ -108,7 +124,7 @@ ARTIFACTS_OPTION = _option("artifacts", "--artifacts", help="Artifacts root; eac
 
 
 @app.command(help=f"Train a teacher, a baseline student and a distilled student; export all three to ONNX.\n\n{LOSS_HELP}")
-@_user_errors
+@_user_errors(DISCARDED)
 def compress(
     dataset: str = DATASET_OPTION,
     data_dir: Optional[Path] = DATA_DIR_OPTION,
@@ -150,10 +166,10 @@ def compress(
     reporter.info(FORMULA)
     result = run_compress(config, reporter)
     if as_json:
-        sys.stdout.write(json.dumps(result.manifest, indent=2) + "\n")
+        sys.stdout.write(json.dumps(result.manifest.to_dict(), indent=2) + "\n")
         return
     stdout.print(summary_table(result.manifest))
-    for warning in result.manifest["warnings"]:
+    for warning in result.manifest.warnings:
         stdout.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False)
     stdout.print(f"Run written to [bold]{result.run_dir}[/]: next, [bold]kdc benchmark {result.run_dir}[/]", highlight=False)
 
@@ -167,7 +183,7 @@ def _numbers(flag: str, text: str) -> tuple[float, ...]:
 
 
 @app.command()
-@_user_errors
+@_user_errors("trainings finished so far are kept in the sweep folder: run the same command again to resume")
 def sweep(
     dataset: str = DATASET_OPTION,
     data_dir: Optional[Path] = DATA_DIR_OPTION,
@@ -238,7 +254,7 @@ def main() -> None:
 
 
 @app.command()
-@_user_errors
+@_user_errors("nothing was written; the run folders are untouched")
 def benchmark(
     path: Path = typer.Argument(Path("artifacts"), help="A run folder, or an artifacts root (its newest finished run)."),
     all_runs: bool = typer.Option(False, "--all", help="Benchmark every finished run under the artifacts root."),
@@ -279,7 +295,7 @@ def benchmark(
 
 
 @app.command()
-@_user_errors
+@_user_errors("the run folder is unchanged (no INT8 model was added)")
 def quantize(
     run: Path = typer.Argument(Path("artifacts"), help="A run folder, or an artifacts root (its newest finished run)."),
     threads: int = typer.Option(1, "--threads", help="onnxruntime threads used to time the candidates."),
@@ -295,18 +311,18 @@ def quantize(
 
     run_dir = resolve_runs(run)[0]
     entry = quantize_run(run_dir, threads=threads, reporter=RichReporter(stderr))
-    q = entry["quantization"]
+    q = entry.details["quantization"]
     for c in q["candidates"]:
         stdout.print(f"  {c['format']:<18} accuracy {c['accuracy']:.2%}  p50 {c['p50_ms']:.2f} ms", highlight=False)
     stdout.print(
-        f"Kept {q['chosen']}: {entry['onnx']} ({entry['onnx_bytes'] / 1e6:.2f} MB), accuracy {entry['test_accuracy']:.2%} "
+        f"Kept {q['chosen']}: {entry.onnx} ({entry.onnx_bytes / 1e6:.2f} MB), accuracy {entry.test_accuracy:.2%} "
         f"(FP32 {q['fp32_accuracy']:.2%}, p50 {q['fp32_p50_ms']:.2f} ms)",
         highlight=False,
     )
 
 
 @app.command()
-@_user_errors
+@_user_errors("nothing was written")
 def predict(
     images: list[Path] = typer.Argument(..., help="Image files (PNG, JPEG, BMP...) or folders of images."),
     run: Optional[Path] = typer.Option(None, "--run", help="Run folder [default: the newest run under --artifacts]."),
@@ -334,6 +350,12 @@ def predict(
             for p in result["predictions"]:
                 table.add_row(p["class"], f"{p['probability']:.2%}")
             stdout.print(table)
+    if "scores" in output and not as_json:
+        scores = output["scores"]
+        line = f"Scored against the class folders: {scores['correct']} of {scores['images']} correct ({scores['accuracy']:.1%})"
+        if scores.get("sensitivity") is not None and scores.get("specificity") is not None:
+            line += f", sensitivity {scores['sensitivity']:.3f}, specificity {scores['specificity']:.3f}"
+        stdout.print(line, highlight=False)
     for result in failed:
         stderr.print(f"[bold red]error:[/] {escape(result['error'])}", highlight=False, soft_wrap=True)
     if failed:

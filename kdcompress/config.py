@@ -9,6 +9,9 @@ from kdcompress.data import resolve_spec
 from kdcompress.errors import KdcError
 
 
+MAX_SEED = 2**32 - 1  # numpy's and torch's generators both take seeds in [0, 2^32)
+
+
 @dataclass(frozen=True)
 class CompressConfig:
     """Everything that decides what `kdc compress` trains; stored whole in the manifest."""
@@ -47,6 +50,7 @@ class CompressConfig:
         _check_range("--val-fraction", self.val_fraction, 0.01, 0.5)
         _check_range("--lr", self.lr, 1e-7, 10.0)
         _check_range("--weight-decay", self.weight_decay, 0.0, 10.0)
+        _check_range("--seed", self.seed, 0, MAX_SEED)
         for flag, value, low, high in (
             ("--epochs", self.epochs, 1, 10_000),
             ("--teacher-epochs", self.teacher_epochs, 1, 10_000),

@@ -1,4 +1,4 @@
-"""Datasets held in memory as uint8 arrays, split into train / validation / test, and batch augmentation.
+"""Datasets held in memory as uint8 arrays, split into train / validation / test.
 
 Every image goes through `runtime.pil_to_array`, the same path `kdc predict` uses, so a file
 classified later sees exactly the preprocessing the models were evaluated with.
@@ -7,25 +7,16 @@ classified later sees exactly the preprocessing the models were evaluated with.
 from __future__ import annotations
 
 import hashlib
-import pickle
-import shutil
-import tarfile
-import tempfile
-import urllib.request
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from kdcompress.errors import KdcError
 from kdcompress.reporting import NullReporter, Reporter
-from kdcompress.runtime import IMAGE_SUFFIXES, Preprocessing, load_image, resize_array
+from kdcompress.runtime import Preprocessing
 
-CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
-CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
-CIFAR3_CLASSES = ("airplane", "automobile", "bird")  # CIFAR-10 labels 0, 1, 2
-CIFAR10_OTHERS = ("cat", "deer", "dog", "frog", "horse", "ship", "truck")  # labels 3-9: cifar3's auxiliary classes
+STATS_CHUNK = 1024  # images per chunk when measuring the training split's mean and std
 SPLIT_SEED = 0  # validation / test carving is fixed, whatever --seed says, so a teacher can be reused
 
 
@@ -100,9 +91,16 @@ class Dataset:
 
     def preprocessing(self) -> Preprocessing:
         """Per-channel mean and std measured on the training split."""
-        pixels = self.train_x.astype(np.float64) / 255.0
-        mean = pixels.mean(axis=(0, 2, 3))
-        std = pixels.std(axis=(0, 2, 3))
+        # In chunks of images, so that large datasets need no float copy of all their pixels.
+        channels = self.train_x.shape[1]
+        total, squares = np.zeros(channels), np.zeros(channels)
+        for start in range(0, len(self.train_x), STATS_CHUNK):
+            pixels = self.train_x[start : start + STATS_CHUNK].astype(np.float64) / 255.0
+            total += pixels.sum(axis=(0, 2, 3))
+            squares += np.square(pixels).sum(axis=(0, 2, 3))
+        count = self.train_x.size / channels
+        mean = total / count
+        std = np.sqrt(np.maximum(squares / count - np.square(mean), 0.0))
         std = np.where(std < 1e-6, 1.0, std)
         return Preprocessing(
             image_size=self.image_size,
@@ -146,235 +144,91 @@ def load_dataset(
     reporter: Reporter | None = None,
 ) -> Dataset:
     """Load a dataset by name, resized to image_size, with a stratified validation split."""
+    from kdcompress import sources
+
     reporter = reporter or NullReporter()
     spec = resolve_spec(name)
     size = image_size or spec.image_size
     if spec.needs_data_dir and data_dir is None:
         raise KdcError(f"--dataset {name} needs --data-dir pointing at the image folder")
-    aux: dict[str, Any] = {}
     if name == "digits":
-        train_x, train_y, test_x, test_y, classes, channels, source = _load_digits(size)
+        source = sources.load_digits(size)
     elif name == "cifar3":
-        root = Path(data_dir) if data_dir is not None else Path("data")
-        train_x, train_y, test_x, test_y, classes, channels, source, aux = _load_cifar3(root, size, reporter)
+        source = sources.load_cifar3(Path(data_dir) if data_dir is not None else Path("data"), size, reporter)
     else:
         root = Path(data_dir)  # type: ignore[arg-type]
         if name == "chest-xray" and not (root / "train").is_dir() and (root / "chest_xray" / "train").is_dir():
             root = root / "chest_xray"
-        channels = 1 if name == "chest-xray" else 3
-        train_x, train_y, test_x, test_y, classes, source = _load_folder(root, size, channels, reporter)
-    train_x, train_y, val_x, val_y = stratified_split(train_x, train_y, val_fraction)
+        source = sources.load_folder(root, size, 1 if name == "chest-xray" else 3, reporter)
+    train_x, train_y, val_x, val_y = stratified_split(source.train_x, source.train_y, val_fraction, source.classes)
     dataset = Dataset(
         name=name,
-        classes=classes,
-        channels=channels,
+        classes=source.classes,
+        channels=source.channels,
         image_size=size,
         flip=spec.flip,
-        source=source,
+        source=source.description,
         train_x=train_x,
         train_y=train_y,
         val_x=val_x,
         val_y=val_y,
-        test_x=test_x,
-        test_y=test_y,
-        **aux,
+        test_x=source.test_x,
+        test_y=source.test_y,
+        aux_classes=source.aux_classes,
+        aux_x=source.aux_x,
+        aux_y=source.aux_y,
     )
     for split, count in dataset.counts().items():
         if count == 0:
-            raise KdcError(f"the {split} split of {source} is empty: it needs images in every class")
+            raise KdcError(f"the {split} split of {source.description} is empty: it needs images in every class")
     return dataset
 
 
-def stratified_split(
-    x: np.ndarray, y: np.ndarray, fraction: float
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Carve a stratified fraction out of (x, y) with the fixed split seed."""
-    from sklearn.model_selection import train_test_split
+MEMORY_FACTOR = 2.5  # peak memory of the in-memory path per byte of uint8 pixels (split copies, device copy)
 
-    classes, counts = np.unique(y, return_counts=True)
-    if counts.min() < 2:
-        rare = int(classes[counts.argmin()])
-        raise KdcError(f"class {rare} has {counts.min()} image(s): each class needs at least 2 to split off validation")
-    held = max(int(round(len(y) * fraction)), len(classes))
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (MemAvailable), where the system says."""
     try:
-        keep_idx, held_idx = train_test_split(np.arange(len(y)), test_size=held, stratify=y, random_state=SPLIT_SEED)
-    except ValueError as exc:
-        raise KdcError(f"too few images ({len(y)} in {len(classes)} classes) to split off {held}: {exc}") from None
-    keep_idx, held_idx = np.sort(keep_idx), np.sort(held_idx)
-    return x[keep_idx], y[keep_idx], x[held_idx], y[held_idx]
-
-
-def _load_digits(size: int) -> tuple[Any, ...]:
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    images = np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8)[:, None, :, :]
-    labels = digits.target.astype(np.int64)
-    train_x, train_y, test_x, test_y = stratified_split(images, labels, 0.2)
-    classes = [str(int(c)) for c in digits.target_names]
-    return (
-        resize_array(train_x, size, 1),
-        train_y,
-        resize_array(test_x, size, 1),
-        test_y,
-        classes,
-        1,
-        "sklearn.datasets.load_digits (20% held out as test)",
-    )
-
-
-def find_cifar10(root: Path) -> Path | None:
-    """The cifar-10-batches-py folder at or under root, if present."""
-    for candidate in (root, root / "cifar-10-batches-py"):
-        if (candidate / "data_batch_1").is_file() and (candidate / "test_batch").is_file():
-            return candidate
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
     return None
 
 
-def download_cifar10(root: Path, reporter: Reporter, url: str = CIFAR10_URL, md5: str = CIFAR10_MD5) -> Path:
-    """Download and verify the official CIFAR-10 archive, then extract it under root."""
-    reporter.info(f"CIFAR-10 not found under {root}: downloading {url}")
-    created = not root.exists()
-    root.mkdir(parents=True, exist_ok=True)
-    try:
-        return _download_into(root, reporter, url, md5)
-    except BaseException:
-        if created and not any(root.iterdir()):
-            root.rmdir()  # leave no empty folder behind a failed download
-        raise
-
-
-def _download_into(root: Path, reporter: Reporter, url: str, md5: str) -> Path:
-    with tempfile.TemporaryDirectory(dir=root) as tmp:
-        archive = Path(tmp) / "cifar-10-python.tar.gz"
-        try:
-            with urllib.request.urlopen(url, timeout=30) as response, open(archive, "wb") as out:
-                total = int(response.headers.get("Content-Length") or 0) or None
-                with reporter.progress("download CIFAR-10", total=total) as advance:
-                    while chunk := response.read(1 << 20):
-                        out.write(chunk)
-                        advance(len(chunk))
-        except OSError as exc:
-            raise KdcError(
-                f"CIFAR-10 is not in {root / 'cifar-10-batches-py'} and the download failed ({exc}). "
-                f"Download {url}, extract it there, or pass --data-dir to the folder holding cifar-10-batches-py"
-            ) from None
-        digest = hashlib.md5(archive.read_bytes()).hexdigest()
-        if digest != md5:
-            raise KdcError(f"downloaded CIFAR-10 archive has md5 {digest}, expected {md5}: try again later")
-        with tarfile.open(archive) as tar:
-            tar.extractall(tmp, filter="data")
-        target = root / "cifar-10-batches-py"
-        shutil.move(str(Path(tmp) / "cifar-10-batches-py"), target)
-    return target
-
-
-def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    try:
-        with open(path, "rb") as handle:
-            batch = pickle.load(handle, encoding="latin1")
-        images = np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
-        labels = np.asarray(batch["labels"], dtype=np.int64)
-    except (OSError, pickle.UnpicklingError, KeyError, ValueError, EOFError) as exc:
-        raise KdcError(f"cannot read CIFAR-10 batch {path} ({exc}): re-download or replace it") from None
-    return images, labels
-
-
-def _load_cifar3(root: Path, size: int, reporter: Reporter) -> tuple[Any, ...]:
-    folder = find_cifar10(root) or download_cifar10(root, reporter)
-    parts = [_read_cifar_batch(p) for p in sorted(folder.glob("data_batch_*"))]
-    train_x = np.concatenate([p[0] for p in parts])
-    train_y = np.concatenate([p[1] for p in parts])
-    test_x, test_y = _read_cifar_batch(folder / "test_batch")
-    keep_train, keep_test = train_y < 3, test_y < 3
-    others = ~keep_train  # training images only: the test batch's other classes are never used
-    auxiliary = {"aux_classes": CIFAR10_OTHERS, "aux_x": resize_array(train_x[others], size, 3), "aux_y": train_y[others]}
-    return (
-        resize_array(train_x[keep_train], size, 3),
-        train_y[keep_train],
-        resize_array(test_x[keep_test], size, 3),
-        test_y[keep_test],
-        list(CIFAR3_CLASSES),
-        3,
-        str(folder),
-        auxiliary,
+def check_memory(images: int, channels: int, size: int, what: str) -> None:
+    """Refuse, before decoding anything, a dataset whose pixels at this size would not fit in memory."""
+    need = images * channels * size * size * MEMORY_FACTOR
+    available = available_memory()
+    if available is None or need <= available:
+        return
+    fits = int((available / (images * channels * MEMORY_FACTOR)) ** 0.5)
+    raise KdcError(
+        f"{what}: {images} images at {size}x{size} px, {channels} channel(s), need about {need / 2**30:.1f} GiB of "
+        f"memory held as arrays, and {available / 2**30:.1f} GiB is available: use --image-size {max(8, fits // 8 * 8)} "
+        f"or less, or a machine with more memory"
     )
 
 
-def _class_folders(split_dir: Path) -> dict[str, list[Path]]:
-    """class name -> image files, for DIR/<class>/*."""
-    return {
-        d.name: sorted(p for p in d.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-        for d in sorted(split_dir.iterdir())
-        if d.is_dir() and not d.name.startswith(".")
-    }
+def stratified_split(
+    x: np.ndarray, y: np.ndarray, fraction: float, classes: list[str] | None = None, held_out: str = "validation"
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Carve a stratified fraction out of (x, y) with the fixed split seed (held_out names it in errors)."""
+    from sklearn.model_selection import train_test_split
 
-
-def _read_images(files: list[Path], size: int, channels: int, reporter: Reporter, label: str) -> np.ndarray:
-    out = np.empty((len(files), channels, size, size), dtype=np.uint8)
-    with reporter.progress(f"read {label}", total=len(files)) as advance:
-        for i, path in enumerate(files):
-            out[i] = load_image(path, size, channels)
-            advance(1)
-    return out
-
-
-def _load_folder(root: Path, size: int, channels: int, reporter: Reporter) -> tuple[Any, ...]:
-    if not root.is_dir():
-        raise KdcError(f"data folder not found: {root}")
-    if (root / "train").is_dir():
-        splits = {"train": _class_folders(root / "train")}
-        if (root / "val").is_dir():  # folded into train: the validation split is carved below
-            for name, files in _class_folders(root / "val").items():
-                splits["train"].setdefault(name, []).extend(files)
-        if not (root / "test").is_dir():
-            raise KdcError(f"{root} has train/ but no test/ folder: add test/<class>/ images")
-        splits["test"] = _class_folders(root / "test")
-    else:
-        splits = {"all": _class_folders(root)}
-    classes = sorted(splits.get("train", splits.get("all", {})))
-    if len(classes) < 2:
-        raise KdcError(f"{root} needs one sub-folder per class (at least 2), each holding images")
-    for split, folders in splits.items():
-        if sorted(folders) != classes:
-            raise KdcError(f"{root}/{split} has classes {sorted(folders)}, expected {classes}")
-        empty = [c for c in classes if not folders[c]]
-        if empty:
-            where = root if split == "all" else root / split
-            raise KdcError(f"no images in {where / empty[0]}: every class folder needs at least one image")
-
-    def gather(folders: dict[str, list[Path]], label: str) -> tuple[np.ndarray, np.ndarray]:
-        files = [p for c in classes for p in folders[c]]
-        labels = np.asarray([i for i, c in enumerate(classes) for _ in folders[c]], dtype=np.int64)
-        return _read_images(files, size, channels, reporter, label), labels
-
-    if "all" in splits:
-        x, y = gather(splits["all"], "images")
-        train_x, train_y, test_x, test_y = stratified_split(x, y, 0.2)
-        source = f"{root} (20% held out as test)"
-    else:
-        train_x, train_y = gather(splits["train"], "train images")
-        test_x, test_y = gather(splits["test"], "test images")
-        source = str(root)
-    return train_x, train_y, test_x, test_y, classes, source
-
-
-def augment(batch: Any, generator: Any, flip: bool) -> Any:
-    """Random crop (reflect padding of size/8) and optional horizontal flip, for a whole float batch at once."""
-    import torch
-    import torch.nn.functional as F
-
-    n, _, h, w = batch.shape
-    pad = max(1, h // 8)
-    padded = F.pad(batch, (pad, pad, pad, pad), mode="reflect")
-    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(batch.device)
-    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(batch.device)
-    rows = (dy[:, None] + torch.arange(h, device=batch.device)[None, :])[:, None, :, None]
-    cols = (dx[:, None] + torch.arange(w, device=batch.device)[None, :])[:, None, None, :]
-    index = torch.arange(n, device=batch.device)[:, None, None, None]
-    channel = torch.arange(batch.shape[1], device=batch.device)[None, :, None, None]
-    out = padded[index, channel, rows, cols]
-    if flip:
-        mirror = (torch.rand(n, generator=generator) < 0.5).to(batch.device)
-        out = torch.where(mirror[:, None, None, None], out.flip(3), out)
-    return out
+    labels, counts = np.unique(y, return_counts=True)
+    if counts.min() < 2:
+        rare = int(labels[counts.argmin()])
+        name = f"'{classes[rare]}'" if classes is not None else str(rare)
+        raise KdcError(
+            f"class {name} has {counts.min()} image(s): each class needs at least 2 to split off the {held_out} set"
+        )
+    held = max(int(round(len(y) * fraction)), len(labels))
+    try:
+        keep_idx, held_idx = train_test_split(np.arange(len(y)), test_size=held, stratify=y, random_state=SPLIT_SEED)
+    except ValueError as exc:
+        raise KdcError(f"too few images ({len(y)} in {len(labels)} classes) to split off a {held_out} set of {held}: {exc}") from None
+    keep_idx, held_idx = np.sort(keep_idx), np.sort(held_idx)
+    return x[keep_idx], y[keep_idx], x[held_idx], y[held_idx]

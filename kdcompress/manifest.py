@@ -1,11 +1,12 @@
-"""The artifacts folder contract: one folder per run, finished when its manifest.json exists."""
+"""The artifacts folder contract: one folder per run, finished when its manifest.json exists, read as a typed Manifest."""
 
 from __future__ import annotations
 
 import json
 import os
 import platform
-import tempfile
+import zipfile
+from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -13,26 +14,125 @@ from typing import Any
 import numpy as np
 
 from kdcompress.errors import KdcError
+from kdcompress.files import write_json_atomic
+from kdcompress.runtime import Preprocessing
 
 MANIFEST = "manifest.json"
-FORMAT = "kdcompress-run/1"
+FORMAT = "kdcompress-run/2"
+READABLE = ("kdcompress-run/1", FORMAT)
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON through a temporary file and a rename, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle, indent=2, sort_keys=False)
-            handle.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+@dataclass
+class ModelEntry:
+    """One model of a run: its ONNX file and what it scored; `details` holds the rest (training record, export check...)."""
+
+    architecture: str
+    onnx: str  # file name inside the run folder
+    parameters: int
+    onnx_bytes: int
+    test_accuracy: float
+    test_correct: int
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The manifest form: the named fields first, then the details."""
+        return {**{name: getattr(self, name) for name in _MODEL_FIELDS}, **self.details}
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str) -> "ModelEntry":
+        """Read the manifest form; a KdcError names the missing fields."""
+        _require(data, _MODEL_FIELDS, where)
+        return cls(**{name: data[name] for name in _MODEL_FIELDS}, details={k: v for k, v in data.items() if k not in _MODEL_FIELDS})
 
 
-def read_manifest(run_dir: str | Path) -> dict[str, Any]:
+@dataclass
+class DatasetInfo:
+    """The dataset a run was trained on."""
+
+    name: str
+    classes: list[str]
+    counts: dict[str, int]  # images per split: train, val, test
+    source: str = ""
+    fingerprint: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str) -> "DatasetInfo":
+        _require(data, ("name", "classes", "counts"), where)
+        return cls(data["name"], list(data["classes"]), dict(data["counts"]), data.get("source", ""), data.get("fingerprint"))
+
+
+@dataclass
+class Manifest:
+    """manifest.json: which models a run holds, their classes and preprocessing, how they were made and scored.
+
+    Format 2 adds `training` (device, precision, how the teacher's outputs reached the student) to
+    format 1; format 1 manifests are read with an empty `training`.
+    """
+
+    run: str
+    dataset: DatasetInfo
+    preprocessing: Preprocessing
+    models: dict[str, ModelEntry]
+    files: dict[str, str]  # test_set, calibration_set, history: file names inside the run folder
+    warnings: list[str] = field(default_factory=list)
+    training: dict[str, Any] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)  # created, objective, config, device, environment
+    format: str = FORMAT
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form written to manifest.json."""
+        return {
+            "format": self.format,
+            "run": self.run,
+            "dataset": self.dataset.to_dict(),
+            "preprocessing": self.preprocessing.to_dict(),
+            "models": {role: entry.to_dict() for role, entry in self.models.items()},
+            "files": self.files,
+            "warnings": self.warnings,
+            "training": self.training,
+            **self.details,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = MANIFEST) -> "Manifest":
+        """Read a format 1 or 2 manifest; a KdcError for any other format or a missing field."""
+        if not isinstance(data, dict) or data.get("format") not in READABLE:
+            found = data.get("format") if isinstance(data, dict) else type(data).__name__
+            raise KdcError(f"{where} is not a kdcompress run manifest (format {found!r}; this version reads {', '.join(READABLE)})")
+        _require(data, ("run", "dataset", "preprocessing", "models", "files"), where)
+        try:
+            preprocessing = Preprocessing.from_dict(data["preprocessing"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise KdcError(f"{where}: its preprocessing is incomplete ({exc}): the run folder is damaged; run kdc compress again") from None
+        if not isinstance(data["models"], dict) or not data["models"]:
+            raise KdcError(f"{where} lists no models: the run folder is damaged; run kdc compress again")
+        known = {"format", "run", "dataset", "preprocessing", "models", "files", "warnings", "training"}
+        return cls(
+            run=data["run"],
+            dataset=DatasetInfo.from_dict(data["dataset"], f"{where} (dataset)"),
+            preprocessing=preprocessing,
+            models={role: ModelEntry.from_dict(entry, f"{where} (model {role})") for role, entry in data["models"].items()},
+            files=dict(data["files"]),
+            warnings=list(data.get("warnings", [])),
+            training=dict(data.get("training", {})),
+            details={k: v for k, v in data.items() if k not in known},
+            format=data["format"],
+        )
+
+
+_MODEL_FIELDS = ("architecture", "onnx", "parameters", "onnx_bytes", "test_accuracy", "test_correct")
+
+
+def _require(data: Any, names: tuple[str, ...], where: str) -> None:
+    missing = [name for name in names if not isinstance(data, dict) or name not in data]
+    if missing:
+        raise KdcError(f"{where} is missing {', '.join(missing)}: the run folder is damaged; run kdc compress again")
+
+
+def read_manifest(run_dir: str | Path) -> Manifest:
     """The manifest of a finished run, or a KdcError saying why there is none."""
     run_dir = Path(run_dir)
     path = run_dir / MANIFEST
@@ -41,21 +141,29 @@ def read_manifest(run_dir: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise KdcError(f"{run_dir} has no {MANIFEST}: it is not a finished kdc compress run")
     try:
-        manifest = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise KdcError(f"cannot read {path} ({exc})") from None
-    if manifest.get("format") != FORMAT:
-        raise KdcError(f"{path} is not a {FORMAT} manifest (format: {manifest.get('format')!r})")
-    return manifest
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise KdcError(f"cannot read {path} ({exc}): the run folder is damaged; run kdc compress again") from None
+    return Manifest.from_dict(data, str(path))
 
 
-def load_images(run_dir: Path, manifest: dict[str, Any], key: str) -> tuple[np.ndarray, np.ndarray]:
+def write_manifest(run_dir: Path, manifest: Manifest) -> None:
+    """Write manifest.json atomically (a run folder is finished once it has one)."""
+    write_json_atomic(run_dir / MANIFEST, manifest.to_dict())
+
+
+def load_images(run_dir: Path, manifest: Manifest, key: str) -> tuple[np.ndarray, np.ndarray]:
     """Images and labels of a split saved in a run folder: key 'test_set' or 'calibration_set'."""
-    path = Path(run_dir) / manifest["files"][key]
+    if key not in manifest.files:
+        raise KdcError(f"the manifest of {run_dir} names no {key} file: the run folder is damaged; run kdc compress again")
+    path = Path(run_dir) / manifest.files[key]
     if not path.is_file():
         raise KdcError(f"{path} is missing: the run folder is incomplete; run kdc compress again")
-    data = np.load(path)
-    return data["images"], data["labels"]
+    try:
+        with np.load(path) as data:
+            return data["images"], data["labels"]
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        raise KdcError(f"{path} is unreadable ({exc}): the run folder is damaged; run kdc compress again") from None
 
 
 def list_runs(root: str | Path) -> list[Path]:

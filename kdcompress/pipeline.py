@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -16,7 +15,8 @@ from kdcompress import losses
 from kdcompress.config import CompressConfig
 from kdcompress.errors import KdcError
 from kdcompress.fair import Prepared, fair_start, prepare
-from kdcompress.manifest import FORMAT, MANIFEST, environment, write_json_atomic
+from kdcompress.files import REPLACED_PREFIX, STAGING_PREFIX, remove_stale, write_json_atomic
+from kdcompress.manifest import MANIFEST, DatasetInfo, Manifest, ModelEntry, environment, write_manifest
 from kdcompress.reporting import NullReporter, Reporter
 from kdcompress.teacher import load_or_train_teacher
 
@@ -28,12 +28,14 @@ class CompressResult:
     """Where the run was written and its manifest."""
 
     run_dir: Path
-    manifest: dict[str, Any]
+    manifest: Manifest
 
 
 def compress(config: CompressConfig, reporter: Reporter | None = None) -> CompressResult:
     """Train teacher, baseline and distilled student; export all three; write the run folder."""
     reporter = reporter or NullReporter()
+    if config.out:
+        check_out(config.out)  # before anything is trained
     run = prepare(config, reporter)
     cfg, data = run.cfg, run.data
     counts = data.counts()
@@ -43,12 +45,12 @@ def compress(config: CompressConfig, reporter: Reporter | None = None) -> Compre
     )
     final_dir, staging = _prepare_run_dir(cfg)
     try:
-        models, records = _train_all(run, reporter)
-        manifest = _finish(run, models, records, staging, final_dir.name, reporter)
+        models, records, training = _train_all(run, reporter)
+        manifest = _finish(run, models, records, training, staging, final_dir.name, reporter)
         if cfg.int8:
             from kdcompress.quantize import quantize_run
 
-            manifest["models"]["int8"] = quantize_run(staging, reporter=reporter)  # also written to the manifest
+            manifest.models["int8"] = quantize_run(staging, reporter=reporter)  # also written to the manifest
         _publish(staging, final_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -56,8 +58,12 @@ def compress(config: CompressConfig, reporter: Reporter | None = None) -> Compre
     return CompressResult(final_dir, manifest)
 
 
-def _train_all(run: Prepared, reporter: Reporter) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
-    from kdcompress.train import fit
+def _train_all(run: Prepared, reporter: Reporter) -> tuple[dict[str, Any], dict[str, dict[str, Any]], dict[str, Any]]:
+    """Teacher (trained or reused), then baseline and distilled student from one fair start.
+
+    Returns the models, their training records, and how the training ran (the manifest's `training`).
+    """
+    from kdcompress.train import fit, precision
 
     cfg = run.cfg
     teacher, teacher_record = load_or_train_teacher(cfg, run.data, run.prep, run.settings, reporter)
@@ -74,58 +80,59 @@ def _train_all(run: Prepared, reporter: Reporter) -> tuple[dict[str, Any], dict[
     result = fit(distillation, run.data, run.prep, start.settings, reporter, "distilled")
     records["student"] = {"objective": distillation.describe(), **result.record()}
     models = {"teacher": teacher, "baseline": baseline.student, "student": distillation.student}
-    return models, records
+    return models, records, {"device": run.device, "precision": precision(run.device), "teacher_outputs": "live"}
 
 
 def _finish(
-    run: Prepared, models: dict[str, Any], records: dict[str, dict[str, Any]], staging: Path, run_name: str, reporter: Reporter
-) -> dict[str, Any]:
+    run: Prepared,
+    models: dict[str, Any],
+    records: dict[str, dict[str, Any]],
+    training: dict[str, Any],
+    staging: Path,
+    run_name: str,
+    reporter: Reporter,
+) -> Manifest:
     """Test, export, save checkpoints and data samples, then write the manifest last."""
     cfg, data = run.cfg, run.data
     _save_samples(run, staging)
     (staging / "checkpoints").mkdir(exist_ok=True)
     architectures = {"teacher": cfg.teacher, "baseline": cfg.student, "student": cfg.student}
     history = {role: records[role].pop("history", []) for role in models}
-    entries = {
-        role: {**_export_model(run, role, model, architectures[role], staging, reporter), **records[role]}
-        for role, model in models.items()
-    }
+    entries = {role: _export_model(run, role, model, architectures[role], staging, reporter) for role, model in models.items()}
+    for role, entry in entries.items():
+        entry.details.update(records[role])
     write_json_atomic(staging / "history.json", history)
 
     warnings = []
-    if entries["teacher"]["test_accuracy"] < entries["baseline"]["test_accuracy"]:
+    if entries["teacher"].test_accuracy < entries["baseline"].test_accuracy:
         warnings.append(
-            f"the teacher ({entries['teacher']['test_accuracy']:.1%}) scores below the baseline student "
-            f"({entries['baseline']['test_accuracy']:.1%}): distilling from it can only pass on its mistakes"
+            f"the teacher ({entries['teacher'].test_accuracy:.1%}) scores below the baseline student "
+            f"({entries['baseline'].test_accuracy:.1%}): distilling from it can only pass on its mistakes"
         )
-    manifest = {
-        "format": FORMAT,
-        "run": run_name,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "dataset": {
-            "name": data.name,
-            "source": data.source,
-            "classes": data.classes,
-            "counts": data.counts(),
-            "fingerprint": data.fingerprint(),
+    manifest = Manifest(
+        run=run_name,
+        dataset=DatasetInfo(data.name, data.classes, data.counts(), data.source, data.fingerprint()),
+        preprocessing=run.prep,
+        models=entries,
+        files={"test_set": "test_set.npz", "calibration_set": "calibration.npz", "history": "history.json"},
+        warnings=warnings,
+        training=training,
+        details={
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "objective": {
+                "formula": losses.FORMULA,
+                "notes": losses.FORMULA_NOTES,
+                "resolved": records["student"]["objective"],
+                "temperature": cfg.temperature,
+                "alpha": cfg.alpha,
+                "beta": cfg.beta,
+            },
+            "config": cfg.to_dict(),
+            "device": run.device,
+            "environment": environment(),
         },
-        "preprocessing": run.prep.to_dict(),
-        "objective": {
-            "formula": losses.FORMULA,
-            "notes": losses.FORMULA_NOTES,
-            "resolved": records["student"]["objective"],
-            "temperature": cfg.temperature,
-            "alpha": cfg.alpha,
-            "beta": cfg.beta,
-        },
-        "models": entries,
-        "files": {"test_set": "test_set.npz", "calibration_set": "calibration.npz", "history": "history.json"},
-        "warnings": warnings,
-        "config": cfg.to_dict(),
-        "device": run.device,
-        "environment": environment(),
-    }
-    write_json_atomic(staging / MANIFEST, manifest)
+    )
+    write_manifest(staging, manifest)
     return manifest
 
 
@@ -138,7 +145,7 @@ def _save_samples(run: Prepared, staging: Path) -> None:
     np.savez_compressed(staging / "calibration.npz", images=data.train_x[pick], labels=data.train_y[pick])
 
 
-def _export_model(run: Prepared, role: str, model: Any, architecture: str, staging: Path, reporter: Reporter) -> dict[str, Any]:
+def _export_model(run: Prepared, role: str, model: Any, architecture: str, staging: Path, reporter: Reporter) -> ModelEntry:
     """Score one model on the test split, export it to ONNX (checked against PyTorch) and save its checkpoint."""
     from kdcompress.export import export_onnx
     from kdcompress.models import count_parameters, save_checkpoint
@@ -155,25 +162,42 @@ def _export_model(run: Prepared, role: str, model: Any, architecture: str, stagi
     parity = export_onnx(model, onnx_path, run.prep, data.test_x)
     meta = {"model": architecture, "classes": data.classes, "in_chans": data.channels}
     save_checkpoint(model, staging / "checkpoints" / f"{role}.pt", meta)
-    return {
-        "architecture": architecture,
-        "onnx": onnx_path.name,
-        "checkpoint": f"checkpoints/{role}.pt",
-        "parameters": count_parameters(model),
-        "onnx_bytes": onnx_path.stat().st_size,
-        "test_accuracy": float(correct.mean()),
-        "test_correct": int(correct.sum()),
-        "per_class_accuracy": per_class,
-        "export": parity,
-    }
+    return ModelEntry(
+        architecture=architecture,
+        onnx=onnx_path.name,
+        parameters=count_parameters(model),
+        onnx_bytes=onnx_path.stat().st_size,
+        test_accuracy=float(correct.mean()),
+        test_correct=int(correct.sum()),
+        details={"checkpoint": f"checkpoints/{role}.pt", "per_class_accuracy": per_class, "export": parity},
+    )
+
+
+def check_out(out: str | Path) -> Path:
+    """--out may name a new folder, an empty one, or an earlier run (replaced at the end); nothing else.
+
+    Refused before any training: an existing file, a folder that holds anything but a finished run
+    (it would be deleted), and the current folder or one above it (it cannot be replaced).
+    """
+    final = Path(out)
+    if final.exists() and not final.is_dir():
+        raise KdcError(f"--out {final} exists and is not a folder: pick a new folder name")
+    if final.is_dir():
+        here = Path.cwd().resolve()
+        if final.resolve() == here or final.resolve() in here.parents:
+            raise KdcError(f"--out {final} is the current folder or holds it: pick a new sub-folder, such as --out {final / 'run'}")
+        if any(final.iterdir()) and not (final / MANIFEST).is_file():
+            raise KdcError(
+                f"--out {final} is a folder that is not a kdc run (no {MANIFEST}), and it would be replaced: "
+                f"pick a new or empty folder"
+            )
+    return final
 
 
 def _prepare_run_dir(cfg: CompressConfig) -> tuple[Path, Path]:
     """The final run folder and the staging folder the run is built in (renamed into place at the end)."""
     if cfg.out:
-        final = Path(cfg.out)
-        if final.exists() and not final.is_dir():
-            raise KdcError(f"--out {final} exists and is not a folder")
+        final = check_out(cfg.out)
     else:
         root = Path(cfg.artifacts)
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -182,18 +206,21 @@ def _prepare_run_dir(cfg: CompressConfig) -> tuple[Path, Path]:
         while final.exists():
             final = root / f"{cfg.dataset}-{stamp}-{suffix}"
             suffix += 1
-    staging = final.parent / f".partial-{final.name}.{os.getpid()}"
+    remove_stale(final.parent)
+    staging = final.parent / f"{STAGING_PREFIX}{final.name}.{os.getpid()}"
     try:
         staging.mkdir(parents=True)
     except OSError as exc:
-        raise KdcError(f"cannot create the run folder next to {final} ({exc})") from None
+        raise KdcError(f"cannot create the run folder next to {final} ({exc.strerror or exc})") from None
     return final, staging
 
 
 def _publish(staging: Path, final: Path) -> None:
     """Move the finished run into place; an earlier run at --out is removed only now."""
+    if final.is_dir() and not any(final.iterdir()):
+        final.rmdir()  # an empty folder given as --out
     if final.exists():
-        old = final.parent / f".replaced-{final.name}.{int(time.time())}"
+        old = final.parent / f"{REPLACED_PREFIX}{final.name}.{os.getpid()}"
         os.replace(final, old)
         os.replace(staging, final)
         shutil.rmtree(old, ignore_errors=True)

@@ -8,14 +8,22 @@ from typing import Any
 import numpy as np
 
 from kdcompress.errors import KdcError
-from kdcompress.manifest import read_manifest, resolve_runs
-from kdcompress.runtime import IMAGE_SUFFIXES, Preprocessing, create_session, list_images, load_image, run_logits, softmax
+from kdcompress.manifest import Manifest, read_manifest, resolve_runs
+from kdcompress.runtime import (
+    IMAGE_SUFFIXES,
+    check_input,
+    create_session,
+    list_images,
+    load_image,
+    run_logits,
+    softmax,
+)
 
 
-def resolve_model_file(run_dir: Path, manifest: dict[str, Any], model: str) -> Path:
+def resolve_model_file(run_dir: Path, manifest: Manifest, model: str) -> Path:
     """teacher | baseline | student | int8 of the run, or an explicit .onnx file."""
-    if model in manifest["models"]:
-        return run_dir / manifest["models"][model]["onnx"]
+    if model in manifest.models:
+        return run_dir / manifest.models[model].onnx
     if model == "int8":
         raise KdcError(f"{run_dir} has no INT8 model yet: run kdc quantize {run_dir}")
     if model.endswith(".onnx"):
@@ -25,34 +33,48 @@ def resolve_model_file(run_dir: Path, manifest: dict[str, Any], model: str) -> P
     raise KdcError(f"unknown model '{model}': use teacher, baseline, student, int8 or a path to a .onnx file")
 
 
-def expand_inputs(inputs: list[Path]) -> list[Path]:
-    """Files as given, folders replaced by the images directly inside them (sorted)."""
-    files: list[Path] = []
+def expand_inputs(inputs: list[Path], classes: list[str]) -> list[tuple[Path, int | None]]:
+    """Files as given, folders replaced by their images; each with its label where a folder says it.
+
+    A folder laid out as DIR/<class>/* (a test set, as people keep them) is walked in full, and when
+    its sub-folders are named after the run's classes every image is labelled by its sub-folder.
+    """
+    files: list[tuple[Path, int | None]] = []
     for item in inputs:
-        if item.is_dir():
-            found = list_images(item)
-            if not found:
-                raise KdcError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in folder {item}")
-            files.extend(found)
-        else:
-            files.append(item)  # missing files are reported per file by predict_images
+        if not item.is_dir():
+            files.append((item, None))  # missing files are reported per file by predict_images
+            continue
+        found = list_images(item, recursive=True)
+        if not found:
+            raise KdcError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in folder {item} or its sub-folders")
+        groups = {p.relative_to(item).parts[0] for p in found if p.parent != item}
+        labelled = bool(groups) and groups <= set(classes) and all(p.parent != item for p in found)
+        files.extend((p, classes.index(p.relative_to(item).parts[0]) if labelled else None) for p in found)
     return files
 
 
 def predict_images(
     inputs: list[Path], run: Path | None = None, model: str = "student", top_k: int = 3, artifacts: Path = Path("artifacts")
 ) -> dict[str, Any]:
-    """Top-k classes per image; an unreadable image gets an error entry while the others are classified."""
+    """Top-k classes per image; an unreadable image gets an error entry while the others are classified.
+
+    Images labelled by their folder (DIR/<class>/*) are also scored: `scores` holds accuracy and,
+    for two classes, sensitivity and specificity.
+    """
+    from kdcompress.benchmark import classification_metrics
+
     if top_k < 1:
         raise KdcError(f"--top-k must be at least 1, got {top_k}")
     run_dir = resolve_runs(run if run is not None else artifacts)[0]
     manifest = read_manifest(run_dir)
-    classes = manifest["dataset"]["classes"]
-    prep = Preprocessing.from_dict(manifest["preprocessing"])
+    classes = manifest.dataset.classes
+    prep = manifest.preprocessing
     model_file = resolve_model_file(run_dir, manifest, model)
     session = create_session(model_file)
+    check_input(session, prep, model_file)
     results = []
-    for path in expand_inputs(inputs):
+    scored_logits, scored_labels = [], []
+    for path, label in expand_inputs(inputs, classes):
         try:
             image = load_image(path, prep.image_size, prep.channels)
         except KdcError as exc:
@@ -61,11 +83,19 @@ def predict_images(
         logits = run_logits(session, image[None], prep)[0]
         probabilities = softmax(logits[None])[0]
         order = np.argsort(-probabilities)[: min(top_k, len(classes))]
-        results.append(
-            {
-                "file": str(path),
-                "predictions": [{"class": classes[i], "probability": float(probabilities[i])} for i in order],
-                "logits": [float(v) for v in logits],
-            }
-        )
-    return {"run": str(run_dir), "model": str(model_file), "classes": classes, "results": results}
+        entry: dict[str, Any] = {
+            "file": str(path),
+            "predictions": [{"class": classes[i], "probability": float(probabilities[i])} for i in order],
+            "logits": [float(v) for v in logits],
+        }
+        if label is not None:
+            entry["label"] = classes[label]
+            scored_logits.append(logits)
+            scored_labels.append(label)
+        results.append(entry)
+    output: dict[str, Any] = {"run": str(run_dir), "model": str(model_file), "classes": classes, "results": results}
+    if scored_labels:
+        metrics = classification_metrics(np.stack(scored_logits), np.asarray(scored_labels), classes)
+        keep = ("accuracy", "correct", "sensitivity", "specificity", "roc_auc")
+        output["scores"] = {"images": len(scored_labels), **{k: metrics[k] for k in keep if k in metrics}}
+    return output

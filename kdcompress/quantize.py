@@ -12,11 +12,11 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from kdcompress.manifest import MANIFEST, load_images, read_manifest, write_json_atomic
+from kdcompress.files import QUANTIZE_PREFIX, remove_stale
+from kdcompress.manifest import ModelEntry, load_images, read_manifest, write_manifest
 from kdcompress.reporting import NullReporter, Reporter
 from kdcompress.runtime import Preprocessing, create_session, normalize, run_logits
 
@@ -74,7 +74,7 @@ def _quantize(source: Path, target: Path, candidate: Candidate, calibration: _Ca
     )
 
 
-def quantize_run(run_dir: str | Path, threads: int = 1, reporter: Reporter | None = None) -> dict[str, Any]:
+def quantize_run(run_dir: str | Path, threads: int = 1, reporter: Reporter | None = None) -> ModelEntry:
     """Write student-int8.onnx into a run folder and add it to the manifest as model 'int8'."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -83,8 +83,8 @@ def quantize_run(run_dir: str | Path, threads: int = 1, reporter: Reporter | Non
     reporter = reporter or NullReporter()
     run_dir = Path(run_dir)
     manifest = read_manifest(run_dir)
-    prep = Preprocessing.from_dict(manifest["preprocessing"])
-    student = manifest["models"]["student"]
+    prep = manifest.preprocessing
+    student = manifest.models["student"]
     calibration_images, _ = load_images(run_dir, manifest, "calibration_set")
     images, labels = load_images(run_dir, manifest, "test_set")
     one = normalize(images[:1], prep)
@@ -96,10 +96,11 @@ def quantize_run(run_dir: str | Path, threads: int = 1, reporter: Reporter | Non
         return correct / len(labels), correct, ms
 
     measured = []
-    with tempfile.TemporaryDirectory(dir=run_dir, prefix=".quantize-") as tmp:
+    remove_stale(run_dir)  # candidates left by a killed quantize
+    with tempfile.TemporaryDirectory(dir=run_dir, prefix=QUANTIZE_PREFIX, suffix=f".{os.getpid()}") as tmp:
         prepared = Path(tmp) / "student-prepared.onnx"
-        quant_pre_process(str(run_dir / student["onnx"]), str(prepared))
-        fp32_accuracy, _, fp32_ms = score(run_dir / student["onnx"])
+        fp32_accuracy, _, fp32_ms = score(run_dir / student.onnx)  # first: a damaged file fails here, in one line
+        quant_pre_process(str(run_dir / student.onnx), str(prepared))
         input_name = create_session(prepared).get_inputs()[0].name
         calibration = _Calibration(calibration_images, prep, input_name)
         with reporter.progress("quantize", total=len(CANDIDATES)) as advance:
@@ -118,22 +119,22 @@ def quantize_run(run_dir: str | Path, threads: int = 1, reporter: Reporter | Non
 
     if not keep:
         reporter.warn(f"every INT8 candidate lost more than {MAX_ACCURACY_LOSS:.0%} accuracy; kept the most accurate")
-    entry = {
-        "architecture": f"{student['architecture']} (INT8, {chosen['format']} QDQ, per-channel)",
-        "onnx": INT8_FILE,
-        "parameters": student["parameters"],
-        "onnx_bytes": final.stat().st_size,
-        "test_accuracy": chosen["accuracy"],
-        "test_correct": chosen["correct"],
-        "quantization": {
+    entry = ModelEntry(
+        architecture=f"{student.architecture} (INT8, {chosen['format']} QDQ, per-channel)",
+        onnx=INT8_FILE,
+        parameters=student.parameters,
+        onnx_bytes=final.stat().st_size,
+        test_accuracy=chosen["accuracy"],
+        test_correct=chosen["correct"],
+    )
+    entry.details["quantization"] = {
             "chosen": chosen["format"],
             "calibration_images": int(len(calibration_images)),
             "fp32_accuracy": fp32_accuracy,
             "fp32_p50_ms": fp32_ms,
             "threads": threads,
-            "candidates": [{k: v for k, v in m.items() if k != "path"} for m in measured],
-        },
+        "candidates": [{k: v for k, v in m.items() if k != "path"} for m in measured],
     }
-    manifest["models"]["int8"] = entry
-    write_json_atomic(run_dir / MANIFEST, manifest)
+    manifest.models["int8"] = entry
+    write_manifest(run_dir, manifest)
     return entry

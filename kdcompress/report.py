@@ -61,31 +61,31 @@ def _train_time(seconds: float | None, reused: bool) -> str:
 SUMMARY_HEADERS = ["model", "test acc", "Δ pts", "Δ imgs", "params", "MB", "best ep", "train"]
 
 
-def summary_table(manifest: dict[str, Any]) -> Table:
+def summary_table(manifest: Any) -> Table:
     """Teacher / baseline / distilled side by side: accuracy, change vs baseline, size, training time."""
-    models = manifest["models"]
+    models = manifest.models
     baseline = models["baseline"]
-    n_test = manifest["dataset"]["counts"]["test"]
+    n_test = manifest.dataset.counts["test"]
     rows = []
     for role in ("teacher", "baseline", "student"):
         entry = models[role]
         is_baseline = role == "baseline"
-        delta_images = entry["test_correct"] - baseline["test_correct"]
+        delta_images = entry.test_correct - baseline.test_correct
         rows.append(
             [
                 ROLE_LABELS[role],
-                f"{entry['test_accuracy']:.2%}",
-                "—" if is_baseline else _points(entry["test_accuracy"] - baseline["test_accuracy"]),
+                f"{entry.test_accuracy:.2%}",
+                "—" if is_baseline else _points(entry.test_accuracy - baseline.test_accuracy),
                 "—" if is_baseline else f"{delta_images:+d}",
-                format_count(entry["parameters"]),
-                f"{entry['onnx_bytes'] / 1e6:.2f}",
-                str(entry.get("best_epoch", "—")),
-                _train_time(entry.get("train_seconds"), entry.get("reused", False)),
+                format_count(entry.parameters),
+                f"{entry.onnx_bytes / 1e6:.2f}",
+                str(entry.details.get("best_epoch", "—")),
+                _train_time(entry.details.get("train_seconds"), entry.details.get("reused", False)),
             ]
         )
     return build_table(
-        f"kdc compress: {manifest['run']} ({manifest['dataset']['name']}, {n_test} test images)\n"
-        f"teacher {models['teacher']['architecture']}, students {baseline['architecture']}",
+        f"kdc compress: {manifest.run} ({manifest.dataset.name}, {n_test} test images)\n"
+        f"teacher {models['teacher'].architecture}, students {baseline.architecture}",
         SUMMARY_HEADERS,
         rows,
         caption="Δ: change vs the baseline (the same student trained without distillation), in points and test images",

@@ -87,6 +87,8 @@ def load_image(path: str | Path, size: int, channels: int) -> np.ndarray:
         with Image.open(path) as image:
             image.load()
             return pil_to_array(image, size, channels)
+    except Image.DecompressionBombError as exc:
+        raise KdcError(f"{path} is too large to decode safely ({exc}): resize it before classifying") from None
     except UnidentifiedImageError:
         raise KdcError(f"{path} is not an image PIL can read (PNG, JPEG, BMP...): replace or remove it") from None
     except (OSError, ValueError, SyntaxError) as exc:
@@ -158,7 +160,20 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return exp / exp.sum(axis=1, keepdims=True)
 
 
-def list_images(folder: Path) -> list[Path]:
-    """Image files directly inside a folder, sorted by name."""
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+def list_images(folder: Path, recursive: bool = False) -> list[Path]:
+    """Image files inside a folder (directly, or at any depth with recursive), sorted by path."""
+    found = folder.rglob("*") if recursive else folder.iterdir()
+    return sorted(p for p in found if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def check_input(session: Any, prep: Preprocessing, path: str | Path) -> None:
+    """A KdcError when an ONNX model's input shape cannot take this preprocessing's images."""
+    shape = session.get_inputs()[0].shape
+    expected = [None, prep.channels, prep.image_size, prep.image_size]
+    fixed = [(got, want) for got, want in zip(shape[1:], expected[1:]) if isinstance(got, int)]
+    if len(shape) != 4 or any(got != want for got, want in fixed):
+        raise KdcError(
+            f"{path} takes input {shape}, but this run's images are {prep.channels} x {prep.image_size} x {prep.image_size}: "
+            f"use the run that made the model (--run)"
+        )
 

@@ -28,7 +28,8 @@ from kdcompress.config import CompressConfig
 from kdcompress.data import Dataset
 from kdcompress.errors import KdcError
 from kdcompress.fair import Prepared, fair_start, prepare
-from kdcompress.manifest import environment, write_json_atomic
+from kdcompress.files import write_json_atomic
+from kdcompress.manifest import environment
 from kdcompress.reporting import NullReporter, Reporter
 from kdcompress.stats import compare
 from kdcompress.teacher import load_or_train_teacher

@@ -18,7 +18,7 @@ from typing import Any
 from kdcompress.config import CompressConfig
 from kdcompress.data import Dataset
 from kdcompress.errors import KdcError
-from kdcompress.manifest import write_json_atomic
+from kdcompress.files import TEACHER_TMP_SUFFIX, remove_stale, write_json_atomic
 from kdcompress.reporting import Reporter
 from kdcompress.runtime import Preprocessing
 
@@ -126,8 +126,13 @@ def load_or_train_teacher(
     cached = teacher_cache_dir(cfg) / key
     if (cached / "teacher.pt").is_file() and (cached / "record.json").is_file() and not cfg.retrain_teacher:
         teacher = create_model(cfg.teacher, n_classes, data.channels)
-        load_weights(teacher, cached / "teacher.pt")
-        record = json.loads((cached / "record.json").read_text())
+        try:
+            load_weights(teacher, cached / "teacher.pt")
+            record = json.loads((cached / "record.json").read_text())
+        except (KdcError, OSError, ValueError) as exc:
+            raise KdcError(
+                f"the cached teacher in {cached} cannot be read ({exc}): pass --retrain-teacher to train and cache it again"
+            ) from None
         reporter.info(
             f"teacher: reusing the {cfg.teacher} trained earlier with the same data and settings "
             f"({cached}); pass --retrain-teacher to train it again"
@@ -181,7 +186,8 @@ def _cache_teacher(
     """
     from kdcompress.models import save_checkpoint
 
-    tmp = cached.parent / f".{cached.name}.{os.getpid()}.tmp"
+    tmp = cached.parent / f".{cached.name}.{os.getpid()}{TEACHER_TMP_SUFFIX}"
+    remove_stale(cached.parent)  # teachers half-cached by killed runs
     try:
         tmp.mkdir(parents=True, exist_ok=True)
         save_checkpoint(teacher, tmp / "teacher.pt", {"model": cfg.teacher, "classes": data.classes, "in_chans": data.channels})

@@ -15,8 +15,9 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
-from kdcompress.data import Dataset, augment
+from kdcompress.data import Dataset
 from kdcompress.errors import KdcError
 from kdcompress.objectives import LiveTeacher, RecordedTeacher, trainable_parameters
 from kdcompress.reporting import Reporter
@@ -67,6 +68,13 @@ def resolve_device(requested: str) -> str:
     return requested
 
 
+def precision(device: str) -> str:
+    """The arithmetic training uses on this device (see _autocast)."""
+    if device != "cuda":
+        return "float32"
+    return "bfloat16 autocast" if torch.cuda.is_bf16_supported() else "float16 autocast with loss scaling"
+
+
 def _autocast(device: str) -> Any:
     """Mixed precision on CUDA (bfloat16 where supported, else float16); full precision on CPU."""
     if device != "cuda":
@@ -109,6 +117,11 @@ def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
     return float((logits.argmax(axis=1) == labels).mean()) if len(labels) else 0.0
 
 
+def steps_per_epoch(images: int, batch_size: int) -> int:
+    """Full batches per epoch: the ragged last batch is dropped (BatchNorm needs > 1 image, shapes stay static)."""
+    return max(1, images // min(batch_size, images))
+
+
 class ViewStream:
     """The augmented batches one run trains on, drawn from a generator seeded with the run's seed.
 
@@ -126,7 +139,7 @@ class ViewStream:
         self.flip = data.flip
         self.n = len(data.train_y)
         self.batch_size = min(settings.batch_size, self.n)
-        self.steps_per_epoch = max(1, self.n // self.batch_size)  # drop the ragged last batch: BatchNorm needs > 1
+        self.steps_per_epoch = steps_per_epoch(self.n, settings.batch_size)
         self.device = device
 
     def epoch(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -166,6 +179,16 @@ def record_teacher(
     return RecordedTeacher(torch.stack(logits), torch.stack(pooled) if features else None, live.num_features)
 
 
+def warmup_fraction(total_steps: int) -> float:
+    """The one-cycle schedule's warm-up share: 25%, except for runs of exactly 4 steps.
+
+    OneCycleLR's warm-up phase ends at pct_start * total_steps - 1 and it divides by that length:
+    25% of 4 steps makes it 0 (a ZeroDivisionError, e.g. --batch-size 300 --epochs 1 on digits).
+    Those runs warm up over 1.5 steps instead; every other length keeps 25%.
+    """
+    return 0.375 if total_steps == 4 else 0.25
+
+
 def fit(
     objective: nn.Module,
     data: Dataset,
@@ -182,8 +205,9 @@ def fit(
     stream = ViewStream(data, prep, settings)
     steps_per_epoch = stream.steps_per_epoch
     optimizer = torch.optim.AdamW(trainable_parameters(objective), lr=settings.lr, weight_decay=settings.weight_decay)
+    total_steps = settings.epochs * steps_per_epoch
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=settings.lr, total_steps=settings.epochs * steps_per_epoch, pct_start=0.25
+        optimizer, max_lr=settings.lr, total_steps=total_steps, pct_start=warmup_fraction(total_steps)
     )
     scaler = torch.amp.GradScaler("cuda", enabled=device == "cuda" and not torch.cuda.is_bf16_supported())
 
@@ -234,3 +258,21 @@ def fit(
 def clone_model(model: nn.Module) -> nn.Module:
     """An independent copy with identical weights (for baseline and distilled student)."""
     return copy.deepcopy(model)
+
+
+def augment(batch: Any, generator: Any, flip: bool) -> Any:
+    """Random crop (reflect padding of size/8) and optional horizontal flip, for a whole float batch at once."""
+    n, _, h, w = batch.shape
+    pad = max(1, h // 8)
+    padded = F.pad(batch, (pad, pad, pad, pad), mode="reflect")
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(batch.device)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(batch.device)
+    rows = (dy[:, None] + torch.arange(h, device=batch.device)[None, :])[:, None, :, None]
+    cols = (dx[:, None] + torch.arange(w, device=batch.device)[None, :])[:, None, None, :]
+    index = torch.arange(n, device=batch.device)[:, None, None, None]
+    channel = torch.arange(batch.shape[1], device=batch.device)[None, :, None, None]
+    out = padded[index, channel, rows, cols]
+    if flip:
+        mirror = (torch.rand(n, generator=generator) < 0.5).to(batch.device)
+        out = torch.where(mirror[:, None, None, None], out.flip(3), out)
+    return out

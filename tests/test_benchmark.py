@@ -11,7 +11,8 @@ from typer.testing import CliRunner
 from kdcompress.benchmark import benchmark_run, classification_metrics, onnx_size
 from kdcompress.cli import app
 from kdcompress.export import export_onnx
-from kdcompress.manifest import read_manifest, write_json_atomic
+from kdcompress.files import write_json_atomic
+from kdcompress.manifest import read_manifest
 from kdcompress.report import benchmark_context
 from kdcompress.runtime import Preprocessing
 
@@ -44,7 +45,7 @@ def test_binary_metrics_by_hand():
 
 def test_benchmark_fields_units_and_honest_gpu_status(tiny_run):
     result = benchmark_run(tiny_run, quick=True)
-    manifest = read_manifest(tiny_run)
+    manifest = read_manifest(tiny_run).to_dict()
     assert list(result["models"]) == ["teacher", "baseline", "student"]
     assert result["units"]["latency"].startswith("milliseconds") and result["settings"]["threads"] == 1
     assert result["machine"]["cores"] >= 1 and isinstance(result["machine"]["busy"], bool)
@@ -71,7 +72,7 @@ def test_benchmark_fields_units_and_honest_gpu_status(tiny_run):
 def test_benchmark_flags_a_manifest_that_disagrees_with_the_onnx_file(tiny_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
-    manifest = read_manifest(run)
+    manifest = read_manifest(run).to_dict()
     manifest["models"]["baseline"]["test_correct"] += 5
     write_json_atomic(run / "manifest.json", manifest)
     result = benchmark_run(run, quick=True, gpu=False)

@@ -10,7 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from kdcompress.data import augment, download_cifar10, load_dataset
+from kdcompress.data import load_dataset
+from kdcompress.sources import download_cifar10
+from kdcompress.train import augment
 from kdcompress.errors import KdcError
 from kdcompress.reporting import NullReporter
 from kdcompress.runtime import load_image
@@ -195,5 +197,5 @@ def test_too_few_images_to_split_is_a_clear_error(tmp_path):
         (tmp_path / c).mkdir()
         for i in range(2):
             Image.new("RGB", (8, 8), (i, 0, 0)).save(tmp_path / c / f"{i}.png")
-    with pytest.raises(KdcError, match="has 1 image.*at least 2 to split off validation"):
+    with pytest.raises(KdcError, match="class 'a' has 1 image.*at least 2 to split off the validation set"):
         load_dataset("folder", tmp_path, image_size=8)

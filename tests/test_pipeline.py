@@ -26,7 +26,7 @@ class Recorder(Reporter):
 
 
 def test_run_folder_holds_everything_benchmark_and_predict_need(tiny_run):
-    manifest = read_manifest(tiny_run)
+    manifest = read_manifest(tiny_run).to_dict()
     assert set(manifest["models"]) == {"teacher", "baseline", "student"}
     for role, entry in manifest["models"].items():
         assert (tiny_run / entry["onnx"]).is_file() and (tiny_run / entry["checkpoint"]).is_file()
@@ -44,7 +44,7 @@ def test_run_folder_holds_everything_benchmark_and_predict_need(tiny_run):
 
 
 def test_recorded_test_accuracy_is_what_the_onnx_file_scores(tiny_run):
-    manifest = read_manifest(tiny_run)
+    manifest = read_manifest(tiny_run).to_dict()
     test = np.load(tiny_run / "test_set.npz")
     prep = Preprocessing.from_dict(manifest["preprocessing"])
     for role, entry in manifest["models"].items():
@@ -57,7 +57,7 @@ def test_distillation_with_alpha_and_beta_zero_reproduces_the_baseline(tmp_path)
     # Same initial weights, data order, augmentation and schedule: with the KD terms switched off the
     # distilled student must be the baseline, bit for bit. Any unfairness would show here.
     result = compress(CompressConfig(**TINY, alpha=0.0, beta=0.0, artifacts=str(tmp_path)))
-    models = result.manifest["models"]
+    models = result.manifest.to_dict()["models"]
     history = json.loads((result.run_dir / "history.json").read_text())
     assert [h["ce"] for h in history["student"]] == [h["ce"] for h in history["baseline"]]
     assert models["student"]["test_correct"] == models["baseline"]["test_correct"]
@@ -68,24 +68,24 @@ def test_same_seed_same_numbers_and_the_teacher_is_reused(tmp_path):
     first = compress(CompressConfig(**TINY, artifacts=str(tmp_path)), first_log)
     second = compress(CompressConfig(**TINY, artifacts=str(tmp_path)), second_log)
     assert first.run_dir != second.run_dir
-    assert not first.manifest["models"]["teacher"]["reused"]
-    assert second.manifest["models"]["teacher"]["reused"]
+    assert not first.manifest.to_dict()["models"]["teacher"]["reused"]
+    assert second.manifest.to_dict()["models"]["teacher"]["reused"]
     assert any("reusing" in line for line in second_log.lines)
     h1 = json.loads((first.run_dir / "history.json").read_text())
     h2 = json.loads((second.run_dir / "history.json").read_text())
     assert [h["loss"] for h in h1["student"]] == [h["loss"] for h in h2["student"]]
     for role in ("teacher", "baseline", "student"):
-        assert first.manifest["models"][role]["test_correct"] == second.manifest["models"][role]["test_correct"]
+        assert first.manifest.to_dict()["models"][role]["test_correct"] == second.manifest.to_dict()["models"][role]["test_correct"]
     other_seed = compress(CompressConfig(**TINY, seed=1, artifacts=str(tmp_path)))
-    assert not other_seed.manifest["models"]["teacher"]["reused"]
+    assert not other_seed.manifest.to_dict()["models"]["teacher"]["reused"]
 
 
 def test_teacher_weights_file_is_used_instead_of_training(tmp_path, tiny_run):
     weights = tiny_run / "checkpoints" / "teacher.pt"
     result = compress(CompressConfig(**TINY, teacher_weights=str(weights), artifacts=str(tmp_path)))
-    teacher = result.manifest["models"]["teacher"]
+    teacher = result.manifest.to_dict()["models"]["teacher"]
     assert teacher["reused"] and teacher["source"] == str(weights)
-    assert teacher["test_correct"] == read_manifest(tiny_run)["models"]["teacher"]["test_correct"]
+    assert teacher["test_correct"] == read_manifest(tiny_run).to_dict()["models"]["teacher"]["test_correct"]
 
 
 def test_failed_run_leaves_the_earlier_run_at_out_untouched(tmp_path, monkeypatch):
@@ -109,7 +109,7 @@ def test_out_replaces_an_earlier_run_once_the_new_one_is_complete(tmp_path):
     (out / "stale.txt").write_text("from the first run")
     second = compress(CompressConfig(**TINY, alpha=0.9, out=str(out)))
     assert second.run_dir == out and not (out / "stale.txt").exists()
-    assert read_manifest(out)["config"]["alpha"] == 0.9
+    assert read_manifest(out).to_dict()["config"]["alpha"] == 0.9
 
 
 @pytest.mark.parametrize(
@@ -157,15 +157,15 @@ def test_auxiliary_classes_train_the_teacher_and_nothing_else(tmp_path, shared_d
     recorder = Recorder()
     config = CompressConfig(**{**TINY, "epochs": 1}, dataset="cifar3", data_dir=str(shared_data), out=str(tmp_path / "aux"))
     result = compress(config, recorder)
-    teacher = result.manifest["models"]["teacher"]
+    teacher = result.manifest.to_dict()["models"]["teacher"]
     assert teacher["auxiliary"] == {"classes": ["cat", "deer", "dog", "frog", "horse", "ship", "truck"], "images": 3809}
     assert any("3809 images of 7 auxiliary classes" in line for line in recorder.lines)
-    assert result.manifest["dataset"]["counts"]["train"] == 1466  # what the students train on: cifar3 only
+    assert result.manifest.to_dict()["dataset"]["counts"]["train"] == 1466  # what the students train on: cifar3 only
     assert create_session(result.run_dir / teacher["onnx"]).get_outputs()[0].shape[-1] == 3
     # --no-teacher-aux trains (and caches) another teacher; the baseline does not depend on the choice
-    plain = compress(replace(config, teacher_aux=False, out=str(tmp_path / "plain"))).manifest["models"]
+    plain = compress(replace(config, teacher_aux=False, out=str(tmp_path / "plain"))).manifest.to_dict()["models"]
     assert "auxiliary" not in plain["teacher"] and not plain["teacher"]["reused"]
-    baseline = result.manifest["models"]["baseline"]
+    baseline = result.manifest.to_dict()["models"]["baseline"]
     assert (plain["baseline"]["test_correct"], plain["baseline"]["best_val_accuracy"]) == (
         baseline["test_correct"],
         baseline["best_val_accuracy"],
@@ -238,6 +238,6 @@ def test_stride_one_stem_is_used_for_small_inputs_and_survives_a_checkpoint(tmp_
     images = torch.randn(2, 3, 16, 16)
     assert torch.equal(teacher.eval()(images), reloaded.eval()(images))
     # compress's own teacher (16 px inputs) was trained with it, and says so
-    manifest = read_manifest(tiny_run)
+    manifest = read_manifest(tiny_run).to_dict()
     assert manifest["models"]["teacher"]["stem_stride"] == 1
     assert torch.load(tiny_run / "checkpoints" / "teacher.pt", weights_only=True)["stem_stride"] == 1

@@ -40,7 +40,7 @@ def folder_run(tmp_path_factory):
 
 def test_predict_gives_the_evaluation_logits_for_a_test_image(folder_run):
     root, run = folder_run
-    manifest = read_manifest(run)
+    manifest = read_manifest(run).to_dict()
     test = np.load(run / "test_set.npz")
     expected = run_logits(create_session(run / "student.onnx"), test["images"], Preprocessing.from_dict(manifest["preprocessing"]))
     # test split order: classes sorted, files sorted: dogs/01.png is row 4 + 1
@@ -112,7 +112,7 @@ def test_quantize_adds_a_smaller_int8_student_to_the_run(tiny_run, tmp_path):
     shutil.copytree(tiny_run, run)
     result = runner.invoke(app, ["quantize", str(run)])
     assert result.exit_code == 0, result.output
-    entry = read_manifest(run)["models"]["int8"]
+    entry = read_manifest(run).to_dict()["models"]["int8"]
     assert entry["onnx"] == "student-int8.onnx" and entry["quantization"]["calibration_images"] > 0
     assert {c["format"] for c in entry["quantization"]["candidates"]} == {"U8S8 reduce-range", "S8S8"}
     graph = onnx.load(str(run / "student-int8.onnx")).graph

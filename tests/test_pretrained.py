@@ -76,7 +76,7 @@ def test_compress_pretrained_teacher_and_students(offline_hub, tmp_path, shared_
         dataset="cifar3", data_dir=str(shared_data), teacher="test_efficientnet", student="test_resnet",
         pretrained=True, pretrained_student=True, image_size=16, epochs=1, out=str(tmp_path / "run"),
     )  # fmt: skip
-    manifest = compress(config).manifest
+    manifest = compress(config).manifest.to_dict()
     assert manifest["config"]["pretrained"] and manifest["config"]["pretrained_student"]
     assert manifest["models"]["teacher"]["auxiliary"]["images"] == 3809
     # one epoch moves the students' first layer a little away from where they started: the cached

@@ -20,7 +20,7 @@ def test_cifar3_resnet18_students_learn_and_survive_export_and_int8(shared_data,
         epochs=6, int8=True, artifacts=str(tmp_path),
     )
     result = compress(config)
-    models = result.manifest["models"]
+    models = result.manifest.to_dict()["models"]
     assert models["baseline"]["test_accuracy"] >= 0.65  # chance is 0.33
     assert models["student"]["test_accuracy"] >= 0.60
     for role in ("teacher", "baseline", "student"):
@@ -43,7 +43,7 @@ def test_chest_xray_full_set_loads_and_a_student_beats_the_majority_class(chest_
         epochs=2, artifacts=str(tmp_path),
     )
     result = compress(config)
-    baseline = result.manifest["models"]["baseline"]
+    baseline = result.manifest.to_dict()["models"]["baseline"]
     assert baseline["test_accuracy"] >= 0.70  # all-PNEUMONIA would score 390 / 624 = 0.625
     metrics = benchmark_run(result.run_dir, quick=True, gpu=False)["models"]["baseline"]["accuracy"]
     assert metrics["roc_auc"] >= 0.80 and metrics["sensitivity"] is not None and metrics["specificity"] is not None

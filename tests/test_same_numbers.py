@@ -32,7 +32,7 @@ def tiny_numbers(root: Path) -> dict:
             role: {
                 "loss": [h["loss"] for h in history[role]],
                 "val_accuracy": [h["val_accuracy"] for h in history[role]],
-                "test_correct": run.manifest["models"][role]["test_correct"],
+                "test_correct": run.manifest.to_dict()["models"][role]["test_correct"],
             }
             for role in ("teacher", "baseline", "student")
         }

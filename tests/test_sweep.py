@@ -64,7 +64,7 @@ def _config(tmp_path, teacher_weights, **grid):
 def test_sweep_students_are_the_students_compress_trains(tmp_path, tiny_run):
     # Same teacher, seed, initial weights and batches: the sweep's baseline and its (T 4, alpha 0.5,
     # beta 0.3) student must score exactly what compress's baseline and distilled student scored.
-    manifest = read_manifest(tiny_run)
+    manifest = read_manifest(tiny_run).to_dict()
     config = _config(tmp_path, tiny_run / "checkpoints" / "teacher.pt", temperatures=(4.0,), alphas=(0.5,), betas=(0.3,), seeds=1)
     results = sweep(config)
     runs = {run["name"]: run for run in results["runs"]}
