@@ -17,7 +17,7 @@ from kdcompress.errors import KdcError
 from kdcompress.files import write_json_atomic
 from kdcompress.manifest import cpu_name, load_images, read_manifest
 from kdcompress.reporting import NullReporter, Reporter
-from kdcompress.runtime import Preprocessing, create_session, normalize, run_logits, softmax
+from kdcompress.runtime import create_session, measure_speed, run_logits, softmax
 
 MODEL_ORDER = ("teacher", "baseline", "student", "int8")
 
@@ -109,46 +109,6 @@ def count_macs(model: Any) -> int:
             if a and out:
                 macs += int(np.prod(out)) * a[-1]
     return macs
-
-
-def latency(session: Any, sample: np.ndarray, warmup: int, runs: int, min_seconds: float) -> dict[str, float]:
-    """Per-call latency in milliseconds after warm-up: p50 / p90 / p99 / mean over at least `runs` calls."""
-    name = session.get_inputs()[0].name
-    feed = {name: sample}
-    for _ in range(warmup):
-        session.run(None, feed)
-    times = []
-    start = time.perf_counter()
-    while len(times) < runs or time.perf_counter() - start < min_seconds:
-        t0 = time.perf_counter()
-        session.run(None, feed)
-        times.append((time.perf_counter() - t0) * 1e3)
-        if len(times) >= 20 * runs:
-            break
-    values = np.asarray(times)
-    return {
-        "p50_ms": float(np.percentile(values, 50)),
-        "p90_ms": float(np.percentile(values, 90)),
-        "p99_ms": float(np.percentile(values, 99)),
-        "mean_ms": float(values.mean()),
-        "runs": int(len(values)),
-    }
-
-
-def measure_speed(session: Any, prep: Preprocessing, images: np.ndarray, batch: int, quick: bool) -> dict[str, Any]:
-    """Batch-1 latency and throughput at `batch` for one onnxruntime session."""
-    one = normalize(images[:1], prep)
-    repeats = -(-batch // len(images))
-    many = normalize(np.concatenate([images] * repeats)[:batch], prep)
-    runs, min_seconds = (20, 0.2) if quick else (200, 2.0)
-    single = latency(session, one, warmup=5 if quick else 20, runs=runs, min_seconds=min_seconds)
-    bulk = latency(session, many, warmup=2 if quick else 5, runs=max(5, runs // 10), min_seconds=min_seconds / 2)
-    return {
-        "provider": session.get_providers()[0],
-        "batch1": single,
-        "throughput_batch": batch,
-        "throughput_images_per_s": batch / (bulk["p50_ms"] / 1e3),
-    }
 
 
 def gpu_status() -> tuple[bool, str]:
@@ -277,6 +237,7 @@ def benchmark_run(
             "accuracy": "fraction in [0, 1]",
         },
         "models": results,
+        "int8_verdict": _int8_verdict(results, batch),
         "command": command,
     }
     _save(result, run_dir, reporter)
@@ -296,6 +257,20 @@ def _save(result: dict[str, Any], run_dir: Path, reporter: Reporter) -> None:
         result["saved"] = False
         result["save_error"] = f"could not write the benchmark files into {run_dir} ({exc.strerror or exc})"
         reporter.warn(result["save_error"] + ": the results below are not saved")
+
+
+def _int8_verdict(results: dict[str, Any], batch: int) -> dict[str, Any] | None:
+    """The INT8 student against the FP32 one, as timed here (None without an INT8 model)."""
+    from kdcompress.quantize import int8_verdict
+
+    if "int8" not in results or "student" not in results:
+        return None
+
+    def side(model: dict[str, Any]) -> dict[str, float]:
+        cpu = model["cpu"]
+        return {"p50_ms": cpu["batch1"]["p50_ms"], "images_per_s": cpu["throughput_images_per_s"], "bytes": model["file_mb"] * 1e6}
+
+    return int8_verdict(side(results["student"]), side(results["int8"]), batch)
 
 
 def _ratios(teacher: dict[str, Any] | None, model: dict[str, Any]) -> dict[str, Any]:

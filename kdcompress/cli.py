@@ -319,6 +319,8 @@ def quantize(
         f"(FP32 {q['fp32_accuracy']:.2%}, p50 {q['fp32_p50_ms']:.2f} ms)",
         highlight=False,
     )
+    style = "green" if q["verdict"]["faster"] else "bold yellow"
+    stdout.print(f"[{style}]{escape(q['verdict']['words'])}[/]", highlight=False)
 
 
 @app.command()

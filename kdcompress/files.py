@@ -69,3 +69,13 @@ def remove_stale(folder: Path) -> list[Path]:
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
     return removed
+
+
+def read_json(path: Path, remedy: str) -> Any:
+    """A JSON file written by write_json_atomic; a KdcError (ending with remedy) when it is damaged."""
+    from kdcompress.errors import KdcError
+
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise KdcError(f"{path} is unreadable ({exc}): {remedy}") from None

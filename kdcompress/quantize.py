@@ -12,16 +12,18 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from kdcompress.files import QUANTIZE_PREFIX, remove_stale
 from kdcompress.manifest import ModelEntry, load_images, read_manifest, write_manifest
 from kdcompress.reporting import NullReporter, Reporter
-from kdcompress.runtime import Preprocessing, create_session, normalize, run_logits
+from kdcompress.runtime import Preprocessing, create_session, latency, normalize, run_logits, session_call
 
 INT8_FILE = "student-int8.onnx"
 MAX_ACCURACY_LOSS = 0.01  # a candidate may lose at most 1 point of test accuracy vs the FP32 student
+VERDICT_BATCH = 64  # the batch at which quantize also compares INT8 with FP32 throughput
 
 
 @dataclass(frozen=True)
@@ -74,11 +76,35 @@ def _quantize(source: Path, target: Path, candidate: Candidate, calibration: _Ca
     )
 
 
+def int8_verdict(fp32: dict[str, float], int8: dict[str, float], batch: int) -> dict[str, Any]:
+    """Whether the INT8 model is faster than the FP32 one on this machine, at batch 1 and at `batch`, in words.
+
+    Each side gives p50_ms (batch 1), images_per_s (at batch) and bytes. INT8 counts as faster only
+    when it is faster at both batch sizes; otherwise the words say it is kept for its size, and where it is slower.
+    """
+    speedup_1 = fp32["p50_ms"] / int8["p50_ms"]
+    speedup_bulk = int8["images_per_s"] / fp32["images_per_s"]
+    smaller = fp32["bytes"] / int8["bytes"]
+    faster = speedup_1 > 1 and speedup_bulk > 1
+
+    def rate(x: float, where: str) -> str:
+        return f"{x:.2f}x faster {where}" if x >= 1 else f"{1 / x:.2f}x slower {where}"
+
+    speeds = f"{rate(speedup_1, 'at batch 1')}, {rate(speedup_bulk, f'at batch {batch}')} than FP32 on this machine"
+    words = f"INT8 is {smaller:.2f}x smaller and {speeds}" if faster else f"INT8 kept for size ({smaller:.2f}x smaller); {speeds}"
+    return {
+        "faster": faster,
+        "speedup_batch1": speedup_1,
+        "speedup_throughput": speedup_bulk,
+        "throughput_batch": batch,
+        "smaller_x": smaller,
+        "words": words,
+    }
+
+
 def quantize_run(run_dir: str | Path, threads: int = 1, reporter: Reporter | None = None) -> ModelEntry:
     """Write student-int8.onnx into a run folder and add it to the manifest as model 'int8'."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    from kdcompress.benchmark import latency
 
     reporter = reporter or NullReporter()
     run_dir = Path(run_dir)
@@ -88,18 +114,21 @@ def quantize_run(run_dir: str | Path, threads: int = 1, reporter: Reporter | Non
     calibration_images, _ = load_images(run_dir, manifest, "calibration_set")
     images, labels = load_images(run_dir, manifest, "test_set")
     one = normalize(images[:1], prep)
+    many = normalize(np.resize(images, (VERDICT_BATCH, *images.shape[1:])), prep)
 
-    def score(path: Path) -> tuple[float, int, float]:
+    def score(path: Path) -> dict[str, Any]:
         session = create_session(path, "cpu", threads)
         correct = int((run_logits(session, images, prep).argmax(1) == labels).sum())
-        ms = latency(session, one, warmup=10, runs=100, min_seconds=1.0)["p50_ms"]
-        return correct / len(labels), correct, ms
+        ms = latency(session_call(session, one), warmup=10, runs=100, min_seconds=1.0)["p50_ms"]
+        bulk = latency(session_call(session, many), warmup=2, runs=10, min_seconds=0.5)["p50_ms"]
+        return {"accuracy": correct / len(labels), "correct": correct, "p50_ms": ms, "images_per_s": VERDICT_BATCH / (bulk / 1e3)}
 
     measured = []
     remove_stale(run_dir)  # candidates left by a killed quantize
     with tempfile.TemporaryDirectory(dir=run_dir, prefix=QUANTIZE_PREFIX, suffix=f".{os.getpid()}") as tmp:
         prepared = Path(tmp) / "student-prepared.onnx"
-        fp32_accuracy, _, fp32_ms = score(run_dir / student.onnx)  # first: a damaged file fails here, in one line
+        fp32 = score(run_dir / student.onnx)  # first: a damaged file fails here, in one line
+        fp32_accuracy = fp32["accuracy"]
         quant_pre_process(str(run_dir / student.onnx), str(prepared))
         input_name = create_session(prepared).get_inputs()[0].name
         calibration = _Calibration(calibration_images, prep, input_name)
@@ -108,9 +137,8 @@ def quantize_run(run_dir: str | Path, threads: int = 1, reporter: Reporter | Non
                 advance(0, status=candidate.name)
                 target = Path(tmp) / f"{candidate.name.replace(' ', '_')}.onnx"
                 _quantize(prepared, target, candidate, calibration)
-                accuracy, correct, ms = score(target)
-                measured.append({"format": candidate.name, "path": target, "accuracy": accuracy, "correct": correct, "p50_ms": ms})
-                advance(1, status=f"{candidate.name}: {accuracy:.1%}, {ms:.2f} ms")
+                measured.append({"format": candidate.name, "path": target, **score(target)})
+                advance(1, status=f"{candidate.name}: {measured[-1]['accuracy']:.1%}, {measured[-1]['p50_ms']:.2f} ms")
         keep = [m for m in measured if fp32_accuracy - m["accuracy"] <= MAX_ACCURACY_LOSS]
         chosen = min(keep, key=lambda m: m["p50_ms"]) if keep else max(measured, key=lambda m: m["accuracy"])
         final = run_dir / INT8_FILE
@@ -128,13 +156,21 @@ def quantize_run(run_dir: str | Path, threads: int = 1, reporter: Reporter | Non
         test_correct=chosen["correct"],
     )
     entry.details["quantization"] = {
-            "chosen": chosen["format"],
-            "calibration_images": int(len(calibration_images)),
-            "fp32_accuracy": fp32_accuracy,
-            "fp32_p50_ms": fp32_ms,
-            "threads": threads,
+        "chosen": chosen["format"],
+        "calibration_images": int(len(calibration_images)),
+        "fp32_accuracy": fp32_accuracy,
+        "fp32_p50_ms": fp32["p50_ms"],
+        "fp32_images_per_s": fp32["images_per_s"],
+        "threads": threads,
         "candidates": [{k: v for k, v in m.items() if k != "path"} for m in measured],
+        "verdict": int8_verdict(
+            {"p50_ms": fp32["p50_ms"], "images_per_s": fp32["images_per_s"], "bytes": student.onnx_bytes},
+            {"p50_ms": chosen["p50_ms"], "images_per_s": chosen["images_per_s"], "bytes": entry.onnx_bytes},
+            VERDICT_BATCH,
+        ),
     }
+    if not entry.details["quantization"]["verdict"]["faster"]:
+        reporter.warn(entry.details["quantization"]["verdict"]["words"])
     manifest.models["int8"] = entry
     write_manifest(run_dir, manifest)
     return entry

@@ -8,11 +8,14 @@ from typing import Any, Callable, Iterator
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
+from rich.table import Column, Table
 
 from kdcompress.reporting import Reporter
 
 ROLE_LABELS = {"teacher": "teacher", "baseline": "baseline", "student": "distilled", "int8": "distilled int8"}
+
+
+FIXED_WIDTH = 10 + 12 + 9 + 7 + 5  # progress columns before the status, and the spaces between them
 
 
 class RichReporter(Reporter):
@@ -29,12 +32,14 @@ class RichReporter(Reporter):
 
     @contextmanager
     def progress(self, description: str, total: int | None) -> Iterator[Callable[..., None]]:
+        # Fixed widths for label, bar, count and time; the status takes what is left and is cut with an
+        # ellipsis, so that at 80 columns the bar, the count and the elapsed time stay readable.
         columns = [
-            TextColumn("[bold]{task.description:<9}"),
-            BarColumn(bar_width=12),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TextColumn("{task.fields[status]}"),
+            TextColumn("[bold]{task.description}", table_column=Column(width=10, no_wrap=True, overflow="ellipsis")),
+            BarColumn(bar_width=12, table_column=Column(min_width=12)),
+            MofNCompleteColumn(table_column=Column(min_width=9, no_wrap=True)),
+            TimeElapsedColumn(table_column=Column(min_width=7, no_wrap=True)),
+            TextColumn("{task.fields[status]}", table_column=Column(max_width=max(10, self.console.width - FIXED_WIDTH), no_wrap=True, overflow="ellipsis")),
         ]
         with Progress(*columns, console=self.console, transient=False) as bar:
             task = bar.add_task(description, total=total, status="")
@@ -164,6 +169,9 @@ def benchmark_context(result: dict[str, Any]) -> list[str]:
                 f"WARNING: {role}: the ONNX file gets {acc['correct']} test images right, compress recorded "
                 f"{acc['recorded_correct']}"
             )
+    verdict = result.get("int8_verdict")
+    if verdict:
+        lines.append(("" if verdict["faster"] else "WARNING: ") + verdict["words"] + " (CPU, as timed above)")
     agreeing = [r for r, m in result["models"].items() if m["accuracy"]["agrees_with_manifest"]]
     if agreeing:
         lines.append(f"Accuracy from the ONNX files agrees with what compress recorded for: {', '.join(agreeing)}")

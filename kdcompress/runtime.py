@@ -129,6 +129,8 @@ def create_session(path: str | Path, provider: str = "cpu", threads: int | None 
     options.log_severity_level = 3
     providers = ["CPUExecutionProvider"]
     if provider == "cuda":
+        if hasattr(ort, "preload_dlls"):  # onnxruntime-gpu >= 1.21: find the CUDA/cuDNN libraries torch's wheels installed
+            ort.preload_dlls()
         if "CUDAExecutionProvider" not in ort.get_available_providers():
             raise KdcError(
                 "onnxruntime has no CUDAExecutionProvider (install the GPU build: pip install 'kdcompress[gpu]')"
@@ -138,8 +140,11 @@ def create_session(path: str | Path, provider: str = "cpu", threads: int | None 
         session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
         raise KdcError(f"onnxruntime cannot load {path}: {exc}") from None
-    if provider == "cuda" and "CUDAExecutionProvider" not in session.get_providers():
-        raise KdcError("onnxruntime fell back to CPU: the CUDA libraries it needs (CUDA, cuDNN) were not found")
+    if provider == "cuda" and session.get_providers()[0] != "CUDAExecutionProvider":
+        raise KdcError(
+            "onnxruntime fell back to CPU: the CUDA libraries it needs (CUDA, cuDNN) were not found; install "
+            "onnxruntime-gpu built for your torch's CUDA major version (see the README)"
+        )
     return session
 
 
@@ -177,3 +182,71 @@ def check_input(session: Any, prep: Preprocessing, path: str | Path) -> None:
             f"use the run that made the model (--run)"
         )
 
+
+
+def latency(run: Any, warmup: int, runs: int, min_seconds: float) -> dict[str, float]:
+    """Per-call latency of run() in milliseconds after warm-up: p50 / p90 / p99 / mean over at least `runs` calls."""
+    import time
+
+    for _ in range(warmup):
+        run()
+    times = []
+    start = time.perf_counter()
+    while len(times) < runs or time.perf_counter() - start < min_seconds:
+        t0 = time.perf_counter()
+        run()
+        times.append((time.perf_counter() - t0) * 1e3)
+        if len(times) >= 20 * runs:
+            break
+    values = np.asarray(times)
+    return {
+        "p50_ms": float(np.percentile(values, 50)),
+        "p90_ms": float(np.percentile(values, 90)),
+        "p99_ms": float(np.percentile(values, 99)),
+        "mean_ms": float(values.mean()),
+        "runs": int(len(values)),
+    }
+
+
+def session_call(session: Any, sample: np.ndarray) -> Any:
+    """session.run on a host array: what a deployed model pays, copies to and from the device included."""
+    feed = {session.get_inputs()[0].name: sample}
+    return lambda: session.run(None, feed)
+
+
+def device_call(session: Any, sample: np.ndarray) -> Any:
+    """A CUDA session's run with input and output left on the GPU (IO binding): the device-only time."""
+    import onnxruntime as ort
+
+    binding = session.io_binding()
+    binding.bind_ortvalue_input(session.get_inputs()[0].name, ort.OrtValue.ortvalue_from_numpy(sample, "cuda", 0))
+    for output in session.get_outputs():
+        binding.bind_output(output.name, "cuda")
+    return lambda: session.run_with_iobinding(binding)
+
+
+def measure_speed(session: Any, prep: Preprocessing, images: np.ndarray, batch: int, quick: bool) -> dict[str, Any]:
+    """Batch-1 latency and throughput at `batch` for one onnxruntime session.
+
+    Timed through session.run from host memory (copies included). On CUDA, `device_batch1` and
+    `device_throughput_images_per_s` add the same timings with input and output bound on the GPU.
+    """
+    one = normalize(images[:1], prep)
+    repeats = -(-batch // len(images))
+    many = normalize(np.concatenate([images] * repeats)[:batch], prep)
+    runs, min_seconds = (20, 0.2) if quick else (200, 2.0)
+    single_args = dict(warmup=5 if quick else 20, runs=runs, min_seconds=min_seconds)
+    bulk_args = dict(warmup=2 if quick else 5, runs=max(5, runs // 10), min_seconds=min_seconds / 2)
+    provider = session.get_providers()[0]
+    result: dict[str, Any] = {
+        "provider": provider,
+        "batch1": latency(session_call(session, one), **single_args),
+        "throughput_batch": batch,
+        "throughput_images_per_s": batch / (latency(session_call(session, many), **bulk_args)["p50_ms"] / 1e3),
+        "copies": "included (host input and output, session.run)",
+    }
+    if provider == "CUDAExecutionProvider":
+        result["device_batch1"] = latency(device_call(session, one), **single_args)
+        device_bulk = latency(device_call(session, many), **bulk_args)
+        result["device_throughput_images_per_s"] = batch / (device_bulk["p50_ms"] / 1e3)
+    return result

@@ -16,7 +16,6 @@ The sweep folder is resumable: finished trainings are never redone.
 from __future__ import annotations
 
 import itertools
-import json
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -28,7 +27,7 @@ from kdcompress.config import CompressConfig
 from kdcompress.data import Dataset
 from kdcompress.errors import KdcError
 from kdcompress.fair import Prepared, fair_start, prepare
-from kdcompress.files import write_json_atomic
+from kdcompress.files import read_json, write_json_atomic
 from kdcompress.manifest import environment
 from kdcompress.reporting import NullReporter, Reporter
 from kdcompress.stats import compare
@@ -37,8 +36,10 @@ from kdcompress.teacher import load_or_train_teacher
 FORMAT = "kdcompress-sweep/1"
 SHARED_SETTINGS = (  # what every run of a sweep shares: a resumed sweep must agree on all of them
     "dataset", "image_size", "teacher", "student", "pretrained", "pretrained_student", "teacher_weights", "teacher_aux",
-    "epochs", "teacher_epochs", "batch_size", "lr", "weight_decay", "val_fraction",
+    "epochs", "teacher_epochs", "batch_size", "lr", "weight_decay", "val_fraction", "seed",
 )  # fmt: skip
+# Settings that sweeps written before they were recorded lack: such a folder is not refused for them.
+ADDED_LATER = ("seed",)
 
 
 @dataclass(frozen=True)
@@ -98,7 +99,8 @@ def sweep(config: SweepConfig, reporter: Reporter | None = None, command: str = 
     folder = Path(cfg.out)  # type: ignore[arg-type]
     (folder / "runs").mkdir(parents=True, exist_ok=True)
     shared = _check_resumable(folder, run.cfg, run.data)
-    done = {p.stem for p in (folder / "runs").glob("*.json")}
+    retrain = "delete it and run the same command again to retrain that run"
+    done = {p.stem for p in (folder / "runs").glob("*.json") if read_json(p, retrain)}
     plan = [(s, c) for s in cfg.seed_list() for c in [None, *cfg.cells()] if run_name(s, c) not in done]
     total = len(cfg.seed_list()) * (1 + len(cfg.cells()))
     if done:
@@ -124,8 +126,13 @@ def _check_resumable(folder: Path, base: CompressConfig, data: Dataset) -> dict[
         shared = {"format": FORMAT, "settings": settings}
         write_json_atomic(path, shared)
         return shared
-    shared = json.loads(path.read_text())
-    differ = [f"{k} {shared['settings'].get(k)!r} -> {v!r}" for k, v in settings.items() if shared["settings"].get(k) != v]
+    shared = read_json(path, "delete the sweep folder to start over")
+    recorded = shared.get("settings", {})
+    differ = [
+        f"{k} {recorded.get(k)!r} -> {v!r}"
+        for k, v in settings.items()
+        if recorded.get(k) != v and not (k in ADDED_LATER and k not in recorded)
+    ]
     if shared.get("format") != FORMAT or differ:
         raise KdcError(
             f"{folder} holds a sweep made with other settings ({'; '.join(differ) or 'older format'}): "
@@ -186,8 +193,9 @@ def _train_missing(
 
 def summarize(cfg: SweepConfig, data: Dataset, folder: Path, device: str) -> dict[str, Any]:
     """results.json from the run files: per grid point, mean +- std over seeds and the verdict vs baseline."""
-    runs = {p.stem: json.loads(p.read_text()) for p in sorted((folder / "runs").glob("*.json"))}
-    shared = json.loads((folder / "sweep.json").read_text())
+    retrain = "delete it and run the same command again to retrain that run"
+    runs = {p.stem: read_json(p, retrain) for p in sorted((folder / "runs").glob("*.json"))}
+    shared = read_json(folder / "sweep.json", "delete the sweep folder to start over")
     seeds = cfg.seed_list()
 
     def correct(name: str) -> np.ndarray:
@@ -202,7 +210,7 @@ def summarize(cfg: SweepConfig, data: Dataset, folder: Path, device: str) -> dic
         cells.append(
             {"temperature": cell[0], "alpha": cell[1], "beta": cell[2], "objective": runs[names[0]]["objective"], **comparison.to_dict()}
         )
-    costs = [json.loads(p.read_text())["seconds"] for p in (folder / "runs").glob("*.cost")]
+    costs = [read_json(p, retrain).get("seconds", 0.0) for p in (folder / "runs").glob("*.cost")]
     baseline_seconds = [runs[run_name(s, None)]["train_seconds"] for s in seeds]
     distilled_seconds = [runs[run_name(s, c)]["train_seconds"] for s in seeds for c in cfg.cells()]
     results = {
