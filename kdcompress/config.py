@@ -37,6 +37,7 @@ class CompressConfig:
     val_fraction: float = 0.1  # share of train held out (stratified, fixed split) to pick the best epoch
     seed: int = 0  # weights, data order and augmentation; same seed on CPU gives the same numbers
     device: str = "auto"  # auto | cpu | cuda
+    compile: str = "auto"  # auto | on | off: torch.compile the networks (auto: on CUDA, for runs of 2000+ steps)
     artifacts: str = "artifacts"  # root folder; each run gets its own sub-folder
     out: str | None = None  # exact run folder; replaces an earlier run there once the new one is complete
     int8: bool = False  # also write a static INT8 version of the distilled student (kdc quantize)
@@ -61,6 +62,8 @@ class CompressConfig:
                 _check_range(flag, value, low, high)
         if self.device not in ("auto", "cpu", "cuda"):
             raise KdcError(f"--device must be auto, cpu or cuda, not '{self.device}'")
+        if self.compile not in ("auto", "on", "off"):
+            raise KdcError(f"--compile must be auto, on or off, not '{self.compile}'")
         if self.teacher_weights and self.pretrained:
             raise KdcError("--pretrained and --teacher-weights both set the teacher's weights: pick one")
         epochs = self.epochs or spec.epochs

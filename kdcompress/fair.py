@@ -35,7 +35,8 @@ def prepare(config: CompressConfig, reporter: Reporter) -> Prepared:
     cfg = config.resolved()
     resolve_model_name(cfg.teacher)
     resolve_model_name(cfg.student)
-    from kdcompress.train import TrainSettings, resolve_device
+    from kdcompress.accel import resolve_device
+    from kdcompress.train import TrainSettings
 
     device = resolve_device(cfg.device)
     data = load_dataset(cfg.dataset, cfg.data_dir, cfg.image_size, cfg.val_fraction, reporter)
@@ -46,6 +47,7 @@ def prepare(config: CompressConfig, reporter: Reporter) -> Prepared:
         weight_decay=cfg.weight_decay,
         seed=cfg.seed,
         device=device,
+        compile=cfg.compile,
     )
     return Prepared(cfg, device, data, data.preprocessing(), settings)
 

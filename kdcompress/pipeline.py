@@ -63,7 +63,8 @@ def _train_all(run: Prepared, reporter: Reporter) -> tuple[dict[str, Any], dict[
 
     Returns the models, their training records, and how the training ran (the manifest's `training`).
     """
-    from kdcompress.train import fit, precision
+    from kdcompress.accel import describe_precision
+    from kdcompress.train import fit
 
     cfg = run.cfg
     teacher, teacher_record = load_or_train_teacher(cfg, run.data, run.prep, run.settings, reporter)
@@ -80,7 +81,13 @@ def _train_all(run: Prepared, reporter: Reporter) -> tuple[dict[str, Any], dict[
     result = fit(distillation, run.data, run.prep, start.settings, reporter, "distilled")
     records["student"] = {"objective": distillation.describe(), **result.record()}
     models = {"teacher": teacher, "baseline": baseline.student, "student": distillation.student}
-    return models, records, {"device": run.device, "precision": precision(run.device), "teacher_outputs": "live"}
+    training = {
+        "device": run.device,
+        "precision": describe_precision(run.device, run.settings.precision),
+        "compile": cfg.compile,
+        "teacher_outputs": "live",
+    }
+    return models, records, training
 
 
 def _finish(

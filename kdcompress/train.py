@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
@@ -17,13 +18,24 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from kdcompress.accel import (
+    autocast,
+    compiled,
+    create_optimizer,
+    cudnn_autotune,
+    eager,
+    grad_scaler,
+    resolve_precision,
+    should_compile,
+)
 from kdcompress.data import Dataset
 from kdcompress.errors import KdcError
 from kdcompress.objectives import LiveTeacher, RecordedTeacher, trainable_parameters
 from kdcompress.reporting import Reporter
 from kdcompress.runtime import Preprocessing
 
-REPORT_EVERY = 5  # steps between progress updates (each one waits for the device)
+REPORT_EVERY = 5  # steps between progress updates on CPU
+REPORT_EVERY_CUDA = 25  # on CUDA, where each update waits for the device to finish its queued work
 
 
 @dataclass(frozen=True)
@@ -36,6 +48,8 @@ class TrainSettings:
     weight_decay: float
     seed: int
     device: str  # "cpu" or "cuda" (already resolved)
+    precision: str = "auto"  # auto | bfloat16 | float16 | float32 (CUDA only; the CPU trains in float32)
+    compile: str = "off"  # auto | on | off: torch.compile of each network's forward_features (accel.should_compile)
 
 
 @dataclass
@@ -55,32 +69,6 @@ class FitResult:
             "train_seconds": round(self.train_seconds, 2),
             "history": self.history,
         }
-
-
-def resolve_device(requested: str) -> str:
-    """auto -> cuda when available, else cpu; cuda without a GPU is an error."""
-    if requested not in ("auto", "cpu", "cuda"):
-        raise KdcError(f"unknown device '{requested}': use auto, cpu or cuda")
-    if requested == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise KdcError("--device cuda was asked for but torch sees no CUDA GPU: use --device cpu or auto")
-    return requested
-
-
-def precision(device: str) -> str:
-    """The arithmetic training uses on this device (see _autocast)."""
-    if device != "cuda":
-        return "float32"
-    return "bfloat16 autocast" if torch.cuda.is_bf16_supported() else "float16 autocast with loss scaling"
-
-
-def _autocast(device: str) -> Any:
-    """Mixed precision on CUDA (bfloat16 where supported, else float16); full precision on CPU."""
-    if device != "cuda":
-        return torch.autocast("cpu", enabled=False)
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast("cuda", dtype=dtype)
 
 
 def to_input(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
@@ -105,7 +93,7 @@ def predict_logits(
     outputs = []
     for start in range(0, len(images), batch_size):
         batch = torch.from_numpy(images[start : start + batch_size]).to(device)
-        with _autocast(device if amp else "cpu"):
+        with autocast(device, resolve_precision(device) if amp else "float32"):
             logits = model(to_input(batch, mean, std).contiguous(memory_format=torch.channels_last))
         outputs.append(logits.float().cpu().numpy())
     model.train(was_training)
@@ -132,7 +120,9 @@ class ViewStream:
 
     def __init__(self, data: Dataset, prep: Preprocessing, settings: TrainSettings) -> None:
         device = settings.device
-        self.generator = torch.Generator().manual_seed(settings.seed)
+        # On the device the batches are made on: no index copies from the host each step. On CPU this is the
+        # CPU generator, so CPU numbers are unchanged; a CUDA run draws other (equally seeded) views.
+        self.generator = torch.Generator(device=device).manual_seed(settings.seed)
         self.train_x = torch.from_numpy(data.train_x).to(device)
         self.train_y = torch.from_numpy(data.train_y).to(device)
         self.mean, self.std = _stats(prep, device)
@@ -145,7 +135,7 @@ class ViewStream:
     def epoch(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """One epoch of (normalised, augmented, channels-last images, labels) batches."""
         used = self.steps_per_epoch * self.batch_size
-        order = torch.randperm(self.n, generator=self.generator)[:used].to(self.device)
+        order = torch.randperm(self.n, generator=self.generator, device=self.device)[:used]
         for step in range(self.steps_per_epoch):
             index = order[step * self.batch_size : (step + 1) * self.batch_size]
             images = augment(to_input(self.train_x[index], self.mean, self.std), self.generator, self.flip)
@@ -170,7 +160,7 @@ def record_teacher(
     with reporter.progress(label, total=settings.epochs * stream.steps_per_epoch) as advance:
         for _ in range(settings.epochs):
             for images, _labels in stream.epoch():
-                with _autocast(device):
+                with autocast(device, resolve_precision(device, settings.precision)):
                     batch_logits, batch_pooled = live(images, None, features)
                 logits.append(batch_logits.float())
                 if features:
@@ -204,45 +194,37 @@ def fit(
     student = objective.student
     stream = ViewStream(data, prep, settings)
     steps_per_epoch = stream.steps_per_epoch
-    optimizer = torch.optim.AdamW(trainable_parameters(objective), lr=settings.lr, weight_decay=settings.weight_decay)
     total_steps = settings.epochs * steps_per_epoch
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=settings.lr, total_steps=total_steps, pct_start=warmup_fraction(total_steps)
-    )
-    scaler = torch.amp.GradScaler("cuda", enabled=device == "cuda" and not torch.cuda.is_bf16_supported())
+    step = TrainStep(objective, settings, total_steps)
+    report_every = REPORT_EVERY if device == "cpu" else REPORT_EVERY_CUDA
 
     history: list[dict[str, float]] = []
     best_state: dict[str, torch.Tensor] | None = None
     best_epoch, best_val = 0, -1.0
     started = time.perf_counter()
     status = ""
-    with reporter.progress(label, total=settings.epochs * steps_per_epoch) as advance:
+    with step.ready(), reporter.progress(label, total=total_steps) as advance:
         for epoch in range(1, settings.epochs + 1):
             objective.train()
             sums: dict[str, torch.Tensor] = {}  # on the device: read back only every few steps (no per-step sync)
             epoch_start, reported = time.perf_counter(), 0
-            for step, (images, labels) in enumerate(stream.epoch()):
-                with _autocast(device):
-                    loss, parts = objective(images, labels, (epoch - 1) * steps_per_epoch + step)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
+            for index, (images, labels) in enumerate(stream.epoch()):
+                loss, parts = step(images, labels, (epoch - 1) * steps_per_epoch + index)
                 for name, value in {"loss": loss, **parts}.items():
                     sums[name] = sums[name] + value.detach().float() if name in sums else value.detach().float()
-                if step % REPORT_EVERY == REPORT_EVERY - 1 or step == steps_per_epoch - 1:
-                    means = {k: float(v) / (step + 1) for k, v in sums.items()}
+                if index % report_every == report_every - 1 or index == steps_per_epoch - 1:
+                    means = {k: float(v) / (index + 1) for k, v in sums.items()}
                     if not np.isfinite(means["loss"]):
                         raise KdcError(f"{label}: the loss became {means['loss']} in epoch {epoch}; lower --lr and retry")
                     running = " ".join(f"{k} {v:.3f}" for k, v in means.items())
-                    advance(step + 1 - reported, status=f"ep {epoch}/{settings.epochs}{status} | {running}")
-                    reported = step + 1
+                    advance(index + 1 - reported, status=f"ep {epoch}/{settings.epochs}{status} | {running}")
+                    reported = index + 1
             # Scored on the dataset's own classes: outputs beyond them are auxiliary classes (a teacher's).
-            val_logits = predict_logits(student, data.val_x, prep, device, amp=True)[:, : len(data.classes)]
+            with eager(student):
+                val_logits = predict_logits(student, data.val_x, prep, device, amp=True)[:, : len(data.classes)]
             val_acc = accuracy(val_logits, data.val_y)
             record = {"epoch": epoch, **means}
-            record.update(val_accuracy=val_acc, lr=scheduler.get_last_lr()[0], seconds=time.perf_counter() - epoch_start)
+            record.update(val_accuracy=val_acc, lr=step.scheduler.get_last_lr()[0], seconds=time.perf_counter() - epoch_start)
             history.append(record)
             if val_acc > best_val:
                 best_val, best_epoch = val_acc, epoch
@@ -255,6 +237,48 @@ def fit(
     return FitResult(best_epoch, best_val, time.perf_counter() - started, history)
 
 
+class TrainStep:
+    """One optimizer step of an objective: forward in the run's precision, backward, AdamW, one-cycle schedule.
+
+    `fit` and benchmarks/train_throughput.py both train through it. `ready()` is the context in which
+    steps run: cuDNN autotuning on CUDA, and the networks compiled when settings.compile says so.
+    """
+
+    def __init__(self, objective: nn.Module, settings: TrainSettings, total_steps: int) -> None:
+        self.objective = objective
+        self.device = settings.device
+        self.precision = resolve_precision(settings.device, settings.precision)
+        self.optimizer = create_optimizer(trainable_parameters(objective), settings.lr, settings.weight_decay, settings.device)
+        self.scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            self.optimizer, max_lr=settings.lr, total_steps=total_steps, pct_start=warmup_fraction(total_steps)
+        )
+        self.scaler = grad_scaler(settings.device, self.precision)
+        self.compile = should_compile(settings.compile, settings.device, total_steps)
+
+    def networks(self) -> list[nn.Module]:
+        """The networks that run in a step: the student, and the teacher when it runs live."""
+        teacher = getattr(self.objective, "teacher", None)
+        live = [teacher.model] if isinstance(teacher, LiveTeacher) else []
+        return [self.objective.student, *live]
+
+    def ready(self) -> Any:
+        """The context steps run in (cuDNN autotuning, compiled networks)."""
+        stack = ExitStack()
+        stack.enter_context(cudnn_autotune(self.device))
+        stack.enter_context(compiled(self.networks(), self.compile))
+        return stack
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor, view: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        with autocast(self.device, self.precision):
+            loss, parts = self.objective(images, labels, view)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        return loss, parts
+
+
 def clone_model(model: nn.Module) -> nn.Module:
     """An independent copy with identical weights (for baseline and distilled student)."""
     return copy.deepcopy(model)
@@ -265,14 +289,14 @@ def augment(batch: Any, generator: Any, flip: bool) -> Any:
     n, _, h, w = batch.shape
     pad = max(1, h // 8)
     padded = F.pad(batch, (pad, pad, pad, pad), mode="reflect")
-    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(batch.device)
-    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(batch.device)
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=generator.device).to(batch.device)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=generator.device).to(batch.device)
     rows = (dy[:, None] + torch.arange(h, device=batch.device)[None, :])[:, None, :, None]
     cols = (dx[:, None] + torch.arange(w, device=batch.device)[None, :])[:, None, None, :]
     index = torch.arange(n, device=batch.device)[:, None, None, None]
     channel = torch.arange(batch.shape[1], device=batch.device)[None, :, None, None]
     out = padded[index, channel, rows, cols]
     if flip:
-        mirror = (torch.rand(n, generator=generator) < 0.5).to(batch.device)
+        mirror = (torch.rand(n, generator=generator, device=generator.device) < 0.5).to(batch.device)
         out = torch.where(mirror[:, None, None, None], out.flip(3), out)
     return out

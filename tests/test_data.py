@@ -165,11 +165,13 @@ def test_chest_xray_layout_on_a_slice_of_the_shared_set(tmp_path, chest_xray):
 def test_image_decoding_handles_modes_and_reports_bad_files(tmp_path):
     Image.fromarray(np.full((10, 12), 40000, dtype=np.uint16)).save(tmp_path / "deep.png")
     Image.new("RGBA", (9, 9), (255, 0, 0, 0)).save(tmp_path / "clear.png")
-    Image.new("P", (9, 9), 3).save(tmp_path / "palette.bmp")
+    palette = Image.new("P", (9, 9), 3)
+    palette.putpalette([v for i in range(256) for v in (i, 255 - i, 0)])  # a full 256-colour table: any Pillow reads it
+    palette.save(tmp_path / "palette.bmp")
     deep = load_image(tmp_path / "deep.png", 4, 1)
     assert deep.shape == (1, 4, 4) and deep.min() == deep.max() == round(40000 / 65535 * 255)
     assert load_image(tmp_path / "clear.png", 4, 3)[:, 0, 0].tolist() == [255, 255, 255]  # transparent -> white
-    assert load_image(tmp_path / "palette.bmp", 4, 3).shape == (3, 4, 4)
+    assert load_image(tmp_path / "palette.bmp", 4, 3)[:, 0, 0].tolist() == [3, 252, 0]  # colour 3 of the table
     buffer = io.BytesIO()
     Image.new("RGB", (64, 64), (1, 2, 3)).save(buffer, format="JPEG")
     (tmp_path / "cut.jpg").write_bytes(buffer.getvalue()[:200])

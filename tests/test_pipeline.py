@@ -14,7 +14,7 @@ from kdcompress.pipeline import compress
 from kdcompress.reporting import Reporter
 from kdcompress.runtime import Preprocessing, create_session, run_logits
 
-TINY = dict(teacher="test_efficientnet", student="test_resnet", image_size=16, epochs=2)
+TINY = dict(teacher="test_efficientnet", student="test_resnet", image_size=16, epochs=2, device="cpu")  # CPU: bit-identical
 
 
 class Recorder(Reporter):

@@ -1,0 +1,148 @@
+"""Training throughput (images per second) of the teacher and the student, eager against compiled (issue #10).
+
+    python benchmarks/train_throughput.py [--device auto|cpu|cuda] [--sizes 32,224] [--modes eager,compiled]
+
+Each case trains through the very step `kdc compress` uses (`train.TrainStep`: the view stream's
+augmentation on the device, autocast, backward, AdamW, one-cycle schedule) on random uint8 images:
+speed does not depend on what the pixels show. The first `--warmup` steps are timed apart (they hold
+cuDNN autotuning and, compiled, the compile itself: the one-off cost), then `--steps` steps are
+timed with the device synchronised at both ends. The teacher is EfficientNet-B3 built as the teacher
+recipe builds it (stride-1 stem up to 64 px), the student ResNet18. The record goes to
+benchmarks/results/train-throughput-<device>.json (and --out) with the command, the machine and the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from kdcompress.manifest import environment  # noqa: E402
+
+MODELS = {"teacher": "efficientnet_b3", "student": "resnet18"}
+
+
+def _dataset(size: int, images: int):
+    from kdcompress.data import Dataset
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (images, 3, size, size), dtype=np.uint8)
+    y = rng.integers(0, 3, images).astype(np.int64)
+    return Dataset("random", ["a", "b", "c"], 3, size, True, "random pixels", x, y, x[:8], y[:8], x[:8], y[:8])
+
+
+def measure(role: str, size: int, mode: str, device: str, batch: int, warmup: int, steps: int) -> dict:
+    """Warm-up seconds, then images per second over `steps` training steps of one network."""
+    import torch
+
+    from kdcompress.models import create_model, set_stem_stride
+    from kdcompress.objectives import Supervised
+    from kdcompress.teacher import teacher_stem_stride, zero_init_head
+    from kdcompress.train import TrainSettings, TrainStep, ViewStream
+
+    torch.manual_seed(0)
+    model = create_model(MODELS[role], 3, 3)
+    if role == "teacher":
+        zero_init_head(model)
+        set_stem_stride(model, teacher_stem_stride(model, size))
+    data = _dataset(size, batch * 4)
+    settings = TrainSettings(1, batch, 2e-3, 0.05, 0, device, compile="on" if mode == "compiled" else "off")
+    objective = Supervised(model).to(device).to(memory_format=torch.channels_last)
+    step = TrainStep(objective, settings, total_steps=warmup + steps)
+    stream = ViewStream(data, data.preprocessing(), settings)
+
+    def batches():
+        while True:
+            yield from stream.epoch()
+
+    feed = batches()
+
+    def sync() -> None:
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    with step.ready():
+        started = time.perf_counter()
+        for view in range(warmup):
+            step(*next(feed), view)
+        sync()
+        warm = time.perf_counter() - started
+        started = time.perf_counter()
+        for view in range(steps):
+            loss, _ = step(*next(feed), warmup + view)
+        sync()
+        seconds = time.perf_counter() - started
+    return {
+        "role": role,
+        "model": MODELS[role] + (" (stride-1 stem)" if role == "teacher" and size <= 64 else ""),
+        "image_size": size,
+        "mode": mode,
+        "batch": batch,
+        "precision": step.precision,
+        "warmup_steps": warmup,
+        "warmup_seconds": round(warm, 2),
+        "steps": steps,
+        "ms_per_step": round(1e3 * seconds / steps, 2),
+        "images_per_s": round(batch * steps / seconds, 1),
+        "final_loss": float(loss.detach()),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--sizes", default="32,224")
+    parser.add_argument("--modes", default="eager,compiled")
+    parser.add_argument("--roles", default="teacher,student")
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--warmup", type=int, default=None, help="default: 20 on CUDA, 2 on CPU")
+    parser.add_argument("--steps", type=int, default=None, help="default: 50 on CUDA, 5 on CPU")
+    parser.add_argument("--out", type=Path, default=None, help="also write the record here")
+    args = parser.parse_args()
+
+    from kdcompress.accel import resolve_device
+
+    device = resolve_device(args.device)
+    warmup = args.warmup if args.warmup is not None else (20 if device == "cuda" else 2)
+    steps = args.steps if args.steps is not None else (50 if device == "cuda" else 5)
+    results = []
+    for size in (int(s) for s in args.sizes.split(",")):
+        for role in args.roles.split(","):
+            for mode in args.modes.split(","):
+                result = measure(role, size, mode, device, args.batch, warmup, steps)
+                results.append(result)
+                print(
+                    f"{result['model']:<32} {size:>4} px  {mode:<8} {result['images_per_s']:>9.1f} img/s  "
+                    f"{result['ms_per_step']:>7.2f} ms/step  (warm-up {result['warmup_seconds']:.1f} s)",
+                    flush=True,
+                )
+    machine = environment()
+    import torch
+
+    if device == "cuda":
+        machine["gpu"] = torch.cuda.get_device_name()
+        machine["cuda"] = torch.version.cuda
+    record = {
+        "command": " ".join(["python", "benchmarks/train_throughput.py", *sys.argv[1:]]),
+        "recorded": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "device": device,
+        "machine": machine,
+        "results": results,
+    }
+    target = HERE / "results" / f"train-throughput-{device}.json"
+    for path in [target, *([args.out] if args.out else [])]:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"-> {target}")
+
+
+if __name__ == "__main__":
+    main()

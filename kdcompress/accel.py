@@ -1,0 +1,125 @@
+"""How training uses the device: which device, which arithmetic, and whether the networks are compiled.
+
+On CUDA: bfloat16 autocast (float16 with loss scaling where bfloat16 is missing, or when asked),
+cuDNN autotuning for the fixed batch shapes, fused AdamW, and `torch.compile` of each network's
+`forward_features` when the run is long enough for the compile time to pay back (`--compile auto`).
+On CPU everything stays float32 and eager, so the same seed gives the same numbers.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager, nullcontext
+from typing import Any, Iterator
+
+import torch
+
+from kdcompress.errors import KdcError
+
+PRECISIONS = ("auto", "bfloat16", "float16", "float32")
+COMPILE_CHOICES = ("auto", "on", "off")
+# --compile auto compiles on CUDA from this many optimizer steps on (cifar3's teacher: 60 epochs x 41 steps = 2460).
+# Compile costs tens of seconds per network; see benchmarks/train_throughput.py for what it buys per step.
+AUTO_COMPILE_STEPS = 2000
+
+
+def resolve_device(requested: str) -> str:
+    """auto -> cuda when available, else cpu; cuda without a GPU is an error."""
+    if requested not in ("auto", "cpu", "cuda"):
+        raise KdcError(f"unknown device '{requested}': use auto, cpu or cuda")
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise KdcError("--device cuda was asked for but torch sees no CUDA GPU: use --device cpu or auto")
+    return requested
+
+
+def resolve_precision(device: str, requested: str = "auto") -> str:
+    """The arithmetic of training: float32 on CPU; on CUDA bfloat16 autocast where supported, else float16."""
+    if requested not in PRECISIONS:
+        raise KdcError(f"unknown precision '{requested}': use {', '.join(PRECISIONS)}")
+    if device != "cuda":
+        return "float32"
+    if requested == "auto":
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    return requested
+
+
+def describe_precision(device: str, requested: str = "auto") -> str:
+    """The precision as the manifest states it."""
+    precision = resolve_precision(device, requested)
+    return {"bfloat16": "bfloat16 autocast", "float16": "float16 autocast with loss scaling"}.get(precision, precision)
+
+
+def autocast(device: str, precision: str) -> Any:
+    """Mixed-precision context for a forward pass (a no-op in float32)."""
+    if device != "cuda" or precision == "float32":
+        return torch.autocast("cpu", enabled=False)
+    return torch.autocast("cuda", dtype=torch.bfloat16 if precision == "bfloat16" else torch.float16)
+
+
+def grad_scaler(device: str, precision: str) -> Any:
+    """Loss scaling, needed by float16 only (bfloat16 has float32's range)."""
+    return torch.amp.GradScaler("cuda", enabled=device == "cuda" and precision == "float16")
+
+
+def create_optimizer(parameters: list[Any], lr: float, weight_decay: float, device: str) -> Any:
+    """AdamW; on CUDA its fused kernel (one launch for all parameters instead of several per tensor)."""
+    return torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay, fused=True if device == "cuda" else None)
+
+
+def should_compile(choice: str, device: str, steps: int) -> bool:
+    """--compile on/off as asked; auto compiles on CUDA for runs of at least AUTO_COMPILE_STEPS steps."""
+    if choice not in COMPILE_CHOICES:
+        raise KdcError(f"unknown --compile '{choice}': use {', '.join(COMPILE_CHOICES)}")
+    if choice == "auto":
+        return device == "cuda" and steps >= AUTO_COMPILE_STEPS
+    return choice == "on"
+
+
+@contextmanager
+def cudnn_autotune(device: str) -> Iterator[None]:
+    """Let cuDNN time its convolution algorithms once per shape (training shapes are fixed: the ragged batch is dropped)."""
+    if device != "cuda":
+        yield
+        return
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = True
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = before
+
+
+@contextmanager
+def compiled(networks: list[Any], enabled: bool) -> Iterator[None]:
+    """Compile each network's forward_features for the duration (timm's forward and the objectives call it).
+
+    The compiled function shadows the method on the instance only, so the weights are shared, and it
+    is removed afterwards: checkpoints, evaluation and the ONNX export see the plain network.
+    """
+    if not enabled:
+        yield
+        return
+    for network in networks:
+        network.forward_features = torch.compile(network.forward_features)
+    try:
+        yield
+    finally:
+        for network in networks:
+            network.__dict__.pop("forward_features", None)
+
+
+def eager(network: Any) -> Any:
+    """A context in which network runs its plain forward_features (evaluation inside a compiled training)."""
+    if "forward_features" not in network.__dict__:
+        return nullcontext()
+    return _without_compiled(network)
+
+
+@contextmanager
+def _without_compiled(network: Any) -> Iterator[None]:
+    compiled_forward = network.__dict__.pop("forward_features")
+    try:
+        yield
+    finally:
+        network.forward_features = compiled_forward

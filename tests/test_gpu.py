@@ -1,0 +1,157 @@
+"""CUDA paths: a tiny compress, bf16 and forced fp16 steps, recorded vs live teacher, compile, onnxruntime on CUDA.
+
+Marked `gpu`: skipped where torch sees no CUDA device (CI, this project's CPU machines); run by
+benchmarks/gpu_check.sh on a GPU machine. The compile bookkeeping test at the end runs everywhere.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from kdcompress.data import load_dataset
+from kdcompress.models import create_model, create_projection
+from kdcompress.objectives import Distillation, Supervised
+from kdcompress.reporting import NullReporter
+from kdcompress.train import TrainSettings, TrainStep, ViewStream, clone_model, fit, record_teacher
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def _settings(**changes):
+    return TrainSettings(**{**dict(epochs=1, batch_size=64, lr=2e-3, weight_decay=0.05, seed=0, device="cuda"), **changes})
+
+
+@pytest.fixture(scope="module")
+def digits():
+    data = load_dataset("digits", None, 16, 0.1)
+    return data, data.preprocessing()
+
+
+@pytest.mark.gpu
+@cuda
+def test_tiny_compress_on_cuda_exports_what_it_trained(tmp_path):
+    from kdcompress.config import CompressConfig
+    from kdcompress.pipeline import compress
+
+    config = CompressConfig(teacher="test_efficientnet", student="test_resnet", image_size=16, epochs=2, device="cuda", out=str(tmp_path / "run"))
+    manifest = compress(config).manifest
+    assert manifest.training["device"] == "cuda" and manifest.training["precision"].endswith("autocast")
+    for role, entry in manifest.models.items():
+        export = entry.details["export"]
+        assert export["max_abs_diff"] <= export["allowed_diff"], role  # the ONNX file is the CUDA-trained network
+
+
+@pytest.mark.gpu
+@cuda
+@pytest.mark.parametrize("precision, scaled", [("bfloat16", False), ("float16", True)])
+def test_mixed_precision_steps_move_the_weights_and_stay_finite(digits, precision, scaled):
+    data, prep = digits
+    torch.manual_seed(0)
+    objective = Supervised(create_model("test_resnet", 10, 1)).cuda().to(memory_format=torch.channels_last)
+    settings = _settings(precision=precision)
+    step = TrainStep(objective, settings, total_steps=10)
+    assert step.scaler.is_enabled() is scaled  # loss scaling exactly where float16 needs it
+    before = [p.detach().clone() for p in objective.parameters()]
+    images, labels = next(ViewStream(data, prep, settings).epoch())
+    with step.ready():
+        for view in range(3):
+            loss, _ = step(images, labels, view)
+    assert torch.isfinite(loss) and loss.dtype == torch.float32
+    assert all(not torch.equal(a, b) for a, b in zip(before, objective.parameters()) if a.numel() > 1)
+
+
+@pytest.mark.gpu
+@cuda
+def test_views_on_cuda_are_reproducible_by_seed(digits):
+    data, prep = digits
+    first = [images.clone() for images, _ in ViewStream(data, prep, _settings()).epoch()]
+    second = [images for images, _ in ViewStream(data, prep, _settings()).epoch()]
+    other = [images for images, _ in ViewStream(data, prep, _settings(seed=1)).epoch()]
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
+    assert not torch.equal(first[0], other[0])
+
+
+@pytest.mark.gpu
+@cuda
+def test_recorded_teacher_outputs_match_the_live_teacher_on_cuda(digits):
+    """Recorded and live outputs for every view agree within bfloat16 rounding (1% of the logit scale)."""
+    data, prep = digits
+    settings = _settings(epochs=2)
+    torch.manual_seed(0)
+    teacher = create_model("test_efficientnet", 10, 1).cuda().eval()
+    recorded = record_teacher(teacher, data, prep, settings, True, NullReporter())
+    from kdcompress.objectives import LiveTeacher
+
+    live = LiveTeacher(teacher).to(memory_format=torch.channels_last)
+    stream = ViewStream(data, prep, settings)
+    view = 0
+    for _ in range(settings.epochs):
+        for images, _labels in stream.epoch():
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                logits, pooled = live(images, None, True)
+            scale = recorded.logits[view].abs().max().item() + 1e-3
+            assert (logits.float() - recorded.logits[view]).abs().max().item() <= 0.01 * scale
+            view += 1
+    assert view == recorded.views
+    initial = create_model("test_resnet", 10, 1)
+    projection = create_projection(initial, teacher)
+    student = clone_model(initial)
+    result = fit(Distillation(student, recorded, 4.0, 0.5, 0.3, clone_model(projection)), data, prep, settings, NullReporter(), "r")
+    assert np.isfinite(result.history[-1]["loss"])
+
+
+@pytest.mark.gpu
+@cuda
+def test_compiled_training_trains_and_hands_back_plain_networks(digits):
+    data, prep = digits
+    torch.manual_seed(0)
+    student = create_model("test_resnet", 10, 1)
+    result = fit(Supervised(student), data, prep, _settings(epochs=2, compile="on"), NullReporter(), "compiled")
+    assert "forward_features" not in student.__dict__ and result.best_val_accuracy > 0.1
+    assert np.isfinite(result.history[-1]["loss"])
+
+
+@pytest.mark.gpu
+@cuda
+def test_onnxruntime_runs_on_cuda_when_it_can(tiny_run):
+    import onnxruntime
+
+    from kdcompress.manifest import load_images, read_manifest
+    from kdcompress.runtime import create_session, run_logits
+
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        pytest.skip("this onnxruntime is the CPU build (onnxruntime-gpu is not installed)")
+    manifest = read_manifest(tiny_run)
+    images, _ = load_images(tiny_run, manifest, "test_set")
+    session = create_session(tiny_run / "student.onnx", "cuda")
+    assert session.get_providers()[0] == "CUDAExecutionProvider"
+    on_cpu = run_logits(create_session(tiny_run / "student.onnx"), images, manifest.preprocessing)
+    assert np.allclose(run_logits(session, images, manifest.preprocessing), on_cpu, atol=1e-3)
+
+
+def test_compile_shadows_forward_features_only_while_training(monkeypatch, digits):
+    """Runs everywhere: torch.compile replaced by a recorder, so the bookkeeping is checked without a compiler."""
+    import kdcompress.accel as accel
+
+    compiled_calls = []
+
+    def fake_compile(fn):
+        def wrapper(*args, **kwargs):
+            compiled_calls.append(1)
+            return fn(*args, **kwargs)
+
+        return wrapper
+
+    monkeypatch.setattr(accel.torch, "compile", fake_compile)
+    data, prep = digits
+    torch.manual_seed(0)
+    student = create_model("test_resnet", 10, 1)
+    settings = _settings(device="cpu", compile="on")
+    fit(Supervised(student), data, prep, settings, NullReporter(), "fake-compiled")
+    steps = len(data.train_y) // 64
+    assert len(compiled_calls) == steps  # every training forward went through it; validation did not
+    assert "forward_features" not in student.__dict__
+    assert accel.should_compile("auto", "cuda", accel.AUTO_COMPILE_STEPS) and not accel.should_compile("auto", "cpu", 10**6)
+    assert not accel.should_compile("auto", "cuda", accel.AUTO_COMPILE_STEPS - 1) and accel.should_compile("on", "cpu", 1)
