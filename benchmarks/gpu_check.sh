@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One GPU check for a machine with torch, timm and onnx but no network (issue #10): about 8 minutes.
+# One GPU check for a machine with torch, timm and onnx but no network (issue #10); its step limits add up to 550 s.
 #
 #   benchmarks/gpu_check.sh DATA_DIR [LOG_DIR]
 #
@@ -37,20 +37,20 @@ step() {  # step NAME LIMIT_SECONDS LOGFILE COMMAND...: run, time it, note the e
     $PY -c "import torch, timm, onnxruntime; print('torch', torch.__version__, 'cuda', torch.version.cuda, '| timm', timm.__version__, '| onnxruntime', onnxruntime.__version__, onnxruntime.get_available_providers())"
 } | tee "$SUMMARY"
 
-step "1 pytest (CUDA)" 150 "$LOG/pytest.log" \
+step "1 pytest (CUDA)" 110 "$LOG/pytest.log" \
     $PY -m pytest -q -n 12 -m "not realdata" -p no:cacheprovider
 tail -n 3 "$LOG/pytest.log" | tee -a "$SUMMARY"
 
-step "2 compress cifar3 (defaults, CUDA)" 200 "$LOG/compress-cifar3.log" \
+step "2 compress cifar3 (defaults, CUDA)" 150 "$LOG/compress-cifar3.log" \
     $PY -m kdcompress compress --dataset cifar3 --data-dir "$DATA" --device cuda --int8 --out "$WORK/cifar3"
 
-step "3 benchmark cifar3" 60 "$LOG/benchmark-cifar3.log" \
+step "3 benchmark cifar3" 40 "$LOG/benchmark-cifar3.log" \
     $PY -m kdcompress benchmark "$WORK/cifar3" --quick
 
-step "4 train_throughput" 200 "$LOG/throughput.log" \
+step "4 train_throughput" 140 "$LOG/throughput.log" \
     $PY benchmarks/train_throughput.py --device cuda --out "$LOG/train-throughput.json"
 
-step "5 compress chest-xray 224 px (CUDA)" 150 "$LOG/compress-chest224.log" \
+step "5 compress chest-xray 224 px (CUDA)" 110 "$LOG/compress-chest224.log" \
     $PY -m kdcompress compress --dataset chest-xray --data-dir "$DATA/chest_xray" --image-size 224 --device cuda --out "$WORK/chest224"
 
 {

@@ -113,17 +113,6 @@ def main() -> None:
     device = resolve_device(args.device)
     warmup = args.warmup if args.warmup is not None else (20 if device == "cuda" else 2)
     steps = args.steps if args.steps is not None else (50 if device == "cuda" else 5)
-    results = []
-    for size in (int(s) for s in args.sizes.split(",")):
-        for role in args.roles.split(","):
-            for mode in args.modes.split(","):
-                result = measure(role, size, mode, device, args.batch, warmup, steps)
-                results.append(result)
-                print(
-                    f"{result['model']:<32} {size:>4} px  {mode:<8} {result['images_per_s']:>9.1f} img/s  "
-                    f"{result['ms_per_step']:>7.2f} ms/step  (warm-up {result['warmup_seconds']:.1f} s)",
-                    flush=True,
-                )
     machine = environment()
     import torch
 
@@ -135,12 +124,22 @@ def main() -> None:
         "recorded": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "device": device,
         "machine": machine,
-        "results": results,
+        "results": [],
     }
     target = HERE / "results" / f"train-throughput-{device}.json"
-    for path in [target, *([args.out] if args.out else [])]:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(record, indent=2) + "\n")
+    for size in (int(s) for s in args.sizes.split(",")):
+        for role in args.roles.split(","):
+            for mode in args.modes.split(","):
+                result = measure(role, size, mode, device, args.batch, warmup, steps)
+                record["results"].append(result)
+                print(
+                    f"{result['model']:<32} {size:>4} px  {mode:<8} {result['images_per_s']:>9.1f} img/s  "
+                    f"{result['ms_per_step']:>7.2f} ms/step  (warm-up {result['warmup_seconds']:.1f} s)",
+                    flush=True,
+                )
+                for path in [target, *([args.out] if args.out else [])]:  # after every case: a cut run keeps its figures
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    path.write_text(json.dumps(record, indent=2) + "\n")
     print(f"-> {target}")
 
 
