@@ -1,8 +1,9 @@
 """How training uses the device: which device, which arithmetic, and whether the networks are compiled.
 
 On CUDA: bfloat16 autocast (float16 with loss scaling where bfloat16 is missing, or when asked),
-cuDNN autotuning for the fixed batch shapes, fused AdamW, and `torch.compile` of each network's
-`forward_features` when the run is long enough for the compile time to pay back (`--compile auto`).
+cuDNN autotuning for the fixed batch shapes, fused AdamW, and, with `--compile on`, `torch.compile`
+of each network's `forward_features`. `--compile auto` leaves it off: on one H200 it measured no faster
+(benchmarks/results/train-throughput-cuda.json).
 On CPU everything stays float32 and eager, so the same seed gives the same numbers.
 """
 
@@ -17,9 +18,10 @@ from kdcompress.errors import KdcError
 
 PRECISIONS = ("auto", "bfloat16", "float16", "float32")
 COMPILE_CHOICES = ("auto", "on", "off")
-# --compile auto compiles on CUDA from this many optimizer steps on (cifar3's teacher: 60 epochs x 41 steps = 2460).
-# Compile costs tens of seconds per network; see benchmarks/train_throughput.py for what it buys per step.
-AUTO_COMPILE_STEPS = 2000
+# What --compile auto decides. Measured on one H200 (torch 2.11, batch 128, benchmarks/train_throughput.py):
+# compiled forward_features trained EfficientNet-B3 at 32 px at 3134 img/s against 3352 eager, ResNet18 at
+# 32 px at 16764 against 16992, so auto does not compile. Measure again before changing this.
+AUTO_COMPILES = False
 
 
 def resolve_device(requested: str) -> str:
@@ -67,12 +69,12 @@ def create_optimizer(parameters: list[Any], lr: float, weight_decay: float, devi
     return torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay, fused=True if device == "cuda" else None)
 
 
-def should_compile(choice: str, device: str, steps: int) -> bool:
-    """--compile on/off as asked; auto compiles on CUDA for runs of at least AUTO_COMPILE_STEPS steps."""
+def should_compile(choice: str, device: str) -> bool:
+    """--compile on/off as asked; auto compiles where it measured faster (AUTO_COMPILES: on CUDA, nowhere yet)."""
     if choice not in COMPILE_CHOICES:
         raise KdcError(f"unknown --compile '{choice}': use {', '.join(COMPILE_CHOICES)}")
     if choice == "auto":
-        return device == "cuda" and steps >= AUTO_COMPILE_STEPS
+        return AUTO_COMPILES and device == "cuda"
     return choice == "on"
 
 

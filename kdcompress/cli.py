@@ -121,8 +121,8 @@ WEIGHT_DECAY_OPTION = _option("weight_decay", "--weight-decay", help="AdamW weig
 VAL_FRACTION_OPTION = _option("val_fraction", "--val-fraction", help="Share of train held out to pick the best epoch (the test split never is).")
 DEVICE_OPTION = _option("device", "--device", help="auto, cpu or cuda (bfloat16 mixed precision on CUDA).")
 COMPILE_OPTION = _option(
-    "compile", "--compile", help="auto, on or off: torch.compile the networks for training. auto compiles on CUDA for "
-    "trainings of 2000 steps or more, where the compile time (tens of seconds per network) pays back."
+    "compile", "--compile", help="auto, on or off: torch.compile the networks for training. auto leaves it off: "
+    "on an H200 it measured no faster than eager for EfficientNet-B3 and ResNet18 at 32 px."
 )
 ARTIFACTS_OPTION = _option("artifacts", "--artifacts", help="Artifacts root; each run gets a new sub-folder.")
 

@@ -37,7 +37,7 @@ class CompressConfig:
     val_fraction: float = 0.1  # share of train held out (stratified, fixed split) to pick the best epoch
     seed: int = 0  # weights, data order and augmentation; same seed on CPU gives the same numbers
     device: str = "auto"  # auto | cpu | cuda
-    compile: str = "auto"  # auto | on | off: torch.compile the networks (auto: on CUDA, for runs of 2000+ steps)
+    compile: str = "auto"  # auto | on | off: torch.compile the networks (auto: where it measured faster; none yet)
     artifacts: str = "artifacts"  # root folder; each run gets its own sub-folder
     out: str | None = None  # exact run folder; replaces an earlier run there once the new one is complete
     int8: bool = False  # also write a static INT8 version of the distilled student (kdc quantize)

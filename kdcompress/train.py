@@ -253,7 +253,7 @@ class TrainStep:
             self.optimizer, max_lr=settings.lr, total_steps=total_steps, pct_start=warmup_fraction(total_steps)
         )
         self.scaler = grad_scaler(settings.device, self.precision)
-        self.compile = should_compile(settings.compile, settings.device, total_steps)
+        self.compile = should_compile(settings.compile, settings.device)
 
     def networks(self) -> list[nn.Module]:
         """The networks that run in a step: the student, and the teacher when it runs live."""
