@@ -55,7 +55,7 @@ def test_device_cuda_without_gpu_is_a_clear_error(tmp_path):
 
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
-    result = _invoke("compress", "--device", "cuda", *TINY, "--artifacts", str(tmp_path))
+    result = _invoke("compress", *TINY, "--device", "cuda", "--artifacts", str(tmp_path))  # the last --device wins
     assert result.exit_code == 1 and "no CUDA GPU" in result.output
 
 
