@@ -30,7 +30,7 @@ sys.path.insert(0, str(HERE.parent))
 
 from kdcompress.config import CompressConfig  # noqa: E402
 from kdcompress.manifest import environment  # noqa: E402
-from kdcompress.reporting import NullReporter  # noqa: E402
+from kdcompress.reporter import NullReporter  # noqa: E402
 from kdcompress.sweep import SweepConfig, sweep  # noqa: E402
 
 GRID = dict(temperatures=(2.0, 4.0), alphas=(0.5,), betas=(0.0, 0.3), seeds=1)

@@ -36,7 +36,7 @@ from kdcompress.manifest import environment  # noqa: E402
 from kdcompress.models import create_model  # noqa: E402
 from kdcompress.teacher import zero_init_head  # noqa: E402
 from kdcompress.objectives import Supervised  # noqa: E402
-from kdcompress.reporting import Reporter  # noqa: E402
+from kdcompress.reporter import Reporter  # noqa: E402
 from kdcompress.train import TrainSettings, accuracy, fit, predict_logits  # noqa: E402
 
 

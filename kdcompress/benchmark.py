@@ -16,7 +16,7 @@ import numpy as np
 from kdcompress.errors import KdcError
 from kdcompress.files import write_json_atomic
 from kdcompress.manifest import cpu_name, load_images, read_manifest
-from kdcompress.reporting import NullReporter, Reporter
+from kdcompress.reporter import NullReporter, Reporter
 from kdcompress.runtime import create_session, measure_speed, run_logits, softmax
 
 MODEL_ORDER = ("teacher", "baseline", "student", "int8")
@@ -246,7 +246,7 @@ def benchmark_run(
 
 def _save(result: dict[str, Any], run_dir: Path, reporter: Reporter) -> None:
     """benchmark.json, benchmark.md and benchmark.png in the run folder; a failed write is reported, not raised."""
-    from kdcompress.report import benchmark_markdown, benchmark_plot
+    from kdcompress.render import benchmark_markdown, benchmark_plot
 
     try:
         write_json_atomic(run_dir / "benchmark.json", {**result, "saved": True})

@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import json
 import sys
-from dataclasses import fields
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -20,6 +19,8 @@ from rich.markup import escape
 from kdcompress.config import CompressConfig
 from kdcompress.errors import KdcError
 from kdcompress.losses import FORMULA, FORMULA_NOTES
+from kdcompress import options
+from kdcompress.options import grid_default, option, path_text
 from kdcompress.sweep import SweepConfig
 
 app = typer.Typer(
@@ -75,98 +76,49 @@ def _error(message: str) -> None:
 
 
 LOSS_HELP = f"{FORMULA}   ({FORMULA_NOTES})"
-DEFAULTS = {f.name: f.default for f in fields(CompressConfig)}  # every option's default, stated once: in the dataclass
-SWEEP_DEFAULTS = {f.name: f.default for f in fields(SweepConfig)}
-
-
-def _option(name: str, *flags: str, help: str) -> Any:
-    """A typer option whose default is CompressConfig's own."""
-    default = DEFAULTS[name]
-    if name == "artifacts":
-        default = Path(default)
-    return typer.Option(default, *flags, help=help)
-
-
-def _grid_default(name: str) -> str:
-    """A sweep grid's default as the comma-separated text the option takes ('1,4')."""
-    return ",".join(f"{v:g}" for v in SWEEP_DEFAULTS[name])
-
-
-def _path(value: Optional[Path]) -> Optional[str]:
-    return str(value) if value is not None else None
-
-
-# Options shared by compress and sweep (one definition, so their help and defaults cannot drift apart).
-DATASET_OPTION = _option("dataset", "--dataset", "-d", help="digits (offline default), cifar3, chest-xray, or folder.")
-DATA_DIR_OPTION = _option(
-    "data_dir", "--data-dir", help="Where the data is: cifar3 looks for cifar-10-batches-py here (default ./data, "
-    "downloaded when absent); chest-xray and folder need it."
-)
-IMAGE_SIZE_OPTION = _option("image_size", "--image-size", help="Input side in pixels (default per dataset: digits 16, others 32).")
-TEACHER_OPTION = _option("teacher", "--teacher", help="Teacher: any timm model name.")
-STUDENT_OPTION = _option("student", "--student", help="Student: any timm model name (baseline and distilled).")
-PRETRAINED_OPTION = _option("pretrained", "--pretrained", help="Start the teacher from timm's ImageNet weights (downloads).")
-PRETRAINED_STUDENT_OPTION = _option("pretrained_student", "--pretrained-student", help="Start both students from ImageNet weights.")
-TEACHER_WEIGHTS_OPTION = _option("teacher_weights", "--teacher-weights", help="Use this trained teacher checkpoint (.pt) instead of training one.")
-RETRAIN_TEACHER_OPTION = _option("retrain_teacher", "--retrain-teacher", help="Train the teacher even when an identical one was trained before.")
-TEACHER_AUX_OPTION = _option(
-    "teacher_aux", "--teacher-aux/--no-teacher-aux", help="Also train the teacher on the dataset's auxiliary classes where it "
-    "has some (cifar3: CIFAR-10's 7 other classes, training batches only). The students never see them."
-)
-EPOCHS_OPTION = _option("epochs", "--epochs", help="Epochs per training (default per dataset: digits 10, cifar3 30, chest-xray 10, folder 15).")
-TEACHER_EPOCHS_OPTION = _option("teacher_epochs", "--teacher-epochs", help="Epochs for the teacher (default: twice --epochs for cifar3, whose teacher also learns 7 more classes; --epochs otherwise).")
-BATCH_SIZE_OPTION = _option("batch_size", "--batch-size", help="Batch size of every training.")
-LR_OPTION = _option("lr", "--lr", help="Peak learning rate (AdamW, one-cycle schedule).")
-WEIGHT_DECAY_OPTION = _option("weight_decay", "--weight-decay", help="AdamW weight decay.")
-VAL_FRACTION_OPTION = _option("val_fraction", "--val-fraction", help="Share of train held out to pick the best epoch (the test split never is).")
-DEVICE_OPTION = _option("device", "--device", help="auto, cpu or cuda (bfloat16 mixed precision on CUDA).")
-COMPILE_OPTION = _option(
-    "compile", "--compile", help="auto, on or off: torch.compile the networks for training. auto leaves it off: "
-    "on an H200 it measured no faster than eager for EfficientNet-B3 and ResNet18 at 32 px."
-)
-ARTIFACTS_OPTION = _option("artifacts", "--artifacts", help="Artifacts root; each run gets a new sub-folder.")
 
 
 @app.command(help=f"Train a teacher, a baseline student and a distilled student; export all three to ONNX.\n\n{LOSS_HELP}")
 @_user_errors(DISCARDED)
 def compress(
-    dataset: str = DATASET_OPTION,
-    data_dir: Optional[Path] = DATA_DIR_OPTION,
-    image_size: Optional[int] = IMAGE_SIZE_OPTION,
-    teacher: str = TEACHER_OPTION,
-    student: str = STUDENT_OPTION,
-    pretrained: bool = PRETRAINED_OPTION,
-    pretrained_student: bool = PRETRAINED_STUDENT_OPTION,
-    teacher_weights: Optional[Path] = TEACHER_WEIGHTS_OPTION,
-    retrain_teacher: bool = RETRAIN_TEACHER_OPTION,
-    teacher_aux: bool = TEACHER_AUX_OPTION,
-    temperature: float = _option("temperature", "--T", "--temperature", help="Temperature T that softens both logit sets in the KL term (> 0)."),
-    alpha: float = _option("alpha", "--alpha", help="Weight of the KL term in [0, 1]; CE gets 1 - alpha."),
-    beta: float = _option("beta", "--beta", help="Weight of the feature term (>= 0); 0 = logits-only distillation."),
-    epochs: Optional[int] = EPOCHS_OPTION,
-    teacher_epochs: Optional[int] = TEACHER_EPOCHS_OPTION,
-    batch_size: int = BATCH_SIZE_OPTION,
-    lr: float = LR_OPTION,
-    weight_decay: float = WEIGHT_DECAY_OPTION,
-    val_fraction: float = VAL_FRACTION_OPTION,
-    seed: int = _option("seed", "--seed", help="Seed for weights, data order and augmentation (>= 0)."),
-    device: str = DEVICE_OPTION,
-    compile: str = COMPILE_OPTION,
-    artifacts: Path = ARTIFACTS_OPTION,
-    out: Optional[Path] = _option("out", "--out", help="Exact run folder: a new or empty folder, or an earlier run (replaced once this one completes); any other folder is refused."),
-    int8: bool = _option("int8", "--int8", help="Also write a static INT8 version of the distilled student (see kdc quantize)."),
+    dataset: str = options.DATASET,
+    data_dir: Optional[Path] = options.DATA_DIR,
+    image_size: Optional[int] = options.IMAGE_SIZE,
+    teacher: str = options.TEACHER,
+    student: str = options.STUDENT,
+    pretrained: bool = options.PRETRAINED,
+    pretrained_student: bool = options.PRETRAINED_STUDENT,
+    teacher_weights: Optional[Path] = options.TEACHER_WEIGHTS,
+    retrain_teacher: bool = options.RETRAIN_TEACHER,
+    teacher_aux: bool = options.TEACHER_AUX,
+    temperature: float = option("temperature", "--T", "--temperature", help="Temperature T that softens both logit sets in the KL term (> 0)."),
+    alpha: float = option("alpha", "--alpha", help="Weight of the KL term in [0, 1]; CE gets 1 - alpha."),
+    beta: float = option("beta", "--beta", help="Weight of the feature term (>= 0); 0 = logits-only distillation."),
+    epochs: Optional[int] = options.EPOCHS,
+    teacher_epochs: Optional[int] = options.TEACHER_EPOCHS,
+    batch_size: int = options.BATCH_SIZE,
+    lr: float = options.LR,
+    weight_decay: float = options.WEIGHT_DECAY,
+    val_fraction: float = options.VAL_FRACTION,
+    seed: int = option("seed", "--seed", help="Seed for weights, data order and augmentation (>= 0)."),
+    device: str = options.DEVICE,
+    compile: str = options.COMPILE,
+    artifacts: Path = options.ARTIFACTS,
+    out: Optional[Path] = option("out", "--out", help="Exact run folder: a new or empty folder, or an earlier run (replaced once this one completes); any other folder is refused."),
+    int8: bool = option("int8", "--int8", help="Also write a static INT8 version of the distilled student (see kdc quantize)."),
     as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON on stdout instead of the table."),
 ) -> None:
     config = CompressConfig(
-        dataset=dataset, data_dir=_path(data_dir), image_size=image_size, teacher=teacher, student=student,
-        pretrained=pretrained, pretrained_student=pretrained_student, teacher_weights=_path(teacher_weights),
+        dataset=dataset, data_dir=path_text(data_dir), image_size=image_size, teacher=teacher, student=student,
+        pretrained=pretrained, pretrained_student=pretrained_student, teacher_weights=path_text(teacher_weights),
         retrain_teacher=retrain_teacher, teacher_aux=teacher_aux, temperature=temperature, alpha=alpha, beta=beta,
         epochs=epochs, teacher_epochs=teacher_epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-        val_fraction=val_fraction, seed=seed, device=device, compile=compile, artifacts=str(artifacts), out=_path(out),
+        val_fraction=val_fraction, seed=seed, device=device, compile=compile, artifacts=str(artifacts), out=path_text(out),
         int8=int8,
     )  # fmt: skip
     from kdcompress.pipeline import compress as run_compress
-    from kdcompress.report import RichReporter, summary_table
+    from kdcompress.console import RichReporter
+    from kdcompress.render import summary_table
 
     reporter = RichReporter(stderr)
     reporter.info(FORMULA)
@@ -180,41 +132,33 @@ def compress(
     stdout.print(f"Run written to [bold]{result.run_dir}[/]: next, [bold]kdc benchmark {result.run_dir}[/]", highlight=False)
 
 
-def _numbers(flag: str, text: str) -> tuple[float, ...]:
-    """'1,4,8' -> (1.0, 4.0, 8.0); anything else is a one-line error."""
-    try:
-        return tuple(float(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise KdcError(f"{flag} takes comma-separated numbers such as 1,4,8, got '{text}'") from None
-
-
 @app.command()
 @_user_errors("trainings finished so far are kept in the sweep folder: run the same command again to resume")
 def sweep(
-    dataset: str = DATASET_OPTION,
-    data_dir: Optional[Path] = DATA_DIR_OPTION,
-    temperatures: str = typer.Option(_grid_default("temperatures"), "--T", "--temperature", help="Temperatures to try, comma-separated."),
-    alphas: str = typer.Option(_grid_default("alphas"), "--alpha", help="KL weights to try, comma-separated, each in [0, 1]."),
-    betas: str = typer.Option(_grid_default("betas"), "--beta", help="Feature-term weights to try, comma-separated; 0 = logits only."),
-    seeds: int = typer.Option(SWEEP_DEFAULTS["seeds"], "--seeds", help="How many seeds (--seed, --seed + 1, ...): each gets its own baseline."),
-    seed: int = _option("seed", "--seed", help="First seed; the teacher is trained with it."),
-    image_size: Optional[int] = IMAGE_SIZE_OPTION,
-    teacher: str = TEACHER_OPTION,
-    student: str = STUDENT_OPTION,
-    pretrained: bool = PRETRAINED_OPTION,
-    pretrained_student: bool = PRETRAINED_STUDENT_OPTION,
-    teacher_weights: Optional[Path] = TEACHER_WEIGHTS_OPTION,
-    retrain_teacher: bool = RETRAIN_TEACHER_OPTION,
-    teacher_aux: bool = TEACHER_AUX_OPTION,
-    epochs: Optional[int] = EPOCHS_OPTION,
-    teacher_epochs: Optional[int] = TEACHER_EPOCHS_OPTION,
-    batch_size: int = BATCH_SIZE_OPTION,
-    lr: float = LR_OPTION,
-    weight_decay: float = WEIGHT_DECAY_OPTION,
-    val_fraction: float = VAL_FRACTION_OPTION,
-    device: str = DEVICE_OPTION,
-    compile: str = COMPILE_OPTION,
-    artifacts: Path = ARTIFACTS_OPTION,
+    dataset: str = options.DATASET,
+    data_dir: Optional[Path] = options.DATA_DIR,
+    temperatures: str = typer.Option(grid_default("temperatures"), "--T", "--temperature", help="Temperatures to try, comma-separated."),
+    alphas: str = typer.Option(grid_default("alphas"), "--alpha", help="KL weights to try, comma-separated, each in [0, 1]."),
+    betas: str = typer.Option(grid_default("betas"), "--beta", help="Feature-term weights to try, comma-separated; 0 = logits only."),
+    seeds: int = typer.Option(options.SWEEP_DEFAULTS["seeds"], "--seeds", help="How many seeds (--seed, --seed + 1, ...): each gets its own baseline."),
+    seed: int = option("seed", "--seed", help="First seed; the teacher is trained with it."),
+    image_size: Optional[int] = options.IMAGE_SIZE,
+    teacher: str = options.TEACHER,
+    student: str = options.STUDENT,
+    pretrained: bool = options.PRETRAINED,
+    pretrained_student: bool = options.PRETRAINED_STUDENT,
+    teacher_weights: Optional[Path] = options.TEACHER_WEIGHTS,
+    retrain_teacher: bool = options.RETRAIN_TEACHER,
+    teacher_aux: bool = options.TEACHER_AUX,
+    epochs: Optional[int] = options.EPOCHS,
+    teacher_epochs: Optional[int] = options.TEACHER_EPOCHS,
+    batch_size: int = options.BATCH_SIZE,
+    lr: float = options.LR,
+    weight_decay: float = options.WEIGHT_DECAY,
+    val_fraction: float = options.VAL_FRACTION,
+    device: str = options.DEVICE,
+    compile: str = options.COMPILE,
+    artifacts: Path = options.ARTIFACTS,
     out: Optional[Path] = typer.Option(None, "--out", help="Sweep folder [default: ARTIFACTS/sweep-DATASET]; an interrupted sweep there resumes."),
     as_json: bool = typer.Option(False, "--json", help="Print results.json on stdout instead of the table."),
 ) -> None:
@@ -226,22 +170,22 @@ def sweep(
     summary.md, heatmap.png and objectives.png into the sweep folder; finished trainings are kept,
     so running the same command again resumes an interrupted sweep.
     """
-    from kdcompress.report import RichReporter
+    from kdcompress.console import RichReporter
     from kdcompress.sweep import sweep as run_sweep
-    from kdcompress.sweep_report import sweep_table
+    from kdcompress.sweep_render import sweep_table
 
     base = CompressConfig(
-        dataset=dataset, data_dir=_path(data_dir), image_size=image_size, teacher=teacher, student=student,
-        pretrained=pretrained, pretrained_student=pretrained_student, teacher_weights=_path(teacher_weights),
+        dataset=dataset, data_dir=path_text(data_dir), image_size=image_size, teacher=teacher, student=student,
+        pretrained=pretrained, pretrained_student=pretrained_student, teacher_weights=path_text(teacher_weights),
         retrain_teacher=retrain_teacher, teacher_aux=teacher_aux, epochs=epochs, teacher_epochs=teacher_epochs,
         batch_size=batch_size, lr=lr, weight_decay=weight_decay, val_fraction=val_fraction, seed=seed, device=device,
         compile=compile, artifacts=str(artifacts),
     )  # fmt: skip
     config = SweepConfig(
         base=base,
-        temperatures=_numbers("--T", temperatures),
-        alphas=_numbers("--alpha", alphas),
-        betas=_numbers("--beta", betas),
+        temperatures=options.numbers("--T", temperatures),
+        alphas=options.numbers("--alpha", alphas),
+        betas=options.numbers("--beta", betas),
         seeds=seeds,
         out=str(out) if out else None,
     )
@@ -278,7 +222,8 @@ def benchmark(
     """
     from kdcompress.benchmark import benchmark_run
     from kdcompress.manifest import resolve_runs
-    from kdcompress.report import RichReporter, benchmark_context, benchmark_tables
+    from kdcompress.console import RichReporter
+    from kdcompress.render import benchmark_context, benchmark_tables
 
     reporter = RichReporter(stderr)
     results = []
@@ -314,20 +259,13 @@ def quantize(
     """
     from kdcompress.manifest import resolve_runs
     from kdcompress.quantize import quantize_run
-    from kdcompress.report import RichReporter
+    from kdcompress.console import RichReporter
+    from kdcompress.render import quantize_lines
 
     run_dir = resolve_runs(run)[0]
     entry = quantize_run(run_dir, threads=threads, reporter=RichReporter(stderr))
-    q = entry.details["quantization"]
-    for c in q["candidates"]:
-        stdout.print(f"  {c['format']:<18} accuracy {c['accuracy']:.2%}  p50 {c['p50_ms']:.2f} ms", highlight=False)
-    stdout.print(
-        f"Kept {q['chosen']}: {entry.onnx} ({entry.onnx_bytes / 1e6:.2f} MB), accuracy {entry.test_accuracy:.2%} "
-        f"(FP32 {q['fp32_accuracy']:.2%}, p50 {q['fp32_p50_ms']:.2f} ms)",
-        highlight=False,
-    )
-    style = "green" if q["verdict"]["faster"] else "bold yellow"
-    stdout.print(f"[{style}]{escape(q['verdict']['words'])}[/]", highlight=False)
+    for line in quantize_lines(entry):
+        stdout.print(line, highlight=False)
 
 
 @app.command()
@@ -341,30 +279,16 @@ def predict(
     as_json: bool = typer.Option(False, "--json", help="Print the predictions as JSON on stdout."),
 ) -> None:
     """Classify images with a model of a run (the distilled student by default), through onnxruntime."""
-    from rich.table import Table
-
     from kdcompress.predict import predict_images
+    from kdcompress.render import prediction_output
 
     output = predict_images(images, run=run, model=model, top_k=top_k, artifacts=artifacts)
     failed = [r for r in output["results"] if "error" in r]
     if as_json:
         sys.stdout.write(json.dumps(output, indent=2) + "\n")
     else:
-        for result in output["results"]:
-            if "error" in result:
-                continue
-            table = Table(title=result["file"], title_justify="left")
-            table.add_column("class")
-            table.add_column("probability", justify="right")
-            for p in result["predictions"]:
-                table.add_row(p["class"], f"{p['probability']:.2%}")
-            stdout.print(table)
-    if "scores" in output and not as_json:
-        scores = output["scores"]
-        line = f"Scored against the class folders: {scores['correct']} of {scores['images']} correct ({scores['accuracy']:.1%})"
-        if scores.get("sensitivity") is not None and scores.get("specificity") is not None:
-            line += f", sensitivity {scores['sensitivity']:.3f}, specificity {scores['specificity']:.3f}"
-        stdout.print(line, highlight=False)
+        for renderable in prediction_output(output):
+            stdout.print(renderable, highlight=False)
     for result in failed:
         stderr.print(f"[bold red]error:[/] {escape(result['error'])}", highlight=False, soft_wrap=True)
     if failed:

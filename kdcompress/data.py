@@ -12,12 +12,13 @@ from pathlib import Path
 
 import numpy as np
 
+from kdcompress import sources
 from kdcompress.errors import KdcError
-from kdcompress.reporting import NullReporter, Reporter
+from kdcompress.reporter import NullReporter, Reporter
 from kdcompress.runtime import Preprocessing
+from kdcompress.sources import stratified_split
 
 STATS_CHUNK = 1024  # images per chunk when measuring the training split's mean and std
-SPLIT_SEED = 0  # validation / test carving is fixed, whatever --seed says, so a teacher can be reused
 
 
 @dataclass(frozen=True)
@@ -144,8 +145,6 @@ def load_dataset(
     reporter: Reporter | None = None,
 ) -> Dataset:
     """Load a dataset by name, resized to image_size, with a stratified validation split."""
-    from kdcompress import sources
-
     reporter = reporter or NullReporter()
     spec = resolve_spec(name)
     size = image_size or spec.image_size
@@ -182,53 +181,3 @@ def load_dataset(
         if count == 0:
             raise KdcError(f"the {split} split of {source.description} is empty: it needs images in every class")
     return dataset
-
-
-MEMORY_FACTOR = 2.5  # peak memory of the in-memory path per byte of uint8 pixels (split copies, device copy)
-
-
-def available_memory() -> int | None:
-    """Bytes of memory available to a new allocation (MemAvailable), where the system says."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
-def check_memory(images: int, channels: int, size: int, what: str) -> None:
-    """Refuse, before decoding anything, a dataset whose pixels at this size would not fit in memory."""
-    need = images * channels * size * size * MEMORY_FACTOR
-    available = available_memory()
-    if available is None or need <= available:
-        return
-    fits = int((available / (images * channels * MEMORY_FACTOR)) ** 0.5)
-    raise KdcError(
-        f"{what}: {images} images at {size}x{size} px, {channels} channel(s), need about {need / 2**30:.1f} GiB of "
-        f"memory held as arrays, and {available / 2**30:.1f} GiB is available: use --image-size {max(8, fits // 8 * 8)} "
-        f"or less, or a machine with more memory"
-    )
-
-
-def stratified_split(
-    x: np.ndarray, y: np.ndarray, fraction: float, classes: list[str] | None = None, held_out: str = "validation"
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Carve a stratified fraction out of (x, y) with the fixed split seed (held_out names it in errors)."""
-    from sklearn.model_selection import train_test_split
-
-    labels, counts = np.unique(y, return_counts=True)
-    if counts.min() < 2:
-        rare = int(labels[counts.argmin()])
-        name = f"'{classes[rare]}'" if classes is not None else str(rare)
-        raise KdcError(
-            f"class {name} has {counts.min()} image(s): each class needs at least 2 to split off the {held_out} set"
-        )
-    held = max(int(round(len(y) * fraction)), len(labels))
-    try:
-        keep_idx, held_idx = train_test_split(np.arange(len(y)), test_size=held, stratify=y, random_state=SPLIT_SEED)
-    except ValueError as exc:
-        raise KdcError(f"too few images ({len(y)} in {len(labels)} classes) to split off a {held_out} set of {held}: {exc}") from None
-    keep_idx, held_idx = np.sort(keep_idx), np.sort(held_idx)
-    return x[keep_idx], y[keep_idx], x[held_idx], y[held_idx]

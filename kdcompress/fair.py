@@ -15,7 +15,7 @@ from typing import Any
 from kdcompress.config import CompressConfig
 from kdcompress.data import Dataset, load_dataset
 from kdcompress.models import resolve_model_name
-from kdcompress.reporting import Reporter
+from kdcompress.reporter import Reporter
 from kdcompress.runtime import Preprocessing
 
 

@@ -17,7 +17,7 @@ from kdcompress.errors import KdcError
 from kdcompress.fair import Prepared, fair_start, prepare
 from kdcompress.files import REPLACED_PREFIX, STAGING_PREFIX, remove_stale, write_json_atomic
 from kdcompress.manifest import MANIFEST, DatasetInfo, Manifest, ModelEntry, environment, write_manifest
-from kdcompress.reporting import NullReporter, Reporter
+from kdcompress.reporter import NullReporter, Reporter
 from kdcompress.teacher import load_or_train_teacher
 
 CALIBRATION_IMAGES = 512  # training images kept for INT8 calibration (kdc quantize)

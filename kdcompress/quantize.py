@@ -18,7 +18,7 @@ import numpy as np
 
 from kdcompress.files import QUANTIZE_PREFIX, remove_stale
 from kdcompress.manifest import ModelEntry, load_images, read_manifest, write_manifest
-from kdcompress.reporting import NullReporter, Reporter
+from kdcompress.reporter import NullReporter, Reporter
 from kdcompress.runtime import Preprocessing, create_session, latency, normalize, run_logits, session_call
 
 INT8_FILE = "student-int8.onnx"

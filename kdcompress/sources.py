@@ -2,7 +2,7 @@
 
 Each reader returns a `Source` of uint8 N x C x size x size arrays; `data.load_dataset` splits it.
 Every image goes through `runtime.pil_to_array`, the path `kdc predict` uses too, and the memory
-the pixels will take is checked (`data.check_memory`) before anything is decoded.
+the pixels will take is checked (`check_memory`) before anything is decoded.
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from kdcompress.data import check_memory, stratified_split
 from kdcompress.errors import KdcError
-from kdcompress.reporting import Reporter
+from kdcompress.reporter import Reporter
 from kdcompress.runtime import IMAGE_SUFFIXES, load_image, resize_array
 
+SPLIT_SEED = 0  # validation / test carving is fixed, whatever --seed says, so a teacher can be reused
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
 CIFAR3_CLASSES = ("airplane", "automobile", "bird")  # CIFAR-10 labels 0, 1, 2
@@ -221,3 +221,51 @@ def load_folder(root: Path, size: int, channels: int, reporter: Reporter) -> Sou
     return Source(train_x, train_y, test_x, test_y, classes, channels, source)
 
 
+MEMORY_FACTOR = 2.5  # peak memory of the in-memory path per byte of uint8 pixels (split copies, device copy)
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (MemAvailable), where the system says."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def check_memory(images: int, channels: int, size: int, what: str) -> None:
+    """Refuse, before decoding anything, a dataset whose pixels at this size would not fit in memory."""
+    need = images * channels * size * size * MEMORY_FACTOR
+    available = available_memory()
+    if available is None or need <= available:
+        return
+    fits = int((available / (images * channels * MEMORY_FACTOR)) ** 0.5)
+    raise KdcError(
+        f"{what}: {images} images at {size}x{size} px, {channels} channel(s), need about {need / 2**30:.1f} GiB of "
+        f"memory held as arrays, and {available / 2**30:.1f} GiB is available: use --image-size {max(8, fits // 8 * 8)} "
+        f"or less, or a machine with more memory"
+    )
+
+
+def stratified_split(
+    x: np.ndarray, y: np.ndarray, fraction: float, classes: list[str] | None = None, held_out: str = "validation"
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Carve a stratified fraction out of (x, y) with the fixed split seed (held_out names it in errors)."""
+    from sklearn.model_selection import train_test_split
+
+    labels, counts = np.unique(y, return_counts=True)
+    if counts.min() < 2:
+        rare = int(labels[counts.argmin()])
+        name = f"'{classes[rare]}'" if classes is not None else str(rare)
+        raise KdcError(
+            f"class {name} has {counts.min()} image(s): each class needs at least 2 to split off the {held_out} set"
+        )
+    held = max(int(round(len(y) * fraction)), len(labels))
+    try:
+        keep_idx, held_idx = train_test_split(np.arange(len(y)), test_size=held, stratify=y, random_state=SPLIT_SEED)
+    except ValueError as exc:
+        raise KdcError(f"too few images ({len(y)} in {len(labels)} classes) to split off a {held_out} set of {held}: {exc}") from None
+    keep_idx, held_idx = np.sort(keep_idx), np.sort(held_idx)
+    return x[keep_idx], y[keep_idx], x[held_idx], y[held_idx]

@@ -29,9 +29,9 @@ from kdcompress.errors import KdcError
 from kdcompress.fair import Prepared, fair_start, prepare
 from kdcompress.files import read_json, write_json_atomic
 from kdcompress.manifest import environment
-from kdcompress.reporting import NullReporter, Reporter
+from kdcompress.reporter import NullReporter, Reporter
 from kdcompress.stats import compare
-from kdcompress.teacher import load_or_train_teacher
+from kdcompress.teacher import load_or_train_teacher, record_teacher
 
 FORMAT = "kdcompress-sweep/1"
 SHARED_SETTINGS = (  # what every run of a sweep shares: a resumed sweep must agree on all of them
@@ -110,7 +110,7 @@ def sweep(config: SweepConfig, reporter: Reporter | None = None, command: str = 
     if plan or "teacher" not in shared:
         _train_missing(cfg, run, folder, shared, plan, total, reporter)
     results = summarize(cfg, run.data, folder, run.device)
-    from kdcompress.sweep_report import sweep_markdown, sweep_plots
+    from kdcompress.sweep_render import sweep_markdown, sweep_plots
 
     (folder / "summary.md").write_text(sweep_markdown(results, command))
     sweep_plots(results, folder)
@@ -150,7 +150,7 @@ def _train_missing(
     total: int,
     reporter: Reporter,
 ) -> None:
-    from kdcompress.train import fit, predict_logits, record_teacher
+    from kdcompress.train import fit, predict_logits
 
     data, prep, device = run.data, run.prep, run.device
     teacher, record = load_or_train_teacher(replace(run.cfg, out=cfg.out), data, prep, run.settings, reporter)

@@ -19,7 +19,7 @@ from kdcompress.config import CompressConfig
 from kdcompress.data import Dataset
 from kdcompress.errors import KdcError
 from kdcompress.files import TEACHER_TMP_SUFFIX, remove_stale, write_json_atomic
-from kdcompress.reporting import Reporter
+from kdcompress.reporter import Reporter
 from kdcompress.runtime import Preprocessing
 
 TEACHER_RECIPE = 4  # bump when the teacher's training changes, so cached teachers are not reused
@@ -200,3 +200,35 @@ def _cache_teacher(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def record_teacher(
+    teacher: Any,
+    data: Dataset,
+    prep: Preprocessing,
+    settings: Any,
+    features: bool,
+    reporter: Reporter,
+    label: str = "teacher outputs",
+) -> Any:
+    """Run the frozen teacher once over every view a run with these settings will train on (a RecordedTeacher)."""
+    import torch
+
+    from kdcompress.accel import autocast, resolve_precision
+    from kdcompress.objectives import LiveTeacher, RecordedTeacher
+    from kdcompress.train import ViewStream
+
+    device = settings.device
+    live = LiveTeacher(teacher).to(device).to(memory_format=torch.channels_last)  # the forward students see live
+    stream = ViewStream(data, prep, settings)
+    logits, pooled = [], []
+    with torch.no_grad(), reporter.progress(label, total=settings.epochs * stream.steps_per_epoch) as advance:
+        for _ in range(settings.epochs):
+            for images, _labels in stream.epoch():
+                with autocast(device, resolve_precision(device, settings.precision)):
+                    batch_logits, batch_pooled = live(images, None, features)
+                logits.append(batch_logits.float())
+                if features:
+                    pooled.append(batch_pooled.float())
+                advance(1)
+    return RecordedTeacher(torch.stack(logits), torch.stack(pooled) if features else None, live.num_features)

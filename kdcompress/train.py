@@ -30,8 +30,8 @@ from kdcompress.accel import (
 )
 from kdcompress.data import Dataset
 from kdcompress.errors import KdcError
-from kdcompress.objectives import LiveTeacher, RecordedTeacher, trainable_parameters
-from kdcompress.reporting import Reporter
+from kdcompress.objectives import LiveTeacher, trainable_parameters
+from kdcompress.reporter import Reporter
 from kdcompress.runtime import Preprocessing
 
 REPORT_EVERY = 5  # steps between progress updates on CPU
@@ -140,33 +140,6 @@ class ViewStream:
             index = order[step * self.batch_size : (step + 1) * self.batch_size]
             images = augment(to_input(self.train_x[index], self.mean, self.std), self.generator, self.flip)
             yield images.contiguous(memory_format=torch.channels_last), self.train_y[index]
-
-
-@torch.no_grad()
-def record_teacher(
-    teacher: nn.Module,
-    data: Dataset,
-    prep: Preprocessing,
-    settings: TrainSettings,
-    features: bool,
-    reporter: Reporter,
-    label: str = "teacher outputs",
-) -> RecordedTeacher:
-    """Run the frozen teacher once over every view a run with these settings will train on."""
-    device = settings.device
-    live = LiveTeacher(teacher).to(device).to(memory_format=torch.channels_last)  # the forward students see live
-    stream = ViewStream(data, prep, settings)
-    logits, pooled = [], []
-    with reporter.progress(label, total=settings.epochs * stream.steps_per_epoch) as advance:
-        for _ in range(settings.epochs):
-            for images, _labels in stream.epoch():
-                with autocast(device, resolve_precision(device, settings.precision)):
-                    batch_logits, batch_pooled = live(images, None, features)
-                logits.append(batch_logits.float())
-                if features:
-                    pooled.append(batch_pooled.float())
-                advance(1)
-    return RecordedTeacher(torch.stack(logits), torch.stack(pooled) if features else None, live.num_features)
 
 
 def warmup_fraction(total_steps: int) -> float:

@@ -13,7 +13,7 @@ from kdcompress.cli import app
 from kdcompress.export import export_onnx
 from kdcompress.files import write_json_atomic
 from kdcompress.manifest import read_manifest
-from kdcompress.report import benchmark_context
+from kdcompress.render import benchmark_context
 from kdcompress.runtime import Preprocessing
 
 runner = CliRunner()

@@ -14,7 +14,7 @@ from kdcompress.data import load_dataset
 from kdcompress.sources import download_cifar10
 from kdcompress.train import augment
 from kdcompress.errors import KdcError
-from kdcompress.reporting import NullReporter
+from kdcompress.reporter import NullReporter
 from kdcompress.runtime import load_image
 
 

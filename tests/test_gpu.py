@@ -13,8 +13,9 @@ import torch
 from kdcompress.data import load_dataset
 from kdcompress.models import create_model, create_projection
 from kdcompress.objectives import Distillation, Supervised
-from kdcompress.reporting import NullReporter
-from kdcompress.train import TrainSettings, TrainStep, ViewStream, clone_model, fit, record_teacher
+from kdcompress.reporter import NullReporter
+from kdcompress.teacher import record_teacher
+from kdcompress.train import TrainSettings, TrainStep, ViewStream, clone_model, fit
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

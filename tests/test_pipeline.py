@@ -11,7 +11,7 @@ from kdcompress.config import CompressConfig
 from kdcompress.errors import KdcError
 from kdcompress.manifest import read_manifest
 from kdcompress.pipeline import compress
-from kdcompress.reporting import Reporter
+from kdcompress.reporter import Reporter
 from kdcompress.runtime import Preprocessing, create_session, run_logits
 
 TINY = dict(teacher="test_efficientnet", student="test_resnet", image_size=16, epochs=2, device="cpu")  # CPU: bit-identical
@@ -181,7 +181,7 @@ def test_auxiliary_logits_are_never_scored():
     from kdcompress.models import create_model
     from kdcompress.teacher import keep_first_classes
     from kdcompress.objectives import Supervised
-    from kdcompress.reporting import NullReporter
+    from kdcompress.reporter import NullReporter
     from kdcompress.train import TrainSettings, accuracy, fit, predict_logits
 
     class Decoy(nn.Module):  # an auxiliary class that always wins the argmax over all outputs

@@ -73,7 +73,7 @@ def test_negative_seed_is_refused_before_training(tmp_path):
 
 
 def test_an_image_size_that_cannot_fit_in_memory_is_refused_before_decoding(tmp_path, monkeypatch):
-    monkeypatch.setattr("kdcompress.data.available_memory", lambda: 2 * 2**30)
+    monkeypatch.setattr("kdcompress.sources.available_memory", lambda: 2 * 2**30)
     result = runner.invoke(app, ["compress", *TINY[:4], "--image-size", "2048", "--artifacts", str(tmp_path)])
     _fails_cleanly(result, "1797 images at 2048x2048 px, 1 channel(s), need about 17.5 GiB")
     assert "2.0 GiB is available: use --image-size" in " ".join(result.output.split())
@@ -316,7 +316,7 @@ def test_progress_keeps_its_bar_count_and_time_at_80_columns():
 
     from rich.console import Console
 
-    from kdcompress.report import RichReporter
+    from kdcompress.console import RichReporter
 
     buffer = io.StringIO()
     reporter = RichReporter(Console(file=buffer, width=80, force_terminal=True, color_system=None))
@@ -333,7 +333,7 @@ def test_progress_keeps_its_bar_count_and_time_at_80_columns():
 def test_int8_slower_than_fp32_is_said_in_quantize_benchmark_and_json(tiny_run, tmp_path, monkeypatch):
     from kdcompress import quantize, runtime
     from kdcompress.benchmark import _int8_verdict, benchmark_run
-    from kdcompress.report import benchmark_context
+    from kdcompress.render import benchmark_context
 
     run = _copy(tiny_run, tmp_path)
     real = runtime.latency

@@ -14,9 +14,10 @@ from kdcompress.errors import KdcError
 from kdcompress.manifest import read_manifest
 from kdcompress.models import create_model, create_projection
 from kdcompress.objectives import Distillation
-from kdcompress.reporting import NullReporter
+from kdcompress.reporter import NullReporter
 from kdcompress.sweep import SweepConfig, sweep
-from kdcompress.train import TrainSettings, clone_model, fit, record_teacher
+from kdcompress.teacher import record_teacher
+from kdcompress.train import TrainSettings, clone_model, fit
 from test_pipeline import TINY, Recorder  # the same tiny models and log recorder as the compress tests
 
 

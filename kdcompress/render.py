@@ -1,53 +1,13 @@
-"""What a person reads: Rich progress on stderr, and result tables built from a manifest."""
+"""What a person reads of a run: tables, context lines, Markdown and the accuracy-vs-latency plot."""
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any
 
-from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Column, Table
-
-from kdcompress.reporting import Reporter
+from rich.table import Table
 
 ROLE_LABELS = {"teacher": "teacher", "baseline": "baseline", "student": "distilled", "int8": "distilled int8"}
-
-
-FIXED_WIDTH = 10 + 12 + 9 + 7 + 5  # progress columns before the status, and the spaces between them
-
-
-class RichReporter(Reporter):
-    """Status lines and progress bars on a (stderr) console."""
-
-    def __init__(self, console: Console) -> None:
-        self.console = console
-
-    def info(self, message: str) -> None:
-        self.console.print(f"[cyan]•[/] {escape(message)}", highlight=False)
-
-    def warn(self, message: str) -> None:
-        self.console.print(f"[bold yellow]warning:[/] {escape(message)}", highlight=False)
-
-    @contextmanager
-    def progress(self, description: str, total: int | None) -> Iterator[Callable[..., None]]:
-        # Fixed widths for label, bar, count and time; the status takes what is left and is cut with an
-        # ellipsis, so that at 80 columns the bar, the count and the elapsed time stay readable.
-        columns = [
-            TextColumn("[bold]{task.description}", table_column=Column(width=10, no_wrap=True, overflow="ellipsis")),
-            BarColumn(bar_width=12, table_column=Column(min_width=12)),
-            MofNCompleteColumn(table_column=Column(min_width=9, no_wrap=True)),
-            TimeElapsedColumn(table_column=Column(min_width=7, no_wrap=True)),
-            TextColumn("{task.fields[status]}", table_column=Column(max_width=max(10, self.console.width - FIXED_WIDTH), no_wrap=True, overflow="ellipsis")),
-        ]
-        with Progress(*columns, console=self.console, transient=False) as bar:
-            task = bar.add_task(description, total=total, status="")
-
-            def advance(step: int = 1, **fields: Any) -> None:
-                bar.update(task, advance=step, **fields)
-
-            yield advance
 
 
 def _points(delta: float) -> str:
@@ -271,3 +231,37 @@ def benchmark_plot(result: dict[str, Any], path: Any) -> None:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def quantize_lines(entry: Any) -> list[str]:
+    """What kdc quantize prints: each candidate, the one kept, and the INT8 verdict (Rich markup)."""
+    q = entry.details["quantization"]
+    lines = [f"  {c['format']:<18} accuracy {c['accuracy']:.2%}  p50 {c['p50_ms']:.2f} ms" for c in q["candidates"]]
+    lines.append(
+        f"Kept {q['chosen']}: {entry.onnx} ({entry.onnx_bytes / 1e6:.2f} MB), accuracy {entry.test_accuracy:.2%} "
+        f"(FP32 {q['fp32_accuracy']:.2%}, p50 {q['fp32_p50_ms']:.2f} ms)"
+    )
+    style = "green" if q["verdict"]["faster"] else "bold yellow"
+    lines.append(f"[{style}]{escape(q['verdict']['words'])}[/]")
+    return lines
+
+
+def prediction_output(output: dict[str, Any]) -> list[Any]:
+    """What kdc predict prints: a table per classified image, then the score against class folders, if any."""
+    shown: list[Any] = []
+    for result in output["results"]:
+        if "error" in result:
+            continue
+        table = Table(title=escape(result["file"]), title_justify="left")
+        table.add_column("class")
+        table.add_column("probability", justify="right")
+        for p in result["predictions"]:
+            table.add_row(escape(p["class"]), f"{p['probability']:.2%}")
+        shown.append(table)
+    if "scores" in output:
+        scores = output["scores"]
+        line = f"Scored against the class folders: {scores['correct']} of {scores['images']} correct ({scores['accuracy']:.1%})"
+        if scores.get("sensitivity") is not None and scores.get("specificity") is not None:
+            line += f", sensitivity {scores['sensitivity']:.3f}, specificity {scores['specificity']:.3f}"
+        shown.append(line)
+    return shown

@@ -7,7 +7,7 @@ from typing import Any
 
 from rich.table import Table
 
-from kdcompress.report import build_table, markdown_table, pyplot
+from kdcompress.render import build_table, markdown_table, pyplot
 
 SWEEP_HEADERS = ["T", "alpha", "beta", "test acc (mean ± std)", "Δ vs baseline", "95% interval", "seeds +/-", "verdict"]
 VERDICT_STYLE = {"better": "[green]more than noise: better[/]", "worse": "[red]more than noise: worse[/]", "noise": "within noise"}
