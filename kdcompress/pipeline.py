@@ -63,7 +63,7 @@ def _train_all(run: Prepared, reporter: Reporter) -> tuple[dict[str, Any], dict[
 
     Returns the models, their training records, and how the training ran (the manifest's `training`).
     """
-    from kdcompress.accel import describe_precision
+    from kdcompress.accel import describe_precision, should_compile
     from kdcompress.train import fit
 
     cfg = run.cfg
@@ -84,7 +84,7 @@ def _train_all(run: Prepared, reporter: Reporter) -> tuple[dict[str, Any], dict[
     training = {
         "device": run.device,
         "precision": describe_precision(run.device, run.settings.precision),
-        "compile": cfg.compile,
+        "compile": f"{cfg.compile} ({'on' if should_compile(cfg.compile, run.device) else 'off'})",
         "teacher_outputs": "live",
     }
     return models, records, training
