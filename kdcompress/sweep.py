@@ -40,6 +40,7 @@ SHARED_SETTINGS = (  # what every run of a sweep shares: a resumed sweep must ag
 )  # fmt: skip
 # Settings that sweeps written before they were recorded lack: such a folder is not refused for them.
 ADDED_LATER = ("seed",)
+RETRAIN = "delete it and run the same command again to retrain that run"  # what to do with a damaged run file
 
 
 @dataclass(frozen=True)
@@ -99,8 +100,7 @@ def sweep(config: SweepConfig, reporter: Reporter | None = None, command: str = 
     folder = Path(cfg.out)  # type: ignore[arg-type]
     (folder / "runs").mkdir(parents=True, exist_ok=True)
     shared = _check_resumable(folder, run.cfg, run.data)
-    retrain = "delete it and run the same command again to retrain that run"
-    done = {p.stem for p in (folder / "runs").glob("*.json") if read_json(p, retrain)}
+    done = {p.stem for p in (folder / "runs").glob("*.json") if read_json(p, RETRAIN)}
     plan = [(s, c) for s in cfg.seed_list() for c in [None, *cfg.cells()] if run_name(s, c) not in done]
     total = len(cfg.seed_list()) * (1 + len(cfg.cells()))
     if done:
@@ -193,8 +193,7 @@ def _train_missing(
 
 def summarize(cfg: SweepConfig, data: Dataset, folder: Path, device: str) -> dict[str, Any]:
     """results.json from the run files: per grid point, mean +- std over seeds and the verdict vs baseline."""
-    retrain = "delete it and run the same command again to retrain that run"
-    runs = {p.stem: read_json(p, retrain) for p in sorted((folder / "runs").glob("*.json"))}
+    runs = {p.stem: read_json(p, RETRAIN) for p in sorted((folder / "runs").glob("*.json"))}
     shared = read_json(folder / "sweep.json", "delete the sweep folder to start over")
     seeds = cfg.seed_list()
 
@@ -210,7 +209,7 @@ def summarize(cfg: SweepConfig, data: Dataset, folder: Path, device: str) -> dic
         cells.append(
             {"temperature": cell[0], "alpha": cell[1], "beta": cell[2], "objective": runs[names[0]]["objective"], **comparison.to_dict()}
         )
-    costs = [read_json(p, retrain).get("seconds", 0.0) for p in (folder / "runs").glob("*.cost")]
+    costs = [read_json(p, RETRAIN).get("seconds", 0.0) for p in (folder / "runs").glob("*.cost")]
     baseline_seconds = [runs[run_name(s, None)]["train_seconds"] for s in seeds]
     distilled_seconds = [runs[run_name(s, c)]["train_seconds"] for s in seeds for c in cfg.cells()]
     results = {
