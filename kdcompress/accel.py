@@ -14,10 +14,10 @@ from typing import Any, Iterator
 
 import torch
 
+from kdcompress.config import COMPILE_CHOICES, DEVICES, one_of
 from kdcompress.errors import KdcError
 
 PRECISIONS = ("auto", "bfloat16", "float16", "float32")
-COMPILE_CHOICES = ("auto", "on", "off")
 # What --compile auto decides. Measured on one H200 (torch 2.11, batch 128, benchmarks/train_throughput.py):
 # compiled forward_features trained EfficientNet-B3 at 32 px at 3134 img/s against 3352 eager, ResNet18 at
 # 32 px at 16764 against 16992, so auto does not compile. Measure again before changing this.
@@ -26,8 +26,8 @@ AUTO_COMPILES = False
 
 def resolve_device(requested: str) -> str:
     """auto -> cuda when available, else cpu; cuda without a GPU is an error."""
-    if requested not in ("auto", "cpu", "cuda"):
-        raise KdcError(f"unknown device '{requested}': use auto, cpu or cuda")
+    if requested not in DEVICES:
+        raise KdcError(f"unknown device '{requested}': use {one_of(DEVICES)}")
     if requested == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if requested == "cuda" and not torch.cuda.is_available():
@@ -72,7 +72,7 @@ def create_optimizer(parameters: list[Any], lr: float, weight_decay: float, devi
 def should_compile(choice: str, device: str) -> bool:
     """--compile on/off as asked; auto compiles where it measured faster (AUTO_COMPILES: on CUDA, nowhere yet)."""
     if choice not in COMPILE_CHOICES:
-        raise KdcError(f"unknown --compile '{choice}': use {', '.join(COMPILE_CHOICES)}")
+        raise KdcError(f"unknown --compile '{choice}': use {one_of(COMPILE_CHOICES)}")
     if choice == "auto":
         return AUTO_COMPILES and device == "cuda"
     return choice == "on"

@@ -10,6 +10,8 @@ from kdcompress.errors import KdcError
 
 
 MAX_SEED = 2**32 - 1  # numpy's and torch's generators both take seeds in [0, 2^32)
+DEVICES = ("auto", "cpu", "cuda")
+COMPILE_CHOICES = ("auto", "on", "off")  # accel.should_compile says what auto means
 
 
 @dataclass(frozen=True)
@@ -60,10 +62,10 @@ class CompressConfig:
         ):
             if value is not None:
                 _check_range(flag, value, low, high)
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise KdcError(f"--device must be auto, cpu or cuda, not '{self.device}'")
-        if self.compile not in ("auto", "on", "off"):
-            raise KdcError(f"--compile must be auto, on or off, not '{self.compile}'")
+        if self.device not in DEVICES:
+            raise KdcError(f"--device must be {one_of(DEVICES)}, not '{self.device}'")
+        if self.compile not in COMPILE_CHOICES:
+            raise KdcError(f"--compile must be {one_of(COMPILE_CHOICES)}, not '{self.compile}'")
         if self.teacher_weights and self.pretrained:
             raise KdcError("--pretrained and --teacher-weights both set the teacher's weights: pick one")
         epochs = self.epochs or spec.epochs
@@ -77,6 +79,11 @@ class CompressConfig:
     def to_dict(self) -> dict[str, Any]:
         """Plain dict for the manifest."""
         return asdict(self)
+
+
+def one_of(choices: tuple[str, ...]) -> str:
+    """('auto', 'cpu', 'cuda') -> 'auto, cpu or cuda'."""
+    return f"{', '.join(choices[:-1])} or {choices[-1]}"
 
 
 def _check_range(flag: str, value: float, low: float, high: float) -> None:

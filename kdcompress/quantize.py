@@ -19,7 +19,7 @@ import numpy as np
 from kdcompress.files import QUANTIZE_PREFIX, remove_stale
 from kdcompress.manifest import ModelEntry, load_images, read_manifest, write_manifest
 from kdcompress.reporter import NullReporter, Reporter
-from kdcompress.runtime import Preprocessing, create_session, latency, normalize, run_logits, session_call
+from kdcompress.runtime import Preprocessing, create_session, latency, normalize, run_logits, session_call, tile_batch
 
 INT8_FILE = "student-int8.onnx"
 MAX_ACCURACY_LOSS = 0.01  # a candidate may lose at most 1 point of test accuracy vs the FP32 student
@@ -114,7 +114,7 @@ def quantize_run(run_dir: str | Path, threads: int = 1, reporter: Reporter | Non
     calibration_images, _ = load_images(run_dir, manifest, "calibration_set")
     images, labels = load_images(run_dir, manifest, "test_set")
     one = normalize(images[:1], prep)
-    many = normalize(np.resize(images, (VERDICT_BATCH, *images.shape[1:])), prep)
+    many = normalize(tile_batch(images, VERDICT_BATCH), prep)
 
     def score(path: Path) -> dict[str, Any]:
         session = create_session(path, "cpu", threads)

@@ -225,6 +225,12 @@ def device_call(session: Any, sample: np.ndarray) -> Any:
     return lambda: session.run_with_iobinding(binding)
 
 
+def tile_batch(images: np.ndarray, batch: int) -> np.ndarray:
+    """A batch of `batch` images taken in order from images, repeated as often as needed."""
+    repeats = -(-batch // len(images))
+    return np.concatenate([images] * repeats)[:batch]
+
+
 def measure_speed(session: Any, prep: Preprocessing, images: np.ndarray, batch: int, quick: bool) -> dict[str, Any]:
     """Batch-1 latency and throughput at `batch` for one onnxruntime session.
 
@@ -232,8 +238,7 @@ def measure_speed(session: Any, prep: Preprocessing, images: np.ndarray, batch: 
     `device_throughput_images_per_s` add the same timings with input and output bound on the GPU.
     """
     one = normalize(images[:1], prep)
-    repeats = -(-batch // len(images))
-    many = normalize(np.concatenate([images] * repeats)[:batch], prep)
+    many = normalize(tile_batch(images, batch), prep)
     runs, min_seconds = (20, 0.2) if quick else (200, 2.0)
     single_args = dict(warmup=5 if quick else 20, runs=runs, min_seconds=min_seconds)
     bulk_args = dict(warmup=2 if quick else 5, runs=max(5, runs // 10), min_seconds=min_seconds / 2)
