@@ -46,7 +46,8 @@ def measure(role: str, size: int, mode: str, device: str, batch: int, warmup: in
     from kdcompress.models import create_model, set_stem_stride
     from kdcompress.objectives import Supervised
     from kdcompress.teacher import teacher_stem_stride, zero_init_head
-    from kdcompress.train import TrainSettings, TrainStep, ViewStream
+    from kdcompress.train import TrainSettings, TrainStep
+    from kdcompress.views import ViewStream
 
     torch.manual_seed(0)
     model = create_model(MODELS[role], 3, 3)

@@ -18,8 +18,9 @@ from kdcompress.files import write_json_atomic
 from kdcompress.manifest import cpu_name, load_images, read_manifest
 from kdcompress.reporter import NullReporter, Reporter
 from kdcompress.runtime import create_session, measure_speed, run_logits, softmax
+from kdcompress.stats import attribution, compare_models
 
-MODEL_ORDER = ("teacher", "baseline", "student", "int8")
+MODEL_ORDER = ("teacher", "baseline", "student", "control", "int8")
 
 
 def classification_metrics(logits: np.ndarray, labels: np.ndarray, classes: list[str]) -> dict[str, Any]:
@@ -181,6 +182,7 @@ def benchmark_run(
     gpu_ok, gpu_reason = gpu_status() if gpu else (False, "not requested (--no-gpu)")
     roles = [r for r in MODEL_ORDER if r in manifest.models]
     results: dict[str, Any] = {}
+    correct: dict[str, Any] = {}  # per role, which test images the ONNX file gets right (for the verdicts)
     with reporter.progress("benchmark", total=len(roles)) as advance:
         for role in roles:
             entry = manifest.models[role]
@@ -189,6 +191,7 @@ def benchmark_run(
             cpu_session = create_session(path, "cpu", threads)
             logits = run_logits(cpu_session, images, prep)
             metrics = classification_metrics(logits, labels, classes)
+            correct[role] = logits.argmax(axis=1) == labels
             recorded = entry.test_correct
             metrics["recorded_correct"] = recorded
             # The ONNX file may flip an image sitting exactly on a decision boundary: one image is tolerated.
@@ -237,9 +240,11 @@ def benchmark_run(
             "accuracy": "fraction in [0, 1]",
         },
         "models": results,
+        "comparisons": compare_models(correct),
         "int8_verdict": _int8_verdict(results, batch),
         "command": command,
     }
+    result["attribution"] = attribution(result["comparisons"])
     _save(result, run_dir, reporter)
     return result
 

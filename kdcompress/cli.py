@@ -78,7 +78,10 @@ def _error(message: str) -> None:
 LOSS_HELP = f"{FORMULA}   ({FORMULA_NOTES})"
 
 
-@app.command(help=f"Train a teacher, a baseline student and a distilled student; export all three to ONNX.\n\n{LOSS_HELP}")
+@app.command(
+    help="Train a teacher, a baseline student, a distilled student and a label-smoothing control; export them to ONNX "
+    f"and say whether distillation beat the baseline and the control beyond noise.\n\n{LOSS_HELP}"
+)
 @_user_errors(DISCARDED)
 def compress(
     dataset: str = options.DATASET,
@@ -91,9 +94,15 @@ def compress(
     teacher_weights: Optional[Path] = options.TEACHER_WEIGHTS,
     retrain_teacher: bool = options.RETRAIN_TEACHER,
     teacher_aux: bool = options.TEACHER_AUX,
+    teacher_smoothing: float = options.TEACHER_SMOOTHING,
+    teacher_ema: float = options.TEACHER_EMA,
+    teacher_select: str = options.TEACHER_SELECT,
+    augment: str = options.AUGMENT,
     temperature: float = option("temperature", "--T", "--temperature", help="Temperature T that softens both logit sets in the KL term (> 0)."),
     alpha: float = option("alpha", "--alpha", help="Weight of the KL term in [0, 1]; CE gets 1 - alpha."),
     beta: float = option("beta", "--beta", help="Weight of the feature term (>= 0); 0 = logits-only distillation."),
+    mixup: float = options.MIXUP,
+    control: str = options.CONTROL,
     epochs: Optional[int] = options.EPOCHS,
     teacher_epochs: Optional[int] = options.TEACHER_EPOCHS,
     batch_size: int = options.BATCH_SIZE,
@@ -111,14 +120,15 @@ def compress(
     config = CompressConfig(
         dataset=dataset, data_dir=path_text(data_dir), image_size=image_size, teacher=teacher, student=student,
         pretrained=pretrained, pretrained_student=pretrained_student, teacher_weights=path_text(teacher_weights),
-        retrain_teacher=retrain_teacher, teacher_aux=teacher_aux, temperature=temperature, alpha=alpha, beta=beta,
-        epochs=epochs, teacher_epochs=teacher_epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-        val_fraction=val_fraction, seed=seed, device=device, compile=compile, artifacts=str(artifacts), out=path_text(out),
-        int8=int8,
+        retrain_teacher=retrain_teacher, teacher_aux=teacher_aux, teacher_smoothing=teacher_smoothing,
+        teacher_ema=teacher_ema, teacher_select=teacher_select, augment=augment, temperature=temperature, alpha=alpha, beta=beta,
+        mixup=mixup, control=control, epochs=epochs, teacher_epochs=teacher_epochs, batch_size=batch_size, lr=lr,
+        weight_decay=weight_decay, val_fraction=val_fraction, seed=seed, device=device, compile=compile,
+        artifacts=str(artifacts), out=path_text(out), int8=int8,
     )  # fmt: skip
     from kdcompress.pipeline import compress as run_compress
     from kdcompress.console import RichReporter
-    from kdcompress.render import summary_table
+    from kdcompress.render import summary_table, verdict_lines
 
     reporter = RichReporter(stderr)
     reporter.info(FORMULA)
@@ -127,6 +137,9 @@ def compress(
         sys.stdout.write(json.dumps(result.manifest.to_dict(), indent=2) + "\n")
         return
     stdout.print(summary_table(result.manifest))
+    details = result.manifest.details
+    for line in verdict_lines(details.get("comparisons", {}), details.get("attribution")):
+        stdout.print(escape(line), highlight=False)
     for warning in result.manifest.warnings:
         stdout.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False)
     stdout.print(f"Run written to [bold]{result.run_dir}[/]: next, [bold]kdc benchmark {result.run_dir}[/]", highlight=False)
@@ -150,12 +163,18 @@ def sweep(
     teacher_weights: Optional[Path] = options.TEACHER_WEIGHTS,
     retrain_teacher: bool = options.RETRAIN_TEACHER,
     teacher_aux: bool = options.TEACHER_AUX,
+    teacher_smoothing: float = options.TEACHER_SMOOTHING,
+    teacher_ema: float = options.TEACHER_EMA,
+    teacher_select: str = options.TEACHER_SELECT,
+    augment: str = options.AUGMENT,
     epochs: Optional[int] = options.EPOCHS,
     teacher_epochs: Optional[int] = options.TEACHER_EPOCHS,
     batch_size: int = options.BATCH_SIZE,
     lr: float = options.LR,
     weight_decay: float = options.WEIGHT_DECAY,
     val_fraction: float = options.VAL_FRACTION,
+    mixup: float = options.MIXUP,
+    control: str = options.CONTROL,
     device: str = options.DEVICE,
     compile: str = options.COMPILE,
     artifacts: Path = options.ARTIFACTS,
@@ -165,8 +184,9 @@ def sweep(
     """Distil over a grid of T x alpha x beta and several seeds; say which settings beat the baseline beyond noise.
 
     One teacher serves the whole sweep (trained once, or reused from compress); each seed trains
-    its baseline once, and the teacher's outputs are computed once per seed for every augmented
-    batch, so N distilled students cost about N baseline trainings. Writes results.json,
+    its baseline once (and a label-smoothing control per T), and the teacher's outputs are computed
+    once per seed for every augmented batch, so N distilled students cost about N baseline
+    trainings. Names the cell chosen on validation, with its test result. Writes results.json,
     summary.md, heatmap.png and objectives.png into the sweep folder; finished trainings are kept,
     so running the same command again resumes an interrupted sweep.
     """
@@ -179,7 +199,8 @@ def sweep(
         pretrained=pretrained, pretrained_student=pretrained_student, teacher_weights=path_text(teacher_weights),
         retrain_teacher=retrain_teacher, teacher_aux=teacher_aux, epochs=epochs, teacher_epochs=teacher_epochs,
         batch_size=batch_size, lr=lr, weight_decay=weight_decay, val_fraction=val_fraction, seed=seed, device=device,
-        compile=compile, artifacts=str(artifacts),
+        compile=compile, artifacts=str(artifacts), mixup=mixup, control=control, teacher_smoothing=teacher_smoothing,
+        teacher_ema=teacher_ema, teacher_select=teacher_select, augment=augment,
     )  # fmt: skip
     config = SweepConfig(
         base=base,

@@ -12,6 +12,9 @@ from kdcompress.errors import KdcError
 MAX_SEED = 2**32 - 1  # numpy's and torch's generators both take seeds in [0, 2^32)
 DEVICES = ("auto", "cpu", "cuda")
 COMPILE_CHOICES = ("auto", "on", "off")  # accel.should_compile says what auto means
+CONTROLS = ("label-smoothing", "none")  # the fourth model of kdc compress (fair.control_smoothing)
+AUGMENTATIONS = ("crop", "rrc")  # views.views: padding crop (CIFAR recipe) | random-resized crop, rotation, intensity
+SELECTIONS = ("accuracy", "loss")  # how the teacher's kept epoch is chosen on validation
 
 
 @dataclass(frozen=True)
@@ -27,10 +30,16 @@ class CompressConfig:
     pretrained_student: bool = False  # start both students from ImageNet weights (needs the hub)
     teacher_weights: str | None = None  # a trained teacher checkpoint to use instead of training one
     retrain_teacher: bool = False  # train the teacher even if an identical one is cached
+    teacher_smoothing: float = 0.0  # label smoothing of the teacher's own training
+    teacher_ema: float = 0.0  # keep an EMA of the teacher's weights with this decay (timm ModelEmaV3); 0 = off
+    teacher_select: str = "accuracy"  # the teacher's kept epoch: best validation accuracy, or lowest validation loss
     teacher_aux: bool = True  # also train the teacher on the dataset's auxiliary classes (cifar3: CIFAR-10's 7 others)
     temperature: float = 4.0  # T: softens both logit sets before the KL term
     alpha: float = 0.5  # weight of the KL term; CE gets 1 - alpha
     beta: float = 0.3  # weight of the feature-alignment term; 0 = logits-only distillation
+    augment: str = "crop"  # views of every training: crop (reflect-padded crop + flip) | rrc (random-resized crop ...)
+    mixup: float = 0.0  # students train on mixed views (Beta(m, m) weights), the teacher seeing the same ones; 0 = off
+    control: str = "label-smoothing"  # also train the student with label smoothing matched to the teacher at T; none = skip
     epochs: int | None = None  # epochs per training; None = the dataset's default
     teacher_epochs: int | None = None  # epochs for the teacher; None = epochs x the dataset's factor (cifar3 2, others 1)
     batch_size: int = 128
@@ -51,6 +60,18 @@ class CompressConfig:
         _check_range("--alpha", self.alpha, 0.0, 1.0)
         _check_range("--beta", self.beta, 0.0, 100.0)
         _check_range("--val-fraction", self.val_fraction, 0.01, 0.5)
+        _check_range("--mixup", self.mixup, 0.0, 10.0)
+        _check_range("--teacher-smoothing", self.teacher_smoothing, 0.0, 0.9)
+        _check_range("--teacher-ema", self.teacher_ema, 0.0, 0.99999)
+        for flag, value, choices in (
+            ("--device", self.device, DEVICES),
+            ("--compile", self.compile, COMPILE_CHOICES),
+            ("--control", self.control, CONTROLS),
+            ("--augment", self.augment, AUGMENTATIONS),
+            ("--teacher-select", self.teacher_select, SELECTIONS),
+        ):
+            if value not in choices:
+                raise KdcError(f"{flag} must be {one_of(choices)}, not '{value}'")
         _check_range("--lr", self.lr, 1e-7, 10.0)
         _check_range("--weight-decay", self.weight_decay, 0.0, 10.0)
         _check_range("--seed", self.seed, 0, MAX_SEED)
@@ -62,10 +83,6 @@ class CompressConfig:
         ):
             if value is not None:
                 _check_range(flag, value, low, high)
-        if self.device not in DEVICES:
-            raise KdcError(f"--device must be {one_of(DEVICES)}, not '{self.device}'")
-        if self.compile not in COMPILE_CHOICES:
-            raise KdcError(f"--compile must be {one_of(COMPILE_CHOICES)}, not '{self.compile}'")
         if self.teacher_weights and self.pretrained:
             raise KdcError("--pretrained and --teacher-weights both set the teacher's weights: pick one")
         epochs = self.epochs or spec.epochs

@@ -48,6 +48,9 @@ def prepare(config: CompressConfig, reporter: Reporter) -> Prepared:
         seed=cfg.seed,
         device=device,
         compile=cfg.compile,
+        augment=cfg.augment,
+        mixup=cfg.mixup,
+        classes=len(data.classes),
     )
     return Prepared(cfg, device, data, data.preprocessing(), settings)
 
@@ -67,6 +70,13 @@ class FairStart:
         from kdcompress.train import clone_model
 
         return Supervised(clone_model(self.initial))
+
+    def control(self, smoothing: float) -> Any:
+        """The label-smoothing control: the baseline's objective with a softened target, from the same weights."""
+        from kdcompress.objectives import Supervised
+        from kdcompress.train import clone_model
+
+        return Supervised(clone_model(self.initial), smoothing)
 
     def distilled(self, teacher: Any, temperature: float, alpha: float, beta: float) -> Any:
         """The distillation objective (live or recorded teacher), from the same initial weights and projection."""
@@ -89,3 +99,19 @@ def fair_start(prepared: Prepared, seed: int, teacher: Any) -> FairStart:
     torch.manual_seed(seed + 1)
     projection = create_projection(initial, teacher)
     return FairStart(seed, replace(prepared.settings, seed=seed), initial, projection)
+
+
+def control_smoothing(prepared: Prepared, teacher: Any, temperature: float) -> dict[str, float]:
+    """The control's label smoothing: the mass the teacher puts off the true class at temperature T.
+
+    Measured on the training split (no augmentation), which is all the students train on: the control's
+    target then carries, on average, as much probability off the true class as the teacher's softened
+    outputs do, but spread evenly instead of by what the teacher knows (Yuan et al., CVPR 2020).
+    """
+    from kdcompress.losses import matching_smoothing, off_true_mass
+    from kdcompress.train import predict_logits
+
+    data = prepared.data
+    logits = predict_logits(teacher, data.train_x, prepared.prep, prepared.device)[:, : len(data.classes)]
+    mass = off_true_mass(logits, data.train_y, temperature)
+    return {"temperature": temperature, "teacher_off_true_mass": round(mass, 6), "smoothing": round(matching_smoothing(mass, len(data.classes)), 6)}

@@ -23,11 +23,28 @@ FORMULA_NOTES = (
 )
 
 
-def cross_entropy(student_logits: Any, labels: Any) -> Any:
-    """Mean cross-entropy on hard labels."""
+def cross_entropy(student_logits: Any, labels: Any, smoothing: float = 0.0) -> Any:
+    """Mean cross-entropy on labels: class indices, or per-class probabilities (mixed labels).
+
+    smoothing > 0 is label smoothing: the target is (1 - smoothing) * label + smoothing / classes.
+    """
     import torch.nn.functional as F
 
-    return F.cross_entropy(student_logits.float(), labels)
+    return F.cross_entropy(student_logits.float(), labels, label_smoothing=smoothing)
+
+
+def off_true_mass(teacher_logits: Any, labels: Any, temperature: float) -> float:
+    """The teacher's average probability off the true class, softmax(teacher / T), over the given images."""
+    import torch
+
+    probabilities = torch.softmax(torch.as_tensor(teacher_logits).float() / temperature, dim=1)
+    on_true = probabilities.gather(1, torch.as_tensor(labels).long().view(-1, 1))
+    return float(1.0 - on_true.mean())
+
+
+def matching_smoothing(mass: float, classes: int) -> float:
+    """The label smoothing whose target puts `mass` off the true class (smoothing * (classes - 1) / classes = mass)."""
+    return min(1.0, max(0.0, mass * classes / (classes - 1)))
 
 
 def kd_kl(student_logits: Any, teacher_logits: Any, temperature: float) -> Any:

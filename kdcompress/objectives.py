@@ -16,21 +16,28 @@ from kdcompress import losses
 
 
 class Supervised(nn.Module):
-    """Cross-entropy on hard labels: how the teacher and the baseline student are trained."""
+    """Cross-entropy on the labels: how the teacher and the baseline student are trained.
 
-    def __init__(self, student: nn.Module) -> None:
+    With smoothing > 0 it is the label-smoothing control: the same student, views and schedule as
+    the baseline, with a softened target in place of a teacher (`kdc compress --control`).
+    """
+
+    def __init__(self, student: nn.Module, smoothing: float = 0.0) -> None:
         super().__init__()
         self.student = student
+        self.smoothing = smoothing
 
     def forward(
         self, images: torch.Tensor, labels: torch.Tensor, view: Optional[int] = None
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Loss and its parts for one batch (view, the batch's index in the run, is not needed here)."""
-        ce = losses.cross_entropy(self.student(images), labels)
+        ce = losses.cross_entropy(self.student(images), labels, self.smoothing)
         return ce, {"ce": ce}
 
     def describe(self) -> str:
         """The objective as a formula."""
+        if self.smoothing > 0:
+            return f"loss = CE(student, y smoothed by {self.smoothing:.3g})"
         return "loss = CE(student, y)"
 
 

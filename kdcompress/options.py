@@ -65,6 +65,29 @@ COMPILE = option(
     "compile", "--compile", help="auto, on or off: torch.compile the networks for training. auto leaves it off: "
     "on an H200 it measured no faster than eager for EfficientNet-B3 and ResNet18 at 32 px."
 )
+AUGMENT = option(
+    "augment", "--augment", help="Views of every training: crop (reflect-padded crop of size/8 + flip: the CIFAR recipe) "
+    "or rrc (per image: random-resized crop of 35-100% of the area, rotation up to 10 degrees, flip, contrast and "
+    "brightness jitter), on the device for whole batches."
+)
+TEACHER_SMOOTHING = option("teacher_smoothing", "--teacher-smoothing", help="Label smoothing of the teacher's own training (0 = none).")
+TEACHER_EMA = option(
+    "teacher_ema", "--teacher-ema", help="Keep an exponential moving average of the teacher's weights with this decay, "
+    "e.g. 0.999 (timm's ModelEmaV3, warm-up on); it is what is validated and kept. 0 = off."
+)
+TEACHER_SELECT = option(
+    "teacher_select", "--teacher-select", help="The teacher's kept epoch: best validation accuracy, or lowest validation loss."
+)
+MIXUP = option(
+    "mixup", "--mixup", help="Mixup for the students, 0 = off: each batch is mixed with itself reversed, weight ~ "
+    "Beta(m, m), labels mixed alike. The baseline, the control and the distilled student see the same mixed images, "
+    "and so does the teacher (consistent teaching, Beyer et al. 2022). The teacher trains without it."
+)
+CONTROL = option(
+    "control", "--control", help="label-smoothing: also train the student with CE and label smoothing, same start, views and "
+    "schedule, smoothed to carry the teacher's average probability off the true class at T. It tells a gain that is the "
+    "teacher's knowledge from one that is plain regularisation (Yuan et al., CVPR 2020). none: skip it."
+)
 ARTIFACTS = option("artifacts", "--artifacts", help="Artifacts root; each run gets a new sub-folder.")
 
 

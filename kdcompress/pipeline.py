@@ -14,10 +14,11 @@ import numpy as np
 from kdcompress import losses
 from kdcompress.config import CompressConfig
 from kdcompress.errors import KdcError
-from kdcompress.fair import Prepared, fair_start, prepare
+from kdcompress.fair import Prepared, control_smoothing, fair_start, prepare
 from kdcompress.files import REPLACED_PREFIX, STAGING_PREFIX, remove_stale, write_json_atomic
 from kdcompress.manifest import MANIFEST, DatasetInfo, Manifest, ModelEntry, environment, write_manifest
 from kdcompress.reporter import NullReporter, Reporter
+from kdcompress.stats import attribution, compare_models
 from kdcompress.teacher import load_or_train_teacher
 
 CALIBRATION_IMAGES = 512  # training images kept for INT8 calibration (kdc quantize)
@@ -81,6 +82,17 @@ def _train_all(run: Prepared, reporter: Reporter) -> tuple[dict[str, Any], dict[
     result = fit(distillation, run.data, run.prep, start.settings, reporter, "distilled")
     records["student"] = {"objective": distillation.describe(), **result.record()}
     models = {"teacher": teacher, "baseline": baseline.student, "student": distillation.student}
+
+    if cfg.control == "label-smoothing":
+        matched = control_smoothing(run, teacher, cfg.temperature)
+        control = start.control(matched["smoothing"])
+        reporter.info(
+            f"label-smoothing control: {cfg.student}, {control.describe()} (the teacher's mass off the true class "
+            f"at T={cfg.temperature:g} is {matched['teacher_off_true_mass']:.3f})"
+        )
+        result = fit(control, run.data, run.prep, start.settings, reporter, "control")
+        records["control"] = {"objective": control.describe(), "matched": matched, **result.record()}
+        models["control"] = control.student
     training = {
         "device": run.device,
         "precision": describe_precision(run.device, run.settings.precision),
@@ -103,12 +115,14 @@ def _finish(
     cfg, data = run.cfg, run.data
     _save_samples(run, staging)
     (staging / "checkpoints").mkdir(exist_ok=True)
-    architectures = {"teacher": cfg.teacher, "baseline": cfg.student, "student": cfg.student}
+    architectures = {"teacher": cfg.teacher, "baseline": cfg.student, "student": cfg.student, "control": cfg.student}
     history = {role: records[role].pop("history", []) for role in models}
-    entries = {role: _export_model(run, role, model, architectures[role], staging, reporter) for role, model in models.items()}
-    for role, entry in entries.items():
-        entry.details.update(records[role])
+    entries, correct = {}, {}
+    for role, model in models.items():
+        entries[role], correct[role] = _export_model(run, role, model, architectures[role], staging, reporter)
+        entries[role].details.update(records[role])
     write_json_atomic(staging / "history.json", history)
+    comparisons = compare_models(correct)
 
     warnings = []
     if entries["teacher"].test_accuracy < entries["baseline"].test_accuracy:
@@ -134,6 +148,8 @@ def _finish(
                 "alpha": cfg.alpha,
                 "beta": cfg.beta,
             },
+            "comparisons": comparisons,
+            "attribution": attribution(comparisons),
             "config": cfg.to_dict(),
             "device": run.device,
             "environment": environment(),
@@ -152,8 +168,13 @@ def _save_samples(run: Prepared, staging: Path) -> None:
     np.savez_compressed(staging / "calibration.npz", images=data.train_x[pick], labels=data.train_y[pick])
 
 
-def _export_model(run: Prepared, role: str, model: Any, architecture: str, staging: Path, reporter: Reporter) -> ModelEntry:
-    """Score one model on the test split, export it to ONNX (checked against PyTorch) and save its checkpoint."""
+def _export_model(
+    run: Prepared, role: str, model: Any, architecture: str, staging: Path, reporter: Reporter
+) -> tuple[ModelEntry, np.ndarray]:
+    """Score one model on the test split, export it to ONNX (checked against PyTorch) and save its checkpoint.
+
+    Returns its manifest entry and which test images it gets right (for the verdicts).
+    """
     from kdcompress.export import export_onnx
     from kdcompress.models import count_parameters, save_checkpoint
     from kdcompress.train import predict_logits
@@ -169,7 +190,7 @@ def _export_model(run: Prepared, role: str, model: Any, architecture: str, stagi
     parity = export_onnx(model, onnx_path, run.prep, data.test_x)
     meta = {"model": architecture, "classes": data.classes, "in_chans": data.channels}
     save_checkpoint(model, staging / "checkpoints" / f"{role}.pt", meta)
-    return ModelEntry(
+    entry = ModelEntry(
         architecture=architecture,
         onnx=onnx_path.name,
         parameters=count_parameters(model),
@@ -178,6 +199,7 @@ def _export_model(run: Prepared, role: str, model: Any, architecture: str, stagi
         test_correct=int(correct.sum()),
         details={"checkpoint": f"checkpoints/{role}.pt", "per_class_accuracy": per_class, "export": parity},
     )
+    return entry, correct
 
 
 def check_out(out: str | Path) -> Path:

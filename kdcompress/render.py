@@ -7,7 +7,13 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
-ROLE_LABELS = {"teacher": "teacher", "baseline": "baseline", "student": "distilled", "int8": "distilled int8"}
+ROLE_LABELS = {
+    "teacher": "teacher",
+    "baseline": "baseline",
+    "student": "distilled",
+    "control": "label smoothing",
+    "int8": "distilled int8",
+}
 
 
 def _points(delta: float) -> str:
@@ -32,7 +38,7 @@ def summary_table(manifest: Any) -> Table:
     baseline = models["baseline"]
     n_test = manifest.dataset.counts["test"]
     rows = []
-    for role in ("teacher", "baseline", "student"):
+    for role in [r for r in ("teacher", "baseline", "student", "control") if r in models]:
         entry = models[role]
         is_baseline = role == "baseline"
         delta_images = entry.test_correct - baseline.test_correct
@@ -55,6 +61,14 @@ def summary_table(manifest: Any) -> Table:
         rows,
         caption="Δ: change vs the baseline (the same student trained without distillation), in points and test images",
     )
+
+
+def verdict_lines(comparisons: dict[str, Any], attribution: str | None) -> list[str]:
+    """The noise verdicts of a run in words: distilled vs baseline, vs the label-smoothing control, and what they mean."""
+    names = {"student_vs_baseline": "distilled vs baseline", "student_vs_control": "distilled vs label smoothing",
+             "control_vs_baseline": "label smoothing vs baseline"}  # fmt: skip
+    lines = [f"{names.get(key, key)}: {value['words']}" for key, value in comparisons.items()]
+    return lines + ([f"so: {attribution}"] if attribution else [])
 
 
 def _ms(speed: dict[str, Any], key: str = "p50_ms") -> str:
@@ -129,6 +143,7 @@ def benchmark_context(result: dict[str, Any]) -> list[str]:
                 f"WARNING: {role}: the ONNX file gets {acc['correct']} test images right, compress recorded "
                 f"{acc['recorded_correct']}"
             )
+    lines += verdict_lines(result.get("comparisons", {}), result.get("attribution"))
     verdict = result.get("int8_verdict")
     if verdict:
         lines.append(("" if verdict["faster"] else "WARNING: ") + verdict["words"] + " (CPU, as timed above)")

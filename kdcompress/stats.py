@@ -39,8 +39,11 @@ class Comparison:
         return asdict(self)
 
 
-def compare(student_correct: np.ndarray, baseline_correct: np.ndarray) -> Comparison:
-    """Compare seeds x test-images boolean correctness matrices of a student and its baseline (paired)."""
+def compare(student_correct: np.ndarray, baseline_correct: np.ndarray, reference: str = "the baseline") -> Comparison:
+    """Compare seeds x test-images boolean correctness matrices of a student and its baseline (paired).
+
+    reference names what the student is compared with, in the verdict's words.
+    """
     student = np.asarray(student_correct, dtype=np.float64)
     baseline = np.asarray(baseline_correct, dtype=np.float64)
     if student.shape != baseline.shape or student.ndim != 2 or student.size == 0:
@@ -69,7 +72,7 @@ def compare(student_correct: np.ndarray, baseline_correct: np.ndarray) -> Compar
         ci_low=low,
         ci_high=high,
         verdict=verdict,
-        words=_words(verdict, delta, low, high, better, worse, seeds),
+        words=_words(verdict, delta, low, high, better, worse, seeds, reference),
     )
 
 
@@ -86,11 +89,41 @@ def bootstrap_interval(per_image: np.ndarray, level: float = 0.95) -> tuple[floa
     return round(float(low), 4), round(float(high), 4)
 
 
-def _words(verdict: str, delta: float, low: float, high: float, better: int, worse: int, seeds: int) -> str:
+def _words(verdict: str, delta: float, low: float, high: float, better: int, worse: int, seeds: int, reference: str) -> str:
     interval = f"{delta:+.1f} pts, 95% interval [{low:+.1f}, {high:+.1f}] over test images"
     every = "its only seed" if seeds == 1 else f"all {seeds} seeds"
     if verdict == "better":
-        return f"better than the baseline, more than noise: {interval}; better in {every}"
+        return f"better than {reference}, more than noise: {interval}; better in {every}"
     if verdict == "worse":
-        return f"worse than the baseline, more than noise: {interval}; worse in {every}"
+        return f"worse than {reference}, more than noise: {interval}; worse in {every}"
     return f"within noise: {interval}; better in {better} of {seeds} seed(s), worse in {worse}"
+
+
+REFERENCES = {"baseline": "the baseline", "control": "the label-smoothing control"}
+PAIRS = (("student", "baseline"), ("student", "control"), ("control", "baseline"))  # (model, reference) of a run
+
+
+def compare_models(correct: dict[str, np.ndarray]) -> dict[str, dict[str, Any]]:
+    """One run's verdicts: distilled vs baseline, distilled vs the control, control vs baseline (those present).
+
+    correct maps a role to its boolean per-test-image correctness, one row per seed (or a single row).
+    """
+    out = {}
+    for model, reference in PAIRS:
+        if model in correct and reference in correct:
+            rows = [np.atleast_2d(correct[model]), np.atleast_2d(correct[reference])]
+            out[f"{model}_vs_{reference}"] = compare(*rows, reference=REFERENCES[reference]).to_dict()
+    return out
+
+
+def attribution(comparisons: dict[str, dict[str, Any]]) -> str | None:
+    """What the verdicts say together: is a gain over the baseline the teacher's knowledge, or regularisation?"""
+    gain = comparisons.get("student_vs_baseline")
+    versus_control = comparisons.get("student_vs_control")
+    if gain is None or versus_control is None:
+        return None
+    if gain["verdict"] != "better":
+        return "no gain over the baseline beyond noise, so nothing to attribute to the teacher"
+    if versus_control["verdict"] == "better":
+        return "the gain over the baseline exceeds what label smoothing gives: the teacher's knowledge, not only regularisation"
+    return "label smoothing matches the gain over the baseline (within noise): report it as regularisation, not as the teacher's knowledge"

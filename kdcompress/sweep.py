@@ -26,20 +26,23 @@ import numpy as np
 from kdcompress.config import CompressConfig
 from kdcompress.data import Dataset
 from kdcompress.errors import KdcError
-from kdcompress.fair import Prepared, fair_start, prepare
+from kdcompress.fair import Prepared, control_smoothing, fair_start, prepare
 from kdcompress.files import read_json, write_json_atomic
 from kdcompress.manifest import environment
 from kdcompress.reporter import NullReporter, Reporter
-from kdcompress.stats import compare
+from kdcompress.stats import REFERENCES, compare
 from kdcompress.teacher import load_or_train_teacher, record_teacher
 
 FORMAT = "kdcompress-sweep/1"
 SHARED_SETTINGS = (  # what every run of a sweep shares: a resumed sweep must agree on all of them
     "dataset", "image_size", "teacher", "student", "pretrained", "pretrained_student", "teacher_weights", "teacher_aux",
-    "epochs", "teacher_epochs", "batch_size", "lr", "weight_decay", "val_fraction", "seed",
+    "epochs", "teacher_epochs", "batch_size", "lr", "weight_decay", "val_fraction", "seed", "mixup", "augment",
+    "teacher_smoothing", "teacher_ema", "teacher_select",
 )  # fmt: skip
 # Settings that sweeps written before they were recorded lack: such a folder is not refused for them.
 ADDED_LATER = ("seed",)
+# Settings added later still: a folder that lacks them was made with their default.
+DEFAULTED = {name: getattr(CompressConfig(), name) for name in SHARED_SETTINGS[SHARED_SETTINGS.index("mixup") :]}
 RETRAIN = "delete it and run the same command again to retrain that run"  # what to do with a damaged run file
 
 
@@ -82,11 +85,31 @@ class SweepConfig:
         return [self.base.seed + i for i in range(self.seeds)]
 
 
-def run_name(seed: int, cell: tuple[float, float, float] | None) -> str:
-    """File stem of one training: seed0-baseline, seed0-T4-alpha0.5-beta0.3."""
+def run_name(seed: int, cell: tuple[float, float, float] | float | None) -> str:
+    """File stem of one training: seed0-baseline, seed0-control-T4, seed0-T4-alpha0.5-beta0.3.
+
+    cell is a grid cell (T, alpha, beta), a float (the T of a label-smoothing control), or None (the baseline).
+    """
     if cell is None:
         return f"seed{seed}-baseline"
+    if isinstance(cell, float):
+        return f"seed{seed}-control-T{cell:g}"
     return f"seed{seed}-T{cell[0]:g}-alpha{cell[1]:g}-beta{cell[2]:g}"
+
+
+def jobs(cfg: "SweepConfig") -> list[Any]:
+    """What each seed trains, in order: the baseline, a label-smoothing control per T (unless --control none), the grid."""
+    controls = [float(t) for t in cfg.temperatures] if cfg.base.control == "label-smoothing" else []
+    return [None, *controls, *cfg.cells()]
+
+
+def choose_by_validation(validation: dict[tuple[float, float, float], list[float]]) -> tuple[float, float, float]:
+    """The grid cell a user would pick without looking at the test split: best validation accuracy, mean over seeds.
+
+    validation maps each cell to its runs' validation accuracies (of the epoch each run kept). Ties go
+    to the first cell in grid order. Nothing here can see a test prediction.
+    """
+    return max(validation, key=lambda cell: float(np.mean(validation[cell])))
 
 
 def sweep(config: SweepConfig, reporter: Reporter | None = None, command: str = "kdc sweep (library call)") -> dict[str, Any]:
@@ -101,8 +124,8 @@ def sweep(config: SweepConfig, reporter: Reporter | None = None, command: str = 
     (folder / "runs").mkdir(parents=True, exist_ok=True)
     shared = _check_resumable(folder, run.cfg, run.data)
     done = {p.stem for p in (folder / "runs").glob("*.json") if read_json(p, RETRAIN)}
-    plan = [(s, c) for s in cfg.seed_list() for c in [None, *cfg.cells()] if run_name(s, c) not in done]
-    total = len(cfg.seed_list()) * (1 + len(cfg.cells()))
+    plan = [(s, c) for s in cfg.seed_list() for c in jobs(cfg) if run_name(s, c) not in done]
+    total = len(cfg.seed_list()) * len(jobs(cfg))
     if done:
         reporter.info(f"resuming {folder}: {total - len(plan)} of {total} trainings already done")
     else:
@@ -131,7 +154,7 @@ def _check_resumable(folder: Path, base: CompressConfig, data: Dataset) -> dict[
     differ = [
         f"{k} {recorded.get(k)!r} -> {v!r}"
         for k, v in settings.items()
-        if recorded.get(k) != v and not (k in ADDED_LATER and k not in recorded)
+        if recorded.get(k, DEFAULTED.get(k)) != v and not (k in ADDED_LATER and k not in recorded)
     ]
     if shared.get("format") != FORMAT or differ:
         raise KdcError(
@@ -146,7 +169,7 @@ def _train_missing(
     run: Prepared,
     folder: Path,
     shared: dict[str, Any],
-    plan: list[tuple[int, tuple[float, float, float] | None]],
+    plan: list[tuple[int, Any]],
     total: int,
     reporter: Reporter,
 ) -> None:
@@ -163,7 +186,7 @@ def _train_missing(
     for seed, runs in itertools.groupby(plan, key=lambda item: item[0]):
         cells = [cell for _, cell in runs]
         start = fair_start(run, seed, teacher)  # the same initial weights and projection as `kdc compress --seed`
-        distilled = [cell for cell in cells if cell is not None]
+        distilled = [cell for cell in cells if isinstance(cell, tuple)]
         recorded = None
         if distilled:
             started = time.perf_counter()
@@ -172,7 +195,13 @@ def _train_missing(
             write_json_atomic(folder / "runs" / f"seed{seed}-teacher-outputs.cost", {"seconds": time.perf_counter() - started})
         for cell in cells:
             done += 1
-            objective = start.baseline() if cell is None else start.distilled(recorded, *cell)
+            matched = control_smoothing(run, teacher, cell) if isinstance(cell, float) else None
+            if cell is None:
+                objective = start.baseline()
+            elif matched is not None:
+                objective = start.control(matched["smoothing"])
+            else:
+                objective = start.distilled(recorded, *cell)
             name = run_name(seed, cell)
             reporter.info(f"[{done}/{total}] {name}: {objective.describe()}")
             result = fit(objective, data, prep, start.settings, reporter, name)
@@ -180,8 +209,9 @@ def _train_missing(
             entry = {
                 "name": name,
                 "seed": seed,
-                "kind": "baseline" if cell is None else "distilled",
-                **dict(zip(("temperature", "alpha", "beta"), cell or (None, None, None))),
+                "kind": "baseline" if cell is None else "control" if matched else "distilled",
+                **dict(zip(("temperature", "alpha", "beta"), cell if isinstance(cell, tuple) else (cell, None, None))),
+                **({"matched": matched} if matched else {}),
                 "objective": objective.describe(),
                 "test_accuracy": float((predictions == data.test_y).mean()),
                 "predictions": predictions.tolist(),
@@ -200,15 +230,34 @@ def summarize(cfg: SweepConfig, data: Dataset, folder: Path, device: str) -> dic
     def correct(name: str) -> np.ndarray:
         return np.asarray(runs[name]["predictions"]) == data.test_y
 
-    baseline = np.stack([correct(run_name(s, None)) for s in seeds])
+    def matrix(cell: Any) -> np.ndarray | None:  # seeds x test images, or None when a seed lacks this run
+        names = [run_name(s, cell) for s in seeds]
+        return np.stack([correct(n) for n in names]) if all(n in runs for n in names) else None
+
+    baseline = matrix(None)
+    assert baseline is not None
     baseline_acc = baseline.mean(axis=1)
+    control_matrices, controls = {}, []  # label-smoothing controls, one per T (a sweep with --control none has none)
+    for temperature in [float(t) for t in cfg.temperatures]:
+        control = matrix(temperature)
+        if control is not None:
+            first = runs[run_name(seeds[0], temperature)]
+            control_matrices[temperature] = control
+            controls.append({"temperature": temperature, "objective": first["objective"], "matched": first.get("matched"),
+                             **compare(control, baseline).to_dict()})  # fmt: skip
     cells = []
     for cell in cfg.cells():
         names = [run_name(s, cell) for s in seeds]
-        comparison = compare(np.stack([correct(n) for n in names]), baseline)
-        cells.append(
-            {"temperature": cell[0], "alpha": cell[1], "beta": cell[2], "objective": runs[names[0]]["objective"], **comparison.to_dict()}
-        )
+        distilled = matrix(cell)
+        entry = {"temperature": cell[0], "alpha": cell[1], "beta": cell[2], "objective": runs[names[0]]["objective"]}
+        entry.update(compare(distilled, baseline).to_dict())
+        entry["val_mean"] = float(np.mean([runs[n]["best_val_accuracy"] for n in names]))
+        if float(cell[0]) in control_matrices:
+            entry["vs_control"] = compare(distilled, control_matrices[float(cell[0])], reference=REFERENCES["control"]).to_dict()
+        cells.append(entry)
+    validation = {cell: [runs[run_name(s, cell)]["best_val_accuracy"] for s in seeds] for cell in cfg.cells()}
+    chosen = cells[cfg.cells().index(choose_by_validation(validation))]
+    best_on_test = max(cells, key=lambda c: c["delta"])
     costs = [read_json(p, RETRAIN).get("seconds", 0.0) for p in (folder / "runs").glob("*.cost")]
     baseline_seconds = [runs[run_name(s, None)]["train_seconds"] for s in seeds]
     distilled_seconds = [runs[run_name(s, c)]["train_seconds"] for s in seeds for c in cfg.cells()]
@@ -224,6 +273,12 @@ def summarize(cfg: SweepConfig, data: Dataset, folder: Path, device: str) -> dic
             "per_seed": baseline_acc.tolist(),
         },
         "cells": cells,
+        "controls": controls,
+        "chosen": {
+            "by": "validation accuracy (the epoch each run kept), mean over seeds; no test prediction is read",
+            **chosen,
+        },
+        "best_on_test": {"by": "test accuracy: optimistic, since the test split chose it", **best_on_test},
         "cost": {
             "baseline_seconds_mean": float(np.mean(baseline_seconds)),
             "distilled_seconds_mean": float(np.mean(distilled_seconds)),
@@ -233,7 +288,7 @@ def summarize(cfg: SweepConfig, data: Dataset, folder: Path, device: str) -> dic
         },
         "device": device,
         "environment": environment(),
-        "runs": [runs[run_name(s, c)] for s in seeds for c in [None, *cfg.cells()]],
+        "runs": [runs[run_name(s, c)] for s in seeds for c in jobs(cfg) if run_name(s, c) in runs],
     }
     write_json_atomic(folder / "results.json", results)
     return results

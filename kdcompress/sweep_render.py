@@ -9,34 +9,69 @@ from rich.table import Table
 
 from kdcompress.render import build_table, markdown_table, pyplot
 
-SWEEP_HEADERS = ["T", "alpha", "beta", "test acc (mean ± std)", "Δ vs baseline", "95% interval", "seeds +/-", "verdict"]
+SWEEP_HEADERS = ["student", "test acc (mean ± std)", "Δ vs baseline", "95% interval", "seeds +/-", "verdict", "vs label smoothing"]
 VERDICT_STYLE = {"better": "[green]more than noise: better[/]", "worse": "[red]more than noise: worse[/]", "noise": "within noise"}
+PLAIN = {"better": "more than noise: better", "worse": "more than noise: worse", "noise": "within noise"}
+SHORT = {"better": "better", "worse": "worse", "noise": "noise"}
 
 
 def _pct(mean: float, std: float) -> str:
     return f"{mean * 100:.1f} ± {std * 100:.1f}"
 
 
+def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return all(a[k] == b[k] for k in ("temperature", "alpha", "beta"))
+
+
 def sweep_rows(results: dict[str, Any], rich: bool = True) -> list[list[str]]:
-    """One row for the baseline, then one per grid point, best mean change first."""
+    """The baseline, the label-smoothing controls, then one row per grid point, best mean change first.
+
+    The cell chosen on validation is marked "(val)", the best one on test "(test)".
+    """
     base = results["baseline"]
     seeds = len(results["grid"]["seeds"])
-    rows = [["—", "—", "—", _pct(base["mean"], base["std"]), "baseline", "", "", ""]]
+    style = VERDICT_STYLE if rich else PLAIN
+
+    def changes(row: dict[str, Any]) -> list[str]:
+        return [
+            _pct(row["mean"], row["std"]),
+            f"{row['delta']:+.1f} ± {row['delta_std']:.1f}",
+            f"[{row['ci_low']:+.1f}, {row['ci_high']:+.1f}]",
+            f"{row['better_seeds']}/{row['worse_seeds']} of {seeds}",
+            style[row["verdict"]],
+        ]
+
+    rows = [["baseline", _pct(base["mean"], base["std"]), "", "", "", "", ""]]
+    for control in results.get("controls", []):
+        smoothing = (control.get("matched") or {}).get("smoothing", 0.0)
+        rows.append([f"label smoothing {smoothing:.2f} (T {control['temperature']:g})", *changes(control), "—"])
     for cell in sorted(results["cells"], key=lambda c: -c["delta"]):
-        verdict = VERDICT_STYLE[cell["verdict"]] if rich else cell["verdict"]
-        rows.append(
-            [
-                f"{cell['temperature']:g}",
-                f"{cell['alpha']:g}",
-                f"{cell['beta']:g}",
-                _pct(cell["mean"], cell["std"]),
-                f"{cell['delta']:+.1f} ± {cell['delta_std']:.1f}",
-                f"[{cell['ci_low']:+.1f}, {cell['ci_high']:+.1f}]",
-                f"{cell['better_seeds']}/{cell['worse_seeds']} of {seeds}",
-                verdict,
-            ]
-        )
+        marks = [m for m, key in (("val", "chosen"), ("test", "best_on_test")) if key in results and _same(cell, results[key])]
+        name = f"T {cell['temperature']:g}, α {cell['alpha']:g}, β {cell['beta']:g}" + "".join(f" ({m})" for m in marks)
+        versus = cell.get("vs_control")
+        rows.append([name, *changes(cell), f"{versus['delta']:+.1f}, {SHORT[versus['verdict']]}" if versus else "—"])
     return rows
+
+
+def choice_lines(results: dict[str, Any]) -> list[str]:
+    """The cell chosen on validation with its test result and verdicts, then the best cell on test, labelled as such."""
+    from kdcompress.stats import attribution
+
+    if "chosen" not in results:
+        return []
+    lines = []
+    for key, label in (("chosen", "chosen on validation (what to use)"), ("best_on_test", "best on test (chosen on test: optimistic)")):
+        cell = results[key]
+        if key == "best_on_test" and _same(cell, results["chosen"]):
+            lines.append("best on test: the same cell")
+            continue
+        where = f"T {cell['temperature']:g}, alpha {cell['alpha']:g}, beta {cell['beta']:g}"
+        versus = cell.get("vs_control")
+        text = f"{label}: {where}, test {_pct(cell['mean'], cell['std'])}%: {cell['words']}"
+        lines.append(text + (f"; vs label smoothing: {versus['words']}" if versus else ""))
+        if key == "chosen" and versus:
+            lines.append(f"so, for the cell chosen on validation: {attribution({'student_vs_baseline': cell, 'student_vs_control': versus})}")
+    return lines
 
 
 def sweep_context(results: dict[str, Any]) -> list[str]:
@@ -49,13 +84,15 @@ def sweep_context(results: dict[str, Any]) -> list[str]:
             f"WARNING: the teacher ({t['test_accuracy']:.1%}) scores below the baseline students "
             f"({results['baseline']['mean']:.1%} on average): distillation can mostly pass on its mistakes"
         ]
-    return warning + [
+    return warning + choice_lines(results) + [
         f"dataset {results['dataset']['name']}: {counts['train']} train / {counts['test']} test images at {s['image_size']} px; "
         f"{s['epochs']} epochs per student; seeds {', '.join(map(str, results['grid']['seeds']))}",
         f"teacher {t['architecture']}: test accuracy {t['test_accuracy']:.1%} (one teacher for the whole sweep); "
         f"students {s['student']}, each seed's distilled students start from that seed's baseline weights",
         "Δ: distilled minus baseline, accuracy points, mean ± std over seeds (paired by seed); 95% interval: paired "
-        "bootstrap over test images; 'more than noise' needs the interval to exclude 0 and every seed to agree",
+        "bootstrap over test images; 'more than noise' needs the interval to exclude 0 and every seed to agree; "
+        "label smoothing: the same student with CE and label smoothing matched to the teacher's mass off the true "
+        "class at T (one control per T); vs label smoothing: distilled minus that control",
         f"cost: a distilled student took {cost['distilled_per_baseline']:.2f}x a baseline training "
         f"({cost['distilled_seconds_mean']:.0f} s vs {cost['baseline_seconds_mean']:.0f} s); the teacher's outputs for "
         f"every batch took {cost['teacher_output_seconds']:.0f} s in all, once per seed",

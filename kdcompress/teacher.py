@@ -25,6 +25,8 @@ from kdcompress.runtime import Preprocessing
 TEACHER_RECIPE = 4  # bump when the teacher's training changes, so cached teachers are not reused
 # (2: zeroed head; 3: stride-1 stem at small inputs; 4: auxiliary classes where the dataset has them)
 SMALL_IMAGE = 64  # teacher inputs up to this side get a stride-1 stem (recipe 3)
+# Teacher levers of issue #11 (augmentation, label smoothing, EMA, epoch selection), off by default until measured.
+RECIPE_LEVERS = {"augment": "crop", "teacher_smoothing": 0.0, "teacher_ema": 0.0, "teacher_select": "accuracy"}
 
 
 def zero_init_head(model: Any) -> Any:
@@ -97,6 +99,8 @@ def teacher_cache_key(cfg: CompressConfig, data: Dataset) -> str:
         "seed": cfg.seed,
         "recipe": TEACHER_RECIPE,
     }
+    # Levers added after recipe 4 enter the key only away from their defaults, so teachers cached before stay valid.
+    fields.update({name: getattr(cfg, name) for name, default in RECIPE_LEVERS.items() if getattr(cfg, name) != default})
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -160,8 +164,11 @@ def _train_teacher(
     stride = teacher_stem_stride(teacher, data.image_size)
     set_stem_stride(teacher, stride)
     stem = f", stride-1 stem for {data.image_size} px inputs" if stride else ""
-    reporter.info(f"teacher: {cfg.teacher}{' (ImageNet weights)' if cfg.pretrained else ''}{stem}, loss = CE(teacher, y)")
-    record: dict[str, Any] = {"objective": "loss = CE(teacher, y)", "recipe": TEACHER_RECIPE, "stem_stride": stride}
+    objective = Supervised(teacher, cfg.teacher_smoothing)
+    formula = objective.describe().replace("student", "teacher")
+    reporter.info(f"teacher: {cfg.teacher}{' (ImageNet weights)' if cfg.pretrained else ''}{stem}, {formula}")
+    levers = {name: getattr(cfg, name) for name in RECIPE_LEVERS}
+    record: dict[str, Any] = {"objective": formula, "recipe": TEACHER_RECIPE, "stem_stride": stride, "levers": levers}
     if auxiliary:
         n_aux = len(data.aux_y)  # type: ignore[arg-type]
         reporter.info(
@@ -169,8 +176,10 @@ def _train_teacher(
             f"which the students never see; it keeps only its {n_classes} {data.name} outputs"
         )
         record["auxiliary"] = {"classes": list(auxiliary), "images": n_aux}
-    teacher_settings = replace(settings, epochs=cfg.teacher_epochs)
-    result = fit(Supervised(teacher), data.with_auxiliary() if auxiliary else data, prep, teacher_settings, reporter, "teacher")
+    teacher_settings = replace(  # mixup is the students' (--mixup); EMA and the epoch selection the teacher's
+        settings, epochs=cfg.teacher_epochs, mixup=0.0, ema=cfg.teacher_ema, select=cfg.teacher_select
+    )
+    result = fit(objective, data.with_auxiliary() if auxiliary else data, prep, teacher_settings, reporter, "teacher")
     keep_first_classes(teacher, n_classes)
     record.update(result.record())
     return teacher, record
@@ -216,7 +225,7 @@ def record_teacher(
 
     from kdcompress.accel import autocast, resolve_precision
     from kdcompress.objectives import LiveTeacher, RecordedTeacher
-    from kdcompress.train import ViewStream
+    from kdcompress.views import ViewStream
 
     device = settings.device
     live = LiveTeacher(teacher).to(device).to(memory_format=torch.channels_last)  # the forward students see live

@@ -11,12 +11,12 @@ import copy
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
+from timm.utils import ModelEmaV3
 
 from kdcompress.accel import (
     autocast,
@@ -28,6 +28,7 @@ from kdcompress.accel import (
     resolve_precision,
     should_compile,
 )
+from kdcompress.views import ViewStream, stats, to_input
 from kdcompress.data import Dataset
 from kdcompress.errors import KdcError
 from kdcompress.objectives import LiveTeacher, trainable_parameters
@@ -50,6 +51,11 @@ class TrainSettings:
     device: str  # "cpu" or "cuda" (already resolved)
     precision: str = "auto"  # auto | bfloat16 | float16 | float32 (CUDA only; the CPU trains in float32)
     compile: str = "off"  # auto | on | off: torch.compile of each network's forward_features (accel.should_compile)
+    augment: str = "crop"  # crop (padding crop + flip) | rrc (random-resized crop, rotation, intensity): augment.views
+    ema: float = 0.0  # decay of an exponential moving average of the weights, kept and evaluated instead; 0 = none
+    select: str = "accuracy"  # the epoch kept: best validation "accuracy", or lowest validation "loss"
+    mixup: float = 0.0  # Beta(m, m) concentration of the mixup weight of each batch; 0 = no mixup
+    classes: int = 0  # the students' classes: the width of the mixed label vectors (needed when mixup > 0)
 
 
 @dataclass
@@ -71,17 +77,6 @@ class FitResult:
         }
 
 
-def to_input(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """uint8 N x C x H x W -> normalised float32, the same formula as runtime.normalize."""
-    return (images.float() / 255.0 - mean) / std
-
-
-def _stats(prep: Preprocessing, device: str) -> tuple[torch.Tensor, torch.Tensor]:
-    mean = torch.tensor(prep.mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
-    std = torch.tensor(prep.std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
-    return mean, std
-
-
 @torch.no_grad()
 def predict_logits(
     model: nn.Module, images: np.ndarray, prep: Preprocessing, device: str, batch_size: int = 256, amp: bool = False
@@ -89,7 +84,7 @@ def predict_logits(
     """Logits of model (in eval mode) for uint8 images; float32 unless amp (mixed precision on CUDA)."""
     was_training = model.training
     model.eval()
-    mean, std = _stats(prep, device)
+    mean, std = stats(prep, device)
     outputs = []
     for start in range(0, len(images), batch_size):
         batch = torch.from_numpy(images[start : start + batch_size]).to(device)
@@ -105,41 +100,13 @@ def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
     return float((logits.argmax(axis=1) == labels).mean()) if len(labels) else 0.0
 
 
-def steps_per_epoch(images: int, batch_size: int) -> int:
-    """Full batches per epoch: the ragged last batch is dropped (BatchNorm needs > 1 image, shapes stay static)."""
-    return max(1, images // min(batch_size, images))
-
-
-class ViewStream:
-    """The augmented batches one run trains on, drawn from a generator seeded with the run's seed.
-
-    Every run with the same data, seed, epochs and batch size sees the same views in the same
-    order: what makes a baseline and its distilled students comparable, and what lets a teacher's
-    outputs be recorded once for all of them (`record_teacher`).
-    """
-
-    def __init__(self, data: Dataset, prep: Preprocessing, settings: TrainSettings) -> None:
-        device = settings.device
-        # On the device the batches are made on: no index copies from the host each step. On CPU this is the
-        # CPU generator, so CPU numbers are unchanged; a CUDA run draws other (equally seeded) views.
-        self.generator = torch.Generator(device=device).manual_seed(settings.seed)
-        self.train_x = torch.from_numpy(data.train_x).to(device)
-        self.train_y = torch.from_numpy(data.train_y).to(device)
-        self.mean, self.std = _stats(prep, device)
-        self.flip = data.flip
-        self.n = len(data.train_y)
-        self.batch_size = min(settings.batch_size, self.n)
-        self.steps_per_epoch = steps_per_epoch(self.n, settings.batch_size)
-        self.device = device
-
-    def epoch(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """One epoch of (normalised, augmented, channels-last images, labels) batches."""
-        used = self.steps_per_epoch * self.batch_size
-        order = torch.randperm(self.n, generator=self.generator, device=self.device)[:used]
-        for step in range(self.steps_per_epoch):
-            index = order[step * self.batch_size : (step + 1) * self.batch_size]
-            images = augment(to_input(self.train_x[index], self.mean, self.std), self.generator, self.flip)
-            yield images.contiguous(memory_format=torch.channels_last), self.train_y[index]
+def mean_cross_entropy(logits: np.ndarray, labels: np.ndarray) -> float:
+    """Cross-entropy of float logits against integer labels, averaged over images (0 for none)."""
+    if not len(labels):
+        return 0.0
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    log_probabilities = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    return float(-log_probabilities[np.arange(len(labels)), labels].mean())
 
 
 def warmup_fraction(total_steps: int) -> float:
@@ -160,7 +127,12 @@ def fit(
     reporter: Reporter,
     label: str,
 ) -> FitResult:
-    """Train objective.student; the epoch with the best validation accuracy is restored at the end."""
+    """Train objective.student; the epoch with the best validation score is restored at the end.
+
+    The score is validation accuracy, or (settings.select == "loss") minus the validation cross-entropy.
+    With settings.ema > 0 the weights evaluated, kept and returned are an exponential moving
+    average of the trained ones (timm's ModelEmaV3), updated after every step.
+    """
     device = settings.device
     torch.manual_seed(settings.seed)
     objective.to(device).to(memory_format=torch.channels_last)
@@ -171,9 +143,11 @@ def fit(
     step = TrainStep(objective, settings, total_steps)
     report_every = REPORT_EVERY if device == "cpu" else REPORT_EVERY_CUDA
 
+    average = ModelEmaV3(student, decay=settings.ema, use_warmup=True) if settings.ema > 0 else None
+    evaluated = average.module if average is not None else student
     history: list[dict[str, float]] = []
     best_state: dict[str, torch.Tensor] | None = None
-    best_epoch, best_val = 0, -1.0
+    best_epoch, best_val, best_score = 0, -1.0, -np.inf
     started = time.perf_counter()
     status = ""
     with step.ready(), reporter.progress(label, total=total_steps) as advance:
@@ -183,6 +157,8 @@ def fit(
             epoch_start, reported = time.perf_counter(), 0
             for index, (images, labels) in enumerate(stream.epoch()):
                 loss, parts = step(images, labels, (epoch - 1) * steps_per_epoch + index)
+                if average is not None:
+                    average.update(student, step=(epoch - 1) * steps_per_epoch + index)
                 for name, value in {"loss": loss, **parts}.items():
                     sums[name] = sums[name] + value.detach().float() if name in sums else value.detach().float()
                 if index % report_every == report_every - 1 or index == steps_per_epoch - 1:
@@ -194,15 +170,16 @@ def fit(
                     reported = index + 1
             # Scored on the dataset's own classes: outputs beyond them are auxiliary classes (a teacher's).
             with eager(student):
-                val_logits = predict_logits(student, data.val_x, prep, device, amp=True)[:, : len(data.classes)]
-            val_acc = accuracy(val_logits, data.val_y)
-            record = {"epoch": epoch, **means}
-            record.update(val_accuracy=val_acc, lr=step.scheduler.get_last_lr()[0], seconds=time.perf_counter() - epoch_start)
+                val_logits = predict_logits(evaluated, data.val_x, prep, device, amp=True)[:, : len(data.classes)]
+            val_acc, val_loss = accuracy(val_logits, data.val_y), mean_cross_entropy(val_logits, data.val_y)
+            record = {"epoch": epoch, **means, "val_accuracy": val_acc, "val_loss": val_loss}
+            record.update(lr=step.scheduler.get_last_lr()[0], seconds=time.perf_counter() - epoch_start)
             history.append(record)
-            if val_acc > best_val:
-                best_val, best_epoch = val_acc, epoch
-                best_state = {k: v.detach().clone() for k, v in student.state_dict().items()}
-            status = f" val {val_acc:.1%} (best {best_val:.1%} @{best_epoch})"
+            score = -val_loss if settings.select == "loss" else val_acc
+            if score > best_score:
+                best_score, best_val, best_epoch = score, val_acc, epoch
+                best_state = {k: v.detach().clone() for k, v in evaluated.state_dict().items()}
+            status = f" val {val_acc:.1%} (kept {best_val:.1%} @{best_epoch})"
             advance(0, status=f"ep {epoch}/{settings.epochs}{status} | {running}")
     assert best_state is not None
     student.load_state_dict(best_state)
@@ -255,21 +232,3 @@ class TrainStep:
 def clone_model(model: nn.Module) -> nn.Module:
     """An independent copy with identical weights (for baseline and distilled student)."""
     return copy.deepcopy(model)
-
-
-def augment(batch: Any, generator: Any, flip: bool) -> Any:
-    """Random crop (reflect padding of size/8) and optional horizontal flip, for a whole float batch at once."""
-    n, _, h, w = batch.shape
-    pad = max(1, h // 8)
-    padded = F.pad(batch, (pad, pad, pad, pad), mode="reflect")
-    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=generator.device).to(batch.device)
-    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=generator.device).to(batch.device)
-    rows = (dy[:, None] + torch.arange(h, device=batch.device)[None, :])[:, None, :, None]
-    cols = (dx[:, None] + torch.arange(w, device=batch.device)[None, :])[:, None, None, :]
-    index = torch.arange(n, device=batch.device)[:, None, None, None]
-    channel = torch.arange(batch.shape[1], device=batch.device)[None, :, None, None]
-    out = padded[index, channel, rows, cols]
-    if flip:
-        mirror = (torch.rand(n, generator=generator, device=generator.device) < 0.5).to(batch.device)
-        out = torch.where(mirror[:, None, None, None], out.flip(3), out)
-    return out

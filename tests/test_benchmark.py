@@ -46,7 +46,11 @@ def test_binary_metrics_by_hand():
 def test_benchmark_fields_units_and_honest_gpu_status(tiny_run):
     result = benchmark_run(tiny_run, quick=True)
     manifest = read_manifest(tiny_run).to_dict()
-    assert list(result["models"]) == ["teacher", "baseline", "student"]
+    assert list(result["models"]) == ["teacher", "baseline", "student", "control"]
+    # The verdicts are recomputed from the ONNX files' own predictions: they match compress's.
+    recorded = {k: v["delta"] for k, v in manifest["comparisons"].items()}
+    assert {k: v["delta"] for k, v in result["comparisons"].items()} == pytest.approx(recorded, abs=0.3)
+    assert result["attribution"] and "distilled vs label smoothing" in "\n".join(benchmark_context(result))
     assert result["units"]["latency"].startswith("milliseconds") and result["settings"]["threads"] == 1
     assert result["machine"]["cores"] >= 1 and isinstance(result["machine"]["busy"], bool)
     for role, model in result["models"].items():

@@ -12,7 +12,7 @@ from PIL import Image
 
 from kdcompress.data import load_dataset
 from kdcompress.sources import download_cifar10
-from kdcompress.train import augment
+from kdcompress.views import augment
 from kdcompress.errors import KdcError
 from kdcompress.reporter import NullReporter
 from kdcompress.runtime import load_image

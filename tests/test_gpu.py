@@ -15,7 +15,8 @@ from kdcompress.models import create_model, create_projection
 from kdcompress.objectives import Distillation, Supervised
 from kdcompress.reporter import NullReporter
 from kdcompress.teacher import record_teacher
-from kdcompress.train import TrainSettings, TrainStep, ViewStream, clone_model, fit
+from kdcompress.train import TrainSettings, TrainStep, clone_model, fit
+from kdcompress.views import ViewStream
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

@@ -27,7 +27,7 @@ class Recorder(Reporter):
 
 def test_run_folder_holds_everything_benchmark_and_predict_need(tiny_run):
     manifest = read_manifest(tiny_run).to_dict()
-    assert set(manifest["models"]) == {"teacher", "baseline", "student"}
+    assert set(manifest["models"]) == {"teacher", "baseline", "student", "control"}
     for role, entry in manifest["models"].items():
         assert (tiny_run / entry["onnx"]).is_file() and (tiny_run / entry["checkpoint"]).is_file()
         assert 0.0 <= entry["test_accuracy"] <= 1.0 and entry["export"]["max_abs_diff"] <= entry["export"]["allowed_diff"]
@@ -35,7 +35,15 @@ def test_run_folder_holds_everything_benchmark_and_predict_need(tiny_run):
         assert entry["onnx_bytes"] == (tiny_run / entry["onnx"]).stat().st_size
     assert manifest["models"]["student"]["best_epoch"] in (1, 2)
     history = json.loads((tiny_run / "history.json").read_text())
-    assert [len(history[r]) for r in ("teacher", "baseline", "student")] == [2, 2, 2]
+    assert [len(history[r]) for r in ("teacher", "baseline", "student", "control")] == [2, 2, 2, 2]
+    matched = manifest["models"]["control"]["matched"]
+    assert matched["smoothing"] == pytest.approx(min(1.0, matched["teacher_off_true_mass"] * 10 / 9), abs=1e-5)
+    assert manifest["models"]["control"]["objective"] == f"loss = CE(student, y smoothed by {matched['smoothing']:.3g})"
+    assert set(manifest["comparisons"]) == {"student_vs_baseline", "student_vs_control", "control_vs_baseline"}
+    assert "than the label-smoothing control" in manifest["comparisons"]["student_vs_control"]["words"] or (
+        manifest["comparisons"]["student_vs_control"]["verdict"] == "noise"
+    )
+    assert manifest["attribution"]
     assert {"ce", "kd", "feat", "val_accuracy"} <= set(history["student"][0])
     assert manifest["preprocessing"]["channels"] == 1 and manifest["config"]["epochs"] == 2
     assert "alpha * T^2 * KL" in manifest["objective"]["formula"]

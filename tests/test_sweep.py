@@ -82,7 +82,7 @@ def test_an_interrupted_sweep_resumes_and_other_settings_are_refused(tmp_path, t
     weights = tiny_run / "checkpoints" / "teacher.pt"
     config = _config(tmp_path, weights, temperatures=(2.0,), alphas=(0.5, 0.9), betas=(0.0,), seeds=2)
     first = sweep(config)
-    assert len(first["runs"]) == 6 and len(first["cells"]) == 2
+    assert len(first["runs"]) == 8 and len(first["cells"]) == 2  # per seed: baseline, control at T 2, two cells
     assert all(len(c["per_seed"]) == 2 for c in first["cells"])
     lost = tmp_path / "sweep" / "runs" / "seed1-T2-alpha0.9-beta0.json"
     kept = tmp_path / "sweep" / "runs" / "seed0-T2-alpha0.5-beta0.json"
@@ -92,7 +92,7 @@ def test_an_interrupted_sweep_resumes_and_other_settings_are_refused(tmp_path, t
     second = sweep(config, log)
     trained = [line for line in log.lines if line.startswith("[")]
     assert len(trained) == 1 and "seed1-T2-alpha0.9-beta0" in trained[0]
-    assert any("5 of 6 trainings already done" in line for line in log.lines)
+    assert any("7 of 8 trainings already done" in line for line in log.lines)
     assert kept.read_text() == kept_before and lost.is_file()
     assert [c["mean"] for c in second["cells"]] == [c["mean"] for c in first["cells"]]  # deterministic on CPU
     assert json.loads((tmp_path / "sweep" / "results.json").read_text())["cells"] == second["cells"]
@@ -129,4 +129,5 @@ def test_sweep_command_writes_table_markdown_and_plots(tmp_path, tiny_run):
     for name in ("results.json", "summary.md", "heatmap.png", "objectives.png"):
         assert (folder / name).stat().st_size > 0, name
     summary = (folder / "summary.md").read_text()
-    assert summary.count("\n| ") == 2 + 5 and "T 4, alpha 0.5, beta 0.3:" in summary
+    assert summary.count("\n| ") == 2 + 7 and "T 4, alpha 0.5, beta 0.3:" in summary  # baseline, 2 controls, 4 cells
+    assert "chosen on validation (what to use): T " in summary and "label smoothing" in summary

@@ -1,0 +1,150 @@
+"""The views a run trains on: whole batches normalised and augmented on the device, in a seeded order.
+
+torchvision's v2 transforms draw one set of random parameters per call, so a batch tensor gets one
+crop for all its images (pytorch/vision#8484, #2929); per-image views in one kernel need the batch
+forms below: a crop with reflect padding (the CIFAR recipe), a random-resized crop with rotation
+built from torch's affine_grid / grid_sample, and mixup.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from kdcompress.data import Dataset
+from kdcompress.runtime import Preprocessing
+
+RRC_AREA = (0.35, 1.0)  # share of the image's area a random-resized crop keeps
+RRC_RATIO = (3 / 4, 4 / 3)  # its aspect ratio
+ROTATION = 10.0  # degrees, either way
+INTENSITY = 0.2  # contrast factor in 1 +- 0.2 around each image's mean, brightness shift +- 0.2 (normalised units)
+
+
+def views(batch: Any, generator: Any, flip: bool, kind: str) -> Any:
+    """The augmentation a run trains with: "crop" (padding crop, small images) or "rrc" (random-resized crop)."""
+    if kind == "rrc":
+        return random_resized_crop(batch, generator, flip)
+    return augment(batch, generator, flip)
+
+
+def augment(batch: Any, generator: Any, flip: bool) -> Any:
+    """Random crop (reflect padding of size/8) and optional horizontal flip, for a whole float batch at once."""
+    n, _, h, w = batch.shape
+    pad = max(1, h // 8)
+    padded = F.pad(batch, (pad, pad, pad, pad), mode="reflect")
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=generator.device).to(batch.device)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=generator.device).to(batch.device)
+    rows = (dy[:, None] + torch.arange(h, device=batch.device)[None, :])[:, None, :, None]
+    cols = (dx[:, None] + torch.arange(w, device=batch.device)[None, :])[:, None, None, :]
+    index = torch.arange(n, device=batch.device)[:, None, None, None]
+    channel = torch.arange(batch.shape[1], device=batch.device)[None, :, None, None]
+    out = padded[index, channel, rows, cols]
+    if flip:
+        mirror = (torch.rand(n, generator=generator, device=generator.device) < 0.5).to(batch.device)
+        out = torch.where(mirror[:, None, None, None], out.flip(3), out)
+    return out
+
+
+def mix(images: torch.Tensor, labels: torch.Tensor, lam: float, classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mixup of a batch with its reverse: lam * x + (1 - lam) * x.flip(0), and the same mix of one-hot labels."""
+    one_hot = F.one_hot(labels, classes).float()
+    return lam * images + (1 - lam) * images.flip(0), lam * one_hot + (1 - lam) * one_hot.flip(0)
+
+
+def random_resized_crop(batch: Any, generator: Any, flip: bool) -> Any:
+    """Per image: a crop of 35-100% of the area (aspect 3/4-4/3) resized back, a rotation of up to 10 degrees,
+    an optional mirror, then contrast and brightness jitter; one affine_grid / grid_sample for the batch.
+
+    For images larger than CIFAR's, where a crop of size/8 is a small shift (issue #11: chest X-rays at 224 px).
+    """
+    n = batch.shape[0]
+    u = torch.rand(n, 8, generator=generator, device=generator.device).to(batch.device)
+    area = RRC_AREA[0] + (RRC_AREA[1] - RRC_AREA[0]) * u[:, 0]
+    low, high = math.log(RRC_RATIO[0]), math.log(RRC_RATIO[1])
+    ratio = torch.exp(low + (high - low) * u[:, 1])
+    width, height = (area * ratio).sqrt().clamp(max=1.0), (area / ratio).sqrt().clamp(max=1.0)  # shares of each side
+    centre_x, centre_y = (1 - width) * (2 * u[:, 2] - 1), (1 - height) * (2 * u[:, 3] - 1)
+    angle = math.radians(ROTATION) * (2 * u[:, 4] - 1)
+    mirror = torch.where(u[:, 5] < 0.5, -1.0, 1.0) if flip else torch.ones_like(angle)
+    cos, sin = angle.cos(), angle.sin()
+    theta = torch.stack(
+        [
+            torch.stack([cos * width * mirror, -sin * height, centre_x], dim=1),
+            torch.stack([sin * width * mirror, cos * height, centre_y], dim=1),
+        ],
+        dim=1,
+    )  # output -> input coordinates: rotate(scale(output)) + centre
+    grid = F.affine_grid(theta.to(batch.dtype), list(batch.shape), align_corners=False)
+    out = F.grid_sample(batch, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    contrast = (1 + INTENSITY * (2 * u[:, 6] - 1)).view(n, 1, 1, 1)
+    brightness = (INTENSITY * (2 * u[:, 7] - 1)).view(n, 1, 1, 1)
+    mean = out.mean(dim=(1, 2, 3), keepdim=True)
+    return (out - mean) * contrast.to(out.dtype) + mean + brightness.to(out.dtype)
+
+
+def to_input(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """uint8 N x C x H x W -> normalised float32, the same formula as runtime.normalize."""
+    return (images.float() / 255.0 - mean) / std
+
+
+def stats(prep: Preprocessing, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    mean = torch.tensor(prep.mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+    std = torch.tensor(prep.std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+    return mean, std
+
+
+def steps_per_epoch(images: int, batch_size: int) -> int:
+    """Full batches per epoch: the ragged last batch is dropped (BatchNorm needs > 1 image, shapes stay static)."""
+    return max(1, images // min(batch_size, images))
+
+
+class ViewStream:
+    """The augmented batches one run trains on, drawn from a generator seeded with the run's seed.
+
+    Every run with the same data, seed, epochs and batch size sees the same views in the same
+    order: what makes a baseline and its distilled students comparable, and what lets a teacher's
+    outputs be recorded once for all of them (`record_teacher`).
+    """
+
+    def __init__(self, data: Dataset, prep: Preprocessing, settings: Any) -> None:  # settings: train.TrainSettings
+        device = settings.device
+        # On the device the batches are made on: no index copies from the host each step. On CPU this is the
+        # CPU generator, so CPU numbers are unchanged; a CUDA run draws other (equally seeded) views.
+        self.generator = torch.Generator(device=device).manual_seed(settings.seed)
+        self.train_x = torch.from_numpy(data.train_x).to(device)
+        self.train_y = torch.from_numpy(data.train_y).to(device)
+        self.mean, self.std = stats(prep, device)
+        self.flip = data.flip
+        self.n = len(data.train_y)
+        self.batch_size = min(settings.batch_size, self.n)
+        self.steps_per_epoch = steps_per_epoch(self.n, settings.batch_size)
+        self.device = device
+        self.mixup = settings.mixup
+        self.augment = settings.augment
+        if self.mixup > 0 and settings.classes < 2:
+            raise ValueError("mixup needs settings.classes, the width of the mixed label vectors")
+        self.classes = settings.classes
+        # The mixup weights come from their own host generator, seeded like the views: one number per batch,
+        # no device round trip, and the same weights on CPU and CUDA.
+        self.weights = np.random.default_rng(settings.seed)
+
+    def epoch(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """One epoch of (normalised, augmented, channels-last images, labels) batches.
+
+        With mixup, each batch is mixed with itself in reverse order, lam * x + (1 - lam) * x[::-1], and the
+        labels become the same mix of one-hot vectors (Zhang et al. 2018; timm's Mixup in "batch" mode).
+        Every objective, and the teacher, sees these very images: consistent teaching (Beyer et al. 2022).
+        """
+        used = self.steps_per_epoch * self.batch_size
+        order = torch.randperm(self.n, generator=self.generator, device=self.device)[:used]
+        for step in range(self.steps_per_epoch):
+            index = order[step * self.batch_size : (step + 1) * self.batch_size]
+            images = views(to_input(self.train_x[index], self.mean, self.std), self.generator, self.flip, self.augment)
+            labels = self.train_y[index]
+            if self.mixup > 0:
+                images, labels = mix(images, labels, float(self.weights.beta(self.mixup, self.mixup)), self.classes)
+            yield images.contiguous(memory_format=torch.channels_last), labels

@@ -1,0 +1,129 @@
+"""The label-smoothing control and the sweep's choice on validation (issue #11, items 3 and 4)."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from kdcompress import losses
+from kdcompress.config import CompressConfig
+from kdcompress.fair import fair_start, prepare
+from kdcompress.models import create_model
+from kdcompress.reporter import NullReporter
+from kdcompress.stats import attribution
+from kdcompress.sweep import SweepConfig, choose_by_validation, summarize, sweep
+from kdcompress.train import fit
+from test_pipeline import TINY
+
+
+def test_matched_smoothing_puts_the_teachers_mass_off_the_true_class():
+    # Two images, three classes, T = 2: softmax([2, 0, 0] / 2) gives the true class e / (e + 2).
+    logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 0.0, 4.0]])
+    labels = torch.tensor([0, 2])
+    first = 1 - math.e / (math.e + 2)
+    second = 1 - math.e**2 / (math.e**2 + 2)
+    mass = losses.off_true_mass(logits, labels, 2.0)
+    assert mass == pytest.approx((first + second) / 2, rel=1e-6)
+    smoothing = losses.matching_smoothing(mass, 3)
+    # torch's smoothed target: (1 - s) on the true class plus s / 3 everywhere; mass off the true class = 2s/3.
+    target = torch.full((1, 3), smoothing / 3)
+    target[0, 0] += 1 - smoothing
+    assert float(1 - target[0, 0]) == pytest.approx(mass, rel=1e-6)
+    student = torch.tensor([[0.5, -1.0, 2.0]])
+    expected = float(-(target * F.log_softmax(student, dim=1)).sum())
+    assert float(losses.cross_entropy(student, torch.tensor([0]), smoothing)) == pytest.approx(expected, rel=1e-6)
+    assert losses.matching_smoothing(0.99, 2) == 1.0  # capped: a target cannot be flatter than uniform
+
+
+def test_the_control_sees_the_baselines_views_and_initial_weights_and_only_its_objective_differs():
+    run = prepare(CompressConfig(**{**TINY, "epochs": 1}), NullReporter())
+    torch.manual_seed(0)
+    start = fair_start(run, 0, create_model("test_efficientnet", 10, 1))
+    baseline, control = start.baseline(), start.control(0.3)
+    for (name, a), b in zip(baseline.student.state_dict().items(), control.student.state_dict().values()):
+        assert torch.equal(a, b), name
+    seen = {}
+    for name, objective in (("baseline", baseline), ("control", control)):
+        views = seen[name] = []
+
+        def keep(module, args, views=views):
+            if module.training:  # training batches only, not the validation passes
+                views.append(args[0].detach().clone())
+
+        objective.student.register_forward_pre_hook(keep)
+        fit(objective, run.data, run.prep, start.settings, NullReporter(), name)
+    assert len(seen["baseline"]) == len(run.data.train_y) // 128 > 0
+    assert len(seen["baseline"]) == len(seen["control"])
+    assert all(torch.equal(a, b) for a, b in zip(seen["baseline"], seen["control"]))
+    weights = zip(baseline.student.state_dict().values(), control.student.state_dict().values())
+    assert not all(torch.equal(a, b) for a, b in weights)  # the objective, and only it, differs
+
+
+def test_choice_on_validation_takes_the_best_mean_and_the_first_of_equals():
+    validation = {(1.0, 0.5, 0.0): [0.90, 0.94], (4.0, 0.5, 0.0): [0.93, 0.93], (4.0, 0.9, 0.0): [0.95, 0.89]}
+    assert choose_by_validation(validation) == (4.0, 0.5, 0.0)
+    assert choose_by_validation({(1.0, 0.5, 0.0): [0.9], (2.0, 0.5, 0.0): [0.9]}) == (1.0, 0.5, 0.0)
+
+
+def test_attribution_says_regularisation_when_label_smoothing_matches_the_gain():
+    better = {"verdict": "better"}
+    noise = {"verdict": "noise"}
+    assert "regularisation" in attribution({"student_vs_baseline": better, "student_vs_control": noise})
+    assert "knowledge" in attribution({"student_vs_baseline": better, "student_vs_control": better})
+    assert "no gain" in attribution({"student_vs_baseline": noise, "student_vs_control": better})
+    assert attribution({"student_vs_baseline": better}) is None  # no control trained
+
+
+def test_sweep_chooses_without_reading_test_predictions(tmp_path, tiny_run):
+    base = CompressConfig(**TINY, teacher_weights=str(tiny_run / "checkpoints" / "teacher.pt"), artifacts=str(tmp_path))
+    config = SweepConfig(base=base, temperatures=(2.0, 4.0), alphas=(0.5,), betas=(0.0,), seeds=1, out=str(tmp_path / "s"))
+    results = sweep(config)
+    chosen = {k: results["chosen"][k] for k in ("temperature", "alpha", "beta")}
+    assert [c["temperature"] for c in results["controls"]] == [2.0, 4.0]
+    assert all("vs_control" in cell for cell in results["cells"])
+    # Make the cell that was not chosen perfect on test: the best on test moves, the choice must not.
+    other = next(c for c in results["cells"] if c["temperature"] != chosen["temperature"])
+    path = tmp_path / "s" / "runs" / f"seed0-T{other['temperature']:g}-alpha0.5-beta0.json"
+    run = json.loads(path.read_text())
+    run["predictions"] = np.load(tiny_run / "test_set.npz")["labels"].tolist()
+    path.write_text(json.dumps(run))
+    resolved = config.resolved()
+    again = summarize(resolved, prepare(resolved.base, NullReporter()).data, tmp_path / "s", "cpu")
+    assert {k: again["chosen"][k] for k in chosen} == chosen
+    assert again["best_on_test"]["temperature"] == other["temperature"] and again["best_on_test"]["mean"] == 1.0
+
+
+def test_mixup_views_are_reproducible_by_seed_and_the_teacher_sees_the_same_ones():
+    from kdcompress.data import load_dataset
+    from kdcompress.models import create_projection
+    from kdcompress.objectives import Distillation
+    from kdcompress.teacher import record_teacher
+    from kdcompress.train import TrainSettings, clone_model
+    from kdcompress.views import ViewStream
+
+    data = load_dataset("digits", None, 16, 0.1)
+    prep = data.preprocessing()
+    settings = TrainSettings(epochs=1, batch_size=64, lr=2e-3, weight_decay=0.05, seed=5, device="cpu", mixup=0.4, classes=10)
+    first, again = list(ViewStream(data, prep, settings).epoch()), list(ViewStream(data, prep, settings).epoch())
+    plain = list(ViewStream(data, prep, TrainSettings(**{**settings.__dict__, "mixup": 0.0})).epoch())
+    for (x, y), (x2, y2), (x0, y0) in zip(first, again, plain):
+        assert torch.equal(x, x2) and torch.equal(y, y2)
+        assert y.shape == (64, 10) and torch.allclose(y.sum(1), torch.ones(64))
+        lam = float(y[torch.arange(64), y0].min())  # each image keeps at least min(lam, 1 - lam) of its own label
+        assert 0 < lam <= 1
+    assert not all(torch.equal(x, x0) for (x, _), (x0, _) in zip(first, plain))
+    assert any((y.max(1).values < 0.999).any() for _, y in first)  # labels are mixed, not one-hot
+
+    # A student distilled live and one distilled from recorded outputs end identical: the teacher saw the mixed views.
+    torch.manual_seed(0)
+    teacher, initial = create_model("test_efficientnet", 10, 1), create_model("test_resnet", 10, 1)
+    projection = create_projection(initial, teacher)
+    live, replayed = clone_model(initial), clone_model(initial)
+    fit(Distillation(live, teacher, 4.0, 0.5, 0.3, clone_model(projection)), data, prep, settings, NullReporter(), "live")
+    recorded = record_teacher(teacher, data, prep, settings, True, NullReporter())
+    fit(Distillation(replayed, recorded, 4.0, 0.5, 0.3, clone_model(projection)), data, prep, settings, NullReporter(), "replay")
+    for (name, a), b in zip(live.state_dict().items(), replayed.state_dict().values()):
+        assert torch.equal(a, b), name

@@ -1,0 +1,90 @@
+"""The high-resolution levers of issue #11: random-resized crops, teacher label smoothing, EMA, epoch selection."""
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from kdcompress.config import CompressConfig
+from kdcompress.data import load_dataset
+from kdcompress.errors import KdcError
+from kdcompress.models import create_model
+from kdcompress.objectives import Supervised
+from kdcompress.reporter import NullReporter
+from kdcompress.teacher import RECIPE_LEVERS, teacher_cache_key
+from kdcompress.train import TrainSettings, clone_model, fit, mean_cross_entropy
+from kdcompress.views import INTENSITY, random_resized_crop
+
+
+def test_random_resized_crops_keep_the_image_upright_and_jitter_intensity_within_bounds():
+    generator = torch.Generator().manual_seed(0)
+    flat = torch.full((16, 1, 32, 32), 0.5)
+    out = random_resized_crop(flat, generator, flip=True)
+    assert out.shape == flat.shape
+    per_image = out.flatten(1)
+    assert torch.allclose(per_image.min(1).values, per_image.max(1).values, atol=1e-5)  # a flat image stays flat
+    assert ((per_image[:, 0] - 0.5).abs() <= INTENSITY + 1e-6).all()  # shifted by at most the brightness jitter
+    assert per_image[:, 0].std() > 0  # and each image by its own amount
+
+    ramp = torch.linspace(-1, 1, 32).view(1, 1, 1, 32).expand(64, 1, 32, 32).contiguous()
+    upright = random_resized_crop(ramp, torch.Generator().manual_seed(1), flip=False)
+    assert (upright[..., -4:].mean((1, 2, 3)) > upright[..., :4].mean((1, 2, 3))).all()  # rotation <= 10 degrees
+    mirrored = random_resized_crop(ramp, torch.Generator().manual_seed(1), flip=True)
+    reversed_ = mirrored[..., -4:].mean((1, 2, 3)) < mirrored[..., :4].mean((1, 2, 3))
+    assert 10 < int(reversed_.sum()) < 54  # about half mirrored
+    again = random_resized_crop(ramp, torch.Generator().manual_seed(1), flip=True)
+    assert torch.equal(mirrored, again)  # the same seed, the same views
+
+
+def _tiny_fit(**changes):
+    data = load_dataset("digits", None, 16, 0.1)
+    settings = TrainSettings(epochs=3, batch_size=128, lr=2e-3, weight_decay=0.05, seed=0, device="cpu", **changes)
+    torch.manual_seed(0)
+    model = create_model("test_resnet", 10, 1)
+    result = fit(Supervised(clone_model(model)), data, data.preprocessing(), settings, NullReporter(), "t")
+    return result
+
+
+def test_selection_on_validation_loss_keeps_the_epoch_with_the_lowest_loss():
+    result = _tiny_fit(select="loss")
+    losses = [h["val_loss"] for h in result.history]
+    assert result.best_epoch == 1 + int(np.argmin(losses))
+    assert result.best_val_accuracy == result.history[result.best_epoch - 1]["val_accuracy"]
+    logits = np.array([[2.0, 0.0], [0.0, 1.0]])
+    expected = -(np.log(np.exp(2) / (np.exp(2) + 1)) + np.log(np.e / (np.e + 1))) / 2
+    assert mean_cross_entropy(logits, np.array([0, 1])) == pytest.approx(expected)
+
+
+def test_ema_weights_are_what_is_validated_and_kept():
+    plain, averaged = _tiny_fit(), _tiny_fit(ema=0.9)
+    # Same seed, views and steps: only the kept weights differ, so the validation curves do too.
+    assert [h["loss"] for h in plain.history] == pytest.approx([h["loss"] for h in averaged.history])
+    assert [h["val_loss"] for h in plain.history] != pytest.approx([h["val_loss"] for h in averaged.history])
+
+
+def test_teacher_levers_enter_the_cache_key_only_away_from_their_defaults():
+    data = load_dataset("digits", None, 16, 0.1)
+    base = CompressConfig(device="cpu").resolved()
+    key = teacher_cache_key(base, data)
+    assert key == teacher_cache_key(replace(base, **RECIPE_LEVERS), data)
+    changed = {"augment": "rrc", "teacher_smoothing": 0.1, "teacher_ema": 0.999, "teacher_select": "loss"}
+    assert set(changed) == set(RECIPE_LEVERS)
+    keys = {teacher_cache_key(replace(base, **{name: value}), data) for name, value in changed.items()}
+    assert key not in keys and len(keys) == len(changed)
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"augment": "randaugment"}, "--augment must be crop or rrc"),
+        ({"teacher_select": "f1"}, "--teacher-select must be accuracy or loss"),
+        ({"teacher_ema": 1.0}, "--teacher-ema must be between 0 and 0.99999"),
+        ({"teacher_smoothing": -0.1}, "--teacher-smoothing must be between 0 and 0.9"),
+        ({"mixup": -1.0}, "--mixup must be between 0 and 10"),
+        ({"control": "dropout"}, "--control must be label-smoothing or none"),
+    ],
+)
+def test_lever_values_out_of_range_are_refused_in_one_line(changes, message):
+    with pytest.raises(KdcError, match=message):
+        CompressConfig(**changes).resolved()
