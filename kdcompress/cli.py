@@ -294,7 +294,7 @@ def quantize(
 def predict(
     images: list[Path] = typer.Argument(..., help="Image files (PNG, JPEG, BMP...) or folders of images."),
     run: Optional[Path] = typer.Option(None, "--run", help="Run folder [default: the newest run under --artifacts]."),
-    model: str = typer.Option("student", "--model", help="teacher, baseline, student (distilled), int8, or a .onnx file."),
+    model: str = typer.Option("student", "--model", help="teacher, baseline, student (distilled), control, int8, or a .onnx file."),
     top_k: int = typer.Option(3, "--top-k", help="How many classes to show per image."),
     artifacts: Path = typer.Option(Path("artifacts"), "--artifacts", help="Artifacts root searched when --run is not given."),
     as_json: bool = typer.Option(False, "--json", help="Print the predictions as JSON on stdout."),

@@ -39,7 +39,7 @@ class CompressConfig:
     beta: float = 0.3  # weight of the feature-alignment term; 0 = logits-only distillation
     augment: str = "crop"  # views of every training: crop (reflect-padded crop + flip) | rrc (random-resized crop ...)
     mixup: float = 0.0  # students train on mixed views (Beta(m, m) weights), the teacher seeing the same ones; 0 = off
-    control: str = "label-smoothing"  # also train the student with label smoothing matched to the teacher at T; none = skip
+    control: str = "label-smoothing"  # also train the student with label smoothing of the distillation's strength; none = skip
     epochs: int | None = None  # epochs per training; None = the dataset's default
     teacher_epochs: int | None = None  # epochs for the teacher; None = epochs x the dataset's factor (cifar3 2, others 1)
     batch_size: int = 128

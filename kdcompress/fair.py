@@ -101,12 +101,14 @@ def fair_start(prepared: Prepared, seed: int, teacher: Any) -> FairStart:
     return FairStart(seed, replace(prepared.settings, seed=seed), initial, projection)
 
 
-def control_smoothing(prepared: Prepared, teacher: Any, temperature: float) -> dict[str, float]:
-    """The control's label smoothing: the mass the teacher puts off the true class at temperature T.
+def control_smoothing(prepared: Prepared, teacher: Any, temperature: float, alpha: float) -> dict[str, float]:
+    """The control's label smoothing: the soft part of the distillation target, spread evenly over the classes.
 
-    Measured on the training split (no augmentation), which is all the students train on: the control's
-    target then carries, on average, as much probability off the true class as the teacher's softened
-    outputs do, but spread evenly instead of by what the teacher knows (Yuan et al., CVPR 2020).
+    The distilled student's target mixes the hard label (weight 1 - alpha) with the teacher's outputs at
+    temperature T (weight alpha), which put an average mass m off the true class on the training split
+    (no augmentation). The control's smoothed label puts the same alpha * m off the true class, but
+    evenly instead of by what the teacher knows: plain regularisation of the same strength
+    (Yuan et al., CVPR 2020).
     """
     from kdcompress.losses import matching_smoothing, off_true_mass
     from kdcompress.train import predict_logits
@@ -114,4 +116,9 @@ def control_smoothing(prepared: Prepared, teacher: Any, temperature: float) -> d
     data = prepared.data
     logits = predict_logits(teacher, data.train_x, prepared.prep, prepared.device)[:, : len(data.classes)]
     mass = off_true_mass(logits, data.train_y, temperature)
-    return {"temperature": temperature, "teacher_off_true_mass": round(mass, 6), "smoothing": round(matching_smoothing(mass, len(data.classes)), 6)}
+    return {
+        "temperature": temperature,
+        "alpha": alpha,
+        "teacher_off_true_mass": round(mass, 6),
+        "smoothing": round(matching_smoothing(alpha * mass, len(data.classes)), 6),
+    }

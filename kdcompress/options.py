@@ -85,8 +85,9 @@ MIXUP = option(
 )
 CONTROL = option(
     "control", "--control", help="label-smoothing: also train the student with CE and label smoothing, same start, views and "
-    "schedule, smoothed to carry the teacher's average probability off the true class at T. It tells a gain that is the "
-    "teacher's knowledge from one that is plain regularisation (Yuan et al., CVPR 2020). none: skip it."
+    "schedule, its target putting alpha x the teacher's average probability off the true class at T, as the distilled "
+    "student's target does, but spread evenly. It tells a gain that is the teacher's knowledge from one that is plain "
+    "regularisation (Yuan et al., CVPR 2020). none: skip it."
 )
 ARTIFACTS = option("artifacts", "--artifacts", help="Artifacts root; each run gets a new sub-folder.")
 

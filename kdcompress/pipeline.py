@@ -84,11 +84,11 @@ def _train_all(run: Prepared, reporter: Reporter) -> tuple[dict[str, Any], dict[
     models = {"teacher": teacher, "baseline": baseline.student, "student": distillation.student}
 
     if cfg.control == "label-smoothing":
-        matched = control_smoothing(run, teacher, cfg.temperature)
+        matched = control_smoothing(run, teacher, cfg.temperature, cfg.alpha)
         control = start.control(matched["smoothing"])
         reporter.info(
-            f"label-smoothing control: {cfg.student}, {control.describe()} (the teacher's mass off the true class "
-            f"at T={cfg.temperature:g} is {matched['teacher_off_true_mass']:.3f})"
+            f"label-smoothing control: {cfg.student}, {control.describe()} (alpha {cfg.alpha:g} x the teacher's mass "
+            f"off the true class at T={cfg.temperature:g}, {matched['teacher_off_true_mass']:.3f})"
         )
         result = fit(control, run.data, run.prep, start.settings, reporter, "control")
         records["control"] = {"objective": control.describe(), "matched": matched, **result.record()}

@@ -21,7 +21,7 @@ from kdcompress.runtime import (
 
 
 def resolve_model_file(run_dir: Path, manifest: Manifest, model: str) -> Path:
-    """teacher | baseline | student | int8 of the run, or an explicit .onnx file."""
+    """teacher | baseline | student | control | int8 of the run, or an explicit .onnx file."""
     if model in manifest.models:
         return run_dir / manifest.models[model].onnx
     if model == "int8":
@@ -30,7 +30,9 @@ def resolve_model_file(run_dir: Path, manifest: Manifest, model: str) -> Path:
         if not Path(model).is_file():
             raise KdcError(f"ONNX model not found: {model}")
         return Path(model)
-    raise KdcError(f"unknown model '{model}': use teacher, baseline, student, int8 or a path to a .onnx file")
+    if model == "control":
+        raise KdcError(f"{run_dir} has no label-smoothing control (it was trained with --control none)")
+    raise KdcError(f"unknown model '{model}': use {', '.join(manifest.models)} or a path to a .onnx file")
 
 
 def expand_inputs(inputs: list[Path], classes: list[str]) -> list[tuple[Path, int | None]]:

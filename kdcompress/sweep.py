@@ -85,22 +85,29 @@ class SweepConfig:
         return [self.base.seed + i for i in range(self.seeds)]
 
 
-def run_name(seed: int, cell: tuple[float, float, float] | float | None) -> str:
-    """File stem of one training: seed0-baseline, seed0-control-T4, seed0-T4-alpha0.5-beta0.3.
+def run_name(seed: int, cell: tuple[float, ...] | None) -> str:
+    """File stem of one training: seed0-baseline, seed0-control-T4-alpha0.5, seed0-T4-alpha0.5-beta0.3.
 
-    cell is a grid cell (T, alpha, beta), a float (the T of a label-smoothing control), or None (the baseline).
+    cell is a grid cell (T, alpha, beta), a pair (T, alpha) for a label-smoothing control, or None (the baseline).
     """
     if cell is None:
         return f"seed{seed}-baseline"
-    if isinstance(cell, float):
-        return f"seed{seed}-control-T{cell:g}"
+    if len(cell) == 2:
+        return f"seed{seed}-control-T{cell[0]:g}-alpha{cell[1]:g}"
     return f"seed{seed}-T{cell[0]:g}-alpha{cell[1]:g}-beta{cell[2]:g}"
 
 
 def jobs(cfg: "SweepConfig") -> list[Any]:
-    """What each seed trains, in order: the baseline, a label-smoothing control per T (unless --control none), the grid."""
-    controls = [float(t) for t in cfg.temperatures] if cfg.base.control == "label-smoothing" else []
-    return [None, *controls, *cfg.cells()]
+    """What each seed trains, in order: the baseline, a label-smoothing control per (T, alpha) unless --control none,
+    then the grid."""
+    return [None, *control_pairs(cfg), *cfg.cells()]
+
+
+def control_pairs(cfg: "SweepConfig") -> list[tuple[float, float]]:
+    """The (T, alpha) of each label-smoothing control: its smoothing depends on both, not on beta."""
+    if cfg.base.control != "label-smoothing":
+        return []
+    return [(float(t), float(a)) for t in cfg.temperatures for a in cfg.alphas]
 
 
 def choose_by_validation(validation: dict[tuple[float, float, float], list[float]]) -> tuple[float, float, float]:
@@ -186,7 +193,7 @@ def _train_missing(
     for seed, runs in itertools.groupby(plan, key=lambda item: item[0]):
         cells = [cell for _, cell in runs]
         start = fair_start(run, seed, teacher)  # the same initial weights and projection as `kdc compress --seed`
-        distilled = [cell for cell in cells if isinstance(cell, tuple)]
+        distilled = [cell for cell in cells if cell is not None and len(cell) == 3]
         recorded = None
         if distilled:
             started = time.perf_counter()
@@ -195,7 +202,7 @@ def _train_missing(
             write_json_atomic(folder / "runs" / f"seed{seed}-teacher-outputs.cost", {"seconds": time.perf_counter() - started})
         for cell in cells:
             done += 1
-            matched = control_smoothing(run, teacher, cell) if isinstance(cell, float) else None
+            matched = control_smoothing(run, teacher, *cell) if cell is not None and len(cell) == 2 else None
             if cell is None:
                 objective = start.baseline()
             elif matched is not None:
@@ -210,7 +217,7 @@ def _train_missing(
                 "name": name,
                 "seed": seed,
                 "kind": "baseline" if cell is None else "control" if matched else "distilled",
-                **dict(zip(("temperature", "alpha", "beta"), cell if isinstance(cell, tuple) else (cell, None, None))),
+                **dict(zip(("temperature", "alpha", "beta"), (*(cell or ()), None, None, None))),
                 **({"matched": matched} if matched else {}),
                 "objective": objective.describe(),
                 "test_accuracy": float((predictions == data.test_y).mean()),
@@ -237,14 +244,14 @@ def summarize(cfg: SweepConfig, data: Dataset, folder: Path, device: str) -> dic
     baseline = matrix(None)
     assert baseline is not None
     baseline_acc = baseline.mean(axis=1)
-    control_matrices, controls = {}, []  # label-smoothing controls, one per T (a sweep with --control none has none)
-    for temperature in [float(t) for t in cfg.temperatures]:
-        control = matrix(temperature)
+    control_matrices, controls = {}, []  # label-smoothing controls, one per (T, alpha); none with --control none
+    for pair in control_pairs(cfg):
+        control = matrix(pair)
         if control is not None:
-            first = runs[run_name(seeds[0], temperature)]
-            control_matrices[temperature] = control
-            controls.append({"temperature": temperature, "objective": first["objective"], "matched": first.get("matched"),
-                             **compare(control, baseline).to_dict()})  # fmt: skip
+            first = runs[run_name(seeds[0], pair)]
+            control_matrices[pair] = control
+            controls.append({"temperature": pair[0], "alpha": pair[1], "objective": first["objective"],
+                             "matched": first.get("matched"), **compare(control, baseline).to_dict()})  # fmt: skip
     cells = []
     for cell in cfg.cells():
         names = [run_name(s, cell) for s in seeds]
@@ -252,8 +259,9 @@ def summarize(cfg: SweepConfig, data: Dataset, folder: Path, device: str) -> dic
         entry = {"temperature": cell[0], "alpha": cell[1], "beta": cell[2], "objective": runs[names[0]]["objective"]}
         entry.update(compare(distilled, baseline).to_dict())
         entry["val_mean"] = float(np.mean([runs[n]["best_val_accuracy"] for n in names]))
-        if float(cell[0]) in control_matrices:
-            entry["vs_control"] = compare(distilled, control_matrices[float(cell[0])], reference=REFERENCES["control"]).to_dict()
+        pair = (float(cell[0]), float(cell[1]))
+        if pair in control_matrices:
+            entry["vs_control"] = compare(distilled, control_matrices[pair], reference=REFERENCES["control"]).to_dict()
         cells.append(entry)
     validation = {cell: [runs[run_name(s, cell)]["best_val_accuracy"] for s in seeds] for cell in cfg.cells()}
     chosen = cells[cfg.cells().index(choose_by_validation(validation))]

@@ -44,7 +44,8 @@ def sweep_rows(results: dict[str, Any], rich: bool = True) -> list[list[str]]:
     rows = [["baseline", _pct(base["mean"], base["std"]), "", "", "", "", ""]]
     for control in results.get("controls", []):
         smoothing = (control.get("matched") or {}).get("smoothing", 0.0)
-        rows.append([f"label smoothing {smoothing:.2f} (T {control['temperature']:g})", *changes(control), "—"])
+        where = f"T {control['temperature']:g}, α {control['alpha']:g}"
+        rows.append([f"label smoothing {smoothing:.2f} ({where})", *changes(control), "—"])
     for cell in sorted(results["cells"], key=lambda c: -c["delta"]):
         marks = [m for m, key in (("val", "chosen"), ("test", "best_on_test")) if key in results and _same(cell, results[key])]
         name = f"T {cell['temperature']:g}, α {cell['alpha']:g}, β {cell['beta']:g}" + "".join(f" ({m})" for m in marks)
@@ -91,8 +92,8 @@ def sweep_context(results: dict[str, Any]) -> list[str]:
         f"students {s['student']}, each seed's distilled students start from that seed's baseline weights",
         "Δ: distilled minus baseline, accuracy points, mean ± std over seeds (paired by seed); 95% interval: paired "
         "bootstrap over test images; 'more than noise' needs the interval to exclude 0 and every seed to agree; "
-        "label smoothing: the same student with CE and label smoothing matched to the teacher's mass off the true "
-        "class at T (one control per T); vs label smoothing: distilled minus that control",
+        "label smoothing: the same student with CE and label smoothing of alpha x the teacher's mass off the true "
+        "class at T (one control per T and alpha); vs label smoothing: distilled minus that control",
         f"cost: a distilled student took {cost['distilled_per_baseline']:.2f}x a baseline training "
         f"({cost['distilled_seconds_mean']:.0f} s vs {cost['baseline_seconds_mean']:.0f} s); the teacher's outputs for "
         f"every batch took {cost['teacher_output_seconds']:.0f} s in all, once per seed",

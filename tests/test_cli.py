@@ -39,6 +39,7 @@ def test_help_states_the_loss_and_is_instant_without_torch():
         (["--dataset", "folder", "--data-dir", "/no/such/folder"], "data folder not found: /no/such/folder"),
         (["--dataset", "chest-xray"], "needs --data-dir"),
         (["--teacher-weights", "/no/teacher.pt", *TINY], "weights file not found"),
+        (["--augment", "autoaugment"], "--augment must be crop or rrc, not 'autoaugment'"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_code_1(tmp_path, args, message):
@@ -59,14 +60,17 @@ def test_device_cuda_without_gpu_is_a_clear_error(tmp_path):
     assert result.exit_code == 1 and "no CUDA GPU" in result.output
 
 
-def test_compress_end_to_end_prints_the_summary(tmp_path):
-    result = _invoke("compress", *TINY, "--epochs", "1", "--artifacts", str(tmp_path), "--T", "2", "--alpha", "0.7")
+def test_compress_end_to_end_prints_the_summary_and_the_verdict(tmp_path):
+    args = ["--epochs", "1", "--artifacts", str(tmp_path), "--T", "2", "--alpha", "0.7", "--control", "none"]
+    result = _invoke("compress", *TINY, *args)
     assert result.exit_code == 0, result.output
-    for word in ("teacher", "baseline", "distilled", "test acc", "Run written to"):
+    for word in ("teacher", "baseline", "distilled", "test acc", "Run written to", "distilled vs baseline: "):
         assert word in result.output
+    assert "label smoothing" not in result.output  # --control none: no fourth model, no verdict against it
     (run,) = [p for p in tmp_path.iterdir() if not p.name.startswith(".")]
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["objective"]["resolved"].startswith("loss = 0.3 * CE(student, y) + 0.7 * 2^2 * KL")
+    assert set(manifest["models"]) == {"teacher", "baseline", "student"} and list(manifest["comparisons"]) == ["student_vs_baseline"]
 
 
 def test_python_dash_m_runs_the_cli():

@@ -82,7 +82,10 @@ def test_sweep_chooses_without_reading_test_predictions(tmp_path, tiny_run):
     config = SweepConfig(base=base, temperatures=(2.0, 4.0), alphas=(0.5,), betas=(0.0,), seeds=1, out=str(tmp_path / "s"))
     results = sweep(config)
     chosen = {k: results["chosen"][k] for k in ("temperature", "alpha", "beta")}
-    assert [c["temperature"] for c in results["controls"]] == [2.0, 4.0]
+    assert [(c["temperature"], c["alpha"]) for c in results["controls"]] == [(2.0, 0.5), (4.0, 0.5)]
+    for control in results["controls"]:
+        matched = control["matched"]
+        assert matched["smoothing"] == pytest.approx(0.5 * matched["teacher_off_true_mass"] * 10 / 9, abs=1e-5)
     assert all("vs_control" in cell for cell in results["cells"])
     # Make the cell that was not chosen perfect on test: the best on test moves, the choice must not.
     other = next(c for c in results["cells"] if c["temperature"] != chosen["temperature"])

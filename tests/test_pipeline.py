@@ -37,7 +37,7 @@ def test_run_folder_holds_everything_benchmark_and_predict_need(tiny_run):
     history = json.loads((tiny_run / "history.json").read_text())
     assert [len(history[r]) for r in ("teacher", "baseline", "student", "control")] == [2, 2, 2, 2]
     matched = manifest["models"]["control"]["matched"]
-    assert matched["smoothing"] == pytest.approx(min(1.0, matched["teacher_off_true_mass"] * 10 / 9), abs=1e-5)
+    assert matched["smoothing"] == pytest.approx(0.5 * matched["teacher_off_true_mass"] * 10 / 9, abs=1e-5)  # alpha 0.5
     assert manifest["models"]["control"]["objective"] == f"loss = CE(student, y smoothed by {matched['smoothing']:.3g})"
     assert set(manifest["comparisons"]) == {"student_vs_baseline", "student_vs_control", "control_vs_baseline"}
     assert "than the label-smoothing control" in manifest["comparisons"]["student_vs_control"]["words"] or (

@@ -82,7 +82,7 @@ def test_an_interrupted_sweep_resumes_and_other_settings_are_refused(tmp_path, t
     weights = tiny_run / "checkpoints" / "teacher.pt"
     config = _config(tmp_path, weights, temperatures=(2.0,), alphas=(0.5, 0.9), betas=(0.0,), seeds=2)
     first = sweep(config)
-    assert len(first["runs"]) == 8 and len(first["cells"]) == 2  # per seed: baseline, control at T 2, two cells
+    assert len(first["runs"]) == 10 and len(first["cells"]) == 2  # per seed: baseline, 2 controls (T, alpha), 2 cells
     assert all(len(c["per_seed"]) == 2 for c in first["cells"])
     lost = tmp_path / "sweep" / "runs" / "seed1-T2-alpha0.9-beta0.json"
     kept = tmp_path / "sweep" / "runs" / "seed0-T2-alpha0.5-beta0.json"
@@ -92,7 +92,7 @@ def test_an_interrupted_sweep_resumes_and_other_settings_are_refused(tmp_path, t
     second = sweep(config, log)
     trained = [line for line in log.lines if line.startswith("[")]
     assert len(trained) == 1 and "seed1-T2-alpha0.9-beta0" in trained[0]
-    assert any("7 of 8 trainings already done" in line for line in log.lines)
+    assert any("9 of 10 trainings already done" in line for line in log.lines)
     assert kept.read_text() == kept_before and lost.is_file()
     assert [c["mean"] for c in second["cells"]] == [c["mean"] for c in first["cells"]]  # deterministic on CPU
     assert json.loads((tmp_path / "sweep" / "results.json").read_text())["cells"] == second["cells"]
