@@ -78,7 +78,8 @@ def test_attribution_says_regularisation_when_label_smoothing_matches_the_gain()
 
 
 def test_sweep_chooses_without_reading_test_predictions(tmp_path, tiny_run):
-    base = CompressConfig(**TINY, teacher_weights=str(tiny_run / "checkpoints" / "teacher.pt"), artifacts=str(tmp_path))
+    weights = str(tiny_run / "checkpoints" / "teacher.pt")
+    base = CompressConfig(**{**TINY, "control": "label-smoothing"}, teacher_weights=weights, artifacts=str(tmp_path))
     config = SweepConfig(base=base, temperatures=(2.0, 4.0), alphas=(0.5,), betas=(0.0,), seeds=1, out=str(tmp_path / "s"))
     results = sweep(config)
     chosen = {k: results["chosen"][k] for k in ("temperature", "alpha", "beta")}

@@ -14,7 +14,8 @@ from kdcompress.pipeline import compress
 from kdcompress.reporter import Reporter
 from kdcompress.runtime import Preprocessing, create_session, run_logits
 
-TINY = dict(teacher="test_efficientnet", student="test_resnet", image_size=16, epochs=2, device="cpu")  # CPU: bit-identical
+# CPU: bit-identical. No control: the tests that need it use the tiny_run fixture or ask for it.
+TINY = dict(teacher="test_efficientnet", student="test_resnet", image_size=16, epochs=2, device="cpu", control="none")
 
 
 class Recorder(Reporter):

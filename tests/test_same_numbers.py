@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 GOLDEN = Path(__file__).parent / "golden" / "tiny_runs.json"
-TINY = dict(teacher="test_efficientnet", student="test_resnet", image_size=16, epochs=2, device="cpu")
+TINY = dict(teacher="test_efficientnet", student="test_resnet", image_size=16, epochs=2, device="cpu", control="none")
 
 
 def tiny_numbers(root: Path) -> dict:
@@ -57,7 +57,7 @@ def test_tiny_compress_and_sweep_give_the_recorded_numbers(tmp_path):
         actual = numbers["compress"][role]
         assert _close(actual["loss"], expected["loss"]), (role, actual["loss"], expected["loss"])
         assert abs(actual["test_correct"] - expected["test_correct"]) <= 2, role
-    assert set(golden["sweep"]) <= set(numbers["sweep"])  # runs added since (label-smoothing controls) are not in it
+    assert set(numbers["sweep"]) == set(golden["sweep"])
     for name, expected in golden["sweep"].items():
         assert _close(numbers["sweep"][name]["loss"], expected["loss"]), name
         assert numbers["sweep"][name]["test_accuracy"] == pytest.approx(expected["test_accuracy"], abs=0.006), name

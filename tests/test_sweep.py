@@ -58,7 +58,7 @@ def test_recorded_teacher_refuses_batches_it_never_saw():
 
 
 def _config(tmp_path, teacher_weights, **grid):
-    base = CompressConfig(**TINY, teacher_weights=str(teacher_weights), artifacts=str(tmp_path))
+    base = CompressConfig(**{**TINY, "control": "label-smoothing"}, teacher_weights=str(teacher_weights), artifacts=str(tmp_path))
     return SweepConfig(base=base, out=str(tmp_path / "sweep"), **grid)
 
 
