@@ -126,4 +126,7 @@ def attribution(comparisons: dict[str, dict[str, Any]]) -> str | None:
         return "no gain over the baseline beyond noise, so nothing to attribute to the teacher"
     if versus_control["verdict"] == "better":
         return "the gain over the baseline exceeds what label smoothing gives: the teacher's knowledge, not only regularisation"
-    return "label smoothing matches the gain over the baseline (within noise): report it as regularisation, not as the teacher's knowledge"
+    return (
+        "not better than label smoothing of the same strength beyond noise: the gain over the baseline cannot be told "
+        "apart from regularisation, so do not credit it to the teacher's knowledge"
+    )
