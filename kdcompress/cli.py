@@ -184,9 +184,9 @@ def sweep(
     """Distil over a grid of T x alpha x beta and several seeds; say which settings beat the baseline beyond noise.
 
     One teacher serves the whole sweep (trained once, or reused from compress); each seed trains
-    its baseline once (and a label-smoothing control per T), and the teacher's outputs are computed
-    once per seed for every augmented batch, so N distilled students cost about N baseline
-    trainings. Names the cell chosen on validation, with its test result. Writes results.json,
+    its baseline once (and a label-smoothing control per T and alpha), and the teacher's outputs
+    are computed once per seed for every augmented batch, so N distilled students cost about N
+    baseline trainings. Names the cell chosen on validation, with its test result. Writes results.json,
     summary.md, heatmap.png and objectives.png into the sweep folder; finished trainings are kept,
     so running the same command again resumes an interrupted sweep.
     """

@@ -101,21 +101,27 @@ def fair_start(prepared: Prepared, seed: int, teacher: Any) -> FairStart:
     return FairStart(seed, replace(prepared.settings, seed=seed), initial, projection)
 
 
-def control_smoothing(prepared: Prepared, teacher: Any, temperature: float, alpha: float) -> dict[str, float]:
+def teacher_train_logits(prepared: Prepared, teacher: Any) -> Any:
+    """The teacher's logits for the training split, unaugmented, over the dataset's own classes."""
+    from kdcompress.train import predict_logits
+
+    data = prepared.data
+    return predict_logits(teacher, data.train_x, prepared.prep, prepared.device)[:, : len(data.classes)]
+
+
+def control_smoothing(prepared: Prepared, teacher_logits: Any, temperature: float, alpha: float) -> dict[str, float]:
     """The control's label smoothing: the soft part of the distillation target, spread evenly over the classes.
 
     The distilled student's target mixes the hard label (weight 1 - alpha) with the teacher's outputs at
     temperature T (weight alpha), which put an average mass m off the true class on the training split
-    (no augmentation). The control's smoothed label puts the same alpha * m off the true class, but
-    evenly instead of by what the teacher knows: plain regularisation of the same strength
+    (teacher_logits: `teacher_train_logits`). The control's smoothed label puts the same alpha * m off the
+    true class, but evenly instead of by what the teacher knows: plain regularisation of the same strength
     (Yuan et al., CVPR 2020).
     """
     from kdcompress.losses import matching_smoothing, off_true_mass
-    from kdcompress.train import predict_logits
 
     data = prepared.data
-    logits = predict_logits(teacher, data.train_x, prepared.prep, prepared.device)[:, : len(data.classes)]
-    mass = off_true_mass(logits, data.train_y, temperature)
+    mass = off_true_mass(teacher_logits, data.train_y, temperature)
     return {
         "temperature": temperature,
         "alpha": alpha,

@@ -14,7 +14,7 @@ import numpy as np
 from kdcompress import losses
 from kdcompress.config import CompressConfig
 from kdcompress.errors import KdcError
-from kdcompress.fair import Prepared, control_smoothing, fair_start, prepare
+from kdcompress.fair import Prepared, control_smoothing, fair_start, prepare, teacher_train_logits
 from kdcompress.files import REPLACED_PREFIX, STAGING_PREFIX, remove_stale, write_json_atomic
 from kdcompress.manifest import MANIFEST, DatasetInfo, Manifest, ModelEntry, environment, write_manifest
 from kdcompress.reporter import NullReporter, Reporter
@@ -84,7 +84,7 @@ def _train_all(run: Prepared, reporter: Reporter) -> tuple[dict[str, Any], dict[
     models = {"teacher": teacher, "baseline": baseline.student, "student": distillation.student}
 
     if cfg.control == "label-smoothing":
-        matched = control_smoothing(run, teacher, cfg.temperature, cfg.alpha)
+        matched = control_smoothing(run, teacher_train_logits(run, teacher), cfg.temperature, cfg.alpha)
         control = start.control(matched["smoothing"])
         reporter.info(
             f"label-smoothing control: {cfg.student}, {control.describe()} (alpha {cfg.alpha:g} x the teacher's mass "

@@ -26,12 +26,12 @@ import numpy as np
 from kdcompress.config import CompressConfig
 from kdcompress.data import Dataset
 from kdcompress.errors import KdcError
-from kdcompress.fair import Prepared, control_smoothing, fair_start, prepare
+from kdcompress.fair import Prepared, control_smoothing, fair_start, prepare, teacher_train_logits
 from kdcompress.files import read_json, write_json_atomic
 from kdcompress.manifest import environment
 from kdcompress.reporter import NullReporter, Reporter
 from kdcompress.stats import REFERENCES, compare
-from kdcompress.teacher import load_or_train_teacher, record_teacher
+from kdcompress.teacher import RECIPE_LEVERS, load_or_train_teacher, record_teacher
 
 FORMAT = "kdcompress-sweep/1"
 SHARED_SETTINGS = (  # what every run of a sweep shares: a resumed sweep must agree on all of them
@@ -42,7 +42,7 @@ SHARED_SETTINGS = (  # what every run of a sweep shares: a resumed sweep must ag
 # Settings that sweeps written before they were recorded lack: such a folder is not refused for them.
 ADDED_LATER = ("seed",)
 # Settings added later still: a folder that lacks them was made with their default.
-DEFAULTED = {name: getattr(CompressConfig(), name) for name in SHARED_SETTINGS[SHARED_SETTINGS.index("mixup") :]}
+DEFAULTED = {"mixup": CompressConfig().mixup, **RECIPE_LEVERS}
 RETRAIN = "delete it and run the same command again to retrain that run"  # what to do with a damaged run file
 
 
@@ -190,6 +190,9 @@ def _train_missing(
         shared["teacher"] = {**record, "architecture": run.cfg.teacher, "test_accuracy": float(correct.mean())}
         write_json_atomic(folder / "sweep.json", shared)
     done = total - len(plan)
+    # The controls' smoothing needs the teacher's logits on the training split: the same for every seed and (T, alpha).
+    controls = [cell for _, cell in plan if cell is not None and len(cell) == 2]
+    teacher_logits = teacher_train_logits(run, teacher) if controls else None
     for seed, runs in itertools.groupby(plan, key=lambda item: item[0]):
         cells = [cell for _, cell in runs]
         start = fair_start(run, seed, teacher)  # the same initial weights and projection as `kdc compress --seed`
@@ -202,7 +205,7 @@ def _train_missing(
             write_json_atomic(folder / "runs" / f"seed{seed}-teacher-outputs.cost", {"seconds": time.perf_counter() - started})
         for cell in cells:
             done += 1
-            matched = control_smoothing(run, teacher, *cell) if cell is not None and len(cell) == 2 else None
+            matched = control_smoothing(run, teacher_logits, *cell) if cell is not None and len(cell) == 2 else None
             if cell is None:
                 objective = start.baseline()
             elif matched is not None:

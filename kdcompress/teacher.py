@@ -25,8 +25,11 @@ from kdcompress.runtime import Preprocessing
 TEACHER_RECIPE = 4  # bump when the teacher's training changes, so cached teachers are not reused
 # (2: zeroed head; 3: stride-1 stem at small inputs; 4: auxiliary classes where the dataset has them)
 SMALL_IMAGE = 64  # teacher inputs up to this side get a stride-1 stem (recipe 3)
-# Teacher levers of issue #11 (augmentation, label smoothing, EMA, epoch selection), off by default until measured.
-RECIPE_LEVERS = {"augment": "crop", "teacher_smoothing": 0.0, "teacher_ema": 0.0, "teacher_select": "accuracy"}
+# Teacher levers of issue #11 (augmentation, label smoothing, EMA, epoch selection), off by default until measured:
+# each with its default, as CompressConfig states it.
+RECIPE_LEVERS = {
+    name: getattr(CompressConfig(), name) for name in ("augment", "teacher_smoothing", "teacher_ema", "teacher_select")
+}
 
 
 def zero_init_head(model: Any) -> Any:

@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 from timm.utils import ModelEmaV3
 
+from kdcompress import losses
 from kdcompress.accel import (
     autocast,
     compiled,
@@ -28,12 +29,12 @@ from kdcompress.accel import (
     resolve_precision,
     should_compile,
 )
-from kdcompress.views import ViewStream, stats, to_input
 from kdcompress.data import Dataset
 from kdcompress.errors import KdcError
 from kdcompress.objectives import LiveTeacher, trainable_parameters
 from kdcompress.reporter import Reporter
 from kdcompress.runtime import Preprocessing
+from kdcompress.views import ViewStream, stats, to_input
 
 REPORT_EVERY = 5  # steps between progress updates on CPU
 REPORT_EVERY_CUDA = 25  # on CUDA, where each update waits for the device to finish its queued work
@@ -51,7 +52,7 @@ class TrainSettings:
     device: str  # "cpu" or "cuda" (already resolved)
     precision: str = "auto"  # auto | bfloat16 | float16 | float32 (CUDA only; the CPU trains in float32)
     compile: str = "off"  # auto | on | off: torch.compile of each network's forward_features (accel.should_compile)
-    augment: str = "crop"  # crop (padding crop + flip) | rrc (random-resized crop, rotation, intensity): augment.views
+    augment: str = "crop"  # crop (padding crop + flip) | rrc (random-resized crop, rotation, intensity): views.views
     ema: float = 0.0  # decay of an exponential moving average of the weights, kept and evaluated instead; 0 = none
     select: str = "accuracy"  # the epoch kept: best validation "accuracy", or lowest validation "loss"
     mixup: float = 0.0  # Beta(m, m) concentration of the mixup weight of each batch; 0 = no mixup
@@ -101,12 +102,8 @@ def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
 
 
 def mean_cross_entropy(logits: np.ndarray, labels: np.ndarray) -> float:
-    """Cross-entropy of float logits against integer labels, averaged over images (0 for none)."""
-    if not len(labels):
-        return 0.0
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    log_probabilities = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-    return float(-log_probabilities[np.arange(len(labels)), labels].mean())
+    """losses.cross_entropy of float logits against integer labels, for numpy arrays (0 for no images)."""
+    return float(losses.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels))) if len(labels) else 0.0
 
 
 def warmup_fraction(total_steps: int) -> float:
