@@ -12,24 +12,8 @@
 #   4. benchmarks/train_throughput.py: img/s of teacher and student, 32 and 224 px, eager and compiled
 #   5. a chest-xray run at 224 px
 set -u
-DATA=$(cd "${1:?usage: benchmarks/gpu_check.sh DATA_DIR [LOG_DIR]}" && pwd) || exit 1
-LOG=${2:-${OUT:-/tmp/kdc-gpu-logs}}
-mkdir -p "$LOG" && LOG=$(cd "$LOG" && pwd)
-WORK=$(mktemp -d /tmp/kdc-gpu-XXXX)
-PY=${PYTHON:-python3}
-cd "$(dirname "$0")/.."
-export PYTHONUNBUFFERED=1
+. "$(dirname "$0")/gpu_lib.sh" "$@"  # DATA, LOG, WORK, PY, SUMMARY and step
 export KDC_SHARED_DATA="$DATA"  # the tests that read ../shared/data read this copy
-SUMMARY="$LOG/summary.log"
-
-step() {  # step NAME LIMIT_SECONDS LOGFILE COMMAND...: run, time it, note the exit code
-    local name=$1 limit=$2 log=$3
-    shift 3
-    local start=$SECONDS
-    timeout "$limit" "$@" >"$log" 2>&1
-    local rc=$?
-    echo "$name: exit $rc in $((SECONDS - start)) s (limit $limit s)" | tee -a "$SUMMARY"
-}
 
 {
     echo "# gpu_check $(date -u +%FT%TZ), commit ${KDC_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}"

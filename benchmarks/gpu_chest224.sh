@@ -11,23 +11,8 @@
 #   2. levers: random-resized crop + rotation + intensity jitter (all models), teacher label smoothing 0.1,
 #      teacher EMA 0.999, teacher epoch chosen on validation loss
 set -u
-DATA=$(cd "${1:?usage: benchmarks/gpu_chest224.sh DATA_DIR [LOG_DIR]}" && pwd) || exit 1
-LOG=${2:-${OUT:-/tmp/kdc-gpu-logs}}
-mkdir -p "$LOG" && LOG=$(cd "$LOG" && pwd)
-WORK=$(mktemp -d /tmp/kdc-chest224-XXXX)
-PY=${PYTHON:-python3}
-cd "$(dirname "$0")/.."
-export PYTHONUNBUFFERED=1
-SUMMARY="$LOG/summary.log"
+. "$(dirname "$0")/gpu_lib.sh" "$@"  # DATA, LOG, WORK, PY, SUMMARY and step
 COMMON=(--dataset chest-xray --data-dir "$DATA/chest_xray" --image-size 224 --device cuda --T 4 --alpha 0.5 --beta 0.3 --seeds 3)
-
-step() {  # step NAME LIMIT_SECONDS LOGFILE COMMAND...
-    local name=$1 limit=$2 log=$3
-    shift 3
-    local start=$SECONDS
-    timeout "$limit" "$@" >"$log" 2>&1
-    echo "$name: exit $? in $((SECONDS - start)) s (limit $limit s)" | tee -a "$SUMMARY"
-}
 
 {
     echo "# gpu_chest224 $(date -u +%FT%TZ), commit ${KDC_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}"
