@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -64,15 +65,21 @@ def _user_errors(interrupted: str) -> Callable[[Callable[..., Any]], Callable[..
             except KeyboardInterrupt:
                 stderr.print(f"[bold red]interrupted:[/] {interrupted}")
                 raise typer.Exit(130) from None
+            except RuntimeError as exc:  # under torchrun: a collective whose peer process has died
+                from kdcompress.distributed import PEER_FAILED, launched, lost_peer
+
+                if not lost_peer(exc):
+                    raise
+                _error(f"process {launched().rank} stopped: another process failed first (its error is above)", PEER_FAILED)
 
         return wrapper
 
     return decorate
 
 
-def _error(message: str) -> None:
+def _error(message: str, code: int = 1) -> None:
     stderr.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
-    raise typer.Exit(1) from None
+    raise typer.Exit(code) from None
 
 
 LOSS_HELP = f"{FORMULA}   ({FORMULA_NOTES})"
@@ -115,6 +122,8 @@ def compress(
     artifacts: Path = options.ARTIFACTS,
     out: Optional[Path] = option("out", "--out", help="Exact run folder: a new or empty folder, or an earlier run (replaced once this one completes); any other folder is refused."),
     int8: bool = option("int8", "--int8", help="Also write a static INT8 version of the distilled student (see kdc quantize)."),
+    stream: bool = options.STREAM,
+    nproc: int = options.NPROC,
     as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON on stdout instead of the table."),
 ) -> None:
     config = CompressConfig(
@@ -124,15 +133,18 @@ def compress(
         teacher_ema=teacher_ema, teacher_select=teacher_select, augment=augment, temperature=temperature, alpha=alpha, beta=beta,
         mixup=mixup, control=control, epochs=epochs, teacher_epochs=teacher_epochs, batch_size=batch_size, lr=lr,
         weight_decay=weight_decay, val_fraction=val_fraction, seed=seed, device=device, compile=compile,
-        artifacts=str(artifacts), out=path_text(out), int8=int8,
+        artifacts=str(artifacts), out=path_text(out), int8=int8, stream=stream,
     )  # fmt: skip
+    if _relaunched(nproc, config.batch_size, lambda: _check_compress(config)):
+        return
     from kdcompress.pipeline import compress as run_compress
-    from kdcompress.console import RichReporter
     from kdcompress.render import summary_table, verdict_lines
 
-    reporter = RichReporter(stderr)
+    reporter = _reporter()
     reporter.info(FORMULA)
     result = run_compress(config, reporter)
+    if result.manifest is None:  # a process other than rank 0 under torchrun: rank 0 reports
+        return
     if as_json:
         sys.stdout.write(json.dumps(result.manifest.to_dict(), indent=2) + "\n")
         return
@@ -178,6 +190,8 @@ def sweep(
     device: str = options.DEVICE,
     compile: str = options.COMPILE,
     artifacts: Path = options.ARTIFACTS,
+    stream: bool = options.STREAM,
+    nproc: int = options.NPROC,
     out: Optional[Path] = typer.Option(None, "--out", help="Sweep folder [default: ARTIFACTS/sweep-DATASET]; an interrupted sweep there resumes."),
     as_json: bool = typer.Option(False, "--json", help="Print results.json on stdout instead of the table."),
 ) -> None:
@@ -189,8 +203,9 @@ def sweep(
     baseline trainings. Names the cell chosen on validation, with its test result. Writes results.json,
     summary.md, heatmap.png and objectives.png into the sweep folder; finished trainings are kept,
     so running the same command again resumes an interrupted sweep.
+
+    With --nproc N (or under torchrun) each process trains its own share of the trainings, whole, on its own GPU.
     """
-    from kdcompress.console import RichReporter
     from kdcompress.sweep import sweep as run_sweep
     from kdcompress.sweep_render import sweep_table
 
@@ -200,7 +215,7 @@ def sweep(
         retrain_teacher=retrain_teacher, teacher_aux=teacher_aux, epochs=epochs, teacher_epochs=teacher_epochs,
         batch_size=batch_size, lr=lr, weight_decay=weight_decay, val_fraction=val_fraction, seed=seed, device=device,
         compile=compile, artifacts=str(artifacts), mixup=mixup, control=control, teacher_smoothing=teacher_smoothing,
-        teacher_ema=teacher_ema, teacher_select=teacher_select, augment=augment,
+        teacher_ema=teacher_ema, teacher_select=teacher_select, augment=augment, stream=stream,
     )  # fmt: skip
     config = SweepConfig(
         base=base,
@@ -210,8 +225,12 @@ def sweep(
         seeds=seeds,
         out=str(out) if out else None,
     )
+    if _relaunched(nproc, batch_size, config.resolved):
+        return
     command = " ".join(["kdc", *sys.argv[1:]]) if sys.argv[1:2] == ["sweep"] else "kdc sweep"
-    results = run_sweep(config, RichReporter(stderr), command=command)
+    results = run_sweep(config, _reporter(), command=command)
+    if results is None:  # a process other than rank 0 under torchrun: rank 0 reports
+        return
     folder = Path(config.resolved().out)  # type: ignore[arg-type]
     if as_json:
         sys.stdout.write(json.dumps(results, indent=2) + "\n")
@@ -223,6 +242,44 @@ def sweep(
 def main() -> None:
     """Entry point of the `kdc` console script."""
     app()
+
+
+def _reporter() -> Any:
+    """Progress and status on stderr; under torchrun from rank 0 only (the others' would interleave with it)."""
+    from kdcompress.distributed import launched
+    from kdcompress.reporter import NullReporter
+
+    if not launched().main:
+        return NullReporter()
+    from kdcompress.console import RichReporter
+
+    return RichReporter(stderr)
+
+
+def _check_compress(config: CompressConfig) -> None:
+    from kdcompress.pipeline import check_out
+
+    config.resolved()
+    if config.out:
+        check_out(config.out)
+
+
+def _relaunched(nproc: int, batch_size: int, check: Callable[[], Any]) -> bool:
+    """--nproc N > 1: check the settings here (bad ones fail in one line before any process starts), then run this
+    same command in N processes under torchrun and return True once they finish."""
+    from kdcompress.distributed import launch, launched
+
+    if nproc == 1:
+        return False
+    if launched().size > 1:
+        raise KdcError("--nproc starts torchrun itself: drop it when kdc already runs under torchrun")
+    check()
+    if batch_size % nproc:
+        raise KdcError(f"--batch-size {batch_size} does not split evenly over {nproc} processes: pass a multiple of {nproc}")
+    threads = f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 1)}"
+    stderr.print(f"[cyan]•[/] starting {nproc} processes with torchrun (--standalone), each with {threads}", highlight=False)
+    launch(nproc, options.without_nproc(sys.argv[1:]))
+    return True
 
 
 @app.command()

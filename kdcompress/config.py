@@ -46,6 +46,7 @@ class CompressConfig:
     lr: float = 2e-3  # peak learning rate, AdamW with a one-cycle schedule
     weight_decay: float = 0.05
     val_fraction: float = 0.1  # share of train held out (stratified, fixed split) to pick the best epoch
+    stream: bool = False  # read a folder's images from disk batch by batch (automatic when they would not fit in memory)
     seed: int = 0  # weights, data order and augmentation; same seed on CPU gives the same numbers
     device: str = "auto"  # auto | cpu | cuda
     compile: str = "auto"  # auto | on | off: torch.compile the networks (auto: where it measured faster; none yet)

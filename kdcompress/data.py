@@ -7,8 +7,10 @@ classified later sees exactly the preprocessing the models were evaluated with.
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -16,9 +18,11 @@ from kdcompress import sources
 from kdcompress.errors import KdcError
 from kdcompress.reporter import NullReporter, Reporter
 from kdcompress.runtime import Preprocessing
-from kdcompress.sources import stratified_split
+from kdcompress.sources import ImageFiles, stratified_split
 
 STATS_CHUNK = 1024  # images per chunk when measuring the training split's mean and std
+MAX_WORKERS = 8  # DataLoader processes decoding streamed images, per training process
+PREFETCH = 4  # batches each of them decodes ahead
 
 
 @dataclass(frozen=True)
@@ -57,7 +61,7 @@ DATASETS: dict[str, DatasetSpec] = {
 
 @dataclass
 class Dataset:
-    """Images as uint8 N x C x H x W arrays and int64 labels, for each split."""
+    """Images as uint8 N x C x H x W arrays (or, streamed, `ImageFiles` on disk) and int64 labels, for each split."""
 
     name: str
     classes: list[str]
@@ -65,11 +69,11 @@ class Dataset:
     image_size: int
     flip: bool
     source: str
-    train_x: np.ndarray
+    train_x: np.ndarray | ImageFiles
     train_y: np.ndarray
-    val_x: np.ndarray
+    val_x: np.ndarray | ImageFiles
     val_y: np.ndarray
-    test_x: np.ndarray
+    test_x: np.ndarray | ImageFiles
     test_y: np.ndarray
     # Auxiliary images of other classes (cifar3: the rest of CIFAR-10's training batches), for the
     # teacher only. Their labels continue after the dataset's own: len(classes) + i for aux_classes[i].
@@ -93,13 +97,13 @@ class Dataset:
     def preprocessing(self) -> Preprocessing:
         """Per-channel mean and std measured on the training split."""
         # In chunks of images, so that large datasets need no float copy of all their pixels.
-        channels = self.train_x.shape[1]
+        n, channels, height, width = self.train_x.shape
         total, squares = np.zeros(channels), np.zeros(channels)
-        for start in range(0, len(self.train_x), STATS_CHUNK):
-            pixels = self.train_x[start : start + STATS_CHUNK].astype(np.float64) / 255.0
+        for chunk in batches(self.train_x, STATS_CHUNK):
+            pixels = chunk.astype(np.float64) / 255.0
             total += pixels.sum(axis=(0, 2, 3))
             squares += np.square(pixels).sum(axis=(0, 2, 3))
-        count = self.train_x.size / channels
+        count = n * height * width
         mean = total / count
         std = np.sqrt(np.maximum(squares / count - np.square(mean), 0.0))
         std = np.where(std < 1e-6, 1.0, std)
@@ -121,9 +125,14 @@ class Dataset:
             arrays += [self.aux_x, self.aux_y]
             digest.update(repr(self.aux_classes).encode())
         for array in arrays:
-            digest.update(np.ascontiguousarray(array).tobytes())
+            digest.update(array.digest() if isinstance(array, ImageFiles) else np.ascontiguousarray(array).tobytes())
         digest.update(repr((self.classes, self.image_size, self.channels)).encode())
         return digest.hexdigest()[:16]
+
+    @property
+    def streamed(self) -> bool:
+        """Whether the images stay on disk and are decoded batch by batch (`--stream`)."""
+        return isinstance(self.train_x, ImageFiles)
 
     def counts(self) -> dict[str, int]:
         """Number of images per split."""
@@ -143,13 +152,19 @@ def load_dataset(
     image_size: int | None = None,
     val_fraction: float = 0.1,
     reporter: Reporter | None = None,
+    stream: bool = False,
 ) -> Dataset:
-    """Load a dataset by name, resized to image_size, with a stratified validation split."""
+    """Load a dataset by name, resized to image_size, with a stratified validation split.
+
+    stream keeps a folder's images on disk (read batch by batch); folders too large for memory stream anyway.
+    """
     reporter = reporter or NullReporter()
     spec = resolve_spec(name)
     size = image_size or spec.image_size
     if spec.needs_data_dir and data_dir is None:
         raise KdcError(f"--dataset {name} needs --data-dir pointing at the image folder")
+    if stream and not spec.needs_data_dir:
+        raise KdcError(f"--stream reads image folders (--dataset folder or chest-xray); {name} is held in memory")
     if name == "digits":
         source = sources.load_digits(size)
     elif name == "cifar3":
@@ -158,7 +173,7 @@ def load_dataset(
         root = Path(data_dir)  # type: ignore[arg-type]
         if name == "chest-xray" and not (root / "train").is_dir() and (root / "chest_xray" / "train").is_dir():
             root = root / "chest_xray"
-        source = sources.load_folder(root, size, 1 if name == "chest-xray" else 3, reporter)
+        source = sources.load_folder(root, size, 1 if name == "chest-xray" else 3, reporter, stream)
     train_x, train_y, val_x, val_y = stratified_split(source.train_x, source.train_y, val_fraction, source.classes)
     dataset = Dataset(
         name=name,
@@ -181,3 +196,67 @@ def load_dataset(
         if count == 0:
             raise KdcError(f"the {split} split of {source.description} is empty: it needs images in every class")
     return dataset
+
+
+def loader_workers() -> int:
+    """DataLoader processes per training process: this machine's cores shared by the processes torchrun put on it."""
+    from kdcompress.distributed import launched
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(MAX_WORKERS, cores // launched().local_size))
+
+
+class _Decoded:
+    """A map-style dataset over ImageFiles: item i is image i as a uint8 tensor (decoded in a worker)."""
+
+    def __init__(self, files: ImageFiles) -> None:
+        self.files = files
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> Any:
+        import torch
+
+        return torch.from_numpy(self.files[index])
+
+
+def load_batches(files: ImageFiles, index_batches: list[list[int]], device: str) -> Iterator[Any]:
+    """The images of each index batch, in order, as uint8 N x C x H x W tensors on device, decoded in DataLoader workers."""
+    from torch.utils.data import DataLoader
+
+    workers = loader_workers()
+    loader = DataLoader(
+        _Decoded(files),
+        batch_sampler=index_batches,
+        num_workers=workers,
+        prefetch_factor=PREFETCH,
+        pin_memory=device == "cuda",
+    )
+    try:
+        for batch in loader:
+            yield batch.to(device, non_blocking=True)
+    except KdcError as exc:  # raised in a worker: DataLoader adds the worker's traceback to the message
+        raise KdcError(str(exc).strip().splitlines()[-1].split("KdcError: ", 1)[-1]) from None
+    except RuntimeError as exc:
+        if "DataLoader worker" not in str(exc):
+            raise
+        raise KdcError(f"a process decoding images stopped ({exc}); if memory is short, lower --batch-size") from None
+
+
+def batches(images: np.ndarray | ImageFiles, batch_size: int) -> Iterator[np.ndarray]:
+    """Consecutive uint8 batches of images: slices of an array, or files decoded in DataLoader workers."""
+    if isinstance(images, ImageFiles):
+        order = [list(range(start, min(start + batch_size, len(images)))) for start in range(0, len(images), batch_size)]
+        for batch in load_batches(images, order, "cpu"):
+            yield batch.numpy()
+        return
+    for start in range(0, len(images), batch_size):
+        yield images[start : start + batch_size]
+
+
+def materialize(images: np.ndarray | ImageFiles) -> np.ndarray:
+    """All images as one uint8 array (streamed ones decoded): for files that hold them, such as test_set.npz."""
+    if not isinstance(images, ImageFiles):
+        return images
+    return np.concatenate(list(batches(images, STATS_CHUNK))) if len(images) else np.zeros(images.shape, np.uint8)

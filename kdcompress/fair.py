@@ -14,6 +14,7 @@ from typing import Any
 
 from kdcompress.config import CompressConfig
 from kdcompress.data import Dataset, load_dataset
+from kdcompress.distributed import World, start
 from kdcompress.models import resolve_model_name
 from kdcompress.reporter import Reporter
 from kdcompress.runtime import Preprocessing
@@ -28,10 +29,14 @@ class Prepared:
     data: Dataset
     prep: Preprocessing
     settings: Any  # train.TrainSettings for cfg.seed
+    world: World = World()  # the processes torchrun started (one without torchrun)
 
 
 def prepare(config: CompressConfig, reporter: Reporter) -> Prepared:
-    """Validate the settings, then resolve the device and load the data (everything before training)."""
+    """Validate the settings, then resolve the device, join torchrun's processes and load the data (all before training).
+
+    Under torchrun every rank loads the data itself (from its own disk) and trains its share of each batch.
+    """
     cfg = config.resolved()
     resolve_model_name(cfg.teacher)
     resolve_model_name(cfg.student)
@@ -39,7 +44,8 @@ def prepare(config: CompressConfig, reporter: Reporter) -> Prepared:
     from kdcompress.train import TrainSettings
 
     device = resolve_device(cfg.device)
-    data = load_dataset(cfg.dataset, cfg.data_dir, cfg.image_size, cfg.val_fraction, reporter)
+    world = start(device)
+    data = load_dataset(cfg.dataset, cfg.data_dir, cfg.image_size, cfg.val_fraction, reporter, cfg.stream)
     settings = TrainSettings(
         epochs=cfg.epochs,  # type: ignore[arg-type]
         batch_size=cfg.batch_size,
@@ -51,8 +57,10 @@ def prepare(config: CompressConfig, reporter: Reporter) -> Prepared:
         augment=cfg.augment,
         mixup=cfg.mixup,
         classes=len(data.classes),
+        world_size=world.size,
+        rank=world.rank,
     )
-    return Prepared(cfg, device, data, data.preprocessing(), settings)
+    return Prepared(cfg, device, data, data.preprocessing(), settings, world)
 
 
 @dataclass
@@ -102,11 +110,11 @@ def fair_start(prepared: Prepared, seed: int, teacher: Any) -> FairStart:
 
 
 def teacher_train_logits(prepared: Prepared, teacher: Any) -> Any:
-    """The teacher's logits for the training split, unaugmented, over the dataset's own classes."""
-    from kdcompress.train import predict_logits
+    """The teacher's logits for the training split, unaugmented, over the dataset's own classes (shared by all ranks)."""
+    from kdcompress.train import shared_logits
 
     data = prepared.data
-    return predict_logits(teacher, data.train_x, prepared.prep, prepared.device)[:, : len(data.classes)]
+    return shared_logits(teacher, data.train_x, prepared.prep, prepared.settings)[:, : len(data.classes)]
 
 
 def control_smoothing(prepared: Prepared, teacher_logits: Any, temperature: float, alpha: float) -> dict[str, float]:

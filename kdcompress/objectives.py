@@ -15,7 +15,54 @@ import torch.nn as nn
 from kdcompress import losses
 
 
-class Supervised(nn.Module):
+class Trainable(nn.Module):
+    """What an objective trains, in one module that DDP can wrap: the student and, for features, the projection."""
+
+    def __init__(self, student: nn.Module, projection: Optional[nn.Module] = None) -> None:
+        super().__init__()
+        self.student = student
+        self.projection = projection
+
+    def forward(self, images: torch.Tensor, features: bool = False) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """The student's logits, and its pooled features projected to the teacher's when asked for."""
+        feature_map = self.student.forward_features(images)
+        logits = self.student.forward_head(feature_map)
+        if not features or self.projection is None:
+            return logits, None
+        return logits, self.projection(self.student.forward_head(feature_map, pre_logits=True))
+
+
+class Objective(nn.Module):
+    """An objective's common part: the trainable networks, run directly or through DDP (`distributed.data_parallel`)."""
+
+    def __init__(self, student: nn.Module, projection: Optional[nn.Module] = None) -> None:
+        super().__init__()
+        self.trainable = Trainable(student, projection)
+        self.distribute(None)
+
+    @property
+    def student(self) -> nn.Module:
+        """The bare student network: what is evaluated, exported and saved."""
+        return self.trainable.student
+
+    @property
+    def projection(self) -> Optional[nn.Module]:
+        """The student -> teacher feature projection (beta > 0), never exported."""
+        return self.trainable.projection
+
+    def distribute(self, wrapper: Optional[nn.Module]) -> None:
+        """Run the trainable networks through wrapper (a DDP of self.trainable), or directly again with None.
+
+        Kept out of the registered submodules, so the objective's parameters and state stay those of its networks.
+        """
+        object.__setattr__(self, "runner", wrapper)
+
+    def run(self, images: torch.Tensor, features: bool = False) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Trainable.forward, through DDP while one wraps it."""
+        return (self.runner if self.runner is not None else self.trainable)(images, features)
+
+
+class Supervised(Objective):
     """Cross-entropy on the labels: how the teacher and the baseline student are trained.
 
     With smoothing > 0 it is the label-smoothing control: the same student, views and schedule as
@@ -23,15 +70,15 @@ class Supervised(nn.Module):
     """
 
     def __init__(self, student: nn.Module, smoothing: float = 0.0) -> None:
-        super().__init__()
-        self.student = student
+        super().__init__(student)
         self.smoothing = smoothing
 
     def forward(
         self, images: torch.Tensor, labels: torch.Tensor, view: Optional[int] = None
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Loss and its parts for one batch (view, the batch's index in the run, is not needed here)."""
-        ce = losses.cross_entropy(self.student(images), labels, self.smoothing)
+        logits, _ = self.run(images)
+        ce = losses.cross_entropy(logits, labels, self.smoothing)
         return ce, {"ce": ce}
 
     def describe(self) -> str:
@@ -97,7 +144,7 @@ class RecordedTeacher(nn.Module):
         return self.logits[view], self.features[view] if features else None
 
 
-class Distillation(nn.Module):
+class Distillation(Objective):
     """CE on labels + T^2-scaled KL to the frozen teacher's softened logits + L2 feature alignment."""
 
     def __init__(
@@ -109,12 +156,10 @@ class Distillation(nn.Module):
         beta: float,
         projection: Optional[nn.Module] = None,
     ) -> None:
-        super().__init__()
         if beta > 0 and projection is None:
             raise ValueError("beta > 0 needs a projection from student to teacher features")
-        self.student = student
+        super().__init__(student, projection if beta > 0 else None)
         self.teacher = teacher if isinstance(teacher, (LiveTeacher, RecordedTeacher)) else LiveTeacher(teacher)
-        self.projection = projection if beta > 0 else None
         self.temperature = temperature
         self.alpha = alpha
         self.beta = beta
@@ -123,16 +168,15 @@ class Distillation(nn.Module):
         self, images: torch.Tensor, labels: torch.Tensor, view: Optional[int] = None
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Loss and its parts (ce, kd and, with beta > 0, feat) for one batch."""
-        student_map = self.student.forward_features(images)
-        student_logits = self.student.forward_head(student_map)
-        teacher_logits, teacher_features = self.teacher(images, view, self.projection is not None)
+        features = self.projection is not None
+        student_logits, student_features = self.run(images, features)
+        teacher_logits, teacher_features = self.teacher(images, view, features)
         parts = {
             "ce": losses.cross_entropy(student_logits, labels),
             "kd": losses.kd_kl(student_logits, teacher_logits, self.temperature),
         }
-        if self.projection is not None:
-            student_features = self.student.forward_head(student_map, pre_logits=True)
-            parts["feat"] = losses.feature_l2(self.projection(student_features), teacher_features)
+        if features:
+            parts["feat"] = losses.feature_l2(student_features, teacher_features)
         weights = {"ce": 1.0 - self.alpha, "kd": self.alpha, "feat": self.beta}
         return losses.weighted_sum(parts, weights), parts
 

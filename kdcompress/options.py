@@ -90,6 +90,27 @@ CONTROL = option(
     "regularisation (Yuan et al., CVPR 2020). none: skip it."
 )
 ARTIFACTS = option("artifacts", "--artifacts", help="Artifacts root; each run gets a new sub-folder.")
+STREAM = option(
+    "stream", "--stream", help="Read a folder's images from disk batch by batch (DataLoader workers) instead of holding them "
+    "in memory; the same views in the same order. Automatic when the folder would not fit in memory."
+)
+NPROC = typer.Option(
+    1, "--nproc", min=1, help="Processes to train with on this machine, one per GPU (or CPU share): starts torchrun "
+    "--standalone --nproc-per-node N for you. For several machines call torchrun yourself (see the README)."
+)
+
+
+def without_nproc(argv: list[str]) -> list[str]:
+    """The command line without its --nproc option: what each process started by torchrun runs."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            out.append(arg)
+    return out
 
 
 def numbers(flag: str, text: str) -> tuple[float, ...]:

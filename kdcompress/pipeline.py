@@ -13,6 +13,8 @@ import numpy as np
 
 from kdcompress import losses
 from kdcompress.config import CompressConfig
+from kdcompress.data import materialize
+from kdcompress.distributed import broadcast_object
 from kdcompress.errors import KdcError
 from kdcompress.fair import Prepared, control_smoothing, fair_start, prepare, teacher_train_logits
 from kdcompress.files import REPLACED_PREFIX, STAGING_PREFIX, remove_stale, write_json_atomic
@@ -26,25 +28,34 @@ CALIBRATION_IMAGES = 512  # training images kept for INT8 calibration (kdc quant
 
 @dataclass
 class CompressResult:
-    """Where the run was written and its manifest."""
+    """Where the run was written and its manifest (None on the ranks other than 0, which write nothing)."""
 
     run_dir: Path
-    manifest: Manifest
+    manifest: Manifest | None
 
 
 def compress(config: CompressConfig, reporter: Reporter | None = None) -> CompressResult:
-    """Train teacher, baseline and distilled student; export all three; write the run folder."""
+    """Train teacher, baseline and distilled student; export all three; write the run folder.
+
+    Under torchrun every rank trains (DDP) and rank 0 alone tests, exports and writes the run folder.
+    """
     reporter = reporter or NullReporter()
     if config.out:
         check_out(config.out)  # before anything is trained
     run = prepare(config, reporter)
     cfg, data = run.cfg, run.data
     counts = data.counts()
+    where = f"{run.world.size} processes on {run.device}" if run.world.size > 1 else run.device
     reporter.info(
         f"{data.name}: {len(data.classes)} classes, {counts['train']} train / {counts['val']} val / "
-        f"{counts['test']} test images at {data.image_size}px, {data.channels} channel(s), on {run.device}"
+        f"{counts['test']} test images at {data.image_size}px, {data.channels} channel(s), on {where}"
+        f"{', streamed from disk' if data.streamed else ''}"
     )
-    final_dir, staging = _prepare_run_dir(cfg)
+    final_dir, staging = _prepare_run_dir(cfg) if run.world.main else (None, None)
+    final_dir = Path(broadcast_object(str(final_dir)))
+    if staging is None:  # a rank other than 0: it trains its share and writes nothing
+        _train_all(run, reporter)
+        return CompressResult(final_dir, None)
     try:
         models, records, training = _train_all(run, reporter)
         manifest = _finish(run, models, records, training, staging, final_dir.name, reporter)
@@ -98,8 +109,24 @@ def _train_all(run: Prepared, reporter: Reporter) -> tuple[dict[str, Any], dict[
         "precision": describe_precision(run.device, run.settings.precision),
         "compile": f"{cfg.compile} ({'on' if should_compile(cfg.compile, run.device) else 'off'})",
         "teacher_outputs": "live",
+        "data": "streamed from disk (DataLoader workers)" if run.data.streamed else "in memory",
+        **parallel_record(run),
     }
     return models, records, training
+
+
+def parallel_record(run: Prepared) -> dict[str, Any]:
+    """How the processes shared the training, for the manifest (nothing for one process)."""
+    size = run.world.size
+    if size == 1:
+        return {}
+    return {
+        "processes": size,
+        "batch_per_process": run.settings.batch_size // size,
+        "batchnorm": "synchronised across processes (SyncBatchNorm)"
+        if run.device == "cuda"
+        else "per process over its share of each batch (torch's SyncBatchNorm needs GPUs)",
+    }
 
 
 def _finish(
@@ -162,7 +189,7 @@ def _finish(
 def _save_samples(run: Prepared, staging: Path) -> None:
     """The test images as fed to the models, and CALIBRATION_IMAGES training images for INT8 calibration."""
     data = run.data
-    np.savez_compressed(staging / "test_set.npz", images=data.test_x, labels=data.test_y)
+    np.savez_compressed(staging / "test_set.npz", images=materialize(data.test_x), labels=data.test_y)
     rng = np.random.default_rng(run.cfg.seed)
     pick = np.sort(rng.choice(len(data.train_y), size=min(CALIBRATION_IMAGES, len(data.train_y)), replace=False))
     np.savez_compressed(staging / "calibration.npz", images=data.train_x[pick], labels=data.train_y[pick])

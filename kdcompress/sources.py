@@ -33,9 +33,9 @@ CIFAR10_OTHERS = ("cat", "deer", "dog", "frog", "horse", "ship", "truck")  # lab
 class Source:
     """A dataset as read: train and test images with labels, and optional auxiliary (teacher-only) images."""
 
-    train_x: np.ndarray
+    train_x: np.ndarray | ImageFiles
     train_y: np.ndarray
-    test_x: np.ndarray
+    test_x: np.ndarray | ImageFiles
     test_y: np.ndarray
     classes: list[str]
     channels: int
@@ -43,6 +43,53 @@ class Source:
     aux_classes: tuple[str, ...] = ()
     aux_x: np.ndarray | None = None
     aux_y: np.ndarray | None = None
+
+
+class ImageFiles:
+    """Image files read on demand: the streamed stand-in for a uint8 N x C x size x size array.
+
+    Indexing with an int gives one decoded image, with a slice or an index array a decoded batch, through
+    `runtime.load_image` like the in-memory path; `data.load_batches` decodes many in DataLoader workers.
+    """
+
+    dtype = np.uint8
+    ndim = 4
+
+    def __init__(self, files: list[Path], size: int, channels: int) -> None:
+        self.files, self.image_size, self.channels = list(files), size, channels
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return (len(self.files), self.channels, self.image_size, self.image_size)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, key: int | slice | np.ndarray) -> np.ndarray:
+        if isinstance(key, (int, np.integer)):
+            return load_image(self.files[key], self.image_size, self.channels)
+        picked = self.files[key] if isinstance(key, slice) else [self.files[i] for i in np.asarray(key).tolist()]
+        out = np.empty((len(picked), self.channels, self.image_size, self.image_size), dtype=np.uint8)
+        for i, path in enumerate(picked):
+            out[i] = load_image(path, self.image_size, self.channels)
+        return out
+
+    def subset(self, index: np.ndarray) -> "ImageFiles":
+        """The files at index, still on disk."""
+        return ImageFiles([self.files[i] for i in np.asarray(index).tolist()], self.image_size, self.channels)
+
+    def digest(self) -> bytes:
+        """What identifies these images without decoding them: each file's path, size and modification time."""
+        parts = []
+        for path in self.files:
+            info = path.stat()
+            parts.append(f"{path}|{info.st_size}|{info.st_mtime_ns}")
+        return "\n".join(parts).encode()
+
+
+def take(images: np.ndarray | ImageFiles, index: np.ndarray) -> np.ndarray | ImageFiles:
+    """images[index]: an array's rows, or (streamed) the files at index, left on disk."""
+    return images.subset(index) if isinstance(images, ImageFiles) else images[index]
 
 
 def load_digits(size: int) -> Source:
@@ -178,8 +225,12 @@ def _read_images(files: list[Path], size: int, channels: int, reporter: Reporter
     return out
 
 
-def load_folder(root: Path, size: int, channels: int, reporter: Reporter) -> Source:
-    """DIR/<class>/* (20% held out as test) or DIR/train/<class>/* + DIR/test/<class>/* (+ optional val/)."""
+def load_folder(root: Path, size: int, channels: int, reporter: Reporter, stream: bool = False) -> Source:
+    """DIR/<class>/* (20% held out as test) or DIR/train/<class>/* + DIR/test/<class>/* (+ optional val/).
+
+    The images are decoded into memory, unless stream is set or they would not fit (`fits_in_memory`):
+    then they stay on disk as `ImageFiles`, read batch by batch while training.
+    """
     if not root.is_dir():
         raise KdcError(f"data folder not found: {root}")
     if (root / "train").is_dir():
@@ -203,11 +254,19 @@ def load_folder(root: Path, size: int, channels: int, reporter: Reporter) -> Sou
             where = root if split == "all" else root / split
             raise KdcError(f"no images in {where / empty[0]}: every class folder needs at least one image")
 
-    check_memory(sum(len(files) for folders in splits.values() for files in folders.values()), channels, size, str(root))
+    count = sum(len(files) for folders in splits.values() for files in folders.values())
+    if not stream and not fits_in_memory(count, channels, size):
+        reporter.info(
+            f"{root}: {count} images at {size}x{size} px would not fit in memory ({memory_need(count, channels, size)}): "
+            f"reading them from disk batch by batch (as --stream does)"
+        )
+        stream = True
 
-    def gather(folders: dict[str, list[Path]], label: str) -> tuple[np.ndarray, np.ndarray]:
+    def gather(folders: dict[str, list[Path]], label: str) -> tuple[np.ndarray | ImageFiles, np.ndarray]:
         files = [p for c in classes for p in folders[c]]
         labels = np.asarray([i for i, c in enumerate(classes) for _ in folders[c]], dtype=np.int64)
+        if stream:
+            return ImageFiles(files, size, channels), labels
         return _read_images(files, size, channels, reporter, label), labels
 
     if "all" in splits:
@@ -218,7 +277,7 @@ def load_folder(root: Path, size: int, channels: int, reporter: Reporter) -> Sou
         train_x, train_y = gather(splits["train"], "train images")
         test_x, test_y = gather(splits["test"], "test images")
         source = str(root)
-    return Source(train_x, train_y, test_x, test_y, classes, channels, source)
+    return Source(train_x, train_y, test_x, test_y, classes, channels, source + (" (streamed from disk)" if stream else ""))
 
 
 MEMORY_FACTOR = 2.5  # peak memory of the in-memory path per byte of uint8 pixels (split copies, device copy)
@@ -235,10 +294,30 @@ def available_memory() -> int | None:
     return None
 
 
+def process_memory() -> int | None:
+    """The memory one process may plan on: what is available, shared by the processes torchrun put on this machine."""
+    from kdcompress.distributed import launched
+
+    available = available_memory()
+    return None if available is None else available // launched().local_size
+
+
+def fits_in_memory(images: int, channels: int, size: int) -> bool:
+    """Whether images at size x size px, held as uint8 arrays, fit in this process's share of memory."""
+    available = process_memory()
+    return available is None or images * channels * size * size * MEMORY_FACTOR <= available
+
+
+def memory_need(images: int, channels: int, size: int) -> str:
+    """'about X GiB needed, Y GiB available' for images held as arrays."""
+    available = process_memory() or 0
+    return f"about {images * channels * size * size * MEMORY_FACTOR / 2**30:.1f} GiB needed, {available / 2**30:.1f} GiB available"
+
+
 def check_memory(images: int, channels: int, size: int, what: str) -> None:
     """Refuse, before decoding anything, a dataset whose pixels at this size would not fit in memory."""
     need = images * channels * size * size * MEMORY_FACTOR
-    available = available_memory()
+    available = process_memory()
     if available is None or need <= available:
         return
     fits = int((available / (images * channels * MEMORY_FACTOR)) ** 0.5)
@@ -268,4 +347,4 @@ def stratified_split(
     except ValueError as exc:
         raise KdcError(f"too few images ({len(y)} in {len(labels)} classes) to split off a {held_out} set of {held}: {exc}") from None
     keep_idx, held_idx = np.sort(keep_idx), np.sort(held_idx)
-    return x[keep_idx], y[keep_idx], x[held_idx], y[held_idx]
+    return take(x, keep_idx), y[keep_idx], take(x, held_idx), y[held_idx]

@@ -26,6 +26,7 @@ import numpy as np
 from kdcompress.config import CompressConfig
 from kdcompress.data import Dataset
 from kdcompress.errors import KdcError
+from kdcompress.distributed import barrier, broadcast_object, shard
 from kdcompress.fair import Prepared, control_smoothing, fair_start, prepare, teacher_train_logits
 from kdcompress.files import read_json, write_json_atomic
 from kdcompress.manifest import environment
@@ -119,26 +120,37 @@ def choose_by_validation(validation: dict[tuple[float, float, float], list[float
     return max(validation, key=lambda cell: float(np.mean(validation[cell])))
 
 
-def sweep(config: SweepConfig, reporter: Reporter | None = None, command: str = "kdc sweep (library call)") -> dict[str, Any]:
+def sweep(
+    config: SweepConfig, reporter: Reporter | None = None, command: str = "kdc sweep (library call)"
+) -> dict[str, Any] | None:
     """Train what is missing from the sweep folder, compare every grid point with the baseline, write the report.
 
     command is recorded in summary.md, as the way the results were made.
+
+    Under torchrun the teacher (when it must be trained) is trained by all ranks together; then each rank
+    trains its own share of the missing trainings, whole, on its own device, into the shared runs/ folder,
+    and rank 0 writes the summary once all are done. Ranks other than 0 return None.
     """
     reporter = reporter or NullReporter()
     cfg = config.resolved()
     run = prepare(cfg.base, reporter)
     folder = Path(cfg.out)  # type: ignore[arg-type]
-    (folder / "runs").mkdir(parents=True, exist_ok=True)
-    shared = _check_resumable(folder, run.cfg, run.data)
-    done = {p.stem for p in (folder / "runs").glob("*.json") if read_json(p, RETRAIN)}
-    plan = [(s, c) for s in cfg.seed_list() for c in jobs(cfg) if run_name(s, c) not in done]
     total = len(cfg.seed_list()) * len(jobs(cfg))
-    if done:
-        reporter.info(f"resuming {folder}: {total - len(plan)} of {total} trainings already done")
-    else:
-        reporter.info(f"sweep of {total} trainings into {folder}")
+    if run.world.main:  # rank 0 reads the folder and makes the plan: every rank gets the same one
+        (folder / "runs").mkdir(parents=True, exist_ok=True)
+        shared = _check_resumable(folder, run.cfg, run.data)
+        done = {p.stem for p in (folder / "runs").glob("*.json") if read_json(p, RETRAIN)}
+        plan = [(s, c) for s in cfg.seed_list() for c in jobs(cfg) if run_name(s, c) not in done]
+        if done:
+            reporter.info(f"resuming {folder}: {total - len(plan)} of {total} trainings already done")
+        else:
+            reporter.info(f"sweep of {total} trainings into {folder}")
+    shared, plan = broadcast_object((shared, plan) if run.world.main else None)
     if plan or "teacher" not in shared:
         _train_missing(cfg, run, folder, shared, plan, total, reporter)
+    barrier()  # every rank's trainings are in runs/
+    if not run.world.main:
+        return None
     results = summarize(cfg, run.data, folder, run.device)
     from kdcompress.sweep_render import sweep_markdown, sweep_plots
 
@@ -182,27 +194,33 @@ def _train_missing(
 ) -> None:
     from kdcompress.train import fit, predict_logits
 
-    data, prep, device = run.data, run.prep, run.device
+    data, prep, device, world = run.data, run.prep, run.device, run.world
     teacher, record = load_or_train_teacher(replace(run.cfg, out=cfg.out), data, prep, run.settings, reporter)
-    if "teacher" not in shared:
+    if "teacher" not in shared and world.main:
         correct = predict_logits(teacher, data.test_x, prep, device).argmax(axis=1) == data.test_y
         record.pop("history", None)
         shared["teacher"] = {**record, "architecture": run.cfg.teacher, "test_accuracy": float(correct.mean())}
         write_json_atomic(folder / "sweep.json", shared)
-    done = total - len(plan)
     # The controls' smoothing needs the teacher's logits on the training split: the same for every seed and (T, alpha).
     controls = [cell for _, cell in plan if cell is not None and len(cell) == 2]
     teacher_logits = teacher_train_logits(run, teacher) if controls else None
-    for seed, runs in itertools.groupby(plan, key=lambda item: item[0]):
+    share = shard(len(plan), world.rank, world.size)  # this rank's trainings: a contiguous run of the plan
+    done = total - len(plan) + share.start
+    if world.size > 1:
+        reporter.info(f"{world.size} processes share the {len(plan)} missing trainings; this one trains {share.stop - share.start}")
+    for seed, runs in itertools.groupby(plan[share], key=lambda item: item[0]):
         cells = [cell for _, cell in runs]
         start = fair_start(run, seed, teacher)  # the same initial weights and projection as `kdc compress --seed`
+        settings = replace(start.settings, world_size=1, rank=0)  # each training whole, in this process
         distilled = [cell for cell in cells if cell is not None and len(cell) == 3]
         recorded = None
-        if distilled:
+        features = any(cell[2] > 0 for cell in distilled)
+        if distilled and recording_fits(teacher, data, settings, features):
             started = time.perf_counter()
-            features = any(cell[2] > 0 for cell in distilled)
-            recorded = record_teacher(teacher, data, prep, start.settings, features, reporter, f"seed {seed}: teacher outputs")
+            recorded = record_teacher(teacher, data, prep, settings, features, reporter, f"seed {seed}: teacher outputs")
             write_json_atomic(folder / "runs" / f"seed{seed}-teacher-outputs.cost", {"seconds": time.perf_counter() - started})
+        elif distilled:
+            reporter.info(f"seed {seed}: the teacher's outputs for every view would not fit in memory; it runs live instead")
         for cell in cells:
             done += 1
             matched = control_smoothing(run, teacher_logits, *cell) if cell is not None and len(cell) == 2 else None
@@ -211,10 +229,10 @@ def _train_missing(
             elif matched is not None:
                 objective = start.control(matched["smoothing"])
             else:
-                objective = start.distilled(recorded, *cell)
+                objective = start.distilled(recorded if recorded is not None else teacher, *cell)
             name = run_name(seed, cell)
             reporter.info(f"[{done}/{total}] {name}: {objective.describe()}")
-            result = fit(objective, data, prep, start.settings, reporter, name)
+            result = fit(objective, data, prep, settings, reporter, name)
             predictions = predict_logits(objective.student, data.test_x, prep, device).argmax(axis=1)
             entry = {
                 "name": name,
@@ -229,6 +247,29 @@ def _train_missing(
                 **result.record(),
             }
             write_json_atomic(folder / "runs" / f"{name}.json", entry)
+
+
+RECORD_SHARE = 0.25  # at most this share of the device's memory (the CPU's: of this process's) for recorded outputs
+
+
+def recording_fits(teacher: Any, data: Dataset, settings: Any, features: bool) -> bool:
+    """Whether the teacher's logits (and pooled features) for every view of a run fit in RECORD_SHARE of memory.
+
+    They are float32, one row per image per epoch: 200k images x 30 epochs x 1,536 EfficientNet-B3 features
+    is 37 GB. When they do not fit, the teacher runs live on the same views: the same targets, more compute.
+    """
+    from kdcompress.sources import process_memory
+    from kdcompress.views import steps_per_epoch
+
+    rows = settings.epochs * steps_per_epoch(len(data.train_y), settings.batch_size) * min(settings.batch_size, len(data.train_y))
+    need = rows * (len(data.classes) + (teacher.num_features if features else 0)) * 4
+    if settings.device == "cuda":
+        import torch
+
+        budget = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
+    else:
+        budget = process_memory() or need
+    return need <= RECORD_SHARE * budget
 
 
 def summarize(cfg: SweepConfig, data: Dataset, folder: Path, device: str) -> dict[str, Any]:

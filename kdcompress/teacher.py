@@ -115,40 +115,58 @@ def teacher_cache_dir(cfg: CompressConfig) -> Path:
 def load_or_train_teacher(
     cfg: CompressConfig, data: Dataset, prep: Preprocessing, settings: Any, reporter: Reporter
 ) -> tuple[Any, dict[str, Any]]:
-    """Train the teacher, or reuse one: from --teacher-weights, or cached from an identical earlier run."""
+    """Train the teacher, or reuse one: from --teacher-weights, or cached from an identical earlier run.
+
+    Under torchrun, rank 0 decides and reads the weights and every other rank receives them from it (their
+    disks need not hold the cache); a teacher trained here is trained by all ranks together, cached by rank 0.
+    """
+    from kdcompress.distributed import broadcast_module, broadcast_object
+    from kdcompress.models import create_model, set_stem_stride
+
+    main = settings.rank == 0
+    key = teacher_cache_key(cfg, data)
+    cached = teacher_cache_dir(cfg) / key
+    reuse = bool(cfg.teacher_weights) or (
+        (cached / "teacher.pt").is_file() and (cached / "record.json").is_file() and not cfg.retrain_teacher
+    )
+    if broadcast_object(reuse):
+        loaded = _load_teacher(cfg, data, cached, reporter) if main else None
+        teacher = loaded[0] if loaded else create_model(cfg.teacher, len(data.classes), data.channels)
+        stem = getattr(teacher, "conv_stem", None)  # its stride is not in the weights (recipe 3)
+        record, stride = broadcast_object((loaded[1], stem and int(stem.stride[0])) if loaded else None)
+        return broadcast_module(set_stem_stride(teacher, stride), settings.device).eval(), record
+
+    teacher, record = _train_teacher(cfg, data, prep, settings, reporter)
+    if main:
+        _cache_teacher(cfg, data, teacher, record, cached, reporter)
+    return teacher.eval(), {**record, "reused": False}
+
+
+def _load_teacher(cfg: CompressConfig, data: Dataset, cached: Path, reporter: Reporter) -> tuple[Any, dict[str, Any]]:
+    """The teacher from --teacher-weights, or from the cache folder cached, with its record."""
     from kdcompress.models import create_model, load_weights
 
-    n_classes = len(data.classes)
+    teacher = create_model(cfg.teacher, len(data.classes), data.channels)
     if cfg.teacher_weights:
-        teacher = create_model(cfg.teacher, n_classes, data.channels)
         meta = load_weights(teacher, cfg.teacher_weights)
         if meta.get("classes") not in (None, data.classes):
             raise KdcError(
                 f"{cfg.teacher_weights} was trained on classes {meta['classes']}, this dataset has {data.classes}"
             )
         reporter.info(f"teacher: {cfg.teacher} weights loaded from {cfg.teacher_weights} (not trained here)")
-        return teacher.eval(), {"objective": "given (--teacher-weights)", "source": str(cfg.teacher_weights), "reused": True}
-
-    key = teacher_cache_key(cfg, data)
-    cached = teacher_cache_dir(cfg) / key
-    if (cached / "teacher.pt").is_file() and (cached / "record.json").is_file() and not cfg.retrain_teacher:
-        teacher = create_model(cfg.teacher, n_classes, data.channels)
-        try:
-            load_weights(teacher, cached / "teacher.pt")
-            record = json.loads((cached / "record.json").read_text())
-        except (KdcError, OSError, ValueError) as exc:
-            raise KdcError(
-                f"the cached teacher in {cached} cannot be read ({exc}): pass --retrain-teacher to train and cache it again"
-            ) from None
-        reporter.info(
-            f"teacher: reusing the {cfg.teacher} trained earlier with the same data and settings "
-            f"({cached}); pass --retrain-teacher to train it again"
-        )
-        return teacher.eval(), {**record, "reused": True, "source": str(cached)}
-
-    teacher, record = _train_teacher(cfg, data, prep, settings, reporter)
-    _cache_teacher(cfg, data, teacher, record, cached, reporter)
-    return teacher.eval(), {**record, "reused": False}
+        return teacher, {"objective": "given (--teacher-weights)", "source": str(cfg.teacher_weights), "reused": True}
+    try:
+        load_weights(teacher, cached / "teacher.pt")
+        record = json.loads((cached / "record.json").read_text())
+    except (KdcError, OSError, ValueError) as exc:
+        raise KdcError(
+            f"the cached teacher in {cached} cannot be read ({exc}): pass --retrain-teacher to train and cache it again"
+        ) from None
+    reporter.info(
+        f"teacher: reusing the {cfg.teacher} trained earlier with the same data and settings "
+        f"({cached}); pass --retrain-teacher to train it again"
+    )
+    return teacher, {**record, "reused": True, "source": str(cached)}
 
 
 def _train_teacher(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,13 +29,16 @@ from kdcompress.accel import (
     resolve_precision,
     should_compile,
 )
-from kdcompress.data import Dataset
+from kdcompress.data import Dataset, batches
+from kdcompress.distributed import broadcast_buffers, data_parallel, gather_rows, shard
 from kdcompress.errors import KdcError
 from kdcompress.objectives import LiveTeacher, trainable_parameters
 from kdcompress.reporter import Reporter
 from kdcompress.runtime import Preprocessing
+from kdcompress.sources import ImageFiles
 from kdcompress.views import ViewStream, stats, to_input
 
+Images = np.ndarray | ImageFiles  # uint8 N x C x H x W, in memory or on disk
 REPORT_EVERY = 5  # steps between progress updates on CPU
 REPORT_EVERY_CUDA = 25  # on CUDA, where each update waits for the device to finish its queued work
 
@@ -57,6 +60,8 @@ class TrainSettings:
     select: str = "accuracy"  # the epoch kept: best validation "accuracy", or lowest validation "loss"
     mixup: float = 0.0  # Beta(m, m) concentration of the mixup weight of each batch; 0 = no mixup
     classes: int = 0  # the students' classes: the width of the mixed label vectors (needed when mixup > 0)
+    world_size: int = 1  # processes training this run together under DDP; each takes batch_size / world_size images
+    rank: int = 0  # this process's place among them (distributed.World)
 
 
 @dataclass
@@ -80,20 +85,28 @@ class FitResult:
 
 @torch.no_grad()
 def predict_logits(
-    model: nn.Module, images: np.ndarray, prep: Preprocessing, device: str, batch_size: int = 256, amp: bool = False
+    model: nn.Module, images: Images, prep: Preprocessing, device: str, batch_size: int = 256, amp: bool = False
 ) -> np.ndarray:
     """Logits of model (in eval mode) for uint8 images; float32 unless amp (mixed precision on CUDA)."""
     was_training = model.training
     model.eval()
     mean, std = stats(prep, device)
     outputs = []
-    for start in range(0, len(images), batch_size):
-        batch = torch.from_numpy(images[start : start + batch_size]).to(device)
+    for chunk in batches(images, batch_size):
+        batch = torch.from_numpy(chunk).to(device)
         with autocast(device, resolve_precision(device) if amp else "float32"):
             logits = model(to_input(batch, mean, std).contiguous(memory_format=torch.channels_last))
         outputs.append(logits.float().cpu().numpy())
     model.train(was_training)
     return np.concatenate(outputs) if outputs else np.zeros((0, 0), dtype=np.float32)
+
+
+def shared_logits(model: nn.Module, images: Images, prep: Preprocessing, settings: TrainSettings, amp: bool = False) -> np.ndarray:
+    """predict_logits for a run trained by settings.world_size processes: each scores its share, all get every row."""
+    if settings.world_size == 1:
+        return predict_logits(model, images, prep, settings.device, amp=amp)
+    part = shard(len(images), settings.rank, settings.world_size)
+    return gather_rows(predict_logits(model, images[part], prep, settings.device, amp=amp))
 
 
 def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
@@ -129,6 +142,10 @@ def fit(
     The score is validation accuracy, or (settings.select == "loss") minus the validation cross-entropy.
     With settings.ema > 0 the weights evaluated, kept and returned are an exponential moving
     average of the trained ones (timm's ModelEmaV3), updated after every step.
+
+    With settings.world_size > 1 (under torchrun) each rank trains on its share of every global batch and DDP
+    averages the gradients (`distributed.data_parallel`); validation is scored in shards and gathered, so every
+    rank keeps the same epoch and ends with the same weights.
     """
     device = settings.device
     torch.manual_seed(settings.seed)
@@ -147,7 +164,8 @@ def fit(
     best_epoch, best_val, best_score = 0, -1.0, -np.inf
     started = time.perf_counter()
     status = ""
-    with step.ready(), reporter.progress(label, total=total_steps) as advance:
+    with data_parallel(objective, device) if settings.world_size > 1 else nullcontext(), step.ready(), \
+            reporter.progress(label, total=total_steps) as advance:  # fmt: skip
         for epoch in range(1, settings.epochs + 1):
             objective.train()
             sums: dict[str, torch.Tensor] = {}  # on the device: read back only every few steps (no per-step sync)
@@ -165,9 +183,12 @@ def fit(
                     running = " ".join(f"{k} {v:.3f}" for k, v in means.items())
                     advance(index + 1 - reported, status=f"ep {epoch}/{settings.epochs}{status} | {running}")
                     reported = index + 1
+            if settings.world_size > 1:  # each rank's last step moved its own BatchNorm statistics: take rank 0's
+                broadcast_buffers(student)
+                broadcast_buffers(evaluated)
             # Scored on the dataset's own classes: outputs beyond them are auxiliary classes (a teacher's).
             with eager(student):
-                val_logits = predict_logits(evaluated, data.val_x, prep, device, amp=True)[:, : len(data.classes)]
+                val_logits = shared_logits(evaluated, data.val_x, prep, settings, amp=True)[:, : len(data.classes)]
             val_acc, val_loss = accuracy(val_logits, data.val_y), mean_cross_entropy(val_logits, data.val_y)
             record = {"epoch": epoch, **means, "val_accuracy": val_acc, "val_loss": val_loss}
             record.update(lr=step.scheduler.get_last_lr()[0], seconds=time.perf_counter() - epoch_start)

@@ -53,7 +53,7 @@ def test_the_control_sees_the_baselines_views_and_initial_weights_and_only_its_o
             if module.training:  # training batches only, not the validation passes
                 views.append(args[0].detach().clone())
 
-        objective.student.register_forward_pre_hook(keep)
+        objective.trainable.register_forward_pre_hook(keep)  # what every objective runs the student through
         fit(objective, run.data, run.prep, start.settings, NullReporter(), name)
     assert len(seen["baseline"]) == len(run.data.train_y) // 128 > 0
     assert len(seen["baseline"]) == len(seen["control"])

@@ -193,14 +193,20 @@ def test_auxiliary_logits_are_never_scored():
     from kdcompress.reporter import NullReporter
     from kdcompress.train import TrainSettings, accuracy, fit, predict_logits
 
-    class Decoy(nn.Module):  # an auxiliary class that always wins the argmax over all outputs
+    class Decoy(nn.Module):  # an auxiliary class that always wins the argmax over all outputs (a timm-style model)
         def __init__(self, model):
             super().__init__()
             self.model = model
 
+        def forward_features(self, images):
+            return self.model.forward_features(images)
+
+        def forward_head(self, features, pre_logits=False):
+            logits = self.model.forward_head(features, pre_logits=pre_logits)
+            return logits if pre_logits else torch.cat([logits, torch.full_like(logits[:, :1], 1e4)], dim=1)
+
         def forward(self, images):
-            logits = self.model(images)
-            return torch.cat([logits, torch.full_like(logits[:, :1], 1e4)], dim=1)
+            return self.forward_head(self.forward_features(images))
 
     data = load_dataset("digits", None, image_size=16)
     prep = data.preprocessing()

@@ -40,7 +40,7 @@ def test_chest_xray_full_set_loads_and_a_student_beats_the_majority_class(chest_
     assert data.classes == ["NORMAL", "PNEUMONIA"] and data.channels == 1
     config = CompressConfig(
         dataset="chest-xray", data_dir=str(chest_xray), teacher="test_efficientnet", student="resnet18",
-        epochs=2, artifacts=str(tmp_path),
+        epochs=2, control="none", artifacts=str(tmp_path),
     )
     result = compress(config)
     baseline = result.manifest.to_dict()["models"]["baseline"]
