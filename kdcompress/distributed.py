@@ -63,6 +63,11 @@ def start(device: str) -> World:
     if world.size == 1 or dist.is_initialized():
         return world
     if device == "cuda":
+        if world.local_rank >= torch.cuda.device_count():
+            raise KdcError(
+                f"torchrun started {world.local_size} processes on this machine but torch sees {torch.cuda.device_count()} "
+                f"GPU(s): start at most one process per GPU (--nproc-per-node {torch.cuda.device_count()})"
+            )
         torch.cuda.set_device(world.local_rank)  # "cuda" now means this process's own GPU
     dist.init_process_group("nccl" if device == "cuda" else "gloo", timeout=WAIT)
     atexit.register(stop)

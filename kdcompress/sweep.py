@@ -151,6 +151,12 @@ def sweep(
     barrier()  # every rank's trainings are in runs/
     if not run.world.main:
         return None
+    missing = [run_name(s, c) for s, c in plan if not (folder / "runs" / f"{run_name(s, c)}.json").is_file()]
+    if missing:
+        raise KdcError(
+            f"{len(missing)} training(s) finished on other processes are not in {folder / 'runs'} (such as {missing[0]}): "
+            f"under torchrun on several machines --out must be a folder they all share"
+        )
     results = summarize(cfg, run.data, folder, run.device)
     from kdcompress.sweep_render import sweep_markdown, sweep_plots
 
