@@ -51,7 +51,7 @@ def _keys(value, skip=("training",)):
 
 def test_compress_with_nproc_2_writes_one_run_shaped_like_a_single_process_run(tmp_path, tiny_run):
     root = tmp_path / "artifacts"
-    done = _run([sys.executable, "-m", "kdcompress", "compress", *TINY, "--nproc", "2", "--artifacts", str(root)], tmp_path)
+    done = _run([sys.executable, "-m", "kdcompress", "compress", *TINY, "--epochs", "1", "--nproc", "2", "--artifacts", str(root)], tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("Run written to") == 1 and "Traceback" not in done.stderr
     runs = [p for p in root.iterdir() if not p.name.startswith(".")]

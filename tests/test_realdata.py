@@ -17,7 +17,7 @@ pytestmark = pytest.mark.realdata
 def test_cifar3_resnet18_students_learn_and_survive_export_and_int8(shared_data, tmp_path):
     config = CompressConfig(
         dataset="cifar3", data_dir=str(shared_data), teacher="test_efficientnet", student="resnet18",
-        epochs=6, int8=True, control="none", artifacts=str(tmp_path),
+        epochs=6, teacher_epochs=4, int8=True, control="none", artifacts=str(tmp_path),
     )
     result = compress(config)
     models = result.manifest.to_dict()["models"]
