@@ -135,10 +135,11 @@ def compress(
         weight_decay=weight_decay, val_fraction=val_fraction, seed=seed, device=device, compile=compile,
         artifacts=str(artifacts), out=path_text(out), int8=int8, stream=stream,
     )  # fmt: skip
-    if _relaunched(nproc, config.batch_size, lambda: _check_compress(config)):
-        return
-    from kdcompress.pipeline import compress as run_compress
+    from kdcompress.pipeline import check_out, compress as run_compress
     from kdcompress.render import summary_table, verdict_lines
+
+    if _relaunched(nproc, config, lambda: check_out(config.out) if config.out else None):
+        return
 
     reporter = _reporter()
     reporter.info(FORMULA)
@@ -225,7 +226,7 @@ def sweep(
         seeds=seeds,
         out=str(out) if out else None,
     )
-    if _relaunched(nproc, batch_size, config.resolved):
+    if _relaunched(nproc, base, config.resolved):
         return
     command = " ".join(["kdc", *sys.argv[1:]]) if sys.argv[1:2] == ["sweep"] else "kdc sweep"
     results = run_sweep(config, _reporter(), command=command)
@@ -256,26 +257,18 @@ def _reporter() -> Any:
     return RichReporter(stderr)
 
 
-def _check_compress(config: CompressConfig) -> None:
-    from kdcompress.pipeline import check_out
-
-    config.resolved()
-    if config.out:
-        check_out(config.out)
-
-
-def _relaunched(nproc: int, batch_size: int, check: Callable[[], Any]) -> bool:
-    """--nproc N > 1: check the settings here (bad ones fail in one line before any process starts), then run this
-    same command in N processes under torchrun and return True once they finish."""
-    from kdcompress.distributed import launch, launched
+def _relaunched(nproc: int, base: CompressConfig, check: Callable[[], Any] | None = None) -> bool:
+    """--nproc N > 1: refuse here what can be refused before any process starts (`distributed.preflight`, then
+    check), then run this same command in N processes under torchrun and return True once they finish."""
+    from kdcompress.distributed import launch, launched, preflight
 
     if nproc == 1:
         return False
     if launched().size > 1:
         raise KdcError("--nproc starts torchrun itself: drop it when kdc already runs under torchrun")
-    check()
-    if batch_size % nproc:
-        raise KdcError(f"--batch-size {batch_size} does not split evenly over {nproc} processes: pass a multiple of {nproc}")
+    preflight(base, nproc)
+    if check is not None:
+        check()
     threads = f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 1)}"
     stderr.print(f"[cyan]•[/] starting {nproc} processes with torchrun (--standalone), each with {threads}", highlight=False)
     launch(nproc, options.without_nproc(sys.argv[1:]))

@@ -222,6 +222,30 @@ def lost_peer(exc: BaseException) -> bool:
     )
 
 
+def preflight(config: Any, processes: int) -> None:
+    """Refuse, before torchrun starts processes processes, what each of them would refuse (config: CompressConfig).
+
+    The settings' ranges, the model names, a data folder that is not there, a batch that does not split
+    evenly, and more processes than GPUs: one line here instead of one per process.
+    """
+    import torch
+
+    from kdcompress.accel import resolve_device
+    from kdcompress.data import resolve_spec
+    from kdcompress.models import resolve_model_name
+
+    cfg = config.resolved()
+    resolve_model_name(cfg.teacher)
+    resolve_model_name(cfg.student)
+    if resolve_spec(cfg.dataset).needs_data_dir and cfg.data_dir is not None and not os.path.isdir(cfg.data_dir):
+        raise KdcError(f"data folder not found: {cfg.data_dir}")
+    if cfg.batch_size % processes:
+        raise KdcError(f"--batch-size {cfg.batch_size} does not split evenly over {processes} processes: pass a multiple of {processes}")
+    gpus = torch.cuda.device_count()
+    if resolve_device(cfg.device) == "cuda" and processes > gpus:
+        raise KdcError(f"--nproc {processes} asks for a process per GPU, and torch sees {gpus}: pass --nproc {gpus} or less")
+
+
 def launch(processes: int, argv: list[str]) -> None:
     """Run `python -m kdcompress argv` in processes processes on this machine, through torchrun (`--standalone`).
 

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from typer.testing import CliRunner
 
@@ -78,10 +79,20 @@ def test_a_failing_rank_stops_the_others_with_one_line(tmp_path):
     assert "Traceback" not in done.stderr
 
 
-def test_nproc_refuses_a_batch_that_does_not_split_before_starting(tmp_path):
-    result = CliRunner().invoke(app, ["compress", *TINY, "--nproc", "2", "--batch-size", "129", "--artifacts", str(tmp_path)])
-    assert result.exit_code == 1 and "129" in result.output and "multiple of 2" in result.output
-    assert "Traceback" not in result.output and not any(tmp_path.iterdir())
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--batch-size", "129"], "--batch-size 129 does not split evenly over 2 processes: pass a multiple of 2"),
+        (["--student", "resnet_18"], "unknown model 'resnet_18'"),
+        (["--dataset", "folder", "--data-dir", "/no/such/photos"], "data folder not found: /no/such/photos"),
+    ],
+)
+def test_nproc_refuses_bad_settings_in_one_line_before_starting_processes(tmp_path, args, message):
+    for command in ("compress", "sweep"):
+        result = CliRunner().invoke(app, [command, *TINY, "--nproc", "2", *args, "--artifacts", str(tmp_path)])
+        assert result.exit_code == 1 and message in result.output, result.output
+        assert "starting 2 processes" not in result.output and "Traceback" not in result.output
+        assert not any(tmp_path.iterdir())
 
 
 def _sweep_args(out: Path, weights: Path) -> list[str]:
