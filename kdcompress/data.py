@@ -23,6 +23,7 @@ from kdcompress.sources import ImageFiles, stratified_split
 STATS_CHUNK = 1024  # images per chunk when measuring the training split's mean and std
 MAX_WORKERS = 8  # DataLoader processes decoding streamed images, per training process
 PREFETCH = 4  # batches each of them decodes ahead
+PARALLEL_FROM = 256  # images: below this, worker processes cost more to start than the decoding they would share
 
 
 @dataclass(frozen=True)
@@ -225,12 +226,12 @@ def load_batches(files: ImageFiles, index_batches: list[list[int]], device: str)
     """The images of each index batch, in order, as uint8 N x C x H x W tensors on device, decoded in DataLoader workers."""
     from torch.utils.data import DataLoader
 
-    workers = loader_workers()
+    workers = loader_workers() if sum(len(batch) for batch in index_batches) >= PARALLEL_FROM else 0
     loader = DataLoader(
         _Decoded(files),
         batch_sampler=index_batches,
         num_workers=workers,
-        prefetch_factor=PREFETCH,
+        prefetch_factor=PREFETCH if workers else None,
         pin_memory=device == "cuda",
     )
     try:

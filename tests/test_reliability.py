@@ -59,7 +59,7 @@ def test_out_refuses_the_current_folder(tmp_path, monkeypatch):
 def test_out_takes_an_empty_folder(tmp_path):
     out = tmp_path / "empty"
     out.mkdir()
-    result = runner.invoke(app, ["compress", *TINY, "--epochs", "1", "--out", str(out)])
+    result = runner.invoke(app, ["compress", *TINY, "--epochs", "1", "--out", str(out), "--control", "none"])
     assert result.exit_code == 0, result.output
     assert (out / "manifest.json").is_file()
 
@@ -93,7 +93,7 @@ def test_a_four_step_run_trains_instead_of_dividing_by_zero(tmp_path):
             schedule.step()
     assert warmup_fraction(40) == 0.25  # every other length keeps the schedule it had
     # digits: 1293 training images // 300 = 4 steps in 1 epoch, the probe's ZeroDivisionError
-    result = runner.invoke(app, ["compress", *TINY, "--batch-size", "300", "--epochs", "1", "--artifacts", str(tmp_path)])
+    result = runner.invoke(app, ["compress", *TINY, "--batch-size", "300", "--epochs", "1", "--artifacts", str(tmp_path), "--control", "none"])
     assert result.exit_code == 0, result.output
 
 
@@ -154,7 +154,7 @@ def test_compress_on_a_full_disk_is_one_line_and_leaves_nothing_behind(tmp_path,
     import torch
 
     monkeypatch.setattr(torch, "save", _enospc)  # the teacher cache and the checkpoints
-    result = runner.invoke(app, ["compress", *TINY, "--epochs", "1", "--artifacts", str(tmp_path)])
+    result = runner.invoke(app, ["compress", *TINY, "--epochs", "1", "--artifacts", str(tmp_path), "--control", "none"])
     _fails_cleanly(result, "No space left on device")
     assert "could not cache the teacher" in result.output  # the cache costs only the reuse
     leftovers = [p for p in tmp_path.rglob("*") if p.name.startswith((".partial-", ".replaced-")) or p.name.endswith(".tmp")]

@@ -12,6 +12,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from conftest import TINY
+from kdcompress import data as data_module
 from kdcompress import sources
 from kdcompress.cli import app
 from kdcompress.data import load_dataset, materialize
@@ -37,7 +38,8 @@ def _folder(root, corrupt: bool = False):
     return root
 
 
-def test_streamed_folder_gives_the_in_memory_images_views_and_logits(tmp_path):
+def test_streamed_folder_gives_the_in_memory_images_views_and_logits(tmp_path, monkeypatch):
+    monkeypatch.setattr(data_module, "PARALLEL_FROM", 0)  # decoded in worker processes, as large folders are
     root = _folder(tmp_path / "images")
     memory = load_dataset("folder", root, 16, 0.2)
     streamed = load_dataset("folder", root, 16, 0.2, stream=True)
@@ -78,7 +80,8 @@ def test_a_folder_that_would_not_fit_in_memory_streams_by_itself(tmp_path, monke
     assert data.streamed and any("would not fit in memory" in line and "from disk" in line for line in lines)
 
 
-def test_a_corrupt_image_read_by_a_worker_is_one_clear_line(tmp_path):
+def test_a_corrupt_image_read_by_a_worker_is_one_clear_line(tmp_path, monkeypatch):
+    monkeypatch.setattr(data_module, "PARALLEL_FROM", 0)
     data = load_dataset("folder", _folder(tmp_path / "images", corrupt=True), 16, 0.2, stream=True)
     with pytest.raises(KdcError) as caught:
         data.preprocessing()  # decodes every training image, in DataLoader workers
