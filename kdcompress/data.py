@@ -1,6 +1,7 @@
-"""Datasets held in memory as uint8 arrays, split into train / validation / test.
+"""Datasets split into train / validation / test: uint8 arrays in memory, or (streamed) image files on disk.
 
-Every image goes through `runtime.pil_to_array`, the same path `kdc predict` uses, so a file
+Streamed files (`sources.ImageFiles`) are decoded batch by batch in DataLoader workers (`load_batches`,
+`batches`). Every image goes through `runtime.pil_to_array`, the same path `kdc predict` uses, so a file
 classified later sees exactly the preprocessing the models were evaluated with.
 """
 
