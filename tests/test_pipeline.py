@@ -74,8 +74,8 @@ def test_distillation_with_alpha_and_beta_zero_reproduces_the_baseline(tmp_path)
 
 def test_same_seed_same_numbers_and_the_teacher_is_reused(tmp_path):
     first_log, second_log = Recorder(), Recorder()
-    first = compress(CompressConfig(**TINY, artifacts=str(tmp_path)), first_log)
-    second = compress(CompressConfig(**TINY, artifacts=str(tmp_path)), second_log)
+    first = compress(CompressConfig(**{**TINY, "epochs": 1}, artifacts=str(tmp_path)), first_log)
+    second = compress(CompressConfig(**{**TINY, "epochs": 1}, artifacts=str(tmp_path)), second_log)
     assert first.run_dir != second.run_dir
     assert not first.manifest.to_dict()["models"]["teacher"]["reused"]
     assert second.manifest.to_dict()["models"]["teacher"]["reused"]
@@ -85,7 +85,7 @@ def test_same_seed_same_numbers_and_the_teacher_is_reused(tmp_path):
     assert [h["loss"] for h in h1["student"]] == [h["loss"] for h in h2["student"]]
     for role in ("teacher", "baseline", "student"):
         assert first.manifest.to_dict()["models"][role]["test_correct"] == second.manifest.to_dict()["models"][role]["test_correct"]
-    other_seed = compress(CompressConfig(**TINY, seed=1, artifacts=str(tmp_path)))
+    other_seed = compress(CompressConfig(**{**TINY, "epochs": 1}, seed=1, artifacts=str(tmp_path)))
     assert not other_seed.manifest.to_dict()["models"]["teacher"]["reused"]
 
 

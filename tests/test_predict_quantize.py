@@ -33,7 +33,7 @@ def folder_run(tmp_path_factory):
                 Image.fromarray(pixels).save(root / split / c / f"{i:02d}.png")
     config = CompressConfig(
         dataset="folder", data_dir=str(root), teacher="test_efficientnet", student="test_resnet",
-        image_size=16, epochs=1, device="cpu", artifacts=str(tmp_path_factory.mktemp("artifacts")),
+        image_size=16, epochs=1, device="cpu", control="none", artifacts=str(tmp_path_factory.mktemp("artifacts")),
     )
     return root, compress(config).run_dir
 

@@ -74,7 +74,7 @@ def test_compress_pretrained_teacher_and_students(offline_hub, tmp_path, shared_
     imagenet_student = _cache_imagenet_weights(offline_hub, "test_resnet", seed=2)
     config = CompressConfig(
         dataset="cifar3", data_dir=str(shared_data), teacher="test_efficientnet", student="test_resnet",
-        pretrained=True, pretrained_student=True, image_size=16, epochs=1, out=str(tmp_path / "run"),
+        pretrained=True, pretrained_student=True, image_size=16, epochs=1, control="none", out=str(tmp_path / "run"),
     )  # fmt: skip
     manifest = compress(config).manifest.to_dict()
     assert manifest["config"]["pretrained"] and manifest["config"]["pretrained_student"]

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.realdata
 def test_cifar3_resnet18_students_learn_and_survive_export_and_int8(shared_data, tmp_path):
     config = CompressConfig(
         dataset="cifar3", data_dir=str(shared_data), teacher="test_efficientnet", student="resnet18",
-        epochs=6, teacher_epochs=4, int8=True, control="none", artifacts=str(tmp_path),
+        epochs=4, teacher_epochs=3, int8=True, control="none", artifacts=str(tmp_path),
     )
     result = compress(config)
     models = result.manifest.to_dict()["models"]
@@ -40,7 +40,7 @@ def test_chest_xray_full_set_loads_and_a_student_beats_the_majority_class(chest_
     assert data.classes == ["NORMAL", "PNEUMONIA"] and data.channels == 1
     config = CompressConfig(
         dataset="chest-xray", data_dir=str(chest_xray), teacher="test_efficientnet", student="resnet18",
-        epochs=2, control="none", artifacts=str(tmp_path),
+        epochs=2, teacher_epochs=1, control="none", artifacts=str(tmp_path),
     )
     result = compress(config)
     baseline = result.manifest.to_dict()["models"]["baseline"]
