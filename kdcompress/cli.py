@@ -269,9 +269,12 @@ def _relaunched(nproc: int, base: CompressConfig, check: Callable[[], Any] | Non
     preflight(base, nproc)
     if check is not None:
         check()
+    argv = options.without_nproc(sys.argv[1:])
+    if argv[:1] not in (["compress"], ["sweep"]):  # called as a library (a test runner's argv): nothing to re-run
+        raise KdcError("--nproc re-runs the kdc command line it was given: use it from `kdc`, or call torchrun yourself")
     threads = f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 1)}"
     stderr.print(f"[cyan]•[/] starting {nproc} processes with torchrun (--standalone), each with {threads}", highlight=False)
-    launch(nproc, options.without_nproc(sys.argv[1:]))
+    launch(nproc, argv)
     return True
 
 

@@ -158,3 +158,10 @@ def test_synchronised_batchnorm_turns_back_into_the_plain_layers_with_the_same_t
         assert not any(isinstance(m, torch.nn.SyncBatchNorm) for m in plain.modules())
         assert torch.equal(plain(images), expected)
     assert BatchNormAct2d in {type(m) for m in create_model("test_efficientnet", 3, 3).modules()}
+
+
+def test_nproc_from_a_library_call_is_refused_rather_than_rerunning_another_command(tmp_path):
+    # CliRunner leaves sys.argv as pytest's: there is no kdc command line for torchrun to run again
+    result = CliRunner().invoke(app, ["compress", *TINY, "--nproc", "2", "--artifacts", str(tmp_path)])
+    assert result.exit_code == 1 and "--nproc re-runs the kdc command line" in result.output
+    assert "starting 2 processes" not in result.output and not any(tmp_path.iterdir())
