@@ -14,7 +14,7 @@ from typing import Any
 
 from kdcompress.config import CompressConfig
 from kdcompress.data import Dataset, load_dataset
-from kdcompress.distributed import World, start
+from kdcompress.distributed import World, broadcast_object, start
 from kdcompress.models import resolve_model_name
 from kdcompress.reporter import Reporter
 from kdcompress.runtime import Preprocessing
@@ -60,7 +60,9 @@ def prepare(config: CompressConfig, reporter: Reporter) -> Prepared:
         world_size=world.size,
         rank=world.rank,
     )
-    return Prepared(cfg, device, data, data.preprocessing(), settings, world)
+    # Measured once, by rank 0: for streamed data it is a pass over every training image.
+    prep = broadcast_object(data.preprocessing() if world.main else None)
+    return Prepared(cfg, device, data, prep, settings, world)
 
 
 @dataclass

@@ -69,10 +69,7 @@ class ImageFiles:
         if isinstance(key, (int, np.integer)):
             return load_image(self.files[key], self.image_size, self.channels)
         picked = self.files[key] if isinstance(key, slice) else [self.files[i] for i in np.asarray(key).tolist()]
-        out = np.empty((len(picked), self.channels, self.image_size, self.image_size), dtype=np.uint8)
-        for i, path in enumerate(picked):
-            out[i] = load_image(path, self.image_size, self.channels)
-        return out
+        return _read_images(picked, self.image_size, self.channels, Reporter(), "images")
 
     def subset(self, index: np.ndarray) -> "ImageFiles":
         """The files at index, still on disk."""
@@ -256,9 +253,10 @@ def load_folder(root: Path, size: int, channels: int, reporter: Reporter, stream
 
     count = sum(len(files) for folders in splits.values() for files in folders.values())
     if not stream and not fits_in_memory(count, channels, size):
+        need, available = memory_need(count, channels, size) / 2**30, (process_memory() or 0) / 2**30
         reporter.info(
-            f"{root}: {count} images at {size}x{size} px would not fit in memory ({memory_need(count, channels, size)}): "
-            f"reading them from disk batch by batch (as --stream does)"
+            f"{root}: {count} images at {size}x{size} px would not fit in memory (about {need:.1f} GiB needed, "
+            f"{available:.1f} GiB available): reading them from disk batch by batch (as --stream does)"
         )
         stream = True
 
@@ -302,24 +300,22 @@ def process_memory() -> int | None:
     return None if available is None else available // launched().local_size
 
 
+def memory_need(images: int, channels: int, size: int) -> float:
+    """Bytes the in-memory path needs for images at size x size px, held as uint8 arrays."""
+    return images * channels * size * size * MEMORY_FACTOR
+
+
 def fits_in_memory(images: int, channels: int, size: int) -> bool:
     """Whether images at size x size px, held as uint8 arrays, fit in this process's share of memory."""
     available = process_memory()
-    return available is None or images * channels * size * size * MEMORY_FACTOR <= available
-
-
-def memory_need(images: int, channels: int, size: int) -> str:
-    """'about X GiB needed, Y GiB available' for images held as arrays."""
-    available = process_memory() or 0
-    return f"about {images * channels * size * size * MEMORY_FACTOR / 2**30:.1f} GiB needed, {available / 2**30:.1f} GiB available"
+    return available is None or memory_need(images, channels, size) <= available
 
 
 def check_memory(images: int, channels: int, size: int, what: str) -> None:
     """Refuse, before decoding anything, a dataset whose pixels at this size would not fit in memory."""
-    need = images * channels * size * size * MEMORY_FACTOR
-    available = process_memory()
-    if available is None or need <= available:
+    if fits_in_memory(images, channels, size):
         return
+    need, available = memory_need(images, channels, size), process_memory() or 0
     fits = int((available / (images * channels * MEMORY_FACTOR)) ** 0.5)
     raise KdcError(
         f"{what}: {images} images at {size}x{size} px, {channels} channel(s), need about {need / 2**30:.1f} GiB of "

@@ -124,10 +124,10 @@ def load_or_train_teacher(
     from kdcompress.models import create_model, set_stem_stride
 
     main = settings.rank == 0
-    key = teacher_cache_key(cfg, data)
-    cached = teacher_cache_dir(cfg) / key
-    reuse = bool(cfg.teacher_weights) or (
-        (cached / "teacher.pt").is_file() and (cached / "record.json").is_file() and not cfg.retrain_teacher
+    # Rank 0 alone looks for a teacher to reuse (the others follow its answer); --teacher-weights needs no cache key.
+    cached = teacher_cache_dir(cfg) / teacher_cache_key(cfg, data) if main and not cfg.teacher_weights else None
+    reuse = main and (
+        cached is None or ((cached / "teacher.pt").is_file() and (cached / "record.json").is_file() and not cfg.retrain_teacher)
     )
     if broadcast_object(reuse):
         loaded = _load_teacher(cfg, data, cached, reporter) if main else None
@@ -137,13 +137,13 @@ def load_or_train_teacher(
         return broadcast_module(set_stem_stride(teacher, stride), settings.device).eval(), record
 
     teacher, record = _train_teacher(cfg, data, prep, settings, reporter)
-    if main:
+    if cached is not None:  # rank 0
         _cache_teacher(cfg, data, teacher, record, cached, reporter)
     return teacher.eval(), {**record, "reused": False}
 
 
-def _load_teacher(cfg: CompressConfig, data: Dataset, cached: Path, reporter: Reporter) -> tuple[Any, dict[str, Any]]:
-    """The teacher from --teacher-weights, or from the cache folder cached, with its record."""
+def _load_teacher(cfg: CompressConfig, data: Dataset, cached: Path | None, reporter: Reporter) -> tuple[Any, dict[str, Any]]:
+    """The teacher from --teacher-weights (cached is None), or from the cache folder cached, with its record."""
     from kdcompress.models import create_model, load_weights
 
     teacher = create_model(cfg.teacher, len(data.classes), data.channels)
@@ -155,6 +155,7 @@ def _load_teacher(cfg: CompressConfig, data: Dataset, cached: Path, reporter: Re
             )
         reporter.info(f"teacher: {cfg.teacher} weights loaded from {cfg.teacher_weights} (not trained here)")
         return teacher, {"objective": "given (--teacher-weights)", "source": str(cfg.teacher_weights), "reused": True}
+    assert cached is not None
     try:
         load_weights(teacher, cached / "teacher.pt")
         record = json.loads((cached / "record.json").read_text())
