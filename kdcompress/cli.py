@@ -122,6 +122,10 @@ def compress(
     artifacts: Path = options.ARTIFACTS,
     out: Optional[Path] = option("out", "--out", help="Exact run folder: a new or empty folder, or an earlier run (replaced once this one completes); any other folder is refused."),
     int8: bool = option("int8", "--int8", help="Also write a static INT8 version of the distilled student (see kdc quantize)."),
+    from_sweep: Optional[Path] = typer.Option(
+        None, "--from-sweep", help="A finished kdc sweep folder: train the cell it chose on validation (T, alpha, beta), with the "
+        "sweep's data, models, schedule, seed and teacher (reused from its cache). Options that contradict the sweep are refused.",
+    ),
     stream: bool = options.STREAM,
     nproc: int = options.NPROC,
     as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON on stdout instead of the table."),
@@ -133,12 +137,13 @@ def compress(
         teacher_ema=teacher_ema, teacher_select=teacher_select, augment=augment, temperature=temperature, alpha=alpha, beta=beta,
         mixup=mixup, control=control, epochs=epochs, teacher_epochs=teacher_epochs, batch_size=batch_size, lr=lr,
         weight_decay=weight_decay, val_fraction=val_fraction, seed=seed, device=device, compile=compile,
-        artifacts=str(artifacts), out=path_text(out), int8=int8, stream=stream,
+        artifacts=str(artifacts), out=path_text(out), int8=int8, stream=stream, from_sweep=path_text(from_sweep),
     )  # fmt: skip
+    from kdcompress.chosen import with_sweep
     from kdcompress.pipeline import check_out, compress as run_compress
     from kdcompress.render import summary_table, verdict_lines
 
-    if _relaunched(nproc, config, lambda: check_out(config.out) if config.out else None):
+    if _relaunched(nproc, with_sweep(config), lambda: check_out(config.out) if config.out else None):
         return
 
     reporter = _reporter()

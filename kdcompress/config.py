@@ -53,6 +53,7 @@ class CompressConfig:
     artifacts: str = "artifacts"  # root folder; each run gets its own sub-folder
     out: str | None = None  # exact run folder; replaces an earlier run there once the new one is complete
     int8: bool = False  # also write a static INT8 version of the distilled student (kdc quantize)
+    from_sweep: str | None = None  # a finished sweep folder: its chosen cell and shared settings (kdcompress.chosen)
 
     def resolved(self) -> "CompressConfig":
         """Validate and fill the dataset-dependent defaults."""

@@ -42,8 +42,15 @@ def compress(config: CompressConfig, reporter: Reporter | None = None) -> Compre
     reporter = reporter or NullReporter()
     if config.out:
         check_out(config.out)  # before anything is trained
+    if config.from_sweep:
+        from kdcompress.chosen import check_same_data, describe, with_sweep
+
+        config = with_sweep(config)
+        reporter.info(describe(config))
     run = prepare(config, reporter)
     cfg, data = run.cfg, run.data
+    if cfg.from_sweep:
+        check_same_data(cfg, data.fingerprint())
     counts = data.counts()
     where = f"{run.world.size} processes on {run.device}" if run.world.size > 1 else run.device
     reporter.info(

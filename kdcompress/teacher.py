@@ -108,8 +108,9 @@ def teacher_cache_key(cfg: CompressConfig, data: Dataset) -> str:
 
 
 def teacher_cache_dir(cfg: CompressConfig) -> Path:
-    """Where trained teachers are cached: beside the run (or sweep) folder, in .teachers/."""
-    return (Path(cfg.out).parent if cfg.out else Path(cfg.artifacts)) / ".teachers"
+    """Where trained teachers are cached: beside the run (or sweep) folder, in .teachers/ (--from-sweep: the sweep's)."""
+    beside = cfg.from_sweep or cfg.out
+    return (Path(beside).parent if beside else Path(cfg.artifacts)) / ".teachers"
 
 
 def load_or_train_teacher(

@@ -118,16 +118,73 @@ def test_bad_sweep_options_are_one_line_and_exit_code_1(tmp_path, args, message)
     assert not (tmp_path / "sweep-digits").exists()
 
 
-def test_sweep_command_writes_table_markdown_and_plots(tmp_path, tiny_run):
+@pytest.fixture(scope="module")
+def cli_sweep(tmp_path_factory, tiny_run):
+    """A finished 4-cell, 1-seed sweep made by the kdc command, and what it printed."""
+    folder = tmp_path_factory.mktemp("cli-sweep") / "s"
     args = ["sweep", "--teacher", "test_efficientnet", "--student", "test_resnet", "--image-size", "16", "--epochs", "1"]
     args += ["--teacher-weights", str(tiny_run / "checkpoints" / "teacher.pt"), "--T", "2,4", "--alpha", "0.5"]
-    args += ["--beta", "0,0.3", "--seeds", "1", "--out", str(tmp_path / "s")]
+    args += ["--beta", "0,0.3", "--seeds", "1", "--out", str(folder)]
     result = CliRunner().invoke(app, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    assert "kdc sweep: digits, 4 grid points x 1 seeds" in result.output and "baseline" in result.output
-    folder = tmp_path / "s"
+    return folder, result.output
+
+
+def test_sweep_command_writes_table_markdown_and_plots(cli_sweep):
+    folder, output = cli_sweep
+    assert "kdc sweep: digits, 4 grid points x 1 seeds" in output and "baseline" in output
     for name in ("results.json", "summary.md", "heatmap.png", "objectives.png"):
         assert (folder / name).stat().st_size > 0, name
     summary = (folder / "summary.md").read_text()
     assert summary.count("\n| ") == 2 + 7 and "T 4, alpha 0.5, beta 0.3:" in summary  # baseline, 2 controls, 4 cells
     assert "chosen on validation (what to use): T " in summary and "label smoothing" in summary
+
+
+def test_compress_from_sweep_retrains_the_cell_chosen_on_validation(tmp_path, cli_sweep):
+    folder, _ = cli_sweep
+    results = json.loads((folder / "results.json").read_text())
+    chosen = results["chosen"]
+    name = f"seed0-T{chosen['temperature']:g}-alpha{chosen['alpha']:g}-beta{chosen['beta']:g}"
+    swept = next(run for run in results["runs"] if run["name"] == name)
+    args = ["compress", "--from-sweep", str(folder), "--device", "cpu", "--control", "none", "--out", str(tmp_path / "run")]
+    result = CliRunner().invoke(app, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert f"--from-sweep: T {chosen['temperature']:g}, alpha 0.5, beta {chosen['beta']:g}: the cell" in result.output
+    manifest = read_manifest(tmp_path / "run").to_dict()
+    config = manifest["config"]
+    assert (config["temperature"], config["alpha"], config["beta"]) == (chosen["temperature"], chosen["alpha"], chosen["beta"])
+    # Everything else from the sweep (tiny models, 16 px, 1 epoch, its teacher), none of compress's own defaults:
+    assert (config["teacher"], config["student"], config["image_size"], config["epochs"]) == ("test_efficientnet", "test_resnet", 16, 1)
+    assert config["teacher_weights"] == results["settings"]["teacher_weights"] and config["from_sweep"] == str(folder)
+    # The same seed, teacher, start and views: the very student the sweep trained for that cell, image for image.
+    test = np.load(tmp_path / "run" / "test_set.npz")
+    assert manifest["models"]["student"]["test_correct"] == int((np.array(swept["predictions"]) == test["labels"]).sum())
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--alpha", "0.9"], "--alpha 0.9 (the sweep's: 0.5) contradicts them: drop that option, or --from-sweep"),
+        (["--epochs", "3", "--student", "test_efficientnet"], "--student test_efficientnet (the sweep's: test_resnet); --epochs 3 (the sweep's: 1) contradict them"),
+    ],
+)
+def test_compress_from_sweep_refuses_options_that_contradict_the_sweep(tmp_path, cli_sweep, args, message):
+    folder, _ = cli_sweep
+    result = CliRunner().invoke(app, ["compress", "--from-sweep", str(folder), *args, "--out", str(tmp_path / "run")])
+    assert result.exit_code == 1 and message in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_compress_from_sweep_needs_a_finished_sweep_and_its_data(tmp_path, cli_sweep):
+    folder, _ = cli_sweep
+    unfinished = tmp_path / "unfinished"
+    unfinished.mkdir()
+    for where, message in ((tmp_path / "nowhere", "sweep folder not found"), (unfinished, "holds no results.json: run the sweep to its end")):
+        result = CliRunner().invoke(app, ["compress", "--from-sweep", str(where), "--out", str(tmp_path / "run")])
+        assert result.exit_code == 1 and message in result.output and "Traceback" not in result.output
+    other = json.loads((folder / "results.json").read_text())
+    other["settings"]["data"] = "0123456789abcdef"  # as if swept on other images
+    (unfinished / "results.json").write_text(json.dumps(other))
+    result = CliRunner().invoke(app, ["compress", "--from-sweep", str(unfinished), "--device", "cpu", "--out", str(tmp_path / "run")])
+    assert result.exit_code == 1 and "these images are not the ones" in result.output and "pass the sweep's --data-dir" in result.output
+    assert not (tmp_path / "run").exists()
