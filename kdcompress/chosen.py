@@ -39,11 +39,14 @@ def sweep_results(folder: str | Path) -> dict[str, Any]:
     return results
 
 
-def with_sweep(config: CompressConfig) -> CompressConfig:
-    """config with the sweep's shared settings and chosen cell (config unchanged without --from-sweep)."""
+def with_sweep(config: CompressConfig, results: dict[str, Any] | None = None) -> CompressConfig:
+    """config with the sweep's shared settings and chosen cell (config unchanged without --from-sweep).
+
+    results: the sweep's results.json when the caller has read it already (`sweep_results`).
+    """
     if not config.from_sweep:
         return config
-    results = sweep_results(config.from_sweep)
+    results = results or sweep_results(config.from_sweep)
     settings, chosen = results["settings"], results["chosen"]
     wanted = {name: settings[name] for name in SHARED_SETTINGS if name in settings}
     wanted.update({name: float(chosen[name]) for name in CELL})
@@ -61,9 +64,9 @@ def with_sweep(config: CompressConfig) -> CompressConfig:
     return replace(config, **wanted)
 
 
-def describe(config: CompressConfig) -> str:
-    """The info line a run made with --from-sweep starts with."""
-    chosen = sweep_results(config.from_sweep)["chosen"]  # type: ignore[arg-type]
+def describe(config: CompressConfig, results: dict[str, Any]) -> str:
+    """The info line a run made with --from-sweep starts with (results: the sweep's results.json)."""
+    chosen = results["chosen"]
     val = f", mean validation accuracy {chosen['val_mean']:.1%}" if "val_mean" in chosen else ""
     return (
         f"--from-sweep: T {config.temperature:g}, alpha {config.alpha:g}, beta {config.beta:g}: the cell "
@@ -71,9 +74,9 @@ def describe(config: CompressConfig) -> str:
     )
 
 
-def check_same_data(config: CompressConfig, fingerprint: str) -> None:
-    """Refuse data other than the sweep's (the chosen cell was chosen on that data)."""
-    recorded = sweep_results(config.from_sweep)["settings"].get("data")  # type: ignore[arg-type]
+def check_same_data(config: CompressConfig, results: dict[str, Any], fingerprint: str) -> None:
+    """Refuse data other than the sweep's (the chosen cell was chosen on that data; results: its results.json)."""
+    recorded = results["settings"].get("data")
     if recorded and recorded != fingerprint:
         raise KdcError(
             f"--from-sweep: these images are not the ones {config.from_sweep} was swept on (data fingerprint {fingerprint}, "

@@ -139,11 +139,10 @@ def compress(
         weight_decay=weight_decay, val_fraction=val_fraction, seed=seed, device=device, compile=compile,
         artifacts=str(artifacts), out=path_text(out), int8=int8, stream=stream, from_sweep=path_text(from_sweep),
     )  # fmt: skip
-    from kdcompress.chosen import with_sweep
     from kdcompress.pipeline import check_out, compress as run_compress
     from kdcompress.render import summary_table, verdict_lines
 
-    if _relaunched(nproc, with_sweep(config), lambda: check_out(config.out) if config.out else None):
+    if _relaunched(nproc, config, lambda: check_out(config.out) if config.out else None):
         return
 
     reporter = _reporter()
@@ -263,15 +262,17 @@ def _reporter() -> Any:
 
 
 def _relaunched(nproc: int, base: CompressConfig, check: Callable[[], Any] | None = None) -> bool:
-    """--nproc N > 1: refuse here what can be refused before any process starts (`distributed.preflight`, then
-    check), then run this same command in N processes under torchrun and return True once they finish."""
+    """--nproc N > 1: refuse here what can be refused before any process starts (`distributed.preflight` of the
+    settings the run will use, --from-sweep's included; then check), then run this same command in N processes
+    under torchrun and return True once they finish."""
+    from kdcompress.chosen import with_sweep
     from kdcompress.distributed import launch, launched, preflight
 
     if nproc == 1:
         return False
     if launched().size > 1:
         raise KdcError("--nproc starts torchrun itself: drop it when kdc already runs under torchrun")
-    preflight(base, nproc)
+    preflight(with_sweep(base), nproc)
     if check is not None:
         check()
     argv = options.without_nproc(sys.argv[1:])

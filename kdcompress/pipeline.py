@@ -42,15 +42,17 @@ def compress(config: CompressConfig, reporter: Reporter | None = None) -> Compre
     reporter = reporter or NullReporter()
     if config.out:
         check_out(config.out)  # before anything is trained
+    swept = None  # --from-sweep: the sweep's results.json, read once
     if config.from_sweep:
-        from kdcompress.chosen import check_same_data, describe, with_sweep
+        from kdcompress.chosen import check_same_data, describe, sweep_results, with_sweep
 
-        config = with_sweep(config)
-        reporter.info(describe(config))
+        swept = sweep_results(config.from_sweep)
+        config = with_sweep(config, swept)
+        reporter.info(describe(config, swept))
     run = prepare(config, reporter)
     cfg, data = run.cfg, run.data
-    if cfg.from_sweep:
-        check_same_data(cfg, data.fingerprint())
+    if swept is not None:
+        check_same_data(cfg, swept, data.fingerprint())
     counts = data.counts()
     where = f"{run.world.size} processes on {run.device}" if run.world.size > 1 else run.device
     reporter.info(
