@@ -24,7 +24,7 @@ class CompressConfig:
     dataset: str = "digits"  # digits (offline default) | cifar3 | chest-xray | folder
     data_dir: str | None = None  # dataset location; cifar3 looks for cifar-10-batches-py here (default ./data)
     image_size: int | None = None  # model input side in pixels; None = the dataset's default
-    teacher: str = "efficientnet_b3"  # any timm model name
+    teacher: str | None = None  # any timm model name; None = the dataset's default (digits resnet34, others efficientnet_b3)
     student: str = "resnet18"  # any timm model name; baseline and distilled student share it
     pretrained: bool = False  # start the teacher from timm's ImageNet weights (needs the hub)
     pretrained_student: bool = False  # start both students from ImageNet weights (needs the hub)
@@ -91,6 +91,7 @@ class CompressConfig:
         return replace(
             self,
             image_size=self.image_size or spec.image_size,
+            teacher=self.teacher or spec.teacher,
             epochs=epochs,
             teacher_epochs=self.teacher_epochs or epochs * spec.teacher_epoch_factor,
         )

@@ -44,7 +44,7 @@ DATA_DIR = option(
     "downloaded when absent); chest-xray and folder need it."
 )
 IMAGE_SIZE = option("image_size", "--image-size", help="Input side in pixels (default per dataset: digits 16, others 32).")
-TEACHER = option("teacher", "--teacher", help="Teacher: any timm model name.")
+TEACHER = option("teacher", "--teacher", help="Teacher: any timm model name (default per dataset: digits resnet34, others efficientnet_b3).")
 STUDENT = option("student", "--student", help="Student: any timm model name (baseline and distilled).")
 PRETRAINED = option("pretrained", "--pretrained", help="Start the teacher from timm's ImageNet weights (downloads).")
 PRETRAINED_STUDENT = option("pretrained_student", "--pretrained-student", help="Start both students from ImageNet weights.")
@@ -55,7 +55,7 @@ TEACHER_AUX = option(
     "has some (cifar3: CIFAR-10's 7 other classes, training batches only). The students never see them."
 )
 EPOCHS = option("epochs", "--epochs", help="Epochs per training (default per dataset: digits 10, cifar3 30, chest-xray 10, folder 15).")
-TEACHER_EPOCHS = option("teacher_epochs", "--teacher-epochs", help="Epochs for the teacher (default: twice --epochs for cifar3, whose teacher also learns 7 more classes; --epochs otherwise).")
+TEACHER_EPOCHS = option("teacher_epochs", "--teacher-epochs", help="Epochs for the teacher (default: twice --epochs for cifar3, whose teacher also learns 7 more classes, and for digits; --epochs otherwise).")
 BATCH_SIZE = option("batch_size", "--batch-size", help="Batch size of every training.")
 LR = option("lr", "--lr", help="Peak learning rate (AdamW, one-cycle schedule).")
 WEIGHT_DECAY = option("weight_decay", "--weight-decay", help="AdamW weight decay.")
