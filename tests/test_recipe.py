@@ -88,3 +88,16 @@ def test_teacher_levers_enter_the_cache_key_only_away_from_their_defaults():
 def test_lever_values_out_of_range_are_refused_in_one_line(changes, message):
     with pytest.raises(KdcError, match=message):
         CompressConfig(**changes).resolved()
+
+
+def test_the_default_teacher_is_the_datasets_and_an_explicit_one_wins():
+    digits = CompressConfig().resolved()
+    assert (digits.teacher, digits.epochs, digits.teacher_epochs) == ("resnet34", 10, 20)
+    cifar3 = CompressConfig(dataset="cifar3").resolved()
+    assert (cifar3.teacher, cifar3.teacher_epochs) == ("efficientnet_b3", 60)
+    assert CompressConfig(dataset="chest-xray").resolved().teacher == "efficientnet_b3"
+    chosen = CompressConfig(teacher="efficientnet_b3", teacher_epochs=7).resolved()
+    assert (chosen.teacher, chosen.teacher_epochs) == ("efficientnet_b3", 7)
+    # The cache tells the two digits teachers apart, so one is never reused for the other.
+    data = load_dataset("digits", None, 16, 0.1)
+    assert teacher_cache_key(digits, data) != teacher_cache_key(replace(digits, teacher="efficientnet_b3"), data)
