@@ -42,6 +42,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     root = tmp_path_factory.mktemp("artifacts")
     config = CompressConfig(
-        teacher="test_efficientnet", student="test_resnet", image_size=16, epochs=2, device="cpu", artifacts=str(root)
+        teacher="test_efficientnet", student="test_resnet", image_size=16, epochs=2, teacher_epochs=2, device="cpu",
+        artifacts=str(root),
     )
     return compress(config).run_dir
