@@ -46,7 +46,8 @@ def with_sweep(config: CompressConfig, results: dict[str, Any] | None = None) ->
     """
     if not config.from_sweep:
         return config
-    results = results or sweep_results(config.from_sweep)
+    if results is None:
+        results = sweep_results(config.from_sweep)
     settings, chosen = results["settings"], results["chosen"]
     wanted = {name: settings[name] for name in SHARED_SETTINGS if name in settings}
     wanted.update({name: float(chosen[name]) for name in CELL})
