@@ -1,11 +1,11 @@
-"""Training throughput (images per second) of the teacher and the student, eager against compiled (issue #10).
+"""Training throughput (images per second) of the teacher and the student: eager, CUDA graph, compiled (issue #10).
 
-    python benchmarks/train_throughput.py [--device auto|cpu|cuda] [--sizes 32,224] [--modes eager,compiled]
+    python benchmarks/train_throughput.py [--device auto|cpu|cuda] [--sizes 32,224] [--modes eager,graph,compiled]
 
 Each case trains through the very step `kdc compress` uses (`train.TrainStep`: the view stream's
 augmentation on the device, autocast, backward, AdamW, one-cycle schedule) on random uint8 images:
 speed does not depend on what the pixels show. The first `--warmup` steps are timed apart (they hold
-cuDNN autotuning and, compiled, the compile itself: the one-off cost), then `--steps` steps are
+cuDNN autotuning, the graph capture or the compile itself: the one-off cost), then `--steps` steps are
 timed with the device synchronised at both ends. The teacher is EfficientNet-B3 built as the teacher
 recipe builds it (stride-1 stem up to 64 px), the student ResNet18. The record goes to
 benchmarks/results/train-throughput-<device>.json (and --out) with the command, the machine and the figures.
@@ -28,6 +28,7 @@ sys.path.insert(0, str(HERE.parent))
 from kdcompress.manifest import environment  # noqa: E402
 
 MODELS = {"teacher": "efficientnet_b3", "student": "resnet18"}
+MODES = {"eager": "off", "graph": "graph", "compiled": "on"}  # this benchmark's names -> kdc's --compile
 
 
 def _dataset(size: int, images: int):
@@ -55,7 +56,7 @@ def measure(role: str, size: int, mode: str, device: str, batch: int, warmup: in
         zero_init_head(model)
         set_stem_stride(model, teacher_stem_stride(model, size))
     data = _dataset(size, batch * 4)
-    settings = TrainSettings(1, batch, 2e-3, 0.05, 0, device, compile="on" if mode == "compiled" else "off")
+    settings = TrainSettings(1, batch, 2e-3, 0.05, 0, device, compile=MODES[mode])
     objective = Supervised(model).to(device).to(memory_format=torch.channels_last)
     step = TrainStep(objective, settings, total_steps=warmup + steps)
     stream = ViewStream(data, data.preprocessing(), settings)
@@ -85,7 +86,7 @@ def measure(role: str, size: int, mode: str, device: str, batch: int, warmup: in
         "role": role,
         "model": MODELS[role] + (" (stride-1 stem)" if role == "teacher" and size <= 64 else ""),
         "image_size": size,
-        "mode": mode,
+        "mode": mode if not step.fallback else f"{mode} -> eager ({step.fallback})",
         "batch": batch,
         "precision": step.precision,
         "warmup_steps": warmup,
@@ -101,7 +102,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--sizes", default="32,224")
-    parser.add_argument("--modes", default="eager,compiled")
+    parser.add_argument("--modes", default=None, help="default: eager,graph on CUDA, eager on CPU (also: compiled)")
     parser.add_argument("--roles", default="teacher,student")
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--warmup", type=int, default=None, help="default: 20 on CUDA, 2 on CPU")
@@ -114,12 +115,11 @@ def main() -> None:
     device = resolve_device(args.device)
     warmup = args.warmup if args.warmup is not None else (20 if device == "cuda" else 2)
     steps = args.steps if args.steps is not None else (50 if device == "cuda" else 5)
-    machine = environment()
-    import torch
-
-    if device == "cuda":
-        machine["gpu"] = torch.cuda.get_device_name()
-        machine["cuda"] = torch.version.cuda
+    modes = (args.modes or ("eager,graph" if device == "cuda" else "eager")).split(",")
+    unknown = [mode for mode in modes if mode not in MODES]
+    if unknown:
+        parser.error(f"unknown mode(s) {', '.join(unknown)}: use {', '.join(MODES)}")
+    machine = environment()  # with the GPU's name and CUDA version where there is one
     record = {
         "command": " ".join(["python", "benchmarks/train_throughput.py", *sys.argv[1:]]),
         "recorded": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -130,7 +130,7 @@ def main() -> None:
     target = HERE / "results" / f"train-throughput-{device}.json"
     for size in (int(s) for s in args.sizes.split(",")):
         for role in args.roles.split(","):
-            for mode in args.modes.split(","):
+            for mode in modes:
                 result = measure(role, size, mode, device, args.batch, warmup, steps)
                 record["results"].append(result)
                 print(

@@ -1,9 +1,10 @@
 """How training uses the device: which device, which arithmetic, and whether the networks are compiled.
 
 On CUDA: bfloat16 autocast (float16 with loss scaling where bfloat16 is missing, or when asked),
-cuDNN autotuning for the fixed batch shapes, fused AdamW, and, with `--compile on`, `torch.compile`
-of each network's `forward_features`. `--compile auto` leaves it off: on one H200 it measured no faster
-(benchmarks/results/train-throughput-cuda.json).
+cuDNN autotuning for the fixed batch shapes, fused AdamW, and how each step runs (`--compile`): eager,
+`torch.compile` of each network's `forward_features` (on: measured no faster on one H200,
+benchmarks/results/train-throughput-cuda.json), or one CUDA graph of the step's forward and backward
+(graph: `train.TrainStep`), which removes the per-kernel launch cost that bounds small images.
 On CPU everything stays float32, channels_last and eager, so the same seed gives the same numbers. bfloat16
 autocast was measured on a CPU with AMX and avx512_bf16 (2-core Intel Xeon, torch 2.14.1): training ran at
 0.54-0.71x float32's speed, and contiguous tensors at 0.38-1.03x channels_last (benchmarks/cpu_precision.py,
@@ -21,10 +22,11 @@ from kdcompress.config import COMPILE_CHOICES, DEVICES, one_of
 from kdcompress.errors import KdcError
 
 PRECISIONS = ("auto", "bfloat16", "float16", "float32")
-# What --compile auto decides. Measured on one H200 (torch 2.11, batch 128, benchmarks/train_throughput.py):
-# compiled forward_features trained EfficientNet-B3 at 32 px at 3134 img/s against 3352 eager, ResNet18 at
-# 32 px at 16764 against 16992, so auto does not compile. Measure again before changing this.
-AUTO_COMPILES = False
+# How a step runs: "eager", "compile" (torch.compile of forward_features) or "graph" (a CUDA graph of forward and
+# backward). torch.compile measured no faster on one H200 (torch 2.11, batch 128, benchmarks/train_throughput.py:
+# EfficientNet-B3 at 32 px 3134 img/s against 3352 eager, ResNet18 at 32 px 16764 against 16992).
+# AUTO_CUDA is what --compile auto picks on CUDA with one process; the CPU always runs eager.
+AUTO_CUDA = "graph"
 
 
 def resolve_device(requested: str) -> str:
@@ -55,11 +57,12 @@ def describe_precision(device: str, requested: str = "auto") -> str:
     return {"bfloat16": "bfloat16 autocast", "float16": "float16 autocast with loss scaling"}.get(precision, precision)
 
 
-def autocast(device: str, precision: str) -> Any:
-    """Mixed-precision context for a forward pass (a no-op in float32)."""
+def autocast(device: str, precision: str, cache: bool = True) -> Any:
+    """Mixed-precision context for a forward pass (a no-op in float32); cache=False inside a CUDA graph capture."""
     if device != "cuda" or precision == "float32":
         return torch.autocast("cpu", enabled=False)
-    return torch.autocast("cuda", dtype=torch.bfloat16 if precision == "bfloat16" else torch.float16)
+    dtype = torch.bfloat16 if precision == "bfloat16" else torch.float16
+    return torch.autocast("cuda", dtype=dtype, cache_enabled=cache)
 
 
 def grad_scaler(device: str, precision: str) -> Any:
@@ -72,13 +75,21 @@ def create_optimizer(parameters: list[Any], lr: float, weight_decay: float, devi
     return torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay, fused=True if device == "cuda" else None)
 
 
-def should_compile(choice: str, device: str) -> bool:
-    """--compile on/off as asked; auto compiles where it measured faster (AUTO_COMPILES: on CUDA, nowhere yet)."""
+def step_mode(choice: str, device: str, processes: int = 1) -> str:
+    """How training steps run for --compile choice: "eager", "compile" or "graph".
+
+    auto: AUTO_CUDA on CUDA with one process, eager otherwise. graph needs CUDA and one process (a DDP step
+    holds collectives that this capture does not handle), and is refused elsewhere before any training.
+    """
     if choice not in COMPILE_CHOICES:
         raise KdcError(f"unknown --compile '{choice}': use {one_of(COMPILE_CHOICES)}")
+    if choice == "graph" and device != "cuda":
+        raise KdcError("--compile graph captures CUDA graphs and needs --device cuda: use --compile auto or off here")
+    if choice == "graph" and processes > 1:
+        raise KdcError("--compile graph trains in one process: with several, use --compile auto, on or off")
     if choice == "auto":
-        return AUTO_COMPILES and device == "cuda"
-    return choice == "on"
+        return AUTO_CUDA if device == "cuda" and processes == 1 else "eager"
+    return {"on": "compile", "off": "eager"}.get(choice, choice)
 
 
 @contextmanager

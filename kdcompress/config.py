@@ -11,7 +11,7 @@ from kdcompress.errors import KdcError
 
 MAX_SEED = 2**32 - 1  # numpy's and torch's generators both take seeds in [0, 2^32)
 DEVICES = ("auto", "cpu", "cuda")
-COMPILE_CHOICES = ("auto", "on", "off")  # accel.should_compile says what auto means
+COMPILE_CHOICES = ("auto", "on", "off", "graph")  # accel.step_mode says what each means
 CONTROLS = ("label-smoothing", "none")  # the fourth model of kdc compress (fair.control_smoothing)
 AUGMENTATIONS = ("crop", "rrc")  # views.views: padding crop (CIFAR recipe) | random-resized crop, rotation, intensity
 SELECTIONS = ("accuracy", "loss")  # how the teacher's kept epoch is chosen on validation
@@ -49,7 +49,7 @@ class CompressConfig:
     stream: bool = False  # read a folder's images from disk batch by batch (automatic when they would not fit in memory)
     seed: int = 0  # weights, data order and augmentation; same seed on CPU gives the same numbers
     device: str = "auto"  # auto | cpu | cuda
-    compile: str = "auto"  # auto | on | off: torch.compile the networks (auto: where it measured faster; none yet)
+    compile: str = "auto"  # auto | on | off | graph: how training steps run (accel.step_mode)
     artifacts: str = "artifacts"  # root folder; each run gets its own sub-folder
     out: str | None = None  # exact run folder; replaces an earlier run there once the new one is complete
     int8: bool = False  # also write a static INT8 version of the distilled student (kdc quantize)

@@ -189,20 +189,25 @@ def resolve_runs(path: str | Path, all_runs: bool = False) -> list[Path]:
 
 
 def environment() -> dict[str, Any]:
-    """Library versions and machine, recorded with every run."""
+    """Library versions and machine (with the GPU, where torch sees one), recorded with every run."""
     versions = {}
     for package in ("torch", "timm", "onnx", "onnxruntime", "onnxruntime-gpu", "numpy", "scikit-learn", "kdcompress"):
         try:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
             continue
-    return {
+    machine = {
         "python": platform.python_version(),
         "platform": platform.platform(),
         "processor": cpu_name(),
         "cpu_count": os.cpu_count(),
         "versions": versions,
     }
+    import torch
+
+    if torch.cuda.is_available():
+        machine.update(gpu=torch.cuda.get_device_name(), cuda=torch.version.cuda)
+    return machine
 
 
 def cpu_name() -> str:

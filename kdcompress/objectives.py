@@ -134,13 +134,21 @@ class RecordedTeacher(nn.Module):
         return int(self.logits.shape[0])
 
     def forward(
-        self, images: torch.Tensor, view: Optional[int], features: bool
+        self, images: torch.Tensor, view: Optional[int | torch.Tensor], features: bool
     ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """The recorded outputs of batch number `view` (images are only checked for their count)."""
-        if view is None or not 0 <= view < self.views or self.logits.shape[1] != images.shape[0]:
+        """The recorded outputs of batch number `view` (images are only checked for their count).
+
+        view is an int, or a one-element tensor on the device: a CUDA graph replays with the batch number it
+        holds (`train.TrainStep`), so it is read on the device, and only the int is range-checked here.
+        """
+        on_device = isinstance(view, torch.Tensor)
+        if (not on_device and (view is None or not 0 <= view < self.views)) or self.logits.shape[1] != images.shape[0]:
             raise ValueError(f"batch {view} of {images.shape[0]} images was not recorded ({self.views} batches)")
         if features and self.features is None:
             raise ValueError("the teacher's features were not recorded (record with features=True)")
+        if on_device:
+            index = view.reshape(1)
+            return self.logits.index_select(0, index)[0], self.features.index_select(0, index)[0] if features else None
         return self.logits[view], self.features[view] if features else None
 
 

@@ -62,8 +62,9 @@ WEIGHT_DECAY = option("weight_decay", "--weight-decay", help="AdamW weight decay
 VAL_FRACTION = option("val_fraction", "--val-fraction", help="Share of train held out to pick the best epoch (the test split never is).")
 DEVICE = option("device", "--device", help="auto, cpu or cuda (bfloat16 mixed precision on CUDA).")
 COMPILE = option(
-    "compile", "--compile", help="auto, on or off: torch.compile the networks for training. auto leaves it off: "
-    "on an H200 it measured no faster than eager for EfficientNet-B3 and ResNet18 at 32 px."
+    "compile", "--compile", help="How each training step runs. graph: one CUDA graph of the forward and backward, "
+    "replayed for every batch (CUDA, one process); on: torch.compile of the networks; off: eager. auto (default): "
+    "graph on one CUDA GPU, off on CPU and with several processes."
 )
 AUGMENT = option(
     "augment", "--augment", help="Views of every training: crop (reflect-padded crop of size/8 + flip: the CIFAR recipe) "

@@ -84,7 +84,7 @@ def _train_all(run: Prepared, reporter: Reporter) -> tuple[dict[str, Any], dict[
 
     Returns the models, their training records, and how the training ran (the manifest's `training`).
     """
-    from kdcompress.accel import describe_precision, should_compile
+    from kdcompress.accel import describe_precision, step_mode
     from kdcompress.train import fit
 
     cfg = run.cfg
@@ -116,7 +116,7 @@ def _train_all(run: Prepared, reporter: Reporter) -> tuple[dict[str, Any], dict[
     training = {
         "device": run.device,
         "precision": describe_precision(run.device, run.settings.precision),
-        "compile": f"{cfg.compile} ({'on' if should_compile(cfg.compile, run.device) else 'off'})",
+        "compile": f"{cfg.compile} ({step_mode(cfg.compile, run.device, run.world.size)})",
         "teacher_outputs": "live",
         "data": "streamed from disk (DataLoader workers)" if run.data.streamed else "in memory",
         **parallel_record(run),

@@ -27,7 +27,7 @@ from kdcompress.accel import (
     eager,
     grad_scaler,
     resolve_precision,
-    should_compile,
+    step_mode,
 )
 from kdcompress.data import Dataset, batches
 from kdcompress.distributed import broadcast_buffers, data_parallel, gather_rows, shard
@@ -41,6 +41,7 @@ from kdcompress.views import ViewStream, stats, to_input
 Images = np.ndarray | ImageFiles  # uint8 N x C x H x W, in memory or on disk
 REPORT_EVERY = 5  # steps between progress updates on CPU
 REPORT_EVERY_CUDA = 25  # on CUDA, where each update waits for the device to finish its queued work
+GRAPH_WARMUP_STEPS = 3  # eager steps on a side stream before a CUDA graph is captured (cuDNN autotuning, lazy state)
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,7 @@ class TrainSettings:
     seed: int
     device: str  # "cpu" or "cuda" (already resolved)
     precision: str = "auto"  # auto | bfloat16 | float16 | float32 (CUDA only; the CPU trains in float32)
-    compile: str = "off"  # auto | on | off: torch.compile of each network's forward_features (accel.should_compile)
+    compile: str = "off"  # auto | on | off | graph: how each step runs (accel.step_mode; TrainStep)
     augment: str = "crop"  # crop (padding crop + flip) | rrc (random-resized crop, rotation, intensity): views.views
     ema: float = 0.0  # decay of an exponential moving average of the weights, kept and evaluated instead; 0 = none
     select: str = "accuracy"  # the epoch kept: best validation "accuracy", or lowest validation "loss"
@@ -199,6 +200,8 @@ def fit(
                 best_state = {k: v.detach().clone() for k, v in evaluated.state_dict().items()}
             status = f" val {val_acc:.1%} (kept {best_val:.1%} @{best_epoch})"
             advance(0, status=f"ep {epoch}/{settings.epochs}{status} | {running}")
+    if step.fallback:
+        reporter.warn(f"{label}: {step.fallback}")
     assert best_state is not None
     student.load_state_dict(best_state)
     student.eval()
@@ -210,6 +213,14 @@ class TrainStep:
 
     `fit` and benchmarks/train_throughput.py both train through it. `ready()` is the context in which
     steps run: cuDNN autotuning on CUDA, and the networks compiled when settings.compile says so.
+
+    In "graph" mode (CUDA, one process) the forward and backward are captured once as a CUDA graph and
+    replayed for every later batch, copied into the graph's fixed input tensors: one launch instead of
+    thousands of small kernels. The first GRAPH_WARMUP_STEPS steps run eagerly on a side stream, as CUDA
+    graph capture asks. The optimizer and the schedule stay outside the graph, so the learning rate and
+    AdamW's momentum follow the one-cycle schedule exactly as in eager mode. Gradients are never reset
+    after the capture: each replay overwrites them. If the capture fails, the step says why
+    (`fallback`) and the run goes on eagerly.
     """
 
     def __init__(self, objective: nn.Module, settings: TrainSettings, total_steps: int) -> None:
@@ -221,7 +232,11 @@ class TrainStep:
             self.optimizer, max_lr=settings.lr, total_steps=total_steps, pct_start=warmup_fraction(total_steps)
         )
         self.scaler = grad_scaler(settings.device, self.precision)
-        self.compile = should_compile(settings.compile, settings.device)
+        self.mode = step_mode(settings.compile, settings.device, settings.world_size)
+        self.fallback = ""  # why a graph capture failed (the run then went on eagerly)
+        self._graph: Any = None
+        self._static: dict[str, Any] = {}
+        self._warmed = 0
 
     def networks(self) -> list[nn.Module]:
         """The networks that run in a step: the student, and the teacher when it runs live."""
@@ -233,18 +248,61 @@ class TrainStep:
         """The context steps run in (cuDNN autotuning, compiled networks)."""
         stack = ExitStack()
         stack.enter_context(cudnn_autotune(self.device))
-        stack.enter_context(compiled(self.networks(), self.compile))
+        stack.enter_context(compiled(self.networks(), self.mode == "compile"))
         return stack
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor, view: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        with autocast(self.device, self.precision):
-            loss, parts = self.objective(images, labels, view)
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
+        if self.mode != "graph":
+            loss, parts = self._forward_backward(images, labels, view)
+        elif self._graph is None and self._warmed < GRAPH_WARMUP_STEPS:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                loss, parts = self._forward_backward(images, labels, view)
+            torch.cuda.current_stream().wait_stream(side)
+            self._warmed += 1
+        else:
+            loss, parts = self._replay(images, labels, view)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
         return loss, parts
+
+    def _forward_backward(
+        self, images: torch.Tensor, labels: torch.Tensor, view: int | torch.Tensor, cache: bool = True
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        with autocast(self.device, self.precision, cache):
+            loss, parts = self.objective(images, labels, view)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        return loss, parts
+
+    def _replay(self, images: torch.Tensor, labels: torch.Tensor, view: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Copy the batch into the graph's inputs and replay it (capturing it first); outputs are copied out."""
+        if self._graph is None and not self._capture(images, labels):
+            return self._forward_backward(images, labels, view)
+        static = self._static
+        static["images"].copy_(images)
+        static["labels"].copy_(labels)
+        static["view"].fill_(view)
+        self._graph.replay()
+        return static["loss"].clone(), {name: value.clone() for name, value in static["parts"].items()}
+
+    def _capture(self, images: torch.Tensor, labels: torch.Tensor) -> bool:
+        """Record forward and backward on fixed input tensors; False (and self.fallback) if CUDA refuses."""
+        static = {"images": images.clone(), "labels": labels.clone(), "view": torch.zeros(1, dtype=torch.long, device=self.device)}
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph):
+                # Autocast's cast cache must be off in a capture. The backward's gradients land in the graph's
+                # memory, and every replay overwrites them.
+                static["loss"], static["parts"] = self._forward_backward(static["images"], static["labels"], static["view"], cache=False)
+        except RuntimeError as error:
+            self.mode, self.fallback = "eager", f"CUDA graph capture failed ({str(error).splitlines()[0]}); training eagerly"
+            self.optimizer.zero_grad(set_to_none=True)
+            return False
+        self._graph, self._static = graph, static
+        return True
 
 
 def clone_model(model: nn.Module) -> nn.Module:

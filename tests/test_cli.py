@@ -40,6 +40,7 @@ def test_help_states_the_loss_and_is_instant_without_torch():
         (["--dataset", "chest-xray"], "needs --data-dir"),
         (["--teacher-weights", "/no/teacher.pt", *TINY], "weights file not found"),
         (["--augment", "autoaugment"], "--augment must be crop or rrc, not 'autoaugment'"),
+        (["--compile", "graph", "--device", "cpu"], "--compile graph captures CUDA graphs and needs --device cuda"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_code_1(tmp_path, args, message):

@@ -1,4 +1,5 @@
-"""CUDA paths: a tiny compress, bf16 and forced fp16 steps, recorded vs live teacher, compile, onnxruntime on CUDA.
+"""CUDA paths: a tiny compress, bf16 and forced fp16 steps, recorded vs live teacher, CUDA graphs, compile,
+onnxruntime on CUDA.
 
 Marked `gpu`: skipped where torch sees no CUDA device (CI, this project's CPU machines); run by
 benchmarks/gpu_check.sh on a GPU machine. The compile bookkeeping test at the end runs everywhere.
@@ -11,9 +12,10 @@ import pytest
 import torch
 
 from kdcompress.data import load_dataset
+from kdcompress.errors import KdcError
 from kdcompress.models import create_model, create_projection
 from kdcompress.objectives import Distillation, Supervised
-from kdcompress.reporter import NullReporter
+from kdcompress.reporter import NullReporter, Reporter
 from kdcompress.teacher import record_teacher
 from kdcompress.train import TrainSettings, TrainStep, clone_model, fit
 from kdcompress.views import ViewStream
@@ -104,6 +106,78 @@ def test_recorded_teacher_outputs_match_the_live_teacher_on_cuda(digits):
     assert np.isfinite(result.history[-1]["loss"])
 
 
+def _objective(kind, data, prep, settings):
+    torch.manual_seed(0)
+    student = create_model("test_resnet", 10, 1)
+    if kind == "supervised":
+        return Supervised(student)
+    teacher = create_model("test_efficientnet", 10, 1).cuda().eval()
+    projection = create_projection(student, teacher)
+    if kind == "recorded":
+        teacher = record_teacher(teacher, data, prep, settings, True, NullReporter())
+    return Distillation(student, teacher, 4.0, 0.5, 0.3, projection)
+
+
+@pytest.mark.gpu
+@cuda
+@pytest.mark.parametrize("kind", ["supervised", "live", "recorded"])
+def test_graphed_steps_train_as_eager_steps_do(digits, kind):
+    """Same start, same views: a CUDA graph's steps give eager's losses and weights, up to rounding.
+
+    A replay that froze anything of the capture (the gradients, the learning rate, the recorded teacher's
+    batch) would leave the weights far from eager's; rounding keeps them within a tenth of their movement.
+    """
+    data, prep = digits
+    runs = {}
+    for mode in ("off", "graph"):
+        settings = _settings(epochs=2, compile=mode)
+        objective = _objective(kind, data, prep, settings).cuda().to(memory_format=torch.channels_last)
+        start = [p.detach().clone() for p in objective.student.parameters()]
+        stream = ViewStream(data, prep, settings)
+        step = TrainStep(objective, settings, total_steps=2 * stream.steps_per_epoch)
+        losses, view = [], 0
+        with step.ready():
+            for _ in range(2):
+                for images, labels in stream.epoch():
+                    loss, parts = step(images, labels, view)
+                    losses.append([float(loss), *(float(value) for value in parts.values())])
+                    view += 1
+        assert step.mode == ("graph" if mode == "graph" else "eager") and not step.fallback
+        runs[mode] = np.array(losses), start, [p.detach().clone() for p in objective.student.parameters()]
+    (eager_losses, start, eager_end), (graph_losses, _, graph_end) = runs["off"], runs["graph"]
+    assert all(torch.equal(a, b) for a, b in zip(start, runs["graph"][1]))  # the same initial weights
+    assert np.allclose(graph_losses, eager_losses, rtol=0.05, atol=0.02), (graph_losses - eager_losses)
+    moved = torch.cat([(end - first).flatten() for end, first in zip(eager_end, start)]).norm()
+    apart = torch.cat([(g - e).flatten() for g, e in zip(graph_end, eager_end)]).norm()
+    assert apart < 0.1 * moved, (float(apart), float(moved))
+
+
+class _Warnings(Reporter):
+    def __init__(self) -> None:
+        self.warnings: list[str] = []
+
+    def warn(self, message: str) -> None:
+        self.warnings.append(message)
+
+
+class _ReadsTheLoss(Supervised):
+    def forward(self, images, labels, view=None):
+        loss, parts = super().forward(images, labels, view)
+        float(loss)  # a read by the host: not allowed while a CUDA graph is captured
+        return loss, parts
+
+
+@pytest.mark.gpu
+@cuda
+def test_a_step_that_cannot_be_captured_says_so_and_trains_eagerly(digits):
+    data, prep = digits
+    torch.manual_seed(0)
+    reporter = _Warnings()
+    result = fit(_ReadsTheLoss(create_model("test_resnet", 10, 1)), data, prep, _settings(compile="graph"), reporter, "r")
+    assert np.isfinite(result.history[-1]["loss"]) and result.best_val_accuracy > 0.1
+    assert len(reporter.warnings) == 1 and "CUDA graph capture failed" in reporter.warnings[0]
+
+
 @pytest.mark.gpu
 @cuda
 def test_compiled_training_trains_and_hands_back_plain_networks(digits):
@@ -117,7 +191,7 @@ def test_compiled_training_trains_and_hands_back_plain_networks(digits):
 
 @pytest.mark.gpu
 @cuda
-def test_onnxruntime_runs_on_cuda_when_it_can(tiny_run):
+def test_onnxruntime_runs_on_cuda_when_it_can(request):
     import onnxruntime
 
     from kdcompress.manifest import load_images, read_manifest
@@ -125,6 +199,7 @@ def test_onnxruntime_runs_on_cuda_when_it_can(tiny_run):
 
     if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
         pytest.skip("this onnxruntime is the CPU build (onnxruntime-gpu is not installed)")
+    tiny_run = request.getfixturevalue("tiny_run")  # a tiny compress, made only where the test can run
     manifest = read_manifest(tiny_run)
     images, _ = load_images(tiny_run, manifest, "test_set")
     session = create_session(tiny_run / "student.onnx", "cuda")
@@ -155,5 +230,9 @@ def test_compile_shadows_forward_features_only_while_training(monkeypatch, digit
     steps = len(data.train_y) // 64
     assert len(compiled_calls) == steps  # every training forward went through it; validation did not
     assert "forward_features" not in student.__dict__
-    assert accel.should_compile("auto", "cuda") is accel.AUTO_COMPILES and not accel.should_compile("auto", "cpu")
-    assert accel.should_compile("on", "cpu") and not accel.should_compile("off", "cuda")
+    assert accel.step_mode("auto", "cuda") == accel.AUTO_CUDA and accel.step_mode("auto", "cpu") == "eager"
+    assert accel.step_mode("auto", "cuda", processes=2) == "eager" and accel.step_mode("on", "cpu") == "compile"
+    assert accel.step_mode("off", "cuda") == "eager" and accel.step_mode("graph", "cuda") == "graph"
+    for device, processes, message in [("cpu", 1, "needs --device cuda"), ("cuda", 2, "trains in one process")]:
+        with pytest.raises(KdcError, match=message):
+            accel.step_mode("graph", device, processes)

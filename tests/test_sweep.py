@@ -57,6 +57,20 @@ def test_recorded_teacher_refuses_batches_it_never_saw():
         recorded(torch.zeros(4, 1, 8, 8), 0, True)
 
 
+def test_recorded_teacher_reads_a_batch_number_held_on_the_device_as_it_reads_an_int():
+    """A CUDA graph replays with the batch number in a tensor (train.TrainStep): it must pick the same outputs."""
+    from kdcompress.objectives import RecordedTeacher
+
+    logits, features = torch.randn(3, 4, 2), torch.randn(3, 4, 5)
+    recorded = RecordedTeacher(logits, features, 5)
+    images = torch.zeros(4, 1, 8, 8)
+    for view in range(3):
+        by_int = recorded(images, view, True)
+        by_tensor = recorded(images, torch.tensor([view]), True)
+        assert torch.equal(by_int[0], logits[view]) and torch.equal(by_tensor[0], logits[view])
+        assert torch.equal(by_int[1], features[view]) and torch.equal(by_tensor[1], features[view])
+
+
 def _config(tmp_path, teacher_weights, **grid):
     base = CompressConfig(**{**TINY, "control": "label-smoothing"}, teacher_weights=str(teacher_weights), artifacts=str(tmp_path))
     return SweepConfig(base=base, out=str(tmp_path / "sweep"), **grid)
