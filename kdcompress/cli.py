@@ -104,6 +104,7 @@ def compress(
     teacher_smoothing: float = options.TEACHER_SMOOTHING,
     teacher_ema: float = options.TEACHER_EMA,
     teacher_select: str = options.TEACHER_SELECT,
+    teacher_balance: bool = options.TEACHER_BALANCE,
     augment: str = options.AUGMENT,
     temperature: float = option("temperature", "--T", "--temperature", help="Temperature T that softens both logit sets in the KL term (> 0)."),
     alpha: float = option("alpha", "--alpha", help="Weight of the KL term in [0, 1]; CE gets 1 - alpha."),
@@ -134,7 +135,7 @@ def compress(
         dataset=dataset, data_dir=path_text(data_dir), image_size=image_size, teacher=teacher, student=student,
         pretrained=pretrained, pretrained_student=pretrained_student, teacher_weights=path_text(teacher_weights),
         retrain_teacher=retrain_teacher, teacher_aux=teacher_aux, teacher_smoothing=teacher_smoothing,
-        teacher_ema=teacher_ema, teacher_select=teacher_select, augment=augment, temperature=temperature, alpha=alpha, beta=beta,
+        teacher_ema=teacher_ema, teacher_select=teacher_select, teacher_balance=teacher_balance, augment=augment, temperature=temperature, alpha=alpha, beta=beta,
         mixup=mixup, control=control, epochs=epochs, teacher_epochs=teacher_epochs, batch_size=batch_size, lr=lr,
         weight_decay=weight_decay, val_fraction=val_fraction, seed=seed, device=device, compile=compile,
         artifacts=str(artifacts), out=path_text(out), int8=int8, stream=stream, from_sweep=path_text(from_sweep),
@@ -183,6 +184,7 @@ def sweep(
     teacher_smoothing: float = options.TEACHER_SMOOTHING,
     teacher_ema: float = options.TEACHER_EMA,
     teacher_select: str = options.TEACHER_SELECT,
+    teacher_balance: bool = options.TEACHER_BALANCE,
     augment: str = options.AUGMENT,
     epochs: Optional[int] = options.EPOCHS,
     teacher_epochs: Optional[int] = options.TEACHER_EPOCHS,
@@ -220,7 +222,7 @@ def sweep(
         retrain_teacher=retrain_teacher, teacher_aux=teacher_aux, epochs=epochs, teacher_epochs=teacher_epochs,
         batch_size=batch_size, lr=lr, weight_decay=weight_decay, val_fraction=val_fraction, seed=seed, device=device,
         compile=compile, artifacts=str(artifacts), mixup=mixup, control=control, teacher_smoothing=teacher_smoothing,
-        teacher_ema=teacher_ema, teacher_select=teacher_select, augment=augment, stream=stream,
+        teacher_ema=teacher_ema, teacher_select=teacher_select, teacher_balance=teacher_balance, augment=augment, stream=stream,
     )  # fmt: skip
     config = SweepConfig(
         base=base,

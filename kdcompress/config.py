@@ -33,6 +33,7 @@ class CompressConfig:
     teacher_smoothing: float = 0.0  # label smoothing of the teacher's own training
     teacher_ema: float = 0.0  # keep an EMA of the teacher's weights with this decay (timm ModelEmaV3); 0 = off
     teacher_select: str = "accuracy"  # the teacher's kept epoch: best validation accuracy, or lowest validation loss
+    teacher_balance: bool = False  # weight the teacher's cross-entropy by inverse class frequency in its training images
     teacher_aux: bool = True  # also train the teacher on the dataset's auxiliary classes (cifar3: CIFAR-10's 7 others)
     temperature: float = 4.0  # T: softens both logit sets before the KL term
     alpha: float = 0.5  # weight of the KL term; CE gets 1 - alpha

@@ -23,14 +23,15 @@ FORMULA_NOTES = (
 )
 
 
-def cross_entropy(student_logits: Any, labels: Any, smoothing: float = 0.0) -> Any:
+def cross_entropy(student_logits: Any, labels: Any, smoothing: float = 0.0, weights: Any = None) -> Any:
     """Mean cross-entropy on labels: class indices, or per-class probabilities (mixed labels).
 
     smoothing > 0 is label smoothing: the target is (1 - smoothing) * label + smoothing / classes.
+    weights (one per class) make it a weighted mean: sum of weight[y] x loss over the sum of weight[y].
     """
     import torch.nn.functional as F
 
-    return F.cross_entropy(student_logits.float(), labels, label_smoothing=smoothing)
+    return F.cross_entropy(student_logits.float(), labels, weight=weights, label_smoothing=smoothing)
 
 
 def off_true_mass(teacher_logits: Any, labels: Any, temperature: float) -> float:

@@ -69,23 +69,24 @@ class Supervised(Objective):
     the baseline, with a softened target in place of a teacher (`kdc compress --control`).
     """
 
-    def __init__(self, student: nn.Module, smoothing: float = 0.0) -> None:
+    def __init__(self, student: nn.Module, smoothing: float = 0.0, weights: Optional[torch.Tensor] = None) -> None:
         super().__init__(student)
         self.smoothing = smoothing
+        self.register_buffer("weights", weights)  # per-class weights of the CE (a balanced teacher), or None
 
     def forward(
         self, images: torch.Tensor, labels: torch.Tensor, view: Optional[int] = None
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Loss and its parts for one batch (view, the batch's index in the run, is not needed here)."""
         logits, _ = self.run(images)
-        ce = losses.cross_entropy(logits, labels, self.smoothing)
+        ce = losses.cross_entropy(logits, labels, self.smoothing, self.weights)
         return ce, {"ce": ce}
 
     def describe(self) -> str:
         """The objective as a formula."""
-        if self.smoothing > 0:
-            return f"loss = CE(student, y smoothed by {self.smoothing:.3g})"
-        return "loss = CE(student, y)"
+        target = f"y smoothed by {self.smoothing:.3g}" if self.smoothing > 0 else "y"
+        weighted = ", classes weighted by inverse frequency" if self.weights is not None else ""
+        return f"loss = CE(student, {target}{weighted})"
 
 
 class LiveTeacher(nn.Module):

@@ -76,6 +76,10 @@ TEACHER_EMA = option(
     "teacher_ema", "--teacher-ema", help="Keep an exponential moving average of the teacher's weights with this decay, "
     "e.g. 0.999 (timm's ModelEmaV3, warm-up on); it is what is validated and kept. 0 = off."
 )
+TEACHER_BALANCE = option(
+    "teacher_balance", "--teacher-balance/--no-teacher-balance", help="Weight the teacher's cross-entropy by inverse "
+    "class frequency in its training images, so every class counts alike (chest-xray's train split is 3:1)."
+)
 TEACHER_SELECT = option(
     "teacher_select", "--teacher-select", help="The teacher's kept epoch: best validation accuracy, or lowest validation loss."
 )

@@ -38,7 +38,7 @@ FORMAT = "kdcompress-sweep/1"
 SHARED_SETTINGS = (  # what every run of a sweep shares: a resumed sweep must agree on all of them
     "dataset", "image_size", "teacher", "student", "pretrained", "pretrained_student", "teacher_weights", "teacher_aux",
     "epochs", "teacher_epochs", "batch_size", "lr", "weight_decay", "val_fraction", "seed", "mixup", "augment",
-    "teacher_smoothing", "teacher_ema", "teacher_select",
+    "teacher_smoothing", "teacher_ema", "teacher_select", "teacher_balance",
 )  # fmt: skip
 # Settings that sweeps written before they were recorded lack: such a folder is not refused for them.
 ADDED_LATER = ("seed",)

@@ -25,10 +25,11 @@ from kdcompress.runtime import Preprocessing
 TEACHER_RECIPE = 4  # bump when the teacher's training changes, so cached teachers are not reused
 # (2: zeroed head; 3: stride-1 stem at small inputs; 4: auxiliary classes where the dataset has them)
 SMALL_IMAGE = 64  # teacher inputs up to this side get a stride-1 stem (recipe 3)
-# Teacher levers of issue #11 (augmentation, label smoothing, EMA, epoch selection), off by default until measured:
-# each with its default, as CompressConfig states it.
+# Teacher levers of issue #11 (augmentation, label smoothing, EMA, epoch selection, class balance), off by default
+# until measured: each with its default, as CompressConfig states it.
 RECIPE_LEVERS = {
-    name: getattr(CompressConfig(), name) for name in ("augment", "teacher_smoothing", "teacher_ema", "teacher_select")
+    name: getattr(CompressConfig(), name)
+    for name in ("augment", "teacher_smoothing", "teacher_ema", "teacher_select", "teacher_balance")
 }
 
 
@@ -187,7 +188,9 @@ def _train_teacher(
     stride = teacher_stem_stride(teacher, data.image_size)
     set_stem_stride(teacher, stride)
     stem = f", stride-1 stem for {data.image_size} px inputs" if stride else ""
-    objective = Supervised(teacher, cfg.teacher_smoothing)
+    trained_on = data.with_auxiliary() if auxiliary else data
+    weights = balancing_weights(trained_on.train_y, n_classes + len(auxiliary)) if cfg.teacher_balance else None
+    objective = Supervised(teacher, cfg.teacher_smoothing, weights)
     formula = objective.describe().replace("student", "teacher")
     reporter.info(f"teacher: {cfg.teacher}{' (ImageNet weights)' if cfg.pretrained else ''}{stem}, {formula}")
     levers = {name: getattr(cfg, name) for name in RECIPE_LEVERS}
@@ -202,10 +205,25 @@ def _train_teacher(
     teacher_settings = replace(  # mixup is the students' (--mixup); EMA and the epoch selection the teacher's
         settings, epochs=cfg.teacher_epochs, mixup=0.0, ema=cfg.teacher_ema, select=cfg.teacher_select
     )
-    result = fit(objective, data.with_auxiliary() if auxiliary else data, prep, teacher_settings, reporter, "teacher")
+    result = fit(objective, trained_on, prep, teacher_settings, reporter, "teacher")
     keep_first_classes(teacher, n_classes)
     record.update(result.record())
     return teacher, record
+
+
+def balancing_weights(labels: Any, n_classes: int) -> Any:
+    """Per-class weights of the cross-entropy, inverse to each class's share of labels: n / (classes x count).
+
+    Every class with images then carries the same total weight, and the weights average 1 over the images;
+    a class without images gets 0 (and is not counted in classes).
+    """
+    import numpy as np
+    import torch
+
+    counts = np.bincount(np.asarray(labels), minlength=n_classes).astype(np.float64)
+    present = int((counts > 0).sum())
+    weights = np.divide(counts.sum(), present * counts, out=np.zeros_like(counts), where=counts > 0)
+    return torch.tensor(weights, dtype=torch.float32)
 
 
 def _cache_teacher(

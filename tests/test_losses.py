@@ -20,6 +20,20 @@ def test_cross_entropy_matches_hand_computation():
     assert losses.cross_entropy(logits, labels).item() == pytest.approx(expected, rel=1e-6)
 
 
+def test_balanced_cross_entropy_is_the_weighted_mean_with_inverse_frequency_weights():
+    from kdcompress.teacher import balancing_weights
+
+    labels = [0, 0, 0, 1]  # 3:1, as chest-xray's train split: class 1 weighs 3 times class 0
+    weights = balancing_weights(labels, 3)
+    assert weights.tolist() == pytest.approx([4 / 6, 4 / 2, 0.0])  # n / (classes x count); a class without images: 0
+    logits = torch.tensor([[2.0, 0.0, 1.0], [1.0, 1.0, 0.0], [0.0, 3.0, 0.0], [0.5, 1.5, 0.0]])
+    nll = [-math.log(_softmax(row)[y]) for row, y in zip(logits.tolist(), labels)]
+    w = [4 / 6] * 3 + [2.0]
+    expected = sum(wi * li for wi, li in zip(w, nll)) / sum(w)
+    assert losses.cross_entropy(logits, torch.tensor(labels), weights=weights).item() == pytest.approx(expected, rel=1e-6)
+    assert expected != pytest.approx(sum(nll) / 4, rel=1e-3)  # the weights change the value
+
+
 def test_kd_kl_is_t_squared_batchmean_kl_teacher_to_student():
     student = [[1.0, 2.0, 0.5], [0.0, -1.0, 2.0]]
     teacher = [[3.0, 0.0, 1.0], [1.0, 1.0, 1.0]]

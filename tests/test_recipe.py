@@ -68,7 +68,7 @@ def test_teacher_levers_enter_the_cache_key_only_away_from_their_defaults():
     base = CompressConfig(device="cpu").resolved()
     key = teacher_cache_key(base, data)
     assert key == teacher_cache_key(replace(base, **RECIPE_LEVERS), data)
-    changed = {"augment": "rrc", "teacher_smoothing": 0.1, "teacher_ema": 0.999, "teacher_select": "loss"}
+    changed = {"augment": "rrc", "teacher_smoothing": 0.1, "teacher_ema": 0.999, "teacher_select": "loss", "teacher_balance": True}
     assert set(changed) == set(RECIPE_LEVERS)
     keys = {teacher_cache_key(replace(base, **{name: value}), data) for name, value in changed.items()}
     assert key not in keys and len(keys) == len(changed)
@@ -101,3 +101,17 @@ def test_the_default_teacher_is_the_datasets_and_an_explicit_one_wins():
     # The cache tells the two digits teachers apart, so one is never reused for the other.
     data = load_dataset("digits", None, 16, 0.1)
     assert teacher_cache_key(digits, data) != teacher_cache_key(replace(digits, teacher="efficientnet_b3"), data)
+
+
+def test_a_balanced_teacher_trains_on_inverse_frequency_weights_and_records_it():
+    from kdcompress.teacher import _train_teacher
+
+    data = load_dataset("digits", None, 16, 0.1)
+    keep = np.flatnonzero(data.train_y < 2)[:300]  # two classes, then one made rare: 3 of class 1 per 10 of class 0
+    keep = np.concatenate([keep[data.train_y[keep] == 0], keep[data.train_y[keep] == 1][:40]])
+    data = replace(data, train_x=data.train_x[keep], train_y=data.train_y[keep])
+    cfg = CompressConfig(teacher="test_resnet", teacher_balance=True, teacher_epochs=1, device="cpu").resolved()
+    settings = TrainSettings(epochs=1, batch_size=64, lr=2e-3, weight_decay=0.05, seed=0, device="cpu")
+    _, record = _train_teacher(cfg, data, data.preprocessing(), settings, NullReporter())
+    assert record["objective"] == "loss = CE(teacher, y, classes weighted by inverse frequency)"
+    assert record["levers"]["teacher_balance"] is True
