@@ -237,6 +237,7 @@ class TrainStep:
         self._graph: Any = None
         self._static: dict[str, Any] = {}
         self._warmed = 0
+        self._side: Any = None  # the one side stream of the warm-up steps
 
     def networks(self) -> list[nn.Module]:
         """The networks that run in a step: the student, and the teacher when it runs live."""
@@ -255,18 +256,20 @@ class TrainStep:
         if self.mode != "graph":
             loss, parts = self._forward_backward(images, labels, view)
         elif self._graph is None and self._warmed < GRAPH_WARMUP_STEPS:
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
+            self._side = self._side or torch.cuda.Stream()
+            self._side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(self._side):
                 loss, parts = self._forward_backward(images, labels, view)
-            torch.cuda.current_stream().wait_stream(side)
+            torch.cuda.current_stream().wait_stream(self._side)
             self._warmed += 1
         else:
             loss, parts = self._replay(images, labels, view)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
-        return loss, parts
+        # Detached: a caller holding the loss must not keep this step's autograd graph (and its gradient
+        # accumulators, bound to the stream they ran on) alive into the next step.
+        return loss.detach(), {name: value.detach() for name, value in parts.items()}
 
     def _forward_backward(
         self, images: torch.Tensor, labels: torch.Tensor, view: int | torch.Tensor, cache: bool = True
@@ -286,7 +289,7 @@ class TrainStep:
         static["labels"].copy_(labels)
         static["view"].fill_(view)
         self._graph.replay()
-        return static["loss"].clone(), {name: value.clone() for name, value in static["parts"].items()}
+        return static["loss"].detach().clone(), {name: value.detach().clone() for name, value in static["parts"].items()}
 
     def _capture(self, images: torch.Tensor, labels: torch.Tensor) -> bool:
         """Record forward and backward on fixed input tensors; False (and self.fallback) if CUDA refuses."""
