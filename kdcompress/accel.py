@@ -3,7 +3,7 @@
 On CUDA: bfloat16 autocast (float16 with loss scaling where bfloat16 is missing, or when asked),
 cuDNN autotuning for the fixed batch shapes, fused AdamW, and how each step runs (`--compile`): eager,
 `torch.compile` of each network's `forward_features` (on: measured no faster on one H200,
-benchmarks/results/train-throughput-cuda.json), or one CUDA graph of the step's forward and backward
+benchmarks/results/train-throughput-cuda-compile.json), or one CUDA graph of the step's forward and backward
 (graph: `train.TrainStep`), which removes the per-kernel launch cost that bounds small images.
 On CPU everything stays float32, channels_last and eager, so the same seed gives the same numbers. bfloat16
 autocast was measured on a CPU with AMX and avx512_bf16 (2-core Intel Xeon, torch 2.14.1): training ran at
@@ -23,9 +23,11 @@ from kdcompress.errors import KdcError
 
 PRECISIONS = ("auto", "bfloat16", "float16", "float32")
 # How a step runs: "eager", "compile" (torch.compile of forward_features) or "graph" (a CUDA graph of forward and
-# backward). torch.compile measured no faster on one H200 (torch 2.11, batch 128, benchmarks/train_throughput.py:
-# EfficientNet-B3 at 32 px 3134 img/s against 3352 eager, ResNet18 at 32 px 16764 against 16992).
-# AUTO_CUDA is what --compile auto picks on CUDA with one process; the CPU always runs eager.
+# backward). Measured on one H200 (torch 2.11, batch 128, benchmarks/train_throughput.py; records in
+# benchmarks/results/train-throughput-cuda*.json): the graph trained EfficientNet-B3 at 32 px at 12322 img/s against
+# 2468 eager, ResNet18 at 32 px at 74953 against 19192, and at 224 px 2525 against 2166 and 11279 against 10897;
+# torch.compile gave B3 at 32 px 3134 against 3352 eager. So --compile auto picks the graph on CUDA with one
+# process (AUTO_CUDA); the CPU always runs eager.
 AUTO_CUDA = "graph"
 
 
