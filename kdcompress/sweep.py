@@ -32,7 +32,7 @@ from kdcompress.files import read_json, write_json_atomic
 from kdcompress.manifest import environment
 from kdcompress.reporter import NullReporter, Reporter
 from kdcompress.stats import REFERENCES, compare
-from kdcompress.teacher import RECIPE_LEVERS, load_or_train_teacher, record_teacher
+from kdcompress.teacher import RECIPE_LEVERS, load_or_train_teacher, record_teacher, recording_fits
 
 FORMAT = "kdcompress-sweep/1"
 SHARED_SETTINGS = (  # what every run of a sweep shares: a resumed sweep must agree on all of them
@@ -253,29 +253,6 @@ def _train_missing(
                 **result.record(),
             }
             write_json_atomic(folder / "runs" / f"{name}.json", entry)
-
-
-RECORD_SHARE = 0.25  # at most this share of the device's memory (the CPU's: of this process's) for recorded outputs
-
-
-def recording_fits(teacher: Any, data: Dataset, settings: Any, features: bool) -> bool:
-    """Whether the teacher's logits (and pooled features) for every view of a run fit in RECORD_SHARE of memory.
-
-    They are float32, one row per image per epoch: 200k images x 30 epochs x 1,536 EfficientNet-B3 features
-    is 37 GB. When they do not fit, the teacher runs live on the same views: the same targets, more compute.
-    """
-    from kdcompress.sources import process_memory
-    from kdcompress.views import steps_per_epoch
-
-    rows = settings.epochs * steps_per_epoch(len(data.train_y), settings.batch_size) * min(settings.batch_size, len(data.train_y))
-    need = rows * (len(data.classes) + (teacher.num_features if features else 0)) * 4
-    if settings.device == "cuda":
-        import torch
-
-        budget = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
-    else:
-        budget = process_memory() or need
-    return need <= RECORD_SHARE * budget
 
 
 def summarize(cfg: SweepConfig, data: Dataset, folder: Path, device: str) -> dict[str, Any]:

@@ -291,3 +291,26 @@ def record_teacher(
                     pooled.append(batch_pooled.float())
                 advance(1)
     return RecordedTeacher(torch.stack(logits), torch.stack(pooled) if features else None, live.num_features)
+
+
+RECORD_SHARE = 0.25  # at most this share of the device's memory (the CPU's: of this process's) for recorded outputs
+
+
+def recording_fits(teacher: Any, data: Any, settings: Any, features: bool) -> bool:
+    """Whether the teacher's logits (and pooled features) for every view of a run fit in RECORD_SHARE of memory.
+
+    They are float32, one row per image per epoch: 200k images x 30 epochs x 1,536 EfficientNet-B3 features
+    is 37 GB. When they do not fit, the teacher runs live on the same views: the same targets, more compute.
+    """
+    from kdcompress.sources import process_memory
+    from kdcompress.views import steps_per_epoch
+
+    rows = settings.epochs * steps_per_epoch(len(data.train_y), settings.batch_size) * min(settings.batch_size, len(data.train_y))
+    need = rows * (len(data.classes) + (teacher.num_features if features else 0)) * 4
+    if settings.device == "cuda":
+        import torch
+
+        budget = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
+    else:
+        budget = process_memory() or need
+    return need <= RECORD_SHARE * budget

@@ -42,6 +42,7 @@ def test_tiny_compress_on_cuda_exports_what_it_trained(tmp_path):
     config = CompressConfig(teacher="test_efficientnet", student="test_resnet", image_size=16, epochs=2, device="cuda", out=str(tmp_path / "run"))
     manifest = compress(config).manifest
     assert manifest.training["device"] == "cuda" and manifest.training["precision"].endswith("autocast")
+    assert manifest.training["compile"] == "auto (graph)" and manifest.training["teacher_outputs"] == "live"
     for role, entry in manifest.models.items():
         export = entry.details["export"]
         assert export["max_abs_diff"] <= export["allowed_diff"], role  # the ONNX file is the CUDA-trained network
