@@ -73,13 +73,15 @@ class FitResult:
     best_val_accuracy: float
     train_seconds: float
     history: list[dict[str, float]] = field(default_factory=list)
+    step: str = "eager"  # how its steps ran: eager, compile, graph, or eager after a failed graph capture (why)
 
     def record(self) -> dict[str, Any]:
-        """What a training leaves in the manifest (or a sweep's run file): best epoch, timing, history."""
+        """What a training leaves in the manifest (or a sweep's run file): best epoch, timing, steps, history."""
         return {
             "best_epoch": self.best_epoch,
             "best_val_accuracy": self.best_val_accuracy,
             "train_seconds": round(self.train_seconds, 2),
+            "step": self.step,
             "history": self.history,
         }
 
@@ -205,7 +207,8 @@ def fit(
     assert best_state is not None
     student.load_state_dict(best_state)
     student.eval()
-    return FitResult(best_epoch, best_val, time.perf_counter() - started, history)
+    ran = f"eager ({step.fallback})" if step.fallback else step.mode
+    return FitResult(best_epoch, best_val, time.perf_counter() - started, history, ran)
 
 
 class TrainStep:

@@ -177,6 +177,7 @@ def test_a_step_that_cannot_be_captured_says_so_and_trains_eagerly(digits):
     result = fit(_ReadsTheLoss(create_model("test_resnet", 10, 1)), data, prep, _settings(compile="graph"), reporter, "r")
     assert np.isfinite(result.history[-1]["loss"]) and result.best_val_accuracy > 0.1
     assert len(reporter.warnings) == 1 and "CUDA graph capture failed" in reporter.warnings[0]
+    assert result.record()["step"].startswith("eager (CUDA graph capture failed")  # what the manifest keeps
 
 
 @pytest.mark.gpu

@@ -54,6 +54,7 @@ def test_run_folder_holds_everything_benchmark_and_predict_need(tiny_run):
     # On CPU the distilled student replays the teacher's recorded outputs (the golden numbers say: the same ones).
     on_cpu = manifest["training"]["device"] == "cpu"
     assert manifest["training"]["teacher_outputs"] == ("recorded once, then replayed" if on_cpu else "live")
+    assert {entry["step"] for entry in manifest["models"].values() if "step" in entry} == {"eager" if on_cpu else "graph"}
     assert "alpha * T^2 * KL" in manifest["objective"]["formula"]
     assert {"torch", "onnxruntime", "timm"} <= set(manifest["environment"]["versions"])
     assert not [p for p in tiny_run.parent.iterdir() if p.name.startswith(".partial")]
