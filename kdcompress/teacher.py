@@ -37,6 +37,11 @@ HIGH_RES_LEVERS = "--augment rrc --teacher-smoothing 0.1 --teacher-ema 0.999 --t
 HIGH_RES = 128  # from this input side up, a teacher trained with none of the levers is pointed to them
 
 
+def changed_levers(cfg: CompressConfig) -> dict[str, Any]:
+    """The recipe levers cfg sets away from their defaults (what the cache key holds; none: the plain recipe)."""
+    return {name: getattr(cfg, name) for name, default in RECIPE_LEVERS.items() if getattr(cfg, name) != default}
+
+
 def zero_init_head(model: Any) -> Any:
     """Zero the final classifier so training starts from uniform predictions (loss = ln(classes)).
 
@@ -108,7 +113,7 @@ def teacher_cache_key(cfg: CompressConfig, data: Dataset) -> str:
         "recipe": TEACHER_RECIPE,
     }
     # Levers added after recipe 4 enter the key only away from their defaults, so teachers cached before stay valid.
-    fields.update({name: getattr(cfg, name) for name, default in RECIPE_LEVERS.items() if getattr(cfg, name) != default})
+    fields.update(changed_levers(cfg))
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -197,7 +202,7 @@ def _train_teacher(
     objective = Supervised(teacher, cfg.teacher_smoothing, weights)
     formula = objective.describe().replace("student", "teacher")
     reporter.info(f"teacher: {cfg.teacher}{' (ImageNet weights)' if cfg.pretrained else ''}{stem}, {formula}")
-    if data.image_size >= HIGH_RES and not cfg.pretrained and all(getattr(cfg, n) == d for n, d in RECIPE_LEVERS.items()):
+    if data.image_size >= HIGH_RES and not cfg.pretrained and not changed_levers(cfg):
         reporter.info(
             f"teacher: at {data.image_size} px a teacher from scratch did far better here with {HIGH_RES_LEVERS} "
             "(chest-xray, 224 px: 88.1% against 74.0%; see the README)"
