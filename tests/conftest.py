@@ -1,4 +1,4 @@
-"""Shared fixtures: the real data in ../shared/data and one tiny end-to-end run reused by many tests."""
+"""Shared fixtures: the real data in ../shared/data and one tiny end-to-end run reused by many tests; Recorder."""
 
 from __future__ import annotations
 
@@ -7,8 +7,24 @@ from pathlib import Path
 
 import pytest
 
+from kdcompress.reporter import Reporter
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("KDC_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+class Recorder(Reporter):
+    """A reporter that keeps what the library says: info lines and warnings (`from conftest import Recorder`)."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.warnings: list[str] = []
+
+    def info(self, message: str) -> None:
+        self.lines.append(message)
+
+    def warn(self, message: str) -> None:
+        self.warnings.append(message)
+
 
 # Tiny timm models: the same code path as efficientnet_b3 / resnet18, in seconds on a CPU. Pinned to the CPU,
 # where the same seed gives bit-identical numbers (tests/test_gpu.py covers CUDA, with tolerances).

@@ -10,12 +10,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import Recorder
 
 from kdcompress.data import load_dataset
 from kdcompress.errors import KdcError
 from kdcompress.models import create_model, create_projection
 from kdcompress.objectives import Distillation, Supervised
-from kdcompress.reporter import NullReporter, Reporter
+from kdcompress.reporter import NullReporter
 from kdcompress.teacher import record_teacher
 from kdcompress.train import TrainSettings, TrainStep, clone_model, fit
 from kdcompress.views import ViewStream
@@ -153,14 +154,6 @@ def test_graphed_steps_train_as_eager_steps_do(digits, kind):
     assert apart < 0.1 * moved, (float(apart), float(moved))
 
 
-class _Warnings(Reporter):
-    def __init__(self) -> None:
-        self.warnings: list[str] = []
-
-    def warn(self, message: str) -> None:
-        self.warnings.append(message)
-
-
 class _ReadsTheLoss(Supervised):
     def forward(self, images, labels, view=None):
         loss, parts = super().forward(images, labels, view)
@@ -173,7 +166,7 @@ class _ReadsTheLoss(Supervised):
 def test_a_step_that_cannot_be_captured_says_so_and_trains_eagerly(digits):
     data, prep = digits
     torch.manual_seed(0)
-    reporter = _Warnings()
+    reporter = Recorder()
     result = fit(_ReadsTheLoss(create_model("test_resnet", 10, 1)), data, prep, _settings(compile="graph"), reporter, "r")
     assert np.isfinite(result.history[-1]["loss"]) and result.best_val_accuracy > 0.1
     assert len(reporter.warnings) == 1 and "CUDA graph capture failed" in reporter.warnings[0]

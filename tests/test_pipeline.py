@@ -6,13 +6,13 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from conftest import Recorder
 
 from kdcompress.teacher import teacher_cache_key
 from kdcompress.config import CompressConfig
 from kdcompress.errors import KdcError
 from kdcompress.manifest import read_manifest
 from kdcompress.pipeline import compress
-from kdcompress.reporter import Reporter
 from kdcompress.runtime import Preprocessing, create_session, run_logits
 
 # CPU: bit-identical. No control: the tests that need it use the tiny_run fixture or ask for it.
@@ -20,14 +20,6 @@ from kdcompress.runtime import Preprocessing, create_session, run_logits
 TINY = dict(
     teacher="test_efficientnet", student="test_resnet", image_size=16, epochs=2, teacher_epochs=2, device="cpu", control="none"
 )
-
-
-class Recorder(Reporter):
-    def __init__(self):
-        self.lines = []
-
-    def info(self, message):
-        self.lines.append(message)
 
 
 def test_run_folder_holds_everything_benchmark_and_predict_need(tiny_run):

@@ -5,6 +5,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from conftest import Recorder
 
 from kdcompress.config import CompressConfig
 from kdcompress.data import load_dataset
@@ -117,14 +118,6 @@ def test_a_balanced_teacher_trains_on_inverse_frequency_weights_and_records_it()
     assert record["levers"]["teacher_balance"] is True
 
 
-class _Lines(NullReporter):
-    def __init__(self):
-        self.lines = []
-
-    def info(self, message):
-        self.lines.append(message)
-
-
 @pytest.mark.parametrize("levers, pointed", [({}, True), ({"teacher_ema": 0.99}, False)])
 def test_a_high_resolution_teacher_without_levers_is_pointed_to_the_measured_ones(levers, pointed):
     from kdcompress.teacher import HIGH_RES, HIGH_RES_LEVERS, _train_teacher
@@ -133,6 +126,6 @@ def test_a_high_resolution_teacher_without_levers_is_pointed_to_the_measured_one
     data = replace(data, train_x=data.train_x[:64], train_y=data.train_y[:64])
     cfg = CompressConfig(teacher="test_resnet", teacher_epochs=1, device="cpu", **levers).resolved()
     settings = TrainSettings(epochs=1, batch_size=32, lr=2e-3, weight_decay=0.05, seed=0, device="cpu")
-    reporter = _Lines()
+    reporter = Recorder()
     _train_teacher(cfg, data, data.preprocessing(), settings, reporter)
     assert any(HIGH_RES_LEVERS in line for line in reporter.lines) is pointed
