@@ -1,12 +1,15 @@
 """Training throughput (images per second) of the teacher and the student: eager, CUDA graph, compiled (issue #10).
 
     python benchmarks/train_throughput.py [--device auto|cpu|cuda] [--sizes 32,224] [--modes eager,graph,compiled]
+                                          [--autotune default|off,on]
 
 Each case trains through the very step `kdc compress` uses (`train.TrainStep`: the view stream's
 augmentation on the device, autocast, backward, AdamW, one-cycle schedule) on random uint8 images:
 speed does not depend on what the pixels show. The first `--warmup` steps are timed apart (they hold
 cuDNN autotuning, the graph capture or the compile itself: the one-off cost), then `--steps` steps are
-timed with the device synchronised at both ends. The teacher is EfficientNet-B3 built as the teacher
+timed with the device synchronised at both ends. --autotune off,on times each case with cuDNN's autotuning off and
+on (KDC_CUDNN_AUTOTUNE, accel.autotune): the "off" cases of a network and size run first, so the first "on" case's
+warm-up holds the whole autotuning cost and later ones find its results cached. The teacher is EfficientNet-B3 built as the teacher
 recipe builds it (stride-1 stem up to 64 px), the student ResNet18. The record goes to
 benchmarks/results/train-throughput-<device>.json (and --out) with the command, the machine and the figures.
 """
@@ -40,9 +43,13 @@ def _dataset(size: int, images: int):
     return Dataset("random", ["a", "b", "c"], 3, size, True, "random pixels", x, y, x[:8], y[:8], x[:8], y[:8])
 
 
-def measure(role: str, size: int, mode: str, device: str, batch: int, warmup: int, steps: int) -> dict:
+def measure(role: str, size: int, mode: str, device: str, batch: int, warmup: int, steps: int, tune: str = "default") -> dict:
     """Warm-up seconds, then images per second over `steps` training steps of one network."""
+    import os
+
     import torch
+
+    from kdcompress.accel import AUTOTUNE_ENV
 
     from kdcompress.models import create_model, set_stem_stride
     from kdcompress.objectives import Supervised
@@ -58,7 +65,12 @@ def measure(role: str, size: int, mode: str, device: str, batch: int, warmup: in
     data = _dataset(size, batch * 4)
     settings = TrainSettings(1, batch, 2e-3, 0.05, 0, device, compile=MODES[mode])
     objective = Supervised(model).to(device).to(memory_format=torch.channels_last)
-    step = TrainStep(objective, settings, total_steps=warmup + steps)
+    if tune != "default":
+        os.environ[AUTOTUNE_ENV] = tune
+    try:
+        step = TrainStep(objective, settings, total_steps=warmup + steps)
+    finally:
+        os.environ.pop(AUTOTUNE_ENV, None)
     stream = ViewStream(data, data.preprocessing(), settings)
 
     def batches():
@@ -89,6 +101,7 @@ def measure(role: str, size: int, mode: str, device: str, batch: int, warmup: in
         "mode": mode if not step.fallback else f"{mode} -> eager ({step.fallback})",
         "batch": batch,
         "precision": step.precision,
+        "cudnn_autotune": step.autotune if device == "cuda" else None,
         "warmup_steps": warmup,
         "warmup_seconds": round(warm, 2),
         "steps": steps,
@@ -105,6 +118,7 @@ def main() -> None:
     parser.add_argument("--modes", default=None, help="default: eager,graph on CUDA, eager on CPU (also: compiled)")
     parser.add_argument("--roles", default="teacher,student")
     parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--autotune", default="default", help="default (each mode's own, accel.AUTOTUNE), or off,on")
     parser.add_argument("--warmup", type=int, default=None, help="default: 20 on CUDA, 2 on CPU")
     parser.add_argument("--steps", type=int, default=None, help="default: 50 on CUDA, 5 on CPU")
     parser.add_argument("--out", type=Path, default=None, help="also write the record here")
@@ -119,6 +133,8 @@ def main() -> None:
     unknown = [mode for mode in modes if mode not in MODES]
     if unknown:
         parser.error(f"unknown mode(s) {', '.join(unknown)}: use {', '.join(MODES)}")
+    if set(args.autotune.split(",")) - {"default", "off", "on"}:
+        parser.error(f"--autotune takes default, or off and/or on, not {args.autotune!r}")
     machine = environment()  # with the GPU's name and CUDA version where there is one
     record = {
         "command": " ".join(["python", "benchmarks/train_throughput.py", *sys.argv[1:]]),
@@ -130,11 +146,12 @@ def main() -> None:
     target = HERE / "results" / f"train-throughput-{device}.json"
     for size in (int(s) for s in args.sizes.split(",")):
         for role in args.roles.split(","):
-            for mode in modes:
-                result = measure(role, size, mode, device, args.batch, warmup, steps)
+            for tune, mode in [(tune, mode) for tune in args.autotune.split(",") for mode in modes]:
+                result = measure(role, size, mode, device, args.batch, warmup, steps, tune)
                 record["results"].append(result)
+                tuned = {True: "tuned", False: "untuned", None: ""}[result["cudnn_autotune"]]
                 print(
-                    f"{result['model']:<32} {size:>4} px  {mode:<8} {result['images_per_s']:>9.1f} img/s  "
+                    f"{result['model']:<32} {size:>4} px  {mode:<6} {tuned:<7} {result['images_per_s']:>9.1f} img/s  "
                     f"{result['ms_per_step']:>7.2f} ms/step  (warm-up {result['warmup_seconds']:.1f} s)",
                     flush=True,
                 )

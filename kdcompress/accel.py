@@ -1,7 +1,7 @@
 """How training uses the device: which device, which arithmetic, and whether the networks are compiled.
 
 On CUDA: bfloat16 autocast (float16 with loss scaling where bfloat16 is missing, or when asked),
-cuDNN autotuning for the fixed batch shapes, fused AdamW, and how each step runs (`--compile`): eager,
+cuDNN autotuning for the fixed batch shapes where it pays (`autotune`), fused AdamW, and how each step runs (`--compile`): eager,
 `torch.compile` of each network's `forward_features` (on: measured no faster on one H200,
 benchmarks/results/train-throughput-cuda-compile.json), or one CUDA graph of the step's forward and backward
 (graph: `train.TrainStep`), which removes the per-kernel launch cost that bounds small images.
@@ -13,6 +13,7 @@ benchmarks/results/cpu-precision.json), so neither is used.
 
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager, nullcontext
 from typing import Any, Iterator
 
@@ -94,14 +95,33 @@ def step_mode(choice: str, device: str, processes: int = 1) -> str:
     return {"on": "compile", "off": "eager"}.get(choice, choice)
 
 
+AUTOTUNE_ENV = "KDC_CUDNN_AUTOTUNE"  # on | off | auto: overrides AUTOTUNE for every step mode
+# Whether cuDNN times its convolution algorithms for each new shape (torch.backends.cudnn.benchmark), per step mode.
+AUTOTUNE = {"eager": True, "compile": True, "graph": False}
+
+
+def autotune(mode: str) -> bool:
+    """Whether steps of this mode (and the validation passes between epochs) let cuDNN autotune.
+
+    The timing is a one-off cost per shape: 35.5 s for EfficientNet-B3 at 32 px on one H200 (its depthwise
+    convolutions come in many shapes), more than the 26 s that cifar3's 2,460 graphed teacher steps take.
+    The environment variable KDC_CUDNN_AUTOTUNE=on|off overrides the choice (what benchmarks/train_throughput.py
+    measures with --autotune).
+    """
+    value = os.environ.get(AUTOTUNE_ENV, "auto")
+    if value not in ("auto", "on", "off"):
+        raise KdcError(f"{AUTOTUNE_ENV}={value!r} is not understood: use on, off or auto")
+    return AUTOTUNE[mode] if value == "auto" else value == "on"
+
+
 @contextmanager
-def cudnn_autotune(device: str) -> Iterator[None]:
-    """Let cuDNN time its convolution algorithms once per shape (training shapes are fixed: the ragged batch is dropped)."""
+def cudnn_autotune(device: str, enabled: bool = True) -> Iterator[None]:
+    """cuDNN autotuning on or off for the duration on CUDA (training shapes are fixed: the ragged batch is dropped)."""
     if device != "cuda":
         yield
         return
     before = torch.backends.cudnn.benchmark
-    torch.backends.cudnn.benchmark = True
+    torch.backends.cudnn.benchmark = enabled
     try:
         yield
     finally:

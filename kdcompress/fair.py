@@ -40,12 +40,12 @@ def prepare(config: CompressConfig, reporter: Reporter) -> Prepared:
     cfg = config.resolved()
     resolve_model_name(cfg.teacher)
     resolve_model_name(cfg.student)
-    from kdcompress.accel import resolve_device, step_mode
+    from kdcompress.accel import autotune, resolve_device, step_mode
     from kdcompress.train import TrainSettings
 
     device = resolve_device(cfg.device)
     world = start(device)
-    step_mode(cfg.compile, device, world.size)  # --compile graph without CUDA, or with several processes: refused now
+    autotune(step_mode(cfg.compile, device, world.size))  # --compile graph without CUDA, or a bad KDC_CUDNN_AUTOTUNE: refused now
     data = load_dataset(cfg.dataset, cfg.data_dir, cfg.image_size, cfg.val_fraction, reporter, cfg.stream)
     settings = TrainSettings(
         epochs=cfg.epochs,  # type: ignore[arg-type]

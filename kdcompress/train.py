@@ -21,6 +21,7 @@ from timm.utils import ModelEmaV3
 from kdcompress import losses
 from kdcompress.accel import (
     autocast,
+    autotune,
     compiled,
     create_optimizer,
     cudnn_autotune,
@@ -236,6 +237,7 @@ class TrainStep:
         )
         self.scaler = grad_scaler(settings.device, self.precision)
         self.mode = step_mode(settings.compile, settings.device, settings.world_size)
+        self.autotune = autotune(self.mode)  # decided once: a failed capture's eager steps keep the same kernels
         self.fallback = ""  # why a graph capture failed (the run then went on eagerly)
         self._graph: Any = None
         self._static: dict[str, Any] = {}
@@ -251,7 +253,7 @@ class TrainStep:
     def ready(self) -> Any:
         """The context steps run in (cuDNN autotuning, compiled networks)."""
         stack = ExitStack()
-        stack.enter_context(cudnn_autotune(self.device))
+        stack.enter_context(cudnn_autotune(self.device, self.autotune))
         stack.enter_context(compiled(self.networks(), self.mode == "compile"))
         return stack
 
