@@ -2,4 +2,5 @@
 
 from kdcompress.cli import main
 
-main()
+if __name__ == "__main__":  # a spawned worker process (pipeline.Exports) imports this module without running it
+    main()

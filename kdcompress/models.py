@@ -61,7 +61,8 @@ def save_checkpoint(model: Any, path: Path, meta: dict[str, Any]) -> None:
     stem = getattr(model, "conv_stem", None)
     stride = {"stem_stride": int(stem.stride[0])} if stem is not None else {}  # not in the state_dict
     try:
-        torch.save({"state_dict": model.state_dict(), **meta, **stride}, path)
+        state = {name: value.detach().cpu() for name, value in model.state_dict().items()}  # loadable without a GPU
+        torch.save({"state_dict": state, **meta, **stride}, path)
     except RuntimeError as exc:  # torch's zip writer reports a full disk as a RuntimeError, not an OSError
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise OSError(errno.ENOSPC, f"could not write the checkpoint, the disk may be full ({detail})", str(path)) from None

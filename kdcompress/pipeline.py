@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 import shutil
-from dataclasses import dataclass
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import numpy as np
 
@@ -23,6 +25,9 @@ from kdcompress.reporter import NullReporter, Reporter
 from kdcompress.stats import attribution, compare_models
 from kdcompress.teacher import load_or_train_teacher, record_teacher, recording_fits
 
+if TYPE_CHECKING:
+    from kdcompress.export import Exports
+
 CALIBRATION_IMAGES = 512  # training images kept for INT8 calibration (kdc quantize)
 
 
@@ -34,12 +39,42 @@ class CompressResult:
     manifest: Manifest | None
 
 
+@dataclass
+class Phases:
+    """Seconds spent in each phase of one compress call, in the order they ran (the manifest's training.seconds).
+
+    data: loading and checking the images; teacher: trained, or read from the cache; students: their training,
+    the checkpoints, and the exports started in worker processes (export.Exports); test and exports: the test
+    scores and the exports, finished or made here; INT8 (--int8); total: the whole call from its start.
+    """
+
+    seconds: dict[str, float] = field(default_factory=dict)
+    started: float = field(default_factory=time.perf_counter)
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        began = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - began, 2)
+
+    def record(self) -> dict[str, float]:
+        return {**self.seconds, "total": round(time.perf_counter() - self.started, 2)}
+
+    def words(self) -> str:
+        record = self.record()
+        total = record.pop("total")
+        return f"took {total:.0f} s: " + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in record.items())
+
+
 def compress(config: CompressConfig, reporter: Reporter | None = None) -> CompressResult:
     """Train teacher, baseline and distilled student; export all three; write the run folder.
 
     Under torchrun every rank trains (DDP) and rank 0 alone tests, exports and writes the run folder.
     """
     reporter = reporter or NullReporter()
+    phases = Phases()
     if config.out:
         check_out(config.out)  # before anything is trained
     swept = None  # --from-sweep: the sweep's results.json, read once
@@ -49,7 +84,8 @@ def compress(config: CompressConfig, reporter: Reporter | None = None) -> Compre
         swept = sweep_results(config.from_sweep)
         config = with_sweep(config, swept)
         reporter.info(describe(config, swept))
-    run = prepare(config, reporter)
+    with phases("data"):
+        run = prepare(config, reporter)
     cfg, data = run.cfg, run.data
     if swept is not None:
         check_same_data(cfg, swept, data.fingerprint())
@@ -63,33 +99,75 @@ def compress(config: CompressConfig, reporter: Reporter | None = None) -> Compre
     final_dir, staging = _prepare_run_dir(cfg) if run.world.main else (None, None)
     final_dir = Path(broadcast_object(str(final_dir)))
     if staging is None:  # a rank other than 0: it trains its share and writes nothing
-        _train_all(run, reporter)
+        _train_all(run, reporter, phases, None)
         return CompressResult(final_dir, None)
+    from kdcompress.export import Exports
+
     try:
-        models, records, training = _train_all(run, reporter)
-        manifest = _finish(run, models, records, training, staging, final_dir.name, reporter)
+        with Exports(staging, run.prep, data.test_x) as exports:
+            models, records, training = _train_all(run, reporter, phases, exports)
+            with phases("test and exports"):
+                manifest = _finish(run, models, records, training, staging, final_dir.name, reporter, exports)
         if cfg.int8:
             from kdcompress.quantize import quantize_run
 
-            manifest.models["int8"] = quantize_run(staging, reporter=reporter)  # also written to the manifest
+            with phases("INT8"):
+                manifest.models["int8"] = quantize_run(staging, reporter=reporter)
+        manifest.training["seconds"] = phases.record()
+        write_manifest(staging, manifest)
         _publish(staging, final_dir)
+        reporter.info(phases.words())
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return CompressResult(final_dir, manifest)
 
 
-def _train_all(run: Prepared, reporter: Reporter) -> tuple[dict[str, Any], dict[str, dict[str, Any]], dict[str, Any]]:
-    """Teacher (trained or reused), then baseline and distilled student from one fair start.
+def _train_all(
+    run: Prepared, reporter: Reporter, phases: Phases, exports: Exports | None
+) -> tuple[dict[str, Any], dict[str, dict[str, Any]], dict[str, Any]]:
+    """Teacher (trained or reused), then baseline and distilled student from one fair start, each timed in phases.
 
-    Returns the models, their training records, and how the training ran (the manifest's `training`).
+    Each model goes to `exports` (rank 0 only) as soon as it is final. Returns the models, their training
+    records, and how the training ran (the manifest's `training`).
     """
-    from kdcompress.accel import describe_precision, step_mode
+    cfg = run.cfg
+    with phases("teacher"):
+        teacher, teacher_record = load_or_train_teacher(cfg, run.data, run.prep, run.settings, reporter)
+    with phases("students"):
+        done = _exporter(run, reporter, exports)
+        done("teacher", teacher)
+        return _train_students(run, reporter, teacher, teacher_record, done)
+
+
+def _exporter(run: Prepared, reporter: Reporter, exports: Exports | None) -> Callable[[str, Any], None]:
+    """What to do with each model once it is trained: save its checkpoint and start its export (rank 0)."""
+
+    def done(role: str, model: Any) -> None:
+        if exports is None:
+            return
+        if exports.background:
+            reporter.info(f"exporting {role} to ONNX in a worker process, beside the training")
+        exports.submit(role, model, _checkpoint_meta(run, role))
+
+    return done
+
+
+def _checkpoint_meta(run: Prepared, role: str) -> dict[str, Any]:
+    """What a checkpoint needs besides its weights to rebuild the network (models.save_checkpoint)."""
+    architecture = run.cfg.teacher if role == "teacher" else run.cfg.student
+    return {"model": architecture, "classes": run.data.classes, "in_chans": run.data.channels}
+
+
+def _train_students(
+    run: Prepared, reporter: Reporter, teacher: Any, teacher_record: dict[str, Any], done: Callable[[str, Any], None]
+) -> tuple[dict[str, Any], dict[str, dict[str, Any]], dict[str, Any]]:
+    """Baseline, distilled student and (with --control) the label-smoothing control, from one fair start."""
+    from kdcompress.accel import autotune, describe_precision, step_mode
     from kdcompress.objectives import LiveTeacher
     from kdcompress.train import fit
 
     cfg = run.cfg
-    teacher, teacher_record = load_or_train_teacher(cfg, run.data, run.prep, run.settings, reporter)
     start = fair_start(run, cfg.seed, teacher)
 
     records = {"teacher": teacher_record}
@@ -97,11 +175,13 @@ def _train_all(run: Prepared, reporter: Reporter) -> tuple[dict[str, Any], dict[
     reporter.info(f"baseline: {cfg.student}, {baseline.describe()}")
     result = fit(baseline, run.data, run.prep, start.settings, reporter, "baseline")
     records["baseline"] = {"objective": baseline.describe(), **result.record()}
+    done("baseline", baseline.student)
 
     distillation = start.distilled(_teacher_outputs(run, start, teacher, reporter), cfg.temperature, cfg.alpha, cfg.beta)
     reporter.info(f"distilled student: {cfg.student}, {distillation.describe()}")
     result = fit(distillation, run.data, run.prep, start.settings, reporter, "distilled")
     records["student"] = {"objective": distillation.describe(), **result.record()}
+    done("student", distillation.student)
     models = {"teacher": teacher, "baseline": baseline.student, "student": distillation.student}
 
     if cfg.control == "label-smoothing":
@@ -113,11 +193,14 @@ def _train_all(run: Prepared, reporter: Reporter) -> tuple[dict[str, Any], dict[
         )
         result = fit(control, run.data, run.prep, start.settings, reporter, "control")
         records["control"] = {"objective": control.describe(), "matched": matched, **result.record()}
+        done("control", control.student)
         models["control"] = control.student
+    mode = step_mode(cfg.compile, run.device, run.world.size)
     training = {
         "device": run.device,
         "precision": describe_precision(run.device, run.settings.precision),
-        "compile": f"{cfg.compile} ({step_mode(cfg.compile, run.device, run.world.size)})",
+        "compile": f"{cfg.compile} ({mode})",
+        "cudnn_autotune": autotune(mode) if run.device == "cuda" else None,
         "teacher_outputs": "live" if isinstance(distillation.teacher, LiveTeacher) else "recorded once, then replayed",
         "data": "streamed from disk (DataLoader workers)" if run.data.streamed else "in memory",
         **parallel_record(run),
@@ -162,16 +245,15 @@ def _finish(
     staging: Path,
     run_name: str,
     reporter: Reporter,
+    exports: Exports,
 ) -> Manifest:
-    """Test, export, save checkpoints and data samples, then write the manifest last."""
+    """Test, finish the exports, save data samples, then write the manifest last."""
     cfg, data = run.cfg, run.data
     _save_samples(run, staging)
-    (staging / "checkpoints").mkdir(exist_ok=True)
-    architectures = {"teacher": cfg.teacher, "baseline": cfg.student, "student": cfg.student, "control": cfg.student}
     history = {role: records[role].pop("history", []) for role in models}
     entries, correct = {}, {}
     for role, model in models.items():
-        entries[role], correct[role] = _export_model(run, role, model, architectures[role], staging, reporter)
+        entries[role], correct[role] = _export_model(run, role, model, exports, reporter)
         entries[role].details.update(records[role])
     write_json_atomic(staging / "history.json", history)
     comparisons = compare_models(correct)
@@ -220,15 +302,12 @@ def _save_samples(run: Prepared, staging: Path) -> None:
     np.savez_compressed(staging / "calibration.npz", images=data.train_x[pick], labels=data.train_y[pick])
 
 
-def _export_model(
-    run: Prepared, role: str, model: Any, architecture: str, staging: Path, reporter: Reporter
-) -> tuple[ModelEntry, np.ndarray]:
-    """Score one model on the test split, export it to ONNX (checked against PyTorch) and save its checkpoint.
+def _export_model(run: Prepared, role: str, model: Any, exports: Exports, reporter: Reporter) -> tuple[ModelEntry, np.ndarray]:
+    """Score one model on the test split and finish its ONNX export (checked against PyTorch).
 
     Returns its manifest entry and which test images it gets right (for the verdicts).
     """
-    from kdcompress.export import export_onnx
-    from kdcompress.models import count_parameters, save_checkpoint
+    from kdcompress.models import count_parameters
     from kdcompress.train import predict_logits
 
     data = run.data
@@ -237,13 +316,12 @@ def _export_model(
         name: float(correct[data.test_y == i].mean()) if (data.test_y == i).any() else None
         for i, name in enumerate(data.classes)
     }
-    reporter.info(f"exporting {role} to ONNX and checking it against PyTorch")
-    onnx_path = staging / f"{role}.onnx"
-    parity = export_onnx(model, onnx_path, run.prep, data.test_x)
-    meta = {"model": architecture, "classes": data.classes, "in_chans": data.channels}
-    save_checkpoint(model, staging / "checkpoints" / f"{role}.pt", meta)
+    if not exports.background:
+        reporter.info(f"exporting {role} to ONNX and checking it against PyTorch")
+    parity = exports.parity(role, model)
+    onnx_path = exports.folder / f"{role}.onnx"
     entry = ModelEntry(
-        architecture=architecture,
+        architecture=_checkpoint_meta(run, role)["model"],
         onnx=onnx_path.name,
         parameters=count_parameters(model),
         onnx_bytes=onnx_path.stat().st_size,

@@ -52,6 +52,13 @@ def test_bad_input_is_one_line_and_exit_code_1(tmp_path, args, message):
     assert not (tmp_path / "a").exists() or not [p for p in (tmp_path / "a").iterdir() if not p.name.startswith(".")]
 
 
+def test_a_bad_autotune_setting_is_refused_before_training(tmp_path, monkeypatch):
+    monkeypatch.setenv("KDC_CUDNN_AUTOTUNE", "yes")
+    result = _invoke("compress", *TINY, "--artifacts", str(tmp_path / "a"))
+    assert result.exit_code == 1 and "KDC_CUDNN_AUTOTUNE='yes' is not understood: use on, off or auto" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "a").exists()
+
+
 def test_device_cuda_without_gpu_is_a_clear_error(tmp_path):
     import torch
 
@@ -65,7 +72,7 @@ def test_compress_end_to_end_prints_the_summary_and_the_verdict(tmp_path):
     args = ["--epochs", "1", "--artifacts", str(tmp_path), "--T", "2", "--alpha", "0.7", "--control", "none"]
     result = _invoke("compress", *TINY, *args)
     assert result.exit_code == 0, result.output
-    for word in ("teacher", "baseline", "distilled", "test acc", "Run written to", "distilled vs baseline: "):
+    for word in ("teacher", "baseline", "distilled", "test acc", "Run written to", "distilled vs baseline: ", "took "):
         assert word in result.output
     assert "label smoothing" not in result.output  # --control none: no fourth model, no verdict against it
     (run,) = [p for p in tmp_path.iterdir() if not p.name.startswith(".")]

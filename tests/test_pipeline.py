@@ -47,9 +47,33 @@ def test_run_folder_holds_everything_benchmark_and_predict_need(tiny_run):
     on_cpu = manifest["training"]["device"] == "cpu"
     assert manifest["training"]["teacher_outputs"] == ("recorded once, then replayed" if on_cpu else "live")
     assert {entry["step"] for entry in manifest["models"].values() if "step" in entry} == {"eager" if on_cpu else "graph"}
+    assert manifest["training"]["cudnn_autotune"] == (None if on_cpu else False)  # graph steps skip the autotuning
+    seconds = manifest["training"]["seconds"]  # where the time went, in the order it was spent
+    assert list(seconds) == ["data", "teacher", "students", "test and exports", "total"]
+    assert all(value > 0 for value in seconds.values())
+    assert sum(seconds.values()) - seconds["total"] <= seconds["total"] + 0.05  # each figure rounded to 0.01 s
+    trained = sum(manifest["models"][r]["train_seconds"] for r in ("baseline", "student", "control"))
+    assert seconds["students"] >= trained - 0.05
     assert "alpha * T^2 * KL" in manifest["objective"]["formula"]
     assert {"torch", "onnxruntime", "timm"} <= set(manifest["environment"]["versions"])
     assert not [p for p in tiny_run.parent.iterdir() if p.name.startswith(".partial")]
+
+
+def test_exports_in_worker_processes_match_the_ones_made_in_process(tmp_path, monkeypatch, tiny_run):
+    """Two spawned workers export each model from its checkpoint while the next one trains: the same files' scores."""
+    import kdcompress.export as export
+
+    monkeypatch.setattr(export, "export_workers", lambda: 2)
+    reporter = Recorder()
+    run = compress(CompressConfig(**{**TINY, "control": "label-smoothing"}, out=str(tmp_path / "run")), reporter).run_dir
+    assert sum("in a worker process, beside the training" in line for line in reporter.lines) == 4
+    here, there = read_manifest(tiny_run), read_manifest(run)  # tiny_run: the same settings, exported in process
+    test = np.load(run / "test_set.npz")
+    for role, entry in there.models.items():
+        assert entry.details["export"]["max_abs_diff"] <= entry.details["export"]["allowed_diff"]
+        logits = run_logits(create_session(run / entry.onnx), test["images"], there.preprocessing)
+        assert int((logits.argmax(1) == test["labels"]).sum()) == entry.test_correct == here.models[role].test_correct, role
+        assert entry.onnx_bytes == here.models[role].onnx_bytes
 
 
 def test_recorded_test_accuracy_is_what_the_onnx_file_scores(tiny_run):
