@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One GPU check for a machine with torch, timm and onnx but no network (issue #10); its step limits add up to 470 s.
+# One GPU check for a machine with torch, timm and onnx but no network (issue #10); its step limits add up to 560 s.
 #
 #   benchmarks/gpu_check.sh DATA_DIR [LOG_DIR]
 #
@@ -8,13 +8,15 @@
 # Steps, each under its own time limit so that one slow step cannot eat the rest; 1-3 have the GPU to themselves:
 #   1. the CUDA tests (tests/test_gpu.py: CUDA graphs against eager steps, bf16 and fp16, recorded teacher on
 #      CUDA, onnxruntime on CUDA where installed); torch.compile's test is left to step 4's timeless cousin
-#   2. benchmarks/train_throughput.py: img/s of teacher and student, 32 and 224 px, eager against CUDA graph
+#   2. benchmarks/train_throughput.py: img/s of teacher and student, 32 and 224 px, CUDA graph steps with cuDNN
+#      autotuning off and on (eager against graph: THROUGHPUT_MODES=eager,graph), and ResNet18 at 224 px, batch 256
 #   3. the README's `kdc compress --dataset cifar3` with defaults on CUDA, recorded as
 #      benchmarks/results/compress-cifar3-cuda.json (target: <= 60 s end to end)
 #   4. together: the rest of the suite (-m "not realdata and not gpu") and `kdc benchmark` on step 3's run.
 #      A command that waits for the line "3 ..." in summary.log can share the GPU from then on.
 # Measured on one H200 (commit e435810): steps 1-3 took 55, 89 and 109 s. Step 4's suite, with 10 workers of
 # 16 threads each beside a 224 px sweep, passed its first 48 tests in 180 s: each worker now gets one thread.
+# The folder DATA_DIR needs cifar-10-batches-py/ only; chest_xray/ is for gpu_chest224.sh.
 set -u
 . "$(dirname "$0")/gpu_lib.sh" "$@"  # DATA, LOG, WORK, PY, SUMMARY and step
 export KDC_SHARED_DATA="$DATA"  # the tests that read ../shared/data read this copy
@@ -29,23 +31,28 @@ step "1 CUDA tests" 80 "$LOG/pytest-gpu.log" \
     $PY -m pytest -q -p no:cacheprovider tests/test_gpu.py -k "not compiled_training"
 tail -n 4 "$LOG/pytest-gpu.log" | tee -a "$SUMMARY"
 
-step "2 train_throughput" 100 "$LOG/throughput.log" \
-    $PY benchmarks/train_throughput.py --device cuda --modes eager,graph --warmup 8 --steps 25 --out "$LOG/train-throughput.json"
+step "2 train_throughput" 130 "$WORK/throughput.log" \
+    $PY benchmarks/train_throughput.py --device cuda --modes "${THROUGHPUT_MODES:-graph}" --autotune off,on --warmup 8 \
+    --steps 25 --out "$LOG/train-throughput.json"
+step "2b train_throughput ResNet18 224 px batch 256" 40 "$WORK/throughput-256.log" \
+    $PY benchmarks/train_throughput.py --device cuda --modes graph --autotune off,on --roles student --sizes 224 \
+    --batch 256 --warmup 8 --steps 25 --out "$LOG/train-throughput-256.json"
 
 step "3 compress cifar3 (defaults, CUDA)" 110 "$LOG/compress-cifar3.log" \
     $PY benchmarks/record.py compress-cifar3-cuda -- $PY -m kdcompress compress --dataset cifar3 --data-dir "$DATA" \
     --device cuda --int8 --out "$WORK/cifar3"
 cp benchmarks/results/compress-cifar3-cuda.json "$LOG/" 2>/dev/null
 
-step "4a suite without realdata and gpu tests (CUDA visible)" 180 "$LOG/pytest.log" \
-    env OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $PY -m pytest -q -n 12 -m "not realdata and not gpu" -p no:cacheprovider &
+step "4a suite without realdata and gpu tests (CUDA visible)" 200 "$LOG/pytest.log" \
+    env OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $PY -m pytest -q -n 14 -m "not realdata and not gpu" -p no:cacheprovider \
+    --durations=8 &
 step "4b benchmark cifar3" 60 "$LOG/benchmark-cifar3.log" $PY -m kdcompress benchmark "$WORK/cifar3" --quick
 wait
-tail -n 3 "$LOG/pytest.log" | tee -a "$SUMMARY"
+grep -E "passed|failed|error" "$LOG/pytest.log" | tail -n 3 | tee -a "$SUMMARY"
 
 {
     echo "## key figures"
-    grep -E "img/s" "$LOG/throughput.log"
+    grep -hE "img/s" "$WORK/throughput.log" "$WORK/throughput-256.log"
     if [ -f "$WORK/cifar3/manifest.json" ]; then
         $PY - "$WORK/cifar3" <<'PYEOF'
 import json, sys
@@ -56,6 +63,7 @@ for role, e in m["models"].items():
           f"train {e.get('train_seconds', '-')} s  best epoch {e.get('best_epoch', '-')}")
 for w in m.get("warnings", []):
     print("  warning:", w)
+print("  seconds:", m["training"].get("seconds"), "| cudnn autotune:", m["training"].get("cudnn_autotune"))
 PYEOF
     else
         echo "cifar3: no manifest (see compress-cifar3.log)"
