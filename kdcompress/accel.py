@@ -95,23 +95,27 @@ def step_mode(choice: str, device: str, processes: int = 1) -> str:
     return {"on": "compile", "off": "eager"}.get(choice, choice)
 
 
-AUTOTUNE_ENV = "KDC_CUDNN_AUTOTUNE"  # on | off | auto: overrides AUTOTUNE for every step mode
-# Whether cuDNN times its convolution algorithms for each new shape (torch.backends.cudnn.benchmark), per step mode.
-AUTOTUNE = {"eager": True, "compile": True, "graph": False}
+AUTOTUNE_ENV = "KDC_CUDNN_AUTOTUNE"  # on | off | auto: overrides the rule of `autotune`
+# Graphed runs shorter than this skip cuDNN's autotuning. Measured on one H200 (benchmarks/train_throughput.py,
+# batch 128, bf16): EfficientNet-B3 at 32 px spends ~23 s more warming up with it (35.5 s against 12.0 s) and then
+# steps in 10.4 ms instead of 14.3 ms, so it pays after ~6,000 steps; at 224 px and for ResNet18 the graphed steps
+# ran at the same speed either way. cifar3's teacher takes 2,460 steps.
+AUTOTUNE_MIN_GRAPH_STEPS = 6000
 
 
-def autotune(mode: str) -> bool:
-    """Whether steps of this mode (and the validation passes between epochs) let cuDNN autotune.
+def autotune(mode: str, steps: int) -> bool:
+    """Whether a run of `steps` steps in this mode (and its validation passes) lets cuDNN time its algorithms.
 
-    The timing is a one-off cost per shape: 35.5 s for EfficientNet-B3 at 32 px on one H200 (its depthwise
-    convolutions come in many shapes), more than the 26 s that cifar3's 2,460 graphed teacher steps take.
-    The environment variable KDC_CUDNN_AUTOTUNE=on|off overrides the choice (what benchmarks/train_throughput.py
-    measures with --autotune).
+    Eager and compiled steps always do; graphed runs from AUTOTUNE_MIN_GRAPH_STEPS steps on. The timing is a
+    one-off cost per shape: EfficientNet-B3's depthwise convolutions come in many shapes. The environment
+    variable KDC_CUDNN_AUTOTUNE=on|off overrides the rule (what benchmarks/train_throughput.py --autotune sets).
     """
     value = os.environ.get(AUTOTUNE_ENV, "auto")
     if value not in ("auto", "on", "off"):
         raise KdcError(f"{AUTOTUNE_ENV}={value!r} is not understood: use on, off or auto")
-    return AUTOTUNE[mode] if value == "auto" else value == "on"
+    if value != "auto":
+        return value == "on"
+    return mode != "graph" or steps >= AUTOTUNE_MIN_GRAPH_STEPS
 
 
 @contextmanager

@@ -45,7 +45,7 @@ def prepare(config: CompressConfig, reporter: Reporter) -> Prepared:
 
     device = resolve_device(cfg.device)
     world = start(device)
-    autotune(step_mode(cfg.compile, device, world.size))  # --compile graph without CUDA, or a bad KDC_CUDNN_AUTOTUNE: refused now
+    autotune(step_mode(cfg.compile, device, world.size), 0)  # --compile graph without CUDA, or a bad KDC_CUDNN_AUTOTUNE: refused now
     data = load_dataset(cfg.dataset, cfg.data_dir, cfg.image_size, cfg.val_fraction, reporter, cfg.stream)
     settings = TrainSettings(
         epochs=cfg.epochs,  # type: ignore[arg-type]

@@ -163,7 +163,7 @@ def _train_students(
     run: Prepared, reporter: Reporter, teacher: Any, teacher_record: dict[str, Any], done: Callable[[str, Any], None]
 ) -> tuple[dict[str, Any], dict[str, dict[str, Any]], dict[str, Any]]:
     """Baseline, distilled student and (with --control) the label-smoothing control, from one fair start."""
-    from kdcompress.accel import autotune, describe_precision, step_mode
+    from kdcompress.accel import describe_precision, step_mode
     from kdcompress.objectives import LiveTeacher
     from kdcompress.train import fit
 
@@ -200,7 +200,6 @@ def _train_students(
         "device": run.device,
         "precision": describe_precision(run.device, run.settings.precision),
         "compile": f"{cfg.compile} ({mode})",
-        "cudnn_autotune": autotune(mode) if run.device == "cuda" else None,
         "teacher_outputs": "live" if isinstance(distillation.teacher, LiveTeacher) else "recorded once, then replayed",
         "data": "streamed from disk (DataLoader workers)" if run.data.streamed else "in memory",
         **parallel_record(run),

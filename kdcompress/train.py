@@ -75,6 +75,7 @@ class FitResult:
     train_seconds: float
     history: list[dict[str, float]] = field(default_factory=list)
     step: str = "eager"  # how its steps ran: eager, compile, graph, or eager after a failed graph capture (why)
+    cudnn_autotune: bool | None = None  # whether cuDNN timed its algorithms (accel.autotune); None off CUDA
 
     def record(self) -> dict[str, Any]:
         """What a training leaves in the manifest (or a sweep's run file): best epoch, timing, steps, history."""
@@ -83,6 +84,7 @@ class FitResult:
             "best_val_accuracy": self.best_val_accuracy,
             "train_seconds": round(self.train_seconds, 2),
             "step": self.step,
+            "cudnn_autotune": self.cudnn_autotune,
             "history": self.history,
         }
 
@@ -209,7 +211,8 @@ def fit(
     student.load_state_dict(best_state)
     student.eval()
     ran = f"eager ({step.fallback})" if step.fallback else step.mode
-    return FitResult(best_epoch, best_val, time.perf_counter() - started, history, ran)
+    tuned = step.autotune if device == "cuda" else None
+    return FitResult(best_epoch, best_val, time.perf_counter() - started, history, ran, tuned)
 
 
 class TrainStep:
@@ -237,7 +240,7 @@ class TrainStep:
         )
         self.scaler = grad_scaler(settings.device, self.precision)
         self.mode = step_mode(settings.compile, settings.device, settings.world_size)
-        self.autotune = autotune(self.mode)  # decided once: a failed capture's eager steps keep the same kernels
+        self.autotune = autotune(self.mode, total_steps)  # decided once: a failed capture's eager steps keep the same kernels
         self.fallback = ""  # why a graph capture failed (the run then went on eagerly)
         self._graph: Any = None
         self._static: dict[str, Any] = {}

@@ -139,7 +139,7 @@ def test_graphed_steps_train_as_eager_steps_do(digits, kind):
         step = TrainStep(objective, settings, total_steps=2 * stream.steps_per_epoch)
         losses, view = [], 0
         with step.ready():
-            assert torch.backends.cudnn.benchmark == (mode == "off")  # autotuned eager steps; graphs go without
+            assert torch.backends.cudnn.benchmark == (mode == "off")  # autotuned eager steps; short graphed runs go without
             for _ in range(2):
                 for images, labels in stream.epoch():
                     loss, parts = step(images, labels, view)
@@ -229,11 +229,12 @@ def test_compile_shadows_forward_features_only_while_training(monkeypatch, digit
     assert accel.step_mode("auto", "cuda") == accel.AUTO_CUDA and accel.step_mode("auto", "cpu") == "eager"
     assert accel.step_mode("auto", "cuda", processes=2) == "eager" and accel.step_mode("on", "cpu") == "compile"
     assert accel.step_mode("off", "cuda") == "eager" and accel.step_mode("graph", "cuda") == "graph"
-    assert [accel.autotune(mode) for mode in ("eager", "compile", "graph")] == [True, True, False]
+    assert [accel.autotune(mode, 100) for mode in ("eager", "compile", "graph")] == [True, True, False]
+    assert accel.autotune("graph", accel.AUTOTUNE_MIN_GRAPH_STEPS) and not accel.autotune("graph", accel.AUTOTUNE_MIN_GRAPH_STEPS - 1)
     monkeypatch.setenv(accel.AUTOTUNE_ENV, "on")
-    assert accel.autotune("graph") and TrainStep(Supervised(student), _settings(device="cpu"), 4).autotune
+    assert accel.autotune("graph", 4) and TrainStep(Supervised(student), _settings(device="cpu"), 4).autotune
     monkeypatch.setenv(accel.AUTOTUNE_ENV, "off")
-    assert not accel.autotune("eager")
+    assert not accel.autotune("eager", 10**6)
     for device, processes, message in [("cpu", 1, "needs --device cuda"), ("cuda", 2, "trains in one process")]:
         with pytest.raises(KdcError, match=message):
             accel.step_mode("graph", device, processes)
