@@ -97,10 +97,11 @@ def step_mode(choice: str, device: str, processes: int = 1) -> str:
 
 AUTOTUNE_ENV = "KDC_CUDNN_AUTOTUNE"  # on | off | auto: overrides the rule of `autotune`
 # Graphed runs shorter than this skip cuDNN's autotuning. Measured on one H200 (benchmarks/train_throughput.py,
-# batch 128, bf16): EfficientNet-B3 at 32 px spends ~23 s more warming up with it (35.5 s against 12.0 s) and then
-# steps in 10.4 ms instead of 14.3 ms, so it pays after ~6,000 steps; at 224 px and for ResNet18 the graphed steps
-# ran at the same speed either way. cifar3's teacher takes 2,460 steps.
-AUTOTUNE_MIN_GRAPH_STEPS = 6000
+# batch 128, bf16, one process per setting; benchmarks/results/train-throughput-cuda-autotune.json): EfficientNet-B3
+# at 32 px warmed up in 42.3 s with it and 17.8 s without, then stepped in 10.51 ms against 14.33 ms, so it pays
+# after ~6,400 steps. ResNet18 at 32 and 224 px and B3 at 224 px stepped at the same speed either way (their
+# untuned graphs against the earlier tuned record). cifar3's teacher takes 2,460 steps.
+AUTOTUNE_MIN_GRAPH_STEPS = 6400
 
 
 def autotune(mode: str, steps: int) -> bool:

@@ -128,6 +128,8 @@ def load_or_train_teacher(
 ) -> tuple[Any, dict[str, Any]]:
     """Train the teacher, or reuse one: from --teacher-weights, or cached from an identical earlier run.
 
+    Either way it comes back on settings.device, in eval mode.
+
     Under torchrun, rank 0 decides and reads the weights and every other rank receives them from it (their
     disks need not hold the cache); a teacher trained here is trained by all ranks together, cached by rank 0.
     """
@@ -145,7 +147,8 @@ def load_or_train_teacher(
         teacher = loaded[0] if loaded else create_model(cfg.teacher, len(data.classes), data.channels)
         stem = getattr(teacher, "conv_stem", None)  # its stride is not in the weights (recipe 3)
         record, stride = broadcast_object((loaded[1], stem and int(stem.stride[0])) if loaded else None)
-        return broadcast_module(set_stem_stride(teacher, stride), settings.device).eval(), record
+        # On the run's device, as a teacher trained here is (kdc sweep scores it there at once).
+        return broadcast_module(set_stem_stride(teacher, stride), settings.device).to(settings.device).eval(), record
 
     teacher, record = _train_teacher(cfg, data, prep, settings, reporter)
     if cached is not None:  # rank 0
