@@ -43,9 +43,10 @@ class CompressResult:
 class Phases:
     """Seconds spent in each phase of one compress call, in the order they ran (the manifest's training.seconds).
 
-    data: loading and checking the images; teacher: trained, or read from the cache; students: their training,
-    the checkpoints, and the exports started in worker processes (export.Exports); test and exports: the test
-    scores and the exports, finished or made here; INT8 (--int8); total: the whole call from its start.
+    start and data: the imports (torch, timm), then loading and checking the images; teacher: trained, or read
+    from the cache; students: their training, the checkpoints, and the exports started in worker processes
+    (export.Exports); test and exports: the test scores and the exports, finished or made here; INT8 (--int8);
+    total: the whole call from its start.
     """
 
     seconds: dict[str, float] = field(default_factory=dict)
@@ -84,7 +85,7 @@ def compress(config: CompressConfig, reporter: Reporter | None = None) -> Compre
         swept = sweep_results(config.from_sweep)
         config = with_sweep(config, swept)
         reporter.info(describe(config, swept))
-    with phases("data"):
+    with phases("start and data"):
         run = prepare(config, reporter)
     cfg, data = run.cfg, run.data
     if swept is not None:
