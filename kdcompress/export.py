@@ -117,12 +117,19 @@ def export_onnx(model: nn.Module, path: Path, prep: Preprocessing, images: np.nd
 
 
 def export_checkpoint(checkpoint: Path, path: Path, prep: Preprocessing, images: np.ndarray, threads: int) -> dict[str, Any]:
-    """export_onnx of the network a kdcompress checkpoint holds: what an export worker process runs."""
+    """export_onnx of the network a kdcompress checkpoint holds: what an export worker process runs.
+
+    Its errors are KdcErrors (one line each), which the pool hands back to the run.
+    """
     from kdcompress.models import create_model, load_weights
 
     torch.set_num_threads(threads)
-    meta = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    model = create_model(meta["model"], len(meta["classes"]), meta["in_chans"])
+    try:
+        meta = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        architecture = (meta["model"], len(meta["classes"]), meta["in_chans"])
+    except Exception as exc:
+        raise KdcError(f"cannot export {path.name}: its checkpoint {checkpoint} cannot be read ({exc})") from None
+    model = create_model(*architecture)
     load_weights(model, checkpoint)
     return export_onnx(model, path, prep, images)
 

@@ -48,6 +48,23 @@ def test_parity_failure_is_loud(tmp_path, monkeypatch):
         export_module.check_parity(model, tmp_path / "m.onnx", PREP, IMAGES)
 
 
+def test_a_worker_export_rebuilds_the_network_from_its_checkpoint(tmp_path, tiny_run):
+    """What an export worker process runs (export.Exports), here in process: the run's checkpoint gives the run's
+    ONNX outputs; an unreadable checkpoint is one clear KdcError, which the pool hands back to the run."""
+    from kdcompress.manifest import load_images, read_manifest
+
+    manifest = read_manifest(tiny_run)
+    images, _ = load_images(tiny_run, manifest, "test_set")
+    prep, threads = manifest.preprocessing, torch.get_num_threads()  # a worker's count; this process keeps its own
+    parity = export_module.export_checkpoint(tiny_run / "checkpoints" / "student.pt", tmp_path / "student.onnx", prep, images, threads)
+    assert parity["max_abs_diff"] <= parity["allowed_diff"]
+    ours, theirs = create_session(tmp_path / "student.onnx"), create_session(tiny_run / "student.onnx")
+    assert np.allclose(run_logits(ours, images, prep), run_logits(theirs, images, prep), atol=1e-5)
+    (tmp_path / "broken.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(KdcError, match=r"cannot export student.onnx: its checkpoint .*broken.pt cannot be read"):
+        export_module.export_checkpoint(tmp_path / "broken.pt", tmp_path / "student.onnx", prep, images, threads)
+
+
 def test_exported_student_has_exactly_the_student_weights(tiny_run):
     manifest = json.loads((tiny_run / "manifest.json").read_text())
     graph = onnx.load(str(tiny_run / "student.onnx")).graph
