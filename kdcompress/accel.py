@@ -1,8 +1,8 @@
 """How training uses the device: which device, which arithmetic, and whether the networks are compiled.
 
 On CUDA: bfloat16 autocast (float16 with loss scaling where bfloat16 is missing, or when asked),
-cuDNN autotuning for the fixed batch shapes where it pays (`autotune`), fused AdamW, and how each step runs (`--compile`): eager,
-`torch.compile` of each network's `forward_features` (on: measured no faster on one H200,
+cuDNN autotuning for the fixed batch shapes where it pays (`autotune`), fused AdamW, and how each step
+runs (`--compile`): eager, `torch.compile` of each network's `forward_features` (on: measured no faster on one H200,
 benchmarks/results/train-throughput-cuda-compile.json), or one CUDA graph of the step's forward and backward
 (graph: `train.TrainStep`), which removes the per-kernel launch cost that bounds small images.
 On CPU everything stays float32, channels_last and eager, so the same seed gives the same numbers. bfloat16

@@ -28,9 +28,14 @@ WORKER_CPUS = 8  # from this many cores on, exports run in worker processes besi
 MAX_WORKERS = 4  # one per model of a run
 
 
+def _cpus() -> int:
+    """The cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def export_workers() -> int:
     """Worker processes for a run's exports: none below WORKER_CPUS cores, where they would take the training's."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cpus = _cpus()
     return min(MAX_WORKERS, cpus // 4) if cpus >= WORKER_CPUS else 0
 
 
@@ -49,8 +54,7 @@ class Exports:
         self.folder, self.prep = folder, prep
         self.images = np.asarray(images[:PARITY_IMAGES])  # decoded once, when streamed from disk
         workers = export_workers() if workers is None else workers
-        cpus = os.cpu_count() or 1
-        self.threads = max(1, (cpus - 2) // max(1, workers))  # two cores stay with the training process
+        self.threads = max(1, (_cpus() - 2) // max(1, workers))  # two cores stay with the training process
         self.pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) if workers else None
         self.pending: dict[str, Future[dict[str, Any]]] = {}
         for _ in range(workers if self.pool is not None else 0):  # started now: their imports overlap the teacher's training
