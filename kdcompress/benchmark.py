@@ -17,15 +17,15 @@ from kdcompress.errors import KdcError
 from kdcompress.files import write_json_atomic
 from kdcompress.manifest import cpu_name, load_images, read_manifest
 from kdcompress.reporter import NullReporter, Reporter
-from kdcompress.runtime import create_session, measure_speed, run_logits, softmax
-from kdcompress.stats import attribution, compare_models
+from kdcompress.runtime import create_session, measure_speed, run_logits
+from kdcompress.stats import attribution, compare_models, roc_auc
 
 MODEL_ORDER = ("teacher", "baseline", "student", "control", "int8")
 
 
 def classification_metrics(logits: np.ndarray, labels: np.ndarray, classes: list[str]) -> dict[str, Any]:
     """Top-1, per-class precision / recall / F1, confusion matrix; sensitivity, specificity, ROC-AUC for 2 classes."""
-    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, roc_auc_score
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
     predicted = logits.argmax(axis=1)
     index = list(range(len(classes)))
@@ -44,8 +44,7 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray, classes: list
         tn, fp, fn, tp = confusion_matrix(labels, predicted, labels=index).ravel()
         metrics["sensitivity"] = float(tp / (tp + fn)) if tp + fn else None
         metrics["specificity"] = float(tn / (tn + fp)) if tn + fp else None
-        both = len(np.unique(labels)) == 2
-        metrics["roc_auc"] = float(roc_auc_score(labels, softmax(logits)[:, 1])) if both else None
+        metrics["roc_auc"] = roc_auc(logits, labels)
     return metrics
 
 

@@ -130,3 +130,24 @@ def attribution(comparisons: dict[str, dict[str, Any]]) -> str | None:
         "not better than label smoothing of the same strength beyond noise: the gain over the baseline cannot be told "
         "apart from regularisation, so do not credit it to the teacher's knowledge"
     )
+
+
+def roc_auc(logits: np.ndarray, labels: np.ndarray) -> float | None:
+    """ROC-AUC of class 1's softmax probability, for 2 classes with both present in labels; None otherwise.
+
+    Class 1 is the positive one (PNEUMONIA for chest-xray: class folders are sorted by name).
+    """
+    if logits.ndim != 2 or logits.shape[1] != 2 or len(np.unique(labels)) != 2:
+        return None
+    from sklearn.metrics import roc_auc_score
+
+    from kdcompress.runtime import softmax
+
+    return float(roc_auc_score(labels, softmax(logits)[:, 1]))
+
+
+def auc_summary(values: list[float | None]) -> dict[str, float]:
+    """Mean and standard deviation (ddof=1; 0 for one value) of per-seed ROC-AUCs; nothing unless every seed has one."""
+    if not values or any(v is None for v in values):
+        return {}
+    return {"roc_auc_mean": float(np.mean(values)), "roc_auc_std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0}

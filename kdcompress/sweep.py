@@ -31,7 +31,7 @@ from kdcompress.fair import Prepared, control_smoothing, fair_start, prepare, te
 from kdcompress.files import read_json, write_json_atomic
 from kdcompress.manifest import environment
 from kdcompress.reporter import NullReporter, Reporter
-from kdcompress.stats import REFERENCES, compare
+from kdcompress.stats import REFERENCES, auc_summary, compare, roc_auc
 from kdcompress.teacher import RECIPE_LEVERS, load_or_train_teacher, record_teacher, recording_fits
 
 FORMAT = "kdcompress-sweep/1"
@@ -203,9 +203,12 @@ def _train_missing(
     data, prep, device, world = run.data, run.prep, run.device, run.world
     teacher, record = load_or_train_teacher(replace(run.cfg, out=cfg.out), data, prep, run.settings, reporter)
     if "teacher" not in shared and world.main:
-        correct = predict_logits(teacher, data.test_x, prep, device).argmax(axis=1) == data.test_y
+        logits = predict_logits(teacher, data.test_x, prep, device)[:, : len(data.classes)]
+        correct = logits.argmax(axis=1) == data.test_y
         record.pop("history", None)
-        shared["teacher"] = {**record, "architecture": run.cfg.teacher, "test_accuracy": float(correct.mean())}
+        auc = roc_auc(logits, data.test_y)
+        shared["teacher"] = {**record, "architecture": run.cfg.teacher, "test_accuracy": float(correct.mean()),
+                             **({"roc_auc": auc} if auc is not None else {})}  # fmt: skip
         write_json_atomic(folder / "sweep.json", shared)
     # The controls' smoothing needs the teacher's logits on the training split: the same for every seed and (T, alpha).
     controls = [cell for _, cell in plan if cell is not None and len(cell) == 2]
@@ -239,7 +242,8 @@ def _train_missing(
             name = run_name(seed, cell)
             reporter.info(f"[{done}/{total}] {name}: {objective.describe()}")
             result = fit(objective, data, prep, settings, reporter, name)
-            predictions = predict_logits(objective.student, data.test_x, prep, device).argmax(axis=1)
+            logits = predict_logits(objective.student, data.test_x, prep, device)
+            predictions, auc = logits.argmax(axis=1), roc_auc(logits, data.test_y)
             entry = {
                 "name": name,
                 "seed": seed,
@@ -249,6 +253,7 @@ def _train_missing(
                 "objective": objective.describe(),
                 "test_accuracy": float((predictions == data.test_y).mean()),
                 "predictions": predictions.tolist(),
+                **({"roc_auc": auc} if auc is not None else {}),
                 "device": device,
                 **result.record(),
             }
@@ -264,6 +269,9 @@ def summarize(cfg: SweepConfig, data: Dataset, folder: Path, device: str) -> dic
     def correct(name: str) -> np.ndarray:
         return np.asarray(runs[name]["predictions"]) == data.test_y
 
+    def aucs(cell: Any) -> dict[str, float]:  # mean and std of ROC-AUC over seeds (two-class data only)
+        return auc_summary([runs.get(run_name(s, cell), {}).get("roc_auc") for s in seeds])
+
     def matrix(cell: Any) -> np.ndarray | None:  # seeds x test images, or None when a seed lacks this run
         names = [run_name(s, cell) for s in seeds]
         return np.stack([correct(n) for n in names]) if all(n in runs for n in names) else None
@@ -278,13 +286,13 @@ def summarize(cfg: SweepConfig, data: Dataset, folder: Path, device: str) -> dic
             first = runs[run_name(seeds[0], pair)]
             control_matrices[pair] = control
             controls.append({"temperature": pair[0], "alpha": pair[1], "objective": first["objective"],
-                             "matched": first.get("matched"), **compare(control, baseline).to_dict()})  # fmt: skip
+                             "matched": first.get("matched"), **compare(control, baseline).to_dict(), **aucs(pair)})  # fmt: skip
     cells = []
     for cell in cfg.cells():
         names = [run_name(s, cell) for s in seeds]
         distilled = matrix(cell)
         entry = {"temperature": cell[0], "alpha": cell[1], "beta": cell[2], "objective": runs[names[0]]["objective"]}
-        entry.update(compare(distilled, baseline).to_dict())
+        entry.update(compare(distilled, baseline).to_dict(), **aucs(cell))
         entry["val_mean"] = float(np.mean([runs[n]["best_val_accuracy"] for n in names]))
         pair = (float(cell[0]), float(cell[1]))
         if pair in control_matrices:
@@ -306,6 +314,7 @@ def summarize(cfg: SweepConfig, data: Dataset, folder: Path, device: str) -> dic
             "mean": float(baseline_acc.mean()),
             "std": float(baseline_acc.std(ddof=1)) if len(seeds) > 1 else 0.0,
             "per_seed": baseline_acc.tolist(),
+            **aucs(None),
         },
         "cells": cells,
         "controls": controls,

@@ -10,6 +10,7 @@ from rich.table import Table
 from kdcompress.render import build_table, markdown_table, pyplot
 
 SWEEP_HEADERS = ["student", "test acc (mean ± std)", "Δ vs baseline", "95% interval", "seeds +/-", "verdict", "vs label smoothing"]
+AUC_HEADER = "ROC-AUC (mean ± std)"  # after the accuracy, for two-class data
 VERDICT_STYLE = {"better": "[green]more than noise: better[/]", "worse": "[red]more than noise: worse[/]", "noise": "within noise"}
 PLAIN = {"better": "more than noise: better", "worse": "more than noise: worse", "noise": "within noise"}
 SHORT = {"better": "better", "worse": "worse", "noise": "noise"}
@@ -19,6 +20,15 @@ def _pct(mean: float, std: float) -> str:
     return f"{mean * 100:.1f} ± {std * 100:.1f}"
 
 
+def _with_auc(results: dict[str, Any]) -> bool:
+    """Whether the sweep holds ROC-AUCs (two classes): every row then has one."""
+    return "roc_auc_mean" in results["baseline"]
+
+
+def sweep_headers(results: dict[str, Any]) -> list[str]:
+    return [*SWEEP_HEADERS[:2], AUC_HEADER, *SWEEP_HEADERS[2:]] if _with_auc(results) else SWEEP_HEADERS
+
+
 def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
     return all(a[k] == b[k] for k in ("temperature", "alpha", "beta"))
 
@@ -26,22 +36,27 @@ def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
 def sweep_rows(results: dict[str, Any], rich: bool = True) -> list[list[str]]:
     """The baseline, the label-smoothing controls, then one row per grid point, best mean change first.
 
-    The cell chosen on validation is marked "(val)", the best one on test "(test)".
+    The cell chosen on validation is marked "(val)", the best one on test "(test)". Two-class sweeps add each
+    row's ROC-AUC after its accuracy.
     """
     base = results["baseline"]
     seeds = len(results["grid"]["seeds"])
     style = VERDICT_STYLE if rich else PLAIN
+    auc = _with_auc(results)
+
+    def score(row: dict[str, Any]) -> list[str]:
+        return [_pct(row["mean"], row["std"]), *([f"{row['roc_auc_mean']:.3f} ± {row['roc_auc_std']:.3f}"] if auc else [])]
 
     def changes(row: dict[str, Any]) -> list[str]:
         return [
-            _pct(row["mean"], row["std"]),
+            *score(row),
             f"{row['delta']:+.1f} ± {row['delta_std']:.1f}",
             f"[{row['ci_low']:+.1f}, {row['ci_high']:+.1f}]",
             f"{row['better_seeds']}/{row['worse_seeds']} of {seeds}",
             style[row["verdict"]],
         ]
 
-    rows = [["baseline", _pct(base["mean"], base["std"]), "", "", "", "", ""]]
+    rows = [["baseline", *score(base), "", "", "", "", ""]]
     for control in results.get("controls", []):
         smoothing = (control.get("matched") or {}).get("smoothing", 0.0)
         where = f"T {control['temperature']:g}, α {control['alpha']:g}"
@@ -79,6 +94,7 @@ def sweep_context(results: dict[str, Any]) -> list[str]:
     """The lines that say what was compared and how noise was judged."""
     s, t, cost = results["settings"], results["teacher"], results["cost"]
     counts = results["dataset"]["counts"]
+    teacher_auc = f", ROC-AUC {t['roc_auc']:.3f}" if "roc_auc" in t else ""
     warning = []
     if t["test_accuracy"] < results["baseline"]["mean"]:
         warning = [
@@ -88,7 +104,7 @@ def sweep_context(results: dict[str, Any]) -> list[str]:
     return warning + choice_lines(results) + [
         f"dataset {results['dataset']['name']}: {counts['train']} train / {counts['test']} test images at {s['image_size']} px; "
         f"{s['epochs']} epochs per student; seeds {', '.join(map(str, results['grid']['seeds']))}",
-        f"teacher {t['architecture']}: test accuracy {t['test_accuracy']:.1%} (one teacher for the whole sweep); "
+        f"teacher {t['architecture']}: test accuracy {t['test_accuracy']:.1%}{teacher_auc} (one teacher for the whole sweep); "
         f"students {s['student']}, each seed's distilled students start from that seed's baseline weights",
         "Δ: distilled minus baseline, accuracy points, mean ± std over seeds (paired by seed); 95% interval: paired "
         "bootstrap over test images; 'more than noise' needs the interval to exclude 0 and every seed to agree; "
@@ -103,14 +119,14 @@ def sweep_context(results: dict[str, Any]) -> list[str]:
 def sweep_table(results: dict[str, Any]) -> Table:
     """The sweep as a Rich table with its context as caption."""
     title = f"kdc sweep: {results['dataset']['name']}, {len(results['cells'])} grid points x {len(results['grid']['seeds'])} seeds"
-    return build_table(title, SWEEP_HEADERS, sweep_rows(results), caption="\n".join(sweep_context(results)))
+    return build_table(title, sweep_headers(results), sweep_rows(results), caption="\n".join(sweep_context(results)))
 
 
 def sweep_markdown(results: dict[str, Any], command: str) -> str:
     """The same table in Markdown, with the command that made it."""
     lines = [f"# kdc sweep: {results['dataset']['name']}", "", f"Command: `{command}`", ""]
     lines += [f"- {line}" for line in sweep_context(results)]
-    lines += ["", *markdown_table(SWEEP_HEADERS, sweep_rows(results, rich=False))]
+    lines += ["", *markdown_table(sweep_headers(results), sweep_rows(results, rich=False))]
     lines += ["", "Per grid point, in words:", ""]
     for cell in results["cells"]:
         lines.append(f"- T {cell['temperature']:g}, alpha {cell['alpha']:g}, beta {cell['beta']:g}: {cell['words']}")

@@ -60,21 +60,23 @@ def test_run_folder_holds_everything_benchmark_and_predict_need(tiny_run):
     assert not [p for p in tiny_run.parent.iterdir() if p.name.startswith(".partial")]
 
 
-def test_exports_in_worker_processes_match_the_ones_made_in_process(tmp_path, monkeypatch, tiny_run):
-    """Two spawned workers export each model from its checkpoint while the next one trains: the same files' scores."""
+def test_exports_in_worker_processes_score_what_the_run_recorded(tmp_path, monkeypatch):
+    """Two spawned workers export each model from its checkpoint while the next one trains; each file is checked
+    against PyTorch there and scores on the test set what the run recorded (tests/test_export.py: the worker's
+    function gives the in-process export's outputs)."""
     import kdcompress.export as export
 
     monkeypatch.setattr(export, "export_workers", lambda: 2)
     reporter = Recorder()
-    run = compress(CompressConfig(**{**TINY, "control": "label-smoothing"}, out=str(tmp_path / "run")), reporter).run_dir
-    assert sum("in a worker process, beside the training" in line for line in reporter.lines) == 4
-    here, there = read_manifest(tiny_run), read_manifest(run)  # tiny_run: the same settings, exported in process
+    tiny = {**TINY, "epochs": 1, "teacher_epochs": 1}
+    run = compress(CompressConfig(**tiny, out=str(tmp_path / "run")), reporter).run_dir
+    assert sum("in a worker process, beside the training" in line for line in reporter.lines) == 3
+    manifest = read_manifest(run)
     test = np.load(run / "test_set.npz")
-    for role, entry in there.models.items():
+    for role, entry in manifest.models.items():
         assert entry.details["export"]["max_abs_diff"] <= entry.details["export"]["allowed_diff"]
-        logits = run_logits(create_session(run / entry.onnx), test["images"], there.preprocessing)
-        assert int((logits.argmax(1) == test["labels"]).sum()) == entry.test_correct == here.models[role].test_correct, role
-        assert entry.onnx_bytes == here.models[role].onnx_bytes
+        logits = run_logits(create_session(run / entry.onnx), test["images"], manifest.preprocessing)
+        assert int((logits.argmax(1) == test["labels"]).sum()) == entry.test_correct, role
 
 
 def test_recorded_test_accuracy_is_what_the_onnx_file_scores(tiny_run):

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from kdcompress.stats import bootstrap_interval, compare
+from kdcompress.stats import auc_summary, bootstrap_interval, compare, roc_auc
 
 
 def _matrix(rows):
@@ -60,3 +60,16 @@ def test_bootstrap_interval_brackets_the_mean_and_is_reproducible():
 def test_shapes_must_match():
     with pytest.raises(ValueError):
         compare(np.zeros((2, 5), bool), np.zeros((3, 5), bool))
+
+
+def test_roc_auc_counts_the_positive_negative_pairs_ranked_right():
+    # Class 1's probability rises with logit[1] - logit[0]: negatives at -1 and 0.5, positives at 0.2 and 2.
+    # Of the 4 (positive, negative) pairs, 3 rank the positive higher (0.2 < 0.5 is the miss): AUC 3/4.
+    logits = np.array([[0.0, -1.0], [0.0, 0.5], [0.0, 0.2], [0.0, 2.0]])
+    assert roc_auc(logits, np.array([0, 0, 1, 1])) == pytest.approx(0.75)
+    assert roc_auc(logits, np.array([1, 1, 0, 0])) == pytest.approx(0.25)
+    assert roc_auc(np.zeros((4, 3)), np.array([0, 1, 2, 0])) is None  # three classes
+    assert roc_auc(logits, np.array([1, 1, 1, 1])) is None  # one class present: undefined
+    assert auc_summary([0.8, 0.9]) == pytest.approx({"roc_auc_mean": 0.85, "roc_auc_std": 0.0707107})
+    assert auc_summary([0.8]) == {"roc_auc_mean": 0.8, "roc_auc_std": 0.0} and auc_summary([0.8, None]) == {}
+

@@ -92,6 +92,32 @@ def test_sweep_students_are_the_students_compress_trains(tmp_path, tiny_run):
     assert cell["delta"] == pytest.approx(expected) and cell["verdict"] in ("better", "worse", "noise")
 
 
+def test_a_two_class_sweep_reports_each_rows_roc_auc(tmp_path):
+    from PIL import Image
+
+    from kdcompress.sweep_render import AUC_HEADER, sweep_markdown
+
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 24), ("test", 10)):
+        for c, shade in (("negative", 60), ("positive", 190)):  # two classes a tiny model can tell apart
+            (tmp_path / "data" / split / c).mkdir(parents=True)
+            for i in range(count):
+                pixels = np.clip(rng.normal(shade, 40, (12, 12, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(tmp_path / "data" / split / c / f"{i}.png")
+    base = CompressConfig(**{**TINY, "epochs": 1, "teacher_epochs": 1, "batch_size": 8, "image_size": 12}, dataset="folder",
+                          data_dir=str(tmp_path / "data"), artifacts=str(tmp_path))  # fmt: skip
+    results = sweep(SweepConfig(base=base, out=str(tmp_path / "sweep"), temperatures=(4.0,), alphas=(0.5,), betas=(0.0,), seeds=2))
+    test_y = np.array([0] * 10 + [1] * 10)
+    for row in (results["baseline"], results["cells"][0]):
+        assert 0.0 <= row["roc_auc_mean"] <= 1.0 and row["roc_auc_std"] >= 0.0
+    runs = [run for run in results["runs"] if run["kind"] == "baseline"]
+    assert results["baseline"]["roc_auc_mean"] == pytest.approx(np.mean([run["roc_auc"] for run in runs]))
+    assert all(np.array_equal(np.array(run["predictions"]).shape, test_y.shape) for run in runs)
+    assert 0.0 <= results["teacher"]["roc_auc"] <= 1.0
+    text = sweep_markdown(results, "kdc sweep ...")
+    assert AUC_HEADER in text and f"ROC-AUC {results['teacher']['roc_auc']:.3f}" in text
+
+
 def test_an_interrupted_sweep_resumes_and_other_settings_are_refused(tmp_path, tiny_run):
     weights = tiny_run / "checkpoints" / "teacher.pt"
     config = _config(tmp_path, weights, temperatures=(2.0,), alphas=(0.5, 0.9), betas=(0.0,), seeds=2)
@@ -152,6 +178,7 @@ def test_sweep_command_writes_table_markdown_and_plots(cli_sweep):
     summary = (folder / "summary.md").read_text()
     assert summary.count("\n| ") == 2 + 7 and "T 4, alpha 0.5, beta 0.3:" in summary  # baseline, 2 controls, 4 cells
     assert "chosen on validation (what to use): T " in summary and "label smoothing" in summary
+    assert "ROC-AUC" not in summary  # ten classes: no ROC-AUC column
 
 
 def test_compress_from_sweep_retrains_the_cell_chosen_on_validation(tmp_path, cli_sweep):
