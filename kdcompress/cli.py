@@ -246,8 +246,13 @@ def sweep(
     stdout.print(f"Saved results.json, summary.md, heatmap.png and objectives.png in {folder}", highlight=False)
 
 
+COMMAND_LINE = False  # True once main() runs: spawned processes can then re-import the main module safely
+
+
 def main() -> None:
-    """Entry point of the `kdc` console script."""
+    """Entry point of the `kdc` console script and of `python -m kdcompress` (both guarded by `__name__`)."""
+    global COMMAND_LINE
+    COMMAND_LINE = True  # export.export_workers: worker processes only under the kdc command
     app()
 
 

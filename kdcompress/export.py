@@ -34,9 +34,15 @@ def _cpus() -> int:
 
 
 def export_workers() -> int:
-    """Worker processes for a run's exports: none below WORKER_CPUS cores, where they would take the training's."""
+    """Worker processes for a run's exports: none below WORKER_CPUS cores, where they would take the training's.
+
+    Only under the kdc command: a spawned process first imports the program's main module, and a user's script
+    that calls compress() without an `if __name__ == "__main__":` guard would run again in every worker.
+    """
+    from kdcompress import cli
+
     cpus = _cpus()
-    return min(MAX_WORKERS, cpus // 4) if cpus >= WORKER_CPUS else 0
+    return min(MAX_WORKERS, cpus // 4) if cli.COMMAND_LINE and cpus >= WORKER_CPUS else 0
 
 
 class Exports:
@@ -47,7 +53,8 @@ class Exports:
     CPU work, about 9 s for EfficientNet-B3 and 2.5 s for ResNet18 on one core of a 2-core Xeon, which would
     otherwise come after all the GPU training. The workers are spawned, not forked: the parent holds CUDA.
     Without workers, `parity` exports the model in this process when asked. Either way `parity` returns
-    the export's check against PyTorch (export_onnx), or raises its error.
+    the export's check against PyTorch (export_onnx), or raises its error. If the workers die (out of memory,
+    say), the exports are made here instead and `fallback` says why.
     """
 
     def __init__(self, folder: Path, prep: Preprocessing, images: np.ndarray, workers: int | None = None) -> None:
@@ -57,6 +64,7 @@ class Exports:
         self.threads = max(1, (_cpus() - 2) // max(1, workers))  # two cores stay with the training process
         self.pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) if workers else None
         self.pending: dict[str, Future[dict[str, Any]]] = {}
+        self.fallback = ""  # why the workers were given up, if they were
         for _ in range(workers if self.pool is not None else 0):  # started now: their imports overlap the teacher's training
             self.pool.submit(_import_exporter)
 
@@ -80,12 +88,15 @@ class Exports:
 
     def parity(self, role: str, model: nn.Module) -> dict[str, Any]:
         """role.onnx written and checked: the worker's result, or an export made here and now."""
-        if role not in self.pending:
-            return export_onnx(model, self.folder / f"{role}.onnx", self.prep, self.images)
-        try:
-            return self.pending.pop(role).result()
-        except BrokenProcessPool:
-            raise KdcError(f"the process exporting {role} to ONNX died (out of memory?): rerun the command") from None
+        if role in self.pending:
+            try:
+                return self.pending.pop(role).result()
+            except BrokenProcessPool as error:
+                self.fallback = (
+                    f"the export worker processes stopped ({error or 'a worker died'}; out of memory?): the ONNX files "
+                    f"were made in the main process instead"
+                )
+        return export_onnx(model, self.folder / f"{role}.onnx", self.prep, self.images)
 
     @property
     def background(self) -> bool:

@@ -109,6 +109,9 @@ def compress(config: CompressConfig, reporter: Reporter | None = None) -> Compre
             models, records, training = _train_all(run, reporter, phases, exports)
             with phases("test and exports"):
                 manifest = _finish(run, models, records, training, staging, final_dir.name, reporter, exports)
+            if exports.fallback:
+                reporter.warn(exports.fallback)
+                manifest.warnings.append(exports.fallback)
         if cfg.int8:
             from kdcompress.quantize import quantize_run
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -25,18 +24,6 @@ class Recorder(Reporter):
 
     def warn(self, message: str) -> None:
         self.warnings.append(message)
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _exports_in_process() -> Iterator[None]:
-    """Exports run in the test's own process on every machine (export.Exports starts worker processes from 8
-    cores on), session-wide so that shared runs such as tiny_run do too: monkeypatched exporters then apply
-    everywhere. tests/test_pipeline.py tests the workers."""
-    import kdcompress.export as export
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(export, "export_workers", lambda: 0)
-        yield
 
 
 # Tiny timm models: the same code path as efficientnet_b3 / resnet18, in seconds on a CPU. Pinned to the CPU,

@@ -65,6 +65,32 @@ def test_a_worker_export_rebuilds_the_network_from_its_checkpoint(tmp_path, tiny
         export_module.export_checkpoint(tmp_path / "broken.pt", tmp_path / "student.onnx", prep, images, threads)
 
 
+def test_dead_export_workers_leave_the_exports_to_this_process(tmp_path):
+    """A pool whose workers died (a stand-in executor: killing real workers would take seconds per test) fails
+    every pending export; each is then made here, and `fallback` says why, for the run's warning."""
+    from concurrent.futures import Future
+    from concurrent.futures.process import BrokenProcessPool
+
+    class DeadPool:
+        def submit(self, *args):
+            future = Future()
+            future.set_exception(BrokenProcessPool("A child process terminated abruptly"))
+            return future
+
+        def shutdown(self, **kwargs):
+            pass
+
+    with export_module.Exports(tmp_path, PREP, IMAGES, workers=0) as exports:
+        exports.pool = DeadPool()
+        model = _model()
+        exports.submit("student", model, {"model": "test_resnet", "classes": ["a", "b", "c", "d"], "in_chans": 3})
+        assert exports.background and not exports.fallback
+        parity = exports.parity("student", model)
+    assert parity["max_abs_diff"] <= parity["allowed_diff"] and (tmp_path / "student.onnx").is_file()
+    assert "export worker processes stopped (A child process terminated abruptly" in exports.fallback
+    assert (tmp_path / "checkpoints" / "student.pt").is_file()
+
+
 def test_exported_student_has_exactly_the_student_weights(tiny_run):
     manifest = json.loads((tiny_run / "manifest.json").read_text())
     graph = onnx.load(str(tiny_run / "student.onnx")).graph
@@ -78,3 +104,14 @@ def test_exported_student_has_exactly_the_student_weights(tiny_run):
     trainable = sum(p.numel() for p in student.parameters())
     assert trainable * 0.9 <= onnx_params <= count_parameters(student) + sum(b.numel() for b in student.buffers())
     assert manifest["models"]["student"]["parameters"] == count_parameters(student)
+
+
+def test_export_workers_only_under_the_kdc_command_on_eight_cores_or_more(monkeypatch):
+    """In-process calls (these tests, a user's script) never spawn: a spawned worker re-imports the main module."""
+    from kdcompress import cli
+
+    for command_line, cpus, workers in [(False, 16, 0), (True, 16, 4), (True, 8, 2), (True, 4, 0), (True, 64, 4)]:
+        monkeypatch.setattr(cli, "COMMAND_LINE", command_line)
+        monkeypatch.setattr(export_module, "_cpus", lambda: cpus)
+        assert export_module.export_workers() == workers, (command_line, cpus)
+
