@@ -3,7 +3,8 @@
 #
 #   benchmarks/gpu_check.sh DATA_DIR [LOG_DIR]
 #
-# DATA_DIR holds cifar-10-batches-py/ and chest_xray/ (a copy of ../shared/data, 58 MB). Logs go to
+# DATA_DIR holds cifar-10-batches-py/ (19 MB of a copy of ../shared/data; its chest_xray/ is for gpu_chest224.sh
+# and the tests that read it, which skip without it). Logs go to
 # LOG_DIR (default $OUT, else /tmp/kdc-gpu-logs); summary.log ends with the key figures.
 # Steps, each under its own time limit so that one slow step cannot eat the rest; 1-3 have the GPU to themselves:
 #   1. the CUDA tests (tests/test_gpu.py: CUDA graphs against eager steps, bf16 and fp16, recorded teacher on
@@ -20,7 +21,6 @@
 # 16 threads each beside a 224 px sweep, passed its first 48 tests in 180 s: each worker now gets one thread.
 # At d2bfbcf / 96668c9 (one H200): steps 1-4 took 41, 39 (+15), 89 and 200 s (cut); the suite alone with -v,
 # 14 workers of one thread: 168 passed, 1 failed, 5 errors in 123 s (both causes fixed since, not rerun).
-# The folder DATA_DIR needs cifar-10-batches-py/ only; chest_xray/ is for gpu_chest224.sh.
 set -u
 . "$(dirname "$0")/gpu_lib.sh" "$@"  # DATA, LOG, WORK, PY, SUMMARY and step
 export KDC_SHARED_DATA="$DATA"  # the tests that read ../shared/data read this copy
