@@ -63,10 +63,11 @@ class Phases:
     def record(self) -> dict[str, float]:
         return {**self.seconds, "total": round(time.perf_counter() - self.started, 2)}
 
-    def words(self) -> str:
-        record = self.record()
-        total = record.pop("total")
-        return f"took {total:.0f} s: " + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in record.items())
+    @staticmethod
+    def words(record: dict[str, float]) -> str:
+        """One line for a record: the total, then each phase."""
+        phases = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in record.items() if name != "total")
+        return f"took {record['total']:.0f} s: {phases}"
 
 
 def compress(config: CompressConfig, reporter: Reporter | None = None) -> CompressResult:
@@ -117,10 +118,10 @@ def compress(config: CompressConfig, reporter: Reporter | None = None) -> Compre
 
             with phases("INT8"):
                 manifest.models["int8"] = quantize_run(staging, reporter=reporter)
-        manifest.training["seconds"] = phases.record()
+        manifest.training["seconds"] = seconds = phases.record()
         write_manifest(staging, manifest)
         _publish(staging, final_dir)
-        reporter.info(phases.words())
+        reporter.info(Phases.words(seconds))  # the figures the manifest holds
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
