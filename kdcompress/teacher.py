@@ -147,8 +147,8 @@ def load_or_train_teacher(
         teacher = loaded[0] if loaded else create_model(cfg.teacher, len(data.classes), data.channels)
         stem = getattr(teacher, "conv_stem", None)  # its stride is not in the weights (recipe 3)
         record, stride = broadcast_object((loaded[1], stem and int(stem.stride[0])) if loaded else None)
-        # On the run's device, as a teacher trained here is (kdc sweep scores it there at once).
-        return broadcast_module(set_stem_stride(teacher, stride), settings.device).to(settings.device).eval(), record
+        # Moved to the run's device first, as a teacher trained here is (kdc sweep scores it there at once).
+        return broadcast_module(set_stem_stride(teacher, stride).to(settings.device), settings.device).eval(), record
 
     teacher, record = _train_teacher(cfg, data, prep, settings, reporter)
     if cached is not None:  # rank 0
