@@ -93,26 +93,19 @@ def test_sweep_students_are_the_students_compress_trains(tmp_path, tiny_run):
 
 
 def test_a_two_class_sweep_reports_each_rows_roc_auc(tmp_path):
-    from PIL import Image
+    from test_data import _write_folder
 
     from kdcompress.sweep_render import AUC_HEADER, sweep_markdown
 
-    rng = np.random.default_rng(0)
-    for split, count in (("train", 24), ("test", 10)):
-        for c, shade in (("negative", 60), ("positive", 190)):  # two classes a tiny model can tell apart
-            (tmp_path / "data" / split / c).mkdir(parents=True)
-            for i in range(count):
-                pixels = np.clip(rng.normal(shade, 40, (12, 12, 3)), 0, 255).astype(np.uint8)
-                Image.fromarray(pixels).save(tmp_path / "data" / split / c / f"{i}.png")
+    _write_folder(tmp_path / "data", per_class=16, classes=("negative", "positive"), size=12)
     base = CompressConfig(**{**TINY, "epochs": 1, "teacher_epochs": 1, "batch_size": 8, "image_size": 12}, dataset="folder",
                           data_dir=str(tmp_path / "data"), artifacts=str(tmp_path))  # fmt: skip
     results = sweep(SweepConfig(base=base, out=str(tmp_path / "sweep"), temperatures=(4.0,), alphas=(0.5,), betas=(0.0,), seeds=2))
-    test_y = np.array([0] * 10 + [1] * 10)
     for row in (results["baseline"], results["cells"][0]):
         assert 0.0 <= row["roc_auc_mean"] <= 1.0 and row["roc_auc_std"] >= 0.0
     runs = [run for run in results["runs"] if run["kind"] == "baseline"]
     assert results["baseline"]["roc_auc_mean"] == pytest.approx(np.mean([run["roc_auc"] for run in runs]))
-    assert all(np.array_equal(np.array(run["predictions"]).shape, test_y.shape) for run in runs)
+    assert all(len(run["predictions"]) == 32 for run in runs)  # 16 test images per class
     assert 0.0 <= results["teacher"]["roc_auc"] <= 1.0
     text = sweep_markdown(results, "kdc sweep ...")
     assert AUC_HEADER in text and f"ROC-AUC {results['teacher']['roc_auc']:.3f}" in text
