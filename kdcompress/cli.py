@@ -114,6 +114,7 @@ def compress(
     epochs: Optional[int] = options.EPOCHS,
     teacher_epochs: Optional[int] = options.TEACHER_EPOCHS,
     batch_size: int = options.BATCH_SIZE,
+    teacher_batch_size: Optional[int] = options.TEACHER_BATCH_SIZE,
     lr: float = options.LR,
     weight_decay: float = options.WEIGHT_DECAY,
     val_fraction: float = options.VAL_FRACTION,
@@ -137,7 +138,7 @@ def compress(
         retrain_teacher=retrain_teacher, teacher_aux=teacher_aux, teacher_smoothing=teacher_smoothing,
         teacher_ema=teacher_ema, teacher_select=teacher_select, teacher_balance=teacher_balance, augment=augment, temperature=temperature, alpha=alpha, beta=beta,
         mixup=mixup, control=control, epochs=epochs, teacher_epochs=teacher_epochs, batch_size=batch_size, lr=lr,
-        weight_decay=weight_decay, val_fraction=val_fraction, seed=seed, device=device, compile=compile,
+        teacher_batch_size=teacher_batch_size, weight_decay=weight_decay, val_fraction=val_fraction, seed=seed, device=device, compile=compile,
         artifacts=str(artifacts), out=path_text(out), int8=int8, stream=stream, from_sweep=path_text(from_sweep),
     )  # fmt: skip
     from kdcompress.pipeline import check_out, compress as run_compress
@@ -189,6 +190,7 @@ def sweep(
     epochs: Optional[int] = options.EPOCHS,
     teacher_epochs: Optional[int] = options.TEACHER_EPOCHS,
     batch_size: int = options.BATCH_SIZE,
+    teacher_batch_size: Optional[int] = options.TEACHER_BATCH_SIZE,
     lr: float = options.LR,
     weight_decay: float = options.WEIGHT_DECAY,
     val_fraction: float = options.VAL_FRACTION,
@@ -220,8 +222,8 @@ def sweep(
         dataset=dataset, data_dir=path_text(data_dir), image_size=image_size, teacher=teacher, student=student,
         pretrained=pretrained, pretrained_student=pretrained_student, teacher_weights=path_text(teacher_weights),
         retrain_teacher=retrain_teacher, teacher_aux=teacher_aux, epochs=epochs, teacher_epochs=teacher_epochs,
-        batch_size=batch_size, lr=lr, weight_decay=weight_decay, val_fraction=val_fraction, seed=seed, device=device,
-        compile=compile, artifacts=str(artifacts), mixup=mixup, control=control, teacher_smoothing=teacher_smoothing,
+        batch_size=batch_size, teacher_batch_size=teacher_batch_size, lr=lr, weight_decay=weight_decay,
+        val_fraction=val_fraction, seed=seed, device=device, compile=compile, artifacts=str(artifacts), mixup=mixup, control=control, teacher_smoothing=teacher_smoothing,
         teacher_ema=teacher_ema, teacher_select=teacher_select, teacher_balance=teacher_balance, augment=augment, stream=stream,
     )  # fmt: skip
     config = SweepConfig(

@@ -44,6 +44,7 @@ class CompressConfig:
     epochs: int | None = None  # epochs per training; None = the dataset's default
     teacher_epochs: int | None = None  # epochs for the teacher; None = epochs x the dataset's factor (cifar3 2, others 1)
     batch_size: int = 128
+    teacher_batch_size: int | None = None  # the teacher's batch; None = batch_size (teacher.teacher_batch: lr x sqrt(ratio))
     lr: float = 2e-3  # peak learning rate, AdamW with a one-cycle schedule
     weight_decay: float = 0.05
     val_fraction: float = 0.1  # share of train held out (stratified, fixed split) to pick the best epoch
@@ -82,6 +83,7 @@ class CompressConfig:
             ("--epochs", self.epochs, 1, 10_000),
             ("--teacher-epochs", self.teacher_epochs, 1, 10_000),
             ("--batch-size", self.batch_size, 2, 65_536),
+            ("--teacher-batch-size", self.teacher_batch_size, 2, 65_536),
             ("--image-size", self.image_size, 8, 2048),
         ):
             if value is not None:
@@ -95,6 +97,8 @@ class CompressConfig:
             teacher=self.teacher or spec.teacher,
             epochs=epochs,
             teacher_epochs=self.teacher_epochs or epochs * spec.teacher_epoch_factor,
+            # None whenever it equals --batch-size: one spelling of one recipe (sweep folders compare settings)
+            teacher_batch_size=None if self.teacher_batch_size == self.batch_size else self.teacher_batch_size,
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -239,8 +239,9 @@ def preflight(config: Any, processes: int) -> None:
     resolve_model_name(cfg.student)
     if resolve_spec(cfg.dataset).needs_data_dir and cfg.data_dir is not None and not os.path.isdir(cfg.data_dir):
         raise KdcError(f"data folder not found: {cfg.data_dir}")
-    if cfg.batch_size % processes:
-        raise KdcError(f"--batch-size {cfg.batch_size} does not split evenly over {processes} processes: pass a multiple of {processes}")
+    for flag, batch in (("--batch-size", cfg.batch_size), ("--teacher-batch-size", cfg.teacher_batch_size)):
+        if batch is not None and batch % processes:
+            raise KdcError(f"{flag} {batch} does not split evenly over {processes} processes: pass a multiple of {processes}")
     gpus = torch.cuda.device_count()
     if resolve_device(cfg.device) == "cuda" and processes > gpus:
         raise KdcError(f"--nproc {processes} asks for a process per GPU, and torch sees {gpus}: pass --nproc {gpus} or less")

@@ -56,7 +56,12 @@ TEACHER_AUX = option(
 )
 EPOCHS = option("epochs", "--epochs", help="Epochs per training (default per dataset: digits 10, cifar3 30, chest-xray 10, folder 15).")
 TEACHER_EPOCHS = option("teacher_epochs", "--teacher-epochs", help="Epochs for the teacher (default: twice --epochs for cifar3, whose teacher also learns 7 more classes, and for digits; --epochs otherwise).")
-BATCH_SIZE = option("batch_size", "--batch-size", help="Batch size of every training.")
+BATCH_SIZE = option("batch_size", "--batch-size", help="Batch size of every training (the teacher's too, unless --teacher-batch-size).")
+TEACHER_BATCH_SIZE = option(
+    "teacher_batch_size", "--teacher-batch-size", help="The teacher's own batch size (default: --batch-size), its peak "
+    "learning rate scaled by the square root of the ratio to --batch-size. For a GPU that small images leave idle; "
+    "fewer steps per epoch, so check the teacher's accuracy."
+)
 LR = option("lr", "--lr", help="Peak learning rate (AdamW, one-cycle schedule).")
 WEIGHT_DECAY = option("weight_decay", "--weight-decay", help="AdamW weight decay.")
 VAL_FRACTION = option("val_fraction", "--val-fraction", help="Share of train held out to pick the best epoch (the test split never is).")

@@ -38,12 +38,12 @@ FORMAT = "kdcompress-sweep/1"
 SHARED_SETTINGS = (  # what every run of a sweep shares: a resumed sweep must agree on all of them
     "dataset", "image_size", "teacher", "student", "pretrained", "pretrained_student", "teacher_weights", "teacher_aux",
     "epochs", "teacher_epochs", "batch_size", "lr", "weight_decay", "val_fraction", "seed", "mixup", "augment",
-    "teacher_smoothing", "teacher_ema", "teacher_select", "teacher_balance",
+    "teacher_smoothing", "teacher_ema", "teacher_select", "teacher_balance", "teacher_batch_size",
 )  # fmt: skip
 # Settings that sweeps written before they were recorded lack: such a folder is not refused for them.
 ADDED_LATER = ("seed",)
 # Settings added later still: a folder that lacks them was made with their default.
-DEFAULTED = {"mixup": CompressConfig().mixup, **RECIPE_LEVERS}
+DEFAULTED = {"mixup": CompressConfig().mixup, "teacher_batch_size": None, **RECIPE_LEVERS}
 RETRAIN = "delete it and run the same command again to retrain that run"  # what to do with a damaged run file
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 from dataclasses import replace
@@ -40,6 +41,18 @@ HIGH_RES = 128  # from this input side up, a teacher trained with none of the le
 def changed_levers(cfg: CompressConfig) -> dict[str, Any]:
     """The recipe levers cfg sets away from their defaults (what the cache key holds; none: the plain recipe)."""
     return {name: getattr(cfg, name) for name, default in RECIPE_LEVERS.items() if getattr(cfg, name) != default}
+
+
+def teacher_batch(cfg: CompressConfig) -> tuple[int, float]:
+    """The teacher's batch size and peak learning rate: --teacher-batch-size (default --batch-size), and --lr
+    scaled by the square root of the ratio of the two batches.
+
+    The square-root rule is the one that keeps Adam-type optimisers' dynamics when the batch grows (Malladi et
+    al. 2022, "On the SDEs and scaling rules for adaptive gradient algorithms"); linear scaling is SGD's. A larger
+    batch also means fewer steps for the same epochs: the option is for a card that small images leave idle.
+    """
+    batch = cfg.teacher_batch_size or cfg.batch_size
+    return batch, cfg.lr * math.sqrt(batch / cfg.batch_size)  # x 1.0 exactly by default: cached teachers stay valid
 
 
 def zero_init_head(model: Any) -> Any:
@@ -100,14 +113,15 @@ def auxiliary_classes(cfg: CompressConfig, data: Dataset) -> tuple[str, ...]:
 def teacher_cache_key(cfg: CompressConfig, data: Dataset) -> str:
     """Identifies a teacher by the data and every setting that shapes its training."""
     auxiliary = auxiliary_classes(cfg, data)
+    batch, lr = teacher_batch(cfg)
     fields = {
         "data": data.fingerprint(auxiliary=bool(auxiliary)),
         "auxiliary": list(auxiliary),
         "teacher": cfg.teacher,
         "pretrained": cfg.pretrained,
         "epochs": cfg.teacher_epochs,
-        "batch_size": cfg.batch_size,
-        "lr": cfg.lr,
+        "batch_size": batch,  # the teacher's own: --batch-size unless --teacher-batch-size says otherwise
+        "lr": lr,
         "weight_decay": cfg.weight_decay,
         "seed": cfg.seed,
         "recipe": TEACHER_RECIPE,
@@ -219,8 +233,12 @@ def _train_teacher(
             f"which the students never see; it keeps only its {n_classes} {data.name} outputs"
         )
         record["auxiliary"] = {"classes": list(auxiliary), "images": n_aux}
+    batch, lr = teacher_batch(cfg)
+    record.update(batch_size=batch, peak_lr=lr)
+    if batch != cfg.batch_size:
+        reporter.info(f"teacher: batch {batch}, peak learning rate {lr:.3g} (--lr {cfg.lr:g} x sqrt({batch}/{cfg.batch_size}))")
     teacher_settings = replace(  # mixup is the students' (--mixup); EMA and the epoch selection the teacher's
-        settings, epochs=cfg.teacher_epochs, mixup=0.0, ema=cfg.teacher_ema, select=cfg.teacher_select
+        settings, epochs=cfg.teacher_epochs, batch_size=batch, lr=lr, mixup=0.0, ema=cfg.teacher_ema, select=cfg.teacher_select
     )
     result = fit(objective, trained_on, prep, teacher_settings, reporter, "teacher")
     keep_first_classes(teacher, n_classes)

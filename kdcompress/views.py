@@ -173,7 +173,7 @@ class ViewStream:
         if self.batch_size % self.world_size:
             raise KdcError(
                 f"a batch of {self.batch_size} images does not split evenly over {self.world_size} processes: "
-                f"pass a --batch-size that is a multiple of {self.world_size}"
+                f"pass a --batch-size (and --teacher-batch-size) that is a multiple of {self.world_size}"
             )
         self.mixup = settings.mixup
         self.augment = settings.augment

@@ -83,6 +83,7 @@ def test_a_failing_rank_stops_the_others_with_one_line(tmp_path):
     "args, message",
     [
         (["--batch-size", "129"], "--batch-size 129 does not split evenly over 2 processes: pass a multiple of 2"),
+        (["--teacher-batch-size", "65"], "--teacher-batch-size 65 does not split evenly over 2 processes: pass a multiple of 2"),
         (["--student", "resnet_18"], "unknown model 'resnet_18'"),
         (["--dataset", "folder", "--data-dir", "/no/such/photos"], "data folder not found: /no/such/photos"),
     ],

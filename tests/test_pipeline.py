@@ -155,6 +155,7 @@ def test_out_replaces_an_earlier_run_once_the_new_one_is_complete(tmp_path, tiny
         ({"dataset": "imagenet"}, "unknown dataset 'imagenet'"),
         ({"student": "resnet_18"}, "unknown model 'resnet_18'.*resnet18"),
         ({"dataset": "chest-xray"}, "needs --data-dir"),
+        ({"teacher_batch_size": 1}, "--teacher-batch-size must be between 2 and 65536, got 1"),
     ],
 )
 def test_bad_settings_fail_before_anything_is_written(tmp_path, changes, message):

@@ -129,3 +129,42 @@ def test_a_high_resolution_teacher_without_levers_is_pointed_to_the_measured_one
     reporter = Recorder()
     _train_teacher(cfg, data, data.preprocessing(), settings, reporter)
     assert any(HIGH_RES_LEVERS in line for line in reporter.lines) is pointed
+
+
+class _Steps(Recorder):
+    """Also keeps each progress bar's total: the steps a training takes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.totals: dict[str, int | None] = {}
+
+    def progress(self, description, total):  # type: ignore[override]
+        self.totals[description] = total
+        return super().progress(description, total)
+
+
+def test_a_teacher_batch_of_its_own_takes_fewer_steps_at_a_square_root_scaled_rate():
+    from kdcompress.teacher import _train_teacher, teacher_batch
+
+    data = load_dataset("digits", None, 16, 0.1)
+    data = replace(data, train_x=data.train_x[:256], train_y=data.train_y[:256])
+    default = CompressConfig(teacher="test_resnet", teacher_epochs=2, batch_size=32, device="cpu")
+    assert teacher_batch(default.resolved()) == (32, 2e-3)  # x 1.0 exactly: the keys of cached teachers hold
+    assert replace(default, teacher_batch_size=32).resolved().teacher_batch_size is None  # one spelling of one recipe
+    bigger = replace(default, teacher_batch_size=128).resolved()
+    assert teacher_batch(bigger) == (128, pytest.approx(4e-3))  # 2e-3 x sqrt(128 / 32)
+    assert teacher_cache_key(bigger, data) != teacher_cache_key(default.resolved(), data)
+    assert teacher_cache_key(replace(default, teacher_batch_size=32).resolved(), data) == teacher_cache_key(default.resolved(), data)
+
+    settings = TrainSettings(epochs=1, batch_size=32, lr=2e-3, weight_decay=0.05, seed=0, device="cpu")
+    runs = {}
+    for name, cfg in (("default", default.resolved()), ("bigger", bigger)):
+        reporter = _Steps()
+        _, record = _train_teacher(cfg, data, data.preprocessing(), settings, reporter)
+        runs[name] = reporter, record
+    assert runs["default"][0].totals["teacher"] == 2 * (256 // 32)
+    assert runs["bigger"][0].totals["teacher"] == 2 * (256 // 128)
+    assert (runs["bigger"][1]["batch_size"], runs["bigger"][1]["peak_lr"]) == (128, pytest.approx(4e-3))
+    assert (runs["default"][1]["batch_size"], runs["default"][1]["peak_lr"]) == (32, 2e-3)
+    assert any("teacher: batch 128, peak learning rate 0.004 (--lr 0.002 x sqrt(128/32))" in line for line in runs["bigger"][0].lines)
+    assert not any("peak learning rate" in line for line in runs["default"][0].lines)
