@@ -192,12 +192,15 @@ def fit(
             if settings.world_size > 1:  # each rank's last step moved its own BatchNorm statistics: take rank 0's
                 broadcast_buffers(student)
                 broadcast_buffers(evaluated)
-            # Scored on the dataset's own classes: outputs beyond them are auxiliary classes (a teacher's).
+            # Scored on the dataset's own classes: outputs beyond them are auxiliary classes (a teacher's). The
+            # epoch's last loss readout above waited for its steps, so val_seconds is the validation pass alone.
+            val_start = time.perf_counter()
             with eager(student):
                 val_logits = shared_logits(evaluated, data.val_x, prep, settings, amp=True)[:, : len(data.classes)]
             val_acc, val_loss = accuracy(val_logits, data.val_y), mean_cross_entropy(val_logits, data.val_y)
             record = {"epoch": epoch, **means, "val_accuracy": val_acc, "val_loss": val_loss}
-            record.update(lr=step.scheduler.get_last_lr()[0], seconds=time.perf_counter() - epoch_start)
+            now = time.perf_counter()
+            record.update(lr=step.scheduler.get_last_lr()[0], seconds=now - epoch_start, val_seconds=now - val_start)
             history.append(record)
             score = -val_loss if settings.select == "loss" else val_acc
             if score > best_score:

@@ -42,6 +42,7 @@ def test_run_folder_holds_everything_benchmark_and_predict_need(tiny_run):
     )
     assert manifest["attribution"]
     assert {"ce", "kd", "feat", "val_accuracy"} <= set(history["student"][0])
+    assert all(0 < h["val_seconds"] < h["seconds"] for r in history.values() for h in r)  # the validation pass, within its epoch
     assert manifest["preprocessing"]["channels"] == 1 and manifest["config"]["epochs"] == 2
     # On CPU the distilled student replays the teacher's recorded outputs (the golden numbers say: the same ones).
     on_cpu = manifest["training"]["device"] == "cpu"
