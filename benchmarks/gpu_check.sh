@@ -60,21 +60,7 @@ grep -E "^(FAILED|ERROR) |passed|failed" "$LOG/pytest.log" | grep -v " PASSED " 
 {
     echo "## key figures"
     grep -hE "img/s" "$WORK/throughput.log" "$WORK/throughput-tuned.log" "$WORK/throughput-256.log"
-    if [ -f "$WORK/cifar3/manifest.json" ]; then
-        $PY - "$WORK/cifar3" <<'PYEOF'
-import json, sys
-m = json.load(open(sys.argv[1] + "/manifest.json"))
-print("cifar3", m["training"], m["config"]["epochs"], "epochs,", m["config"]["teacher_epochs"], "teacher epochs")
-for role, e in m["models"].items():
-    print(f"  {role:<9} test {e['test_accuracy']:.2%} ({e['test_correct']}/{m['dataset']['counts']['test']})  "
-          f"train {e.get('train_seconds', '-')} s  best epoch {e.get('best_epoch', '-')}  cudnn autotune {e.get('cudnn_autotune', '-')}")
-for w in m.get("warnings", []):
-    print("  warning:", w)
-print("  seconds:", m["training"].get("seconds"))
-PYEOF
-    else
-        echo "cifar3: no manifest (see compress-cifar3.log)"
-    fi
+    $PY benchmarks/run_summary.py "$WORK/cifar3" "cifar3 (defaults, CUDA)"
     grep -E "^recorded|wall" "$LOG/compress-cifar3.log" | tail -n 2
     grep -E "^(teacher|baseline|distilled|student)|x faster|INT8|GPU" "$LOG/benchmark-cifar3.log" | head -n 12
 } 2>&1 | tee -a "$SUMMARY"
