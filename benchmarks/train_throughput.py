@@ -1,7 +1,7 @@
 """Training throughput (images per second) of the teacher and the student: eager, CUDA graph, compiled (issue #10).
 
     python benchmarks/train_throughput.py [--device auto|cpu|cuda] [--sizes 32,224] [--modes eager,graph,compiled]
-                                          [--autotune default|off|on]
+                                          [--autotune default|off|on] [--roles teacher,student,views] [--augment crop|rrc]
 
 Each case trains through the very step `kdc compress` uses (`train.TrainStep`: the view stream's
 augmentation on the device, autocast, backward, AdamW, one-cycle schedule) on random uint8 images:
@@ -10,7 +10,8 @@ cuDNN autotuning, the graph capture or the compile itself: the one-off cost), th
 timed with the device synchronised at both ends. --autotune on|off sets cuDNN's autotuning for every case
 (KDC_CUDNN_AUTOTUNE, accel.autotune); compare the two in separate runs: PyTorch caches the algorithm it picks for
 each shape, autotuned or not, and a later case in the same process reuses it. The teacher is EfficientNet-B3 built as the teacher
-recipe builds it (stride-1 stem up to 64 px), the student ResNet18. The record goes to
+recipe builds it (stride-1 stem up to 64 px), the student ResNet18; role "views" times the view stream alone
+(the batches each step is fed: picked, augmented, normalised, channels-last). The record goes to
 benchmarks/results/train-throughput-<device>.json (and --out) with the command, the machine and the figures.
 """
 
@@ -43,8 +44,11 @@ def _dataset(size: int, images: int):
     return Dataset("random", ["a", "b", "c"], 3, size, True, "random pixels", x, y, x[:8], y[:8], x[:8], y[:8])
 
 
-def measure(role: str, size: int, mode: str, device: str, batch: int, warmup: int, steps: int, tune: str = "default") -> dict:
-    """Warm-up seconds, then images per second over `steps` training steps of one network."""
+def measure(
+    role: str, size: int, mode: str, device: str, batch: int, warmup: int, steps: int, tune: str = "default", augment: str = "crop"
+) -> dict:
+    """Warm-up seconds, then images per second over `steps` training steps of one network (role "views": the
+    view stream alone, the batches a step is fed)."""
     import os
 
     import torch
@@ -58,12 +62,14 @@ def measure(role: str, size: int, mode: str, device: str, batch: int, warmup: in
     from kdcompress.views import ViewStream
 
     torch.manual_seed(0)
+    if role == "views":
+        return _views_only(size, device, batch, warmup, steps, augment)
     model = create_model(MODELS[role], 3, 3)
     if role == "teacher":
         zero_init_head(model)
         set_stem_stride(model, teacher_stem_stride(model, size))
     data = _dataset(size, batch * 4)
-    settings = TrainSettings(1, batch, 2e-3, 0.05, 0, device, compile=MODES[mode])
+    settings = TrainSettings(1, batch, 2e-3, 0.05, 0, device, compile=MODES[mode], augment=augment)
     objective = Supervised(model).to(device).to(memory_format=torch.channels_last)
     if tune != "default":
         os.environ[AUTOTUNE_ENV] = tune
@@ -96,6 +102,7 @@ def measure(role: str, size: int, mode: str, device: str, batch: int, warmup: in
         seconds = time.perf_counter() - started
     return {
         "role": role,
+        "augment": augment,
         "model": MODELS[role] + (" (stride-1 stem)" if role == "teacher" and size <= 64 else ""),
         "image_size": size,
         "mode": mode if not step.fallback else f"{mode} -> eager ({step.fallback})",
@@ -111,12 +118,43 @@ def measure(role: str, size: int, mode: str, device: str, batch: int, warmup: in
     }
 
 
+def _views_only(size: int, device: str, batch: int, warmup: int, steps: int, augment: str) -> dict:
+    """Images per second of train.ViewStream alone: pick, augment, normalise, channels-last, on the device."""
+    import torch
+
+    from kdcompress.train import TrainSettings
+    from kdcompress.views import ViewStream
+
+    data = _dataset(size, batch * 4)
+    stream = ViewStream(data, data.preprocessing(), TrainSettings(1, batch, 2e-3, 0.05, 0, device, augment=augment))
+
+    def timed(count: int) -> float:
+        started, made = time.perf_counter(), 0
+        while made < count:
+            for images, _ in stream.epoch():
+                made += 1
+                if made == count:
+                    break
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - started
+
+    warm, seconds = timed(warmup), timed(steps)
+    return {
+        "role": "views", "augment": augment, "model": "none: the view stream alone", "image_size": size, "mode": "eager",
+        "batch": batch, "precision": "float32", "cudnn_autotune": None, "warmup_steps": warmup,
+        "warmup_seconds": round(warm, 2), "steps": steps, "ms_per_step": round(1e3 * seconds / steps, 2),
+        "images_per_s": round(batch * steps / seconds, 1), "final_loss": None,
+    }  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--sizes", default="32,224")
     parser.add_argument("--modes", default=None, help="default: eager,graph on CUDA, eager on CPU (also: compiled)")
-    parser.add_argument("--roles", default="teacher,student")
+    parser.add_argument("--roles", default="teacher,student", help="teacher, student, views (the augmented batches alone)")
+    parser.add_argument("--augment", default="crop", choices=["crop", "rrc"], help="the views every case trains on")
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--autotune", default="default", choices=["default", "off", "on"], help="default: accel.autotune's rule")
     parser.add_argument("--warmup", type=int, default=None, help="default: 20 on CUDA, 2 on CPU")
@@ -145,7 +183,7 @@ def main() -> None:
     for size in (int(s) for s in args.sizes.split(",")):
         for role in args.roles.split(","):
             for mode in modes:
-                result = measure(role, size, mode, device, args.batch, warmup, steps, args.autotune)
+                result = measure(role, size, mode, device, args.batch, warmup, steps, args.autotune, args.augment)
                 record["results"].append(result)
                 tuned = {True: "tuned", False: "untuned", None: ""}[result["cudnn_autotune"]]
                 print(

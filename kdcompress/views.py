@@ -26,11 +26,15 @@ ROTATION = 10.0  # degrees, either way
 INTENSITY = 0.2  # contrast factor in 1 +- 0.2 around each image's mean, brightness shift +- 0.2 (normalised units)
 
 
-def views(batch: Any, generator: Any, flip: bool, kind: str, draw: Draw | None = None) -> Any:
-    """The augmentation a run trains with: "crop" (padding crop, small images) or "rrc" (random-resized crop)."""
+def views(pixels: Any, mean: Any, std: Any, generator: Any, flip: bool, kind: str, draw: Draw | None = None) -> Any:
+    """Normalised training views of uint8 pixels: "crop" (padding crop, small images) or "rrc" (random-resized crop).
+
+    The crop only moves pixels, so it runs on the uint8 batch and normalises the crop: a quarter of the bytes
+    through the gather, and the very numbers of normalising first. The random-resized crop interpolates, on floats.
+    """
     if kind == "rrc":
-        return random_resized_crop(batch, generator, flip, draw)
-    return augment(batch, generator, flip, draw)
+        return random_resized_crop(to_input(pixels, mean, std), generator, flip, draw)
+    return to_input(augment(pixels, generator, flip, draw), mean, std)
 
 
 class Draw:
@@ -57,21 +61,31 @@ class Draw:
 
 
 def augment(batch: Any, generator: Any, flip: bool, draw: Draw | None = None) -> Any:
-    """Random crop (reflect padding of size/8) and optional horizontal flip, for a whole float batch at once."""
+    """Random crop (reflect padding of size/8) and optional horizontal flip, for a whole batch of any dtype at once.
+
+    One gather: each output pixel reads the source pixel that padding, cropping and mirroring would put there,
+    with the padding's reflection (torch's "reflect": -1 reads 1) done on the indices instead of a padded copy.
+    """
     n, _, h, w = batch.shape
     pad = max(1, h // 8)
-    padded = F.pad(batch, (pad, pad, pad, pad), mode="reflect")
     dy = Draw.randint(batch, generator, draw, 2 * pad + 1)
     dx = Draw.randint(batch, generator, draw, 2 * pad + 1)
-    rows = (dy[:, None] + torch.arange(h, device=batch.device)[None, :])[:, None, :, None]
-    cols = (dx[:, None] + torch.arange(w, device=batch.device)[None, :])[:, None, None, :]
-    index = torch.arange(n, device=batch.device)[:, None, None, None]
-    channel = torch.arange(batch.shape[1], device=batch.device)[None, :, None, None]
-    out = padded[index, channel, rows, cols]
+    across = torch.arange(w, device=batch.device).expand(n, w)
     if flip:
         mirror = Draw.rand(batch, generator, draw) < 0.5
-        out = torch.where(mirror[:, None, None, None], out.flip(3), out)
-    return out
+        across = torch.where(mirror[:, None], across.flip(1), across)
+    rows = _reflect(dy[:, None] - pad + torch.arange(h, device=batch.device)[None, :], h)
+    cols = _reflect(dx[:, None] - pad + across, w)
+    # one gather over each image's flattened pixels, the same offsets for every channel (3x the speed of
+    # indexing with four broadcast index tensors, on CPU)
+    offsets = (rows[:, :, None] * w + cols[:, None, :]).view(n, 1, h * w).expand(n, batch.shape[1], h * w)
+    return batch.flatten(2).gather(2, offsets).view(batch.shape)
+
+
+def _reflect(position: Any, size: int) -> Any:
+    """Positions outside [0, size) mirrored back in without repeating the edge (the padding's "reflect" mode)."""
+    position = position.abs()
+    return torch.where(position > size - 1, 2 * (size - 1) - position, position)
 
 
 def mix(
@@ -127,8 +141,11 @@ def random_resized_crop(batch: Any, generator: Any, flip: bool, draw: Draw | Non
 
 
 def to_input(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """uint8 N x C x H x W -> normalised float32, the same formula as runtime.normalize."""
-    return (images.float() / 255.0 - mean) / std
+    """uint8 N x C x H x W -> normalised float32, the same formula as runtime.normalize.
+
+    In place on the new float copy: the same numbers as (x / 255 - mean) / std, in half the time on CPU.
+    """
+    return images.to(torch.float32, copy=True).div_(255.0).sub_(mean).div_(std)
 
 
 def stats(prep: Preprocessing, device: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -198,7 +215,7 @@ class ViewStream:
         rows = rows if keep is None else [index[keep] for index in rows]
         for index, pixels in zip(rows, self._pixels(rows)):
             draw = None if keep is None else Draw(size, keep)
-            images = views(to_input(pixels, self.mean, self.std), self.generator, self.flip, self.augment, draw)
+            images = views(pixels, self.mean, self.std, self.generator, self.flip, self.augment, draw)
             labels = self.train_y[index]
             if self.mixup > 0:
                 lam = float(self.weights.beta(self.mixup, self.mixup))

@@ -12,7 +12,7 @@ from PIL import Image
 
 from kdcompress.data import load_dataset
 from kdcompress.sources import download_cifar10
-from kdcompress.views import augment
+from kdcompress.views import augment, to_input, views
 from kdcompress.errors import KdcError
 from kdcompress.reporter import NullReporter
 from kdcompress.runtime import load_image
@@ -191,6 +191,34 @@ def test_batch_augmentation_is_seeded_and_crops_come_from_the_image():
     for i in range(2):
         for ch in range(3):
             assert set(a[i, ch].flatten().tolist()) <= set(batch[i, ch].flatten().tolist())
+
+
+def _padded_crop(batch, generator, flip):
+    """The crop as torch spells it: a reflect-padded float copy, indexed, then mirrored (what augment replaced)."""
+    n, _, h, w = batch.shape
+    pad = max(1, h // 8)
+    padded = torch.nn.functional.pad(batch.float(), (pad, pad, pad, pad), mode="reflect")
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
+    rows = (dy[:, None] + torch.arange(h)[None, :])[:, None, :, None]
+    cols = (dx[:, None] + torch.arange(w)[None, :])[:, None, None, :]
+    out = padded[torch.arange(n)[:, None, None, None], torch.arange(batch.shape[1])[None, :, None, None], rows, cols]
+    if flip:
+        out = torch.where((torch.rand(n, generator=generator) < 0.5)[:, None, None, None], out.flip(3), out)
+    return out
+
+
+@pytest.mark.parametrize("size, flip", [(8, True), (32, True), (32, False), (224, True)])
+def test_the_crop_on_uint8_pixels_gives_the_padded_float_crops_numbers(size, flip):
+    pixels = torch.randint(0, 256, (16, 3, size, size), generator=torch.Generator().manual_seed(size), dtype=torch.uint8)
+    expected = _padded_crop(pixels, torch.Generator().manual_seed(5), flip)
+    cropped = augment(pixels, torch.Generator().manual_seed(5), flip)
+    assert cropped.dtype == torch.uint8 and torch.equal(cropped.float(), expected)
+    # normalising the crop gives what cropping the normalised batch gave, bit for bit
+    mean, std = torch.tensor([0.4, 0.5, 0.6]).view(1, 3, 1, 1), torch.tensor([0.2, 0.25, 0.3]).view(1, 3, 1, 1)
+    normalised = views(pixels, mean, std, torch.Generator().manual_seed(5), flip, "crop")
+    assert torch.equal(normalised, _padded_crop(to_input(pixels, mean, std), torch.Generator().manual_seed(5), flip))
+    assert not torch.equal(cropped, augment(pixels, torch.Generator().manual_seed(6), flip))  # the seed matters
 
 
 def test_too_few_images_to_split_is_a_clear_error(tmp_path):
