@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One GPU check for a machine with torch, timm and onnx but no network (issue #10); its step limits add up to 480 s.
+# One GPU check for a machine with torch, timm and onnx but no network (issue #10); its step limits add up to 500 s.
 #
 #   benchmarks/gpu_check.sh DATA_DIR [LOG_DIR]
 #
@@ -12,7 +12,7 @@
 #   2. benchmarks/train_throughput.py: img/s of teacher and student, 32 and 224 px, CUDA graph steps as kdc runs
 #      them (eager against graph: THROUGHPUT_MODES=eager,graph); B3 at 32 px with cuDNN autotuning forced on, in a
 #      process of its own (PyTorch's per-shape algorithm cache would hand it the untuned choice); ResNet18 at
-#      224 px with batch 256
+#      224 px with batch 256, and the view stream alone at 224 px, batch 256 (its share of that step)
 #   3. the README's `kdc compress --dataset cifar3` with defaults on CUDA, recorded as
 #      benchmarks/results/compress-cifar3-cuda.json (target: <= 60 s end to end)
 #   4. together: the rest of the suite (-m "not realdata and not gpu") and `kdc benchmark` on step 3's run.
@@ -44,6 +44,9 @@ step "2b train_throughput B3 32 px autotuned" 60 "$WORK/throughput-tuned.log" \
 step "2c train_throughput ResNet18 224 px batch 256" 30 "$WORK/throughput-256.log" \
     $PY benchmarks/train_throughput.py --device cuda --modes graph --roles student --sizes 224 \
     --batch 256 --warmup 8 --steps 25 --out "$WORK/train-throughput-256.json"
+step "2d train_throughput views alone, 224 px" 20 "$WORK/throughput-views.log" \
+    $PY benchmarks/train_throughput.py --device cuda --modes eager --roles views --sizes 224 --batch 256 \
+    --warmup 8 --steps 25 --out "$WORK/train-throughput-views.json"
 
 step "3 compress cifar3 (defaults, CUDA)" 100 "$LOG/compress-cifar3.log" \
     $PY benchmarks/record.py compress-cifar3-cuda -- $PY -m kdcompress compress --dataset cifar3 --data-dir "$DATA" \
@@ -59,7 +62,7 @@ grep -E "^(FAILED|ERROR) |passed|failed" "$LOG/pytest.log" | grep -v " PASSED " 
 
 {
     echo "## key figures"
-    grep -hE "img/s" "$WORK/throughput.log" "$WORK/throughput-tuned.log" "$WORK/throughput-256.log"
+    grep -hE "img/s" "$WORK/throughput.log" "$WORK/throughput-tuned.log" "$WORK/throughput-256.log" "$WORK/throughput-views.log"
     $PY benchmarks/run_summary.py "$WORK/cifar3" "cifar3 (defaults, CUDA)"
     grep -E "^recorded|wall" "$LOG/compress-cifar3.log" | tail -n 2
     grep -E "^(teacher|baseline|distilled|student)|x faster|INT8|GPU" "$LOG/benchmark-cifar3.log" | head -n 12
