@@ -237,7 +237,7 @@ class TrainStep:
         self.objective = objective
         self.device = settings.device
         self.precision = resolve_precision(settings.device, settings.precision)
-        self.optimizer = create_optimizer(trainable_parameters(objective), settings.lr, settings.weight_decay, settings.device)
+        self.optimizer = create_optimizer(trainable_parameters(objective), settings.lr, settings.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.OneCycleLR(
             self.optimizer, max_lr=settings.lr, total_steps=total_steps, pct_start=warmup_fraction(total_steps)
         )
