@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One GPU check for a machine with torch, timm and onnx but no network (issue #10); its step limits add up to 500 s.
 #
-#   benchmarks/gpu_check.sh DATA_DIR [LOG_DIR]
+#   benchmarks/gpu_check.sh DATA_DIR [LOG_DIR]          KDC_GPU_STEPS="1 2d 4a": only those steps (default: all)
 #
 # DATA_DIR holds cifar-10-batches-py/ (19 MB of a copy of ../shared/data; its chest_xray/ is for gpu_chest224.sh
 # and the tests that read it, which skip without it). Logs go to
@@ -33,7 +33,7 @@ export KDC_SHARED_DATA="$DATA"  # the tests that read ../shared/data read this c
 
 step "1 CUDA tests" 70 "$LOG/pytest-gpu.log" \
     $PY -m pytest -q -p no:cacheprovider tests/test_gpu.py -k "not compiled_training"
-tail -n 4 "$LOG/pytest-gpu.log" | tee -a "$SUMMARY"
+tail -n 4 "$LOG/pytest-gpu.log" 2>/dev/null | tee -a "$SUMMARY"
 
 step "2 train_throughput" 60 "$WORK/throughput.log" \
     $PY benchmarks/train_throughput.py --device cuda --modes "${THROUGHPUT_MODES:-graph}" --warmup 8 --steps 25 \
@@ -58,13 +58,13 @@ step "4a suite without realdata and gpu tests (CUDA visible)" 160 "$LOG/pytest.l
     -rfE --tb=short --durations=8 &
 step "4b benchmark cifar3" 60 "$LOG/benchmark-cifar3.log" $PY -m kdcompress benchmark "$WORK/cifar3" --quick
 wait
-grep -E "^(FAILED|ERROR) |passed|failed" "$LOG/pytest.log" | grep -v " PASSED " | tail -n 12 | tee -a "$SUMMARY"
+grep -sE "^(FAILED|ERROR) |passed|failed" "$LOG/pytest.log" | grep -v " PASSED " | tail -n 12 | tee -a "$SUMMARY"
 
 {
     echo "## key figures"
-    grep -hE "img/s" "$WORK/throughput.log" "$WORK/throughput-tuned.log" "$WORK/throughput-256.log" "$WORK/throughput-views.log"
+    grep -shE "img/s" "$WORK/throughput.log" "$WORK/throughput-tuned.log" "$WORK/throughput-256.log" "$WORK/throughput-views.log"
     $PY benchmarks/run_summary.py "$WORK/cifar3" "cifar3 (defaults, CUDA)"
-    grep -E "^recorded|wall" "$LOG/compress-cifar3.log" | tail -n 2
-    grep -E "^(teacher|baseline|distilled|student)|x faster|INT8|GPU" "$LOG/benchmark-cifar3.log" | head -n 12
+    grep -sE "^recorded|wall" "$LOG/compress-cifar3.log" | tail -n 2
+    grep -sE "^(teacher|baseline|distilled|student)|x faster|INT8|GPU" "$LOG/benchmark-cifar3.log" | head -n 12
 } 2>&1 | tee -a "$SUMMARY"
 rm -rf "$WORK"
