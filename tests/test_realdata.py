@@ -8,7 +8,6 @@ import pytest
 
 from kdcompress.benchmark import benchmark_run
 from kdcompress.config import CompressConfig
-from kdcompress.data import load_dataset
 from kdcompress.pipeline import compress
 
 pytestmark = pytest.mark.realdata
@@ -34,16 +33,16 @@ def test_cifar3_resnet18_students_learn_and_survive_export_and_int8(shared_data,
 
 
 def test_chest_xray_full_set_loads_and_a_student_beats_the_majority_class(chest_xray, tmp_path):
-    data = load_dataset("chest-xray", chest_xray, image_size=32)
-    counts = data.counts()
-    assert counts["train"] + counts["val"] == 5216 and counts["test"] == 624
-    assert data.classes == ["NORMAL", "PNEUMONIA"] and data.channels == 1
     config = CompressConfig(
         dataset="chest-xray", data_dir=str(chest_xray), teacher="test_efficientnet", student="resnet18",
         epochs=2, teacher_epochs=1, control="none", artifacts=str(tmp_path),
     )
     result = compress(config)
-    baseline = result.manifest.to_dict()["models"]["baseline"]
+    manifest = result.manifest.to_dict()  # what the run loaded: every image of the set, once
+    counts = manifest["dataset"]["counts"]
+    assert counts["train"] + counts["val"] == 5216 and counts["test"] == 624
+    assert manifest["dataset"]["classes"] == ["NORMAL", "PNEUMONIA"] and manifest["preprocessing"]["channels"] == 1
+    baseline = manifest["models"]["baseline"]
     assert baseline["test_accuracy"] >= 0.70  # all-PNEUMONIA would score 390 / 624 = 0.625
     metrics = benchmark_run(result.run_dir, quick=True, gpu=False)["models"]["baseline"]["accuracy"]
     assert metrics["roc_auc"] >= 0.80 and metrics["sensitivity"] is not None and metrics["specificity"] is not None
