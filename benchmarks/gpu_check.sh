@@ -32,7 +32,7 @@ export KDC_SHARED_DATA="$DATA"  # the tests that read ../shared/data read this c
 } | tee "$SUMMARY"
 
 step "1 CUDA tests" 70 "$LOG/pytest-gpu.log" \
-    $PY -m pytest -q -p no:cacheprovider tests/test_gpu.py -k "not compiled_training"
+    $PY -m pytest -q -n 0 -p no:cacheprovider tests/test_gpu.py -k "not compiled_training"
 tail -n 4 "$LOG/pytest-gpu.log" 2>/dev/null | tee -a "$SUMMARY"
 
 step "2 train_throughput" 60 "$WORK/throughput.log" \

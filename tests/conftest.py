@@ -9,6 +9,18 @@ import pytest
 
 from kdcompress.reporter import Reporter
 
+# Under pytest-xdist (pyproject's addopts) each worker gets its share of the cores: torch's threads here, and
+# OMP_NUM_THREADS for the processes a test starts (kdc, torchrun, export workers). Without it every worker
+# would run as many threads as there are cores, and they would fight over them.
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if WORKERS > 1:
+    THREADS = max(1, (os.cpu_count() or 1) // WORKERS)
+    for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(variable, str(THREADS))
+    import torch
+
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("KDC_SHARED_DATA", REPO.parent / "shared" / "data"))
 
