@@ -22,6 +22,8 @@ from kdcompress.train import TrainSettings, TrainStep, clone_model, fit
 from kdcompress.views import ViewStream
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+# One worker runs this file's tests one after another (pytest-xdist's loadgroup): they share one GPU.
+pytestmark = pytest.mark.xdist_group("cuda")
 
 
 def _settings(**changes):
