@@ -15,9 +15,9 @@ import numpy as np
 
 from kdcompress.errors import KdcError
 from kdcompress.files import write_json_atomic
-from kdcompress.manifest import cpu_name, load_images, read_manifest
+from kdcompress.manifest import cpu_name, load_images, read_manifest, run_file
 from kdcompress.reporter import NullReporter, Reporter
-from kdcompress.runtime import create_session, measure_speed, run_logits
+from kdcompress.runtime import check_model, create_session, measure_speed, run_logits
 from kdcompress.stats import attribution, compare_models, roc_auc
 
 MODEL_ORDER = ("teacher", "baseline", "student", "control", "int8")
@@ -185,9 +185,10 @@ def benchmark_run(
     with reporter.progress("benchmark", total=len(roles)) as advance:
         for role in roles:
             entry = manifest.models[role]
-            path = run_dir / entry.onnx
+            path = run_file(run_dir, entry.onnx)
             advance(0, status=f"{role}: accuracy")
             cpu_session = create_session(path, "cpu", threads)
+            check_model(cpu_session, prep, classes, path)
             logits = run_logits(cpu_session, images, prep)
             metrics = classification_metrics(logits, labels, classes)
             correct[role] = logits.argmax(axis=1) == labels

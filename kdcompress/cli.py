@@ -62,9 +62,10 @@ def _user_errors(interrupted: str) -> Callable[[Callable[..., Any]], Callable[..
             except OSError as exc:  # a full disk, a read-only or vanished folder: the library has cleaned up
                 where = f" {exc.filename}" if exc.filename else ""
                 _error(f"cannot write or read{where}: {exc.strerror or exc}. Free some space or pick a writable folder, then retry")
-            except KeyboardInterrupt:
-                stderr.print(f"[bold red]interrupted:[/] {interrupted}")
-                raise typer.Exit(130) from None
+            except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (Terminated): the library cleaned up on the way out
+                signal_name = "SIGTERM" if isinstance(exc, Terminated) else "Ctrl-C"
+                stderr.print(f"[bold red]interrupted[/] ({signal_name}): {escape(interrupted)}", highlight=False)
+                raise typer.Exit(143 if isinstance(exc, Terminated) else 130) from None
             except RuntimeError as exc:  # under torchrun: a collective whose peer process has died
                 from kdcompress.distributed import PEER_FAILED, launched, lost_peer
 
@@ -251,10 +252,33 @@ def sweep(
 COMMAND_LINE = False  # True once main() runs: spawned processes can then re-import the main module safely
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler, `kill`, a container stopping), raised where Ctrl-C's KeyboardInterrupt would be.
+
+    Every cleanup that Ctrl-C runs (staging folders, candidates, locks) runs for it too.
+    """
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
+def _tolerant_output() -> None:
+    """Characters the terminal's encoding cannot show (an emoji class name under PYTHONIOENCODING=ascii) become '?'."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(errors="replace")
+
+
 def main() -> None:
     """Entry point of the `kdc` console script and of `python -m kdcompress` (both guarded by `__name__`)."""
+    import signal
+
     global COMMAND_LINE
     COMMAND_LINE = True  # export.export_workers: worker processes only under the kdc command
+    _tolerant_output()
+    signal.signal(signal.SIGTERM, _terminate)
     app()
 
 
@@ -315,10 +339,17 @@ def benchmark(
     from kdcompress.render import benchmark_context, benchmark_tables
 
     reporter = RichReporter(stderr)
-    results = []
+    results, broken = [], []
     for run_dir in resolve_runs(path, all_runs):
         reporter.info(f"benchmarking {run_dir}")
-        result = benchmark_run(run_dir, threads=threads, batch=batch, gpu=gpu, quick=quick, reporter=reporter)
+        try:
+            result = benchmark_run(run_dir, threads=threads, batch=batch, gpu=gpu, quick=quick, reporter=reporter)
+        except KdcError as exc:
+            if not all_runs:
+                raise
+            reporter.warn(f"skipped {run_dir}: {exc}")  # --all: the other runs are still benchmarked
+            broken.append(run_dir.name)
+            continue
         results.append(result)
         if not as_json:
             for table in benchmark_tables(result):
@@ -331,6 +362,11 @@ def benchmark(
     unsaved = [r["save_error"] for r in results if not r["saved"]]
     if as_json:
         sys.stdout.write(json.dumps(results if all_runs else results[0], indent=2) + "\n")
+    if broken:
+        raise KdcError(
+            f"{len(broken)} of {len(broken) + len(results)} runs could not be benchmarked ({', '.join(broken)}; why is said "
+            f"above): the others' results were printed and saved"
+        )
     if unsaved:
         raise KdcError(f"{unsaved[0]}: the results were printed above but not saved; free space or pick a writable run folder")
 

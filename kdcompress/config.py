@@ -113,4 +113,11 @@ def one_of(choices: tuple[str, ...]) -> str:
 
 def _check_range(flag: str, value: float, low: float, high: float) -> None:
     if not low <= value <= high:
-        raise KdcError(f"{flag} must be between {low:g} and {high:g}, got {value:g}")
+        raise KdcError(f"{flag} must be between {number_text(low)} and {number_text(high)}, got {number_text(value)}")
+
+
+def number_text(value: float) -> str:
+    """A number as a person types it: whole numbers in full (4294967295, not 4.29497e+09), others short (0.05)."""
+    if isinstance(value, int) or (isinstance(value, float) and value.is_integer() and abs(value) < 1e16):
+        return str(int(value))
+    return f"{value:g}"

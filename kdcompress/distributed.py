@@ -243,8 +243,22 @@ def preflight(config: Any, processes: int) -> None:
         if batch is not None and batch % processes:
             raise KdcError(f"{flag} {batch} does not split evenly over {processes} processes: pass a multiple of {processes}")
     gpus = torch.cuda.device_count()
-    if resolve_device(cfg.device) == "cuda" and processes > gpus:
-        raise KdcError(f"--nproc {processes} asks for a process per GPU, and torch sees {gpus}: pass --nproc {gpus} or less")
+    if resolve_device(cfg.device) == "cuda":
+        if processes > gpus:
+            raise KdcError(f"--nproc {processes} asks for a process per GPU, and torch sees {gpus}: pass --nproc {gpus} or less")
+    elif processes > usable_cores():
+        cores = usable_cores()
+        raise KdcError(
+            f"--nproc {processes} asks for more processes than the {cores} CPU core(s) this process may use; each "
+            f"holds a copy of the data and the models: pass --nproc {cores} or less"
+        )
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask where the system has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def launch(processes: int, argv: list[str]) -> None:

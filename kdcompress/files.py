@@ -6,14 +6,16 @@ import json
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 # Hidden working folders, named <prefix><name>.<pid> by the process that owns them.
 STAGING_PREFIX = ".partial-"  # a run being built (renamed into place when complete)
 REPLACED_PREFIX = ".replaced-"  # an earlier run at --out, deleted once the new one is in place
 QUANTIZE_PREFIX = ".quantize-"  # kdc quantize's candidates, inside a run folder
 TEACHER_TMP_SUFFIX = ".tmp"  # .teachers/.<key>.<pid>.tmp: a teacher being cached
+LOCK_SUFFIX = ".lock"  # .kdc-<command>.lock: the process id of the command working in a run folder
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -69,6 +71,54 @@ def remove_stale(folder: Path) -> list[Path]:
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
     return removed
+
+
+@contextmanager
+def folder_lock(folder: Path, command: str) -> Iterator[None]:
+    """Hold folder's lock for `kdc command` while the block runs; a KdcError when a live process holds it.
+
+    The lock is a file holding the holder's process id, created whole (written aside, then hard-linked into
+    place, which fails when the name exists), so a reader never sees it empty. A lock whose process is gone
+    (a killed run) is taken over. It is removed on the way out, Ctrl-C and SIGTERM included.
+    """
+    lock = folder / f".kdc-{command}{LOCK_SUFFIX}"
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".kdc-{command}.", suffix=f".{os.getpid()}.tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(str(os.getpid()))
+        for _ in range(2):
+            try:
+                os.link(tmp, lock)
+                break
+            except FileExistsError:
+                holder = _lock_holder(lock)
+                if holder is not None and pid_alive(holder):
+                    from kdcompress.errors import KdcError
+
+                    raise KdcError(
+                        f"another kdc {command} (process {holder}) is working in {folder}: wait for it to finish and retry "
+                        f"(or delete {lock} if no such process runs)"
+                    ) from None
+                lock.unlink(missing_ok=True)  # its process is gone
+        else:
+            from kdcompress.errors import KdcError
+
+            raise KdcError(f"another kdc {command} keeps taking the lock of {folder}: wait for it to finish and retry")
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    try:
+        yield
+    finally:
+        if _lock_holder(lock) == os.getpid():
+            lock.unlink(missing_ok=True)
+
+
+def _lock_holder(lock: Path) -> int | None:
+    try:
+        text = lock.read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
 
 
 def read_json(path: Path, remedy: str) -> Any:

@@ -40,8 +40,11 @@ class ModelEntry:
 
     @classmethod
     def from_dict(cls, data: Any, where: str) -> "ModelEntry":
-        """Read the manifest form; a KdcError names the missing fields."""
+        """Read the manifest form; a KdcError names a missing field, one of the wrong type, or a file outside the run."""
         _require(data, _MODEL_FIELDS, where)
+        for name, kinds in _MODEL_TYPES.items():
+            _check_type(data[name], kinds, f"{where}: {name}")
+        _check_file(data["onnx"], f"{where}: onnx")
         return cls(**{name: data[name] for name in _MODEL_FIELDS}, details={k: v for k, v in data.items() if k not in _MODEL_FIELDS})
 
 
@@ -61,7 +64,13 @@ class DatasetInfo:
     @classmethod
     def from_dict(cls, data: Any, where: str) -> "DatasetInfo":
         _require(data, ("name", "classes", "counts"), where)
-        return cls(data["name"], list(data["classes"]), dict(data["counts"]), data.get("source", ""), data.get("fingerprint"))
+        _check_type(data["name"], (str,), f"{where}: name")
+        classes, counts = data["classes"], data["counts"]
+        if not isinstance(classes, list) or len(classes) < 2 or not all(isinstance(c, str) for c in classes):
+            _damaged(f"{where}: classes is {_shown(classes)}, not a list of at least 2 class names")
+        if not isinstance(counts, dict) or not all(_is_int(v) for v in counts.values()):
+            _damaged(f"{where}: counts is {_shown(counts)}, not image counts per split")
+        return cls(data["name"], list(classes), dict(counts), str(data.get("source", "")), data.get("fingerprint"))
 
 
 @dataclass
@@ -109,6 +118,16 @@ class Manifest:
             raise KdcError(f"{where}: its preprocessing is incomplete ({exc}): the run folder is damaged; run kdc compress again") from None
         if not isinstance(data["models"], dict) or not data["models"]:
             raise KdcError(f"{where} lists no models: the run folder is damaged; run kdc compress again")
+        files = data["files"]
+        if not isinstance(files, dict) or not all(isinstance(k, str) for k in files):
+            _damaged(f"{where}: files is {_shown(files)}, not file names by role")
+        for key, name in files.items():
+            _check_file(name, f"{where}: files.{key}")
+        for key in ("warnings",):
+            if not isinstance(data.get(key, []), list):
+                _damaged(f"{where}: {key} is {_shown(data[key])}, not a list")
+        if not isinstance(data.get("training", {}), dict):
+            _damaged(f"{where}: training is {_shown(data['training'])}, not a record")
         known = {"format", "run", "dataset", "preprocessing", "models", "files", "warnings", "training"}
         return cls(
             run=data["run"],
@@ -124,6 +143,57 @@ class Manifest:
 
 
 _MODEL_FIELDS = ("architecture", "onnx", "parameters", "onnx_bytes", "test_accuracy", "test_correct")
+_MODEL_TYPES: dict[str, tuple[type, ...]] = {
+    "architecture": (str,),
+    "onnx": (str,),
+    "parameters": (int,),
+    "onnx_bytes": (int,),
+    "test_accuracy": (int, float),
+    "test_correct": (int, type(None)),
+}
+DAMAGED = "the run folder is damaged; run kdc compress again"
+
+
+def _damaged(problem: str) -> None:
+    raise KdcError(f"{problem}: {DAMAGED}")
+
+
+def _shown(value: Any) -> str:
+    """A manifest value as an error line shows it: short, and with its type."""
+    text = repr(value)
+    return f"{text[:40]}..." if len(text) > 43 else text
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_type(value: Any, kinds: tuple[type, ...], where: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        wanted = " or ".join("null" if k is type(None) else {"str": "text", "int": "a whole number", "float": "a number"}.get(k.__name__, k.__name__) for k in kinds)
+        _damaged(f"{where} is {_shown(value)}, not {wanted}")
+
+
+def _check_file(name: Any, where: str) -> None:
+    """A file named by a manifest: a plain relative path inside the run folder (no absolute path, no '..')."""
+    if not isinstance(name, str) or not name:
+        _damaged(f"{where} is {_shown(name)}, not a file name")
+    path = Path(name)
+    if path.is_absolute() or ".." in path.parts or "\\" in name:
+        _damaged(f"{where} is {name!r}, a path outside the run folder")
+
+
+def run_file(run_dir: str | Path, name: str) -> Path:
+    """The file a manifest names, inside its run folder; a KdcError when it (or a link on the way) points outside."""
+    run_dir = Path(run_dir)
+    path = run_dir / name
+    try:
+        inside = path.resolve().is_relative_to(run_dir.resolve())
+    except (OSError, RuntimeError):  # a link loop
+        inside = False
+    if not inside:
+        _damaged(f"{path} leads outside its run folder {run_dir}")
+    return path
 
 
 def _require(data: Any, names: tuple[str, ...], where: str) -> None:
@@ -156,7 +226,7 @@ def load_images(run_dir: Path, manifest: Manifest, key: str) -> tuple[np.ndarray
     """Images and labels of a split saved in a run folder: key 'test_set' or 'calibration_set'."""
     if key not in manifest.files:
         raise KdcError(f"the manifest of {run_dir} names no {key} file: the run folder is damaged; run kdc compress again")
-    path = Path(run_dir) / manifest.files[key]
+    path = run_file(run_dir, manifest.files[key])
     if not path.is_file():
         raise KdcError(f"{path} is missing: the run folder is incomplete; run kdc compress again")
     try:

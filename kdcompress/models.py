@@ -70,28 +70,58 @@ def save_checkpoint(model: Any, path: Path, meta: dict[str, Any]) -> None:
 
 def load_weights(model: Any, path: str | Path) -> dict[str, Any]:
     """Load a checkpoint written by kdcompress (or a bare state_dict) into model; returns its metadata."""
+    import pickle
+    import zipfile
+
     import torch
 
     path = Path(path)
+    if path.is_dir():
+        raise KdcError(f"{path} is a folder, not a weights file: pass the checkpoint itself (a run keeps its teacher in checkpoints/teacher.pt)")
     if not path.is_file():
         raise KdcError(f"weights file not found: {path}")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise KdcError(f"cannot read weights file {path} ({exc}): expected a torch checkpoint (.pt)") from None
+    except (KeyError, EOFError, ValueError, zipfile.BadZipFile, pickle.UnpicklingError, RuntimeError, OSError) as exc:
+        detail = " ".join(str(exc).split())[:160]
+        why = "it holds something other than tensors" if isinstance(exc, pickle.UnpicklingError) else "its contents are not a torch.save file"
+        raise KdcError(f"{path} is not a PyTorch checkpoint ({why}: {type(exc).__name__} {detail}): pass a .pt file written by torch.save") from None
     state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
-    if not isinstance(state, dict):
-        raise KdcError(f"{path} holds no state_dict")
-    try:
-        model.load_state_dict(state)
-        set_stem_stride(model, checkpoint.get("stem_stride") if isinstance(checkpoint, dict) else None)
-    except RuntimeError as exc:
-        detail = str(exc).strip().splitlines()[0]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise KdcError(f"{path} holds no state_dict (a dict of tensors): pass a checkpoint written by kdc compress or torch.save(model.state_dict())")
+    mismatch = describe_mismatch(model.state_dict(), state)
+    if mismatch:
+        made = checkpoint.get("model") if isinstance(checkpoint, dict) else None
+        holds = f" (the file says it holds a {made})" if isinstance(made, str) else ""
         raise KdcError(
-            f"weights in {path} do not fit this model ({detail}): was it trained with the same --teacher, "
-            f"dataset (classes, channels)?"
-        ) from None
+            f"weights in {path}{holds} do not fit {architecture_name(model)}: {mismatch}. Was it trained with the same "
+            f"--teacher and dataset (classes, channels)?"
+        )
+    model.load_state_dict(state)
+    set_stem_stride(model, checkpoint.get("stem_stride") if isinstance(checkpoint, dict) else None)
     return {k: v for k, v in checkpoint.items() if k != "state_dict"}
+
+
+def architecture_name(model: Any) -> str:
+    """The timm name a model was built from (its class name where timm kept none)."""
+    return getattr(model, "pretrained_cfg", {}).get("architecture") or type(model).__name__
+
+
+def describe_mismatch(expected: dict[str, Any], found: dict[str, Any]) -> str:
+    """What keeps a state_dict from loading into a model, in words ('' when it fits)."""
+    missing = [k for k in expected if k not in found]
+    unexpected = [k for k in found if k not in expected]
+    reshaped = [k for k in expected if k in found and tuple(expected[k].shape) != tuple(found[k].shape)]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} of its {len(expected)} tensors are missing (first: {missing[0]})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} in the file are not in it (first: {unexpected[0]})")
+    if reshaped:
+        k = reshaped[0]
+        shape = lambda t: "x".join(map(str, t.shape)) or "scalar"  # noqa: E731
+        parts.append(f"{len(reshaped)} have another shape (first: {k}, {shape(found[k])} in the file, {shape(expected[k])} here)")
+    return "; ".join(parts)
 
 
 def create_projection(student: Any, teacher: Any) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import time
@@ -98,13 +99,14 @@ def compress(config: CompressConfig, reporter: Reporter | None = None) -> Compre
         f"{counts['test']} test images at {data.image_size}px, {data.channels} channel(s), on {where}"
         f"{', streamed from disk' if data.streamed else ''}"
     )
-    final_dir, staging = _prepare_run_dir(cfg) if run.world.main else (None, None)
-    final_dir = Path(broadcast_object(str(final_dir)))
-    if staging is None:  # a rank other than 0: it trains its share and writes nothing
+    folder = _prepare_run_dir(cfg) if run.world.main else None
+    final_dir = Path(broadcast_object(str(folder.final) if folder else None))
+    if folder is None:  # a rank other than 0: it trains its share and writes nothing
         _train_all(run, reporter, phases, None)
         return CompressResult(final_dir, None)
     from kdcompress.export import Exports
 
+    staging = folder.staging
     try:
         with Exports(staging, run.prep, data.test_x) as exports:
             models, records, training = _train_all(run, reporter, phases, exports)
@@ -120,10 +122,10 @@ def compress(config: CompressConfig, reporter: Reporter | None = None) -> Compre
                 manifest.models["int8"] = quantize_run(staging, reporter=reporter)
         manifest.training["seconds"] = seconds = phases.record()
         write_manifest(staging, manifest)
-        _publish(staging, final_dir)
+        final_dir = _publish(folder, manifest, reporter)
         reporter.info(Phases.words(seconds))  # the figures the manifest holds
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        _discard(folder)
         raise
     return CompressResult(final_dir, manifest)
 
@@ -357,35 +359,106 @@ def check_out(out: str | Path) -> Path:
     return final
 
 
-def _prepare_run_dir(cfg: CompressConfig) -> tuple[Path, Path]:
-    """The final run folder and the staging folder the run is built in (renamed into place at the end)."""
-    if cfg.out:
-        final = check_out(cfg.out)
-    else:
-        root = Path(cfg.artifacts)
-        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        final = root / f"{cfg.dataset}-{stamp}"
-        suffix = 2
-        while final.exists():
-            final = root / f"{cfg.dataset}-{stamp}-{suffix}"
-            suffix += 1
-    remove_stale(final.parent)
-    staging = final.parent / f"{STAGING_PREFIX}{final.name}.{os.getpid()}"
+@dataclass
+class RunFolder:
+    """Where a run is built (staging) and published (final), and what this process may replace there.
+
+    final is reserved before training: an empty folder this process made (reserved), an empty one the user
+    gave as --out, or an earlier run at --out, whose manifest's identity (replaces) is the one run this
+    process was asked to replace.
+    """
+
+    final: Path
+    staging: Path
+    reserved: bool = False
+    replaces: tuple[int, int] | None = None
+
+
+def _identity(run_dir: Path) -> tuple[int, int] | None:
+    """What tells one finished run from another written at the same path: its manifest's inode and mtime."""
     try:
+        info = (run_dir / MANIFEST).stat()
+    except OSError:
+        return None
+    return (info.st_ino, info.st_mtime_ns)
+
+
+def reserve(root: Path, name: str) -> Path:
+    """Make a new, empty folder root/name, or root/name-2, -3... when that name is taken: atomic (mkdir)."""
+    root.mkdir(parents=True, exist_ok=True)
+    candidate, suffix = root / name, 2
+    while True:
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            candidate = root / f"{name}-{suffix}"
+            suffix += 1
+
+
+def _prepare_run_dir(cfg: CompressConfig) -> RunFolder:
+    """Reserve the final run folder, and make the staging folder the run is built in (renamed into place at the end).
+
+    Two runs started in the same second get two folders: the name is taken by mkdir, which only one can win.
+    """
+    try:
+        if cfg.out:
+            final = check_out(cfg.out)
+            replaces = _identity(final)
+            reserved = not final.exists()
+            if reserved:
+                final.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    final.mkdir()
+                except FileExistsError:  # made by another run since check_out: this one must not fill it
+                    final, replaces = reserve(final.parent, final.name), None
+        else:
+            final = reserve(Path(cfg.artifacts), f"{cfg.dataset}-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
+            reserved, replaces = True, None
+        remove_stale(final.parent)
+        staging = final.parent / f"{STAGING_PREFIX}{final.name}.{os.getpid()}"
         staging.mkdir(parents=True)
     except OSError as exc:
-        raise KdcError(f"cannot create the run folder next to {final} ({exc.strerror or exc})") from None
-    return final, staging
+        where = cfg.out or cfg.artifacts
+        raise KdcError(f"cannot create the run folder in {where} ({exc.strerror or exc}): pick a writable folder") from None
+    return RunFolder(final, staging, reserved, replaces)
 
 
-def _publish(staging: Path, final: Path) -> None:
-    """Move the finished run into place; an earlier run at --out is removed only now."""
-    if final.is_dir() and not any(final.iterdir()):
-        final.rmdir()  # an empty folder given as --out
-    if final.exists():
-        old = final.parent / f"{REPLACED_PREFIX}{final.name}.{os.getpid()}"
-        os.replace(final, old)
-        os.replace(staging, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(staging, final)
+def _discard(folder: RunFolder) -> None:
+    """An unfinished run: its staging folder goes, and so does the final folder this process reserved (still empty)."""
+    shutil.rmtree(folder.staging, ignore_errors=True)
+    if folder.reserved:
+        try:
+            folder.final.rmdir()  # only an empty folder: never a run published there by another process
+        except OSError:
+            pass
+
+
+def _publish(folder: RunFolder, manifest: Manifest, reporter: Reporter) -> Path:
+    """Move the finished run into place and return where it went.
+
+    Onto its reserved empty folder, or over the earlier run at --out that it was asked to replace (removed only
+    now). A finished run it was not asked to replace (another process's, written there meanwhile) is never
+    replaced: this run goes to a new folder beside it, named with a suffix, and the manifest says so.
+    """
+    final = folder.final
+    while True:
+        try:
+            if folder.replaces is not None and _identity(final) == folder.replaces:
+                old = final.parent / f"{REPLACED_PREFIX}{final.name}.{os.getpid()}"
+                os.replace(final, old)
+                os.replace(folder.staging, final)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(folder.staging, final)  # onto an empty folder, atomically; refused when it holds anything
+            return final
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR):
+                raise
+        taken, final = final, reserve(final.parent, final.name)
+        folder.final, folder.reserved, folder.replaces = final, True, None
+        manifest.run = final.name
+        note = f"{taken} was filled by another run while this one trained; this run was written to {final} instead"
+        manifest.warnings.append(note)
+        write_manifest(folder.staging, manifest)
+        reporter.warn(note)

@@ -8,10 +8,10 @@ from typing import Any
 import numpy as np
 
 from kdcompress.errors import KdcError
-from kdcompress.manifest import Manifest, read_manifest, resolve_runs
+from kdcompress.manifest import Manifest, read_manifest, resolve_runs, run_file
 from kdcompress.runtime import (
     IMAGE_SUFFIXES,
-    check_input,
+    check_model,
     create_session,
     list_images,
     load_image,
@@ -23,7 +23,7 @@ from kdcompress.runtime import (
 def resolve_model_file(run_dir: Path, manifest: Manifest, model: str) -> Path:
     """teacher | baseline | student | control | int8 of the run, or an explicit .onnx file."""
     if model in manifest.models:
-        return run_dir / manifest.models[model].onnx
+        return run_file(run_dir, manifest.models[model].onnx)
     if model == "int8":
         raise KdcError(f"{run_dir} has no INT8 model yet: run kdc quantize {run_dir}")
     if model.endswith(".onnx"):
@@ -33,6 +33,15 @@ def resolve_model_file(run_dir: Path, manifest: Manifest, model: str) -> Path:
     if model == "control":
         raise KdcError(f"{run_dir} has no label-smoothing control (it was trained with --control none)")
     raise KdcError(f"unknown model '{model}': use {', '.join(manifest.models)} or a path to a .onnx file")
+
+
+URL_SCHEMES = ("http", "https", "ftp", "s3", "gs", "file")
+
+
+def is_url(path: Path) -> bool:
+    """Whether an argument was a URL: a path that is not there and reads SCHEME:/... (the shell's // folded to /)."""
+    scheme, colon, _ = str(path).partition(":/")
+    return bool(colon) and scheme.lower() in URL_SCHEMES and not path.exists()
 
 
 def expand_inputs(inputs: list[Path], classes: list[str]) -> list[tuple[Path, int | None]]:
@@ -73,11 +82,13 @@ def predict_images(
     prep = manifest.preprocessing
     model_file = resolve_model_file(run_dir, manifest, model)
     session = create_session(model_file)
-    check_input(session, prep, model_file)
+    check_model(session, prep, classes, model_file)
     results = []
     scored_logits, scored_labels = [], []
     for path, label in expand_inputs(inputs, classes):
         try:
+            if is_url(path):
+                raise KdcError(f"{str(path).replace(':/', '://', 1)}: URLs are not supported; download the image first and pass the file")
             image = load_image(path, prep.image_size, prep.channels)
         except KdcError as exc:
             results.append({"file": str(path), "error": str(exc)})

@@ -16,10 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from kdcompress.files import QUANTIZE_PREFIX, remove_stale
-from kdcompress.manifest import ModelEntry, load_images, read_manifest, write_manifest
+from kdcompress.errors import KdcError
+from kdcompress.files import QUANTIZE_PREFIX, folder_lock, remove_stale
+from kdcompress.manifest import ModelEntry, load_images, read_manifest, run_file, write_manifest
 from kdcompress.reporter import NullReporter, Reporter
-from kdcompress.runtime import Preprocessing, create_session, latency, normalize, run_logits, session_call, tile_batch
+from kdcompress.runtime import Preprocessing, check_model, create_session, latency, normalize, run_logits, session_call, tile_batch
 
 INT8_FILE = "student-int8.onnx"
 MAX_ACCURACY_LOSS = 0.01  # a candidate may lose at most 1 point of test accuracy vs the FP32 student
@@ -103,14 +104,25 @@ def int8_verdict(fp32: dict[str, float], int8: dict[str, float], batch: int) -> 
 
 
 def quantize_run(run_dir: str | Path, threads: int = 1, reporter: Reporter | None = None) -> ModelEntry:
-    """Write student-int8.onnx into a run folder and add it to the manifest as model 'int8'."""
+    """Write student-int8.onnx into a run folder and add it to the manifest as model 'int8'.
+
+    One quantize at a time per run folder: a second one is refused while the first holds the folder's lock.
+    """
+    run_dir = Path(run_dir)
+    read_manifest(run_dir)  # a folder that is no run is said as such before any lock is taken in it
+    with folder_lock(run_dir, "quantize"):
+        return _quantize_locked(run_dir, threads, reporter or NullReporter())
+
+
+def _quantize_locked(run_dir: Path, threads: int, reporter: Reporter) -> ModelEntry:
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    reporter = reporter or NullReporter()
-    run_dir = Path(run_dir)
-    manifest = read_manifest(run_dir)
+    manifest = read_manifest(run_dir)  # read again under the lock: another quantize may have just written it
     prep = manifest.preprocessing
+    if "student" not in manifest.models:
+        raise KdcError(f"{run_dir} has no distilled student to quantize (its models: {', '.join(manifest.models)})")
     student = manifest.models["student"]
+    student_file = run_file(run_dir, student.onnx)
     calibration_images, _ = load_images(run_dir, manifest, "calibration_set")
     images, labels = load_images(run_dir, manifest, "test_set")
     one = normalize(images[:1], prep)
@@ -127,9 +139,10 @@ def quantize_run(run_dir: str | Path, threads: int = 1, reporter: Reporter | Non
     remove_stale(run_dir)  # candidates left by a killed quantize
     with tempfile.TemporaryDirectory(dir=run_dir, prefix=QUANTIZE_PREFIX, suffix=f".{os.getpid()}") as tmp:
         prepared = Path(tmp) / "student-prepared.onnx"
-        fp32 = score(run_dir / student.onnx)  # first: a damaged file fails here, in one line
+        check_model(create_session(student_file), prep, manifest.dataset.classes, student_file)
+        fp32 = score(student_file)  # first: a damaged file fails here, in one line
         fp32_accuracy = fp32["accuracy"]
-        quant_pre_process(str(run_dir / student.onnx), str(prepared))
+        quant_pre_process(str(student_file), str(prepared))
         input_name = create_session(prepared).get_inputs()[0].name
         calibration = _Calibration(calibration_images, prep, input_name)
         with reporter.progress("quantize", total=len(CANDIDATES)) as advance:

@@ -6,6 +6,7 @@ from typing import Any
 
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 ROLE_LABELS = {
     "teacher": "teacher",
@@ -153,13 +154,17 @@ def benchmark_context(result: dict[str, Any]) -> list[str]:
     return lines
 
 
-def build_table(title: str, headers: list[str], rows: list[list[str]], caption: str | None = None) -> Table:
-    """First column left-aligned, the figures right-aligned, nothing wrapped."""
-    table = Table(title=title, caption=caption)
+def build_table(title: str, headers: list[str], rows: list[list[Any]], caption: str | None = None) -> Table:
+    """First column left-aligned, the figures right-aligned, nothing wrapped.
+
+    Every string is shown as it is, never read as Rich markup: class names come from folder names, and
+    `[link=...]` in one must not become a live hyperlink. Styled cells are passed as rich Text.
+    """
+    table = Table(title=Text(title), caption=None if caption is None else Text(caption))
     for i, header in enumerate(headers):
-        table.add_column(header, justify="left" if i == 0 else "right", no_wrap=True)
+        table.add_column(Text(header), justify="left" if i == 0 else "right", no_wrap=True)
     for row in rows:
-        table.add_row(*row)
+        table.add_row(*(cell if isinstance(cell, Text) else Text(str(cell)) for cell in row))
     return table
 
 

@@ -39,13 +39,20 @@ class Preprocessing:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Preprocessing":
-        """Read the manifest form back."""
-        return cls(
+        """Read the manifest form back; a ValueError when a value cannot be what the models were fed."""
+        prep = cls(
             image_size=int(data["image_size"]),
             channels=int(data["channels"]),
             mean=tuple(float(v) for v in data["mean"]),
             std=tuple(float(v) for v in data["std"]),
         )
+        if prep.channels not in (1, 3) or not 1 <= prep.image_size <= 8192:
+            raise ValueError(f"channels {prep.channels} and image_size {prep.image_size}: 1 or 3 channels, 1-8192 px")
+        if len(prep.mean) != prep.channels or len(prep.std) != prep.channels:
+            raise ValueError(f"mean and std need one value per channel ({prep.channels}), got {len(prep.mean)} and {len(prep.std)}")
+        if not all(v > 0 for v in prep.std):
+            raise ValueError(f"std must be positive, got {list(prep.std)}")
+        return prep
 
 
 def pil_to_array(image: Any, size: int, channels: int) -> np.ndarray:
@@ -76,7 +83,7 @@ def pil_to_array(image: Any, size: int, channels: int) -> np.ndarray:
 
 def load_image(path: str | Path, size: int, channels: int) -> np.ndarray:
     """Read one image file as uint8 C x size x size; a clear KdcError when it cannot be read."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     path = Path(path)
     if not path.exists():
@@ -86,7 +93,8 @@ def load_image(path: str | Path, size: int, channels: int) -> np.ndarray:
     try:
         with Image.open(path) as image:
             image.load()
-            return pil_to_array(image, size, channels)
+            # A phone photo's pixels are stored as the sensor saw them; its EXIF Orientation says how to turn them.
+            return pil_to_array(ImageOps.exif_transpose(image), size, channels)
     except Image.DecompressionBombError as exc:
         raise KdcError(f"{path} is too large to decode safely ({exc}): resize it before classifying") from None
     except UnidentifiedImageError:
@@ -166,22 +174,41 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def list_images(folder: Path, recursive: bool = False) -> list[Path]:
-    """Image files inside a folder (directly, or at any depth with recursive), sorted by path."""
+    """Image files inside a folder (directly, or at any depth with recursive), sorted by path; hidden ones left out.
+
+    A name starting with '.' (macOS's ._* AppleDouble files, a .git folder) is never an image to read.
+    """
     found = folder.rglob("*") if recursive else folder.iterdir()
-    return sorted(p for p in found if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    return sorted(
+        p for p in found
+        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
 
 
-def check_input(session: Any, prep: Preprocessing, path: str | Path) -> None:
-    """A KdcError when an ONNX model's input shape cannot take this preprocessing's images."""
-    shape = session.get_inputs()[0].shape
+def check_model(session: Any, prep: Preprocessing, classes: list[str], path: str | Path) -> None:
+    """A KdcError when an ONNX model cannot take this run's images, or does not give one output per class."""
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    shape = inputs[0].shape if len(inputs) == 1 else []
     expected = [None, prep.channels, prep.image_size, prep.image_size]
     fixed = [(got, want) for got, want in zip(shape[1:], expected[1:]) if isinstance(got, int)]
-    if len(shape) != 4 or any(got != want for got, want in fixed):
+    if len(inputs) != 1 or len(shape) != 4 or any(got != want for got, want in fixed):
+        found = shape if len(inputs) == 1 else f"{len(inputs)} inputs"
         raise KdcError(
-            f"{path} takes input {shape}, but this run's images are {prep.channels} x {prep.image_size} x {prep.image_size}: "
+            f"{path} takes input {found}, but this run's images are {prep.channels} x {prep.image_size} x {prep.image_size}: "
             f"use the run that made the model (--run)"
         )
-
+    width = outputs[0].shape[-1] if outputs and outputs[0].shape else None
+    if not isinstance(width, int):  # a symbolic class axis: ask the model itself
+        probe = np.zeros((1, prep.channels, prep.image_size, prep.image_size), dtype=np.float32)
+        try:
+            width = int(np.asarray(session.run(None, {inputs[0].name: probe})[0]).shape[-1])
+        except Exception as exc:  # onnxruntime's own error types
+            raise KdcError(f"onnxruntime cannot run {path} ({str(exc).splitlines()[0]}): the model file is damaged") from None
+    if width != len(classes):
+        raise KdcError(
+            f"{path} gives {width} outputs, but this run has {len(classes)} classes: it is not a model of this run; "
+            f"use the run that made it (--run)"
+        )
 
 
 def latency(run: Any, warmup: int, runs: int, min_seconds: float) -> dict[str, float]:

@@ -156,15 +156,45 @@ def _download_into(root: Path, reporter: Reporter, url: str, md5: str) -> Path:
     return target
 
 
+# The only globals a CIFAR-10 python batch refers to: numpy's array reconstruction (numpy 1 and 2 spell its module
+# differently). The dicts, lists, strings and numbers around them are pickle opcodes, not globals.
+CIFAR_PICKLE_GLOBALS = frozenset(
+    {
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+    }
+)
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """pickle.Unpickler that admits numpy arrays and the builtin containers, nothing that could run code."""
+
+    def find_class(self, module: str, name: str) -> object:
+        if (module, name) not in CIFAR_PICKLE_GLOBALS:
+            raise pickle.UnpicklingError(f"it refers to {module}.{name}, which a CIFAR-10 batch never holds")
+        return super().find_class(module, name)
+
+
+def read_cifar_pickle(path: Path) -> object:
+    """One CIFAR-10 python file, read with a restricted unpickler: a crafted file is refused, never run."""
+    with open(path, "rb") as handle:
+        return _CifarUnpickler(handle, encoding="latin1").load()
+
+
 def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """Images (N x 3 x 32 x 32 uint8) and labels of one CIFAR-10 python batch."""
     try:
-        with open(path, "rb") as handle:
-            batch = pickle.load(handle, encoding="latin1")
+        batch = read_cifar_pickle(path)
+        if not isinstance(batch, dict):
+            raise ValueError(f"it holds a {type(batch).__name__}, not a dict")
         images = np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
         labels = np.asarray(batch["labels"], dtype=np.int64)
-    except (OSError, pickle.UnpicklingError, KeyError, ValueError, EOFError) as exc:
-        raise KdcError(f"cannot read CIFAR-10 batch {path} ({exc}): re-download or replace it") from None
+        if labels.ndim != 1 or len(labels) != len(images):
+            raise ValueError(f"{len(images)} images but {labels.size} labels")
+    except (OSError, pickle.UnpicklingError, KeyError, ValueError, TypeError, EOFError, AttributeError, IndexError) as exc:
+        raise KdcError(f"cannot read CIFAR-10 batch {path} ({exc}): it is not a CIFAR-10 python batch; re-download or replace it") from None
     return images, labels
 
 
@@ -192,17 +222,29 @@ def load_cifar3(root: Path, size: int, reporter: Reporter) -> Source:
     )
 
 
-def _class_folders(split_dir: Path) -> dict[str, list[Path]]:
+def _class_folders(split_dir: Path, skipped: list[Path]) -> dict[str, list[Path]]:
     """class name -> image files, for DIR/<class>/* (sub-folders of a class folder count for that class).
 
-    A class folder whose images all sit in sub-folders (DIR/<group>/<class>/*) is refused: its
-    sub-folders are probably the classes, and merging them into their group would be silent.
+    Hidden entries (a name starting with '.': macOS's ._* AppleDouble files, .DS_Store, .git) are never read;
+    they are added to skipped. A class folder whose images all sit in sub-folders (DIR/<group>/<class>/*)
+    is refused: its sub-folders are probably the classes, and merging them into their group would be silent.
     """
     folders = {}
     for d in sorted(split_dir.iterdir()):
-        if not d.is_dir() or d.name.startswith("."):
+        if d.name.startswith("."):
+            skipped.append(d)
             continue
-        files = sorted(p for p in d.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        if not d.is_dir():
+            continue
+        files = []
+        for p in sorted(d.rglob("*")):
+            parts = p.relative_to(d).parts
+            hidden = [i for i, part in enumerate(parts) if part.startswith(".")]
+            if hidden:
+                if hidden[0] == len(parts) - 1:  # the hidden entry itself, not what lies inside a hidden folder
+                    skipped.append(p)
+            elif p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
+                files.append(p)
         if files and all(p.parent != d for p in files):
             inner = sorted({p.relative_to(d).parts[0] for p in files})
             raise KdcError(
@@ -211,6 +253,12 @@ def _class_folders(split_dir: Path) -> dict[str, list[Path]]:
             )
         folders[d.name] = files
     return folders
+
+
+def hidden_note(root: Path, skipped: list[Path]) -> str:
+    """One line naming the hidden files and folders a folder dataset left out."""
+    shown = ", ".join(str(p.relative_to(root)) for p in skipped[:3]) + (", ..." if len(skipped) > 3 else "")
+    return f"{root}: skipped {len(skipped)} hidden file(s) or folder(s) ({shown}): names starting with '.' are never read"
 
 
 def _read_images(files: list[Path], size: int, channels: int, reporter: Reporter, label: str) -> np.ndarray:
@@ -230,16 +278,19 @@ def load_folder(root: Path, size: int, channels: int, reporter: Reporter, stream
     """
     if not root.is_dir():
         raise KdcError(f"data folder not found: {root}")
+    skipped: list[Path] = []
     if (root / "train").is_dir():
-        splits = {"train": _class_folders(root / "train")}
+        splits = {"train": _class_folders(root / "train", skipped)}
         if (root / "val").is_dir():  # folded into train: the validation split is carved below
-            for name, files in _class_folders(root / "val").items():
+            for name, files in _class_folders(root / "val", skipped).items():
                 splits["train"].setdefault(name, []).extend(files)
         if not (root / "test").is_dir():
             raise KdcError(f"{root} has train/ but no test/ folder: add test/<class>/ images")
-        splits["test"] = _class_folders(root / "test")
+        splits["test"] = _class_folders(root / "test", skipped)
     else:
-        splits = {"all": _class_folders(root)}
+        splits = {"all": _class_folders(root, skipped)}
+    if skipped:
+        reporter.info(hidden_note(root, skipped))
     classes = sorted(splits.get("train", splits.get("all", {})))
     if len(classes) < 2:
         raise KdcError(f"{root} needs one sub-folder per class (at least 2), each holding images")

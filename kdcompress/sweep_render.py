@@ -6,12 +6,17 @@ from pathlib import Path
 from typing import Any
 
 from rich.table import Table
+from rich.text import Text
 
 from kdcompress.render import build_table, markdown_table, pyplot
 
 SWEEP_HEADERS = ["student", "test acc (mean ± std)", "Δ vs baseline", "95% interval", "seeds +/-", "verdict", "vs label smoothing"]
 AUC_HEADER = "ROC-AUC (mean ± std)"  # after the accuracy, for two-class data
-VERDICT_STYLE = {"better": "[green]more than noise: better[/]", "worse": "[red]more than noise: worse[/]", "noise": "within noise"}
+VERDICT_STYLE = {
+    "better": Text("more than noise: better", style="green"),
+    "worse": Text("more than noise: worse", style="red"),
+    "noise": Text("within noise"),
+}
 PLAIN = {"better": "more than noise: better", "worse": "more than noise: worse", "noise": "within noise"}
 SHORT = {"better": "better", "worse": "worse", "noise": "noise"}
 

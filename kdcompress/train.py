@@ -135,6 +135,27 @@ def warmup_fraction(total_steps: int) -> float:
     return 0.375 if total_steps == 4 else 0.25
 
 
+DIVERGED_CE = 10.0  # an epoch's mean cross-entropy above this many times chance level (ln classes): diverged
+
+
+def check_diverged(label: str, epoch: int, means: dict[str, float], classes: int, lr: float, ended: bool) -> None:
+    """Stop a training whose loss is no longer a number, or (at the end of an epoch) whose cross-entropy exploded.
+
+    Chance level, a uniform guess, is ln(classes); a training that learns anything stays near or below it,
+    while a too-high learning rate drives it to hundreds or millions. Past DIVERGED_CE x chance the epoch's
+    predictions are confidently wrong, and going on would only export a broken model as if it were fine.
+    """
+    loss, ce = means["loss"], means.get("ce", means["loss"])
+    if not (np.isfinite(loss) and np.isfinite(ce)):
+        raise KdcError(f"{label}: the loss became {loss} in epoch {epoch}: the training diverged; lower --lr (now {lr:g}) and retry")
+    chance = float(np.log(max(2, classes)))
+    if ended and ce > DIVERGED_CE * chance:
+        raise KdcError(
+            f"{label}: the training diverged: its cross-entropy averaged {ce:.3g} over epoch {epoch}, over "
+            f"{DIVERGED_CE:g}x chance level ({chance:.2f}); lower --lr (now {lr:g}) and retry"
+        )
+
+
 def fit(
     objective: nn.Module,
     data: Dataset,
@@ -184,8 +205,7 @@ def fit(
                     sums[name] = sums[name] + value.detach().float() if name in sums else value.detach().float()
                 if index % report_every == report_every - 1 or index == steps_per_epoch - 1:
                     means = {k: float(v) / (index + 1) for k, v in sums.items()}
-                    if not np.isfinite(means["loss"]):
-                        raise KdcError(f"{label}: the loss became {means['loss']} in epoch {epoch}; lower --lr and retry")
+                    check_diverged(label, epoch, means, len(data.classes), settings.lr, ended=index == steps_per_epoch - 1)
                     running = " ".join(f"{k} {v:.3f}" for k, v in means.items())
                     advance(index + 1 - reported, status=f"ep {epoch}/{settings.epochs}{status} | {running}")
                     reported = index + 1

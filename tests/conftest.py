@@ -38,6 +38,17 @@ class Recorder(Reporter):
         self.warnings.append(message)
 
 
+def fails_cleanly(result, message: str) -> None:
+    """A CLI result (typer's CliRunner) that failed as a user error should: exit code 1, exactly one `error:` line
+    holding message (white space folded), no traceback."""
+    output = " ".join(result.output.split())
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert len([line for line in result.output.splitlines() if line.startswith("error:")]) == 1, result.output
+    assert message in output, result.output
+
+
 # Tiny timm models: the same code path as efficientnet_b3 / resnet18, in seconds on a CPU. Pinned to the CPU,
 # where the same seed gives bit-identical numbers (tests/test_gpu.py covers CUDA, with tolerances).
 TINY = ["--teacher", "test_efficientnet", "--student", "test_resnet", "--image-size", "16", "--epochs", "2", "--device", "cpu"]

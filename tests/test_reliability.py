@@ -16,19 +16,9 @@ from typer.testing import CliRunner
 from kdcompress.cli import app
 from kdcompress.files import remove_stale
 
-from conftest import TINY
+from conftest import TINY, fails_cleanly
 
 runner = CliRunner()
-
-
-def _fails_cleanly(result, message):
-    """Exit code 1, exactly one error line holding message, no traceback."""
-    output = " ".join(result.output.split())
-    assert result.exit_code == 1, result.output
-    assert "Traceback" not in result.output
-    assert result.exception is None or isinstance(result.exception, SystemExit)
-    assert len([line for line in result.output.splitlines() if line.startswith("error:")]) == 1, result.output
-    assert message in output, result.output
 
 
 def _copy(run, tmp_path, name="run"):
@@ -44,7 +34,7 @@ def test_out_refuses_a_folder_that_is_not_a_run_and_keeps_it(tmp_path):
     folder = tmp_path / "mine"
     (folder / "photos").mkdir(parents=True)
     (folder / "precious.txt").write_text("keep me")
-    _fails_cleanly(runner.invoke(app, ["compress", *TINY, "--out", str(folder)]), "is a folder that is not a kdc run")
+    fails_cleanly(runner.invoke(app, ["compress", *TINY, "--out", str(folder)]), "is a folder that is not a kdc run")
     assert (folder / "precious.txt").read_text() == "keep me" and (folder / "photos").is_dir()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]  # nothing trained, nothing staged
 
@@ -52,7 +42,7 @@ def test_out_refuses_a_folder_that_is_not_a_run_and_keeps_it(tmp_path):
 def test_out_refuses_the_current_folder(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "precious.txt").write_text("keep me")
-    _fails_cleanly(runner.invoke(app, ["compress", *TINY, "--out", "."]), "is the current folder")
+    fails_cleanly(runner.invoke(app, ["compress", *TINY, "--out", "."]), "is the current folder")
     assert [p.name for p in tmp_path.iterdir()] == ["precious.txt"]
 
 
@@ -68,14 +58,14 @@ def test_out_takes_an_empty_folder(tmp_path):
 
 
 def test_negative_seed_is_refused_before_training(tmp_path):
-    _fails_cleanly(runner.invoke(app, ["compress", *TINY, "--seed", "-5", "--artifacts", str(tmp_path)]), "--seed must be between 0")
+    fails_cleanly(runner.invoke(app, ["compress", *TINY, "--seed", "-5", "--artifacts", str(tmp_path)]), "--seed must be between 0")
     assert not any(tmp_path.iterdir())
 
 
 def test_an_image_size_that_cannot_fit_in_memory_is_refused_before_decoding(tmp_path, monkeypatch):
     monkeypatch.setattr("kdcompress.sources.available_memory", lambda: 2 * 2**30)
     result = runner.invoke(app, ["compress", *TINY[:4], "--image-size", "2048", "--artifacts", str(tmp_path)])
-    _fails_cleanly(result, "1797 images at 2048x2048 px, 1 channel(s), need about 17.5 GiB")
+    fails_cleanly(result, "1797 images at 2048x2048 px, 1 channel(s), need about 17.5 GiB")
     assert "2.0 GiB is available: use --image-size" in " ".join(result.output.split())
     assert not tmp_path.exists() or not any(tmp_path.iterdir())
 
@@ -121,7 +111,7 @@ def test_a_model_whose_input_does_not_fit_the_run_is_refused(tiny_run, tmp_path)
     (run / "manifest.json").write_text(json.dumps(manifest))
     Image.new("L", (8, 8), 10).save(tmp_path / "a.png")
     result = runner.invoke(app, ["predict", str(tmp_path / "a.png"), "--run", str(run), "--model", str(tiny_run / "student.onnx")])
-    _fails_cleanly(result, "this run's images are 1 x 32 x 32")
+    fails_cleanly(result, "this run's images are 1 x 32 x 32")
 
 
 # 4. full disk, read-only folder -----------------------------------------------------------------
@@ -136,7 +126,7 @@ def test_benchmark_prints_its_results_when_they_cannot_be_saved(tiny_run, tmp_pa
     (run / "benchmark.json").unlink(missing_ok=True)  # other tests may have benchmarked the shared run
     monkeypatch.setattr("kdcompress.benchmark.write_json_atomic", _enospc)
     result = runner.invoke(app, ["benchmark", str(run), "--quick", "--no-gpu"])
-    _fails_cleanly(result, "could not write the benchmark files")
+    fails_cleanly(result, "could not write the benchmark files")
     assert "CPU x faster" in result.stdout  # the timings are shown, not lost
     assert not (run / "benchmark.json").exists()
 
@@ -145,7 +135,7 @@ def test_quantize_on_a_full_disk_is_one_line_and_leaves_the_run_as_it_was(tiny_r
     run = _copy(tiny_run, tmp_path)
     before = (run / "manifest.json").read_bytes()
     monkeypatch.setattr("kdcompress.quantize.shutil.copyfile", _enospc)
-    _fails_cleanly(runner.invoke(app, ["quantize", str(run)]), "No space left on device")
+    fails_cleanly(runner.invoke(app, ["quantize", str(run)]), "No space left on device")
     assert (run / "manifest.json").read_bytes() == before
     assert not [p.name for p in run.iterdir() if p.name.startswith(".") or "int8" in p.name]
 
@@ -155,7 +145,7 @@ def test_compress_on_a_full_disk_is_one_line_and_leaves_nothing_behind(tmp_path,
 
     monkeypatch.setattr(torch, "save", _enospc)  # the teacher cache and the checkpoints
     result = runner.invoke(app, ["compress", *TINY, "--epochs", "1", "--artifacts", str(tmp_path), "--control", "none"])
-    _fails_cleanly(result, "No space left on device")
+    fails_cleanly(result, "No space left on device")
     assert "could not cache the teacher" in result.output  # the cache costs only the reuse
     leftovers = [p for p in tmp_path.rglob("*") if p.name.startswith((".partial-", ".replaced-")) or p.name.endswith(".tmp")]
     assert leftovers == [] and not [p for p in tmp_path.iterdir() if not p.name.startswith(".")]
@@ -170,7 +160,7 @@ def test_a_read_only_run_folder_keeps_benchmark_results_on_screen(tiny_run, tmp_
         result = runner.invoke(app, ["benchmark", str(run), "--quick", "--no-gpu"])
     finally:
         run.chmod(0o755)
-    _fails_cleanly(result, "could not write the benchmark files")
+    fails_cleanly(result, "could not write the benchmark files")
 
 
 # 5. corrupt artifacts ---------------------------------------------------------------------------
@@ -180,14 +170,14 @@ def test_a_truncated_onnx_file_under_quantize_is_one_line(tiny_run, tmp_path):
     run = _copy(tiny_run, tmp_path)
     data = (run / "student.onnx").read_bytes()
     (run / "student.onnx").write_bytes(data[: len(data) // 3])
-    _fails_cleanly(runner.invoke(app, ["quantize", str(run)]), "onnxruntime cannot load")
+    fails_cleanly(runner.invoke(app, ["quantize", str(run)]), "onnxruntime cannot load")
 
 
 def test_a_truncated_test_set_is_one_line(tiny_run, tmp_path):
     run = _copy(tiny_run, tmp_path)
     data = (run / "test_set.npz").read_bytes()
     (run / "test_set.npz").write_bytes(data[: len(data) // 2])
-    _fails_cleanly(runner.invoke(app, ["benchmark", str(run), "--quick", "--no-gpu"]), "test_set.npz is unreadable")
+    fails_cleanly(runner.invoke(app, ["benchmark", str(run), "--quick", "--no-gpu"]), "test_set.npz is unreadable")
 
 
 @pytest.mark.parametrize("command", [["benchmark", "--quick", "--no-gpu"], ["quantize"], ["predict", "IMAGE", "--run"]])
@@ -198,7 +188,7 @@ def test_a_manifest_with_missing_fields_is_one_line_in_every_command(tiny_run, t
     (run / "manifest.json").write_text(json.dumps(manifest))
     Image.new("L", (8, 8), 10).save(tmp_path / "a.png")
     args = [str(tmp_path / "a.png") if a == "IMAGE" else a for a in command]
-    _fails_cleanly(runner.invoke(app, [*args, str(run)]), "the run folder is damaged")
+    fails_cleanly(runner.invoke(app, [*args, str(run)]), "the run folder is damaged")
 
 
 def test_a_manifest_of_format_1_is_still_read(tiny_run, tmp_path):
@@ -213,7 +203,7 @@ def test_a_manifest_of_format_1_is_still_read(tiny_run, tmp_path):
     assert old.format == "kdcompress-run/1" and old.training == {} and old.models["student"].onnx == "student.onnx"
     manifest["format"] = "kdcompress-run/9"
     (run / "manifest.json").write_text(json.dumps(manifest))
-    _fails_cleanly(runner.invoke(app, ["benchmark", str(run), "--quick"]), "is not a kdcompress run manifest")
+    fails_cleanly(runner.invoke(app, ["benchmark", str(run), "--quick"]), "is not a kdcompress run manifest")
 
 
 def test_a_corrupt_cached_teacher_names_retrain_teacher(tmp_path, tiny_run):
@@ -222,7 +212,7 @@ def test_a_corrupt_cached_teacher_names_retrain_teacher(tmp_path, tiny_run):
     short = ["compress", *TINY, "--epochs", "1", "--control", "none", "--artifacts", str(tmp_path)]
     (record,) = (tmp_path / ".teachers").glob("*/record.json")
     record.write_text('{"objective": "loss = CE(tea')
-    _fails_cleanly(runner.invoke(app, short), "pass --retrain-teacher")
+    fails_cleanly(runner.invoke(app, short), "pass --retrain-teacher")
     again = runner.invoke(app, [*short, "--retrain-teacher"])
     assert again.exit_code == 0, again.output
 
@@ -235,10 +225,10 @@ def test_a_sweep_resumed_with_another_seed_is_refused_and_a_damaged_run_file_is_
     sweep = ["sweep", *TINY, "--epochs", "1", "--T", "4", "--alpha", "0.5", "--beta", "0", "--seeds", "1"]
     out = ["--teacher-weights", weights, "--out", str(tmp_path / "sweep")]
     assert runner.invoke(app, [*sweep, *out]).exit_code == 0
-    _fails_cleanly(runner.invoke(app, [*sweep, *out, "--seed", "3"]), "seed 0 -> 3")
+    fails_cleanly(runner.invoke(app, [*sweep, *out, "--seed", "3"]), "seed 0 -> 3")
     run_file = tmp_path / "sweep" / "runs" / "seed0-baseline.json"
     run_file.write_text(run_file.read_text()[:50])
-    _fails_cleanly(runner.invoke(app, [*sweep, *out]), "delete it and run the same command again")
+    fails_cleanly(runner.invoke(app, [*sweep, *out]), "delete it and run the same command again")
 
 
 def test_stale_working_folders_of_dead_processes_are_removed_and_others_kept(tmp_path):
@@ -280,7 +270,7 @@ def test_group_class_layouts_are_refused_instead_of_merged(tmp_path):
             (tmp_path / group / name).mkdir(parents=True)
             Image.new("RGB", (8, 8)).save(tmp_path / group / name / "0.png")
     result = runner.invoke(app, ["compress", "--dataset", "folder", "--data-dir", str(tmp_path), *TINY])
-    _fails_cleanly(result, "holds no images itself, only sub-folders (cat, dog)")
+    fails_cleanly(result, "holds no images itself, only sub-folders (cat, dog)")
 
 
 def test_json_files_of_a_run_get_the_usual_mode(tiny_run):
