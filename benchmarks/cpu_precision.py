@@ -23,7 +23,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from kdcompress.manifest import environment  # noqa: E402
+from kdcompress.runs.environment import environment
 
 MODELS = {"teacher": "efficientnet_b3", "student": "resnet18"}
 VARIANTS = [("float32", "channels_last"), ("bfloat16", "channels_last"), ("float32", "contiguous"), ("bfloat16", "contiguous")]
@@ -42,8 +42,8 @@ def images_per_second(role: str, size: int, precision: str, layout: str, batch: 
     """Images per second over `steps` training steps after two untimed ones, and the last loss."""
     import torch
 
-    from kdcompress.models import create_model, set_stem_stride
-    from kdcompress.teacher import teacher_stem_stride, zero_init_head
+    from kdcompress.train.models import create_model, set_stem_stride
+    from kdcompress.train.teacher import teacher_stem_stride, zero_init_head
 
     torch.manual_seed(0)
     model = create_model(MODELS[role], 10, 3)

@@ -23,7 +23,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from kdcompress.manifest import environment, read_manifest  # noqa: E402
+from kdcompress.runs.environment import environment
+from kdcompress.deploy.manifest import read_manifest
 
 ROLES = ("teacher", "baseline", "student", "control")
 

@@ -24,7 +24,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-from kdcompress.manifest import environment  # noqa: E402
+from kdcompress.runs.environment import environment
 from train_throughput import _dataset  # noqa: E402
 
 OPTIMIZERS = {"per-tensor": None, "fused": True}  # AdamW's fused= argument
@@ -34,10 +34,10 @@ def interleaved(name: str, size: int, rounds: int, batch: int = 128) -> dict:
     """Median seconds per step of each optimizer on one network, their steps interleaved."""
     import torch
 
-    from kdcompress.models import create_model
-    from kdcompress.objectives import Supervised
-    from kdcompress.train import TrainSettings, TrainStep
-    from kdcompress.views import ViewStream
+    from kdcompress.train.models import create_model
+    from kdcompress.train.objectives import Supervised
+    from kdcompress.train.loop import TrainSettings, TrainStep
+    from kdcompress.train.views import ViewStream
 
     torch.manual_seed(0)
     model = create_model(name, 10, 3)

@@ -22,7 +22,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from kdcompress.manifest import environment, list_runs, read_manifest  # noqa: E402
+from kdcompress.runs.environment import environment
+from kdcompress.deploy.manifest import list_runs, read_manifest
 
 
 def _git_commit() -> str:

@@ -25,14 +25,14 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from kdcompress.manifest import environment  # noqa: E402
+from kdcompress.runs.environment import environment
 
 
 def batches_per_second(data, prep, settings, warmup: int, steps: int) -> tuple[float, object]:
     """Batches per second of one ViewStream epoch after warmup batches, and its first batch."""
     import torch
 
-    from kdcompress.views import ViewStream
+    from kdcompress.train.views import ViewStream
 
     stream = ViewStream(data, prep, settings).epoch()
     first = next(stream)[0].clone()
@@ -52,10 +52,10 @@ def training_images_per_second(data, prep, settings, steps: int) -> float:
     """Images per second of `steps` ResNet18 training steps fed by this data's view stream (after one warm-up step)."""
     import torch
 
-    from kdcompress.models import create_model
-    from kdcompress.objectives import Supervised
-    from kdcompress.train import TrainStep
-    from kdcompress.views import ViewStream
+    from kdcompress.train.models import create_model
+    from kdcompress.train.objectives import Supervised
+    from kdcompress.train.loop import TrainStep
+    from kdcompress.train.views import ViewStream
 
     torch.manual_seed(0)
     objective = Supervised(create_model("resnet18", len(data.classes), data.channels)).to(settings.device)
@@ -90,8 +90,8 @@ def main(argv: list[str]) -> int:
 
     import torch
 
-    from kdcompress.data import load_dataset, loader_workers
-    from kdcompress.train import TrainSettings
+    from kdcompress.data.dataset import load_dataset, loader_workers
+    from kdcompress.train.loop import TrainSettings
 
     figures = {}
     started = time.perf_counter()

@@ -28,18 +28,18 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from kdcompress.config import CompressConfig  # noqa: E402
-from kdcompress.manifest import environment  # noqa: E402
-from kdcompress.reporter import NullReporter  # noqa: E402
-from kdcompress.sweep import SweepConfig, sweep  # noqa: E402
+from kdcompress.train.config import CompressConfig
+from kdcompress.runs.environment import environment
+from kdcompress.core.reporter import NullReporter
+from kdcompress.runs.sweep import sweep, SweepConfig
 
 GRID = dict(temperatures=(2.0, 4.0), alphas=(0.5,), betas=(0.0, 0.3), seeds=1)
 
 
 def measure(data_dir: Path, epochs: int, root: Path) -> dict:
-    from kdcompress.fair import fair_start, prepare
-    from kdcompress.teacher import load_or_train_teacher
-    from kdcompress.train import fit
+    from kdcompress.train.fair import fair_start, prepare
+    from kdcompress.train.teacher import load_or_train_teacher
+    from kdcompress.train.loop import fit
 
     base = CompressConfig(dataset="cifar3", data_dir=str(data_dir), epochs=epochs, device="cpu", artifacts=str(root))
     config = SweepConfig(base=base, out=str(root / "sweep"), **GRID)

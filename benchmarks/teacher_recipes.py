@@ -30,14 +30,14 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from kdcompress.data import load_dataset  # noqa: E402
-from kdcompress.sources import find_cifar10  # noqa: E402
-from kdcompress.manifest import environment  # noqa: E402
-from kdcompress.models import create_model  # noqa: E402
-from kdcompress.teacher import zero_init_head  # noqa: E402
-from kdcompress.objectives import Supervised  # noqa: E402
-from kdcompress.reporter import Reporter  # noqa: E402
-from kdcompress.train import TrainSettings, accuracy, fit, predict_logits  # noqa: E402
+from kdcompress.data.dataset import load_dataset
+from kdcompress.data.readers import find_cifar10
+from kdcompress.runs.environment import environment
+from kdcompress.train.models import create_model
+from kdcompress.train.teacher import zero_init_head
+from kdcompress.train.objectives import Supervised
+from kdcompress.core.reporter import Reporter
+from kdcompress.train.loop import accuracy, fit, predict_logits, TrainSettings
 
 
 class Lines(Reporter):

@@ -29,14 +29,14 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from kdcompress.manifest import environment  # noqa: E402
+from kdcompress.runs.environment import environment
 
 MODELS = {"teacher": "efficientnet_b3", "student": "resnet18"}
 MODES = {"eager": "off", "graph": "graph", "compiled": "on"}  # this benchmark's names -> kdc's --compile
 
 
 def _dataset(size: int, images: int):
-    from kdcompress.data import Dataset
+    from kdcompress.data.dataset import Dataset
 
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (images, 3, size, size), dtype=np.uint8)
@@ -53,13 +53,13 @@ def measure(
 
     import torch
 
-    from kdcompress.accel import AUTOTUNE_ENV
+    from kdcompress.train.accel import AUTOTUNE_ENV
 
-    from kdcompress.models import create_model, set_stem_stride
-    from kdcompress.objectives import Supervised
-    from kdcompress.teacher import teacher_stem_stride, zero_init_head
-    from kdcompress.train import TrainSettings, TrainStep
-    from kdcompress.views import ViewStream
+    from kdcompress.train.models import create_model, set_stem_stride
+    from kdcompress.train.objectives import Supervised
+    from kdcompress.train.teacher import teacher_stem_stride, zero_init_head
+    from kdcompress.train.loop import TrainSettings, TrainStep
+    from kdcompress.train.views import ViewStream
 
     torch.manual_seed(0)
     if role == "views":
@@ -122,8 +122,8 @@ def _views_only(size: int, device: str, batch: int, warmup: int, steps: int, aug
     """Images per second of train.ViewStream alone: pick, augment, normalise, channels-last, on the device."""
     import torch
 
-    from kdcompress.train import TrainSettings
-    from kdcompress.views import ViewStream
+    from kdcompress.train.loop import TrainSettings
+    from kdcompress.train.views import ViewStream
 
     data = _dataset(size, batch * 4)
     stream = ViewStream(data, data.preprocessing(), TrainSettings(1, batch, 2e-3, 0.05, 0, device, augment=augment))
@@ -162,7 +162,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="also write the record here")
     args = parser.parse_args()
 
-    from kdcompress.accel import resolve_device
+    from kdcompress.train.accel import resolve_device
 
     device = resolve_device(args.device)
     warmup = args.warmup if args.warmup is not None else (20 if device == "cuda" else 2)

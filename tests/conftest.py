@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from kdcompress.reporter import Reporter
+from kdcompress.core.reporter import Reporter
 
 # Under pytest-xdist (pyproject's addopts) each worker gets its share of the cores: torch's threads here, and
 # OMP_NUM_THREADS for the processes a test starts (kdc, torchrun, export workers). Without it every worker
@@ -76,8 +76,8 @@ def chest_xray(shared_data: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One finished compress run on digits with tiny models (shared by export, benchmark and predict tests)."""
-    from kdcompress.config import CompressConfig
-    from kdcompress.pipeline import compress
+    from kdcompress.train.config import CompressConfig
+    from kdcompress.runs.compress import compress
 
     root = tmp_path_factory.mktemp("artifacts")
     config = CompressConfig(

@@ -11,12 +11,12 @@ from dataclasses import replace
 import torch
 import torch.distributed as dist
 
-from kdcompress.config import CompressConfig
-from kdcompress.fair import fair_start, prepare
-from kdcompress.models import create_model
-from kdcompress.reporter import NullReporter
-from kdcompress.train import fit
-from kdcompress.views import ViewStream
+from kdcompress.train.config import CompressConfig
+from kdcompress.train.fair import fair_start, prepare
+from kdcompress.train.models import create_model
+from kdcompress.core.reporter import NullReporter
+from kdcompress.train.loop import fit
+from kdcompress.train.views import ViewStream
 
 
 def gathered(tensor: torch.Tensor) -> torch.Tensor:

@@ -8,13 +8,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from kdcompress.benchmark import benchmark_run, classification_metrics, onnx_size
+from kdcompress.deploy.benchmark import benchmark_run, classification_metrics, onnx_size
 from kdcompress.cli import app
-from kdcompress.export import export_onnx
-from kdcompress.files import write_json_atomic
-from kdcompress.manifest import read_manifest
-from kdcompress.render import benchmark_context
-from kdcompress.runtime import Preprocessing
+from kdcompress.train.export import export_onnx
+from kdcompress.core.files import write_json_atomic
+from kdcompress.deploy.manifest import read_manifest
+from kdcompress.report.render import benchmark_context
+from kdcompress.deploy.preprocessing import Preprocessing
 
 runner = CliRunner()
 
@@ -107,9 +107,9 @@ def test_cli_benchmark_without_a_run_is_a_clear_error(tmp_path, make, message):
 
 
 def test_a_busy_machine_is_flagged_not_silently_reported(tiny_run, monkeypatch):
-    monkeypatch.setattr("kdcompress.benchmark.cpu_busy_fraction", lambda interval=0.5: 0.9)
+    monkeypatch.setattr("kdcompress.deploy.timing.cpu_busy_fraction", lambda interval=0.5: 0.9)
     result = benchmark_run(tiny_run, quick=True, gpu=False)
     assert result["machine"]["busy"] and result["machine"]["cpu_busy_fraction"] == 0.9
     assert any(line.startswith("WARNING: the machine was busy (other processes used 90%") for line in benchmark_context(result))
-    monkeypatch.setattr("kdcompress.benchmark.cpu_busy_fraction", lambda interval=0.5: 0.05)
+    monkeypatch.setattr("kdcompress.deploy.timing.cpu_busy_fraction", lambda interval=0.5: 0.05)
     assert not benchmark_run(tiny_run, quick=True, gpu=False)["machine"]["busy"]

@@ -8,14 +8,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kdcompress import losses
-from kdcompress.config import CompressConfig
-from kdcompress.fair import fair_start, prepare
-from kdcompress.models import create_model
-from kdcompress.reporter import NullReporter
-from kdcompress.stats import attribution
-from kdcompress.sweep import SweepConfig, choose_by_validation, summarize, sweep
-from kdcompress.train import fit
+from kdcompress.train import losses
+from kdcompress.train.config import CompressConfig
+from kdcompress.train.fair import fair_start, prepare
+from kdcompress.train.models import create_model
+from kdcompress.core.reporter import NullReporter
+from kdcompress.core.stats import attribution
+from kdcompress.runs.sweep import choose_by_validation, summarize, sweep, SweepConfig
+from kdcompress.train.loop import fit
 from test_pipeline import TINY
 
 
@@ -101,12 +101,12 @@ def test_sweep_chooses_without_reading_test_predictions(tmp_path, tiny_run):
 
 
 def test_mixup_views_are_reproducible_by_seed_and_the_teacher_sees_the_same_ones():
-    from kdcompress.data import load_dataset
-    from kdcompress.models import create_projection
-    from kdcompress.objectives import Distillation
-    from kdcompress.teacher import record_teacher
-    from kdcompress.train import TrainSettings, clone_model
-    from kdcompress.views import ViewStream
+    from kdcompress.data.dataset import load_dataset
+    from kdcompress.train.models import create_projection
+    from kdcompress.train.objectives import Distillation
+    from kdcompress.train.teacher import record_teacher
+    from kdcompress.train.loop import clone_model, TrainSettings
+    from kdcompress.train.views import ViewStream
 
     data = load_dataset("digits", None, 16, 0.1)
     prep = data.preprocessing()

@@ -10,12 +10,12 @@ import pytest
 import torch
 from PIL import Image
 
-from kdcompress.data import load_dataset
-from kdcompress.sources import download_cifar10
-from kdcompress.views import augment, to_input, views
-from kdcompress.errors import KdcError
-from kdcompress.reporter import NullReporter
-from kdcompress.runtime import load_image
+from kdcompress.data.dataset import load_dataset
+from kdcompress.data.readers import download_cifar10
+from kdcompress.train.views import augment, to_input, views
+from kdcompress.core.errors import KdcError
+from kdcompress.core.reporter import NullReporter
+from kdcompress.deploy.preprocessing import load_image
 
 
 def _disjoint_stratified(ds):

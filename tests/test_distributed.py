@@ -16,12 +16,12 @@ from typer.testing import CliRunner
 
 from conftest import REPO, TINY
 from kdcompress.cli import app
-from kdcompress.config import CompressConfig
-from kdcompress.distributed import revert_sync_batchnorm, shard
-from kdcompress.manifest import read_manifest
-from kdcompress.models import create_model
-from kdcompress.options import without_nproc
-from kdcompress.sweep import SweepConfig, sweep
+from kdcompress.train.config import CompressConfig
+from kdcompress.train.collectives import revert_sync_batchnorm, shard
+from kdcompress.deploy.manifest import read_manifest
+from kdcompress.train.models import create_model
+from kdcompress.cli.options import without_nproc
+from kdcompress.runs.sweep import sweep, SweepConfig
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
 SWEEP_GRID = ["--T", "2,4", "--alpha", "0.5", "--beta", "0,0.3", "--seeds", "1", "--control", "none"]

@@ -9,12 +9,13 @@ import timm
 import torch
 from onnx import numpy_helper
 
-from kdcompress import export as export_module
-from kdcompress.errors import KdcError
-from kdcompress.export import export_onnx
-from kdcompress.models import count_parameters
-from kdcompress.runtime import Preprocessing, create_session, run_logits
-from kdcompress.train import predict_logits
+from kdcompress.train import export as export_module
+from kdcompress.core.errors import KdcError
+from kdcompress.train.export import export_onnx
+from kdcompress.train.models import count_parameters
+from kdcompress.deploy.preprocessing import Preprocessing
+from kdcompress.deploy.sessions import create_session, run_logits
+from kdcompress.train.loop import predict_logits
 
 PREP = Preprocessing(image_size=16, channels=3, mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3))
 IMAGES = np.random.default_rng(0).integers(0, 256, (40, 3, 16, 16), dtype=np.uint8)
@@ -51,7 +52,7 @@ def test_parity_failure_is_loud(tmp_path, monkeypatch):
 def test_a_worker_export_rebuilds_the_network_from_its_checkpoint(tmp_path, tiny_run):
     """What an export worker process runs (export.Exports), here in process: the run's checkpoint gives the run's
     ONNX outputs; an unreadable checkpoint is one clear KdcError, which the pool hands back to the run."""
-    from kdcompress.manifest import load_images, read_manifest
+    from kdcompress.deploy.manifest import load_images, read_manifest
 
     manifest = read_manifest(tiny_run)
     images, _ = load_images(tiny_run, manifest, "test_set")
@@ -108,10 +109,7 @@ def test_exported_student_has_exactly_the_student_weights(tiny_run):
 
 def test_export_workers_only_under_the_kdc_command_on_eight_cores_or_more(monkeypatch):
     """In-process calls (these tests, a user's script) never spawn: a spawned worker re-imports the main module."""
-    from kdcompress import cli
-
-    for command_line, cpus, workers in [(False, 16, 0), (True, 16, 4), (True, 8, 2), (True, 4, 0), (True, 64, 4)]:
-        monkeypatch.setattr(cli, "COMMAND_LINE", command_line)
-        monkeypatch.setattr(export_module, "_cpus", lambda: cpus)
-        assert export_module.export_workers() == workers, (command_line, cpus)
+    for spawn_safe, cpus, workers in [(False, 16, 0), (True, 16, 4), (True, 8, 2), (True, 4, 0), (True, 64, 4)]:
+        monkeypatch.setattr(export_module, "usable_cores", lambda: cpus)
+        assert export_module.export_workers(spawn_safe) == workers, (spawn_safe, cpus)
 

@@ -12,14 +12,14 @@ import pytest
 import torch
 from conftest import Recorder
 
-from kdcompress.data import load_dataset
-from kdcompress.errors import KdcError
-from kdcompress.models import create_model, create_projection
-from kdcompress.objectives import Distillation, Supervised
-from kdcompress.reporter import NullReporter
-from kdcompress.teacher import record_teacher
-from kdcompress.train import TrainSettings, TrainStep, clone_model, fit
-from kdcompress.views import ViewStream
+from kdcompress.data.dataset import load_dataset
+from kdcompress.core.errors import KdcError
+from kdcompress.train.models import create_model, create_projection
+from kdcompress.train.objectives import Distillation, Supervised
+from kdcompress.core.reporter import NullReporter
+from kdcompress.train.teacher import record_teacher
+from kdcompress.train.loop import clone_model, fit, TrainSettings, TrainStep
+from kdcompress.train.views import ViewStream
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 # One worker runs this file's tests one after another (pytest-xdist's loadgroup): they share one GPU.
@@ -39,8 +39,8 @@ def digits():
 @pytest.mark.gpu
 @cuda
 def test_tiny_compress_on_cuda_exports_what_it_trained(tmp_path):
-    from kdcompress.config import CompressConfig
-    from kdcompress.pipeline import compress
+    from kdcompress.train.config import CompressConfig
+    from kdcompress.runs.compress import compress
 
     config = CompressConfig(teacher="test_efficientnet", student="test_resnet", image_size=16, epochs=2, device="cuda", out=str(tmp_path / "run"))
     manifest = compress(config).manifest
@@ -90,7 +90,7 @@ def test_recorded_teacher_outputs_match_the_live_teacher_on_cuda(digits):
     torch.manual_seed(0)
     teacher = create_model("test_efficientnet", 10, 1).cuda().eval()
     recorded = record_teacher(teacher, data, prep, settings, True, NullReporter())
-    from kdcompress.objectives import LiveTeacher
+    from kdcompress.train.objectives import LiveTeacher
 
     live = LiveTeacher(teacher).to(memory_format=torch.channels_last)
     stream = ViewStream(data, prep, settings)
@@ -192,8 +192,8 @@ def test_compiled_training_trains_and_hands_back_plain_networks(digits):
 def test_onnxruntime_runs_on_cuda_when_it_can(request):
     import onnxruntime
 
-    from kdcompress.manifest import load_images, read_manifest
-    from kdcompress.runtime import create_session, run_logits
+    from kdcompress.deploy.manifest import load_images, read_manifest
+    from kdcompress.deploy.sessions import create_session, run_logits
 
     if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
         pytest.skip("this onnxruntime is the CPU build (onnxruntime-gpu is not installed)")
@@ -208,7 +208,7 @@ def test_onnxruntime_runs_on_cuda_when_it_can(request):
 
 def test_compile_shadows_forward_features_only_while_training(monkeypatch, digits):
     """Runs everywhere: torch.compile replaced by a recorder, so the bookkeeping is checked without a compiler."""
-    import kdcompress.accel as accel
+    import kdcompress.train.accel as accel
 
     compiled_calls = []
 

@@ -80,37 +80,37 @@ def _image(tmp_path: Path) -> Path:
 def test_two_runs_started_in_the_same_second_reserve_two_folders(tmp_path, monkeypatch):
     from datetime import datetime
 
-    from kdcompress import pipeline
-    from kdcompress.config import CompressConfig
+    from kdcompress.runs import rundir
+    from kdcompress.train.config import CompressConfig
 
     class Frozen(datetime):
         @classmethod
         def now(cls, tz=None):
             return datetime(2026, 12, 2, 12, 0, 0)
 
-    monkeypatch.setattr(pipeline, "datetime", Frozen)
+    monkeypatch.setattr(rundir, "datetime", Frozen)
     cfg = CompressConfig(artifacts=str(tmp_path)).resolved()
-    first = pipeline._prepare_run_dir(cfg)  # both reserved before either has published
-    second = pipeline._prepare_run_dir(cfg)
+    first = rundir.prepare_run_dir(cfg)  # both reserved before either has published
+    second = rundir.prepare_run_dir(cfg)
     assert first.final.name == "digits-20261202-120000" and second.final.name == "digits-20261202-120000-2"
     assert first.final.is_dir() and second.final.is_dir()  # the names are taken, not merely computed
     for folder in (first, second):
-        pipeline._discard(folder)
+        rundir.discard_run(folder)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_a_run_never_replaces_one_it_was_not_asked_to_replace(tmp_path):
-    from kdcompress import pipeline
-    from kdcompress.config import CompressConfig
-    from kdcompress.manifest import Manifest
+    from kdcompress.runs import rundir
+    from kdcompress.train.config import CompressConfig
+    from kdcompress.deploy.manifest import Manifest
 
-    folder = pipeline._prepare_run_dir(CompressConfig(artifacts=str(tmp_path), out=str(tmp_path / "mine")).resolved())
+    folder = rundir.prepare_run_dir(CompressConfig(artifacts=str(tmp_path), out=str(tmp_path / "mine")).resolved())
     (folder.final / "manifest.json").write_text('{"run": "the other one"}')  # another process published here meanwhile
     (folder.staging / "manifest.json").write_text("{}")
     manifest = Manifest.__new__(Manifest)
     manifest.run, manifest.warnings, manifest.to_dict = "mine", [], lambda: {"run": manifest.run}
     recorder = Recorder()
-    landed = pipeline._publish(folder, manifest, recorder)
+    landed = rundir.publish_run(folder, manifest, recorder)
     assert landed == tmp_path / "mine-2" and json.loads((landed / "manifest.json").read_text()) == {"run": "mine-2"}
     assert json.loads((tmp_path / "mine" / "manifest.json").read_text()) == {"run": "the other one"}  # untouched
     assert "was filled by another run while this one trained" in recorder.warnings[0]
@@ -120,14 +120,14 @@ def test_a_run_never_replaces_one_it_was_not_asked_to_replace(tmp_path):
 def test_two_compress_runs_in_the_same_second_both_keep_their_runs(tiny_run, tmp_path, monkeypatch):
     from datetime import datetime
 
-    from kdcompress import pipeline
+    from kdcompress.runs import rundir
 
     class Frozen(datetime):
         @classmethod
         def now(cls, tz=None):
             return datetime(2026, 12, 2, 12, 0, 0) if tz is None else datetime.now(tz)
 
-    monkeypatch.setattr(pipeline, "datetime", Frozen)
+    monkeypatch.setattr(rundir, "datetime", Frozen)
     weights = str(tiny_run / "checkpoints" / "teacher.pt")
     args = ["compress", *TINY, "--epochs", "1", "--control", "none", "--teacher-weights", weights, "--artifacts", str(tmp_path)]
     outputs = [runner.invoke(app, args) for _ in range(2)]
@@ -162,7 +162,7 @@ def test_a_crafted_cifar_batch_is_refused_without_running_it(tmp_path):
 
 
 def test_a_genuine_cifar_batch_still_reads(tmp_path):
-    from kdcompress.sources import _read_cifar_batch
+    from kdcompress.data.readers import _read_cifar_batch
 
     images = np.arange(2 * 3072, dtype=np.uint8).reshape(2, 3072)
     (tmp_path / "data_batch_1").write_bytes(pickle.dumps({"batch_label": "b", "labels": [3, 1], "data": images, "filenames": ["a", "b"]}))
@@ -266,8 +266,8 @@ def test_a_diverged_training_stops_with_one_line_and_writes_no_run(tmp_path):
 
 
 def test_divergence_is_judged_against_chance_level():
-    from kdcompress.errors import KdcError
-    from kdcompress.train import check_diverged
+    from kdcompress.core.errors import KdcError
+    from kdcompress.train.loop import check_diverged
 
     check_diverged("baseline", 1, {"loss": 9.0, "ce": 22.9}, 10, 2e-3, ended=True)  # under 10 x ln(10) = 23.03
     check_diverged("baseline", 1, {"loss": 9.0, "ce": 500.0}, 10, 2e-3, ended=False)  # judged at the end of an epoch
@@ -281,7 +281,7 @@ def test_divergence_is_judged_against_chance_level():
 
 
 def test_exif_orientation_is_applied_when_an_image_is_read(tmp_path):
-    from kdcompress.runtime import load_image, pil_to_array
+    from kdcompress.deploy.preprocessing import load_image, pil_to_array
 
     pixels = np.zeros((8, 16), dtype=np.uint8)
     pixels[:, 8:] = 255  # left half black, right half white, as stored
@@ -328,8 +328,8 @@ def test_names_the_terminal_cannot_encode_are_replaced_not_fatal(tiny_run, tmp_p
 
 
 def test_hidden_files_and_class_folders_are_skipped_with_one_info_line(tmp_path):
-    from kdcompress.runtime import list_images
-    from kdcompress.sources import load_folder
+    from kdcompress.deploy.preprocessing import list_images
+    from kdcompress.data.readers import load_folder
 
     for name in ("alpha", "beta", ".gamma"):
         (tmp_path / name).mkdir()
@@ -391,7 +391,7 @@ def test_sigterm_during_quantize_leaves_the_run_as_it_was(tiny_run, tmp_path):
 
 
 def test_a_second_quantize_on_a_run_is_refused_while_the_first_holds_it(tiny_run, tmp_path):
-    from kdcompress.files import folder_lock
+    from kdcompress.core.files import folder_lock
 
     run = _copy(tiny_run, tmp_path)
     before = (run / "manifest.json").read_bytes()

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from kdcompress import losses
+from kdcompress.train import losses
 
 
 def _softmax(values, t=1.0):
@@ -21,7 +21,7 @@ def test_cross_entropy_matches_hand_computation():
 
 
 def test_balanced_cross_entropy_is_the_weighted_mean_with_inverse_frequency_weights():
-    from kdcompress.teacher import balancing_weights
+    from kdcompress.train.teacher import balancing_weights
 
     labels = [0, 0, 0, 1]  # 3:1, as chest-xray's train split: class 1 weighs 3 times class 0
     weights = balancing_weights(labels, 3)

@@ -6,9 +6,9 @@ import pytest
 import timm
 import torch
 
-from kdcompress import losses
-from kdcompress.models import create_projection
-from kdcompress.objectives import Distillation, Supervised, trainable_parameters
+from kdcompress.train import losses
+from kdcompress.train.models import create_projection
+from kdcompress.train.objectives import Distillation, Supervised, trainable_parameters
 
 
 def _pair(seed=0):
@@ -76,7 +76,7 @@ def test_supervised_is_plain_cross_entropy():
 
 
 def test_zeroed_head_starts_the_teacher_at_uniform_predictions():
-    from kdcompress.teacher import zero_init_head
+    from kdcompress.train.teacher import zero_init_head
 
     torch.manual_seed(0)
     teacher = zero_init_head(timm.create_model("test_efficientnet", num_classes=3)).eval()

@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 from conftest import Recorder
 
-from kdcompress.teacher import teacher_cache_key
-from kdcompress.config import CompressConfig
-from kdcompress.errors import KdcError
-from kdcompress.manifest import read_manifest
-from kdcompress.pipeline import compress
-from kdcompress.runtime import Preprocessing, create_session, run_logits
+from kdcompress.train.teacher import teacher_cache_key
+from kdcompress.train.config import CompressConfig
+from kdcompress.core.errors import KdcError
+from kdcompress.deploy.manifest import read_manifest
+from kdcompress.runs.compress import compress
+from kdcompress.deploy.preprocessing import Preprocessing
+from kdcompress.deploy.sessions import create_session, run_logits
 
 # CPU: bit-identical. No control: the tests that need it use the tiny_run fixture or ask for it.
 # teacher_epochs pinned: digits' default would train the teacher for twice the students' epochs.
@@ -65,9 +66,9 @@ def test_exports_in_worker_processes_score_what_the_run_recorded(tmp_path, monke
     """Two spawned workers export each model from its checkpoint while the next one trains; each file is checked
     against PyTorch there and scores on the test set what the run recorded (tests/test_export.py: the worker's
     function gives the in-process export's outputs)."""
-    import kdcompress.export as export
+    import kdcompress.train.export as export
 
-    monkeypatch.setattr(export, "export_workers", lambda: 2)
+    monkeypatch.setattr(export, "export_workers", lambda spawn_safe: 2)
     reporter = Recorder()
     tiny = {**TINY, "epochs": 1, "teacher_epochs": 1}
     run = compress(CompressConfig(**tiny, out=str(tmp_path / "run")), reporter).run_dir
@@ -131,7 +132,7 @@ def test_failed_run_leaves_the_earlier_run_at_out_untouched(tmp_path, monkeypatc
     def broken_export(*args, **kwargs):
         raise KdcError("export exploded")
 
-    monkeypatch.setattr("kdcompress.export.export_onnx", broken_export)
+    monkeypatch.setattr("kdcompress.train.export.export_onnx", broken_export)
     with pytest.raises(KdcError, match="exploded"):
         compress(CompressConfig(**TINY, out=str(out)))
     assert (out / "manifest.json").read_bytes() == before
@@ -166,7 +167,7 @@ def test_bad_settings_fail_before_anything_is_written(tmp_path, changes, message
 
 
 def test_cache_key_changes_with_what_shapes_the_teacher():
-    from kdcompress.data import load_dataset
+    from kdcompress.data.dataset import load_dataset
 
     data = load_dataset("digits", None, image_size=8)
     base = CompressConfig(**TINY)
@@ -215,12 +216,12 @@ def test_auxiliary_logits_are_never_scored():
     import torch
     from torch import nn
 
-    from kdcompress.data import load_dataset
-    from kdcompress.models import create_model
-    from kdcompress.teacher import keep_first_classes
-    from kdcompress.objectives import Supervised
-    from kdcompress.reporter import NullReporter
-    from kdcompress.train import TrainSettings, accuracy, fit, predict_logits
+    from kdcompress.data.dataset import load_dataset
+    from kdcompress.train.models import create_model
+    from kdcompress.train.teacher import keep_first_classes
+    from kdcompress.train.objectives import Supervised
+    from kdcompress.core.reporter import NullReporter
+    from kdcompress.train.loop import accuracy, fit, predict_logits, TrainSettings
 
     class Decoy(nn.Module):  # an auxiliary class that always wins the argmax over all outputs (a timm-style model)
         def __init__(self, model):
@@ -268,8 +269,8 @@ def test_stride_one_stem_is_used_for_small_inputs_and_survives_a_checkpoint(tmp_
     import timm
     import torch
 
-    from kdcompress.models import load_weights, save_checkpoint, set_stem_stride
-    from kdcompress.teacher import teacher_stem_stride
+    from kdcompress.train.models import load_weights, save_checkpoint, set_stem_stride
+    from kdcompress.train.teacher import teacher_stem_stride
 
     torch.manual_seed(0)
     teacher = timm.create_model("test_efficientnet", num_classes=3)

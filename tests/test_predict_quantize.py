@@ -9,13 +9,14 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from kdcompress.benchmark import benchmark_run
+from kdcompress.deploy.benchmark import benchmark_run
 from kdcompress.cli import app
-from kdcompress.config import CompressConfig
-from kdcompress.manifest import read_manifest
-from kdcompress.pipeline import compress
-from kdcompress.predict import predict_images
-from kdcompress.runtime import Preprocessing, create_session, run_logits
+from kdcompress.train.config import CompressConfig
+from kdcompress.deploy.manifest import read_manifest
+from kdcompress.runs.compress import compress
+from kdcompress.deploy.predict import predict_images
+from kdcompress.deploy.preprocessing import Preprocessing
+from kdcompress.deploy.sessions import create_session, run_logits
 
 runner = CliRunner()
 

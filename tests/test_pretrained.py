@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from kdcompress.config import CompressConfig
-from kdcompress.pipeline import compress
+from kdcompress.train.config import CompressConfig
+from kdcompress.runs.compress import compress
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"  # any 40-hex revision; refs/main points at it
 
@@ -50,7 +50,7 @@ def offline_hub(tmp_path, monkeypatch) -> Path:
 def test_pretrained_weights_load_with_a_new_head_and_channels(offline_hub):
     import torch
 
-    from kdcompress.models import create_model
+    from kdcompress.train.models import create_model
 
     imagenet = _cache_imagenet_weights(offline_hub, "test_efficientnet", seed=1)
     model = create_model("test_efficientnet", num_classes=3, in_chans=1, pretrained=True)
@@ -68,7 +68,7 @@ def test_compress_pretrained_teacher_and_students(offline_hub, tmp_path, shared_
     """cifar3 with ImageNet starts for all three: the teacher's 10-way head (7 auxiliary classes) is cut to 3."""
     import torch
 
-    from kdcompress.models import create_model
+    from kdcompress.train.models import create_model
 
     _cache_imagenet_weights(offline_hub, "test_efficientnet", seed=1)
     imagenet_student = _cache_imagenet_weights(offline_hub, "test_resnet", seed=2)

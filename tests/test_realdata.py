@@ -6,9 +6,9 @@ The teacher here is timm's tiny test_efficientnet: these tests check the pipelin
 
 import pytest
 
-from kdcompress.benchmark import benchmark_run
-from kdcompress.config import CompressConfig
-from kdcompress.pipeline import compress
+from kdcompress.deploy.benchmark import benchmark_run
+from kdcompress.train.config import CompressConfig
+from kdcompress.runs.compress import compress
 
 pytestmark = pytest.mark.realdata
 

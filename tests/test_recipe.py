@@ -7,15 +7,15 @@ import pytest
 import torch
 from conftest import Recorder
 
-from kdcompress.config import CompressConfig
-from kdcompress.data import load_dataset
-from kdcompress.errors import KdcError
-from kdcompress.models import create_model
-from kdcompress.objectives import Supervised
-from kdcompress.reporter import NullReporter
-from kdcompress.teacher import RECIPE_LEVERS, teacher_cache_key
-from kdcompress.train import TrainSettings, clone_model, fit, mean_cross_entropy
-from kdcompress.views import INTENSITY, random_resized_crop
+from kdcompress.train.config import CompressConfig
+from kdcompress.data.dataset import load_dataset
+from kdcompress.core.errors import KdcError
+from kdcompress.train.models import create_model
+from kdcompress.train.objectives import Supervised
+from kdcompress.core.reporter import NullReporter
+from kdcompress.train.teacher import RECIPE_LEVERS, teacher_cache_key
+from kdcompress.train.loop import clone_model, fit, mean_cross_entropy, TrainSettings
+from kdcompress.train.views import INTENSITY, random_resized_crop
 
 
 def test_random_resized_crops_keep_the_image_upright_and_jitter_intensity_within_bounds():
@@ -105,7 +105,7 @@ def test_the_default_teacher_is_the_datasets_and_an_explicit_one_wins():
 
 
 def test_a_balanced_teacher_trains_on_inverse_frequency_weights_and_records_it():
-    from kdcompress.teacher import _train_teacher
+    from kdcompress.train.teacher import _train_teacher
 
     data = load_dataset("digits", None, 16, 0.1)
     keep = np.flatnonzero(data.train_y < 2)[:300]  # two classes, then one made rare: 3 of class 1 per 10 of class 0
@@ -120,7 +120,7 @@ def test_a_balanced_teacher_trains_on_inverse_frequency_weights_and_records_it()
 
 @pytest.mark.parametrize("levers, pointed", [({}, True), ({"teacher_ema": 0.99}, False)])
 def test_a_high_resolution_teacher_without_levers_is_pointed_to_the_measured_ones(levers, pointed):
-    from kdcompress.teacher import HIGH_RES, HIGH_RES_LEVERS, _train_teacher
+    from kdcompress.train.teacher import _train_teacher, HIGH_RES, HIGH_RES_LEVERS
 
     data = load_dataset("digits", None, HIGH_RES, 0.1)
     data = replace(data, train_x=data.train_x[:64], train_y=data.train_y[:64])
@@ -144,7 +144,7 @@ class _Steps(Recorder):
 
 
 def test_a_teacher_batch_of_its_own_takes_fewer_steps_at_a_square_root_scaled_rate():
-    from kdcompress.teacher import _train_teacher, teacher_batch
+    from kdcompress.train.teacher import _train_teacher, teacher_batch
 
     data = load_dataset("digits", None, 16, 0.1)
     data = replace(data, train_x=data.train_x[:256], train_y=data.train_y[:256])
@@ -171,7 +171,7 @@ def test_a_teacher_batch_of_its_own_takes_fewer_steps_at_a_square_root_scaled_ra
 
 
 def test_adamw_is_fused_on_cpu_and_follows_the_per_tensor_steps_numbers():
-    from kdcompress.accel import create_optimizer
+    from kdcompress.train.accel import create_optimizer
 
     torch.manual_seed(0)
     model = create_model("test_resnet", 3, 1).to(memory_format=torch.channels_last)

@@ -14,7 +14,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from kdcompress.cli import app
-from kdcompress.files import remove_stale
+from kdcompress.core.files import remove_stale
 
 from conftest import TINY, fails_cleanly
 
@@ -63,7 +63,7 @@ def test_negative_seed_is_refused_before_training(tmp_path):
 
 
 def test_an_image_size_that_cannot_fit_in_memory_is_refused_before_decoding(tmp_path, monkeypatch):
-    monkeypatch.setattr("kdcompress.sources.available_memory", lambda: 2 * 2**30)
+    monkeypatch.setattr("kdcompress.data.memory.available_memory", lambda: 2 * 2**30)
     result = runner.invoke(app, ["compress", *TINY[:4], "--image-size", "2048", "--artifacts", str(tmp_path)])
     fails_cleanly(result, "1797 images at 2048x2048 px, 1 channel(s), need about 17.5 GiB")
     assert "2.0 GiB is available: use --image-size" in " ".join(result.output.split())
@@ -73,7 +73,7 @@ def test_an_image_size_that_cannot_fit_in_memory_is_refused_before_decoding(tmp_
 def test_a_four_step_run_trains_instead_of_dividing_by_zero(tmp_path):
     import torch
 
-    from kdcompress.train import warmup_fraction
+    from kdcompress.train.loop import warmup_fraction
 
     for steps in (1, 2, 3, 4, 5, 40):  # OneCycleLR must step through every length without raising
         optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
@@ -124,7 +124,7 @@ def _enospc(*args, **kwargs):
 def test_benchmark_prints_its_results_when_they_cannot_be_saved(tiny_run, tmp_path, monkeypatch):
     run = _copy(tiny_run, tmp_path)
     (run / "benchmark.json").unlink(missing_ok=True)  # other tests may have benchmarked the shared run
-    monkeypatch.setattr("kdcompress.benchmark.write_json_atomic", _enospc)
+    monkeypatch.setattr("kdcompress.deploy.benchmark.write_json_atomic", _enospc)
     result = runner.invoke(app, ["benchmark", str(run), "--quick", "--no-gpu"])
     fails_cleanly(result, "could not write the benchmark files")
     assert "CPU x faster" in result.stdout  # the timings are shown, not lost
@@ -134,7 +134,7 @@ def test_benchmark_prints_its_results_when_they_cannot_be_saved(tiny_run, tmp_pa
 def test_quantize_on_a_full_disk_is_one_line_and_leaves_the_run_as_it_was(tiny_run, tmp_path, monkeypatch):
     run = _copy(tiny_run, tmp_path)
     before = (run / "manifest.json").read_bytes()
-    monkeypatch.setattr("kdcompress.quantize.shutil.copyfile", _enospc)
+    monkeypatch.setattr("kdcompress.deploy.quantize.shutil.copyfile", _enospc)
     fails_cleanly(runner.invoke(app, ["quantize", str(run)]), "No space left on device")
     assert (run / "manifest.json").read_bytes() == before
     assert not [p.name for p in run.iterdir() if p.name.startswith(".") or "int8" in p.name]
@@ -192,7 +192,7 @@ def test_a_manifest_with_missing_fields_is_one_line_in_every_command(tiny_run, t
 
 
 def test_a_manifest_of_format_1_is_still_read(tiny_run, tmp_path):
-    from kdcompress.manifest import read_manifest
+    from kdcompress.deploy.manifest import read_manifest
 
     run = _copy(tiny_run, tmp_path)
     manifest = json.loads((run / "manifest.json").read_text())
@@ -249,9 +249,9 @@ def test_stale_working_folders_of_dead_processes_are_removed_and_others_kept(tmp
 @pytest.mark.parametrize(
     "command, target, said",
     [
-        ("sweep", "kdcompress.sweep.sweep", "trainings finished so far are kept in the sweep folder"),
-        ("quantize", "kdcompress.quantize.quantize_run", "the run folder is unchanged"),
-        ("compress", "kdcompress.pipeline.compress", "the unfinished run was discarded"),
+        ("sweep", "kdcompress.runs.sweep.sweep", "trainings finished so far are kept in the sweep folder"),
+        ("quantize", "kdcompress.deploy.quantize.quantize_run", "the run folder is unchanged"),
+        ("compress", "kdcompress.runs.compress.compress", "the unfinished run was discarded"),
     ],
 )
 def test_ctrl_c_says_what_each_command_leaves_behind(tiny_run, monkeypatch, command, target, said):
@@ -307,7 +307,7 @@ def test_progress_keeps_its_bar_count_and_time_at_80_columns():
 
     from rich.console import Console
 
-    from kdcompress.console import RichReporter
+    from kdcompress.report.console import RichReporter
 
     buffer = io.StringIO()
     reporter = RichReporter(Console(file=buffer, width=80, force_terminal=True, color_system=None))
@@ -322,12 +322,13 @@ def test_progress_keeps_its_bar_count_and_time_at_80_columns():
 
 
 def test_int8_slower_than_fp32_is_said_in_quantize_benchmark_and_json(tiny_run, tmp_path, monkeypatch):
-    from kdcompress import quantize, runtime
-    from kdcompress.benchmark import _int8_verdict, benchmark_run
-    from kdcompress.render import benchmark_context
+    from kdcompress.deploy import quantize
+    from kdcompress.deploy import timing
+    from kdcompress.deploy.benchmark import _int8_verdict, benchmark_run
+    from kdcompress.report.render import benchmark_context
 
     run = _copy(tiny_run, tmp_path)
-    real = runtime.latency
+    real = timing.latency
     calls = []
 
     def slow_int8(call, **kwargs):  # quantize times FP32 first (2 calls), then each candidate: make INT8 2x slower
@@ -353,7 +354,7 @@ def test_int8_slower_than_fp32_is_said_in_quantize_benchmark_and_json(tiny_run, 
 
 
 def test_int8_verdict_words():
-    from kdcompress.quantize import int8_verdict
+    from kdcompress.deploy.quantize import int8_verdict
 
     fast = int8_verdict({"p50_ms": 1.0, "images_per_s": 100, "bytes": 400}, {"p50_ms": 0.5, "images_per_s": 300, "bytes": 100}, 64)
     assert fast["faster"] and fast["words"] == "INT8 is 4.00x smaller and 2.00x faster at batch 1, 3.00x faster at batch 64 than FP32 on this machine"

@@ -26,9 +26,9 @@ TINY = dict(
 
 def tiny_numbers(root: Path) -> dict:
     """Per-epoch losses and test scores of a tiny compress and a 2-cell, 1-seed sweep that reuses its teacher."""
-    from kdcompress.config import CompressConfig
-    from kdcompress.pipeline import compress
-    from kdcompress.sweep import SweepConfig, sweep
+    from kdcompress.train.config import CompressConfig
+    from kdcompress.runs.compress import compress
+    from kdcompress.runs.sweep import sweep, SweepConfig
 
     run = compress(CompressConfig(**TINY, out=str(root / "run")))
     history = json.loads((run.run_dir / "history.json").read_text())

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from kdcompress.stats import auc_summary, bootstrap_interval, compare, roc_auc
+from kdcompress.core.stats import auc_summary, bootstrap_interval, compare, roc_auc
 
 
 def _matrix(rows):

@@ -12,14 +12,14 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from conftest import TINY
-from kdcompress import data as data_module
-from kdcompress import sources
+from kdcompress.data import dataset as data_module
+from kdcompress.data import memory
 from kdcompress.cli import app
-from kdcompress.data import load_dataset, materialize
-from kdcompress.errors import KdcError
-from kdcompress.models import create_model
-from kdcompress.train import TrainSettings, predict_logits
-from kdcompress.views import ViewStream
+from kdcompress.data.dataset import load_dataset, materialize
+from kdcompress.core.errors import KdcError
+from kdcompress.train.models import create_model
+from kdcompress.train.loop import predict_logits, TrainSettings
+from kdcompress.train.views import ViewStream
 
 CLASSES = ("cat", "dog", "owl")
 
@@ -66,7 +66,7 @@ def test_streamed_folder_gives_the_in_memory_images_views_and_logits(tmp_path, m
 
 def test_a_folder_that_would_not_fit_in_memory_streams_by_itself(tmp_path, monkeypatch):
     root = _folder(tmp_path / "images")
-    monkeypatch.setattr(sources, "available_memory", lambda: 1000)  # bytes: nothing fits
+    monkeypatch.setattr(memory, "available_memory", lambda: 1000)  # bytes: nothing fits
     lines = []
 
     class Log:

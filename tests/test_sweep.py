@@ -8,16 +8,16 @@ import torch
 from typer.testing import CliRunner
 
 from kdcompress.cli import app
-from kdcompress.config import CompressConfig
-from kdcompress.data import load_dataset
-from kdcompress.errors import KdcError
-from kdcompress.manifest import read_manifest
-from kdcompress.models import create_model, create_projection
-from kdcompress.objectives import Distillation
-from kdcompress.reporter import NullReporter
-from kdcompress.sweep import SweepConfig, sweep
-from kdcompress.teacher import record_teacher
-from kdcompress.train import TrainSettings, clone_model, fit
+from kdcompress.train.config import CompressConfig
+from kdcompress.data.dataset import load_dataset
+from kdcompress.core.errors import KdcError
+from kdcompress.deploy.manifest import read_manifest
+from kdcompress.train.models import create_model, create_projection
+from kdcompress.train.objectives import Distillation
+from kdcompress.core.reporter import NullReporter
+from kdcompress.runs.sweep import sweep, SweepConfig
+from kdcompress.train.teacher import record_teacher
+from kdcompress.train.loop import clone_model, fit, TrainSettings
 from test_pipeline import TINY, Recorder  # the same tiny models and log recorder as the compress tests
 
 
@@ -46,7 +46,7 @@ def test_recorded_teacher_outputs_train_the_same_student_without_running_the_tea
 
 
 def test_recorded_teacher_refuses_batches_it_never_saw():
-    from kdcompress.objectives import RecordedTeacher
+    from kdcompress.train.objectives import RecordedTeacher
 
     recorded = RecordedTeacher(torch.zeros(3, 4, 2), None, 8)
     with pytest.raises(ValueError, match="not recorded"):
@@ -59,7 +59,7 @@ def test_recorded_teacher_refuses_batches_it_never_saw():
 
 def test_recorded_teacher_reads_a_batch_number_held_on_the_device_as_it_reads_an_int():
     """A CUDA graph replays with the batch number in a tensor (train.TrainStep): it must pick the same outputs."""
-    from kdcompress.objectives import RecordedTeacher
+    from kdcompress.train.objectives import RecordedTeacher
 
     logits, features = torch.randn(3, 4, 2), torch.randn(3, 4, 5)
     recorded = RecordedTeacher(logits, features, 5)
@@ -95,7 +95,7 @@ def test_sweep_students_are_the_students_compress_trains(tmp_path, tiny_run):
 def test_a_two_class_sweep_reports_each_rows_roc_auc(tmp_path):
     from test_data import _write_folder
 
-    from kdcompress.sweep_render import AUC_HEADER, sweep_markdown
+    from kdcompress.report.sweep_render import AUC_HEADER, sweep_markdown
 
     _write_folder(tmp_path / "data", per_class=16, classes=("negative", "positive"), size=12)
     base = CompressConfig(**{**TINY, "epochs": 1, "teacher_epochs": 1, "batch_size": 8, "image_size": 12}, dataset="folder",

@@ -1,0 +1,421 @@
+"""The `kdc` command line: parse options, call one library function, render the result.
+
+Progress and status go to stderr, results to stdout. Heavy libraries are imported inside the
+commands, so `kdc --help` answers at once.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from kdcompress.train.config import CompressConfig
+from kdcompress.core.errors import KdcError
+from kdcompress.train.losses import FORMULA, FORMULA_NOTES
+from kdcompress.cli import options
+from kdcompress.cli.options import grid_default, option, path_text
+from kdcompress.runs.sweep import SweepConfig
+
+app = typer.Typer(
+    name="kdc",
+    help="Distil a big image classifier into a small one, export both to ONNX and measure what was gained.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.callback()
+def _root() -> None:
+    """Distil a big image classifier into a small one, export both to ONNX and measure what was gained."""
+
+
+# Piped output (logs, CI) gets a fixed comfortable width instead of Rich's 80 columns.
+stdout = Console(width=None if sys.stdout.isatty() else 140)
+stderr = Console(stderr=True)
+
+
+SPAWN_SAFE = "spawn_safe"  # in the click context's obj when main() runs the command line (not a test's CliRunner)
+DISCARDED = "the unfinished run was discarded; earlier runs are untouched"
+
+
+def _user_errors(interrupted: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Turn a KdcError (or a failed file operation) into one red line on stderr and exit code 1, without a traceback.
+
+    interrupted is what Ctrl-C leaves behind, said when the command is interrupted (exit code 130).
+    """
+
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(command)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return command(*args, **kwargs)
+            except KdcError as exc:
+                _error(str(exc))
+            except OSError as exc:  # a full disk, a read-only or vanished folder: the library has cleaned up
+                where = f" {exc.filename}" if exc.filename else ""
+                _error(f"cannot write or read{where}: {exc.strerror or exc}. Free some space or pick a writable folder, then retry")
+            except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (Terminated): the library cleaned up on the way out
+                signal_name = "SIGTERM" if isinstance(exc, Terminated) else "Ctrl-C"
+                stderr.print(f"[bold red]interrupted[/] ({signal_name}): {escape(interrupted)}", highlight=False)
+                raise typer.Exit(143 if isinstance(exc, Terminated) else 130) from None
+            except RuntimeError as exc:  # under torchrun: a collective whose peer process has died
+                from kdcompress.train.collectives import lost_peer, PEER_FAILED
+                from kdcompress.core.world import launched
+
+                if not lost_peer(exc):
+                    raise
+                _error(f"process {launched().rank} stopped: another process failed first (its error is above)", PEER_FAILED)
+
+        return wrapper
+
+    return decorate
+
+
+def _error(message: str, code: int = 1) -> None:
+    stderr.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code) from None
+
+
+LOSS_HELP = f"{FORMULA}   ({FORMULA_NOTES})"
+
+
+@app.command(
+    help="Train a teacher, a baseline student, a distilled student and a label-smoothing control; export them to ONNX "
+    f"and say whether distillation beat the baseline and the control beyond noise.\n\n{LOSS_HELP}"
+)
+@_user_errors(DISCARDED)
+def compress(
+    ctx: typer.Context,
+    dataset: str = options.DATASET,
+    data_dir: Optional[Path] = options.DATA_DIR,
+    image_size: Optional[int] = options.IMAGE_SIZE,
+    teacher: Optional[str] = options.TEACHER,
+    student: str = options.STUDENT,
+    pretrained: bool = options.PRETRAINED,
+    pretrained_student: bool = options.PRETRAINED_STUDENT,
+    teacher_weights: Optional[Path] = options.TEACHER_WEIGHTS,
+    retrain_teacher: bool = options.RETRAIN_TEACHER,
+    teacher_aux: bool = options.TEACHER_AUX,
+    teacher_smoothing: float = options.TEACHER_SMOOTHING,
+    teacher_ema: float = options.TEACHER_EMA,
+    teacher_select: str = options.TEACHER_SELECT,
+    teacher_balance: bool = options.TEACHER_BALANCE,
+    augment: str = options.AUGMENT,
+    temperature: float = option("temperature", "--T", "--temperature", help="Temperature T that softens both logit sets in the KL term (> 0)."),
+    alpha: float = option("alpha", "--alpha", help="Weight of the KL term in [0, 1]; CE gets 1 - alpha."),
+    beta: float = option("beta", "--beta", help="Weight of the feature term (>= 0); 0 = logits-only distillation."),
+    mixup: float = options.MIXUP,
+    control: str = options.CONTROL,
+    epochs: Optional[int] = options.EPOCHS,
+    teacher_epochs: Optional[int] = options.TEACHER_EPOCHS,
+    batch_size: int = options.BATCH_SIZE,
+    teacher_batch_size: Optional[int] = options.TEACHER_BATCH_SIZE,
+    lr: float = options.LR,
+    weight_decay: float = options.WEIGHT_DECAY,
+    val_fraction: float = options.VAL_FRACTION,
+    seed: int = option("seed", "--seed", help="Seed for weights, data order and augmentation (>= 0)."),
+    device: str = options.DEVICE,
+    compile: str = options.COMPILE,
+    artifacts: Path = options.ARTIFACTS,
+    out: Optional[Path] = option("out", "--out", help="Exact run folder: a new or empty folder, or an earlier run (replaced once this one completes); any other folder is refused."),
+    int8: bool = option("int8", "--int8", help="Also write a static INT8 version of the distilled student (see kdc quantize)."),
+    from_sweep: Optional[Path] = typer.Option(
+        None, "--from-sweep", help="A finished kdc sweep folder: train the cell it chose on validation (T, alpha, beta), with the "
+        "sweep's data, models, schedule, seed and teacher (reused from its cache). Options that contradict the sweep are refused.",
+    ),
+    stream: bool = options.STREAM,
+    nproc: int = options.NPROC,
+    as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON on stdout instead of the table."),
+) -> None:
+    config = CompressConfig(
+        dataset=dataset, data_dir=path_text(data_dir), image_size=image_size, teacher=teacher, student=student,
+        pretrained=pretrained, pretrained_student=pretrained_student, teacher_weights=path_text(teacher_weights),
+        retrain_teacher=retrain_teacher, teacher_aux=teacher_aux, teacher_smoothing=teacher_smoothing,
+        teacher_ema=teacher_ema, teacher_select=teacher_select, teacher_balance=teacher_balance, augment=augment, temperature=temperature, alpha=alpha, beta=beta,
+        mixup=mixup, control=control, epochs=epochs, teacher_epochs=teacher_epochs, batch_size=batch_size, lr=lr,
+        teacher_batch_size=teacher_batch_size, weight_decay=weight_decay, val_fraction=val_fraction, seed=seed, device=device, compile=compile,
+        artifacts=str(artifacts), out=path_text(out), int8=int8, stream=stream, from_sweep=path_text(from_sweep),
+    )  # fmt: skip
+    from kdcompress.runs.rundir import check_out
+    from kdcompress.runs.compress import compress as run_compress
+    from kdcompress.report.render import summary_table, verdict_lines
+
+    if _relaunched(nproc, config, lambda: check_out(config.out) if config.out else None):
+        return
+
+    reporter = _reporter()
+    reporter.info(FORMULA)
+    result = run_compress(config, reporter, spawn_safe=bool(ctx.obj and ctx.obj.get(SPAWN_SAFE)))
+    if result.manifest is None:  # a process other than rank 0 under torchrun: rank 0 reports
+        return
+    if as_json:
+        sys.stdout.write(json.dumps(result.manifest.to_dict(), indent=2) + "\n")
+        return
+    stdout.print(summary_table(result.manifest))
+    details = result.manifest.details
+    for line in verdict_lines(details.get("comparisons", {}), details.get("attribution")):
+        stdout.print(escape(line), highlight=False)
+    for warning in result.manifest.warnings:
+        stdout.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False)
+    stdout.print(f"Run written to [bold]{result.run_dir}[/]: next, [bold]kdc benchmark {result.run_dir}[/]", highlight=False)
+
+
+@app.command()
+@_user_errors("trainings finished so far are kept in the sweep folder: run the same command again to resume")
+def sweep(
+    dataset: str = options.DATASET,
+    data_dir: Optional[Path] = options.DATA_DIR,
+    temperatures: str = typer.Option(grid_default("temperatures"), "--T", "--temperature", help="Temperatures to try, comma-separated."),
+    alphas: str = typer.Option(grid_default("alphas"), "--alpha", help="KL weights to try, comma-separated, each in [0, 1]."),
+    betas: str = typer.Option(grid_default("betas"), "--beta", help="Feature-term weights to try, comma-separated; 0 = logits only."),
+    seeds: int = typer.Option(options.SWEEP_DEFAULTS["seeds"], "--seeds", help="How many seeds (--seed, --seed + 1, ...): each gets its own baseline."),
+    seed: int = option("seed", "--seed", help="First seed; the teacher is trained with it."),
+    image_size: Optional[int] = options.IMAGE_SIZE,
+    teacher: Optional[str] = options.TEACHER,
+    student: str = options.STUDENT,
+    pretrained: bool = options.PRETRAINED,
+    pretrained_student: bool = options.PRETRAINED_STUDENT,
+    teacher_weights: Optional[Path] = options.TEACHER_WEIGHTS,
+    retrain_teacher: bool = options.RETRAIN_TEACHER,
+    teacher_aux: bool = options.TEACHER_AUX,
+    teacher_smoothing: float = options.TEACHER_SMOOTHING,
+    teacher_ema: float = options.TEACHER_EMA,
+    teacher_select: str = options.TEACHER_SELECT,
+    teacher_balance: bool = options.TEACHER_BALANCE,
+    augment: str = options.AUGMENT,
+    epochs: Optional[int] = options.EPOCHS,
+    teacher_epochs: Optional[int] = options.TEACHER_EPOCHS,
+    batch_size: int = options.BATCH_SIZE,
+    teacher_batch_size: Optional[int] = options.TEACHER_BATCH_SIZE,
+    lr: float = options.LR,
+    weight_decay: float = options.WEIGHT_DECAY,
+    val_fraction: float = options.VAL_FRACTION,
+    mixup: float = options.MIXUP,
+    control: str = options.CONTROL,
+    device: str = options.DEVICE,
+    compile: str = options.COMPILE,
+    artifacts: Path = options.ARTIFACTS,
+    stream: bool = options.STREAM,
+    nproc: int = options.NPROC,
+    out: Optional[Path] = typer.Option(None, "--out", help="Sweep folder [default: ARTIFACTS/sweep-DATASET]; an interrupted sweep there resumes."),
+    as_json: bool = typer.Option(False, "--json", help="Print results.json on stdout instead of the table."),
+) -> None:
+    """Distil over a grid of T x alpha x beta and several seeds; say which settings beat the baseline beyond noise.
+
+    One teacher serves the whole sweep (trained once, or reused from compress); each seed trains
+    its baseline once (and a label-smoothing control per T and alpha), and the teacher's outputs
+    are computed once per seed for every augmented batch, so N distilled students cost about N
+    baseline trainings. Names the cell chosen on validation, with its test result. Writes results.json,
+    summary.md, heatmap.png and objectives.png into the sweep folder; finished trainings are kept,
+    so running the same command again resumes an interrupted sweep.
+
+    With --nproc N (or under torchrun) each process trains its own share of the trainings, whole, on its own GPU.
+    """
+    from kdcompress.runs.sweep import sweep as run_sweep
+    from kdcompress.report.sweep_render import sweep_table
+
+    base = CompressConfig(
+        dataset=dataset, data_dir=path_text(data_dir), image_size=image_size, teacher=teacher, student=student,
+        pretrained=pretrained, pretrained_student=pretrained_student, teacher_weights=path_text(teacher_weights),
+        retrain_teacher=retrain_teacher, teacher_aux=teacher_aux, epochs=epochs, teacher_epochs=teacher_epochs,
+        batch_size=batch_size, teacher_batch_size=teacher_batch_size, lr=lr, weight_decay=weight_decay,
+        val_fraction=val_fraction, seed=seed, device=device, compile=compile, artifacts=str(artifacts), mixup=mixup, control=control, teacher_smoothing=teacher_smoothing,
+        teacher_ema=teacher_ema, teacher_select=teacher_select, teacher_balance=teacher_balance, augment=augment, stream=stream,
+    )  # fmt: skip
+    config = SweepConfig(
+        base=base,
+        temperatures=options.numbers("--T", temperatures),
+        alphas=options.numbers("--alpha", alphas),
+        betas=options.numbers("--beta", betas),
+        seeds=seeds,
+        out=str(out) if out else None,
+    )
+    if _relaunched(nproc, base, config.resolved):
+        return
+    command = " ".join(["kdc", *sys.argv[1:]]) if sys.argv[1:2] == ["sweep"] else "kdc sweep"
+    results = run_sweep(config, _reporter(), command=command)
+    if results is None:  # a process other than rank 0 under torchrun: rank 0 reports
+        return
+    folder = Path(config.resolved().out)  # type: ignore[arg-type]
+    if as_json:
+        sys.stdout.write(json.dumps(results, indent=2) + "\n")
+        return
+    stdout.print(sweep_table(results))
+    stdout.print(f"Saved results.json, summary.md, heatmap.png and objectives.png in {folder}", highlight=False)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler, `kill`, a container stopping), raised where Ctrl-C's KeyboardInterrupt would be.
+
+    Every cleanup that Ctrl-C runs (staging folders, candidates, locks) runs for it too.
+    """
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
+def _tolerant_output() -> None:
+    """Characters the terminal's encoding cannot show (an emoji class name under PYTHONIOENCODING=ascii) become '?'."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(errors="replace")
+
+
+def main() -> None:
+    """Entry point of the `kdc` console script and of `python -m kdcompress` (both guarded by `__name__`)."""
+    import signal
+
+    _tolerant_output()
+    signal.signal(signal.SIGTERM, _terminate)
+    app(obj={SPAWN_SAFE: True})  # a spawned worker re-imports our guarded main module: safe (train.export)
+
+
+def _reporter() -> Any:
+    """Progress and status on stderr; under torchrun from rank 0 only (the others' would interleave with it)."""
+    from kdcompress.core.world import launched
+    from kdcompress.core.reporter import NullReporter
+
+    if not launched().main:
+        return NullReporter()
+    from kdcompress.report.console import RichReporter
+
+    return RichReporter(stderr)
+
+
+def _relaunched(nproc: int, base: CompressConfig, check: Callable[[], Any] | None = None) -> bool:
+    """--nproc N > 1: refuse here what can be refused before any process starts (`distributed.preflight` of the
+    settings the run will use, --from-sweep's included; then check), then run this same command in N processes
+    under torchrun and return True once they finish."""
+    from kdcompress.runs.from_sweep import with_sweep
+    from kdcompress.runs.launch import launch, preflight
+    from kdcompress.core.world import launched
+
+    if nproc == 1:
+        return False
+    if launched().size > 1:
+        raise KdcError("--nproc starts torchrun itself: drop it when kdc already runs under torchrun")
+    preflight(with_sweep(base), nproc)
+    if check is not None:
+        check()
+    argv = options.without_nproc(sys.argv[1:])
+    if argv[:1] not in (["compress"], ["sweep"]):  # called as a library (a test runner's argv): nothing to re-run
+        raise KdcError("--nproc re-runs the kdc command line it was given: use it from `kdc`, or call torchrun yourself")
+    threads = f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 1)}"
+    stderr.print(f"[cyan]•[/] starting {nproc} processes with torchrun (--standalone), each with {threads}", highlight=False)
+    launch(nproc, argv)
+    return True
+
+
+@app.command()
+@_user_errors("nothing was written; the run folders are untouched")
+def benchmark(
+    path: Path = typer.Argument(Path("artifacts"), help="A run folder, or an artifacts root (its newest finished run)."),
+    all_runs: bool = typer.Option(False, "--all", help="Benchmark every finished run under the artifacts root."),
+    threads: int = typer.Option(1, "--threads", help="onnxruntime intra-op threads for CPU timings (fixed, reported)."),
+    batch: int = typer.Option(64, "--batch", help="Batch size for the throughput figure."),
+    gpu: bool = typer.Option(True, "--gpu/--no-gpu", help="Also time CUDAExecutionProvider when onnxruntime-gpu can use a GPU."),
+    quick: bool = typer.Option(False, "--quick", help="Fewer timing runs (for smoke tests; figures are noisier)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout instead of tables."),
+) -> None:
+    """Accuracy, size and CPU/GPU latency of a run's ONNX models, side by side, with ratios vs the teacher.
+
+    Judges the deployable files through onnxruntime; writes benchmark.json, benchmark.md and
+    benchmark.png into each run folder.
+    """
+    from kdcompress.deploy.benchmark import benchmark_run
+    from kdcompress.deploy.manifest import resolve_runs
+    from kdcompress.report.console import RichReporter
+    from kdcompress.report.render import benchmark_context, benchmark_tables
+
+    reporter = RichReporter(stderr)
+    results, broken = [], []
+    for run_dir in resolve_runs(path, all_runs):
+        reporter.info(f"benchmarking {run_dir}")
+        try:
+            result = benchmark_run(run_dir, threads=threads, batch=batch, gpu=gpu, quick=quick, reporter=reporter)
+        except KdcError as exc:
+            if not all_runs:
+                raise
+            reporter.warn(f"skipped {run_dir}: {exc}")  # --all: the other runs are still benchmarked
+            broken.append(run_dir.name)
+            continue
+        results.append(result)
+        if not as_json:
+            for table in benchmark_tables(result):
+                stdout.print(table)
+            for line in benchmark_context(result):
+                style = "bold yellow" if line.startswith("WARNING") else "dim"
+                stdout.print(f"[{style}]{escape(line)}[/]", highlight=False)
+            if result["saved"]:
+                stdout.print(f"Saved benchmark.json, benchmark.md and benchmark.png in {run_dir}", highlight=False)
+    unsaved = [r["save_error"] for r in results if not r["saved"]]
+    if as_json:
+        sys.stdout.write(json.dumps(results if all_runs else results[0], indent=2) + "\n")
+    if broken:
+        raise KdcError(
+            f"{len(broken)} of {len(broken) + len(results)} runs could not be benchmarked ({', '.join(broken)}; why is said "
+            f"above): the others' results were printed and saved"
+        )
+    if unsaved:
+        raise KdcError(f"{unsaved[0]}: the results were printed above but not saved; free space or pick a writable run folder")
+
+
+@app.command()
+@_user_errors("the run folder is unchanged (no INT8 model was added)")
+def quantize(
+    run: Path = typer.Argument(Path("artifacts"), help="A run folder, or an artifacts root (its newest finished run)."),
+    threads: int = typer.Option(1, "--threads", help="onnxruntime threads used to time the candidates."),
+) -> None:
+    """Write a static INT8 (QDQ, per-channel) version of the distilled student, calibrated on training images.
+
+    Both activation formats (U8S8 with reduced range, S8S8) are built and timed on this machine;
+    the fastest that loses at most 1 point of accuracy is kept as student-int8.onnx.
+    """
+    from kdcompress.deploy.manifest import resolve_runs
+    from kdcompress.deploy.quantize import quantize_run
+    from kdcompress.report.console import RichReporter
+    from kdcompress.report.render import quantize_lines
+
+    run_dir = resolve_runs(run)[0]
+    entry = quantize_run(run_dir, threads=threads, reporter=RichReporter(stderr))
+    for line in quantize_lines(entry):
+        stdout.print(line, highlight=False)
+
+
+@app.command()
+@_user_errors("nothing was written")
+def predict(
+    images: list[Path] = typer.Argument(..., help="Image files (PNG, JPEG, BMP...) or folders of images."),
+    run: Optional[Path] = typer.Option(None, "--run", help="Run folder [default: the newest run under --artifacts]."),
+    model: str = typer.Option("student", "--model", help="teacher, baseline, student (distilled), control, int8, or a .onnx file."),
+    top_k: int = typer.Option(3, "--top-k", help="How many classes to show per image."),
+    artifacts: Path = typer.Option(Path("artifacts"), "--artifacts", help="Artifacts root searched when --run is not given."),
+    as_json: bool = typer.Option(False, "--json", help="Print the predictions as JSON on stdout."),
+) -> None:
+    """Classify images with a model of a run (the distilled student by default), through onnxruntime."""
+    from kdcompress.deploy.predict import predict_images
+    from kdcompress.report.render import prediction_output
+
+    output = predict_images(images, run=run, model=model, top_k=top_k, artifacts=artifacts)
+    failed = [r for r in output["results"] if "error" in r]
+    if as_json:
+        sys.stdout.write(json.dumps(output, indent=2) + "\n")
+    else:
+        for renderable in prediction_output(output):
+            stdout.print(renderable, highlight=False)
+    for result in failed:
+        stderr.print(f"[bold red]error:[/] {escape(result['error'])}", highlight=False, soft_wrap=True)
+    if failed:
+        stderr.print(f"{len(failed)} of {len(output['results'])} image(s) could not be classified", highlight=False)
+        raise typer.Exit(1)

@@ -1,0 +1,131 @@
+"""The options `kdc compress` and `kdc sweep` share: one definition each, its default read from the config dataclass.
+
+Importing this module imports no torch or onnxruntime, so `kdc --help` stays instant.
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from kdcompress.train.config import CompressConfig
+from kdcompress.core.errors import KdcError
+from kdcompress.runs.sweep import SweepConfig
+
+DEFAULTS = {f.name: f.default for f in fields(CompressConfig)}  # every option's default, stated once: in the dataclass
+SWEEP_DEFAULTS = {f.name: f.default for f in fields(SweepConfig)}
+
+
+def option(name: str, *flags: str, help: str) -> Any:
+    """A typer option whose default is CompressConfig's own."""
+    default = DEFAULTS[name]
+    if name == "artifacts":
+        default = Path(default)
+    return typer.Option(default, *flags, help=help)
+
+
+def grid_default(name: str) -> str:
+    """A sweep grid's default as the comma-separated text the option takes ('1,4')."""
+    return ",".join(f"{v:g}" for v in SWEEP_DEFAULTS[name])
+
+
+def path_text(value: Optional[Path]) -> Optional[str]:
+    """A path option as the config dataclasses hold it (a string, or None)."""
+    return str(value) if value is not None else None
+
+
+# Options shared by compress and sweep (one definition, so their help and defaults cannot drift apart).
+DATASET = option("dataset", "--dataset", "-d", help="digits (offline default), cifar3, chest-xray, or folder.")
+DATA_DIR = option(
+    "data_dir", "--data-dir", help="Where the data is: cifar3 looks for cifar-10-batches-py here (default ./data, "
+    "downloaded when absent); chest-xray and folder need it."
+)
+IMAGE_SIZE = option("image_size", "--image-size", help="Input side in pixels (default per dataset: digits 16, others 32).")
+TEACHER = option("teacher", "--teacher", help="Teacher: any timm model name (default per dataset: digits resnet34, others efficientnet_b3).")
+STUDENT = option("student", "--student", help="Student: any timm model name (baseline and distilled).")
+PRETRAINED = option("pretrained", "--pretrained", help="Start the teacher from timm's ImageNet weights (downloads).")
+PRETRAINED_STUDENT = option("pretrained_student", "--pretrained-student", help="Start both students from ImageNet weights.")
+TEACHER_WEIGHTS = option("teacher_weights", "--teacher-weights", help="Use this trained teacher checkpoint (.pt) instead of training one.")
+RETRAIN_TEACHER = option("retrain_teacher", "--retrain-teacher", help="Train the teacher even when an identical one was trained before.")
+TEACHER_AUX = option(
+    "teacher_aux", "--teacher-aux/--no-teacher-aux", help="Also train the teacher on the dataset's auxiliary classes where it "
+    "has some (cifar3: CIFAR-10's 7 other classes, training batches only). The students never see them."
+)
+EPOCHS = option("epochs", "--epochs", help="Epochs per training (default per dataset: digits 10, cifar3 30, chest-xray 10, folder 15).")
+TEACHER_EPOCHS = option("teacher_epochs", "--teacher-epochs", help="Epochs for the teacher (default: twice --epochs for cifar3, whose teacher also learns 7 more classes, and for digits; --epochs otherwise).")
+BATCH_SIZE = option("batch_size", "--batch-size", help="Batch size of every training (the teacher's too, unless --teacher-batch-size).")
+TEACHER_BATCH_SIZE = option(
+    "teacher_batch_size", "--teacher-batch-size", help="The teacher's own batch size (default: --batch-size), its peak "
+    "learning rate scaled by the square root of the ratio to --batch-size. For a GPU that small images leave idle; "
+    "fewer steps per epoch, so check the teacher's accuracy."
+)
+LR = option("lr", "--lr", help="Peak learning rate (AdamW, one-cycle schedule).")
+WEIGHT_DECAY = option("weight_decay", "--weight-decay", help="AdamW weight decay.")
+VAL_FRACTION = option("val_fraction", "--val-fraction", help="Share of train held out to pick the best epoch (the test split never is).")
+DEVICE = option("device", "--device", help="auto, cpu or cuda (bfloat16 mixed precision on CUDA).")
+COMPILE = option(
+    "compile", "--compile", help="How each training step runs. graph: one CUDA graph of the forward and backward, "
+    "replayed for every batch (CUDA, one process); on: torch.compile of the networks; off: eager. auto (default): "
+    "graph on one CUDA GPU, off on CPU and with several processes."
+)
+AUGMENT = option(
+    "augment", "--augment", help="Views of every training: crop (reflect-padded crop of size/8 + flip: the CIFAR recipe) "
+    "or rrc (per image: random-resized crop of 35-100% of the area, rotation up to 10 degrees, flip, contrast and "
+    "brightness jitter), on the device for whole batches."
+)
+TEACHER_SMOOTHING = option("teacher_smoothing", "--teacher-smoothing", help="Label smoothing of the teacher's own training (0 = none).")
+TEACHER_EMA = option(
+    "teacher_ema", "--teacher-ema", help="Keep an exponential moving average of the teacher's weights with this decay, "
+    "e.g. 0.999 (timm's ModelEmaV3, warm-up on); it is what is validated and kept. 0 = off."
+)
+TEACHER_BALANCE = option(
+    "teacher_balance", "--teacher-balance/--no-teacher-balance", help="Weight the teacher's cross-entropy by inverse "
+    "class frequency in its training images, so every class counts alike (chest-xray's train split is 3:1)."
+)
+TEACHER_SELECT = option(
+    "teacher_select", "--teacher-select", help="The teacher's kept epoch: best validation accuracy, or lowest validation loss."
+)
+MIXUP = option(
+    "mixup", "--mixup", help="Mixup for the students, 0 = off: each batch is mixed with itself reversed, weight ~ "
+    "Beta(m, m), labels mixed alike. The baseline, the control and the distilled student see the same mixed images, "
+    "and so does the teacher (consistent teaching, Beyer et al. 2022). The teacher trains without it."
+)
+CONTROL = option(
+    "control", "--control", help="label-smoothing: also train the student with CE and label smoothing, same start, views and "
+    "schedule, its target putting alpha x the teacher's average probability off the true class at T, as the distilled "
+    "student's target does, but spread evenly. It tells a gain that is the teacher's knowledge from one that is plain "
+    "regularisation (Yuan et al., CVPR 2020). none: skip it."
+)
+ARTIFACTS = option("artifacts", "--artifacts", help="Artifacts root; each run gets a new sub-folder.")
+STREAM = option(
+    "stream", "--stream", help="Read a folder's images from disk batch by batch (DataLoader workers) instead of holding them "
+    "in memory; the same views in the same order. Automatic when the folder would not fit in memory."
+)
+NPROC = typer.Option(
+    1, "--nproc", min=1, help="Processes to train with on this machine, one per GPU (or CPU share): starts torchrun "
+    "--standalone --nproc-per-node N for you. For several machines call torchrun yourself (see the README)."
+)
+
+
+def without_nproc(argv: list[str]) -> list[str]:
+    """The command line without its --nproc option: what each process started by torchrun runs."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            out.append(arg)
+    return out
+
+
+def numbers(flag: str, text: str) -> tuple[float, ...]:
+    """'1,4,8' -> (1.0, 4.0, 8.0); anything else is a one-line error."""
+    try:
+        return tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise KdcError(f"{flag} takes comma-separated numbers such as 1,4,8, got '{text}'") from None

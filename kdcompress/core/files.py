@@ -1,0 +1,131 @@
+"""Safe writes: JSON through a temporary file and a rename, and hidden working folders cleaned up after killed runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+# Hidden working folders, named <prefix><name>.<pid> by the process that owns them.
+STAGING_PREFIX = ".partial-"  # a run being built (renamed into place when complete)
+REPLACED_PREFIX = ".replaced-"  # an earlier run at --out, deleted once the new one is in place
+QUANTIZE_PREFIX = ".quantize-"  # kdc quantize's candidates, inside a run folder
+TEACHER_TMP_SUFFIX = ".tmp"  # .teachers/.<key>.<pid>.tmp: a teacher being cached
+LOCK_SUFFIX = ".lock"  # .kdc-<command>.lock: the process id of the command working in a run folder
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON through a temporary file and a rename, so readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(data, handle, indent=2, sort_keys=False)
+            handle.write("\n")
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the mode every other file gets
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id exists on this machine."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True
+
+
+def _owner(name: str) -> int | None:
+    """The process id a hidden working folder's name ends with (.<pid> or .<pid>.tmp), if any."""
+    stem = name[: -len(TEACHER_TMP_SUFFIX)] if name.endswith(TEACHER_TMP_SUFFIX) else name
+    tail = stem.rsplit(".", 1)[-1]
+    return int(tail) if tail.isdigit() and "." in stem else None
+
+
+def remove_stale(folder: Path) -> list[Path]:
+    """Delete our working folders left in folder by killed runs: only ours (by prefix), only when their process is gone."""
+    removed: list[Path] = []
+    if not folder.is_dir():
+        return removed
+    for path in folder.iterdir():
+        ours = path.name.startswith((STAGING_PREFIX, REPLACED_PREFIX, QUANTIZE_PREFIX)) or (
+            path.name.startswith(".") and path.name.endswith(TEACHER_TMP_SUFFIX) and folder.name == ".teachers"
+        )
+        pid = _owner(path.name) if ours and path.is_dir() else None
+        if pid is not None and pid != os.getpid() and not pid_alive(pid):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+@contextmanager
+def folder_lock(folder: Path, command: str) -> Iterator[None]:
+    """Hold folder's lock for `kdc command` while the block runs; a KdcError when a live process holds it.
+
+    The lock is a file holding the holder's process id, created whole (written aside, then hard-linked into
+    place, which fails when the name exists), so a reader never sees it empty. A lock whose process is gone
+    (a killed run) is taken over. It is removed on the way out, Ctrl-C and SIGTERM included.
+    """
+    lock = folder / f".kdc-{command}{LOCK_SUFFIX}"
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".kdc-{command}.", suffix=f".{os.getpid()}.tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(str(os.getpid()))
+        for _ in range(2):
+            try:
+                os.link(tmp, lock)
+                break
+            except FileExistsError:
+                holder = _lock_holder(lock)
+                if holder is not None and pid_alive(holder):
+                    from kdcompress.core.errors import KdcError
+
+                    raise KdcError(
+                        f"another kdc {command} (process {holder}) is working in {folder}: wait for it to finish and retry "
+                        f"(or delete {lock} if no such process runs)"
+                    ) from None
+                lock.unlink(missing_ok=True)  # its process is gone
+        else:
+            from kdcompress.core.errors import KdcError
+
+            raise KdcError(f"another kdc {command} keeps taking the lock of {folder}: wait for it to finish and retry")
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    try:
+        yield
+    finally:
+        if _lock_holder(lock) == os.getpid():
+            lock.unlink(missing_ok=True)
+
+
+def _lock_holder(lock: Path) -> int | None:
+    try:
+        text = lock.read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def read_json(path: Path, remedy: str) -> Any:
+    """A JSON file written by write_json_atomic; a KdcError (ending with remedy) when it is damaged."""
+    from kdcompress.core.errors import KdcError
+
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise KdcError(f"{path} is unreadable ({exc}): {remedy}") from None

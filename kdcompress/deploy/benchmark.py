@@ -1,0 +1,262 @@
+"""`kdc benchmark`: accuracy, size and latency of the exported ONNX files, judged through onnxruntime.
+
+Needs no torch: everything is read from the run folder (manifest, .onnx files, test_set.npz).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kdcompress.core.errors import KdcError
+from kdcompress.core.files import write_json_atomic
+from kdcompress.deploy.manifest import load_images, read_manifest, run_file
+from kdcompress.core.reporter import NullReporter, Reporter
+from kdcompress.deploy.sessions import check_model, create_session, run_logits
+from kdcompress.deploy.timing import machine, measure_speed
+from kdcompress.core.stats import attribution, compare_models, roc_auc
+
+MODEL_ORDER = ("teacher", "baseline", "student", "control", "int8")
+
+
+def classification_metrics(logits: np.ndarray, labels: np.ndarray, classes: list[str]) -> dict[str, Any]:
+    """Top-1, per-class precision / recall / F1, confusion matrix; sensitivity, specificity, ROC-AUC for 2 classes."""
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+    predicted = logits.argmax(axis=1)
+    index = list(range(len(classes)))
+    precision, recall, f1, support = precision_recall_fscore_support(labels, predicted, labels=index, zero_division=0)
+    metrics: dict[str, Any] = {
+        "accuracy": float((predicted == labels).mean()),
+        "correct": int((predicted == labels).sum()),
+        "per_class": {
+            name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]), "support": int(support[i])}
+            for i, name in enumerate(classes)
+        },
+        "confusion_matrix": confusion_matrix(labels, predicted, labels=index).tolist(),
+    }
+    if len(classes) == 2:
+        # class 1 is the positive one (PNEUMONIA for chest-xray: folders are sorted by name)
+        tn, fp, fn, tp = confusion_matrix(labels, predicted, labels=index).ravel()
+        metrics["sensitivity"] = float(tp / (tp + fn)) if tp + fn else None
+        metrics["specificity"] = float(tn / (tn + fp)) if tn + fp else None
+        metrics["roc_auc"] = roc_auc(logits, labels)
+    return metrics
+
+
+def onnx_size(path: Path) -> dict[str, Any]:
+    """Parameters (initializers, each distinct tensor once), file size and multiply-accumulates per image."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    # Quantization scales and zero points are bookkeeping, not weights; int64 tensors are shapes and axes.
+    side = {n.input[i] for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear") for i in (1, 2) if i < len(n.input)}
+    seen: set[str] = set()
+    parameters = 0
+    for tensor in model.graph.initializer:
+        if tensor.name in side or tensor.data_type == onnx.TensorProto.INT64:
+            continue
+        array = numpy_helper.to_array(tensor)
+        digest = hashlib.sha1(array.tobytes() + str(array.shape).encode()).hexdigest()
+        if array.size <= 1 or digest in seen:  # the same tensor stored twice counts once
+            continue
+        seen.add(digest)
+        parameters += int(array.size)
+    return {"parameters": parameters, "file_mb": path.stat().st_size / 1e6, "macs": count_macs(model)}
+
+
+def count_macs(model: Any) -> int:
+    """Multiply-accumulates of Conv, Gemm and MatMul nodes for one image (batch axis fixed to 1)."""
+    import onnx
+    from onnx import shape_inference
+
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    for value in list(model.graph.input) + list(model.graph.output):
+        dims = value.type.tensor_type.shape.dim
+        if dims and not dims[0].HasField("dim_value"):
+            dims[0].Clear()
+            dims[0].dim_value = 1
+    del model.graph.value_info[:]
+    inferred = shape_inference.infer_shapes(model)
+    shapes: dict[str, list[int]] = {}
+    for value in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
+        shapes[value.name] = [d.dim_value for d in value.type.tensor_type.shape.dim]
+    for tensor in inferred.graph.initializer:
+        shapes[tensor.name] = list(tensor.dims)
+    # In QDQ models weights reach Conv through DequantizeLinear: follow it back to the stored tensor.
+    producers = {out: node for node in inferred.graph.node for out in node.output}
+
+    def shape(name: str) -> list[int]:
+        node = producers.get(name)
+        if name not in shapes and node is not None and node.op_type == "DequantizeLinear":
+            return shape(node.input[0])
+        return shapes.get(name, [])
+
+    macs = 0
+    for node in inferred.graph.node:
+        if node.op_type in ("Conv", "ConvInteger", "QLinearConv"):
+            weight = shape(node.input[3] if node.op_type == "QLinearConv" else node.input[1])
+            out = shape(node.output[0])
+            if weight and out:
+                macs += int(np.prod(out[1:])) * int(np.prod(weight[1:]))
+        elif node.op_type in ("Gemm", "MatMul", "MatMulInteger"):
+            a, out = shape(node.input[0]), shape(node.output[0])
+            if a and out:
+                macs += int(np.prod(out)) * a[-1]
+    return macs
+
+
+def gpu_status() -> tuple[bool, str]:
+    """Whether onnxruntime can really run on CUDA here, and if not, why."""
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        return False, "onnxruntime has no CUDAExecutionProvider (pip install 'kdcompress[gpu]')"
+    return True, "CUDAExecutionProvider"
+
+
+BUSY_THRESHOLD = 0.25  # share of the CPU used by other processes above which timings are flagged
+
+
+def benchmark_run(
+    run_dir: str | Path,
+    threads: int = 1,
+    batch: int = 64,
+    gpu: bool = True,
+    quick: bool = False,
+    reporter: Reporter | None = None,
+    command: str | None = None,
+) -> dict[str, Any]:
+    """Judge every model of a run from its ONNX file: accuracy, size, CPU (and GPU) speed, ratios vs teacher.
+
+    Writes benchmark.json, benchmark.md and benchmark.png into the run folder. A folder that cannot be
+    written (full disk, read-only) loses only the files: the results are returned all the same, with
+    `saved` false and the reason in `save_error`.
+    """
+    reporter = reporter or NullReporter()
+    if threads < 1:
+        raise KdcError(f"--threads must be at least 1, got {threads}")
+    if batch < 1:
+        raise KdcError(f"--batch must be at least 1, got {batch}")
+    run_dir = Path(run_dir)
+    manifest = read_manifest(run_dir)
+    prep = manifest.preprocessing
+    classes = manifest.dataset.classes
+    images, labels = load_images(run_dir, manifest, "test_set")
+    before = machine()
+    gpu_ok, gpu_reason = gpu_status() if gpu else (False, "not requested (--no-gpu)")
+    roles = [r for r in MODEL_ORDER if r in manifest.models]
+    results: dict[str, Any] = {}
+    correct: dict[str, Any] = {}  # per role, which test images the ONNX file gets right (for the verdicts)
+    with reporter.progress("benchmark", total=len(roles)) as advance:
+        for role in roles:
+            entry = manifest.models[role]
+            path = run_file(run_dir, entry.onnx)
+            advance(0, status=f"{role}: accuracy")
+            cpu_session = create_session(path, "cpu", threads)
+            check_model(cpu_session, prep, classes, path)
+            logits = run_logits(cpu_session, images, prep)
+            metrics = classification_metrics(logits, labels, classes)
+            correct[role] = logits.argmax(axis=1) == labels
+            recorded = entry.test_correct
+            metrics["recorded_correct"] = recorded
+            # The ONNX file may flip an image sitting exactly on a decision boundary: one image is tolerated.
+            metrics["agrees_with_manifest"] = recorded is None or abs(metrics["correct"] - recorded) <= 1
+            advance(0, status=f"{role}: CPU latency")
+            result = {"role": role, "file": entry.onnx, "accuracy": metrics, **onnx_size(path)}
+            result["cpu"] = measure_speed(cpu_session, prep, images, batch, quick)
+            if gpu_ok:
+                advance(0, status=f"{role}: GPU latency")
+                try:
+                    result["gpu"] = measure_speed(create_session(path, "cuda", threads), prep, images, batch, quick)
+                except KdcError as exc:
+                    gpu_ok, gpu_reason = False, str(exc)
+            results[role] = result
+            advance(1, status="")
+    after = machine()
+    for role, result in results.items():
+        result["ratios_vs_teacher"] = _ratios(results.get("teacher"), result)
+        if "gpu" not in result:
+            result["gpu"] = {"available": False, "reason": gpu_reason}
+    # Measured while this process sleeps, before and after timing: other processes' share of the CPU.
+    shares = [m["cpu_busy_fraction"] for m in (before, after) if m["cpu_busy_fraction"] is not None]
+    busy = max(shares) > BUSY_THRESHOLD if shares else before["load_average_1m"] > 0.5 * before["cores"]
+    if command is None:
+        flags = (" --quick" if quick else "") + ("" if gpu else " --no-gpu")
+        command = f"kdc benchmark {run_dir} --threads {threads} --batch {batch}{flags}"
+    result = {
+        "run": manifest.run,
+        "run_dir": str(run_dir),
+        "dataset": manifest.dataset.name,
+        "test_images": int(len(labels)),
+        "classes": classes,
+        "machine": {
+            **before,
+            "load_average_1m_after": after["load_average_1m"],
+            "cpu_busy_fraction_after": after["cpu_busy_fraction"],
+            "busy": busy,
+        },
+        "settings": {"threads": threads, "throughput_batch": batch, "quick": quick},
+        "gpu": {"available": gpu_ok, "reason": gpu_reason},
+        "units": {
+            "latency": "milliseconds per call, batch 1",
+            "throughput": "images per second",
+            "file_mb": "megabytes (1e6 bytes)",
+            "macs": "multiply-accumulates per image",
+            "accuracy": "fraction in [0, 1]",
+        },
+        "models": results,
+        "comparisons": compare_models(correct),
+        "int8_verdict": _int8_verdict(results, batch),
+        "command": command,
+    }
+    result["attribution"] = attribution(result["comparisons"])
+    _save(result, run_dir, reporter)
+    return result
+
+
+def _save(result: dict[str, Any], run_dir: Path, reporter: Reporter) -> None:
+    """benchmark.json, benchmark.md and benchmark.png in the run folder; a failed write is reported, not raised."""
+    from kdcompress.report.render import benchmark_markdown, benchmark_plot
+
+    try:
+        write_json_atomic(run_dir / "benchmark.json", {**result, "saved": True})
+        (run_dir / "benchmark.md").write_text(benchmark_markdown(result, result["command"]))
+        benchmark_plot(result, run_dir / "benchmark.png")
+        result["saved"] = True
+    except OSError as exc:
+        result["saved"] = False
+        result["save_error"] = f"could not write the benchmark files into {run_dir} ({exc.strerror or exc})"
+        reporter.warn(result["save_error"] + ": the results below are not saved")
+
+
+def _int8_verdict(results: dict[str, Any], batch: int) -> dict[str, Any] | None:
+    """The INT8 student against the FP32 one, as timed here (None without an INT8 model)."""
+    from kdcompress.deploy.quantize import int8_verdict
+
+    if "int8" not in results or "student" not in results:
+        return None
+
+    def side(model: dict[str, Any]) -> dict[str, float]:
+        cpu = model["cpu"]
+        return {"p50_ms": cpu["batch1"]["p50_ms"], "images_per_s": cpu["throughput_images_per_s"], "bytes": model["file_mb"] * 1e6}
+
+    return int8_verdict(side(results["student"]), side(results["int8"]), batch)
+
+
+def _ratios(teacher: dict[str, Any] | None, model: dict[str, Any]) -> dict[str, Any]:
+    if teacher is None:
+        return {}
+    ratios: dict[str, Any] = {
+        "smaller_x": teacher["file_mb"] / model["file_mb"],
+        "fewer_params_x": teacher["parameters"] / model["parameters"],
+        "cpu_faster_x": teacher["cpu"]["batch1"]["p50_ms"] / model["cpu"]["batch1"]["p50_ms"],
+        "accuracy_change_points": 100 * (model["accuracy"]["accuracy"] - teacher["accuracy"]["accuracy"]),
+    }
+    if "batch1" in teacher.get("gpu", {}) and "batch1" in model.get("gpu", {}):
+        ratios["gpu_faster_x"] = teacher["gpu"]["batch1"]["p50_ms"] / model["gpu"]["batch1"]["p50_ms"]
+    return ratios

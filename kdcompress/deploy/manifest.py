@@ -1,0 +1,257 @@
+"""The artifacts folder contract: one folder per run, finished when its manifest.json exists, read as a typed Manifest."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kdcompress.core.errors import KdcError
+from kdcompress.core.files import write_json_atomic
+from kdcompress.deploy.preprocessing import Preprocessing
+
+MANIFEST = "manifest.json"
+FORMAT = "kdcompress-run/2"
+READABLE = ("kdcompress-run/1", FORMAT)
+
+
+@dataclass
+class ModelEntry:
+    """One model of a run: its ONNX file and what it scored; `details` holds the rest (training record, export check...)."""
+
+    architecture: str
+    onnx: str  # file name inside the run folder
+    parameters: int
+    onnx_bytes: int
+    test_accuracy: float
+    test_correct: int
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The manifest form: the named fields first, then the details."""
+        return {**{name: getattr(self, name) for name in _MODEL_FIELDS}, **self.details}
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str) -> "ModelEntry":
+        """Read the manifest form; a KdcError names a missing field, one of the wrong type, or a file outside the run."""
+        _require(data, _MODEL_FIELDS, where)
+        for name, kinds in _MODEL_TYPES.items():
+            _check_type(data[name], kinds, f"{where}: {name}")
+        _check_file(data["onnx"], f"{where}: onnx")
+        return cls(**{name: data[name] for name in _MODEL_FIELDS}, details={k: v for k, v in data.items() if k not in _MODEL_FIELDS})
+
+
+@dataclass
+class DatasetInfo:
+    """The dataset a run was trained on."""
+
+    name: str
+    classes: list[str]
+    counts: dict[str, int]  # images per split: train, val, test
+    source: str = ""
+    fingerprint: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str) -> "DatasetInfo":
+        _require(data, ("name", "classes", "counts"), where)
+        _check_type(data["name"], (str,), f"{where}: name")
+        classes, counts = data["classes"], data["counts"]
+        if not isinstance(classes, list) or len(classes) < 2 or not all(isinstance(c, str) for c in classes):
+            _damaged(f"{where}: classes is {_shown(classes)}, not a list of at least 2 class names")
+        if not isinstance(counts, dict) or not all(_is_int(v) for v in counts.values()):
+            _damaged(f"{where}: counts is {_shown(counts)}, not image counts per split")
+        return cls(data["name"], list(classes), dict(counts), str(data.get("source", "")), data.get("fingerprint"))
+
+
+@dataclass
+class Manifest:
+    """manifest.json: which models a run holds, their classes and preprocessing, how they were made and scored.
+
+    Format 2 adds `training` (device, precision, how the teacher's outputs reached the student) to
+    format 1; format 1 manifests are read with an empty `training`.
+    """
+
+    run: str
+    dataset: DatasetInfo
+    preprocessing: Preprocessing
+    models: dict[str, ModelEntry]
+    files: dict[str, str]  # test_set, calibration_set, history: file names inside the run folder
+    warnings: list[str] = field(default_factory=list)
+    training: dict[str, Any] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)  # created, objective, config, device, environment
+    format: str = FORMAT
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form written to manifest.json."""
+        return {
+            "format": self.format,
+            "run": self.run,
+            "dataset": self.dataset.to_dict(),
+            "preprocessing": self.preprocessing.to_dict(),
+            "models": {role: entry.to_dict() for role, entry in self.models.items()},
+            "files": self.files,
+            "warnings": self.warnings,
+            "training": self.training,
+            **self.details,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = MANIFEST) -> "Manifest":
+        """Read a format 1 or 2 manifest; a KdcError for any other format or a missing field."""
+        if not isinstance(data, dict) or data.get("format") not in READABLE:
+            found = data.get("format") if isinstance(data, dict) else type(data).__name__
+            raise KdcError(f"{where} is not a kdcompress run manifest (format {found!r}; this version reads {', '.join(READABLE)})")
+        _require(data, ("run", "dataset", "preprocessing", "models", "files"), where)
+        try:
+            preprocessing = Preprocessing.from_dict(data["preprocessing"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise KdcError(f"{where}: its preprocessing is incomplete ({exc}): the run folder is damaged; run kdc compress again") from None
+        if not isinstance(data["models"], dict) or not data["models"]:
+            raise KdcError(f"{where} lists no models: the run folder is damaged; run kdc compress again")
+        files = data["files"]
+        if not isinstance(files, dict) or not all(isinstance(k, str) for k in files):
+            _damaged(f"{where}: files is {_shown(files)}, not file names by role")
+        for key, name in files.items():
+            _check_file(name, f"{where}: files.{key}")
+        for key in ("warnings",):
+            if not isinstance(data.get(key, []), list):
+                _damaged(f"{where}: {key} is {_shown(data[key])}, not a list")
+        if not isinstance(data.get("training", {}), dict):
+            _damaged(f"{where}: training is {_shown(data['training'])}, not a record")
+        known = {"format", "run", "dataset", "preprocessing", "models", "files", "warnings", "training"}
+        return cls(
+            run=data["run"],
+            dataset=DatasetInfo.from_dict(data["dataset"], f"{where} (dataset)"),
+            preprocessing=preprocessing,
+            models={role: ModelEntry.from_dict(entry, f"{where} (model {role})") for role, entry in data["models"].items()},
+            files=dict(data["files"]),
+            warnings=list(data.get("warnings", [])),
+            training=dict(data.get("training", {})),
+            details={k: v for k, v in data.items() if k not in known},
+            format=data["format"],
+        )
+
+
+_MODEL_FIELDS = ("architecture", "onnx", "parameters", "onnx_bytes", "test_accuracy", "test_correct")
+_MODEL_TYPES: dict[str, tuple[type, ...]] = {
+    "architecture": (str,),
+    "onnx": (str,),
+    "parameters": (int,),
+    "onnx_bytes": (int,),
+    "test_accuracy": (int, float),
+    "test_correct": (int, type(None)),
+}
+DAMAGED = "the run folder is damaged; run kdc compress again"
+
+
+def _damaged(problem: str) -> None:
+    raise KdcError(f"{problem}: {DAMAGED}")
+
+
+def _shown(value: Any) -> str:
+    """A manifest value as an error line shows it: short, and with its type."""
+    text = repr(value)
+    return f"{text[:40]}..." if len(text) > 43 else text
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_type(value: Any, kinds: tuple[type, ...], where: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        wanted = " or ".join("null" if k is type(None) else {"str": "text", "int": "a whole number", "float": "a number"}.get(k.__name__, k.__name__) for k in kinds)
+        _damaged(f"{where} is {_shown(value)}, not {wanted}")
+
+
+def _check_file(name: Any, where: str) -> None:
+    """A file named by a manifest: a plain relative path inside the run folder (no absolute path, no '..')."""
+    if not isinstance(name, str) or not name:
+        _damaged(f"{where} is {_shown(name)}, not a file name")
+    path = Path(name)
+    if path.is_absolute() or ".." in path.parts or "\\" in name:
+        _damaged(f"{where} is {name!r}, a path outside the run folder")
+
+
+def run_file(run_dir: str | Path, name: str) -> Path:
+    """The file a manifest names, inside its run folder; a KdcError when it (or a link on the way) points outside."""
+    run_dir = Path(run_dir)
+    path = run_dir / name
+    try:
+        inside = path.resolve().is_relative_to(run_dir.resolve())
+    except (OSError, RuntimeError):  # a link loop
+        inside = False
+    if not inside:
+        _damaged(f"{path} leads outside its run folder {run_dir}")
+    return path
+
+
+def _require(data: Any, names: tuple[str, ...], where: str) -> None:
+    missing = [name for name in names if not isinstance(data, dict) or name not in data]
+    if missing:
+        raise KdcError(f"{where} is missing {', '.join(missing)}: the run folder is damaged; run kdc compress again")
+
+
+def read_manifest(run_dir: str | Path) -> Manifest:
+    """The manifest of a finished run, or a KdcError saying why there is none."""
+    run_dir = Path(run_dir)
+    path = run_dir / MANIFEST
+    if not run_dir.is_dir():
+        raise KdcError(f"run folder not found: {run_dir}")
+    if not path.is_file():
+        raise KdcError(f"{run_dir} has no {MANIFEST}: it is not a finished kdc compress run")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise KdcError(f"cannot read {path} ({exc}): the run folder is damaged; run kdc compress again") from None
+    return Manifest.from_dict(data, str(path))
+
+
+def write_manifest(run_dir: Path, manifest: Manifest) -> None:
+    """Write manifest.json atomically (a run folder is finished once it has one)."""
+    write_json_atomic(run_dir / MANIFEST, manifest.to_dict())
+
+
+def load_images(run_dir: Path, manifest: Manifest, key: str) -> tuple[np.ndarray, np.ndarray]:
+    """Images and labels of a split saved in a run folder: key 'test_set' or 'calibration_set'."""
+    if key not in manifest.files:
+        raise KdcError(f"the manifest of {run_dir} names no {key} file: the run folder is damaged; run kdc compress again")
+    path = run_file(run_dir, manifest.files[key])
+    if not path.is_file():
+        raise KdcError(f"{path} is missing: the run folder is incomplete; run kdc compress again")
+    try:
+        with np.load(path) as data:
+            return data["images"], data["labels"]
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        raise KdcError(f"{path} is unreadable ({exc}): the run folder is damaged; run kdc compress again") from None
+
+
+def list_runs(root: str | Path) -> list[Path]:
+    """Finished runs under an artifacts root, oldest first."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    runs = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and (p / MANIFEST).is_file()]
+    return sorted(runs, key=lambda p: ((p / MANIFEST).stat().st_mtime, p.name))
+
+
+def resolve_runs(path: str | Path, all_runs: bool = False) -> list[Path]:
+    """A run folder itself, or the newest finished run (every run with all_runs) under an artifacts root."""
+    path = Path(path)
+    if (path / MANIFEST).is_file():
+        return [path]
+    if not path.is_dir():
+        raise KdcError(f"folder not found: {path} (run kdc compress first, or pass a run folder)")
+    runs = list_runs(path)
+    if not runs:
+        raise KdcError(f"no finished run in {path}: run kdc compress first (a run is finished once it has {MANIFEST})")
+    return runs if all_runs else [runs[-1]]
+
+

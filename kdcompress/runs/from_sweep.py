@@ -1,0 +1,89 @@
+"""`kdc compress --from-sweep DIR`: compress with the cell a finished sweep chose on validation.
+
+The sweep's results.json names that cell (`chosen`: T, alpha, beta, picked on validation accuracy
+averaged over seeds, never on test) and the settings every one of its runs shared (data, models,
+schedule, views, teacher recipe, first seed). compress takes both, so its run is the sweep's chosen
+cell trained once more, on the same data with the same teacher, which it finds in the sweep's
+teacher cache. An option given on the command line that contradicts the sweep is refused rather
+than silently overridden either way; options the sweep does not fix (device, --out, --int8,
+--control, ...) stay free.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from kdcompress.train.config import CompressConfig
+from kdcompress.core.errors import KdcError
+from kdcompress.core.files import read_json
+from kdcompress.runs.sweep import FORMAT, SHARED_SETTINGS
+
+CELL = ("temperature", "alpha", "beta")
+
+
+def sweep_results(folder: str | Path) -> dict[str, Any]:
+    """A finished sweep's results.json, or a KdcError saying what is missing."""
+    folder = Path(folder)
+    path = folder / "results.json"
+    if not folder.is_dir():
+        raise KdcError(f"--from-sweep: sweep folder not found: {folder}")
+    if not path.is_file():
+        raise KdcError(f"--from-sweep: {folder} holds no results.json: run the sweep to its end first (running it again resumes it)")
+    results = read_json(path, "run the same kdc sweep again to rewrite it")
+    if not isinstance(results, dict) or results.get("format") != FORMAT or not isinstance(results.get("settings"), dict):
+        raise KdcError(f"--from-sweep: {path} is not a kdc sweep's results file")
+    if not results.get("chosen"):
+        raise KdcError(f"--from-sweep: {path} names no cell chosen on validation (an older sweep): run that sweep again with this kdc")
+    return results
+
+
+def with_sweep(config: CompressConfig, results: dict[str, Any] | None = None) -> CompressConfig:
+    """config with the sweep's shared settings and chosen cell (config unchanged without --from-sweep).
+
+    results: the sweep's results.json when the caller has read it already (`sweep_results`).
+    """
+    if not config.from_sweep:
+        return config
+    if results is None:
+        results = sweep_results(config.from_sweep)
+    settings, chosen = results["settings"], results["chosen"]
+    wanted = {name: settings[name] for name in SHARED_SETTINGS if name in settings}
+    wanted.update({name: float(chosen[name]) for name in CELL})
+    default = CompressConfig()
+    conflicts = [
+        f"{_flag(name)} {getattr(config, name)} (the sweep's: {value})"
+        for name, value in wanted.items()
+        if getattr(config, name) != getattr(default, name) and getattr(config, name) != value
+    ]
+    if conflicts:
+        raise KdcError(
+            f"--from-sweep takes its settings from {config.from_sweep}, and {'; '.join(conflicts)} "
+            f"contradict{'s' if len(conflicts) == 1 else ''} them: drop {'that option' if len(conflicts) == 1 else 'those options'}, or --from-sweep"
+        )
+    return replace(config, **wanted)
+
+
+def describe(config: CompressConfig, results: dict[str, Any]) -> str:
+    """The info line a run made with --from-sweep starts with (results: the sweep's results.json)."""
+    chosen = results["chosen"]
+    val = f", mean validation accuracy {chosen['val_mean']:.1%}" if "val_mean" in chosen else ""
+    return (
+        f"--from-sweep: T {config.temperature:g}, alpha {config.alpha:g}, beta {config.beta:g}: the cell "
+        f"{config.from_sweep} chose on validation{val}; its test result there: {chosen.get('words', 'not recorded')}"
+    )
+
+
+def check_same_data(config: CompressConfig, results: dict[str, Any], fingerprint: str) -> None:
+    """Refuse data other than the sweep's (the chosen cell was chosen on that data; results: its results.json)."""
+    recorded = results["settings"].get("data")
+    if recorded and recorded != fingerprint:
+        raise KdcError(
+            f"--from-sweep: these images are not the ones {config.from_sweep} was swept on (data fingerprint {fingerprint}, "
+            f"the sweep's {recorded}): pass the sweep's --data-dir (and --stream as the sweep had it)"
+        )
+
+
+def _flag(name: str) -> str:
+    return "--T" if name == "temperature" else "--" + name.replace("_", "-")

@@ -1,0 +1,338 @@
+"""`kdc sweep` as a library call: a grid of distillation settings against the baseline, over seeds.
+
+One teacher serves the whole sweep (trained once, or reused from `kdc compress`'s cache). For
+each seed the baseline is trained once, the teacher's outputs are recorded once for every
+augmented batch that seed's runs will see, and each grid point trains one distilled student from
+the baseline's initial weights against those recorded outputs. Students of one seed differ only
+in their objective, and a sweep of N students costs about N baseline trainings.
+
+The sweep folder is resumable: finished trainings are never redone.
+  sweep.json          the settings a resumed sweep must share, and the teacher's record
+  runs/<name>.json    one finished training each
+  results.json        every run and each grid point's comparison with the baseline
+  summary.md, heatmap.png, objectives.png
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kdcompress.train.config import CompressConfig
+from kdcompress.data.dataset import Dataset
+from kdcompress.core.errors import KdcError
+from kdcompress.train.collectives import barrier, broadcast_object, shard
+from kdcompress.train.fair import control_smoothing, fair_start, prepare, Prepared, teacher_train_logits
+from kdcompress.core.files import read_json, write_json_atomic
+from kdcompress.runs.environment import environment
+from kdcompress.core.reporter import NullReporter, Reporter
+from kdcompress.core.stats import auc_summary, compare, REFERENCES, roc_auc
+from kdcompress.train.teacher import load_or_train_teacher, RECIPE_LEVERS, record_teacher, recording_fits
+
+FORMAT = "kdcompress-sweep/1"
+SHARED_SETTINGS = (  # what every run of a sweep shares: a resumed sweep must agree on all of them
+    "dataset", "image_size", "teacher", "student", "pretrained", "pretrained_student", "teacher_weights", "teacher_aux",
+    "epochs", "teacher_epochs", "batch_size", "lr", "weight_decay", "val_fraction", "seed", "mixup", "augment",
+    "teacher_smoothing", "teacher_ema", "teacher_select", "teacher_balance", "teacher_batch_size",
+)  # fmt: skip
+# Settings that sweeps written before they were recorded lack: such a folder is not refused for them.
+ADDED_LATER = ("seed",)
+# Settings added later still: a folder that lacks them was made with their default.
+DEFAULTED = {"mixup": CompressConfig().mixup, "teacher_batch_size": None, **RECIPE_LEVERS}
+RETRAIN = "delete it and run the same command again to retrain that run"  # what to do with a damaged run file
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """A grid of (T, alpha, beta) over seeds; everything else comes from a compress configuration."""
+
+    base: CompressConfig
+    # The default grid, 2 x 2 x 2 = 8 students a seed, fits about an hour on cifar3 on a 2-core CPU.
+    temperatures: tuple[float, ...] = (1.0, 4.0)
+    alphas: tuple[float, ...] = (0.5, 0.9)
+    betas: tuple[float, ...] = (0.0, 0.3)
+    seeds: int = 3  # seeds base.seed, base.seed + 1, ...
+    out: str | None = None  # sweep folder; default <artifacts>/sweep-<dataset>
+
+    def resolved(self) -> "SweepConfig":
+        """Validate every grid value with compress's own ranges and fill the defaults."""
+        base = replace(self.base, int8=False).resolved()
+        if not 1 <= self.seeds <= 100:
+            raise KdcError(f"--seeds must be between 1 and 100, got {self.seeds}")
+        for flag, values, field in (
+            ("--T", self.temperatures, "temperature"),
+            ("--alpha", self.alphas, "alpha"),
+            ("--beta", self.betas, "beta"),
+        ):
+            if not values:
+                raise KdcError(f"{flag} needs at least one value")
+            if len(set(values)) != len(values):
+                raise KdcError(f"{flag} lists a value twice: {', '.join(f'{v:g}' for v in values)}")
+            for value in values:
+                replace(base, **{field: value}).resolved()
+        return replace(self, base=base, out=self.out or str(Path(base.artifacts) / f"sweep-{base.dataset}"))
+
+    def cells(self) -> list[tuple[float, float, float]]:
+        """Every (T, alpha, beta) of the grid."""
+        return list(itertools.product(self.temperatures, self.alphas, self.betas))
+
+    def seed_list(self) -> list[int]:
+        """The seeds the sweep trains with."""
+        return [self.base.seed + i for i in range(self.seeds)]
+
+
+def run_name(seed: int, cell: tuple[float, ...] | None) -> str:
+    """File stem of one training: seed0-baseline, seed0-control-T4-alpha0.5, seed0-T4-alpha0.5-beta0.3.
+
+    cell is a grid cell (T, alpha, beta), a pair (T, alpha) for a label-smoothing control, or None (the baseline).
+    """
+    if cell is None:
+        return f"seed{seed}-baseline"
+    if len(cell) == 2:
+        return f"seed{seed}-control-T{cell[0]:g}-alpha{cell[1]:g}"
+    return f"seed{seed}-T{cell[0]:g}-alpha{cell[1]:g}-beta{cell[2]:g}"
+
+
+def jobs(cfg: "SweepConfig") -> list[Any]:
+    """What each seed trains, in order: the baseline, a label-smoothing control per (T, alpha) unless --control none,
+    then the grid."""
+    return [None, *control_pairs(cfg), *cfg.cells()]
+
+
+def control_pairs(cfg: "SweepConfig") -> list[tuple[float, float]]:
+    """The (T, alpha) of each label-smoothing control: its smoothing depends on both, not on beta."""
+    if cfg.base.control != "label-smoothing":
+        return []
+    return [(float(t), float(a)) for t in cfg.temperatures for a in cfg.alphas]
+
+
+def choose_by_validation(validation: dict[tuple[float, float, float], list[float]]) -> tuple[float, float, float]:
+    """The grid cell a user would pick without looking at the test split: best validation accuracy, mean over seeds.
+
+    validation maps each cell to its runs' validation accuracies (of the epoch each run kept). Ties go
+    to the first cell in grid order. Nothing here can see a test prediction.
+    """
+    return max(validation, key=lambda cell: float(np.mean(validation[cell])))
+
+
+def sweep(
+    config: SweepConfig, reporter: Reporter | None = None, command: str = "kdc sweep (library call)"
+) -> dict[str, Any] | None:
+    """Train what is missing from the sweep folder, compare every grid point with the baseline, write the report.
+
+    command is recorded in summary.md, as the way the results were made.
+
+    Under torchrun the teacher (when it must be trained) is trained by all ranks together; then each rank
+    trains its own share of the missing trainings, whole, on its own device, into the shared runs/ folder,
+    and rank 0 writes the summary once all are done. Ranks other than 0 return None.
+    """
+    reporter = reporter or NullReporter()
+    cfg = config.resolved()
+    run = prepare(cfg.base, reporter)
+    folder = Path(cfg.out)  # type: ignore[arg-type]
+    total = len(cfg.seed_list()) * len(jobs(cfg))
+    if run.world.main:  # rank 0 reads the folder and makes the plan: every rank gets the same one
+        (folder / "runs").mkdir(parents=True, exist_ok=True)
+        shared = _check_resumable(folder, run.cfg, run.data)
+        done = {p.stem for p in (folder / "runs").glob("*.json") if read_json(p, RETRAIN)}
+        plan = [(s, c) for s in cfg.seed_list() for c in jobs(cfg) if run_name(s, c) not in done]
+        if done:
+            reporter.info(f"resuming {folder}: {total - len(plan)} of {total} trainings already done")
+        else:
+            reporter.info(f"sweep of {total} trainings into {folder}")
+    shared, plan = broadcast_object((shared, plan) if run.world.main else None)
+    if plan or "teacher" not in shared:
+        _train_missing(cfg, run, folder, shared, plan, total, reporter)
+    barrier()  # every rank's trainings are in runs/
+    if not run.world.main:
+        return None
+    missing = [run_name(s, c) for s, c in plan if not (folder / "runs" / f"{run_name(s, c)}.json").is_file()]
+    if missing:
+        raise KdcError(
+            f"{len(missing)} training(s) finished on other processes are not in {folder / 'runs'} (such as {missing[0]}): "
+            f"under torchrun on several machines --out must be a folder they all share"
+        )
+    results = summarize(cfg, run.data, folder, run.device)
+    from kdcompress.report.sweep_render import sweep_markdown, sweep_plots
+
+    (folder / "summary.md").write_text(sweep_markdown(results, command))
+    sweep_plots(results, folder)
+    return results
+
+
+def _check_resumable(folder: Path, base: CompressConfig, data: Dataset) -> dict[str, Any]:
+    """sweep.json's content; a folder made with other settings is refused rather than mixed."""
+    settings = {name: getattr(base, name) for name in SHARED_SETTINGS}
+    settings["data"] = data.fingerprint()
+    path = folder / "sweep.json"
+    if not path.is_file():
+        shared = {"format": FORMAT, "settings": settings}
+        write_json_atomic(path, shared)
+        return shared
+    shared = read_json(path, "delete the sweep folder to start over")
+    recorded = shared.get("settings", {})
+    differ = [
+        f"{k} {recorded.get(k)!r} -> {v!r}"
+        for k, v in settings.items()
+        if recorded.get(k, DEFAULTED.get(k)) != v and not (k in ADDED_LATER and k not in recorded)
+    ]
+    if shared.get("format") != FORMAT or differ:
+        raise KdcError(
+            f"{folder} holds a sweep made with other settings ({'; '.join(differ) or 'older format'}): "
+            f"pick another --out, or delete that folder to start over"
+        )
+    return shared
+
+
+def _train_missing(
+    cfg: SweepConfig,
+    run: Prepared,
+    folder: Path,
+    shared: dict[str, Any],
+    plan: list[tuple[int, Any]],
+    total: int,
+    reporter: Reporter,
+) -> None:
+    from kdcompress.train.loop import fit, predict_logits
+
+    data, prep, device, world = run.data, run.prep, run.device, run.world
+    teacher, record = load_or_train_teacher(replace(run.cfg, out=cfg.out), data, prep, run.settings, reporter)
+    if "teacher" not in shared and world.main:
+        logits = predict_logits(teacher, data.test_x, prep, device)[:, : len(data.classes)]
+        correct = logits.argmax(axis=1) == data.test_y
+        record.pop("history", None)
+        auc = roc_auc(logits, data.test_y)
+        shared["teacher"] = {**record, "architecture": run.cfg.teacher, "test_accuracy": float(correct.mean()),
+                             **({"roc_auc": auc} if auc is not None else {})}  # fmt: skip
+        write_json_atomic(folder / "sweep.json", shared)
+    # The controls' smoothing needs the teacher's logits on the training split: the same for every seed and (T, alpha).
+    controls = [cell for _, cell in plan if cell is not None and len(cell) == 2]
+    teacher_logits = teacher_train_logits(run, teacher) if controls else None
+    share = shard(len(plan), world.rank, world.size)  # this rank's trainings: a contiguous run of the plan
+    done = total - len(plan) + share.start
+    if world.size > 1:
+        reporter.info(f"{world.size} processes share the {len(plan)} missing trainings; this one trains {share.stop - share.start}")
+    for seed, runs in itertools.groupby(plan[share], key=lambda item: item[0]):
+        cells = [cell for _, cell in runs]
+        start = fair_start(run, seed, teacher)  # the same initial weights and projection as `kdc compress --seed`
+        settings = replace(start.settings, world_size=1, rank=0)  # each training whole, in this process
+        distilled = [cell for cell in cells if cell is not None and len(cell) == 3]
+        recorded = None
+        features = any(cell[2] > 0 for cell in distilled)
+        if distilled and recording_fits(teacher, data, settings, features):
+            started = time.perf_counter()
+            recorded = record_teacher(teacher, data, prep, settings, features, reporter, f"seed {seed}: teacher outputs")
+            write_json_atomic(folder / "runs" / f"seed{seed}-teacher-outputs.cost", {"seconds": time.perf_counter() - started})
+        elif distilled:
+            reporter.info(f"seed {seed}: the teacher's outputs for every view would not fit in memory; it runs live instead")
+        for cell in cells:
+            done += 1
+            matched = control_smoothing(run, teacher_logits, *cell) if cell is not None and len(cell) == 2 else None
+            if cell is None:
+                objective = start.baseline()
+            elif matched is not None:
+                objective = start.control(matched["smoothing"])
+            else:
+                objective = start.distilled(recorded if recorded is not None else teacher, *cell)
+            name = run_name(seed, cell)
+            reporter.info(f"[{done}/{total}] {name}: {objective.describe()}")
+            result = fit(objective, data, prep, settings, reporter, name)
+            logits = predict_logits(objective.student, data.test_x, prep, device)
+            predictions, auc = logits.argmax(axis=1), roc_auc(logits, data.test_y)
+            entry = {
+                "name": name,
+                "seed": seed,
+                "kind": "baseline" if cell is None else "control" if matched else "distilled",
+                **dict(zip(("temperature", "alpha", "beta"), (*(cell or ()), None, None, None))),
+                **({"matched": matched} if matched else {}),
+                "objective": objective.describe(),
+                "test_accuracy": float((predictions == data.test_y).mean()),
+                "predictions": predictions.tolist(),
+                **({"roc_auc": auc} if auc is not None else {}),
+                "device": device,
+                **result.record(),
+            }
+            write_json_atomic(folder / "runs" / f"{name}.json", entry)
+
+
+def summarize(cfg: SweepConfig, data: Dataset, folder: Path, device: str) -> dict[str, Any]:
+    """results.json from the run files: per grid point, mean +- std over seeds and the verdict vs baseline."""
+    runs = {p.stem: read_json(p, RETRAIN) for p in sorted((folder / "runs").glob("*.json"))}
+    shared = read_json(folder / "sweep.json", "delete the sweep folder to start over")
+    seeds = cfg.seed_list()
+
+    def correct(name: str) -> np.ndarray:
+        return np.asarray(runs[name]["predictions"]) == data.test_y
+
+    def aucs(cell: Any) -> dict[str, float]:  # mean and std of ROC-AUC over seeds (two-class data only)
+        return auc_summary([runs.get(run_name(s, cell), {}).get("roc_auc") for s in seeds])
+
+    def matrix(cell: Any) -> np.ndarray | None:  # seeds x test images, or None when a seed lacks this run
+        names = [run_name(s, cell) for s in seeds]
+        return np.stack([correct(n) for n in names]) if all(n in runs for n in names) else None
+
+    baseline = matrix(None)
+    assert baseline is not None
+    baseline_acc = baseline.mean(axis=1)
+    control_matrices, controls = {}, []  # label-smoothing controls, one per (T, alpha); none with --control none
+    for pair in control_pairs(cfg):
+        control = matrix(pair)
+        if control is not None:
+            first = runs[run_name(seeds[0], pair)]
+            control_matrices[pair] = control
+            controls.append({"temperature": pair[0], "alpha": pair[1], "objective": first["objective"],
+                             "matched": first.get("matched"), **compare(control, baseline).to_dict(), **aucs(pair)})  # fmt: skip
+    cells = []
+    for cell in cfg.cells():
+        names = [run_name(s, cell) for s in seeds]
+        distilled = matrix(cell)
+        entry = {"temperature": cell[0], "alpha": cell[1], "beta": cell[2], "objective": runs[names[0]]["objective"]}
+        entry.update(compare(distilled, baseline).to_dict(), **aucs(cell))
+        entry["val_mean"] = float(np.mean([runs[n]["best_val_accuracy"] for n in names]))
+        pair = (float(cell[0]), float(cell[1]))
+        if pair in control_matrices:
+            entry["vs_control"] = compare(distilled, control_matrices[pair], reference=REFERENCES["control"]).to_dict()
+        cells.append(entry)
+    validation = {cell: [runs[run_name(s, cell)]["best_val_accuracy"] for s in seeds] for cell in cfg.cells()}
+    chosen = cells[cfg.cells().index(choose_by_validation(validation))]
+    best_on_test = max(cells, key=lambda c: c["delta"])
+    costs = [read_json(p, RETRAIN).get("seconds", 0.0) for p in (folder / "runs").glob("*.cost")]
+    baseline_seconds = [runs[run_name(s, None)]["train_seconds"] for s in seeds]
+    distilled_seconds = [runs[run_name(s, c)]["train_seconds"] for s in seeds for c in cfg.cells()]
+    results = {
+        "format": FORMAT,
+        "dataset": {"name": data.name, "source": data.source, "classes": data.classes, "counts": data.counts()},
+        "settings": shared["settings"],
+        "grid": {"T": list(cfg.temperatures), "alpha": list(cfg.alphas), "beta": list(cfg.betas), "seeds": seeds},
+        "teacher": shared["teacher"],
+        "baseline": {
+            "mean": float(baseline_acc.mean()),
+            "std": float(baseline_acc.std(ddof=1)) if len(seeds) > 1 else 0.0,
+            "per_seed": baseline_acc.tolist(),
+            **aucs(None),
+        },
+        "cells": cells,
+        "controls": controls,
+        "chosen": {
+            "by": "validation accuracy (the epoch each run kept), mean over seeds; no test prediction is read",
+            **chosen,
+        },
+        "best_on_test": {"by": "test accuracy: optimistic, since the test split chose it", **best_on_test},
+        "cost": {
+            "baseline_seconds_mean": float(np.mean(baseline_seconds)),
+            "distilled_seconds_mean": float(np.mean(distilled_seconds)),
+            "distilled_per_baseline": float(np.mean(distilled_seconds) / np.mean(baseline_seconds)),
+            "teacher_output_seconds": float(np.sum(costs)),
+            "note": "train_seconds of each run as it was trained (resumed runs keep their original timing)",
+        },
+        "device": device,
+        "environment": environment(),
+        "runs": [runs[run_name(s, c)] for s in seeds for c in jobs(cfg) if run_name(s, c) in runs],
+    }
+    write_json_atomic(folder / "results.json", results)
+    return results

@@ -1,0 +1,123 @@
+"""Settings of one `kdc compress` run, with their defaults and allowed ranges."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+from kdcompress.data.specs import resolve_spec
+from kdcompress.core.errors import KdcError
+
+
+MAX_SEED = 2**32 - 1  # numpy's and torch's generators both take seeds in [0, 2^32)
+DEVICES = ("auto", "cpu", "cuda")
+COMPILE_CHOICES = ("auto", "on", "off", "graph")  # accel.step_mode says what each means
+CONTROLS = ("label-smoothing", "none")  # the fourth model of kdc compress (fair.control_smoothing)
+AUGMENTATIONS = ("crop", "rrc")  # views.views: padding crop (CIFAR recipe) | random-resized crop, rotation, intensity
+SELECTIONS = ("accuracy", "loss")  # how the teacher's kept epoch is chosen on validation
+
+
+@dataclass(frozen=True)
+class CompressConfig:
+    """Everything that decides what `kdc compress` trains; stored whole in the manifest."""
+
+    dataset: str = "digits"  # digits (offline default) | cifar3 | chest-xray | folder
+    data_dir: str | None = None  # dataset location; cifar3 looks for cifar-10-batches-py here (default ./data)
+    image_size: int | None = None  # model input side in pixels; None = the dataset's default
+    teacher: str | None = None  # any timm model name; None = the dataset's default (digits resnet34, others efficientnet_b3)
+    student: str = "resnet18"  # any timm model name; baseline and distilled student share it
+    pretrained: bool = False  # start the teacher from timm's ImageNet weights (needs the hub)
+    pretrained_student: bool = False  # start both students from ImageNet weights (needs the hub)
+    teacher_weights: str | None = None  # a trained teacher checkpoint to use instead of training one
+    retrain_teacher: bool = False  # train the teacher even if an identical one is cached
+    teacher_smoothing: float = 0.0  # label smoothing of the teacher's own training
+    teacher_ema: float = 0.0  # keep an EMA of the teacher's weights with this decay (timm ModelEmaV3); 0 = off
+    teacher_select: str = "accuracy"  # the teacher's kept epoch: best validation accuracy, or lowest validation loss
+    teacher_balance: bool = False  # weight the teacher's cross-entropy by inverse class frequency in its training images
+    teacher_aux: bool = True  # also train the teacher on the dataset's auxiliary classes (cifar3: CIFAR-10's 7 others)
+    temperature: float = 4.0  # T: softens both logit sets before the KL term
+    alpha: float = 0.5  # weight of the KL term; CE gets 1 - alpha
+    beta: float = 0.3  # weight of the feature-alignment term; 0 = logits-only distillation
+    augment: str = "crop"  # views of every training: crop (reflect-padded crop + flip) | rrc (random-resized crop ...)
+    mixup: float = 0.0  # students train on mixed views (Beta(m, m) weights), the teacher seeing the same ones; 0 = off
+    control: str = "label-smoothing"  # also train the student with label smoothing of the distillation's strength; none = skip
+    epochs: int | None = None  # epochs per training; None = the dataset's default
+    teacher_epochs: int | None = None  # epochs for the teacher; None = epochs x the dataset's factor (cifar3 2, others 1)
+    batch_size: int = 128
+    teacher_batch_size: int | None = None  # the teacher's batch; None = batch_size (teacher.teacher_batch: lr x sqrt(ratio))
+    lr: float = 2e-3  # peak learning rate, AdamW with a one-cycle schedule
+    weight_decay: float = 0.05
+    val_fraction: float = 0.1  # share of train held out (stratified, fixed split) to pick the best epoch
+    stream: bool = False  # read a folder's images from disk batch by batch (automatic when they would not fit in memory)
+    seed: int = 0  # weights, data order and augmentation; same seed on CPU gives the same numbers
+    device: str = "auto"  # auto | cpu | cuda
+    compile: str = "auto"  # auto | on | off | graph: how training steps run (accel.step_mode)
+    artifacts: str = "artifacts"  # root folder; each run gets its own sub-folder
+    out: str | None = None  # exact run folder; replaces an earlier run there once the new one is complete
+    int8: bool = False  # also write a static INT8 version of the distilled student (kdc quantize)
+    from_sweep: str | None = None  # a finished sweep folder: its chosen cell and shared settings (kdcompress.runs.from_sweep)
+
+    def resolved(self) -> "CompressConfig":
+        """Validate and fill the dataset-dependent defaults."""
+        spec = resolve_spec(self.dataset)
+        _check_range("--T", self.temperature, 0.05, 100.0)
+        _check_range("--alpha", self.alpha, 0.0, 1.0)
+        _check_range("--beta", self.beta, 0.0, 100.0)
+        _check_range("--val-fraction", self.val_fraction, 0.01, 0.5)
+        _check_range("--mixup", self.mixup, 0.0, 10.0)
+        _check_range("--teacher-smoothing", self.teacher_smoothing, 0.0, 0.9)
+        _check_range("--teacher-ema", self.teacher_ema, 0.0, 0.99999)
+        for flag, value, choices in (
+            ("--device", self.device, DEVICES),
+            ("--compile", self.compile, COMPILE_CHOICES),
+            ("--control", self.control, CONTROLS),
+            ("--augment", self.augment, AUGMENTATIONS),
+            ("--teacher-select", self.teacher_select, SELECTIONS),
+        ):
+            if value not in choices:
+                raise KdcError(f"{flag} must be {one_of(choices)}, not '{value}'")
+        _check_range("--lr", self.lr, 1e-7, 10.0)
+        _check_range("--weight-decay", self.weight_decay, 0.0, 10.0)
+        _check_range("--seed", self.seed, 0, MAX_SEED)
+        for flag, value, low, high in (
+            ("--epochs", self.epochs, 1, 10_000),
+            ("--teacher-epochs", self.teacher_epochs, 1, 10_000),
+            ("--batch-size", self.batch_size, 2, 65_536),
+            ("--teacher-batch-size", self.teacher_batch_size, 2, 65_536),
+            ("--image-size", self.image_size, 8, 2048),
+        ):
+            if value is not None:
+                _check_range(flag, value, low, high)
+        if self.teacher_weights and self.pretrained:
+            raise KdcError("--pretrained and --teacher-weights both set the teacher's weights: pick one")
+        epochs = self.epochs or spec.epochs
+        return replace(
+            self,
+            image_size=self.image_size or spec.image_size,
+            teacher=self.teacher or spec.teacher,
+            epochs=epochs,
+            teacher_epochs=self.teacher_epochs or epochs * spec.teacher_epoch_factor,
+            # None whenever it equals --batch-size: one spelling of one recipe (sweep folders compare settings)
+            teacher_batch_size=None if self.teacher_batch_size == self.batch_size else self.teacher_batch_size,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict for the manifest."""
+        return asdict(self)
+
+
+def one_of(choices: tuple[str, ...]) -> str:
+    """('auto', 'cpu', 'cuda') -> 'auto, cpu or cuda'."""
+    return f"{', '.join(choices[:-1])} or {choices[-1]}"
+
+
+def _check_range(flag: str, value: float, low: float, high: float) -> None:
+    if not low <= value <= high:
+        raise KdcError(f"{flag} must be between {number_text(low)} and {number_text(high)}, got {number_text(value)}")
+
+
+def number_text(value: float) -> str:
+    """A number as a person types it: whole numbers in full (4294967295, not 4.29497e+09), others short (0.05)."""
+    if isinstance(value, int) or (isinstance(value, float) and value.is_integer() and abs(value) < 1e16):
+        return str(int(value))
+    return f"{value:g}"

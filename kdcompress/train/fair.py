@@ -1,0 +1,142 @@
+"""The fair starting point: what `kdc compress`, `kdc sweep` and the benchmarks all train from.
+
+The baseline and every distilled student of one seed start from the same initial weights, see
+the same views in the same order and follow the same schedule; only the objective differs. That
+property is built here, once: `prepare` resolves the settings, device and data of a run, and
+`fair_start` gives, for one seed, the initial student, the projection and the training settings
+from which `baseline()` and `distilled(...)` objectives are made.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+from kdcompress.train.config import CompressConfig
+from kdcompress.data.dataset import Dataset, load_dataset
+from kdcompress.core.world import World
+from kdcompress.train.collectives import broadcast_object, start
+from kdcompress.train.models import resolve_model_name
+from kdcompress.core.reporter import Reporter
+from kdcompress.deploy.preprocessing import Preprocessing
+
+
+@dataclass
+class Prepared:
+    """A validated configuration with its device, data, preprocessing and training settings."""
+
+    cfg: CompressConfig  # resolved: dataset defaults filled in
+    device: str  # "cpu" or "cuda"
+    data: Dataset
+    prep: Preprocessing
+    settings: Any  # train.TrainSettings for cfg.seed
+    world: World = World()  # the processes torchrun started (one without torchrun)
+
+
+def prepare(config: CompressConfig, reporter: Reporter) -> Prepared:
+    """Validate the settings, then resolve the device, join torchrun's processes and load the data (all before training).
+
+    Under torchrun every rank loads the data itself (from its own disk) and trains its share of each batch.
+    """
+    cfg = config.resolved()
+    resolve_model_name(cfg.teacher)
+    resolve_model_name(cfg.student)
+    from kdcompress.train.accel import autotune, resolve_device, step_mode
+    from kdcompress.train.loop import TrainSettings
+
+    device = resolve_device(cfg.device)
+    world = start(device)
+    autotune(step_mode(cfg.compile, device, world.size), 0)  # --compile graph without CUDA, or a bad KDC_CUDNN_AUTOTUNE: refused now
+    data = load_dataset(cfg.dataset, cfg.data_dir, cfg.image_size, cfg.val_fraction, reporter, cfg.stream)
+    settings = TrainSettings(
+        epochs=cfg.epochs,  # type: ignore[arg-type]
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        seed=cfg.seed,
+        device=device,
+        compile=cfg.compile,
+        augment=cfg.augment,
+        mixup=cfg.mixup,
+        classes=len(data.classes),
+        world_size=world.size,
+        rank=world.rank,
+    )
+    # Measured once, by rank 0: for streamed data it is a pass over every training image.
+    prep = broadcast_object(data.preprocessing() if world.main else None)
+    return Prepared(cfg, device, data, prep, settings, world)
+
+
+@dataclass
+class FairStart:
+    """One seed's starting point: every student made from it differs from the others only in its objective."""
+
+    seed: int
+    settings: Any  # train.TrainSettings with this seed: same views, order and schedule for every student
+    initial: Any  # the student's initial weights (never trained itself: each objective gets a copy)
+    projection: Any  # student -> teacher feature projection's initial weights (copied for beta > 0)
+
+    def baseline(self) -> Any:
+        """CE on labels, from the shared initial weights."""
+        from kdcompress.train.objectives import Supervised
+        from kdcompress.train.loop import clone_model
+
+        return Supervised(clone_model(self.initial))
+
+    def control(self, smoothing: float) -> Any:
+        """The label-smoothing control: the baseline's objective with a softened target, from the same weights."""
+        from kdcompress.train.objectives import Supervised
+        from kdcompress.train.loop import clone_model
+
+        return Supervised(clone_model(self.initial), smoothing)
+
+    def distilled(self, teacher: Any, temperature: float, alpha: float, beta: float) -> Any:
+        """The distillation objective (live or recorded teacher), from the same initial weights and projection."""
+        from kdcompress.train.objectives import Distillation
+        from kdcompress.train.loop import clone_model
+
+        projection = clone_model(self.projection) if beta > 0 else None
+        return Distillation(clone_model(self.initial), teacher, temperature, alpha, beta, projection)
+
+
+def fair_start(prepared: Prepared, seed: int, teacher: Any) -> FairStart:
+    """The initial student (seeded with seed) and projection (seed + 1) for one seed; same seed, same weights."""
+    import torch
+
+    from kdcompress.train.models import create_model, create_projection
+
+    cfg, data = prepared.cfg, prepared.data
+    torch.manual_seed(seed)
+    initial = create_model(cfg.student, len(data.classes), data.channels, cfg.pretrained_student)
+    torch.manual_seed(seed + 1)
+    projection = create_projection(initial, teacher)
+    return FairStart(seed, replace(prepared.settings, seed=seed), initial, projection)
+
+
+def teacher_train_logits(prepared: Prepared, teacher: Any) -> Any:
+    """The teacher's logits for the training split, unaugmented, over the dataset's own classes (shared by all ranks)."""
+    from kdcompress.train.loop import shared_logits
+
+    data = prepared.data
+    return shared_logits(teacher, data.train_x, prepared.prep, prepared.settings)[:, : len(data.classes)]
+
+
+def control_smoothing(prepared: Prepared, teacher_logits: Any, temperature: float, alpha: float) -> dict[str, float]:
+    """The control's label smoothing: the soft part of the distillation target, spread evenly over the classes.
+
+    The distilled student's target mixes the hard label (weight 1 - alpha) with the teacher's outputs at
+    temperature T (weight alpha), which put an average mass m off the true class on the training split
+    (teacher_logits: `teacher_train_logits`). The control's smoothed label puts the same alpha * m off the
+    true class, but evenly instead of by what the teacher knows: plain regularisation of the same strength
+    (Yuan et al., CVPR 2020).
+    """
+    from kdcompress.train.losses import matching_smoothing, off_true_mass
+
+    data = prepared.data
+    mass = off_true_mass(teacher_logits, data.train_y, temperature)
+    return {
+        "temperature": temperature,
+        "alpha": alpha,
+        "teacher_off_true_mass": round(mass, 6),
+        "smoothing": round(matching_smoothing(alpha * mass, len(data.classes)), 6),
+    }
