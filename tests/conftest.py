@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
 from kdcompress.core.reporter import Reporter
 
@@ -36,6 +37,9 @@ class Recorder(Reporter):
 
     def warn(self, message: str) -> None:
         self.warnings.append(message)
+
+
+runner = CliRunner()  # every test that runs `kdc` in-process: runner.invoke(app, [...])
 
 
 def fails_cleanly(result, message: str) -> None:

@@ -14,13 +14,14 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 
 from kdcompress.train.config import CompressConfig
 from kdcompress.core.errors import KdcError
 from kdcompress.train.losses import FORMULA, FORMULA_NOTES
 from kdcompress.cli import options
+from kdcompress.cli.config_file import CONFIG
+from kdcompress.cli.output import fail, stderr, stdout
 from kdcompress.cli.options import grid_default, option, path_text
 from kdcompress.runs.sweep import SweepConfig
 
@@ -36,11 +37,6 @@ app = typer.Typer(
 @app.callback()
 def _root() -> None:
     """Distil a big image classifier into a small one, export both to ONNX and measure what was gained."""
-
-
-# Piped output (logs, CI) gets a fixed comfortable width instead of Rich's 80 columns.
-stdout = Console(width=None if sys.stdout.isatty() else 140)
-stderr = Console(stderr=True)
 
 
 SPAWN_SAFE = "spawn_safe"  # in the click context's obj when main() runs the command line (not a test's CliRunner)
@@ -59,10 +55,10 @@ def _user_errors(interrupted: str) -> Callable[[Callable[..., Any]], Callable[..
             try:
                 return command(*args, **kwargs)
             except KdcError as exc:
-                _error(str(exc))
+                fail(str(exc))
             except OSError as exc:  # a full disk, a read-only or vanished folder: the library has cleaned up
                 where = f" {exc.filename}" if exc.filename else ""
-                _error(f"cannot write or read{where}: {exc.strerror or exc}. Free some space or pick a writable folder, then retry")
+                fail(f"cannot write or read{where}: {exc.strerror or exc}. Free some space or pick a writable folder, then retry")
             except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (Terminated): the library cleaned up on the way out
                 signal_name = "SIGTERM" if isinstance(exc, Terminated) else "Ctrl-C"
                 stderr.print(f"[bold red]interrupted[/] ({signal_name}): {escape(interrupted)}", highlight=False)
@@ -73,16 +69,11 @@ def _user_errors(interrupted: str) -> Callable[[Callable[..., Any]], Callable[..
 
                 if not lost_peer(exc):
                     raise
-                _error(f"process {launched().rank} stopped: another process failed first (its error is above)", PEER_FAILED)
+                fail(f"process {launched().rank} stopped: another process failed first (its error is above)", PEER_FAILED)
 
         return wrapper
 
     return decorate
-
-
-def _error(message: str, code: int = 1) -> None:
-    stderr.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code) from None
 
 
 LOSS_HELP = f"{FORMULA}   ({FORMULA_NOTES})"
@@ -95,6 +86,7 @@ LOSS_HELP = f"{FORMULA}   ({FORMULA_NOTES})"
 @_user_errors(DISCARDED)
 def compress(
     ctx: typer.Context,
+    config_file: Optional[Path] = CONFIG,
     dataset: str = options.DATASET,
     data_dir: Optional[Path] = options.DATA_DIR,
     image_size: Optional[int] = options.IMAGE_SIZE,
@@ -129,12 +121,12 @@ def compress(
     out: Optional[Path] = option("out", "--out", help="Exact run folder: a new or empty folder, or an earlier run (replaced once this one completes); any other folder is refused."),
     int8: bool = option("int8", "--int8", help="Also write a static INT8 version of the distilled student (see kdc quantize)."),
     from_sweep: Optional[Path] = typer.Option(
-        None, "--from-sweep", help="A finished kdc sweep folder: train the cell it chose on validation (T, alpha, beta), with the "
+        None, "--from-sweep", rich_help_panel=options.OUTPUT, help="A finished kdc sweep folder: train the cell it chose on validation (T, alpha, beta), with the "
         "sweep's data, models, schedule, seed and teacher (reused from its cache). Options that contradict the sweep are refused.",
     ),
     stream: bool = options.STREAM,
     nproc: int = options.NPROC,
-    as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON on stdout instead of the table."),
+    as_json: bool = options.JSON,
 ) -> None:
     config = CompressConfig(
         dataset=dataset, data_dir=path_text(data_dir), image_size=image_size, teacher=teacher, student=student,
@@ -172,13 +164,9 @@ def compress(
 @app.command()
 @_user_errors("trainings finished so far are kept in the sweep folder: run the same command again to resume")
 def sweep(
+    config_file: Optional[Path] = CONFIG,
     dataset: str = options.DATASET,
     data_dir: Optional[Path] = options.DATA_DIR,
-    temperatures: str = typer.Option(grid_default("temperatures"), "--T", "--temperature", help="Temperatures to try, comma-separated."),
-    alphas: str = typer.Option(grid_default("alphas"), "--alpha", help="KL weights to try, comma-separated, each in [0, 1]."),
-    betas: str = typer.Option(grid_default("betas"), "--beta", help="Feature-term weights to try, comma-separated; 0 = logits only."),
-    seeds: int = typer.Option(options.SWEEP_DEFAULTS["seeds"], "--seeds", help="How many seeds (--seed, --seed + 1, ...): each gets its own baseline."),
-    seed: int = option("seed", "--seed", help="First seed; the teacher is trained with it."),
     image_size: Optional[int] = options.IMAGE_SIZE,
     teacher: Optional[str] = options.TEACHER,
     student: str = options.STUDENT,
@@ -201,13 +189,18 @@ def sweep(
     val_fraction: float = options.VAL_FRACTION,
     mixup: float = options.MIXUP,
     control: str = options.CONTROL,
+    temperatures: str = typer.Option(grid_default("temperatures"), "--T", "--temperature", rich_help_panel=options.STUDENTS, help="Temperatures to try, comma-separated."),
+    alphas: str = typer.Option(grid_default("alphas"), "--alpha", rich_help_panel=options.STUDENTS, help="KL weights to try, comma-separated, each in [0, 1]."),
+    betas: str = typer.Option(grid_default("betas"), "--beta", rich_help_panel=options.STUDENTS, help="Feature-term weights to try, comma-separated; 0 = logits only."),
+    seeds: int = typer.Option(options.SWEEP_DEFAULTS["seeds"], "--seeds", rich_help_panel=options.TRAINING, help="How many seeds (--seed, --seed + 1, ...): each gets its own baseline."),
+    seed: int = option("seed", "--seed", help="First seed; the teacher is trained with it."),
     device: str = options.DEVICE,
     compile: str = options.COMPILE,
     artifacts: Path = options.ARTIFACTS,
     stream: bool = options.STREAM,
     nproc: int = options.NPROC,
-    out: Optional[Path] = typer.Option(None, "--out", help="Sweep folder [default: ARTIFACTS/sweep-DATASET]; an interrupted sweep there resumes."),
-    as_json: bool = typer.Option(False, "--json", help="Print results.json on stdout instead of the table."),
+    out: Optional[Path] = typer.Option(None, "--out", rich_help_panel=options.OUTPUT, help="Sweep folder [default: ARTIFACTS/sweep-DATASET]; an interrupted sweep there resumes."),
+    as_json: bool = options.JSON,
 ) -> None:
     """Distil over a grid of T x alpha x beta and several seeds; say which settings beat the baseline beyond noise.
 

@@ -19,12 +19,30 @@ DEFAULTS = {f.name: f.default for f in fields(CompressConfig)}  # every option's
 SWEEP_DEFAULTS = {f.name: f.default for f in fields(SweepConfig)}
 
 
+# The help panels of `kdc compress --help` and `kdc sweep --help`, in the order they print.
+DATA, TEACHER_PANEL, STUDENTS, TRAINING, HARDWARE, OUTPUT = (
+    "Data", "Teacher", "Students and distillation", "Training", "Hardware", "Output",
+)  # fmt: skip
+PANELS = {
+    DATA: ("dataset", "data_dir", "image_size", "augment", "val_fraction", "stream"),
+    TEACHER_PANEL: (
+        "teacher", "pretrained", "teacher_weights", "retrain_teacher", "teacher_aux", "teacher_smoothing",
+        "teacher_ema", "teacher_select", "teacher_balance", "teacher_epochs", "teacher_batch_size",
+    ),
+    STUDENTS: ("student", "pretrained_student", "temperature", "alpha", "beta", "mixup", "control"),
+    TRAINING: ("epochs", "batch_size", "lr", "weight_decay", "seed"),
+    HARDWARE: ("device", "compile"),
+    OUTPUT: ("artifacts", "out", "int8", "from_sweep"),
+}
+PANEL_OF = {name: panel for panel, names in PANELS.items() for name in names}
+
+
 def option(name: str, *flags: str, help: str) -> Any:
-    """A typer option whose default is CompressConfig's own."""
+    """A typer option whose default is CompressConfig's own, in its help panel."""
     default = DEFAULTS[name]
     if name == "artifacts":
         default = Path(default)
-    return typer.Option(default, *flags, help=help)
+    return typer.Option(default, *flags, help=help, rich_help_panel=PANEL_OF[name])
 
 
 def grid_default(name: str) -> str:
@@ -105,9 +123,12 @@ STREAM = option(
     "in memory; the same views in the same order. Automatic when the folder would not fit in memory."
 )
 NPROC = typer.Option(
-    1, "--nproc", min=1, help="Processes to train with on this machine, one per GPU (or CPU share): starts torchrun "
+    1, "--nproc", min=1, rich_help_panel=HARDWARE, help="Processes to train with on this machine, one per GPU (or CPU share): starts torchrun "
     "--standalone --nproc-per-node N for you. For several machines call torchrun yourself (see the README)."
 )
+
+
+JSON = typer.Option(False, "--json", rich_help_panel=OUTPUT, help="Print the result as JSON on stdout instead of the table.")
 
 
 def without_nproc(argv: list[str]) -> list[str]:

@@ -1,4 +1,4 @@
-"""Safe writes: JSON through a temporary file and a rename, and hidden working folders cleaned up after killed runs."""
+"""Safe writes: JSON and YAML through a temporary file and a rename, and hidden working folders cleaned up after killed runs."""
 
 from __future__ import annotations
 
@@ -20,12 +20,46 @@ LOCK_SUFFIX = ".lock"  # .kdc-<command>.lock: the process id of the command work
 
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write JSON through a temporary file and a rename, so readers never see half a file."""
+    _write_atomic(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def write_yaml_atomic(path: Path, data: dict[str, Any], header: str = "") -> None:
+    """Write a mapping as YAML (keys in the given order, after header's comment lines), atomically."""
+    import yaml
+
+    comments = "".join(f"# {line}\n" for line in header.splitlines())
+    _write_atomic(path, comments + yaml.safe_dump(data, sort_keys=False, default_flow_style=False))
+
+
+def read_yaml_mapping(path: Path) -> dict[str, Any]:
+    """A YAML file holding one mapping (a config file); a KdcError saying what is wrong with it otherwise."""
+    import yaml
+
+    from kdcompress.core.errors import KdcError
+
+    if not path.is_file():
+        raise KdcError(f"{path} {'is a folder' if path.is_dir() else 'not found'}: give a YAML file of option values")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError) as exc:
+        raise KdcError(f"{path} is unreadable ({exc})") from None
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where is not None else ""
+        raise KdcError(f"{path} is not valid YAML{line}: fix it, or start from a run's config.yaml") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise KdcError(f"{path} holds a {type(data).__name__}, not a mapping of option names to values (teacher-epochs: 60)")
+    return data
+
+
+def _write_atomic(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle, indent=2, sort_keys=False)
-            handle.write("\n")
+            handle.write(text)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the mode every other file gets
         os.replace(tmp, path)
     except BaseException:

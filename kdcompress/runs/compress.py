@@ -16,7 +16,7 @@ from kdcompress.train.config import CompressConfig
 from kdcompress.data.dataset import materialize
 from kdcompress.train.collectives import broadcast_object
 from kdcompress.train.fair import control_smoothing, fair_start, prepare, Prepared, teacher_train_logits
-from kdcompress.core.files import write_json_atomic
+from kdcompress.core.files import write_json_atomic, write_yaml_atomic
 from kdcompress.deploy.manifest import DatasetInfo, Manifest, ModelEntry, write_manifest
 from kdcompress.runs.environment import environment
 from kdcompress.runs.rundir import check_out, discard_run, prepare_run_dir, publish_run
@@ -27,6 +27,7 @@ from kdcompress.train.teacher import load_or_train_teacher, record_teacher, reco
 if TYPE_CHECKING:
     from kdcompress.train.export import Exports
 
+CONFIG_FILE = "config.yaml"  # the resolved settings: kdc compress --config RUN/config.yaml runs them again
 CALIBRATION_IMAGES = 512  # training images kept for INT8 calibration (kdc quantize)
 
 
@@ -276,7 +277,7 @@ def _finish(
         dataset=DatasetInfo(data.name, data.classes, data.counts(), data.source, data.fingerprint()),
         preprocessing=run.prep,
         models=entries,
-        files={"test_set": "test_set.npz", "calibration_set": "calibration.npz", "history": "history.json"},
+        files={"test_set": "test_set.npz", "calibration_set": "calibration.npz", "history": "history.json", "config": CONFIG_FILE},
         warnings=warnings,
         training=training,
         details={
@@ -296,6 +297,8 @@ def _finish(
             "environment": environment(),
         },
     )
+    header = f"kdc compress settings of run {run_name}, resolved.\nkdc compress --config {CONFIG_FILE} runs them again, into a new run folder."
+    write_yaml_atomic(staging / CONFIG_FILE, cfg.to_options(), header)
     write_manifest(staging, manifest)
     return manifest
 

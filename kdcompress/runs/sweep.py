@@ -28,7 +28,7 @@ from kdcompress.data.dataset import Dataset
 from kdcompress.core.errors import KdcError
 from kdcompress.train.collectives import barrier, broadcast_object, shard
 from kdcompress.train.fair import control_smoothing, fair_start, prepare, Prepared, teacher_train_logits
-from kdcompress.core.files import read_json, write_json_atomic
+from kdcompress.core.files import read_json, write_json_atomic, write_yaml_atomic
 from kdcompress.runs.environment import environment
 from kdcompress.core.reporter import NullReporter, Reporter
 from kdcompress.core.stats import auc_summary, compare, REFERENCES, roc_auc
@@ -76,6 +76,13 @@ class SweepConfig:
             for value in values:
                 replace(base, **{field: value}).resolved()
         return replace(self, base=base, out=self.out or str(Path(base.artifacts) / f"sweep-{base.dataset}"))
+
+    def to_options(self) -> dict[str, Any]:
+        """The sweep's settings as `kdc sweep --config FILE.yaml` takes them (the grids as lists)."""
+        grid = {"temperature": list(self.temperatures), "alpha": list(self.alphas), "beta": list(self.betas)}
+        base = self.base.to_options(leave_out=("temperature", "alpha", "beta", "out", "int8", "from_sweep"))
+        out = str(Path(self.out).absolute()) if self.out else None
+        return {**base, **grid, "seeds": self.seeds, "out": out}
 
     def cells(self) -> list[tuple[float, float, float]]:
         """Every (T, alpha, beta) of the grid."""
@@ -139,6 +146,8 @@ def sweep(
     if run.world.main:  # rank 0 reads the folder and makes the plan: every rank gets the same one
         (folder / "runs").mkdir(parents=True, exist_ok=True)
         shared = _check_resumable(folder, run.cfg, run.data)
+        header = f"kdc sweep settings of {folder.name}, resolved.\nkdc sweep --config config.yaml runs them again: it resumes this sweep."
+        write_yaml_atomic(folder / "config.yaml", replace(cfg, base=run.cfg).to_options(), header)
         done = {p.stem for p in (folder / "runs").glob("*.json") if read_json(p, RETRAIN)}
         plan = [(s, c) for s in cfg.seed_list() for c in jobs(cfg) if run_name(s, c) not in done]
         if done:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from kdcompress.data.specs import resolve_spec
@@ -15,6 +16,7 @@ COMPILE_CHOICES = ("auto", "on", "off", "graph")  # accel.step_mode says what ea
 CONTROLS = ("label-smoothing", "none")  # the fourth model of kdc compress (fair.control_smoothing)
 AUGMENTATIONS = ("crop", "rrc")  # views.views: padding crop (CIFAR recipe) | random-resized crop, rotation, intensity
 SELECTIONS = ("accuracy", "loss")  # how the teacher's kept epoch is chosen on validation
+PATHS = ("data_dir", "teacher_weights", "artifacts", "out", "from_sweep")  # the settings that name files or folders
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,21 @@ class CompressConfig:
     def to_dict(self) -> dict[str, Any]:
         """Plain dict for the manifest."""
         return asdict(self)
+
+    def to_options(self, leave_out: tuple[str, ...] = ("out",)) -> dict[str, Any]:
+        """The settings as `--config FILE.yaml` takes them: option names (teacher-epochs) -> values.
+
+        Paths become absolute, so the file works from any folder; --out is left out, so that running the file
+        again writes a new run beside the first instead of replacing it.
+        """
+        values = {}
+        for name, value in asdict(self).items():
+            if name in leave_out:
+                continue
+            if name in PATHS and value is not None:
+                value = str(Path(value).absolute())
+            values[name.replace("_", "-")] = value
+        return values
 
 
 def one_of(choices: tuple[str, ...]) -> str:

@@ -1,0 +1,19 @@
+"""Where the command line writes: results to stdout, progress and errors to stderr, an error as one red line."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+# Piped output (logs, CI) gets a fixed comfortable width instead of Rich's 80 columns.
+stdout = Console(width=None if sys.stdout.isatty() else 140)
+stderr = Console(stderr=True)
+
+
+def fail(message: str, code: int = 1) -> None:
+    """Say what is wrong in one `error:` line on stderr and leave with exit code `code`, without a traceback."""
+    stderr.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code) from None
