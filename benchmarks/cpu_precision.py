@@ -14,16 +14,12 @@ recorded with the figures. The record goes to benchmarks/results/cpu-precision.j
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
 
-from kdcompress.runs.environment import environment
+from record import RESULTS, envelope, save
 
 MODELS = {"teacher": "efficientnet_b3", "student": "resnet18"}
 VARIANTS = [("float32", "channels_last"), ("bfloat16", "channels_last"), ("float32", "contiguous"), ("bfloat16", "contiguous")]
@@ -82,14 +78,9 @@ def main() -> None:
     args = parser.parse_args()
     import torch
 
-    record = {
-        "command": " ".join(["python", "benchmarks/cpu_precision.py", *sys.argv[1:]]),
-        "recorded": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": {**environment(), "bf16_features": cpu_features(), "torch_cpu_capability": torch.backends.cpu.get_cpu_capability()},
-        "threads": torch.get_num_threads(),
-        "results": [],
-    }
-    target = HERE / "results" / "cpu-precision.json"
+    machine = {"bf16_features": cpu_features(), "torch_cpu_capability": torch.backends.cpu.get_cpu_capability()}
+    record = {**envelope(**machine), "threads": torch.get_num_threads(), "results": []}
+    target = RESULTS / "cpu-precision.json"
     for size in (int(s) for s in args.sizes.split(",")):
         for role in args.roles.split(","):
             rounds: dict[str, list[float]] = {f"{p} {f}": [] for p, f in VARIANTS}
@@ -116,8 +107,7 @@ def main() -> None:
                 flush=True,
             )
             for path in [target, *([args.out] if args.out else [])]:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_text(json.dumps(record, indent=2) + "\n")
+                save(record, path)
     print(f"-> {target}")
 
 

@@ -17,13 +17,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
 
-from kdcompress.runs.environment import environment
+from record import RESULTS, envelope, save
 from kdcompress.deploy.manifest import read_manifest
 
 ROLES = ("teacher", "baseline", "student", "control")
@@ -62,16 +60,13 @@ def main(argv: list[str]) -> int:
     ratios.update({r: round(many["train_seconds"][r] / one["train_seconds"][r], 3) for r in one["train_seconds"]})
     record = {
         "name": "distributed-compress-cpu",
-        "command": " ".join(["python", "benchmarks/distributed_cpu.py", *sys.argv[1:]]),
-        "recorded": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": environment(),
+        **envelope(),
         "one_process": one,
         f"{nproc}_processes": many,
         "ratios_many_over_one": ratios,
         "note": "ratio > 1: the N processes took longer; one process already uses every core through its threads",
     }
-    out = HERE / "results" / "distributed-compress-cpu.json"
-    out.write_text(json.dumps(record, indent=2) + "\n")
+    save(record, RESULTS / "distributed-compress-cpu.json")
     print(json.dumps(ratios, indent=2))
     return 0
 

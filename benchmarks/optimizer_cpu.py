@@ -13,18 +13,13 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import statistics
-import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
-sys.path.insert(0, str(HERE))
 
-from kdcompress.runs.environment import environment
+from record import RESULTS, envelope, save
 from train_throughput import _dataset  # noqa: E402
 
 OPTIMIZERS = {"per-tensor": None, "fused": True}  # AdamW's fused= argument
@@ -75,13 +70,8 @@ def main() -> None:
     parser.add_argument("--cases", default="resnet18:16,resnet34:16,resnet18:32,efficientnet_b3:32")
     parser.add_argument("--rounds", type=int, default=8)
     args = parser.parse_args()
-    record = {
-        "command": " ".join(["python", "benchmarks/optimizer_cpu.py", *sys.argv[1:]]),
-        "recorded": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": environment(),
-        "results": [],
-    }
-    target = HERE / "results" / "optimizer-cpu.json"
+    record = {**envelope(), "results": []}
+    target = RESULTS / "optimizer-cpu.json"
     for case in args.cases.split(","):
         name, size = case.split(":")
         result = interleaved(name, int(size), args.rounds)
@@ -89,7 +79,7 @@ def main() -> None:
         ms = result["ms_per_step"]
         print(f"{name:<16} {size:>3} px  per-tensor {ms['per-tensor']:7.1f} ms/step  fused {ms['fused']:7.1f}  "
               f"({result['fused_speedup']:.2f}x)", flush=True)
-        target.write_text(json.dumps(record, indent=2) + "\n")
+        save(record, target)
     print(f"-> {target}")
 
 

@@ -19,11 +19,32 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
-
-from kdcompress.runs.environment import environment
+from kdcompress.core.files import write_json_atomic
 from kdcompress.deploy.manifest import list_runs, read_manifest
+from kdcompress.runs.environment import environment
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+
+
+def envelope(**machine: object) -> dict:
+    """What every record in results/ starts with: the script's command line, when, the commit, the machine.
+
+    machine: extra facts about the machine a script measured (CPU features, torch's CPU capability).
+    The benchmark scripts call it as `from record import envelope, save` (python puts benchmarks/ on the path).
+    """
+    return {
+        "command": " ".join(["python", f"benchmarks/{Path(sys.argv[0]).name}", *sys.argv[1:]]),
+        "recorded": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "commit": _git_commit(),
+        "machine": {**environment(), **machine},
+    }
+
+
+def save(record: dict, path: Path) -> Path:
+    """Write a record atomically (a script may rewrite it after every measurement) and return its path."""
+    write_json_atomic(path, record)
+    return path
 
 
 def _git_commit() -> str:
@@ -104,9 +125,7 @@ def main(argv: list[str]) -> int:
         "commit": _git_commit(),
         "result": _summary(target) if target is not None and code == 0 else None,
     }
-    out = HERE / "results" / f"{name}.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(record, indent=2) + "\n")
+    out = save(record, RESULTS / f"{name}.json")
     print(f"recorded {out}: exit {code}, {seconds:.1f} s")
     return code
 

@@ -19,13 +19,11 @@ import argparse
 import json
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
 
-from kdcompress.runs.environment import environment
+from record import RESULTS, envelope, save
 
 
 def batches_per_second(data, prep, settings, warmup: int, steps: int) -> tuple[float, object]:
@@ -123,15 +121,11 @@ def main(argv: list[str]) -> int:
         )
     record = {
         "name": f"stream-throughput-{args.device}",
-        "command": " ".join(["python", "benchmarks/stream_throughput.py", *argv]),
-        "recorded": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **envelope(),
         "settings": vars(args),
-        "machine": environment(),
         "result": figures,
     }
-    out = Path(args.out) if args.out else HERE / "results" / f"stream-throughput-{args.device}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=2) + "\n")
+    save(record, Path(args.out) if args.out else RESULTS / f"stream-throughput-{args.device}.json")
     print(json.dumps(figures, indent=2))
     return 0
 

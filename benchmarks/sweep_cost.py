@@ -16,22 +16,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import replace
-from datetime import datetime, timezone
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
 
 from kdcompress.train.config import CompressConfig
-from kdcompress.runs.environment import environment
 from kdcompress.core.reporter import NullReporter
 from kdcompress.runs.sweep import sweep, SweepConfig
+from record import RESULTS, envelope, save
 
 GRID = dict(temperatures=(2.0, 4.0), alphas=(0.5,), betas=(0.0, 0.3), seeds=1)
 
@@ -87,17 +82,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as root:
         result = measure(args.data_dir, args.epochs, Path(root))
-    git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True)
-    commit = os.environ.get("KDC_COMMIT") or git.stdout.strip()  # KDC_COMMIT: when run from a snapshot
-    record = {
-        "command": f"python benchmarks/sweep_cost.py --epochs {args.epochs}",
-        "recorded": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "commit": commit or None,
-        "machine": environment(),
-        "result": result,
-    }
-    out = HERE / "results" / "sweep-cost.json"
-    out.write_text(json.dumps(record, indent=2) + "\n")
+    out = save({**envelope(), "result": result}, RESULTS / "sweep-cost.json")
     print(json.dumps(result, indent=2))
     print(f"-> {out}")
 

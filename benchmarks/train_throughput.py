@@ -18,18 +18,14 @@ benchmarks/results/train-throughput-<device>.json (and --out) with the command, 
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
 
-from kdcompress.runs.environment import environment
+from record import RESULTS, envelope, save
 
 MODELS = {"teacher": "efficientnet_b3", "student": "resnet18"}
 MODES = {"eager": "off", "graph": "graph", "compiled": "on"}  # this benchmark's names -> kdc's --compile
@@ -171,15 +167,8 @@ def main() -> None:
     unknown = [mode for mode in modes if mode not in MODES]
     if unknown:
         parser.error(f"unknown mode(s) {', '.join(unknown)}: use {', '.join(MODES)}")
-    machine = environment()  # with the GPU's name and CUDA version where there is one
-    record = {
-        "command": " ".join(["python", "benchmarks/train_throughput.py", *sys.argv[1:]]),
-        "recorded": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "device": device,
-        "machine": machine,
-        "results": [],
-    }
-    target = HERE / "results" / f"train-throughput-{device}.json"
+    record = {**envelope(), "device": device, "results": []}  # the machine with its GPU and CUDA version, where there is one
+    target = RESULTS / f"train-throughput-{device}.json"
     for size in (int(s) for s in args.sizes.split(",")):
         for role in args.roles.split(","):
             for mode in modes:
@@ -192,8 +181,7 @@ def main() -> None:
                     flush=True,
                 )
                 for path in [target, *([args.out] if args.out else [])]:  # after every case: a cut run keeps its figures
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    path.write_text(json.dumps(record, indent=2) + "\n")
+                    save(record, path)
     print(f"-> {target}")
 
 

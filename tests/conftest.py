@@ -56,6 +56,11 @@ def fails_cleanly(result, message: str) -> None:
 # Tiny timm models: the same code path as efficientnet_b3 / resnet18, in seconds on a CPU. Pinned to the CPU,
 # where the same seed gives bit-identical numbers (tests/test_gpu.py covers CUDA, with tolerances).
 TINY = ["--teacher", "test_efficientnet", "--student", "test_resnet", "--image-size", "16", "--epochs", "2", "--device", "cpu"]
+# The same as CompressConfig keywords, for library calls. No control (the tests that need it ask for it, or use
+# tiny_run); teacher_epochs pinned, as the golden numbers were recorded with a 2-epoch teacher.
+TINY_CONFIG = dict(
+    teacher="test_efficientnet", student="test_resnet", image_size=16, epochs=2, teacher_epochs=2, device="cpu", control="none"
+)
 
 
 def _require(path: Path) -> Path:
@@ -84,8 +89,5 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from kdcompress.runs.compress import compress
 
     root = tmp_path_factory.mktemp("artifacts")
-    config = CompressConfig(
-        teacher="test_efficientnet", student="test_resnet", image_size=16, epochs=2, teacher_epochs=2, device="cpu",
-        artifacts=str(root),
-    )
+    config = CompressConfig(**{**TINY_CONFIG, "control": "label-smoothing"}, artifacts=str(root))
     return compress(config).run_dir

@@ -16,7 +16,7 @@ from kdcompress.core.reporter import NullReporter
 from kdcompress.core.stats import attribution
 from kdcompress.runs.sweep import choose_by_validation, summarize, sweep, SweepConfig
 from kdcompress.train.loop import fit
-from test_pipeline import TINY
+from conftest import TINY_CONFIG
 
 
 def test_matched_smoothing_puts_the_teachers_mass_off_the_true_class():
@@ -39,7 +39,7 @@ def test_matched_smoothing_puts_the_teachers_mass_off_the_true_class():
 
 
 def test_the_control_sees_the_baselines_views_and_initial_weights_and_only_its_objective_differs():
-    run = prepare(CompressConfig(**{**TINY, "epochs": 1}), NullReporter())
+    run = prepare(CompressConfig(**{**TINY_CONFIG, "epochs": 1}), NullReporter())
     torch.manual_seed(0)
     start = fair_start(run, 0, create_model("test_efficientnet", 10, 1))
     baseline, control = start.baseline(), start.control(0.3)
@@ -79,7 +79,7 @@ def test_attribution_says_regularisation_when_label_smoothing_matches_the_gain()
 
 def test_sweep_chooses_without_reading_test_predictions(tmp_path, tiny_run):
     weights = str(tiny_run / "checkpoints" / "teacher.pt")
-    base = CompressConfig(**{**TINY, "control": "label-smoothing"}, teacher_weights=weights, artifacts=str(tmp_path))
+    base = CompressConfig(**{**TINY_CONFIG, "control": "label-smoothing"}, teacher_weights=weights, artifacts=str(tmp_path))
     config = SweepConfig(base=base, temperatures=(2.0, 4.0), alphas=(0.5,), betas=(0.0,), seeds=1, out=str(tmp_path / "s"))
     results = sweep(config)
     chosen = {k: results["chosen"][k] for k in ("temperature", "alpha", "beta")}

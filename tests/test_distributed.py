@@ -12,9 +12,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
-from conftest import REPO, TINY
+from conftest import REPO, TINY, runner, fails_cleanly
 from kdcompress.cli import app
 from kdcompress.train.config import CompressConfig
 from kdcompress.train.collectives import revert_sync_batchnorm, shard
@@ -90,8 +89,8 @@ def test_a_failing_rank_stops_the_others_with_one_line(tmp_path):
 )
 def test_nproc_refuses_bad_settings_in_one_line_before_starting_processes(tmp_path, args, message):
     for command in ("compress", "sweep"):
-        result = CliRunner().invoke(app, [command, *TINY, "--nproc", "2", *args, "--artifacts", str(tmp_path)])
-        assert result.exit_code == 1 and message in result.output, result.output
+        result = runner.invoke(app, [command, *TINY, "--nproc", "2", *args, "--artifacts", str(tmp_path)])
+        fails_cleanly(result, message)
         assert "starting 2 processes" not in result.output and "Traceback" not in result.output
         assert not any(tmp_path.iterdir())
 
@@ -163,6 +162,6 @@ def test_synchronised_batchnorm_turns_back_into_the_plain_layers_with_the_same_t
 
 def test_nproc_from_a_library_call_is_refused_rather_than_rerunning_another_command(tmp_path):
     # CliRunner leaves sys.argv as pytest's: there is no kdc command line for torchrun to run again
-    result = CliRunner().invoke(app, ["compress", *TINY, "--nproc", "2", "--artifacts", str(tmp_path)])
-    assert result.exit_code == 1 and "--nproc re-runs the kdc command line" in result.output
+    result = runner.invoke(app, ["compress", *TINY, "--nproc", "2", "--artifacts", str(tmp_path)])
+    fails_cleanly(result, "--nproc re-runs the kdc command line")
     assert "starting 2 processes" not in result.output and not any(tmp_path.iterdir())

@@ -20,13 +20,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from typer.testing import CliRunner
 
 from kdcompress.cli import app
 
-from conftest import REPO, TINY, Recorder, fails_cleanly
+from conftest import REPO, TINY, Recorder, fails_cleanly, runner
 
-runner = CliRunner()
 
 
 def _copy(run: Path, tmp_path: Path, name: str = "run") -> Path:

@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from conftest import Recorder
+from conftest import TINY_CONFIG, Recorder
 
 from kdcompress.train.teacher import teacher_cache_key
 from kdcompress.train.config import CompressConfig
@@ -16,11 +16,6 @@ from kdcompress.runs.compress import compress
 from kdcompress.deploy.preprocessing import Preprocessing
 from kdcompress.deploy.sessions import create_session, run_logits
 
-# CPU: bit-identical. No control: the tests that need it use the tiny_run fixture or ask for it.
-# teacher_epochs pinned: digits' default would train the teacher for twice the students' epochs.
-TINY = dict(
-    teacher="test_efficientnet", student="test_resnet", image_size=16, epochs=2, teacher_epochs=2, device="cpu", control="none"
-)
 
 
 def test_run_folder_holds_everything_benchmark_and_predict_need(tiny_run):
@@ -70,7 +65,7 @@ def test_exports_in_worker_processes_score_what_the_run_recorded(tmp_path, monke
 
     monkeypatch.setattr(export, "export_workers", lambda spawn_safe: 2)
     reporter = Recorder()
-    tiny = {**TINY, "epochs": 1, "teacher_epochs": 1}
+    tiny = {**TINY_CONFIG, "epochs": 1, "teacher_epochs": 1}
     run = compress(CompressConfig(**tiny, out=str(tmp_path / "run")), reporter).run_dir
     assert sum("in a worker process, beside the training" in line for line in reporter.lines) == 3
     manifest = read_manifest(run)
@@ -94,7 +89,7 @@ def test_recorded_test_accuracy_is_what_the_onnx_file_scores(tiny_run):
 def test_distillation_with_alpha_and_beta_zero_reproduces_the_baseline(tmp_path):
     # Same initial weights, data order, augmentation and schedule: with the KD terms switched off the
     # distilled student must be the baseline, bit for bit. Any unfairness would show here.
-    result = compress(CompressConfig(**TINY, alpha=0.0, beta=0.0, artifacts=str(tmp_path)))
+    result = compress(CompressConfig(**TINY_CONFIG, alpha=0.0, beta=0.0, artifacts=str(tmp_path)))
     models = result.manifest.to_dict()["models"]
     history = json.loads((result.run_dir / "history.json").read_text())
     assert [h["ce"] for h in history["student"]] == [h["ce"] for h in history["baseline"]]
@@ -103,8 +98,8 @@ def test_distillation_with_alpha_and_beta_zero_reproduces_the_baseline(tmp_path)
 
 def test_same_seed_same_numbers_and_the_teacher_is_reused(tmp_path):
     first_log, second_log = Recorder(), Recorder()
-    first = compress(CompressConfig(**{**TINY, "epochs": 1}, artifacts=str(tmp_path)), first_log)
-    second = compress(CompressConfig(**{**TINY, "epochs": 1}, artifacts=str(tmp_path)), second_log)
+    first = compress(CompressConfig(**{**TINY_CONFIG, "epochs": 1}, artifacts=str(tmp_path)), first_log)
+    second = compress(CompressConfig(**{**TINY_CONFIG, "epochs": 1}, artifacts=str(tmp_path)), second_log)
     assert first.run_dir != second.run_dir
     assert not first.manifest.to_dict()["models"]["teacher"]["reused"]
     assert second.manifest.to_dict()["models"]["teacher"]["reused"]
@@ -118,7 +113,7 @@ def test_same_seed_same_numbers_and_the_teacher_is_reused(tmp_path):
 
 def test_teacher_weights_file_is_used_instead_of_training(tmp_path, tiny_run):
     weights = tiny_run / "checkpoints" / "teacher.pt"
-    result = compress(CompressConfig(**TINY, teacher_weights=str(weights), artifacts=str(tmp_path)))
+    result = compress(CompressConfig(**TINY_CONFIG, teacher_weights=str(weights), artifacts=str(tmp_path)))
     teacher = result.manifest.to_dict()["models"]["teacher"]
     assert teacher["reused"] and teacher["source"] == str(weights)
     assert teacher["test_correct"] == read_manifest(tiny_run).to_dict()["models"]["teacher"]["test_correct"]
@@ -126,7 +121,7 @@ def test_teacher_weights_file_is_used_instead_of_training(tmp_path, tiny_run):
 
 def test_failed_run_leaves_the_earlier_run_at_out_untouched(tmp_path, monkeypatch):
     out = tmp_path / "run"
-    compress(CompressConfig(**TINY, out=str(out)))
+    compress(CompressConfig(**TINY_CONFIG, out=str(out)))
     before = (out / "manifest.json").read_bytes()
 
     def broken_export(*args, **kwargs):
@@ -134,7 +129,7 @@ def test_failed_run_leaves_the_earlier_run_at_out_untouched(tmp_path, monkeypatc
 
     monkeypatch.setattr("kdcompress.train.export.export_onnx", broken_export)
     with pytest.raises(KdcError, match="exploded"):
-        compress(CompressConfig(**TINY, out=str(out)))
+        compress(CompressConfig(**TINY_CONFIG, out=str(out)))
     assert (out / "manifest.json").read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == [".teachers", "run"]
 
@@ -143,7 +138,7 @@ def test_out_replaces_an_earlier_run_once_the_new_one_is_complete(tmp_path, tiny
     out = tmp_path / "run"
     shutil.copytree(tiny_run, out)  # an earlier, complete kdc run
     (out / "stale.txt").write_text("from the first run")
-    second = compress(CompressConfig(**{**TINY, "epochs": 1}, alpha=0.9, out=str(out)))
+    second = compress(CompressConfig(**{**TINY_CONFIG, "epochs": 1}, alpha=0.9, out=str(out)))
     assert second.run_dir == out and not (out / "stale.txt").exists()
     assert read_manifest(out).to_dict()["config"]["alpha"] == 0.9
 
@@ -162,7 +157,7 @@ def test_out_replaces_an_earlier_run_once_the_new_one_is_complete(tmp_path, tiny
 )
 def test_bad_settings_fail_before_anything_is_written(tmp_path, changes, message):
     with pytest.raises(KdcError, match=message):
-        compress(CompressConfig(**{**TINY, **changes}, artifacts=str(tmp_path)))
+        compress(CompressConfig(**{**TINY_CONFIG, **changes}, artifacts=str(tmp_path)))
     assert not tmp_path.exists() or not any(tmp_path.iterdir())
 
 
@@ -170,13 +165,13 @@ def test_cache_key_changes_with_what_shapes_the_teacher():
     from kdcompress.data.dataset import load_dataset
 
     data = load_dataset("digits", None, image_size=8)
-    base = CompressConfig(**TINY)
+    base = CompressConfig(**TINY_CONFIG)
     key = teacher_cache_key(base, data)
-    assert key == teacher_cache_key(CompressConfig(**TINY, alpha=0.9, beta=0.0), data)  # student-side only
-    assert key == teacher_cache_key(CompressConfig(**TINY, teacher_aux=False), data)  # digits has no aux
-    assert key != teacher_cache_key(CompressConfig(**{**TINY, "teacher_epochs": 3}), data)
-    assert key != teacher_cache_key(CompressConfig(**TINY, seed=1), data)  # another seed trains its own teacher
-    assert key != teacher_cache_key(CompressConfig(**{**TINY, "teacher": "efficientnet_b0"}), data)
+    assert key == teacher_cache_key(CompressConfig(**TINY_CONFIG, alpha=0.9, beta=0.0), data)  # student-side only
+    assert key == teacher_cache_key(CompressConfig(**TINY_CONFIG, teacher_aux=False), data)  # digits has no aux
+    assert key != teacher_cache_key(CompressConfig(**{**TINY_CONFIG, "teacher_epochs": 3}), data)
+    assert key != teacher_cache_key(CompressConfig(**TINY_CONFIG, seed=1), data)  # another seed trains its own teacher
+    assert key != teacher_cache_key(CompressConfig(**{**TINY_CONFIG, "teacher": "efficientnet_b0"}), data)
 
 
 def test_teacher_epochs_default_to_the_datasets_factor_of_the_student_epochs():
@@ -194,7 +189,7 @@ def test_teacher_epochs_default_to_the_datasets_factor_of_the_student_epochs():
 def test_auxiliary_classes_train_the_teacher_and_nothing_else(tmp_path, shared_data):
     """cifar3 end to end: the teacher learns 10 classes and keeps 3; the students see cifar3 only."""
     recorder = Recorder()
-    config = CompressConfig(**{**TINY, "epochs": 1}, dataset="cifar3", data_dir=str(shared_data), out=str(tmp_path / "aux"))
+    config = CompressConfig(**{**TINY_CONFIG, "epochs": 1}, dataset="cifar3", data_dir=str(shared_data), out=str(tmp_path / "aux"))
     result = compress(config, recorder)
     teacher = result.manifest.to_dict()["models"]["teacher"]
     assert teacher["auxiliary"] == {"classes": ["cat", "deer", "dog", "frog", "horse", "ship", "truck"], "images": 3809}
@@ -262,7 +257,7 @@ def test_teacher_weights_for_other_classes_are_refused(tmp_path, tiny_run):
     checkpoint["classes"] = [f"c{i}" for i in range(10)]
     torch.save(checkpoint, tmp_path / "other.pt")
     with pytest.raises(KdcError, match="trained on classes"):
-        compress(CompressConfig(**TINY, teacher_weights=str(tmp_path / "other.pt"), artifacts=str(tmp_path / "a")))
+        compress(CompressConfig(**TINY_CONFIG, teacher_weights=str(tmp_path / "other.pt"), artifacts=str(tmp_path / "a")))
 
 
 def test_stride_one_stem_is_used_for_small_inputs_and_survives_a_checkpoint(tmp_path, tiny_run):

@@ -7,7 +7,6 @@ import numpy as np
 import onnx
 import pytest
 from PIL import Image
-from typer.testing import CliRunner
 
 from kdcompress.deploy.benchmark import benchmark_run
 from kdcompress.cli import app
@@ -18,7 +17,8 @@ from kdcompress.deploy.predict import predict_images
 from kdcompress.deploy.preprocessing import Preprocessing
 from kdcompress.deploy.sessions import create_session, run_logits
 
-runner = CliRunner()
+from conftest import runner, fails_cleanly
+
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +96,7 @@ def test_predict_reports_bad_files_and_classifies_the_rest(tiny_run, tmp_path):
 def test_predict_argument_errors(tiny_run, tmp_path, args, message):
     good = _odd_images(tmp_path / "imgs")[0]
     result = runner.invoke(app, ["predict", str(good), "--run", str(tiny_run), *args])
-    assert result.exit_code == 1 and message in result.output
+    fails_cleanly(result, message)
 
 
 def test_predict_uses_the_newest_run_under_artifacts(tiny_run, tmp_path):
@@ -105,7 +105,7 @@ def test_predict_uses_the_newest_run_under_artifacts(tiny_run, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     result = runner.invoke(app, ["predict", str(good), "--artifacts", str(empty)])
-    assert result.exit_code == 1 and "no finished run" in result.output
+    fails_cleanly(result, "no finished run")
 
 
 def test_quantize_adds_a_smaller_int8_student_to_the_run(tiny_run, tmp_path):

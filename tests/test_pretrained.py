@@ -15,6 +15,8 @@ import pytest
 from kdcompress.train.config import CompressConfig
 from kdcompress.runs.compress import compress
 
+from conftest import runner
+
 COMMIT = "0123456789abcdef0123456789abcdef01234567"  # any 40-hex revision; refs/main points at it
 
 
@@ -89,12 +91,11 @@ def test_compress_pretrained_teacher_and_students(offline_hub, tmp_path, shared_
 
 
 def test_pretrained_offline_without_weights_is_one_clear_line(offline_hub, tmp_path):
-    from typer.testing import CliRunner
 
     from kdcompress.cli import app
 
     args = ["compress", "--pretrained", "--teacher", "test_efficientnet", "--student", "test_resnet"]
-    result = CliRunner().invoke(app, [*args, "--image-size", "16", "--artifacts", str(tmp_path / "a")])
+    result = runner.invoke(app, [*args, "--image-size", "16", "--artifacts", str(tmp_path / "a")])
     assert result.exit_code == 1
     text = " ".join(result.output.split())
     assert "could not load pretrained ImageNet weights for 'test_efficientnet'" in text

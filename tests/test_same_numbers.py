@@ -17,11 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from conftest import TINY_CONFIG
+
 GOLDEN = Path(__file__).parent / "golden" / "tiny_runs.json"
-# teacher_epochs pinned: the golden numbers were recorded with a 2-epoch teacher (digits' default is now twice --epochs).
-TINY = dict(
-    teacher="test_efficientnet", student="test_resnet", image_size=16, epochs=2, teacher_epochs=2, device="cpu", control="none"
-)
 
 
 def tiny_numbers(root: Path) -> dict:
@@ -30,7 +28,7 @@ def tiny_numbers(root: Path) -> dict:
     from kdcompress.runs.compress import compress
     from kdcompress.runs.sweep import sweep, SweepConfig
 
-    run = compress(CompressConfig(**TINY, out=str(root / "run")))
+    run = compress(CompressConfig(**TINY_CONFIG, out=str(root / "run")))
     history = json.loads((run.run_dir / "history.json").read_text())
     numbers = {
         "compress": {
@@ -43,7 +41,7 @@ def tiny_numbers(root: Path) -> dict:
         }
     }
     teacher = str(run.run_dir / "checkpoints" / "teacher.pt")
-    base = CompressConfig(**TINY, teacher_weights=teacher, artifacts=str(root))
+    base = CompressConfig(**TINY_CONFIG, teacher_weights=teacher, artifacts=str(root))
     results = sweep(SweepConfig(base=base, temperatures=(1.0, 4.0), alphas=(0.5,), betas=(0.3,), seeds=1, out=str(root / "sweep")))
     numbers["sweep"] = {
         r["name"]: {"loss": [h["loss"] for h in r["history"]], "test_accuracy": r["test_accuracy"]} for r in results["runs"]

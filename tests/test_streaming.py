@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from typer.testing import CliRunner
 
-from conftest import TINY
+from conftest import TINY, runner, fails_cleanly
 from kdcompress.data import dataset as data_module
 from kdcompress.data import memory
 from kdcompress.cli import app
@@ -93,7 +92,7 @@ def test_compress_streams_a_folder_end_to_end(tmp_path):
     root = _folder(tmp_path / "images")
     args = ["compress", *TINY, "--epochs", "1", "--dataset", "folder", "--data-dir", str(root), "--control", "none"]
     args += ["--batch-size", "8"]
-    result = CliRunner().invoke(app, [*args, "--stream", "--out", str(tmp_path / "run"), "--json"], catch_exceptions=False)
+    result = runner.invoke(app, [*args, "--stream", "--out", str(tmp_path / "run"), "--json"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     manifest = json.loads(result.stdout)
     assert manifest["training"]["data"].startswith("streamed from disk")
@@ -102,5 +101,5 @@ def test_compress_streams_a_folder_end_to_end(tmp_path):
 
 
 def test_stream_is_refused_for_datasets_held_in_memory(tmp_path):
-    result = CliRunner().invoke(app, ["compress", *TINY, "--stream", "--artifacts", str(tmp_path)])
-    assert result.exit_code == 1 and "--stream reads image folders" in result.output and "Traceback" not in result.output
+    result = runner.invoke(app, ["compress", *TINY, "--stream", "--artifacts", str(tmp_path)])
+    fails_cleanly(result, "--stream reads image folders")
