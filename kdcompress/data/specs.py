@@ -18,11 +18,10 @@ class DatasetSpec:
     flip: bool  # horizontal flips keep the label (not so for handwritten digits)
     needs_data_dir: bool
     # Teacher epochs per student epoch by default. cifar3: 2, as its teacher learns 10 classes from
-    # 3.6x the images; measured (30 student epochs): teacher 85.6% test after 30 epochs, 89.3% after 60.
+    # 3.6x the images and gains from the longer schedule (benchmarks/README.md, "What did each teacher-recipe step buy?").
     teacher_epoch_factor: int = 1
-    # The default teacher. digits: ResNet34, as EfficientNet-B3 from scratch stays below the ResNet18
-    # baseline in the 3-minute budget (every recipe in the README: 89.7-96.9% against 97.8%), while ResNet34
-    # with twice the student's epochs (teacher_epoch_factor) scored 98.9 / 98.9 / 98.6% over seeds 0-2 in 50-57 s.
+    # The default teacher. digits: ResNet34, as EfficientNet-B3 from scratch stays below the ResNet18 baseline
+    # in the 3-minute budget (benchmarks/README.md, "Is the default demo honest?").
     teacher: str = "efficientnet_b3"
 
 

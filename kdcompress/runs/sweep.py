@@ -52,7 +52,7 @@ class SweepConfig:
     """A grid of (T, alpha, beta) over seeds; everything else comes from a compress configuration."""
 
     base: CompressConfig
-    # The default grid, 2 x 2 x 2 = 8 students a seed, fits about an hour on cifar3 on a 2-core CPU.
+    # The default grid, 2 x 2 x 2 = 8 students a seed (its cost: benchmarks/sweep_cost.py).
     temperatures: tuple[float, ...] = (1.0, 4.0)
     alphas: tuple[float, ...] = (0.5, 0.9)
     betas: tuple[float, ...] = (0.0, 0.3)
@@ -93,22 +93,52 @@ class SweepConfig:
         return [self.base.seed + i for i in range(self.seeds)]
 
 
-def run_name(seed: int, cell: tuple[float, ...] | None) -> str:
-    """File stem of one training: seed0-baseline, seed0-control-T4-alpha0.5, seed0-T4-alpha0.5-beta0.3.
+@dataclass(frozen=True)
+class Job:
+    """One training of a seed: the baseline, a label-smoothing control matched to (T, alpha), or a distilled grid cell."""
 
-    cell is a grid cell (T, alpha, beta), a pair (T, alpha) for a label-smoothing control, or None (the baseline).
-    """
-    if cell is None:
+    kind: str  # "baseline" | "control" | "distilled"
+    temperature: float | None = None
+    alpha: float | None = None
+    beta: float | None = None
+
+    @property
+    def pair(self) -> tuple[float, float]:
+        """(T, alpha): what a control is matched on, and what a distilled cell shares with its control."""
+        assert self.temperature is not None and self.alpha is not None
+        return (float(self.temperature), float(self.alpha))
+
+    @property
+    def cell(self) -> tuple[float, float, float]:
+        """(T, alpha, beta) of a distilled job."""
+        assert self.kind == "distilled" and self.beta is not None
+        return (*self.pair, float(self.beta))
+
+
+BASELINE = Job("baseline")
+
+
+def control_job(temperature: float, alpha: float) -> Job:
+    return Job("control", float(temperature), float(alpha))
+
+
+def distilled_job(cell: tuple[float, float, float]) -> Job:
+    return Job("distilled", *(float(v) for v in cell))
+
+
+def run_name(seed: int, job: Job) -> str:
+    """File stem of one training: seed0-baseline, seed0-control-T4-alpha0.5, seed0-T4-alpha0.5-beta0.3."""
+    if job.kind == "baseline":
         return f"seed{seed}-baseline"
-    if len(cell) == 2:
-        return f"seed{seed}-control-T{cell[0]:g}-alpha{cell[1]:g}"
-    return f"seed{seed}-T{cell[0]:g}-alpha{cell[1]:g}-beta{cell[2]:g}"
+    if job.kind == "control":
+        return f"seed{seed}-control-T{job.temperature:g}-alpha{job.alpha:g}"
+    return f"seed{seed}-T{job.temperature:g}-alpha{job.alpha:g}-beta{job.beta:g}"
 
 
-def jobs(cfg: "SweepConfig") -> list[Any]:
+def jobs(cfg: "SweepConfig") -> list[Job]:
     """What each seed trains, in order: the baseline, a label-smoothing control per (T, alpha) unless --control none,
     then the grid."""
-    return [None, *control_pairs(cfg), *cfg.cells()]
+    return [BASELINE, *(control_job(*pair) for pair in control_pairs(cfg)), *(distilled_job(c) for c in cfg.cells())]
 
 
 def control_pairs(cfg: "SweepConfig") -> list[tuple[float, float]]:
@@ -203,70 +233,92 @@ def _train_missing(
     run: Prepared,
     folder: Path,
     shared: dict[str, Any],
-    plan: list[tuple[int, Any]],
+    plan: list[tuple[int, Job]],
     total: int,
     reporter: Reporter,
 ) -> None:
-    from kdcompress.train.loop import fit, predict_logits
-
-    data, prep, device, world = run.data, run.prep, run.device, run.world
-    teacher, record = load_or_train_teacher(replace(run.cfg, out=cfg.out), data, prep, run.settings, reporter)
+    """Train this rank's share of the plan, seed by seed, each training into runs/<name>.json."""
+    world = run.world
+    teacher, record = load_or_train_teacher(replace(run.cfg, out=cfg.out), run.data, run.prep, run.settings, reporter)
     if "teacher" not in shared and world.main:
-        logits = predict_logits(teacher, data.test_x, prep, device)[:, : len(data.classes)]
-        correct = logits.argmax(axis=1) == data.test_y
-        record.pop("history", None)
-        auc = roc_auc(logits, data.test_y)
-        shared["teacher"] = {**record, "architecture": run.cfg.teacher, "test_accuracy": float(correct.mean()),
-                             **({"roc_auc": auc} if auc is not None else {})}  # fmt: skip
+        shared["teacher"] = _teacher_entry(run, teacher, record)
         write_json_atomic(folder / "sweep.json", shared)
     # The controls' smoothing needs the teacher's logits on the training split: the same for every seed and (T, alpha).
-    controls = [cell for _, cell in plan if cell is not None and len(cell) == 2]
+    controls = any(job.kind == "control" for _, job in plan)
     teacher_logits = teacher_train_logits(run, teacher) if controls else None
     share = shard(len(plan), world.rank, world.size)  # this rank's trainings: a contiguous run of the plan
     done = total - len(plan) + share.start
     if world.size > 1:
         reporter.info(f"{world.size} processes share the {len(plan)} missing trainings; this one trains {share.stop - share.start}")
     for seed, runs in itertools.groupby(plan[share], key=lambda item: item[0]):
-        cells = [cell for _, cell in runs]
+        seed_jobs = [job for _, job in runs]
         start = fair_start(run, seed, teacher)  # the same initial weights and projection as `kdc compress --seed`
         settings = replace(start.settings, world_size=1, rank=0)  # each training whole, in this process
-        distilled = [cell for cell in cells if cell is not None and len(cell) == 3]
-        recorded = None
-        features = any(cell[2] > 0 for cell in distilled)
-        if distilled and recording_fits(teacher, data, settings, features):
-            started = time.perf_counter()
-            recorded = record_teacher(teacher, data, prep, settings, features, reporter, f"seed {seed}: teacher outputs")
-            write_json_atomic(folder / "runs" / f"seed{seed}-teacher-outputs.cost", {"seconds": time.perf_counter() - started})
-        elif distilled:
-            reporter.info(f"seed {seed}: the teacher's outputs for every view would not fit in memory; it runs live instead")
-        for cell in cells:
+        recorded = _seed_teacher_outputs(run, teacher, settings, seed, seed_jobs, folder, reporter)
+        for job in seed_jobs:
             done += 1
-            matched = control_smoothing(run, teacher_logits, *cell) if cell is not None and len(cell) == 2 else None
-            if cell is None:
+            matched = control_smoothing(run, teacher_logits, *job.pair) if job.kind == "control" else None
+            if job.kind == "baseline":
                 objective = start.baseline()
             elif matched is not None:
                 objective = start.control(matched["smoothing"])
             else:
-                objective = start.distilled(recorded if recorded is not None else teacher, *cell)
-            name = run_name(seed, cell)
+                objective = start.distilled(recorded if recorded is not None else teacher, *job.cell)
+            name = run_name(seed, job)
             reporter.info(f"[{done}/{total}] {name}: {objective.describe()}")
-            result = fit(objective, data, prep, settings, reporter, name)
-            logits = predict_logits(objective.student, data.test_x, prep, device)
-            predictions, auc = logits.argmax(axis=1), roc_auc(logits, data.test_y)
-            entry = {
-                "name": name,
-                "seed": seed,
-                "kind": "baseline" if cell is None else "control" if matched else "distilled",
-                **dict(zip(("temperature", "alpha", "beta"), (*(cell or ()), None, None, None))),
-                **({"matched": matched} if matched else {}),
-                "objective": objective.describe(),
-                "test_accuracy": float((predictions == data.test_y).mean()),
-                "predictions": predictions.tolist(),
-                **({"roc_auc": auc} if auc is not None else {}),
-                "device": device,
-                **result.record(),
-            }
+            entry = _train_one(run, objective, settings, name, reporter)
+            entry.update({"seed": seed, "kind": job.kind,
+                          "temperature": job.temperature, "alpha": job.alpha, "beta": job.beta,
+                          **({"matched": matched} if matched else {})})  # fmt: skip
             write_json_atomic(folder / "runs" / f"{name}.json", entry)
+
+
+def _teacher_entry(run: Prepared, teacher: Any, record: dict[str, Any]) -> dict[str, Any]:
+    """The sweep's teacher record: its recipe record plus test accuracy (and ROC-AUC on two-class data)."""
+    from kdcompress.train.loop import predict_logits
+
+    data = run.data
+    logits = predict_logits(teacher, data.test_x, run.prep, run.device)[:, : len(data.classes)]
+    correct = logits.argmax(axis=1) == data.test_y
+    record.pop("history", None)
+    auc = roc_auc(logits, data.test_y)
+    return {**record, "architecture": run.cfg.teacher, "test_accuracy": float(correct.mean()),
+            **({"roc_auc": auc} if auc is not None else {})}  # fmt: skip
+
+
+def _seed_teacher_outputs(
+    run: Prepared, teacher: Any, settings: Any, seed: int, seed_jobs: list[Job], folder: Path, reporter: Reporter
+) -> Any:
+    """The teacher's outputs on every view this seed's distilled students see, recorded once (None: it runs live)."""
+    distilled = [job for job in seed_jobs if job.kind == "distilled"]
+    if not distilled:
+        return None
+    features = any(job.cell[2] > 0 for job in distilled)
+    if not recording_fits(teacher, run.data, settings, features):
+        reporter.info(f"seed {seed}: the teacher's outputs for every view would not fit in memory; it runs live instead")
+        return None
+    started = time.perf_counter()
+    recorded = record_teacher(teacher, run.data, run.prep, settings, features, reporter, f"seed {seed}: teacher outputs")
+    write_json_atomic(folder / "runs" / f"seed{seed}-teacher-outputs.cost", {"seconds": time.perf_counter() - started})
+    return recorded
+
+
+def _train_one(run: Prepared, objective: Any, settings: Any, name: str, reporter: Reporter) -> dict[str, Any]:
+    """Train one objective and judge it on the test split: the run file's content, less the seed and cell."""
+    from kdcompress.train.loop import fit, predict_logits
+
+    result = fit(objective, run.data, run.prep, settings, reporter, name)
+    logits = predict_logits(objective.student, run.data.test_x, run.prep, run.device)
+    predictions, auc = logits.argmax(axis=1), roc_auc(logits, run.data.test_y)
+    return {
+        "name": name,
+        "objective": objective.describe(),
+        "test_accuracy": float((predictions == run.data.test_y).mean()),
+        "predictions": predictions.tolist(),
+        **({"roc_auc": auc} if auc is not None else {}),
+        "device": run.device,
+        **result.record(),
+    }
 
 
 def summarize(cfg: SweepConfig, data: Dataset, folder: Path, device: str) -> dict[str, Any]:
@@ -274,45 +326,12 @@ def summarize(cfg: SweepConfig, data: Dataset, folder: Path, device: str) -> dic
     runs = {p.stem: read_json(p, RETRAIN) for p in sorted((folder / "runs").glob("*.json"))}
     shared = read_json(folder / "sweep.json", "delete the sweep folder to start over")
     seeds = cfg.seed_list()
-
-    def correct(name: str) -> np.ndarray:
-        return np.asarray(runs[name]["predictions"]) == data.test_y
-
-    def aucs(cell: Any) -> dict[str, float]:  # mean and std of ROC-AUC over seeds (two-class data only)
-        return auc_summary([runs.get(run_name(s, cell), {}).get("roc_auc") for s in seeds])
-
-    def matrix(cell: Any) -> np.ndarray | None:  # seeds x test images, or None when a seed lacks this run
-        names = [run_name(s, cell) for s in seeds]
-        return np.stack([correct(n) for n in names]) if all(n in runs for n in names) else None
-
-    baseline = matrix(None)
-    assert baseline is not None
-    baseline_acc = baseline.mean(axis=1)
-    control_matrices, controls = {}, []  # label-smoothing controls, one per (T, alpha); none with --control none
-    for pair in control_pairs(cfg):
-        control = matrix(pair)
-        if control is not None:
-            first = runs[run_name(seeds[0], pair)]
-            control_matrices[pair] = control
-            controls.append({"temperature": pair[0], "alpha": pair[1], "objective": first["objective"],
-                             "matched": first.get("matched"), **compare(control, baseline).to_dict(), **aucs(pair)})  # fmt: skip
-    cells = []
-    for cell in cfg.cells():
-        names = [run_name(s, cell) for s in seeds]
-        distilled = matrix(cell)
-        entry = {"temperature": cell[0], "alpha": cell[1], "beta": cell[2], "objective": runs[names[0]]["objective"]}
-        entry.update(compare(distilled, baseline).to_dict(), **aucs(cell))
-        entry["val_mean"] = float(np.mean([runs[n]["best_val_accuracy"] for n in names]))
-        pair = (float(cell[0]), float(cell[1]))
-        if pair in control_matrices:
-            entry["vs_control"] = compare(distilled, control_matrices[pair], reference=REFERENCES["control"]).to_dict()
-        cells.append(entry)
-    validation = {cell: [runs[run_name(s, cell)]["best_val_accuracy"] for s in seeds] for cell in cfg.cells()}
+    table = _SeedTable(runs, seeds, data.test_y)
+    baseline_acc = table.matrix(BASELINE).mean(axis=1)
+    controls, cells = _compare_grid(cfg, table)
+    validation = {cell: [runs[run_name(s, distilled_job(cell))]["best_val_accuracy"] for s in seeds] for cell in cfg.cells()}
     chosen = cells[cfg.cells().index(choose_by_validation(validation))]
     best_on_test = max(cells, key=lambda c: c["delta"])
-    costs = [read_json(p, RETRAIN).get("seconds", 0.0) for p in (folder / "runs").glob("*.cost")]
-    baseline_seconds = [runs[run_name(s, None)]["train_seconds"] for s in seeds]
-    distilled_seconds = [runs[run_name(s, c)]["train_seconds"] for s in seeds for c in cfg.cells()]
     results = {
         "format": FORMAT,
         "dataset": {"name": data.name, "source": data.source, "classes": data.classes, "counts": data.counts()},
@@ -323,7 +342,7 @@ def summarize(cfg: SweepConfig, data: Dataset, folder: Path, device: str) -> dic
             "mean": float(baseline_acc.mean()),
             "std": float(baseline_acc.std(ddof=1)) if len(seeds) > 1 else 0.0,
             "per_seed": baseline_acc.tolist(),
-            **aucs(None),
+            **table.aucs(BASELINE),
         },
         "cells": cells,
         "controls": controls,
@@ -332,16 +351,74 @@ def summarize(cfg: SweepConfig, data: Dataset, folder: Path, device: str) -> dic
             **chosen,
         },
         "best_on_test": {"by": "test accuracy: optimistic, since the test split chose it", **best_on_test},
-        "cost": {
-            "baseline_seconds_mean": float(np.mean(baseline_seconds)),
-            "distilled_seconds_mean": float(np.mean(distilled_seconds)),
-            "distilled_per_baseline": float(np.mean(distilled_seconds) / np.mean(baseline_seconds)),
-            "teacher_output_seconds": float(np.sum(costs)),
-            "note": "train_seconds of each run as it was trained (resumed runs keep their original timing)",
-        },
+        "cost": _cost(cfg, runs, folder),
         "device": device,
         "environment": environment(),
-        "runs": [runs[run_name(s, c)] for s in seeds for c in jobs(cfg) if run_name(s, c) in runs],
+        "runs": [runs[run_name(s, j)] for s in seeds for j in jobs(cfg) if run_name(s, j) in runs],
     }
     write_json_atomic(folder / "results.json", results)
     return results
+
+
+@dataclass(frozen=True)
+class _SeedTable:
+    """The finished run files of a sweep, read per job across seeds."""
+
+    runs: dict[str, Any]
+    seeds: list[int]
+    test_y: np.ndarray
+
+    def names(self, job: Job) -> list[str]:
+        return [run_name(s, job) for s in self.seeds]
+
+    def aucs(self, job: Job) -> dict[str, float]:
+        """Mean and std of ROC-AUC over seeds (two-class data only)."""
+        return auc_summary([self.runs.get(name, {}).get("roc_auc") for name in self.names(job)])
+
+    def matrix(self, job: Job) -> np.ndarray:
+        """Seeds x test images: which images each seed's run of this job got right."""
+        return np.stack([np.asarray(self.runs[name]["predictions"]) == self.test_y for name in self.names(job)])
+
+    def complete(self, job: Job) -> bool:
+        return all(name in self.runs for name in self.names(job))
+
+
+def _compare_grid(cfg: SweepConfig, table: _SeedTable) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Each control and each grid cell against the baseline (and each cell against its (T, alpha) control)."""
+    baseline = table.matrix(BASELINE)
+    control_matrices, controls = {}, []  # label-smoothing controls, one per (T, alpha); none with --control none
+    for pair in control_pairs(cfg):
+        job = control_job(*pair)
+        if table.complete(job):
+            first = table.runs[table.names(job)[0]]
+            control_matrices[pair] = table.matrix(job)
+            controls.append({"temperature": pair[0], "alpha": pair[1], "objective": first["objective"],
+                             "matched": first.get("matched"), **compare(control_matrices[pair], baseline).to_dict(),
+                             **table.aucs(job)})  # fmt: skip
+    cells = []
+    for cell in cfg.cells():
+        job = distilled_job(cell)
+        names = table.names(job)
+        distilled = table.matrix(job)
+        entry = {"temperature": cell[0], "alpha": cell[1], "beta": cell[2], "objective": table.runs[names[0]]["objective"]}
+        entry.update(compare(distilled, baseline).to_dict(), **table.aucs(job))
+        entry["val_mean"] = float(np.mean([table.runs[n]["best_val_accuracy"] for n in names]))
+        if job.pair in control_matrices:
+            entry["vs_control"] = compare(distilled, control_matrices[job.pair], reference=REFERENCES["control"]).to_dict()
+        cells.append(entry)
+    return controls, cells
+
+
+def _cost(cfg: SweepConfig, runs: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """What the sweep's trainings cost: a distilled training against a baseline one, and the teacher's recordings."""
+    seeds = cfg.seed_list()
+    costs = [read_json(p, RETRAIN).get("seconds", 0.0) for p in (folder / "runs").glob("*.cost")]
+    baseline_seconds = [runs[run_name(s, BASELINE)]["train_seconds"] for s in seeds]
+    distilled_seconds = [runs[run_name(s, distilled_job(c))]["train_seconds"] for s in seeds for c in cfg.cells()]
+    return {
+        "baseline_seconds_mean": float(np.mean(baseline_seconds)),
+        "distilled_seconds_mean": float(np.mean(distilled_seconds)),
+        "distilled_per_baseline": float(np.mean(distilled_seconds) / np.mean(baseline_seconds)),
+        "teacher_output_seconds": float(np.sum(costs)),
+        "note": "train_seconds of each run as it was trained (resumed runs keep their original timing)",
+    }

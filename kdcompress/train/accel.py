@@ -24,11 +24,9 @@ from kdcompress.core.errors import KdcError
 
 PRECISIONS = ("auto", "bfloat16", "float16", "float32")
 # How a step runs: "eager", "compile" (torch.compile of forward_features) or "graph" (a CUDA graph of forward and
-# backward). Measured on one H200 (torch 2.11, batch 128, benchmarks/train_throughput.py; records in
-# benchmarks/results/train-throughput-cuda*.json): the graph trained EfficientNet-B3 at 32 px at 12322 img/s against
-# 2468 eager, ResNet18 at 32 px at 74953 against 19192, and at 224 px 2525 against 2166 and 11279 against 10897;
-# torch.compile gave B3 at 32 px 3134 against 3352 eager. So --compile auto picks the graph on CUDA with one
-# process (AUTO_CUDA); the CPU always runs eager.
+# backward). The graph measured fastest for both roles at 32 and 224 px on an H200 and torch.compile no faster
+# than eager (benchmarks/README.md, "How fast is training on a GPU?"; records train-throughput-cuda*.json), so
+# --compile auto picks the graph on CUDA with one process (AUTO_CUDA); the CPU always runs eager.
 AUTO_CUDA = "graph"
 
 
@@ -103,11 +101,8 @@ def step_mode(choice: str, device: str, processes: int = 1) -> str:
 
 
 AUTOTUNE_ENV = "KDC_CUDNN_AUTOTUNE"  # on | off | auto: overrides the rule of `autotune`
-# Graphed runs shorter than this skip cuDNN's autotuning. Measured on one H200 (benchmarks/train_throughput.py,
-# batch 128, bf16, one process per setting; benchmarks/results/train-throughput-cuda-autotune.json): EfficientNet-B3
-# at 32 px warmed up in 42.3 s with it and 17.8 s without, then stepped in 10.51 ms against 14.33 ms, so it pays
-# after ~6,400 steps. ResNet18 at 32 and 224 px and B3 at 224 px stepped at the same speed either way (their
-# untuned graphs against the earlier tuned record). cifar3's teacher takes 2,460 steps.
+# Graphed runs shorter than this skip cuDNN's autotuning: its longer warm-up pays back only after about this many
+# steps (benchmarks/results/train-throughput-cuda-autotune.json, read in benchmarks/README.md).
 AUTOTUNE_MIN_GRAPH_STEPS = 6400
 
 

@@ -169,63 +169,91 @@ def fit(
     objective.to(device).to(memory_format=torch.channels_last)
     student = objective.student
     stream = ViewStream(data, prep, settings)
-    steps_per_epoch = stream.steps_per_epoch
-    total_steps = settings.epochs * steps_per_epoch
-    step = TrainStep(objective, settings, total_steps)
-    report_every = REPORT_EVERY if device == "cpu" else REPORT_EVERY_CUDA
-
+    step = TrainStep(objective, settings, settings.epochs * stream.steps_per_epoch)
     average = ModelEmaV3(student, decay=settings.ema, use_warmup=True) if settings.ema > 0 else None
     evaluated = average.module if average is not None else student
     history: list[dict[str, float]] = []
-    best_state: dict[str, torch.Tensor] | None = None
-    best_epoch, best_val, best_score = 0, -1.0, -np.inf
+    best = _Best(settings.select)
     started = time.perf_counter()
     status = ""
     with data_parallel(objective, device) if settings.world_size > 1 else nullcontext(), step.ready(), \
-            reporter.progress(label, total=total_steps) as advance:  # fmt: skip
+            reporter.progress(label, total=settings.epochs * stream.steps_per_epoch) as advance:  # fmt: skip
         for epoch in range(1, settings.epochs + 1):
-            objective.train()
-            sums: dict[str, torch.Tensor] = {}  # on the device: read back only every few steps (no per-step sync)
-            epoch_start, reported = time.perf_counter(), 0
-            for index, (images, labels) in enumerate(stream.epoch()):
-                loss, parts = step(images, labels, (epoch - 1) * steps_per_epoch + index)
-                if average is not None:
-                    average.update(student, step=(epoch - 1) * steps_per_epoch + index)
-                for name, value in {"loss": loss, **parts}.items():
-                    sums[name] = sums[name] + value.detach().float() if name in sums else value.detach().float()
-                if index % report_every == report_every - 1 or index == steps_per_epoch - 1:
-                    means = {k: float(v) / (index + 1) for k, v in sums.items()}
-                    check_diverged(label, epoch, means, len(data.classes), settings.lr, ended=index == steps_per_epoch - 1)
-                    running = " ".join(f"{k} {v:.3f}" for k, v in means.items())
-                    advance(index + 1 - reported, status=f"ep {epoch}/{settings.epochs}{status} | {running}")
-                    reported = index + 1
+            epoch_start = time.perf_counter()
+            means, running = _train_epoch(objective, stream, step, average, epoch, settings, label, len(data.classes), advance, status)
             if settings.world_size > 1:  # each rank's last step moved its own BatchNorm statistics: take rank 0's
                 broadcast_buffers(student)
                 broadcast_buffers(evaluated)
-            # Scored on the dataset's own classes: outputs beyond them are auxiliary classes (a teacher's). The
-            # epoch's last loss readout above waited for its steps, so val_seconds is the validation pass alone.
-            val_start = time.perf_counter()
-            with eager(student):
-                val_logits = shared_logits(evaluated, data.val_x, prep, settings, amp=True)[:, : len(data.classes)]
-            val_acc, val_loss = accuracy(val_logits, data.val_y), mean_cross_entropy(val_logits, data.val_y)
-            record = {"epoch": epoch, **means, "val_accuracy": val_acc, "val_loss": val_loss}
-            now = time.perf_counter()
-            record.update(lr=step.scheduler.get_last_lr()[0], seconds=now - epoch_start, val_seconds=now - val_start)
+            record = {"epoch": epoch, **means, **_validate(student, evaluated, data, prep, settings)}
+            record.update(lr=step.scheduler.get_last_lr()[0], seconds=time.perf_counter() - epoch_start)
+            record["val_seconds"] = record.pop("val_seconds")  # keep the record's key order: seconds, then val_seconds
             history.append(record)
-            score = -val_loss if settings.select == "loss" else val_acc
-            if score > best_score:
-                best_score, best_val, best_epoch = score, val_acc, epoch
-                best_state = {k: v.detach().clone() for k, v in evaluated.state_dict().items()}
-            status = f" val {val_acc:.1%} (kept {best_val:.1%} @{best_epoch})"
+            best.offer(record, evaluated)
+            status = f" val {record['val_accuracy']:.1%} (kept {best.val:.1%} @{best.epoch})"
             advance(0, status=f"ep {epoch}/{settings.epochs}{status} | {running}")
     if step.fallback:
         reporter.warn(f"{label}: {step.fallback}")
-    assert best_state is not None
-    student.load_state_dict(best_state)
+    assert best.state is not None
+    student.load_state_dict(best.state)
     student.eval()
     ran = f"eager ({step.fallback})" if step.fallback else step.mode
     tuned = step.autotune if device == "cuda" else None
-    return FitResult(best_epoch, best_val, time.perf_counter() - started, history, ran, tuned)
+    return FitResult(best.epoch, best.val, time.perf_counter() - started, history, ran, tuned)
+
+
+def _train_epoch(
+    objective: nn.Module, stream: Any, step: "TrainStep", average: Any, epoch: int, settings: TrainSettings,
+    label: str, classes: int, advance: Any, status: str,
+) -> tuple[dict[str, float], str]:  # fmt: skip
+    """One epoch of steps; the running means of the loss parts, read back every few steps, and their text."""
+    report_every = REPORT_EVERY if settings.device == "cpu" else REPORT_EVERY_CUDA
+    steps_per_epoch = stream.steps_per_epoch
+    objective.train()
+    sums: dict[str, torch.Tensor] = {}  # on the device: read back only every few steps (no per-step sync)
+    means: dict[str, float] = {}
+    running, reported = "", 0
+    for index, (images, labels) in enumerate(stream.epoch()):
+        loss, parts = step(images, labels, (epoch - 1) * steps_per_epoch + index)
+        if average is not None:
+            average.update(objective.student, step=(epoch - 1) * steps_per_epoch + index)
+        for name, value in {"loss": loss, **parts}.items():
+            sums[name] = sums[name] + value.detach().float() if name in sums else value.detach().float()
+        if index % report_every == report_every - 1 or index == steps_per_epoch - 1:
+            means = {k: float(v) / (index + 1) for k, v in sums.items()}
+            check_diverged(label, epoch, means, classes, settings.lr, ended=index == steps_per_epoch - 1)
+            running = " ".join(f"{k} {v:.3f}" for k, v in means.items())
+            advance(index + 1 - reported, status=f"ep {epoch}/{settings.epochs}{status} | {running}")
+            reported = index + 1
+    return means, running
+
+
+def _validate(student: nn.Module, evaluated: nn.Module, data: Dataset, prep: Preprocessing, settings: TrainSettings) -> dict[str, float]:
+    """Validation accuracy and cross-entropy of the evaluated weights, and the seconds the pass took.
+
+    Scored on the dataset's own classes: outputs beyond them are auxiliary classes (a teacher's). The
+    epoch's last loss readout waited for its steps, so val_seconds is the validation pass alone.
+    """
+    val_start = time.perf_counter()
+    with eager(student):
+        val_logits = shared_logits(evaluated, data.val_x, prep, settings, amp=True)[:, : len(data.classes)]
+    val_acc, val_loss = accuracy(val_logits, data.val_y), mean_cross_entropy(val_logits, data.val_y)
+    return {"val_accuracy": val_acc, "val_loss": val_loss, "val_seconds": time.perf_counter() - val_start}
+
+
+class _Best:
+    """The epoch with the best validation score so far, and a copy of its weights."""
+
+    def __init__(self, select: str) -> None:
+        self.select = select
+        self.state: dict[str, torch.Tensor] | None = None
+        self.epoch, self.val, self.score = 0, -1.0, -np.inf
+
+    def offer(self, record: dict[str, float], evaluated: nn.Module) -> None:
+        """Keep this epoch's weights if its score (accuracy, or minus the loss with select "loss") beats the best."""
+        score = -record["val_loss"] if self.select == "loss" else record["val_accuracy"]
+        if score > self.score:
+            self.score, self.val, self.epoch = score, record["val_accuracy"], record["epoch"]
+            self.state = {k: v.detach().clone() for k, v in evaluated.state_dict().items()}
 
 
 class TrainStep:

@@ -32,8 +32,8 @@ RECIPE_LEVERS = {
     name: getattr(CompressConfig(), name)
     for name in ("augment", "teacher_smoothing", "teacher_ema", "teacher_select", "teacher_balance")
 }
-# All five together, measured at 224 px on chest-xray (one H200, 3 seeds; README, "Levers for high resolution"):
-# the from-scratch teacher went from 74.0% (below the baseline's 82.7%) to 88.1% (above the baseline's 87.4%).
+# All five together lift a from-scratch teacher above the baseline at 224 px on chest-xray, where without them it
+# falls below: benchmarks/README.md, "At 224 px, do the teacher levers lift the teacher?".
 HIGH_RES_LEVERS = "--augment rrc --teacher-smoothing 0.1 --teacher-ema 0.999 --teacher-select loss --teacher-balance"
 HIGH_RES = 128  # from this input side up, a teacher trained with none of the levers is pointed to them
 
@@ -95,9 +95,9 @@ def keep_first_classes(model: Any, n_classes: int) -> Any:
 def teacher_stem_stride(model: Any, image_size: int) -> int | None:
     """The stem stride recipe 3 gives: 1 for small images when the model has a strided conv_stem.
 
-    EfficientNet-B3 downsamples 32 px inputs to 1x1; a stride-1 stem keeps 2x2 at the end. Measured on
-    cifar3 (30 epochs, 32 px): test accuracy 79.5% -> 84.2% for about 2.5x the training time
-    (benchmarks/results/teacher-stem1-30ep.json). None when the rule does not apply.
+    EfficientNet-B3 downsamples 32 px inputs to 1x1; a stride-1 stem keeps 2x2 at the end, which
+    lifts its cifar3 accuracy for a longer training (benchmarks/results/teacher-stem1-30ep.json). None when the
+    rule does not apply.
     """
     stem = getattr(model, "conv_stem", None)
     if image_size > SMALL_IMAGE or stem is None or tuple(stem.stride) == (1, 1):
@@ -222,7 +222,7 @@ def _train_teacher(
     if data.image_size >= HIGH_RES and not cfg.pretrained and not changed_levers(cfg):
         reporter.info(
             f"teacher: at {data.image_size} px a teacher from scratch did far better here with {HIGH_RES_LEVERS} "
-            "(chest-xray, 224 px: 88.1% against 74.0%; see the README)"
+            "(measured on chest-xray at 224 px: benchmarks/README.md)"
         )
     levers = {name: getattr(cfg, name) for name in RECIPE_LEVERS}
     record: dict[str, Any] = {"objective": formula, "recipe": TEACHER_RECIPE, "stem_stride": stride, "levers": levers}
