@@ -1,6 +1,7 @@
 """kdc predict (same logits as evaluation, any image format, per-file errors) and kdc quantize."""
 
 import json
+import platform
 import shutil
 
 import numpy as np
@@ -14,6 +15,8 @@ from kdcompress.train.config import CompressConfig
 from kdcompress.deploy.manifest import read_manifest
 from kdcompress.runs.compress import compress
 from kdcompress.deploy.predict import predict_images
+from kdcompress.deploy.quantize import candidates
+from kdcompress.deploy.timing import cpu_isa
 from kdcompress.deploy.preprocessing import Preprocessing
 from kdcompress.deploy.sessions import create_session, run_logits
 
@@ -108,18 +111,28 @@ def test_predict_uses_the_newest_run_under_artifacts(tiny_run, tmp_path):
     fails_cleanly(result, "no finished run")
 
 
-def test_quantize_adds_a_smaller_int8_student_to_the_run(tiny_run, tmp_path):
+def test_quantize_adds_a_smaller_int8_and_an_fp16_student_to_the_run(tiny_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
     result = runner.invoke(app, ["quantize", str(run)])
     assert result.exit_code == 0, result.output
     entry = read_manifest(run).to_dict()["models"]["int8"]
     assert entry["onnx"] == "student-int8.onnx" and entry["quantization"]["calibration_images"] > 0
-    assert {c["format"] for c in entry["quantization"]["candidates"]} == {"U8S8 reduce-range", "S8S8"}
+    tried = [c["format"] for c in entry["quantization"]["candidates"]]
+    assert tried == [c.name for c in candidates(platform.machine())] and len(tried) >= 4
+    assert entry["quantization"]["chosen"] in tried and entry["quantization"]["machine"]["isa"] == cpu_isa()
     graph = onnx.load(str(run / "student-int8.onnx")).graph
     assert any(n.op_type == "DequantizeLinear" for n in graph.node)
     assert any(t.data_type == onnx.TensorProto.INT8 for t in graph.initializer)  # weights stored as int8
     assert (run / "student.onnx").stat().st_size / entry["onnx_bytes"] > 3
+    half = read_manifest(run).to_dict()["models"]["fp16"]
+    assert half["onnx"] == "student-fp16.onnx" and half["fp16"]["top1_agreement"] >= 0.99
+    weights = onnx.load(str(run / "student-fp16.onnx")).graph.initializer
+    assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in weights)
+    assert not any(t.data_type == onnx.TensorProto.FLOAT and len(t.dims) == 4 for t in weights)  # no FP32 conv weights left
+    assert 1.8 < (run / "student.onnx").stat().st_size / half["onnx_bytes"] < 2.2
     bench = benchmark_run(run, quick=True, gpu=False)
-    assert list(bench["models"])[-1] == "int8" and bench["models"]["int8"]["accuracy"]["agrees_with_manifest"]
+    assert list(bench["models"])[-2:] == ["int8", "fp16"]
+    assert all(bench["models"][r]["accuracy"]["agrees_with_manifest"] for r in ("int8", "fp16"))
+    assert bench["models"]["fp16"]["format"] == "FP16" and bench["models"]["fp16"]["source"] == "student"
     assert predict_images([_odd_images(tmp_path / "imgs")[0]], run=run, model="int8")["results"][0]["predictions"]

@@ -314,16 +314,14 @@ def test_int8_slower_than_fp32_is_said_in_quantize_benchmark_and_json(tiny_run, 
     from kdcompress.report.render import benchmark_context
 
     run = _copy(tiny_run, tmp_path)
-    real = timing.latency
-    calls = []
+    real = timing.interleaved_latency
 
-    def slow_int8(call, **kwargs):  # quantize times FP32 first (2 calls), then each candidate: make INT8 2x slower
-        timing = real(call, **kwargs)
-        calls.append(1)
-        factor = 1.0 if len(calls) <= 2 else 2.0
-        return {k: v * factor if k.endswith("_ms") else v for k, v in timing.items()}
+    def slow_int8(calls, **kwargs):  # quantize times FP32 and the candidates in turn: make every candidate 2x slower
+        timings = real(calls, **kwargs)
+        return {name: {k: v * (1.0 if name == "FP32" else 2.0) if k.endswith("_ms") else v for k, v in t.items()}
+                for name, t in timings.items()}
 
-    monkeypatch.setattr(quantize, "latency", slow_int8)
+    monkeypatch.setattr(quantize, "interleaved_latency", slow_int8)
     result = runner.invoke(app, ["quantize", str(run)])
     assert result.exit_code == 0, result.output
     said = " ".join(result.output.split())

@@ -119,7 +119,7 @@ def compress(
     compile: str = options.COMPILE,
     artifacts: Path = options.ARTIFACTS,
     out: Optional[Path] = option("out", "--out", help="Exact run folder: a new or empty folder, or an earlier run (replaced once this one completes); any other folder is refused."),
-    int8: bool = option("int8", "--int8", help="Also write a static INT8 version of the distilled student (see kdc quantize)."),
+    int8: bool = option("int8", "--int8", help="Also write INT8 and FP16 versions of the distilled student (see kdc quantize)."),
     from_sweep: Optional[Path] = typer.Option(
         None, "--from-sweep", rich_help_panel=options.OUTPUT, help="A finished kdc sweep folder: train the cell it chose on validation (T, alpha, beta), with the "
         "sweep's data, models, schedule, seed and teacher (reused from its cache). Options that contradict the sweep are refused.",
@@ -320,23 +320,31 @@ def benchmark(
     gpu: bool = typer.Option(True, "--gpu/--no-gpu", help="Also time CUDAExecutionProvider when onnxruntime-gpu can use a GPU."),
     quick: bool = typer.Option(False, "--quick", help="Fewer timing runs (for smoke tests; figures are noisier)."),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout instead of tables."),
+    max_ms: Optional[float] = typer.Option(None, "--max-ms", help="Budget: CPU latency at batch 1, in ms (as timed here).", rich_help_panel="Budget"),
+    max_mb: Optional[float] = typer.Option(None, "--max-mb", help="Budget: ONNX file size, in MB.", rich_help_panel="Budget"),
+    max_drop: Optional[float] = typer.Option(None, "--max-drop", help="Budget: accuracy points below the teacher.", rich_help_panel="Budget"),
 ) -> None:
     """Accuracy, size and CPU/GPU latency of a run's ONNX models, side by side, with ratios vs the teacher.
 
-    Judges the deployable files through onnxruntime; writes benchmark.json, benchmark.md and
-    benchmark.png into each run folder.
+    Judges the deployable files through onnxruntime, all timed in turn in one process, and marks
+    the Pareto frontier (accuracy vs latency, accuracy vs size). With a budget (--max-ms, --max-mb,
+    --max-drop) it names the file to ship: the most accurate within every limit, never the teacher
+    and never a format that is not faster than its FP32 model here. Writes benchmark.json,
+    benchmark.md and benchmark.png into each run folder.
     """
     from kdcompress.deploy.benchmark import benchmark_run
+    from kdcompress.deploy.frontier import Budget
     from kdcompress.deploy.manifest import resolve_runs
     from kdcompress.report.console import RichReporter
     from kdcompress.report.render import benchmark_context, benchmark_tables
 
     reporter = RichReporter(stderr)
+    budget = Budget(max_ms, max_mb, max_drop)
     results, broken = [], []
     for run_dir in resolve_runs(path, all_runs):
         reporter.info(f"benchmarking {run_dir}")
         try:
-            result = benchmark_run(run_dir, threads=threads, batch=batch, gpu=gpu, quick=quick, reporter=reporter)
+            result = benchmark_run(run_dir, threads=threads, batch=batch, gpu=gpu, quick=quick, reporter=reporter, budget=budget)
         except KdcError as exc:
             if not all_runs:
                 raise
@@ -350,6 +358,9 @@ def benchmark(
             for line in benchmark_context(result):
                 style = "bold yellow" if line.startswith("WARNING") else "dim"
                 stdout.print(f"[{style}]{escape(line)}[/]", highlight=False)
+            if result["recommendation"]:
+                style = "bold green" if result["recommendation"]["meets"] else "bold yellow"
+                stdout.print(f"[{style}]{escape(result['recommendation']['words'])}[/]", highlight=False)
             if result["saved"]:
                 stdout.print(f"Saved benchmark.json, benchmark.md and benchmark.png in {run_dir}", highlight=False)
     unsaved = [r["save_error"] for r in results if not r["saved"]]
@@ -365,15 +376,18 @@ def benchmark(
 
 
 @app.command()
-@_user_errors("the run folder is unchanged (no INT8 model was added)")
+@_user_errors("the run folder is unchanged (no INT8 or FP16 model was added)")
 def quantize(
     run: Path = typer.Argument(Path("artifacts"), help="A run folder, or an artifacts root (its newest finished run)."),
     threads: int = typer.Option(1, "--threads", help="onnxruntime threads used to time the candidates."),
 ) -> None:
-    """Write a static INT8 (QDQ, per-channel) version of the distilled student, calibrated on training images.
+    """Write the distilled student's deployment formats: static INT8 (QDQ) and FP16.
 
-    Both activation formats (U8S8 with reduced range, S8S8) are built and timed on this machine;
-    the fastest that loses at most 1 point of accuracy is kept as student-int8.onnx.
+    INT8: U8S8 with per-channel or per-tensor weight scales, with and without reduce-range (and S8S8 off
+    x86), calibrated on training images, are built and timed in turn with the FP32 student on this
+    machine; the fastest that loses at most 1 point of accuracy is kept as student-int8.onnx, and the
+    verdict says whether it is faster than FP32 here. FP16 (student-fp16.onnx) is for GPU targets: its
+    agreement with FP32 is checked on this CPU; `kdc benchmark` times it on CUDA where there is one.
     """
     from kdcompress.deploy.manifest import resolve_runs
     from kdcompress.deploy.quantize import quantize_run
@@ -381,8 +395,8 @@ def quantize(
     from kdcompress.report.render import quantize_lines
 
     run_dir = resolve_runs(run)[0]
-    entry = quantize_run(run_dir, threads=threads, reporter=RichReporter(stderr))
-    for line in quantize_lines(entry):
+    entries = quantize_run(run_dir, threads=threads, reporter=RichReporter(stderr))
+    for line in quantize_lines(*entries):
         stdout.print(line, highlight=False)
 
 
@@ -391,7 +405,7 @@ def quantize(
 def predict(
     images: list[Path] = typer.Argument(..., help="Image files (PNG, JPEG, BMP...) or folders of images."),
     run: Optional[Path] = typer.Option(None, "--run", help="Run folder [default: the newest run under --artifacts]."),
-    model: str = typer.Option("student", "--model", help="teacher, baseline, student (distilled), control, int8, or a .onnx file."),
+    model: str = typer.Option("student", "--model", help="teacher, baseline, student (distilled), control, int8, fp16, or a .onnx file."),
     top_k: int = typer.Option(3, "--top-k", help="How many classes to show per image."),
     artifacts: Path = typer.Option(Path("artifacts"), "--artifacts", help="Artifacts root searched when --run is not given."),
     as_json: bool = typer.Option(False, "--json", help="Print the predictions as JSON on stdout."),

@@ -16,10 +16,11 @@ from kdcompress.core.files import write_json_atomic
 from kdcompress.deploy.manifest import load_images, read_manifest, run_file
 from kdcompress.core.reporter import NullReporter, Reporter
 from kdcompress.deploy.sessions import check_model, create_session, run_logits
-from kdcompress.deploy.timing import machine, measure_speed
-from kdcompress.core.stats import attribution, compare_models, roc_auc
+from kdcompress.deploy.frontier import Budget, not_faster, pareto, Point, recommend
+from kdcompress.deploy.timing import machine, measure_speeds
+from kdcompress.core.stats import attribution, compare, compare_models, REFERENCES, roc_auc
 
-MODEL_ORDER = ("teacher", "baseline", "student", "control", "int8")
+MODEL_ORDER = ("teacher", "baseline", "student", "control", "int8", "fp16")
 
 
 def classification_metrics(logits: np.ndarray, labels: np.ndarray, classes: list[str]) -> dict[str, Any]:
@@ -120,6 +121,7 @@ def gpu_status() -> tuple[bool, str]:
 
 
 BUSY_THRESHOLD = 0.25  # share of the CPU used by other processes above which timings are flagged
+FORMATS = {"int8": ("INT8", "student"), "fp16": ("FP16", "student")}  # role -> (format, the FP32 role it was made from)
 
 
 def benchmark_run(
@@ -130,93 +132,164 @@ def benchmark_run(
     quick: bool = False,
     reporter: Reporter | None = None,
     command: str | None = None,
+    budget: Budget | None = None,
 ) -> dict[str, Any]:
-    """Judge every model of a run from its ONNX file: accuracy, size, CPU (and GPU) speed, ratios vs teacher.
+    """Judge every model of a run from its ONNX file: accuracy, size, CPU (and GPU) speed, ratios vs teacher,
+    the Pareto frontier, and (with a budget) the file to ship.
 
     Writes benchmark.json, benchmark.md and benchmark.png into the run folder. A folder that cannot be
     written (full disk, read-only) loses only the files: the results are returned all the same, with
     `saved` false and the reason in `save_error`.
     """
     reporter = reporter or NullReporter()
-    if threads < 1:
-        raise KdcError(f"--threads must be at least 1, got {threads}")
-    if batch < 1:
-        raise KdcError(f"--batch must be at least 1, got {batch}")
+    _check_settings(threads=threads, batch=batch)
     run_dir = Path(run_dir)
     manifest = read_manifest(run_dir)
-    prep = manifest.preprocessing
-    classes = manifest.dataset.classes
     images, labels = load_images(run_dir, manifest, "test_set")
     before = machine()
     gpu_ok, gpu_reason = gpu_status() if gpu else (False, "not requested (--no-gpu)")
     roles = [r for r in MODEL_ORDER if r in manifest.models]
-    results: dict[str, Any] = {}
-    correct: dict[str, Any] = {}  # per role, which test images the ONNX file gets right (for the verdicts)
-    with reporter.progress("benchmark", total=len(roles)) as advance:
-        for role in roles:
-            entry = manifest.models[role]
-            path = run_file(run_dir, entry.onnx)
-            advance(0, status=f"{role}: accuracy")
-            cpu_session = create_session(path, "cpu", threads)
-            check_model(cpu_session, prep, classes, path)
-            logits = run_logits(cpu_session, images, prep)
-            metrics = classification_metrics(logits, labels, classes)
-            correct[role] = logits.argmax(axis=1) == labels
-            recorded = entry.test_correct
-            metrics["recorded_correct"] = recorded
-            # The ONNX file may flip an image sitting exactly on a decision boundary: one image is tolerated.
-            metrics["agrees_with_manifest"] = recorded is None or abs(metrics["correct"] - recorded) <= 1
-            advance(0, status=f"{role}: CPU latency")
-            result = {"role": role, "file": entry.onnx, "accuracy": metrics, **onnx_size(path)}
-            result["cpu"] = measure_speed(cpu_session, prep, images, batch, quick)
-            if gpu_ok:
-                advance(0, status=f"{role}: GPU latency")
-                try:
-                    result["gpu"] = measure_speed(create_session(path, "cuda", threads), prep, images, batch, quick)
-                except KdcError as exc:
-                    gpu_ok, gpu_reason = False, str(exc)
-            results[role] = result
-            advance(1, status="")
+    with reporter.progress("benchmark", total=2 * len(roles) + 1) as advance:
+        results, correct, sessions = _judge_accuracy(run_dir, manifest, roles, images, labels, threads, advance)
+        advance(0, status="CPU latency, every model in turn")
+        for role, speed in measure_speeds(sessions, manifest.preprocessing, images, batch, quick).items():
+            results[role]["cpu"] = speed
+            advance(1)
+        if gpu_ok:
+            advance(0, status="GPU latency, every model in turn")
+            gpu_ok, gpu_reason = _gpu_speeds(run_dir, manifest, results, images, batch, threads, quick, gpu_reason)
+        advance(1, status="")
     after = machine()
     for role, result in results.items():
         result["ratios_vs_teacher"] = _ratios(results.get("teacher"), result)
         if "gpu" not in result:
             result["gpu"] = {"available": False, "reason": gpu_reason}
-    # Measured while this process sleeps, before and after timing: other processes' share of the CPU.
-    shares = [m["cpu_busy_fraction"] for m in (before, after) if m["cpu_busy_fraction"] is not None]
-    busy = max(shares) > BUSY_THRESHOLD if shares else before["load_average_1m"] > 0.5 * before["cores"]
-    if command is None:
-        flags = (" --quick" if quick else "") + ("" if gpu else " --no-gpu")
-        command = f"kdc benchmark {run_dir} --threads {threads} --batch {batch}{flags}"
+    flags = (" --quick" if quick else "") + ("" if gpu else " --no-gpu")
     result = {
         "run": manifest.run,
         "run_dir": str(run_dir),
         "dataset": manifest.dataset.name,
         "test_images": int(len(labels)),
-        "classes": classes,
-        "machine": {
-            **before,
-            "load_average_1m_after": after["load_average_1m"],
-            "cpu_busy_fraction_after": after["cpu_busy_fraction"],
-            "busy": busy,
-        },
+        "classes": manifest.dataset.classes,
+        "machine": _machine_record(before, after),
         "settings": {"threads": threads, "throughput_batch": batch, "quick": quick},
         "gpu": {"available": gpu_ok, "reason": gpu_reason},
-        "units": {
-            "latency": "milliseconds per call, batch 1",
-            "throughput": "images per second",
-            "file_mb": "megabytes (1e6 bytes)",
-            "macs": "multiply-accumulates per image",
-            "accuracy": "fraction in [0, 1]",
-        },
+        "units": UNITS,
         "models": results,
         "comparisons": compare_models(correct),
         "int8_verdict": _int8_verdict(results, batch),
-        "command": command,
+        "command": command or f"kdc benchmark {run_dir} --threads {threads} --batch {batch}{flags}",
     }
     result["attribution"] = attribution(result["comparisons"])
+    _frontier(result, correct, budget or Budget())
     _save(result, run_dir, reporter)
     return result
+
+
+def _check_settings(**settings: int) -> None:
+    for name, value in settings.items():
+        if value < 1:
+            raise KdcError(f"--{name} must be at least 1, got {value}")
+
+
+UNITS = {
+    "latency": "milliseconds per call, batch 1",
+    "throughput": "images per second",
+    "file_mb": "megabytes (1e6 bytes)",
+    "macs": "multiply-accumulates per image",
+    "accuracy": "fraction in [0, 1]",
+}
+
+
+def _judge_accuracy(
+    run_dir: Path, manifest: Any, roles: list[str], images: np.ndarray, labels: np.ndarray, threads: int, advance: Any
+) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, Any]]:
+    """Each model's accuracy from its ONNX file, its size, and its CPU session (kept for the timings)."""
+    prep, classes = manifest.preprocessing, manifest.dataset.classes
+    results: dict[str, Any] = {}
+    correct: dict[str, np.ndarray] = {}  # per role, which test images the ONNX file gets right (for the verdicts)
+    sessions: dict[str, Any] = {}
+    for role in roles:
+        entry = manifest.models[role]
+        path = run_file(run_dir, entry.onnx)
+        advance(0, status=f"{role}: accuracy")
+        sessions[role] = create_session(path, "cpu", threads)
+        check_model(sessions[role], prep, classes, path)
+        logits = run_logits(sessions[role], images, prep)
+        metrics = classification_metrics(logits, labels, classes)
+        correct[role] = logits.argmax(axis=1) == labels
+        recorded = entry.test_correct
+        metrics["recorded_correct"] = recorded
+        # The ONNX file may flip an image sitting exactly on a decision boundary: one image is tolerated.
+        metrics["agrees_with_manifest"] = recorded is None or abs(metrics["correct"] - recorded) <= 1
+        fmt, source = FORMATS.get(role, ("FP32", None))
+        results[role] = {"role": role, "file": entry.onnx, "format": fmt, "source": source, "accuracy": metrics, **onnx_size(path)}
+        advance(1)
+    return results, correct, sessions
+
+
+def _gpu_speeds(
+    run_dir: Path, manifest: Any, results: dict[str, Any], images: np.ndarray, batch: int, threads: int, quick: bool,
+    reason: str,
+) -> tuple[bool, str]:  # fmt: skip
+    """Every model on onnxruntime's CUDA provider, timed in turn; (False, why) when CUDA cannot run them."""
+    try:
+        sessions = {role: create_session(run_file(run_dir, manifest.models[role].onnx), "cuda", threads) for role in results}
+        speeds = measure_speeds(sessions, manifest.preprocessing, images, batch, quick)
+    except KdcError as exc:
+        return False, str(exc)
+    for role, speed in speeds.items():
+        results[role]["gpu"] = speed
+    return True, reason
+
+
+def _machine_record(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """The machine before timing, how busy it was before and after, and whether that was too busy to trust."""
+    # Measured while this process sleeps, before and after timing: other processes' share of the CPU.
+    shares = [m["cpu_busy_fraction"] for m in (before, after) if m["cpu_busy_fraction"] is not None]
+    busy = max(shares) > BUSY_THRESHOLD if shares else before["load_average_1m"] > 0.5 * before["cores"]
+    return {
+        **before,
+        "load_average_1m_after": after["load_average_1m"],
+        "cpu_busy_fraction_after": after["cpu_busy_fraction"],
+        "busy": busy,
+    }
+
+
+def points_of(models: dict[str, Any]) -> list[Point]:
+    """The frontier's points: every model of a benchmark result, as timed on the CPU."""
+    return [
+        Point(
+            name=role,
+            file=m["file"],
+            accuracy=m["accuracy"]["accuracy"],
+            p50_ms=m["cpu"]["batch1"]["p50_ms"],
+            mb=m["file_mb"],
+            source=m.get("source"),
+            baseline=None if role in ("teacher", "baseline") else "baseline",
+        )
+        for role, m in models.items()
+    ]
+
+
+def _frontier(result: dict[str, Any], correct: dict[str, np.ndarray], budget: Budget) -> None:
+    """Mark the Pareto sets (accuracy vs latency, vs size) and, under a budget, recommend the file to ship."""
+    points = points_of(result["models"])
+    fast, small = pareto(points, "p50_ms"), pareto(points, "mb")
+    for role, model in result["models"].items():
+        model["pareto"] = {"latency": role in fast, "size": role in small}
+    result["not_faster_than_fp32"] = not_faster(points)
+    result["recommendation"] = None
+    if budget.given and "teacher" in result["models"]:
+        verdicts = {
+            p.name: compare(np.atleast_2d(correct[p.name]), np.atleast_2d(correct[p.baseline]), REFERENCES["baseline"]).to_dict()
+            for p in points
+            if p.baseline in correct
+        }
+        m = result["machine"]
+        isa = f" ({', '.join(m['isa'])})" if m.get("isa") else ""
+        where = f"{m['cpu']}{isa}, {result['settings']['threads']} onnxruntime thread(s)"
+        result["recommendation"] = recommend(points, "teacher", budget, verdicts, where)
 
 
 def _save(result: dict[str, Any], run_dir: Path, reporter: Reporter) -> None:

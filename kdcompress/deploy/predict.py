@@ -15,11 +15,11 @@ from kdcompress.core.stats import softmax
 
 
 def resolve_model_file(run_dir: Path, manifest: Manifest, model: str) -> Path:
-    """teacher | baseline | student | control | int8 of the run, or an explicit .onnx file."""
+    """teacher | baseline | student | control | int8 | fp16 of the run, or an explicit .onnx file."""
     if model in manifest.models:
         return run_file(run_dir, manifest.models[model].onnx)
-    if model == "int8":
-        raise KdcError(f"{run_dir} has no INT8 model yet: run kdc quantize {run_dir}")
+    if model in ("int8", "fp16"):
+        raise KdcError(f"{run_dir} has no {model.upper()} model yet: run kdc quantize {run_dir}")
     if model.endswith(".onnx"):
         if not Path(model).is_file():
             raise KdcError(f"ONNX model not found: {model}")

@@ -1,13 +1,15 @@
-"""`kdc quantize`: static post-training INT8 of the distilled student, format chosen by measurement.
+"""`kdc quantize`: the distilled student's deployment formats: static INT8 chosen by measurement, and FP16.
 
-onnxruntime's QDQ format with per-channel weights, calibrated on training images saved by
-compress. Which activation type is fastest depends on the CPU (VNNI or not), so each candidate is
-built, timed and scored here, and the fastest one that keeps accuracy is kept.
+INT8: onnxruntime's QDQ format, calibrated on training images saved by compress. Which form is fastest
+depends on the CPU (VNNI, AMX or neither) and the network, so every candidate (per-channel or per-tensor
+scales, with or without reduce-range) is built, timed in turn with the FP32 student, and the fastest one
+that keeps accuracy is kept. FP16 is for GPU targets: its parity is checked here, its speed only on CUDA.
 """
 
 from __future__ import annotations
 
 import os
+import platform
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -22,26 +24,43 @@ from kdcompress.deploy.manifest import load_images, ModelEntry, read_manifest, r
 from kdcompress.core.reporter import NullReporter, Reporter
 from kdcompress.deploy.preprocessing import normalize, Preprocessing
 from kdcompress.deploy.sessions import check_model, create_session, run_logits, session_call
-from kdcompress.deploy.timing import latency, tile_batch
+from kdcompress.deploy.timing import cpu_isa, cpu_name, interleaved_latency, tile_batch
 
 INT8_FILE = "student-int8.onnx"
+FP16_FILE = "student-fp16.onnx"
+FP16_MIN_AGREEMENT = 0.99  # below this share of equal top-1 classes, FP16 is written with a warning
 MAX_ACCURACY_LOSS = 0.01  # a candidate may lose at most 1 point of test accuracy vs the FP32 student
 VERDICT_BATCH = 64  # the batch at which quantize also compares INT8 with FP32 throughput
 
 
 @dataclass(frozen=True)
 class Candidate:
-    """One way to quantize: activation type, weight type and whether to reduce the weight range to 7 bits."""
+    """One way to quantize (always QDQ, INT8 weights): activation type, per-channel or per-tensor weight scales,
+    and whether weights keep 7 bits (reduce-range, advised by onnxruntime for U8S8 on CPUs without VNNI)."""
 
     name: str
     activation: str  # "uint8" | "int8"
-    reduce_range: bool  # advised by onnxruntime for U8S8 on CPUs without VNNI (avoids saturation)
+    per_channel: bool
+    reduce_range: bool
 
 
-CANDIDATES = (
-    Candidate("U8S8 reduce-range", "uint8", True),
-    Candidate("S8S8", "int8", False),
+U8S8 = (
+    Candidate("U8S8 per-channel", "uint8", True, False),
+    Candidate("U8S8 per-channel reduce-range", "uint8", True, True),
+    Candidate("U8S8 per-tensor", "uint8", False, False),
+    Candidate("U8S8 per-tensor reduce-range", "uint8", False, True),
 )
+S8S8 = Candidate("S8S8 per-channel", "int8", True, False)
+
+
+def candidates(arch: str) -> tuple[Candidate, ...]:
+    """What quantize builds and times on this CPU: the U8S8 forms everywhere, S8S8 only off x86.
+
+    On x86 onnxruntime's S8S8 kernels measured slower than U8S8 on every model tried (benchmarks/format_timings.py
+    measures them on yours), so they are not worth their calibration time there.
+    """
+    x86 = arch.lower() in ("x86_64", "amd64", "i386", "i686", "x86")
+    return U8S8 if x86 else (*U8S8, S8S8)
 
 
 class _Calibration:
@@ -71,7 +90,7 @@ def _quantize(source: Path, target: Path, candidate: Candidate, calibration: _Ca
         str(target),
         calibration,
         quant_format=QuantFormat.QDQ,
-        per_channel=True,
+        per_channel=candidate.per_channel,
         reduce_range=candidate.reduce_range,
         activation_type=QuantType.QUInt8 if candidate.activation == "uint8" else QuantType.QInt8,
         weight_type=QuantType.QInt8,
@@ -105,8 +124,10 @@ def int8_verdict(fp32: dict[str, float], int8: dict[str, float], batch: int) -> 
     }
 
 
-def quantize_run(run_dir: str | Path, threads: int = 1, reporter: Reporter | None = None) -> ModelEntry:
-    """Write student-int8.onnx into a run folder and add it to the manifest as model 'int8'.
+def quantize_run(run_dir: str | Path, threads: int = 1, reporter: Reporter | None = None) -> list[ModelEntry]:
+    """Write the distilled student's deployment formats into a run folder and add them to the manifest:
+    student-int8.onnx (model 'int8', the fastest INT8 candidate that keeps accuracy, as timed here) and
+    student-fp16.onnx (model 'fp16', for GPU targets, its parity with FP32 checked on the CPU).
 
     One quantize at a time per run folder: a second one is refused while the first holds the folder's lock.
     """
@@ -116,54 +137,102 @@ def quantize_run(run_dir: str | Path, threads: int = 1, reporter: Reporter | Non
         return _quantize_locked(run_dir, threads, reporter or NullReporter())
 
 
-def _quantize_locked(run_dir: Path, threads: int, reporter: Reporter) -> ModelEntry:
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
+def _quantize_locked(run_dir: Path, threads: int, reporter: Reporter) -> list[ModelEntry]:
     manifest = read_manifest(run_dir)  # read again under the lock: another quantize may have just written it
-    prep = manifest.preprocessing
     if "student" not in manifest.models:
         raise KdcError(f"{run_dir} has no distilled student to quantize (its models: {', '.join(manifest.models)})")
     student = manifest.models["student"]
     student_file = run_file(run_dir, student.onnx)
-    calibration_images, _ = load_images(run_dir, manifest, "calibration_set")
-    images, labels = load_images(run_dir, manifest, "test_set")
-    one = normalize(images[:1], prep)
-    many = normalize(tile_batch(images, VERDICT_BATCH), prep)
-
-    def score(path: Path) -> dict[str, Any]:
-        session = create_session(path, "cpu", threads)
-        correct = int((run_logits(session, images, prep).argmax(1) == labels).sum())
-        ms = latency(session_call(session, one), warmup=10, runs=100, min_seconds=1.0)["p50_ms"]
-        bulk = latency(session_call(session, many), warmup=2, runs=10, min_seconds=0.5)["p50_ms"]
-        return {"accuracy": correct / len(labels), "correct": correct, "p50_ms": ms, "images_per_s": VERDICT_BATCH / (bulk / 1e3)}
-
-    measured = []
+    check_model(create_session(student_file), manifest.preprocessing, manifest.dataset.classes, student_file)
+    test = load_images(run_dir, manifest, "test_set")
     remove_stale(run_dir)  # candidates left by a killed quantize
     with tempfile.TemporaryDirectory(dir=run_dir, prefix=QUANTIZE_PREFIX, suffix=f".{os.getpid()}") as tmp:
-        prepared = Path(tmp) / "student-prepared.onnx"
-        check_model(create_session(student_file), prep, manifest.dataset.classes, student_file)
-        fp32 = score(student_file)  # first: a damaged file fails here, in one line
-        fp32_accuracy = fp32["accuracy"]
-        quant_pre_process(str(student_file), str(prepared))
-        input_name = create_session(prepared).get_inputs()[0].name
-        calibration = _Calibration(calibration_images, prep, input_name)
-        with reporter.progress("quantize", total=len(CANDIDATES)) as advance:
-            for candidate in CANDIDATES:
-                advance(0, status=candidate.name)
-                target = Path(tmp) / f"{candidate.name.replace(' ', '_')}.onnx"
-                _quantize(prepared, target, candidate, calibration)
-                measured.append({"format": candidate.name, "path": target, **score(target)})
-                advance(1, status=f"{candidate.name}: {measured[-1]['accuracy']:.1%}, {measured[-1]['p50_ms']:.2f} ms")
-        keep = [m for m in measured if fp32_accuracy - m["accuracy"] <= MAX_ACCURACY_LOSS]
+        measured, fp32 = _build_and_time(run_dir, manifest, student_file, Path(tmp), test, threads, reporter)
+        keep = [m for m in measured if fp32["accuracy"] - m["accuracy"] <= MAX_ACCURACY_LOSS]
         chosen = min(keep, key=lambda m: m["p50_ms"]) if keep else max(measured, key=lambda m: m["accuracy"])
-        final = run_dir / INT8_FILE
-        shutil.copyfile(chosen["path"], Path(tmp) / "final.onnx")
-        os.replace(Path(tmp) / "final.onnx", final)
-
+        _publish(chosen["path"], run_dir / INT8_FILE)
+        fp16 = _fp16(student_file, Path(tmp), manifest.preprocessing, test, threads)
+        _publish(fp16.pop("path"), run_dir / FP16_FILE)
     if not keep:
         reporter.warn(f"every INT8 candidate lost more than {MAX_ACCURACY_LOSS:.0%} accuracy; kept the most accurate")
+    int8 = _int8_entry(student, run_dir / INT8_FILE, chosen, fp32, measured, threads)
+    if not int8.details["quantization"]["verdict"]["faster"]:
+        reporter.warn(int8.details["quantization"]["verdict"]["words"])
+    entry16 = ModelEntry(
+        architecture=f"{student.architecture} (FP16, for GPU targets)",
+        onnx=FP16_FILE,
+        parameters=student.parameters,
+        onnx_bytes=(run_dir / FP16_FILE).stat().st_size,
+        test_accuracy=fp16["accuracy"],
+        test_correct=fp16["correct"],
+    )
+    entry16.details["fp16"] = {k: v for k, v in fp16.items() if k not in ("accuracy", "correct")}
+    if fp16["top1_agreement"] < FP16_MIN_AGREEMENT:
+        reporter.warn(f"FP16 agrees with FP32 on only {fp16['top1_agreement']:.1%} of the test images' top-1 classes")
+    manifest.models["int8"], manifest.models["fp16"] = int8, entry16
+    write_manifest(run_dir, manifest)
+    return [int8, entry16]
+
+
+def _publish(source: Path, final: Path) -> None:
+    """Copy a finished file into the run folder whole: a copy beside it, then one rename."""
+    partial = source.with_name(source.name + ".final")
+    shutil.copyfile(source, partial)
+    os.replace(partial, final)
+
+
+def _build_and_time(
+    run_dir: Path, manifest: Any, student_file: Path, tmp: Path, test: tuple[np.ndarray, np.ndarray], threads: int,
+    reporter: Reporter,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:  # fmt: skip
+    """Build every INT8 candidate of this CPU, then score them all and the FP32 student, timed in turn."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    prep = manifest.preprocessing
+    calibration_images, _ = load_images(run_dir, manifest, "calibration_set")
+    prepared = tmp / "student-prepared.onnx"
+    quant_pre_process(str(student_file), str(prepared))
+    calibration = _Calibration(calibration_images, prep, create_session(prepared).get_inputs()[0].name)
+    built = {"FP32": student_file}
+    tried = candidates(platform.machine())
+    with reporter.progress("quantize", total=len(tried) + 1) as advance:
+        for candidate in tried:
+            advance(0, status=f"calibrating {candidate.name}")
+            built[candidate.name] = tmp / f"{candidate.name.replace(' ', '_')}.onnx"
+            _quantize(prepared, built[candidate.name], candidate, calibration)
+            advance(1)
+        advance(0, status="timing FP32 and every candidate in turn")
+        scores = score_models(built, prep, test, threads)
+        advance(1, status="")
+    scores["FP32"]["calibration_images"] = int(len(calibration_images))
+    measured = [{"format": c.name, "path": built[c.name], **scores[c.name]} for c in tried]
+    return measured, scores["FP32"]
+
+
+def score_models(files: dict[str, Path], prep: Preprocessing, test: tuple[np.ndarray, np.ndarray], threads: int) -> dict[str, Any]:
+    """Test accuracy, batch-1 p50 and throughput at VERDICT_BATCH of several ONNX files, timed interleaved."""
+    images, labels = test
+    sessions = {name: create_session(path, "cpu", threads) for name, path in files.items()}
+    scores: dict[str, Any] = {}
+    for name, session in sessions.items():
+        correct = int((run_logits(session, images, prep).argmax(1) == labels).sum())
+        scores[name] = {"accuracy": correct / len(labels), "correct": correct}
+    one = normalize(images[:1], prep)
+    many = normalize(tile_batch(images, VERDICT_BATCH), prep)
+    single = interleaved_latency({n: session_call(s, one) for n, s in sessions.items()}, warmup=10, runs=100, min_seconds=1.0)
+    bulk = interleaved_latency({n: session_call(s, many) for n, s in sessions.items()}, warmup=2, runs=10, min_seconds=0.5)
+    for name in sessions:
+        scores[name]["p50_ms"] = single[name]["p50_ms"]
+        scores[name]["images_per_s"] = VERDICT_BATCH / (bulk[name]["p50_ms"] / 1e3)
+    return scores
+
+
+def _int8_entry(
+    student: ModelEntry, final: Path, chosen: dict[str, Any], fp32: dict[str, Any], measured: list[dict[str, Any]], threads: int
+) -> ModelEntry:
+    """The manifest's record of the INT8 file: the candidate kept, every candidate's figures and the verdict vs FP32."""
     entry = ModelEntry(
-        architecture=f"{student.architecture} (INT8, {chosen['format']} QDQ, per-channel)",
+        architecture=f"{student.architecture} (INT8, {chosen['format']} QDQ)",
         onnx=INT8_FILE,
         parameters=student.parameters,
         onnx_bytes=final.stat().st_size,
@@ -172,11 +241,12 @@ def _quantize_locked(run_dir: Path, threads: int, reporter: Reporter) -> ModelEn
     )
     entry.details["quantization"] = {
         "chosen": chosen["format"],
-        "calibration_images": int(len(calibration_images)),
-        "fp32_accuracy": fp32_accuracy,
+        "calibration_images": fp32["calibration_images"],
+        "fp32_accuracy": fp32["accuracy"],
         "fp32_p50_ms": fp32["p50_ms"],
         "fp32_images_per_s": fp32["images_per_s"],
         "threads": threads,
+        "machine": {"cpu": cpu_name(), "isa": cpu_isa(), "arch": platform.machine()},
         "candidates": [{k: v for k, v in m.items() if k != "path"} for m in measured],
         "verdict": int8_verdict(
             {"p50_ms": fp32["p50_ms"], "images_per_s": fp32["images_per_s"], "bytes": student.onnx_bytes},
@@ -184,8 +254,31 @@ def _quantize_locked(run_dir: Path, threads: int, reporter: Reporter) -> ModelEn
             VERDICT_BATCH,
         ),
     }
-    if not entry.details["quantization"]["verdict"]["faster"]:
-        reporter.warn(entry.details["quantization"]["verdict"]["words"])
-    manifest.models["int8"] = entry
-    write_manifest(run_dir, manifest)
     return entry
+
+
+def _fp16(student_file: Path, tmp: Path, prep: Preprocessing, test: tuple[np.ndarray, np.ndarray], threads: int) -> dict[str, Any]:
+    """student-fp16.onnx in tmp (float16 weights and arithmetic, float32 input and output), its accuracy and its
+    parity with the FP32 file on the test images, both run on this CPU."""
+    import warnings
+
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    with warnings.catch_warnings():  # it warns once per weight it rounds to float16's range
+        warnings.simplefilter("ignore")
+        model = convert_float_to_float16(onnx.load(str(student_file)), keep_io_types=True)
+    path = tmp / FP16_FILE
+    onnx.save(model, str(path))
+    images, labels = test
+    fp32 = run_logits(create_session(student_file, "cpu", threads), images, prep)
+    half = run_logits(create_session(path, "cpu", threads), images, prep)
+    correct = int((half.argmax(1) == labels).sum())
+    return {
+        "path": path,
+        "accuracy": correct / len(labels),
+        "correct": correct,
+        "top1_agreement": float((half.argmax(1) == fp32.argmax(1)).mean()),
+        "max_abs_logit_difference": float(np.abs(half - fp32).max()),
+        "parity_checked_on": "CPUExecutionProvider",
+    }

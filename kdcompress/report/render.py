@@ -14,6 +14,7 @@ ROLE_LABELS = {
     "student": "distilled",
     "control": "label smoothing",
     "int8": "distilled int8",
+    "fp16": "distilled fp16",
 }
 
 
@@ -94,9 +95,17 @@ def accuracy_rows(result: dict[str, Any]) -> list[list[str]]:
                 f"{model['file_mb']:.2f}",
                 "—" if is_teacher else _x(ratios.get("smaller_x")),
                 f"{model['macs'] / 1e6:.1f}",
+                _pareto(model.get("pareto")),
             ]
         )
     return rows
+
+
+def _pareto(marks: dict[str, bool] | None) -> str:
+    """Which frontiers a model is on: "ms" (accuracy vs latency), "MB" (accuracy vs size)."""
+    if not marks:
+        return "—"
+    return " + ".join(label for key, label in (("latency", "ms"), ("size", "MB")) if marks.get(key)) or "·"
 
 
 def speed_rows(result: dict[str, Any]) -> list[list[str]]:
@@ -119,7 +128,7 @@ def speed_rows(result: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
-ACCURACY_HEADERS = ["model", "test acc", "Δ pts vs teacher", "params", "MB", "x smaller", "MMACs/img"]
+ACCURACY_HEADERS = ["model", "test acc", "Δ pts vs teacher", "params", "MB", "x smaller", "MMACs/img", "frontier"]
 SPEED_HEADERS = ["model", "CPU p50 ms", "p90 ms", "p99 ms", "CPU img/s", "CPU x faster", "GPU p50 ms", "GPU x faster"]
 
 
@@ -144,6 +153,12 @@ def benchmark_context(result: dict[str, Any]) -> list[str]:
                 f"WARNING: {role}: the ONNX file gets {acc['correct']} test images right, compress recorded "
                 f"{acc['recorded_correct']}"
             )
+    lines.append(
+        "frontier: the models no other beats on both accuracy and CPU latency (ms) or accuracy and file size (MB); "
+        "· on neither"
+    )
+    for words in result.get("not_faster_than_fp32", {}).values():
+        lines.append(f"WARNING: {words}: never recommended here" + (" (FP16 is meant for GPUs)" if "fp16" in words else ""))
     lines += verdict_lines(result.get("comparisons", {}), result.get("attribution"))
     verdict = result.get("int8_verdict")
     if verdict:
@@ -222,6 +237,8 @@ def pyplot() -> Any:
 def benchmark_markdown(result: dict[str, Any], command: str) -> str:
     """The same figures as a Markdown report, with the command that produced them."""
     lines = [f"# kdc benchmark: {result['run']}", "", f"Command: `{command}`", ""]
+    if result.get("recommendation"):
+        lines += [f"**{result['recommendation']['words']}**", ""]
     lines += [f"- {line}" for line in benchmark_context(result)]
     for headers, rows in ((ACCURACY_HEADERS, accuracy_rows(result)), (SPEED_HEADERS, speed_rows(result))):
         lines += ["", *markdown_table(headers, rows)]
@@ -236,33 +253,70 @@ def benchmark_markdown(result: dict[str, Any], command: str) -> str:
 
 
 def benchmark_plot(result: dict[str, Any], path: Any) -> None:
-    """Accuracy vs CPU latency, one labelled point per model, saved as PNG."""
+    """Accuracy vs CPU latency, one labelled point per model, the latency frontier drawn through its points; PNG."""
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    for role, model in result["models"].items():
-        x = model["cpu"]["batch1"]["p50_ms"]
-        y = 100 * model["accuracy"]["accuracy"]
-        ax.scatter([x], [y], s=40 + 12 * model["file_mb"])
-        ax.annotate(f"{ROLE_LABELS.get(role, role)}\n{model['file_mb']:.1f} MB", (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    models = result["models"]
+    xs = {role: m["cpu"]["batch1"]["p50_ms"] for role, m in models.items()}
+    ys = {role: 100 * m["accuracy"]["accuracy"] for role, m in models.items()}
+    for role, m in models.items():
+        on = m.get("pareto", {}).get("latency", False)
+        ax.scatter([xs[role]], [ys[role]], s=40 + 12 * m["file_mb"], facecolors="C0" if on else "none", edgecolors="C0", zorder=3)
+    front = sorted((r for r, m in models.items() if m.get("pareto", {}).get("latency")), key=lambda r: xs[r])
+    if len(front) > 1:
+        ax.plot([xs[r] for r in front], [ys[r] for r in front], color="C0", alpha=0.5, linestyle="--", zorder=2)
+    for role, offset in label_offsets(xs, ys).items():
+        text = f"{ROLE_LABELS.get(role, role)}\n{models[role]['file_mb']:.1f} MB"
+        ax.annotate(text, (xs[role], ys[role]), textcoords="offset points", xytext=offset, fontsize=8,
+                    arrowprops={"arrowstyle": "-", "alpha": 0.4, "lw": 0.6})  # fmt: skip
     ax.set_xlabel(f"CPU latency, batch 1, p50 (ms, {result['settings']['threads']} thread)")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title(f"{result['run']}: accuracy vs latency (marker size ~ file size)", fontsize=9)
+    ax.set_title(f"{result['run']}: accuracy vs latency (filled, dashed: the frontier; size ~ file MB)", fontsize=9)
     ax.grid(alpha=0.3)
+    ax.margins(0.25)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
 
 
-def quantize_lines(entry: Any) -> list[str]:
-    """What kdc quantize prints: each candidate, the one kept, and the INT8 verdict (Rich markup)."""
+LABEL_HEIGHT = 24  # points: a two-line label at 8 pt, with a gap (about 0.15 of the data's height in this figure)
+
+
+def label_offsets(xs: dict[str, float], ys: dict[str, float], width: float = 0.22, height: float = 0.15) -> dict[str, tuple[int, int]]:
+    """Label offsets (points) that keep labels of nearby markers apart: a marker whose label would land on an
+    earlier one's (within `width` and `height` of the plot's range) gets its label moved down a row."""
+    span_x = (max(xs.values()) - min(xs.values())) or 1.0
+    span_y = (max(ys.values()) - min(ys.values())) or 1.0
+    placed: list[tuple[float, float, int]] = []
+    offsets = {}
+    for role in sorted(xs, key=lambda r: (-ys[r], xs[r])):
+        x, y = (xs[role] - min(xs.values())) / span_x, (ys[role] - min(ys.values())) / span_y
+        row = 0
+        while any(abs(x - px) < width and abs((y - row * height) - (py - prow * height)) < height for px, py, prow in placed):
+            row += 1
+        placed.append((x, y, row))
+        offsets[role] = (6, 4 - row * LABEL_HEIGHT)
+    return offsets
+
+
+def quantize_lines(entry: Any, fp16: Any = None) -> list[str]:
+    """What kdc quantize prints: each INT8 candidate, the one kept, the INT8 verdict, the FP16 file (Rich markup)."""
     q = entry.details["quantization"]
-    lines = [f"  {c['format']:<18} accuracy {c['accuracy']:.2%}  p50 {c['p50_ms']:.2f} ms" for c in q["candidates"]]
+    m = q.get("machine")
+    lines = [escape(f"INT8 candidates, timed in turn on {m['cpu']} ({', '.join(m['isa']) or 'no VNNI/AMX'}):")] if m else []
+    lines += [f"  {c['format']:<30} accuracy {c['accuracy']:.2%}  p50 {c['p50_ms']:.2f} ms" for c in q["candidates"]]
     lines.append(
         f"Kept {q['chosen']}: {entry.onnx} ({entry.onnx_bytes / 1e6:.2f} MB), accuracy {entry.test_accuracy:.2%} "
         f"(FP32 {q['fp32_accuracy']:.2%}, p50 {q['fp32_p50_ms']:.2f} ms)"
     )
     style = "green" if q["verdict"]["faster"] else "bold yellow"
     lines.append(f"[{style}]{escape(q['verdict']['words'])}[/]")
+    if fp16 is not None:
+        f = fp16.details["fp16"]
+        lines.append(
+            f"FP16 for GPU targets: {fp16.onnx} ({fp16.onnx_bytes / 1e6:.2f} MB), accuracy {fp16.test_accuracy:.2%}, "
+            f"top-1 agrees with FP32 on {f['top1_agreement']:.1%} of test images (checked on CPU; timed by kdc benchmark on CUDA)"
+        )
     return lines
 
 

@@ -121,7 +121,7 @@ def compress(config: CompressConfig, reporter: Reporter | None = None, spawn_saf
             from kdcompress.deploy.quantize import quantize_run
 
             with phases("INT8"):
-                manifest.models["int8"] = quantize_run(staging, reporter=reporter)
+                manifest.models["int8"], manifest.models["fp16"] = quantize_run(staging, reporter=reporter)
         manifest.training["seconds"] = seconds = phases.record()
         write_manifest(staging, manifest)
         final_dir = publish_run(folder, manifest, reporter)
@@ -221,9 +221,8 @@ def _teacher_outputs(run: Prepared, start: Any, teacher: Any, reporter: Reporter
 
     On CPU, in one process, the outputs for every view are recorded once and replayed where they fit in memory
     (teacher.recording_fits): the same targets, bit for bit, without the teacher's forward inside every training
-    step. Measured on cifar3 (2-core Intel Xeon): a live-teacher distilled student took 3.2x a baseline, a replayed one
-    1.11x plus one recording pass of 1.6x. On CUDA the teacher runs live: inside the step's CUDA graph it cost nothing
-    measurable (H200, cifar3: distilled 2.06 s, baseline 2.16 s), while a recording pass would.
+    step. On CUDA the teacher runs live: inside the step's CUDA graph it costs little, while a recording pass would.
+    The measured costs of each way are in benchmarks/README.md ("Does distillation beat the baseline beyond noise?").
     """
     features = run.cfg.beta > 0
     if run.device != "cpu" or run.world.size > 1 or not recording_fits(teacher, run.data, start.settings, features):
