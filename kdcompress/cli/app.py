@@ -380,6 +380,9 @@ def benchmark(
 def quantize(
     run: Path = typer.Argument(Path("artifacts"), help="A run folder, or an artifacts root (its newest finished run)."),
     threads: int = typer.Option(1, "--threads", help="onnxruntime threads used to time the candidates."),
+    model: Optional[str] = typer.Option(
+        None, "--model", help="A run with several students: quantize this distilled student alone (student-ARCH) [default: all]."
+    ),
 ) -> None:
     """Write the distilled student's deployment formats: static INT8 (QDQ) and FP16.
 
@@ -388,16 +391,22 @@ def quantize(
     machine; the fastest that loses at most 1 point of accuracy is kept as student-int8.onnx, and the
     verdict says whether it is faster than FP32 here. FP16 (student-fp16.onnx) is for GPU targets: its
     agreement with FP32 is checked on this CPU; `kdc benchmark` times it on CUDA where there is one.
+    A run with several students gets both formats for each distilled student (student-ARCH-int8.onnx ...).
     """
     from kdcompress.deploy.manifest import resolve_runs
     from kdcompress.deploy.quantize import quantize_run
     from kdcompress.report.console import RichReporter
+    from kdcompress.core.roles import kind_of, sibling
     from kdcompress.report.render import quantize_lines
 
     run_dir = resolve_runs(run)[0]
-    entries = quantize_run(run_dir, threads=threads, reporter=RichReporter(stderr))
-    for line in quantize_lines(*entries):
-        stdout.print(line, highlight=False)
+    made = quantize_run(run_dir, threads=threads, reporter=RichReporter(stderr), model=model)
+    for name, entry in made.items():
+        if kind_of(name) == "int8":
+            if len(made) > 2:
+                stdout.print(f"[bold]{escape(sibling(name, 'student'))}[/]", highlight=False)
+            for line in quantize_lines(entry, made.get(sibling(name, "fp16"))):
+                stdout.print(line, highlight=False)
 
 
 @app.command()
@@ -405,7 +414,7 @@ def quantize(
 def predict(
     images: list[Path] = typer.Argument(..., help="Image files (PNG, JPEG, BMP...) or folders of images."),
     run: Optional[Path] = typer.Option(None, "--run", help="Run folder [default: the newest run under --artifacts]."),
-    model: str = typer.Option("student", "--model", help="teacher, baseline, student (distilled), control, int8, fp16, or a .onnx file."),
+    model: str = typer.Option("student", "--model", help="teacher, baseline, student (distilled), control, int8, fp16 (with several students: student-ARCH ...), or a .onnx file."),
     top_k: int = typer.Option(3, "--top-k", help="How many classes to show per image."),
     artifacts: Path = typer.Option(Path("artifacts"), "--artifacts", help="Artifacts root searched when --run is not given."),
     as_json: bool = typer.Option(False, "--json", help="Print the predictions as JSON on stdout."),

@@ -63,7 +63,10 @@ DATA_DIR = option(
 )
 IMAGE_SIZE = option("image_size", "--image-size", help="Input side in pixels (default per dataset: digits 16, others 32).")
 TEACHER = option("teacher", "--teacher", help="Teacher: any timm model name (default per dataset: digits resnet34, others efficientnet_b3).")
-STUDENT = option("student", "--student", help="Student: any timm model name (baseline and distilled).")
+STUDENT = option(
+    "student", "--student", help="Student(s): timm model names, comma-separated for several (resnet18,resnet10t); each gets its "
+    "own fair start, baseline, distilled student and control, from one teacher (kdc sweep: one student).",
+)
 PRETRAINED = option("pretrained", "--pretrained", help="Start the teacher from timm's ImageNet weights (downloads).")
 PRETRAINED_STUDENT = option("pretrained_student", "--pretrained-student", help="Start both students from ImageNet weights.")
 TEACHER_WEIGHTS = option("teacher_weights", "--teacher-weights", help="Use this trained teacher checkpoint (.pt) instead of training one.")

@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from kdcompress.core import roles
+
 BOOTSTRAP_SAMPLES = 10_000
 BOOTSTRAP_SEED = 0  # the interval is reproducible: same runs, same words
 
@@ -99,27 +101,35 @@ def _words(verdict: str, delta: float, low: float, high: float, better: int, wor
     return f"within noise: {interval}; better in {better} of {seeds} seed(s), worse in {worse}"
 
 
-REFERENCES = {"baseline": "the baseline", "control": "the label-smoothing control"}
+REFERENCES = {"baseline": "the baseline", "control": "the label-smoothing control"}  # by kind (core.roles)
 PAIRS = (("student", "baseline"), ("student", "control"), ("control", "baseline"))  # (model, reference) of a run
 
 
 def compare_models(correct: dict[str, np.ndarray]) -> dict[str, dict[str, Any]]:
-    """One run's verdicts: distilled vs baseline, distilled vs the control, control vs baseline (those present).
+    """One run's verdicts, for each student: distilled vs baseline, distilled vs the control, control vs baseline
+    (those present). Keyed MODEL_vs_REFERENCE by role: student_vs_baseline, or student-resnet18_vs_baseline-resnet18.
 
     correct maps a role to its boolean per-test-image correctness, one row per seed (or a single row).
     """
     out = {}
-    for model, reference in PAIRS:
-        if model in correct and reference in correct:
-            rows = [np.atleast_2d(correct[model]), np.atleast_2d(correct[reference])]
-            out[f"{model}_vs_{reference}"] = compare(*rows, reference=REFERENCES[reference]).to_dict()
+    for name in roles.ordered(correct):
+        if roles.kind_of(name) != "student":
+            continue
+        for model, reference in PAIRS:
+            model, reference = roles.sibling(name, model), roles.sibling(name, reference)
+            if model in correct and reference in correct:
+                rows = [np.atleast_2d(correct[model]), np.atleast_2d(correct[reference])]
+                out[f"{model}_vs_{reference}"] = compare(*rows, reference=REFERENCES[roles.kind_of(reference)]).to_dict()
     return out
 
 
-def attribution(comparisons: dict[str, dict[str, Any]]) -> str | None:
-    """What the verdicts say together: is a gain over the baseline the teacher's knowledge, or regularisation?"""
-    gain = comparisons.get("student_vs_baseline")
-    versus_control = comparisons.get("student_vs_control")
+def attribution(comparisons: dict[str, dict[str, Any]], student: str = "student") -> str | None:
+    """What the verdicts say together: is a gain over the baseline the teacher's knowledge, or regularisation?
+
+    student: the distilled student's role (student-resnet18 in a run with several students).
+    """
+    gain = comparisons.get(f"{student}_vs_{roles.sibling(student, 'baseline')}")
+    versus_control = comparisons.get(f"{student}_vs_{roles.sibling(student, 'control')}")
     if gain is None or versus_control is None:
         return None
     if gain["verdict"] != "better":
@@ -130,6 +140,15 @@ def attribution(comparisons: dict[str, dict[str, Any]]) -> str | None:
         "not better than label smoothing of the same strength beyond noise: the gain over the baseline cannot be told "
         "apart from regularisation, so do not credit it to the teacher's knowledge"
     )
+
+
+def attributions(comparisons: dict[str, dict[str, Any]], names: list[str]) -> str | dict[str, str] | None:
+    """attribution for a run's roles: its one line (one student), or a line per student architecture (several)."""
+    students = [n for n in roles.ordered(names) if roles.kind_of(n) == "student"]
+    if not any(roles.student_of(n) for n in students):
+        return attribution(comparisons)
+    found = {roles.student_of(n): attribution(comparisons, n) for n in students}
+    return {architecture: words for architecture, words in found.items() if words and architecture} or None
 
 
 def roc_auc(logits: np.ndarray, labels: np.ndarray) -> float | None:

@@ -18,9 +18,8 @@ from kdcompress.core.reporter import NullReporter, Reporter
 from kdcompress.deploy.sessions import check_model, create_session, run_logits
 from kdcompress.deploy.frontier import Budget, not_faster, pareto, Point, recommend
 from kdcompress.deploy.timing import machine, measure_speeds
-from kdcompress.core.stats import attribution, compare, compare_models, REFERENCES, roc_auc
-
-MODEL_ORDER = ("teacher", "baseline", "student", "control", "int8", "fp16")
+from kdcompress.core import roles
+from kdcompress.core.stats import attributions, compare, compare_models, REFERENCES, roc_auc
 
 
 def classification_metrics(logits: np.ndarray, labels: np.ndarray, classes: list[str]) -> dict[str, Any]:
@@ -121,7 +120,6 @@ def gpu_status() -> tuple[bool, str]:
 
 
 BUSY_THRESHOLD = 0.25  # share of the CPU used by other processes above which timings are flagged
-FORMATS = {"int8": ("INT8", "student"), "fp16": ("FP16", "student")}  # role -> (format, the FP32 role it was made from)
 
 
 def benchmark_run(
@@ -148,9 +146,9 @@ def benchmark_run(
     images, labels = load_images(run_dir, manifest, "test_set")
     before = machine()
     gpu_ok, gpu_reason = gpu_status() if gpu else (False, "not requested (--no-gpu)")
-    roles = [r for r in MODEL_ORDER if r in manifest.models]
-    with reporter.progress("benchmark", total=2 * len(roles) + 1) as advance:
-        results, correct, sessions = _judge_accuracy(run_dir, manifest, roles, images, labels, threads, advance)
+    names = roles.ordered(manifest.models)
+    with reporter.progress("benchmark", total=2 * len(names) + 1) as advance:
+        results, correct, sessions = _judge_accuracy(run_dir, manifest, names, images, labels, threads, advance)
         advance(0, status="CPU latency, every model in turn")
         for role, speed in measure_speeds(sessions, manifest.preprocessing, images, batch, quick).items():
             results[role]["cpu"] = speed
@@ -177,10 +175,12 @@ def benchmark_run(
         "units": UNITS,
         "models": results,
         "comparisons": compare_models(correct),
-        "int8_verdict": _int8_verdict(results, batch),
+        "int8_verdicts": {r: _int8_verdict(results, batch, r) for r in results if roles.kind_of(r) == "int8"},
         "command": command or f"kdc benchmark {run_dir} --threads {threads} --batch {batch}{flags}",
     }
-    result["attribution"] = attribution(result["comparisons"])
+    if "int8" in results:  # a one-student run: where earlier versions kept its one verdict
+        result["int8_verdict"] = result["int8_verdicts"]["int8"]
+    result["attribution"] = attributions(result["comparisons"], list(correct))
     _frontier(result, correct, budget or Budget())
     _save(result, run_dir, reporter)
     return result
@@ -202,14 +202,14 @@ UNITS = {
 
 
 def _judge_accuracy(
-    run_dir: Path, manifest: Any, roles: list[str], images: np.ndarray, labels: np.ndarray, threads: int, advance: Any
+    run_dir: Path, manifest: Any, names: list[str], images: np.ndarray, labels: np.ndarray, threads: int, advance: Any
 ) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, Any]]:
     """Each model's accuracy from its ONNX file, its size, and its CPU session (kept for the timings)."""
     prep, classes = manifest.preprocessing, manifest.dataset.classes
     results: dict[str, Any] = {}
     correct: dict[str, np.ndarray] = {}  # per role, which test images the ONNX file gets right (for the verdicts)
     sessions: dict[str, Any] = {}
-    for role in roles:
+    for role in names:
         entry = manifest.models[role]
         path = run_file(run_dir, entry.onnx)
         advance(0, status=f"{role}: accuracy")
@@ -222,7 +222,8 @@ def _judge_accuracy(
         metrics["recorded_correct"] = recorded
         # The ONNX file may flip an image sitting exactly on a decision boundary: one image is tolerated.
         metrics["agrees_with_manifest"] = recorded is None or abs(metrics["correct"] - recorded) <= 1
-        fmt, source = FORMATS.get(role, ("FP32", None))
+        fmt = roles.FORMATS.get(roles.kind_of(role), "FP32")
+        source = roles.sibling(role, "student") if fmt != "FP32" else None  # the FP32 model it was made from
         results[role] = {"role": role, "file": entry.onnx, "format": fmt, "source": source, "accuracy": metrics, **onnx_size(path)}
         advance(1)
     return results, correct, sessions
@@ -266,7 +267,7 @@ def points_of(models: dict[str, Any]) -> list[Point]:
             p50_ms=m["cpu"]["batch1"]["p50_ms"],
             mb=m["file_mb"],
             source=m.get("source"),
-            baseline=None if role in ("teacher", "baseline") else "baseline",
+            baseline=None if roles.kind_of(role) in (roles.TEACHER, "baseline") else roles.sibling(role, "baseline"),
         )
         for role, m in models.items()
     ]
@@ -307,18 +308,19 @@ def _save(result: dict[str, Any], run_dir: Path, reporter: Reporter) -> None:
         reporter.warn(result["save_error"] + ": the results below are not saved")
 
 
-def _int8_verdict(results: dict[str, Any], batch: int) -> dict[str, Any] | None:
-    """The INT8 student against the FP32 one, as timed here (None without an INT8 model)."""
+def _int8_verdict(results: dict[str, Any], batch: int, role: str = "int8") -> dict[str, Any] | None:
+    """An INT8 student against the FP32 one it was made from, as timed here (None without both)."""
     from kdcompress.deploy.quantize import int8_verdict
 
-    if "int8" not in results or "student" not in results:
+    source = roles.sibling(role, "student")
+    if role not in results or source not in results:
         return None
 
     def side(model: dict[str, Any]) -> dict[str, float]:
         cpu = model["cpu"]
         return {"p50_ms": cpu["batch1"]["p50_ms"], "images_per_s": cpu["throughput_images_per_s"], "bytes": model["file_mb"] * 1e6}
 
-    return int8_verdict(side(results["student"]), side(results["int8"]), batch)
+    return int8_verdict(side(results[source]), side(results[role]), batch)
 
 
 def _ratios(teacher: dict[str, Any] | None, model: dict[str, Any]) -> dict[str, Any]:

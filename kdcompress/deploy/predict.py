@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from kdcompress.core import roles
 from kdcompress.core.errors import KdcError
 from kdcompress.deploy.manifest import Manifest, read_manifest, resolve_runs, run_file
 from kdcompress.deploy.preprocessing import IMAGE_SUFFIXES, list_images, load_image
@@ -15,9 +16,13 @@ from kdcompress.core.stats import softmax
 
 
 def resolve_model_file(run_dir: Path, manifest: Manifest, model: str) -> Path:
-    """teacher | baseline | student | control | int8 | fp16 of the run, or an explicit .onnx file."""
+    """teacher | baseline | student | control | int8 | fp16 of the run (student-ARCH ... in a run with several
+    students), or an explicit .onnx file."""
     if model in manifest.models:
         return run_file(run_dir, manifest.models[model].onnx)
+    several = [r for r in roles.ordered(manifest.models) if roles.kind_of(r) == model and roles.student_of(r)]
+    if several:
+        raise KdcError(f"{run_dir} has several students: pick one with --model {' or '.join(several)}")
     if model in ("int8", "fp16"):
         raise KdcError(f"{run_dir} has no {model.upper()} model yet: run kdc quantize {run_dir}")
     if model.endswith(".onnx"):

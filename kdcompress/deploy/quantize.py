@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from kdcompress.core import roles
 from kdcompress.core.errors import KdcError
 from kdcompress.core.files import folder_lock, QUANTIZE_PREFIX, remove_stale
 from kdcompress.deploy.manifest import load_images, ModelEntry, read_manifest, run_file, write_manifest
@@ -26,8 +27,8 @@ from kdcompress.deploy.preprocessing import normalize, Preprocessing
 from kdcompress.deploy.sessions import check_model, create_session, run_logits, session_call
 from kdcompress.deploy.timing import cpu_isa, cpu_name, interleaved_latency, tile_batch
 
-INT8_FILE = "student-int8.onnx"
-FP16_FILE = "student-fp16.onnx"
+INT8_SUFFIX = "-int8.onnx"  # student-int8.onnx, or student-resnet18-int8.onnx in a run with several students
+FP16_SUFFIX = "-fp16.onnx"
 FP16_MIN_AGREEMENT = 0.99  # below this share of equal top-1 classes, FP16 is written with a warning
 MAX_ACCURACY_LOSS = 0.01  # a candidate may lose at most 1 point of test accuracy vs the FP32 student
 VERDICT_BATCH = 64  # the batch at which quantize also compares INT8 with FP32 throughput
@@ -124,54 +125,81 @@ def int8_verdict(fp32: dict[str, float], int8: dict[str, float], batch: int) -> 
     }
 
 
-def quantize_run(run_dir: str | Path, threads: int = 1, reporter: Reporter | None = None) -> list[ModelEntry]:
-    """Write the distilled student's deployment formats into a run folder and add them to the manifest:
+def quantize_run(run_dir: str | Path, threads: int = 1, reporter: Reporter | None = None, model: str | None = None) -> dict[str, ModelEntry]:
+    """Write each distilled student's deployment formats into a run folder and add them to the manifest:
     student-int8.onnx (model 'int8', the fastest INT8 candidate that keeps accuracy, as timed here) and
-    student-fp16.onnx (model 'fp16', for GPU targets, its parity with FP32 checked on the CPU).
+    student-fp16.onnx (model 'fp16', for GPU targets, its parity with FP32 checked on the CPU). In a run with
+    several students, each distilled student-ARCH gets student-ARCH-int8.onnx and student-ARCH-fp16.onnx
+    (models int8-ARCH, fp16-ARCH); model names one distilled student to quantize alone.
 
     One quantize at a time per run folder: a second one is refused while the first holds the folder's lock.
+    Returns the new entries by role.
     """
     run_dir = Path(run_dir)
     read_manifest(run_dir)  # a folder that is no run is said as such before any lock is taken in it
     with folder_lock(run_dir, "quantize"):
-        return _quantize_locked(run_dir, threads, reporter or NullReporter())
+        return _quantize_locked(run_dir, threads, reporter or NullReporter(), model)
 
 
-def _quantize_locked(run_dir: Path, threads: int, reporter: Reporter) -> list[ModelEntry]:
-    manifest = read_manifest(run_dir)  # read again under the lock: another quantize may have just written it
-    if "student" not in manifest.models:
+def distilled_roles(manifest: Any, run_dir: Path, model: str | None = None) -> list[str]:
+    """The distilled students of a run to quantize: all of them, or the one model names (refused in one line otherwise)."""
+    students = [r for r in roles.ordered(manifest.models) if roles.kind_of(r) == "student"]
+    if not students:
         raise KdcError(f"{run_dir} has no distilled student to quantize (its models: {', '.join(manifest.models)})")
-    student = manifest.models["student"]
-    student_file = run_file(run_dir, student.onnx)
-    check_model(create_session(student_file), manifest.preprocessing, manifest.dataset.classes, student_file)
+    if model is None:
+        return students
+    if model not in students:
+        raise KdcError(f"--model {model} is not a distilled student of {run_dir}: use {' or '.join(students)}")
+    return [model]
+
+
+def _quantize_locked(run_dir: Path, threads: int, reporter: Reporter, model: str | None) -> dict[str, ModelEntry]:
+    manifest = read_manifest(run_dir)  # read again under the lock: another quantize may have just written it
     test = load_images(run_dir, manifest, "test_set")
     remove_stale(run_dir)  # candidates left by a killed quantize
+    made: dict[str, ModelEntry] = {}
+    for name in distilled_roles(manifest, run_dir, model):
+        if len(distilled_roles(manifest, run_dir, model)) > 1:
+            reporter.info(f"quantizing {name}")
+        int8, fp16 = _quantize_student(run_dir, manifest, name, test, threads, reporter)
+        made[roles.sibling(name, "int8")], made[roles.sibling(name, "fp16")] = int8, fp16
+    manifest.models.update(made)
+    write_manifest(run_dir, manifest)
+    return made
+
+
+def _quantize_student(
+    run_dir: Path, manifest: Any, name: str, test: tuple[np.ndarray, np.ndarray], threads: int, reporter: Reporter
+) -> tuple[ModelEntry, ModelEntry]:
+    """One distilled student's INT8 file (the candidate kept) and FP16 file, published into the run folder."""
+    student = manifest.models[name]
+    student_file = run_file(run_dir, student.onnx)
+    check_model(create_session(student_file), manifest.preprocessing, manifest.dataset.classes, student_file)
+    int8_file, fp16_file = run_dir / f"{name}{INT8_SUFFIX}", run_dir / f"{name}{FP16_SUFFIX}"
     with tempfile.TemporaryDirectory(dir=run_dir, prefix=QUANTIZE_PREFIX, suffix=f".{os.getpid()}") as tmp:
         measured, fp32 = _build_and_time(run_dir, manifest, student_file, Path(tmp), test, threads, reporter)
         keep = [m for m in measured if fp32["accuracy"] - m["accuracy"] <= MAX_ACCURACY_LOSS]
         chosen = min(keep, key=lambda m: m["p50_ms"]) if keep else max(measured, key=lambda m: m["accuracy"])
-        _publish(chosen["path"], run_dir / INT8_FILE)
+        _publish(chosen["path"], int8_file)
         fp16 = _fp16(student_file, Path(tmp), manifest.preprocessing, test, threads)
-        _publish(fp16.pop("path"), run_dir / FP16_FILE)
+        _publish(fp16.pop("path"), fp16_file)
     if not keep:
-        reporter.warn(f"every INT8 candidate lost more than {MAX_ACCURACY_LOSS:.0%} accuracy; kept the most accurate")
-    int8 = _int8_entry(student, run_dir / INT8_FILE, chosen, fp32, measured, threads)
+        reporter.warn(f"{name}: every INT8 candidate lost more than {MAX_ACCURACY_LOSS:.0%} accuracy; kept the most accurate")
+    int8 = _int8_entry(student, int8_file, chosen, fp32, measured, threads)
     if not int8.details["quantization"]["verdict"]["faster"]:
-        reporter.warn(int8.details["quantization"]["verdict"]["words"])
+        reporter.warn(f"{name}: {int8.details['quantization']['verdict']['words']}")
     entry16 = ModelEntry(
         architecture=f"{student.architecture} (FP16, for GPU targets)",
-        onnx=FP16_FILE,
+        onnx=fp16_file.name,
         parameters=student.parameters,
-        onnx_bytes=(run_dir / FP16_FILE).stat().st_size,
+        onnx_bytes=fp16_file.stat().st_size,
         test_accuracy=fp16["accuracy"],
         test_correct=fp16["correct"],
     )
     entry16.details["fp16"] = {k: v for k, v in fp16.items() if k not in ("accuracy", "correct")}
     if fp16["top1_agreement"] < FP16_MIN_AGREEMENT:
-        reporter.warn(f"FP16 agrees with FP32 on only {fp16['top1_agreement']:.1%} of the test images' top-1 classes")
-    manifest.models["int8"], manifest.models["fp16"] = int8, entry16
-    write_manifest(run_dir, manifest)
-    return [int8, entry16]
+        reporter.warn(f"{name}: FP16 agrees with FP32 on only {fp16['top1_agreement']:.1%} of the test images' top-1 classes")
+    return int8, entry16
 
 
 def _publish(source: Path, final: Path) -> None:
@@ -233,7 +261,7 @@ def _int8_entry(
     """The manifest's record of the INT8 file: the candidate kept, every candidate's figures and the verdict vs FP32."""
     entry = ModelEntry(
         architecture=f"{student.architecture} (INT8, {chosen['format']} QDQ)",
-        onnx=INT8_FILE,
+        onnx=final.name,
         parameters=student.parameters,
         onnx_bytes=final.stat().st_size,
         test_accuracy=chosen["accuracy"],
@@ -268,7 +296,7 @@ def _fp16(student_file: Path, tmp: Path, prep: Preprocessing, test: tuple[np.nda
     with warnings.catch_warnings():  # it warns once per weight it rounds to float16's range
         warnings.simplefilter("ignore")
         model = convert_float_to_float16(onnx.load(str(student_file)), keep_io_types=True)
-    path = tmp / FP16_FILE
+    path = tmp / f"{student_file.stem}{FP16_SUFFIX}"
     onnx.save(model, str(path))
     images, labels = test
     fp32 = run_logits(create_session(student_file, "cpu", threads), images, prep)

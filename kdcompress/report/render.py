@@ -8,15 +8,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-ROLE_LABELS = {
-    "teacher": "teacher",
-    "baseline": "baseline",
-    "student": "distilled",
-    "control": "label smoothing",
-    "int8": "distilled int8",
-    "fp16": "distilled fp16",
-}
-
+from kdcompress.core import roles
 
 def _points(delta: float) -> str:
     return f"{delta * 100:+.1f}"
@@ -35,41 +27,51 @@ SUMMARY_HEADERS = ["model", "test acc", "Δ pts", "Δ imgs", "params", "MB", "be
 
 
 def summary_table(manifest: Any) -> Table:
-    """Teacher / baseline / distilled side by side: accuracy, change vs baseline, size, training time."""
+    """Teacher, then each student's baseline / distilled / control side by side: accuracy, change vs that student's
+    baseline, size, training time."""
     models = manifest.models
-    baseline = models["baseline"]
     n_test = manifest.dataset.counts["test"]
     rows = []
-    for role in [r for r in ("teacher", "baseline", "student", "control") if r in models]:
+    for role in [r for r in roles.ordered(models) if r == roles.TEACHER or roles.kind_of(r) in roles.TRAINED]:
         entry = models[role]
-        is_baseline = role == "baseline"
-        delta_images = entry.test_correct - baseline.test_correct
+        baseline = models.get(roles.sibling(role, "baseline"))
+        compared = role != roles.TEACHER and roles.kind_of(role) != "baseline" and baseline is not None
+        if role == roles.TEACHER and "baseline" in models:  # one student: the teacher against its baseline, too
+            baseline, compared = models["baseline"], True
         rows.append(
             [
-                ROLE_LABELS[role],
+                roles.label(role),
                 f"{entry.test_accuracy:.2%}",
-                "—" if is_baseline else _points(entry.test_accuracy - baseline.test_accuracy),
-                "—" if is_baseline else f"{delta_images:+d}",
+                _points(entry.test_accuracy - baseline.test_accuracy) if compared else "—",
+                f"{entry.test_correct - baseline.test_correct:+d}" if compared else "—",
                 format_count(entry.parameters),
                 f"{entry.onnx_bytes / 1e6:.2f}",
                 str(entry.details.get("best_epoch", "—")),
                 _train_time(entry.details.get("train_seconds"), entry.details.get("reused", False)),
             ]
         )
+    students = [models[r].architecture for r in roles.ordered(models) if roles.kind_of(r) == "baseline"]
     return build_table(
         f"kdc compress: {manifest.run} ({manifest.dataset.name}, {n_test} test images)\n"
-        f"teacher {models['teacher'].architecture}, students {baseline.architecture}",
+        f"teacher {models[roles.TEACHER].architecture}, {'students' if len(students) == 1 else 'student architectures'} "
+        f"{', '.join(students)}",
         SUMMARY_HEADERS,
         rows,
         caption="Δ: change vs the baseline (the same student trained without distillation), in points and test images",
     )
 
 
-def verdict_lines(comparisons: dict[str, Any], attribution: str | None) -> list[str]:
-    """The noise verdicts of a run in words: distilled vs baseline, vs the label-smoothing control, and what they mean."""
-    names = {"student_vs_baseline": "distilled vs baseline", "student_vs_control": "distilled vs label smoothing",
-             "control_vs_baseline": "label smoothing vs baseline"}  # fmt: skip
-    lines = [f"{names.get(key, key)}: {value['words']}" for key, value in comparisons.items()]
+def verdict_lines(comparisons: dict[str, Any], attribution: str | dict[str, str] | None) -> list[str]:
+    """The noise verdicts of a run in words: distilled vs baseline, vs the label-smoothing control, and what they mean.
+
+    attribution: the run's one line, or (several students) one line per student architecture.
+    """
+    lines = []
+    for key, value in comparisons.items():
+        model, _, reference = key.partition("_vs_")
+        lines.append(f"{roles.label(model)} vs {roles.label(reference)}: {value['words']}")
+    if isinstance(attribution, dict):
+        return lines + [f"so, for {architecture}: {words}" for architecture, words in attribution.items()]
     return lines + ([f"so: {attribution}"] if attribution else [])
 
 
@@ -88,7 +90,7 @@ def accuracy_rows(result: dict[str, Any]) -> list[list[str]]:
         ratios, is_teacher = model["ratios_vs_teacher"], role == "teacher"
         rows.append(
             [
-                ROLE_LABELS.get(role, role),
+                roles.label(role),
                 f"{model['accuracy']['accuracy']:.2%}",
                 "—" if is_teacher else f"{ratios['accuracy_change_points']:+.1f}",
                 format_count(model["parameters"]),
@@ -115,7 +117,7 @@ def speed_rows(result: dict[str, Any]) -> list[list[str]]:
         ratios, is_teacher, cpu = model["ratios_vs_teacher"], role == "teacher", model["cpu"]
         rows.append(
             [
-                ROLE_LABELS.get(role, role),
+                roles.label(role),
                 _ms(cpu),
                 _ms(cpu, "p90_ms"),
                 _ms(cpu, "p99_ms"),
@@ -160,9 +162,11 @@ def benchmark_context(result: dict[str, Any]) -> list[str]:
     for words in result.get("not_faster_than_fp32", {}).values():
         lines.append(f"WARNING: {words}: never recommended here" + (" (FP16 is meant for GPUs)" if "fp16" in words else ""))
     lines += verdict_lines(result.get("comparisons", {}), result.get("attribution"))
-    verdict = result.get("int8_verdict")
-    if verdict:
-        lines.append(("" if verdict["faster"] else "WARNING: ") + verdict["words"] + " (CPU, as timed above)")
+    verdicts = result.get("int8_verdicts", {"int8": result.get("int8_verdict")})  # one, in results written before
+    for role, verdict in verdicts.items():
+        if verdict:
+            whose = f"{roles.label(role)}: " if roles.student_of(role) else ""
+            lines.append(("" if verdict["faster"] else "WARNING: ") + whose + verdict["words"] + " (CPU, as timed above)")
     agreeing = [r for r, m in result["models"].items() if m["accuracy"]["agrees_with_manifest"]]
     if agreeing:
         lines.append(f"Accuracy from the ONNX files agrees with what compress recorded for: {', '.join(agreeing)}")
@@ -199,15 +203,22 @@ def benchmark_tables(result: dict[str, Any]) -> list[Table]:
             speed_rows(result),
         ),
     ]
-    roles = list(result["models"])
+    names = list(result["models"])
+    if len(names) > WIDE_MODELS:  # several students: a row per model, F1 alone, so the table still fits a terminal
+        rows = [[roles.label(r)] + [f"{result['models'][r]['accuracy']['per_class'][c]['f1']:.2f}" for c in result["classes"]] for r in names]
+        tables.append(build_table("per class: F1", ["model"] + list(result["classes"]), rows))
+        return tables
     rows = []
     for name in result["classes"]:
-        rows.append([name] + [_precision_recall_f1(result["models"][r]["accuracy"]["per_class"][name]) for r in roles])
+        rows.append([name] + [_precision_recall_f1(result["models"][r]["accuracy"]["per_class"][name]) for r in names])
     if len(result["classes"]) == 2:
         for key, label in (("sensitivity", "sensitivity"), ("specificity", "specificity"), ("roc_auc", "ROC-AUC")):
-            rows.append([label] + [_fraction(result["models"][r]["accuracy"].get(key)) for r in roles])
-    tables.append(build_table("per class: precision / recall / F1", ["class"] + [ROLE_LABELS.get(r, r) for r in roles], rows))
+            rows.append([label] + [_fraction(result["models"][r]["accuracy"].get(key)) for r in names])
+    tables.append(build_table("per class: precision / recall / F1", ["class"] + [roles.label(r) for r in names], rows))
     return tables
+
+
+WIDE_MODELS = 6  # more models than this: the per-class table shows F1 alone, a row per model
 
 
 def _precision_recall_f1(per_class: dict[str, float]) -> str:
@@ -244,7 +255,7 @@ def benchmark_markdown(result: dict[str, Any], command: str) -> str:
         lines += ["", *markdown_table(headers, rows)]
     lines += ["", "## Confusion matrices (rows: true class, columns: predicted)", ""]
     for role, model in result["models"].items():
-        lines += [f"**{ROLE_LABELS.get(role, role)}**", "", "| | " + " | ".join(result["classes"]) + " |"]
+        lines += [f"**{roles.label(role)}**", "", "| | " + " | ".join(result["classes"]) + " |"]
         lines += ["|" + " --- |" * (len(result["classes"]) + 1)]
         for name, row in zip(result["classes"], model["accuracy"]["confusion_matrix"]):
             lines.append(f"| {name} | " + " | ".join(str(v) for v in row) + " |")
@@ -253,28 +264,47 @@ def benchmark_markdown(result: dict[str, Any], command: str) -> str:
 
 
 def benchmark_plot(result: dict[str, Any], path: Any) -> None:
-    """Accuracy vs CPU latency, one labelled point per model, the latency frontier drawn through its points; PNG."""
+    """Accuracy vs CPU latency, one labelled point per model, the latency frontier drawn through its points; PNG.
+
+    Up to WIDE_MODELS models each marker carries its label (kept apart by label_offsets); with more (several
+    students) each carries a number, the labels are listed beside the plot, and each student has its colour.
+    """
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
     models = result["models"]
+    numbered = len(models) > WIDE_MODELS
+    fig, ax = plt.subplots(figsize=(9.6 if numbered else 6.4, 4.2), dpi=120)
     xs = {role: m["cpu"]["batch1"]["p50_ms"] for role, m in models.items()}
     ys = {role: 100 * m["accuracy"]["accuracy"] for role, m in models.items()}
+    students = list(dict.fromkeys(roles.student_of(r) for r in models if r != roles.TEACHER))
+    colour = {r: "C0" if r == roles.TEACHER or not numbered else f"C{1 + students.index(roles.student_of(r)) % 9}" for r in models}
     for role, m in models.items():
         on = m.get("pareto", {}).get("latency", False)
-        ax.scatter([xs[role]], [ys[role]], s=40 + 12 * m["file_mb"], facecolors="C0" if on else "none", edgecolors="C0", zorder=3)
+        c = colour[role]
+        ax.scatter([xs[role]], [ys[role]], s=40 + 12 * m["file_mb"], facecolors=c if on else "none", edgecolors=c, zorder=3)
     front = sorted((r for r, m in models.items() if m.get("pareto", {}).get("latency")), key=lambda r: xs[r])
     if len(front) > 1:
         ax.plot([xs[r] for r in front], [ys[r] for r in front], color="C0", alpha=0.5, linestyle="--", zorder=2)
-    for role, offset in label_offsets(xs, ys).items():
-        text = f"{ROLE_LABELS.get(role, role)}\n{models[role]['file_mb']:.1f} MB"
-        ax.annotate(text, (xs[role], ys[role]), textcoords="offset points", xytext=offset, fontsize=8,
-                    arrowprops={"arrowstyle": "-", "alpha": 0.4, "lw": 0.6})  # fmt: skip
+    if numbered:
+        legend = []
+        numbers = {role: number for number, role in enumerate(models, 1)}
+        for role, offset in label_offsets(xs, ys, width=0.03, height=0.04, row=9).items():
+            ax.annotate(str(numbers[role]), (xs[role], ys[role]), textcoords="offset points", xytext=offset, fontsize=7, color=colour[role])
+        for role, number in numbers.items():
+            legend.append(f"{number:>2}  {roles.label(role)}, {models[role]['file_mb']:.1f} MB")
+        fig.text(0.64, 0.92, "\n".join(legend), fontsize=7.5, family="monospace", va="top")
+        fig.subplots_adjust(left=0.08, right=0.6, bottom=0.13, top=0.9)
+    else:
+        for role, offset in label_offsets(xs, ys).items():
+            text = f"{roles.label(role)}\n{models[role]['file_mb']:.1f} MB"
+            ax.annotate(text, (xs[role], ys[role]), textcoords="offset points", xytext=offset, fontsize=8,
+                        arrowprops={"arrowstyle": "-", "alpha": 0.4, "lw": 0.6})  # fmt: skip
     ax.set_xlabel(f"CPU latency, batch 1, p50 (ms, {result['settings']['threads']} thread)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(f"{result['run']}: accuracy vs latency (filled, dashed: the frontier; size ~ file MB)", fontsize=9)
     ax.grid(alpha=0.3)
-    ax.margins(0.25)
-    fig.tight_layout()
+    ax.margins(0.25 if not numbered else 0.1)
+    if not numbered:
+        fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
 
@@ -282,7 +312,9 @@ def benchmark_plot(result: dict[str, Any], path: Any) -> None:
 LABEL_HEIGHT = 24  # points: a two-line label at 8 pt, with a gap (about 0.15 of the data's height in this figure)
 
 
-def label_offsets(xs: dict[str, float], ys: dict[str, float], width: float = 0.22, height: float = 0.15) -> dict[str, tuple[int, int]]:
+def label_offsets(
+    xs: dict[str, float], ys: dict[str, float], width: float = 0.22, height: float = 0.15, row: int = LABEL_HEIGHT
+) -> dict[str, tuple[int, int]]:
     """Label offsets (points) that keep labels of nearby markers apart: a marker whose label would land on an
     earlier one's (within `width` and `height` of the plot's range) gets its label moved down a row."""
     span_x = (max(xs.values()) - min(xs.values())) or 1.0
@@ -291,11 +323,11 @@ def label_offsets(xs: dict[str, float], ys: dict[str, float], width: float = 0.2
     offsets = {}
     for role in sorted(xs, key=lambda r: (-ys[r], xs[r])):
         x, y = (xs[role] - min(xs.values())) / span_x, (ys[role] - min(ys.values())) / span_y
-        row = 0
-        while any(abs(x - px) < width and abs((y - row * height) - (py - prow * height)) < height for px, py, prow in placed):
-            row += 1
-        placed.append((x, y, row))
-        offsets[role] = (6, 4 - row * LABEL_HEIGHT)
+        down = 0
+        while any(abs(x - px) < width and abs((y - down * height) - (py - prow * height)) < height for px, py, prow in placed):
+            down += 1
+        placed.append((x, y, down))
+        offsets[role] = (6, 4 - down * row)
     return offsets
 
 

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import numpy as np
 
+from kdcompress.core import roles
+from kdcompress.core.roles import TEACHER
 from kdcompress.train import losses
 from kdcompress.train.config import CompressConfig
 from kdcompress.data.dataset import materialize
@@ -21,7 +23,7 @@ from kdcompress.deploy.manifest import DatasetInfo, Manifest, ModelEntry, write_
 from kdcompress.runs.environment import environment
 from kdcompress.runs.rundir import check_out, discard_run, prepare_run_dir, publish_run
 from kdcompress.core.reporter import NullReporter, Reporter
-from kdcompress.core.stats import attribution, compare_models
+from kdcompress.core.stats import attributions, compare_models
 from kdcompress.train.teacher import load_or_train_teacher, record_teacher, recording_fits
 
 if TYPE_CHECKING:
@@ -121,7 +123,7 @@ def compress(config: CompressConfig, reporter: Reporter | None = None, spawn_saf
             from kdcompress.deploy.quantize import quantize_run
 
             with phases("INT8"):
-                manifest.models["int8"], manifest.models["fp16"] = quantize_run(staging, reporter=reporter)
+                manifest.models.update(quantize_run(staging, reporter=reporter))
         manifest.training["seconds"] = seconds = phases.record()
         write_manifest(staging, manifest)
         final_dir = publish_run(folder, manifest, reporter)
@@ -164,56 +166,93 @@ def _exporter(run: Prepared, reporter: Reporter, exports: Exports | None) -> Cal
 
 def _checkpoint_meta(run: Prepared, role: str) -> dict[str, Any]:
     """What a checkpoint needs besides its weights to rebuild the network (models.save_checkpoint)."""
-    architecture = run.cfg.teacher if role == "teacher" else run.cfg.student
+    architecture = run.cfg.teacher if role == TEACHER else roles.student_of(role) or run.cfg.students[0]
     return {"model": architecture, "classes": run.data.classes, "in_chans": run.data.channels}
 
 
 def _train_students(
     run: Prepared, reporter: Reporter, teacher: Any, teacher_record: dict[str, Any], done: Callable[[str, Any], None]
 ) -> tuple[dict[str, Any], dict[str, dict[str, Any]], dict[str, Any]]:
-    """Baseline, distilled student and (with --control) the label-smoothing control, from one fair start."""
+    """For every student: baseline, distilled student and (with --control) the label-smoothing control, from its fair start.
+
+    The teacher's outputs (recorded on CPU) and the control's matched smoothing are computed once, for all students.
+    """
     from kdcompress.train.accel import describe_precision, step_mode
     from kdcompress.train.objectives import LiveTeacher
-    from kdcompress.train.loop import fit
 
     cfg = run.cfg
-    start = fair_start(run, cfg.seed, teacher)
-
-    records = {"teacher": teacher_record}
-    baseline = start.baseline()
-    reporter.info(f"baseline: {cfg.student}, {baseline.describe()}")
-    result = fit(baseline, run.data, run.prep, start.settings, reporter, "baseline")
-    records["baseline"] = {"objective": baseline.describe(), **result.record()}
-    done("baseline", baseline.student)
-
-    distillation = start.distilled(_teacher_outputs(run, start, teacher, reporter), cfg.temperature, cfg.alpha, cfg.beta)
-    reporter.info(f"distilled student: {cfg.student}, {distillation.describe()}")
-    result = fit(distillation, run.data, run.prep, start.settings, reporter, "distilled")
-    records["student"] = {"objective": distillation.describe(), **result.record()}
-    done("student", distillation.student)
-    models = {"teacher": teacher, "baseline": baseline.student, "student": distillation.student}
-
-    if cfg.control == "label-smoothing":
-        matched = control_smoothing(run, teacher_train_logits(run, teacher), cfg.temperature, cfg.alpha)
-        control = start.control(matched["smoothing"])
-        reporter.info(
-            f"label-smoothing control: {cfg.student}, {control.describe()} (alpha {cfg.alpha:g} x the teacher's mass "
-            f"off the true class at T={cfg.temperature:g}, {matched['teacher_off_true_mass']:.3f})"
-        )
-        result = fit(control, run.data, run.prep, start.settings, reporter, "control")
-        records["control"] = {"objective": control.describe(), "matched": matched, **result.record()}
-        done("control", control.student)
-        models["control"] = control.student
+    models: dict[str, Any] = {TEACHER: teacher}
+    records: dict[str, dict[str, Any]] = {TEACHER: teacher_record}
+    shared = _Shared(run, teacher, reporter)
+    for architecture in cfg.students:
+        start = fair_start(run, cfg.seed, teacher, architecture)
+        for kind, objective, extra in _objectives(run, start, shared):
+            name = roles.role(kind, architecture if cfg.several else None)
+            result = _fit(run, start, name, objective, extra, reporter)
+            records[name] = {"objective": objective.describe(), **extra, **result.record()}
+            done(name, objective.student)
+            models[name] = objective.student
     mode = step_mode(cfg.compile, run.device, run.world.size)
     training = {
         "device": run.device,
         "precision": describe_precision(run.device, run.settings.precision),
         "compile": f"{cfg.compile} ({mode})",
-        "teacher_outputs": "live" if isinstance(distillation.teacher, LiveTeacher) else "recorded once, then replayed",
+        "teacher_outputs": "live" if shared.outputs is None or isinstance(shared.outputs, LiveTeacher) else "recorded once, then replayed",
         "data": "streamed from disk (DataLoader workers)" if run.data.streamed else "in memory",
         **parallel_record(run),
     }
+    if cfg.several:
+        training["students"] = cfg.students
     return models, records, training
+
+
+class _Shared:
+    """What every student of a run learns from, made on first use and kept: the teacher's outputs, the control's smoothing."""
+
+    def __init__(self, run: Prepared, teacher: Any, reporter: Reporter) -> None:
+        self.run, self.teacher, self.reporter = run, teacher, reporter
+        self.outputs: Any = None
+        self.matched: dict[str, float] | None = None
+
+    def teacher_outputs(self, start: Any) -> Any:
+        if self.outputs is None:
+            self.outputs = _teacher_outputs(self.run, start, self.teacher, self.reporter)
+        return self.outputs
+
+    def smoothing(self) -> dict[str, float]:
+        if self.matched is None:
+            cfg = self.run.cfg
+            self.matched = control_smoothing(self.run, teacher_train_logits(self.run, self.teacher), cfg.temperature, cfg.alpha)
+        return self.matched
+
+
+def _objectives(run: Prepared, start: Any, shared: _Shared) -> Iterator[tuple[str, Any, dict[str, Any]]]:
+    """One student's objectives in training order, made as they are needed: (kind, objective, what its record adds)."""
+    cfg = run.cfg
+    yield "baseline", start.baseline(), {}
+    yield "student", start.distilled(shared.teacher_outputs(start), cfg.temperature, cfg.alpha, cfg.beta), {}
+    if cfg.control == "label-smoothing":
+        matched = shared.smoothing()
+        yield "control", start.control(matched["smoothing"]), {"matched": matched}
+
+
+ANNOUNCED = {"baseline": "baseline", "student": "distilled student", "control": "label-smoothing control"}
+
+
+def _fit(run: Prepared, start: Any, name: str, objective: Any, extra: dict[str, Any], reporter: Reporter) -> Any:
+    """Train one objective from its fair start (start.settings), saying first what it is."""
+    from kdcompress.train.loop import fit
+
+    cfg = run.cfg
+    architecture = _checkpoint_meta(run, name)["model"]
+    words = f"{ANNOUNCED[roles.kind_of(name)]}: {architecture}, {objective.describe()}"
+    if "matched" in extra:
+        words += (
+            f" (alpha {cfg.alpha:g} x the teacher's mass off the true class at T={cfg.temperature:g}, "
+            f"{extra['matched']['teacher_off_true_mass']:.3f})"
+        )
+    reporter.info(words)
+    return fit(objective, run.data, run.prep, start.settings, reporter, roles.label(name))
 
 
 def _teacher_outputs(run: Prepared, start: Any, teacher: Any, reporter: Reporter) -> Any:
@@ -265,12 +304,7 @@ def _finish(
     write_json_atomic(staging / "history.json", history)
     comparisons = compare_models(correct)
 
-    warnings = []
-    if entries["teacher"].test_accuracy < entries["baseline"].test_accuracy:
-        warnings.append(
-            f"the teacher ({entries['teacher'].test_accuracy:.1%}) scores below the baseline student "
-            f"({entries['baseline'].test_accuracy:.1%}): distilling from it can only pass on its mistakes"
-        )
+    warnings = _teacher_warnings(entries)
     manifest = Manifest(
         run=run_name,
         dataset=DatasetInfo(data.name, data.classes, data.counts(), data.source, data.fingerprint()),
@@ -284,13 +318,13 @@ def _finish(
             "objective": {
                 "formula": losses.FORMULA,
                 "notes": losses.FORMULA_NOTES,
-                "resolved": records["student"]["objective"],
+                "resolved": next(records[r]["objective"] for r in records if roles.kind_of(r) == "student"),
                 "temperature": cfg.temperature,
                 "alpha": cfg.alpha,
                 "beta": cfg.beta,
             },
             "comparisons": comparisons,
-            "attribution": attribution(comparisons),
+            "attribution": attributions(comparisons, list(correct)),
             "config": cfg.to_dict(),
             "device": run.device,
             "environment": environment(),
@@ -300,6 +334,17 @@ def _finish(
     write_yaml_atomic(staging / CONFIG_FILE, cfg.to_options(), header)
     write_manifest(staging, manifest)
     return manifest
+
+
+def _teacher_warnings(entries: dict[str, ModelEntry]) -> list[str]:
+    """A warning for each baseline the teacher does not beat: distilling from it can only pass on its mistakes."""
+    teacher = entries[TEACHER].test_accuracy
+    return [
+        f"the teacher ({teacher:.1%}) scores below the {roles.label(name)} student ({entry.test_accuracy:.1%}): "
+        f"distilling from it can only pass on its mistakes"
+        for name, entry in entries.items()
+        if roles.kind_of(name) == "baseline" and teacher < entry.test_accuracy
+    ]
 
 
 def _save_samples(run: Prepared, staging: Path) -> None:

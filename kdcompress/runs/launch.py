@@ -24,7 +24,8 @@ def preflight(config: Any, processes: int) -> None:
 
     cfg = config.resolved()
     resolve_model_name(cfg.teacher)
-    resolve_model_name(cfg.student)
+    for student in cfg.students:
+        resolve_model_name(student)
     if resolve_spec(cfg.dataset).needs_data_dir and cfg.data_dir is not None and not os.path.isdir(cfg.data_dir):
         raise KdcError(f"data folder not found: {cfg.data_dir}")
     for flag, batch in (("--batch-size", cfg.batch_size), ("--teacher-batch-size", cfg.teacher_batch_size)):

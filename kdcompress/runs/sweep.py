@@ -62,6 +62,11 @@ class SweepConfig:
     def resolved(self) -> "SweepConfig":
         """Validate every grid value with compress's own ranges and fill the defaults."""
         base = replace(self.base, int8=False).resolved()
+        if base.several:
+            raise KdcError(
+                f"kdc sweep takes one --student, got {len(base.students)} ({base.student}): sweep each student in its own "
+                f"sweep folder (--out), or compare several students in one kdc compress run"
+            )
         if not 1 <= self.seeds <= 100:
             raise KdcError(f"--seeds must be between 1 and 100, got {self.seeds}")
         for flag, values, field in (

@@ -27,7 +27,7 @@ class CompressConfig:
     data_dir: str | None = None  # dataset location; cifar3 looks for cifar-10-batches-py here (default ./data)
     image_size: int | None = None  # model input side in pixels; None = the dataset's default
     teacher: str | None = None  # any timm model name; None = the dataset's default (digits resnet34, others efficientnet_b3)
-    student: str = "resnet18"  # any timm model name; baseline and distilled student share it
+    student: str = "resnet18"  # timm model name(s), comma-separated for several: each gets its baseline, distilled, control
     pretrained: bool = False  # start the teacher from timm's ImageNet weights (needs the hub)
     pretrained_student: bool = False  # start both students from ImageNet weights (needs the hub)
     teacher_weights: str | None = None  # a trained teacher checkpoint to use instead of training one
@@ -90,11 +90,13 @@ class CompressConfig:
         ):
             if value is not None:
                 _check_range(flag, value, low, high)
+        students = split_students(self.student)
         if self.teacher_weights and self.pretrained:
             raise KdcError("--pretrained and --teacher-weights both set the teacher's weights: pick one")
         epochs = self.epochs or spec.epochs
         return replace(
             self,
+            student=",".join(students),
             image_size=self.image_size or spec.image_size,
             teacher=self.teacher or spec.teacher,
             epochs=epochs,
@@ -102,6 +104,16 @@ class CompressConfig:
             # None whenever it equals --batch-size: one spelling of one recipe (sweep folders compare settings)
             teacher_batch_size=None if self.teacher_batch_size == self.batch_size else self.teacher_batch_size,
         )
+
+    @property
+    def students(self) -> list[str]:
+        """The student architectures, in the order given (one for a plain run)."""
+        return split_students(self.student)
+
+    @property
+    def several(self) -> bool:
+        """Whether this run trains several students (its roles are then named by architecture: roles.role)."""
+        return len(self.students) > 1
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict for the manifest."""
@@ -121,6 +133,22 @@ class CompressConfig:
                 value = str(Path(value).absolute())
             values[name.replace("_", "-")] = value
         return values
+
+
+MAX_STUDENTS = 8  # each student is three trainings; more belongs in separate runs
+
+
+def split_students(text: str) -> list[str]:
+    """'resnet18, resnet10t' -> ['resnet18', 'resnet10t']; empty, repeated or too many names are refused in one line."""
+    names = [name.strip() for name in str(text).split(",")]
+    if not all(names):
+        raise KdcError(f"--student '{text}' has an empty name: give timm model names separated by commas, such as resnet18,resnet10t")
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise KdcError(f"--student names {', '.join(repeated)} more than once: give each student once")
+    if len(names) > MAX_STUDENTS:
+        raise KdcError(f"--student names {len(names)} students; at most {MAX_STUDENTS} fit one run: split them over several runs")
+    return names
 
 
 def one_of(choices: tuple[str, ...]) -> str:

@@ -40,7 +40,8 @@ def prepare(config: CompressConfig, reporter: Reporter) -> Prepared:
     """
     cfg = config.resolved()
     resolve_model_name(cfg.teacher)
-    resolve_model_name(cfg.student)
+    for student in cfg.students:
+        resolve_model_name(student)
     from kdcompress.train.accel import autotune, resolve_device, step_mode
     from kdcompress.train.loop import TrainSettings
 
@@ -99,15 +100,19 @@ class FairStart:
         return Distillation(clone_model(self.initial), teacher, temperature, alpha, beta, projection)
 
 
-def fair_start(prepared: Prepared, seed: int, teacher: Any) -> FairStart:
-    """The initial student (seeded with seed) and projection (seed + 1) for one seed; same seed, same weights."""
+def fair_start(prepared: Prepared, seed: int, teacher: Any, architecture: str | None = None) -> FairStart:
+    """The initial student (seeded with seed) and projection (seed + 1) for one seed; same seed, same weights.
+
+    architecture: which of the run's students (default: the first, the only one of a plain run). Every student
+    of a run starts from the same seed, so each one's start is the one a run of that student alone would get.
+    """
     import torch
 
     from kdcompress.train.models import create_model, create_projection
 
     cfg, data = prepared.cfg, prepared.data
     torch.manual_seed(seed)
-    initial = create_model(cfg.student, len(data.classes), data.channels, cfg.pretrained_student)
+    initial = create_model(architecture or cfg.students[0], len(data.classes), data.channels, cfg.pretrained_student)
     torch.manual_seed(seed + 1)
     projection = create_projection(initial, teacher)
     return FairStart(seed, replace(prepared.settings, seed=seed), initial, projection)

@@ -1,0 +1,57 @@
+"""The names of a run's models (roles): what each one is, and which student it belongs to.
+
+A run with one student names its models as it always has: teacher, baseline, student (distilled),
+control, int8, fp16. A run with several students suffixes every student-side role with its
+architecture (baseline-resnet18, student-resnet18, int8-resnet18 ...): one role name, one file name.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+TEACHER = "teacher"
+KINDS = ("baseline", "student", "control", "int8", "fp16")  # a student's models, in the order they are shown
+TRAINED = ("baseline", "student", "control")  # the kinds compress trains; int8 and fp16 are made from "student"
+FORMATS = {"int8": "INT8", "fp16": "FP16"}  # the kinds that are another format of the distilled student
+LABELS = {"teacher": "teacher", "baseline": "baseline", "student": "distilled", "control": "label smoothing", "int8": "distilled int8", "fp16": "distilled fp16"}
+
+
+def role(kind: str, architecture: str | None = None) -> str:
+    """baseline -> 'baseline' (one student), or 'baseline-resnet18' (architecture given: one of several)."""
+    return kind if architecture is None else f"{kind}-{architecture}"
+
+
+def kind_of(name: str) -> str:
+    """'student-resnet18' -> 'student'; 'teacher' -> 'teacher'; an unknown name is its own kind."""
+    kind, _, _ = name.partition("-")
+    return kind if kind in KINDS else name
+
+
+def student_of(name: str) -> str | None:
+    """'student-resnet18' -> 'resnet18'; a role of a one-student run (or the teacher) -> None."""
+    kind, dash, architecture = name.partition("-")
+    return architecture if dash and kind in KINDS else None
+
+
+def sibling(name: str, kind: str) -> str:
+    """The role of the same student with another kind: sibling('int8-resnet18', 'baseline') -> 'baseline-resnet18'."""
+    return role(kind, student_of(name))
+
+
+def label(name: str) -> str:
+    """How a role is shown in tables: 'distilled', or 'distilled resnet18' in a run with several students."""
+    kind, architecture = kind_of(name), student_of(name)
+    text = LABELS.get(kind, name)
+    return text if architecture is None else f"{text} {architecture}"
+
+
+def ordered(names: Iterable[str]) -> list[str]:
+    """The teacher first, then each student (in the order first seen) with its models in KINDS order."""
+    names = list(names)
+    students: list[str | None] = []
+    for name in names:
+        if name != TEACHER and kind_of(name) in KINDS and student_of(name) not in students:
+            students.append(student_of(name))
+    order = [TEACHER] if TEACHER in names else []
+    order += [role(kind, s) for s in students for kind in KINDS if role(kind, s) in names]
+    return order + [n for n in names if n not in order]  # anything else (a foreign role) last, as found
