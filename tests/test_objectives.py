@@ -86,3 +86,16 @@ def test_zeroed_head_starts_the_teacher_at_uniform_predictions():
     assert loss.item() == pytest.approx(math.log(3), rel=1e-6)
     loss.backward()
     assert teacher.get_classifier().weight.grad.abs().sum() > 0  # still learns
+
+
+def test_the_projection_takes_the_width_forward_head_returns_when_a_head_conv_widens_it():
+    # MobileNetV4's pooled features pass a 960 -> 1280 head conv: the projection and the recorded width must use 1280.
+    from kdcompress.train.models import create_model, create_projection, pooled_width
+    from kdcompress.train.objectives import LiveTeacher
+
+    student, teacher = create_model("mobilenetv4_conv_small", 3, 3), create_model("test_efficientnet", 3, 3)
+    x = torch.zeros(2, 3, 32, 32)
+    pooled = student.forward_head(student.forward_features(x), pre_logits=True)
+    assert pooled.shape[1] == pooled_width(student) == 1280 != student.num_features
+    _, features = LiveTeacher(teacher)(x, None, True)
+    assert create_projection(student, teacher)(pooled).shape == features.shape == (2, LiveTeacher(teacher).num_features)

@@ -91,7 +91,7 @@ def compress(
     data_dir: Optional[Path] = options.DATA_DIR,
     image_size: Optional[int] = options.IMAGE_SIZE,
     teacher: Optional[str] = options.TEACHER,
-    student: str = options.STUDENT,
+    student: Optional[str] = options.STUDENT,
     pretrained: bool = options.PRETRAINED,
     pretrained_student: bool = options.PRETRAINED_STUDENT,
     teacher_weights: Optional[Path] = options.TEACHER_WEIGHTS,
@@ -169,7 +169,7 @@ def sweep(
     data_dir: Optional[Path] = options.DATA_DIR,
     image_size: Optional[int] = options.IMAGE_SIZE,
     teacher: Optional[str] = options.TEACHER,
-    student: str = options.STUDENT,
+    student: Optional[str] = options.STUDENT,
     pretrained: bool = options.PRETRAINED,
     pretrained_student: bool = options.PRETRAINED_STUDENT,
     teacher_weights: Optional[Path] = options.TEACHER_WEIGHTS,
@@ -213,7 +213,7 @@ def sweep(
 
     With --nproc N (or under torchrun) each process trains its own share of the trainings, whole, on its own GPU.
     """
-    from kdcompress.runs.sweep import sweep as run_sweep
+    from kdcompress.runs.sweep import sweep_students
     from kdcompress.report.sweep_render import sweep_table
 
     base = CompressConfig(
@@ -235,15 +235,16 @@ def sweep(
     if _relaunched(nproc, base, config.resolved):
         return
     command = " ".join(["kdc", *sys.argv[1:]]) if sys.argv[1:2] == ["sweep"] else "kdc sweep"
-    results = run_sweep(config, _reporter(), command=command)
-    if results is None:  # a process other than rank 0 under torchrun: rank 0 reports
+    by_student = sweep_students(config, _reporter(), command=command)
+    if by_student is None:  # a process other than rank 0 under torchrun: rank 0 reports
         return
-    folder = Path(config.resolved().out)  # type: ignore[arg-type]
-    if as_json:
-        sys.stdout.write(json.dumps(results, indent=2) + "\n")
+    folders = dict(config.per_student())
+    if as_json:  # one student: its results, as before; several: results by student
+        sys.stdout.write(json.dumps(by_student if len(by_student) > 1 else next(iter(by_student.values())), indent=2) + "\n")
         return
-    stdout.print(sweep_table(results))
-    stdout.print(f"Saved results.json, summary.md, heatmap.png and objectives.png in {folder}", highlight=False)
+    for student, results in by_student.items():
+        stdout.print(sweep_table(results, student if len(by_student) > 1 else None))
+        stdout.print(f"Saved results.json, summary.md, heatmap.png and objectives.png in {folders[student].out}", highlight=False)
 
 
 class Terminated(KeyboardInterrupt):

@@ -65,7 +65,8 @@ IMAGE_SIZE = option("image_size", "--image-size", help="Input side in pixels (de
 TEACHER = option("teacher", "--teacher", help="Teacher: any timm model name (default per dataset: digits resnet34, others efficientnet_b3).")
 STUDENT = option(
     "student", "--student", help="Student(s): timm model names, comma-separated for several (resnet18,resnet10t); each gets its "
-    "own fair start, baseline, distilled student and control, from one teacher (kdc sweep: one student).",
+    "own fair start, baseline, distilled student and control, from one teacher. Default per dataset: digits "
+    "mobilenetv4_conv_small,resnet10t, others resnet18. kdc sweep: a sweep folder per student, OUT/STUDENT.",
 )
 PRETRAINED = option("pretrained", "--pretrained", help="Start the teacher from timm's ImageNet weights (downloads).")
 PRETRAINED_STUDENT = option("pretrained_student", "--pretrained-student", help="Start both students from ImageNet weights.")

@@ -174,16 +174,23 @@ def benchmark_run(
         "gpu": {"available": gpu_ok, "reason": gpu_reason},
         "units": UNITS,
         "models": results,
-        "comparisons": compare_models(correct),
-        "int8_verdicts": {r: _int8_verdict(results, batch, r) for r in results if roles.kind_of(r) == "int8"},
         "command": command or f"kdc benchmark {run_dir} --threads {threads} --batch {batch}{flags}",
     }
-    if "int8" in results:  # a one-student run: where earlier versions kept its one verdict
-        result["int8_verdict"] = result["int8_verdicts"]["int8"]
-    result["attribution"] = attributions(result["comparisons"], list(correct))
+    _verdicts(result, correct, batch)
     _frontier(result, correct, budget or Budget())
     _save(result, run_dir, reporter)
     return result
+
+
+def _verdicts(result: dict[str, Any], correct: dict[str, np.ndarray], batch: int) -> None:
+    """The noise verdicts from the ONNX files' own predictions, each INT8 file's verdict vs its FP32 student, and
+    what they mean together (stats.attributions)."""
+    models = result["models"]
+    result["comparisons"] = compare_models(correct)
+    result["int8_verdicts"] = {r: _int8_verdict(models, batch, r) for r in models if roles.kind_of(r) == "int8"}
+    if "int8" in models:  # a one-student run: where earlier versions kept its one verdict
+        result["int8_verdict"] = result["int8_verdicts"]["int8"]
+    result["attribution"] = attributions(result["comparisons"], list(correct))
 
 
 def _check_settings(**settings: int) -> None:

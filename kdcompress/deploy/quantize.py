@@ -64,7 +64,7 @@ def candidates(arch: str) -> tuple[Candidate, ...]:
     return U8S8 if x86 else (*U8S8, S8S8)
 
 
-class _Calibration:
+class Calibration:
     """Feeds calibration batches to onnxruntime's calibrator."""
 
     def __init__(self, images: np.ndarray, prep: Preprocessing, input_name: str, batch: int = 32) -> None:
@@ -82,7 +82,8 @@ class _Calibration:
         self.position = 0
 
 
-def _quantize(source: Path, target: Path, candidate: Candidate, calibration: _Calibration) -> None:
+def quantize_candidate(source: Path, target: Path, candidate: Candidate, calibration: Calibration) -> None:
+    """Write target: source (prepared by quant_pre_process) quantized as candidate says, calibrated by MinMax."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     calibration.rewind()
@@ -220,14 +221,14 @@ def _build_and_time(
     calibration_images, _ = load_images(run_dir, manifest, "calibration_set")
     prepared = tmp / "student-prepared.onnx"
     quant_pre_process(str(student_file), str(prepared))
-    calibration = _Calibration(calibration_images, prep, create_session(prepared).get_inputs()[0].name)
+    calibration = Calibration(calibration_images, prep, create_session(prepared).get_inputs()[0].name)
     built = {"FP32": student_file}
     tried = candidates(platform.machine())
     with reporter.progress("quantize", total=len(tried) + 1) as advance:
         for candidate in tried:
             advance(0, status=f"calibrating {candidate.name}")
             built[candidate.name] = tmp / f"{candidate.name.replace(' ', '_')}.onnx"
-            _quantize(prepared, built[candidate.name], candidate, calibration)
+            quantize_candidate(prepared, built[candidate.name], candidate, calibration)
             advance(1)
         advance(0, status="timing FP32 and every candidate in turn")
         scores = score_models(built, prep, test, threads)
@@ -288,16 +289,7 @@ def _int8_entry(
 def _fp16(student_file: Path, tmp: Path, prep: Preprocessing, test: tuple[np.ndarray, np.ndarray], threads: int) -> dict[str, Any]:
     """student-fp16.onnx in tmp (float16 weights and arithmetic, float32 input and output), its accuracy and its
     parity with the FP32 file on the test images, both run on this CPU."""
-    import warnings
-
-    import onnx
-    from onnxruntime.transformers.float16 import convert_float_to_float16
-
-    with warnings.catch_warnings():  # it warns once per weight it rounds to float16's range
-        warnings.simplefilter("ignore")
-        model = convert_float_to_float16(onnx.load(str(student_file)), keep_io_types=True)
-    path = tmp / f"{student_file.stem}{FP16_SUFFIX}"
-    onnx.save(model, str(path))
+    path = to_fp16(student_file, tmp / f"{student_file.stem}{FP16_SUFFIX}")
     images, labels = test
     fp32 = run_logits(create_session(student_file, "cpu", threads), images, prep)
     half = run_logits(create_session(path, "cpu", threads), images, prep)
@@ -310,3 +302,17 @@ def _fp16(student_file: Path, tmp: Path, prep: Preprocessing, test: tuple[np.nda
         "max_abs_logit_difference": float(np.abs(half - fp32).max()),
         "parity_checked_on": "CPUExecutionProvider",
     }
+
+
+def to_fp16(source: Path, target: Path) -> Path:
+    """Write target: source with FP16 weights and compute, FP32 inputs and outputs (keep_io_types); returns target."""
+    import warnings
+
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    with warnings.catch_warnings():  # it warns once per weight it rounds to float16's range
+        warnings.simplefilter("ignore")
+        model = convert_float_to_float16(onnx.load(str(source)), keep_io_types=True)
+    onnx.save(model, str(target))
+    return target

@@ -287,7 +287,7 @@ def benchmark_plot(result: dict[str, Any], path: Any) -> None:
     if numbered:
         legend = []
         numbers = {role: number for number, role in enumerate(models, 1)}
-        for role, offset in label_offsets(xs, ys, width=0.03, height=0.04, row=9).items():
+        for role, offset in label_offsets(xs, ys, width=0.05, height=0.05, row=9).items():
             ax.annotate(str(numbers[role]), (xs[role], ys[role]), textcoords="offset points", xytext=offset, fontsize=7, color=colour[role])
         for role, number in numbers.items():
             legend.append(f"{number:>2}  {roles.label(role)}, {models[role]['file_mb']:.1f} MB")

@@ -121,9 +121,10 @@ def sweep_context(results: dict[str, Any]) -> list[str]:
     ]
 
 
-def sweep_table(results: dict[str, Any]) -> Table:
-    """The sweep as a Rich table with its context as caption."""
+def sweep_table(results: dict[str, Any], student: str | None = None) -> Table:
+    """The sweep as a Rich table with its context as caption (student: named in the title, for a sweep of several)."""
     title = f"kdc sweep: {results['dataset']['name']}, {len(results['cells'])} grid points x {len(results['grid']['seeds'])} seeds"
+    title += f", student {student}" if student else ""
     return build_table(title, sweep_headers(results), sweep_rows(results), caption="\n".join(sweep_context(results)))
 
 

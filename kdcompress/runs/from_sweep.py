@@ -30,6 +30,10 @@ def sweep_results(folder: str | Path) -> dict[str, Any]:
     if not folder.is_dir():
         raise KdcError(f"--from-sweep: sweep folder not found: {folder}")
     if not path.is_file():
+        students = sorted(p.parent.name for p in folder.glob("*/results.json"))
+        if students:
+            choices = " or ".join(str(folder / s) for s in students)
+            raise KdcError(f"--from-sweep: {folder} holds a sweep per student: pass one of them, {choices}")
         raise KdcError(f"--from-sweep: {folder} holds no results.json: run the sweep to its end first (running it again resumes it)")
     results = read_json(path, "run the same kdc sweep again to rewrite it")
     if not isinstance(results, dict) or results.get("format") != FORMAT or not isinstance(results.get("settings"), dict):

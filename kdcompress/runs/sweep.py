@@ -62,11 +62,6 @@ class SweepConfig:
     def resolved(self) -> "SweepConfig":
         """Validate every grid value with compress's own ranges and fill the defaults."""
         base = replace(self.base, int8=False).resolved()
-        if base.several:
-            raise KdcError(
-                f"kdc sweep takes one --student, got {len(base.students)} ({base.student}): sweep each student in its own "
-                f"sweep folder (--out), or compare several students in one kdc compress run"
-            )
         if not 1 <= self.seeds <= 100:
             raise KdcError(f"--seeds must be between 1 and 100, got {self.seeds}")
         for flag, values, field in (
@@ -88,6 +83,13 @@ class SweepConfig:
         base = self.base.to_options(leave_out=("temperature", "alpha", "beta", "out", "int8", "from_sweep"))
         out = str(Path(self.out).absolute()) if self.out else None
         return {**base, **grid, "seeds": self.seeds, "out": out}
+
+    def per_student(self) -> list[tuple[str, "SweepConfig"]]:
+        """The sweep of each student, resolved: one student sweeps into --out itself; several, each into --out/STUDENT."""
+        cfg = self.resolved()
+        if not cfg.base.several:
+            return [(cfg.base.student, cfg)]  # type: ignore[list-item]
+        return [(s, replace(cfg, base=replace(cfg.base, student=s), out=str(Path(cfg.out) / s))) for s in cfg.base.students]  # type: ignore[arg-type]
 
     def cells(self) -> list[tuple[float, float, float]]:
         """Every (T, alpha, beta) of the grid."""
@@ -162,12 +164,39 @@ def choose_by_validation(validation: dict[tuple[float, float, float], list[float
     return max(validation, key=lambda cell: float(np.mean(validation[cell])))
 
 
-def sweep(
+def sweep_students(
     config: SweepConfig, reporter: Reporter | None = None, command: str = "kdc sweep (library call)"
+) -> dict[str, dict[str, Any]] | None:
+    """sweep for each student of the configuration, from one teacher: its results by student architecture.
+
+    One student sweeps into --out; several each into --out/STUDENT, where compress --from-sweep finds it. The
+    teacher is trained once (the later students reuse it from the cache, or the same --teacher-weights), and each
+    seed's recorded teacher outputs serve every student when all seeds' recordings fit in memory together.
+    """
+    reporter = reporter or NullReporter()
+    recordings: dict[tuple[int, bool], Any] = {}
+    out: dict[str, dict[str, Any]] = {}
+    subs = config.per_student()
+    for student, sub in subs:
+        if len(subs) > 1:
+            reporter.info(f"student {student}: sweeping into {sub.out}")
+        results = sweep(sub, reporter, command, recordings)
+        if results is None:  # a process other than rank 0 under torchrun
+            return None
+        out[student] = results
+    return out
+
+
+def sweep(
+    config: SweepConfig,
+    reporter: Reporter | None = None,
+    command: str = "kdc sweep (library call)",
+    recordings: dict[tuple[int, bool], Any] | None = None,
 ) -> dict[str, Any] | None:
     """Train what is missing from the sweep folder, compare every grid point with the baseline, write the report.
 
-    command is recorded in summary.md, as the way the results were made.
+    command is recorded in summary.md, as the way the results were made. recordings (sweep_students) keeps each
+    seed's recorded teacher outputs for the next student's sweep, where they all fit in memory together.
 
     Under torchrun the teacher (when it must be trained) is trained by all ranks together; then each rank
     trains its own share of the missing trainings, whole, on its own device, into the shared runs/ folder,
@@ -175,6 +204,8 @@ def sweep(
     """
     reporter = reporter or NullReporter()
     cfg = config.resolved()
+    if cfg.base.several:
+        raise KdcError(f"sweep() takes one student, got {cfg.base.student}: sweep_students sweeps each of them")
     run = prepare(cfg.base, reporter)
     folder = Path(cfg.out)  # type: ignore[arg-type]
     total = len(cfg.seed_list()) * len(jobs(cfg))
@@ -191,7 +222,7 @@ def sweep(
             reporter.info(f"sweep of {total} trainings into {folder}")
     shared, plan = broadcast_object((shared, plan) if run.world.main else None)
     if plan or "teacher" not in shared:
-        _train_missing(cfg, run, folder, shared, plan, total, reporter)
+        _train_missing(cfg, run, folder, shared, plan, total, reporter, recordings)
     barrier()  # every rank's trainings are in runs/
     if not run.world.main:
         return None
@@ -241,6 +272,7 @@ def _train_missing(
     plan: list[tuple[int, Job]],
     total: int,
     reporter: Reporter,
+    recordings: dict[tuple[int, bool], Any] | None = None,
 ) -> None:
     """Train this rank's share of the plan, seed by seed, each training into runs/<name>.json."""
     world = run.world
@@ -259,7 +291,7 @@ def _train_missing(
         seed_jobs = [job for _, job in runs]
         start = fair_start(run, seed, teacher)  # the same initial weights and projection as `kdc compress --seed`
         settings = replace(start.settings, world_size=1, rank=0)  # each training whole, in this process
-        recorded = _seed_teacher_outputs(run, teacher, settings, seed, seed_jobs, folder, reporter)
+        recorded = _seed_teacher_outputs(run, teacher, settings, seed, seed_jobs, folder, reporter, recordings, len(cfg.seed_list()))
         for job in seed_jobs:
             done += 1
             matched = control_smoothing(run, teacher_logits, *job.pair) if job.kind == "control" else None
@@ -292,19 +324,36 @@ def _teacher_entry(run: Prepared, teacher: Any, record: dict[str, Any]) -> dict[
 
 
 def _seed_teacher_outputs(
-    run: Prepared, teacher: Any, settings: Any, seed: int, seed_jobs: list[Job], folder: Path, reporter: Reporter
+    run: Prepared,
+    teacher: Any,
+    settings: Any,
+    seed: int,
+    seed_jobs: list[Job],
+    folder: Path,
+    reporter: Reporter,
+    recordings: dict[tuple[int, bool], Any] | None = None,
+    seeds: int = 1,
 ) -> Any:
-    """The teacher's outputs on every view this seed's distilled students see, recorded once (None: it runs live)."""
+    """The teacher's outputs on every view this seed's distilled students see, recorded once (None: it runs live).
+
+    With recordings (several students), a seed recorded for an earlier student is replayed, and a new recording
+    is kept for the next student when `seeds` of them fit in memory together.
+    """
     distilled = [job for job in seed_jobs if job.kind == "distilled"]
     if not distilled:
         return None
     features = any(job.cell[2] > 0 for job in distilled)
+    if recordings is not None and (seed, features) in recordings:
+        reporter.info(f"seed {seed}: replaying the teacher outputs recorded for the previous student")
+        return recordings[(seed, features)]
     if not recording_fits(teacher, run.data, settings, features):
         reporter.info(f"seed {seed}: the teacher's outputs for every view would not fit in memory; it runs live instead")
         return None
     started = time.perf_counter()
     recorded = record_teacher(teacher, run.data, run.prep, settings, features, reporter, f"seed {seed}: teacher outputs")
     write_json_atomic(folder / "runs" / f"seed{seed}-teacher-outputs.cost", {"seconds": time.perf_counter() - started})
+    if recordings is not None and recording_fits(teacher, run.data, replace(settings, epochs=settings.epochs * seeds), features):
+        recordings[(seed, features)] = recorded
     return recorded
 
 

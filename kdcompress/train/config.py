@@ -27,7 +27,7 @@ class CompressConfig:
     data_dir: str | None = None  # dataset location; cifar3 looks for cifar-10-batches-py here (default ./data)
     image_size: int | None = None  # model input side in pixels; None = the dataset's default
     teacher: str | None = None  # any timm model name; None = the dataset's default (digits resnet34, others efficientnet_b3)
-    student: str = "resnet18"  # timm model name(s), comma-separated for several: each gets its baseline, distilled, control
+    student: str | None = None  # timm model name(s), comma-separated for several; None = the dataset's default students
     pretrained: bool = False  # start the teacher from timm's ImageNet weights (needs the hub)
     pretrained_student: bool = False  # start both students from ImageNet weights (needs the hub)
     teacher_weights: str | None = None  # a trained teacher checkpoint to use instead of training one
@@ -90,7 +90,7 @@ class CompressConfig:
         ):
             if value is not None:
                 _check_range(flag, value, low, high)
-        students = split_students(self.student)
+        students = split_students(self.student or spec.student)
         if self.teacher_weights and self.pretrained:
             raise KdcError("--pretrained and --teacher-weights both set the teacher's weights: pick one")
         epochs = self.epochs or spec.epochs
@@ -107,8 +107,8 @@ class CompressConfig:
 
     @property
     def students(self) -> list[str]:
-        """The student architectures, in the order given (one for a plain run)."""
-        return split_students(self.student)
+        """The student architectures, in the order given (the dataset's default ones when none was given)."""
+        return split_students(self.student or resolve_spec(self.dataset).student)
 
     @property
     def several(self) -> bool:

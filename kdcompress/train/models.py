@@ -124,8 +124,14 @@ def describe_mismatch(expected: dict[str, Any], found: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
+def pooled_width(model: Any) -> int:
+    """Width of forward_head(x, pre_logits=True): timm's head_hidden_size where a head conv widens the pooled
+    features (MobileNetV3/V4: 960 -> 1280), else num_features."""
+    return int(getattr(model, "head_hidden_size", None) or model.num_features)
+
+
 def create_projection(student: Any, teacher: Any) -> Any:
     """Linear map from the student's pooled features to the teacher's (training only, never exported)."""
     import torch.nn as nn
 
-    return nn.Linear(student.num_features, teacher.num_features)
+    return nn.Linear(pooled_width(student), pooled_width(teacher))

@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 
 from kdcompress.train import losses
+from kdcompress.train.models import pooled_width
 
 
 class Trainable(nn.Module):
@@ -95,7 +96,7 @@ class LiveTeacher(nn.Module):
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model.eval().requires_grad_(False)
-        self.num_features = model.num_features
+        self.num_features = pooled_width(model)  # what forward returns as features: the projection's output width
 
     def train(self, mode: bool = True) -> "LiveTeacher":
         """The teacher always stays in eval mode (its BatchNorm statistics never move)."""

@@ -329,10 +329,11 @@ def recording_fits(teacher: Any, data: Any, settings: Any, features: bool) -> bo
     is 37 GB. When they do not fit, the teacher runs live on the same views: the same targets, more compute.
     """
     from kdcompress.data.memory import process_memory
+    from kdcompress.train.models import pooled_width
     from kdcompress.train.views import steps_per_epoch
 
     rows = settings.epochs * steps_per_epoch(len(data.train_y), settings.batch_size) * min(settings.batch_size, len(data.train_y))
-    need = rows * (len(data.classes) + (teacher.num_features if features else 0)) * 4
+    need = rows * (len(data.classes) + (pooled_width(teacher) if features else 0)) * 4
     if settings.device == "cuda":
         import torch
 
