@@ -80,8 +80,9 @@ LOSS_HELP = f"{FORMULA}   ({FORMULA_NOTES})"
 
 
 @app.command(
-    help="Train a teacher, a baseline student, a distilled student and a label-smoothing control; export them to ONNX "
-    f"and say whether distillation beat the baseline and the control beyond noise.\n\n{LOSS_HELP}"
+    help="Train a teacher and, for each student (--student a,b,c), a baseline, a distilled student and a label-smoothing "
+    "control; export them to ONNX and say whether distillation beat the baseline and the control beyond noise."
+    f"\n\n{LOSS_HELP}"
 )
 @_user_errors(DISCARDED)
 def compress(
@@ -99,7 +100,7 @@ def compress(
     teacher_aux: bool = options.TEACHER_AUX,
     teacher_smoothing: float = options.TEACHER_SMOOTHING,
     teacher_ema: float = options.TEACHER_EMA,
-    teacher_select: str = options.TEACHER_SELECT,
+    teacher_select: Optional[str] = options.TEACHER_SELECT,
     teacher_balance: bool = options.TEACHER_BALANCE,
     augment: str = options.AUGMENT,
     temperature: float = option("temperature", "--T", "--temperature", help="Temperature T that softens both logit sets in the KL term (> 0)."),
@@ -119,7 +120,7 @@ def compress(
     compile: str = options.COMPILE,
     artifacts: Path = options.ARTIFACTS,
     out: Optional[Path] = option("out", "--out", help="Exact run folder: a new or empty folder, or an earlier run (replaced once this one completes); any other folder is refused."),
-    int8: bool = option("int8", "--int8", help="Also write INT8 and FP16 versions of the distilled student (see kdc quantize)."),
+    int8: bool = option("int8", "--int8", help="Also write INT8 and FP16 versions of each distilled student (see kdc quantize)."),
     from_sweep: Optional[Path] = typer.Option(
         None, "--from-sweep", rich_help_panel=options.OUTPUT, help="A finished kdc sweep folder: train the cell it chose on validation (T, alpha, beta), with the "
         "sweep's data, models, schedule, seed and teacher (reused from its cache). Options that contradict the sweep are refused.",
@@ -177,7 +178,7 @@ def sweep(
     teacher_aux: bool = options.TEACHER_AUX,
     teacher_smoothing: float = options.TEACHER_SMOOTHING,
     teacher_ema: float = options.TEACHER_EMA,
-    teacher_select: str = options.TEACHER_SELECT,
+    teacher_select: Optional[str] = options.TEACHER_SELECT,
     teacher_balance: bool = options.TEACHER_BALANCE,
     augment: str = options.AUGMENT,
     epochs: Optional[int] = options.EPOCHS,
@@ -325,7 +326,7 @@ def benchmark(
     max_mb: Optional[float] = typer.Option(None, "--max-mb", help="Budget: ONNX file size, in MB.", rich_help_panel="Budget"),
     max_drop: Optional[float] = typer.Option(None, "--max-drop", help="Budget: accuracy points below the teacher.", rich_help_panel="Budget"),
 ) -> None:
-    """Accuracy, size and CPU/GPU latency of a run's ONNX models, side by side, with ratios vs the teacher.
+    """Accuracy, size and CPU/GPU latency of a run's ONNX models side by side, the frontier, and the file to ship.
 
     Judges the deployable files through onnxruntime, all timed in turn in one process, and marks
     the Pareto frontier (accuracy vs latency, accuracy vs size). With a budget (--max-ms, --max-mb,
@@ -385,7 +386,7 @@ def quantize(
         None, "--model", help="A run with several students: quantize this distilled student alone (student-ARCH) [default: all]."
     ),
 ) -> None:
-    """Write the distilled student's deployment formats: static INT8 (QDQ) and FP16.
+    """Write each distilled student's deployment formats: static INT8 (QDQ) and FP16.
 
     INT8: U8S8 with per-channel or per-tensor weight scales, with and without reduce-range (and S8S8 off
     x86), calibrated on training images, are built and timed in turn with the FP32 student on this

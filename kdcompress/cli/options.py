@@ -66,7 +66,7 @@ TEACHER = option("teacher", "--teacher", help="Teacher: any timm model name (def
 STUDENT = option(
     "student", "--student", help="Student(s): timm model names, comma-separated for several (resnet18,resnet10t); each gets its "
     "own fair start, baseline, distilled student and control, from one teacher. Default per dataset: digits "
-    "mobilenetv4_conv_small,resnet10t, others resnet18. kdc sweep: a sweep folder per student, OUT/STUDENT.",
+    "resnet10t, others resnet18. kdc sweep: a sweep folder per student, OUT/STUDENT.",
 )
 PRETRAINED = option("pretrained", "--pretrained", help="Start the teacher from timm's ImageNet weights (downloads).")
 PRETRAINED_STUDENT = option("pretrained_student", "--pretrained-student", help="Start both students from ImageNet weights.")
@@ -108,7 +108,8 @@ TEACHER_BALANCE = option(
     "class frequency in its training images, so every class counts alike (chest-xray's train split is 3:1)."
 )
 TEACHER_SELECT = option(
-    "teacher_select", "--teacher-select", help="The teacher's kept epoch: best validation accuracy, or lowest validation loss."
+    "teacher_select", "--teacher-select", help="The teacher's kept epoch: accuracy (best validation accuracy) or loss (lowest validation loss); default per "
+    "dataset: digits loss, others accuracy."
 )
 MIXUP = option(
     "mixup", "--mixup", help="Mixup for the students, 0 = off: each batch is mixed with itself reversed, weight ~ "

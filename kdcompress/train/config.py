@@ -34,7 +34,7 @@ class CompressConfig:
     retrain_teacher: bool = False  # train the teacher even if an identical one is cached
     teacher_smoothing: float = 0.0  # label smoothing of the teacher's own training
     teacher_ema: float = 0.0  # keep an EMA of the teacher's weights with this decay (timm ModelEmaV3); 0 = off
-    teacher_select: str = "accuracy"  # the teacher's kept epoch: best validation accuracy, or lowest validation loss
+    teacher_select: str | None = None  # the teacher's kept epoch: best validation accuracy, or lowest loss; None = the dataset's
     teacher_balance: bool = False  # weight the teacher's cross-entropy by inverse class frequency in its training images
     teacher_aux: bool = True  # also train the teacher on the dataset's auxiliary classes (cifar3: CIFAR-10's 7 others)
     temperature: float = 4.0  # T: softens both logit sets before the KL term
@@ -74,7 +74,7 @@ class CompressConfig:
             ("--compile", self.compile, COMPILE_CHOICES),
             ("--control", self.control, CONTROLS),
             ("--augment", self.augment, AUGMENTATIONS),
-            ("--teacher-select", self.teacher_select, SELECTIONS),
+            ("--teacher-select", self.teacher_select or spec.teacher_select, SELECTIONS),
         ):
             if value not in choices:
                 raise KdcError(f"{flag} must be {one_of(choices)}, not '{value}'")
@@ -99,6 +99,7 @@ class CompressConfig:
             student=",".join(students),
             image_size=self.image_size or spec.image_size,
             teacher=self.teacher or spec.teacher,
+            teacher_select=self.teacher_select or spec.teacher_select,
             epochs=epochs,
             teacher_epochs=self.teacher_epochs or epochs * spec.teacher_epoch_factor,
             # None whenever it equals --batch-size: one spelling of one recipe (sweep folders compare settings)
