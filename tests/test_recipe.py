@@ -66,7 +66,7 @@ def test_ema_weights_are_what_is_validated_and_kept():
 
 def test_teacher_levers_enter_the_cache_key_only_away_from_their_defaults():
     data = load_dataset("digits", None, 16, 0.1)
-    base = CompressConfig(device="cpu", teacher_select="accuracy").resolved()  # the plain recipe (digits selects by loss)
+    base = CompressConfig(device="cpu", teacher_select="accuracy", teacher_ema=0.0).resolved()  # the plain recipe (not digits')
     key = teacher_cache_key(base, data)
     assert key == teacher_cache_key(replace(base, **RECIPE_LEVERS), data)
     changed = {"augment": "rrc", "teacher_smoothing": 0.1, "teacher_ema": 0.999, "teacher_select": "loss", "teacher_balance": True}
@@ -93,11 +93,11 @@ def test_lever_values_out_of_range_are_refused_in_one_line(changes, message):
 
 def test_the_default_teacher_is_the_datasets_and_an_explicit_one_wins():
     digits = CompressConfig().resolved()
-    assert (digits.teacher, digits.epochs, digits.teacher_epochs) == ("resnet34", 10, 20)
-    assert (digits.student, digits.teacher_select) == ("resnet10t", "loss")
+    assert (digits.teacher, digits.epochs, digits.teacher_epochs) == ("resnet34", 5, 20)
+    assert (digits.student, digits.teacher_select, digits.teacher_ema) == ("resnet10t", "loss", 0.99)
     cifar3 = CompressConfig(dataset="cifar3").resolved()
     assert (cifar3.teacher, cifar3.teacher_epochs) == ("efficientnet_b3", 60)
-    assert (cifar3.student, cifar3.teacher_select) == ("resnet18", "accuracy")  # the project's reference student
+    assert (cifar3.student, cifar3.teacher_select, cifar3.teacher_ema) == ("resnet18", "accuracy", 0.0)  # the reference
     assert CompressConfig(student="resnet18", teacher_select="accuracy").resolved().student == "resnet18"
     assert CompressConfig(dataset="chest-xray").resolved().teacher == "efficientnet_b3"
     chosen = CompressConfig(teacher="efficientnet_b3", teacher_epochs=7).resolved()
@@ -121,7 +121,7 @@ def test_a_balanced_teacher_trains_on_inverse_frequency_weights_and_records_it()
     assert record["levers"]["teacher_balance"] is True
 
 
-@pytest.mark.parametrize("levers, pointed", [({"teacher_select": "accuracy"}, True), ({"teacher_select": "accuracy", "teacher_ema": 0.99}, False)])
+@pytest.mark.parametrize("levers, pointed", [({"teacher_select": "accuracy", "teacher_ema": 0.0}, True), ({"teacher_select": "accuracy", "teacher_ema": 0.99}, False)])
 def test_a_high_resolution_teacher_without_levers_is_pointed_to_the_measured_ones(levers, pointed):
     from kdcompress.train.teacher import _train_teacher, HIGH_RES, HIGH_RES_LEVERS
 

@@ -101,7 +101,8 @@ AUGMENT = option(
 TEACHER_SMOOTHING = option("teacher_smoothing", "--teacher-smoothing", help="Label smoothing of the teacher's own training (0 = none).")
 TEACHER_EMA = option(
     "teacher_ema", "--teacher-ema", help="Keep an exponential moving average of the teacher's weights with this decay, "
-    "e.g. 0.999 (timm's ModelEmaV3, warm-up on); it is what is validated and kept. 0 = off."
+    "e.g. 0.999 (timm's ModelEmaV3, warm-up on); it is what is validated and kept. 0 = off; default per dataset: "
+    "digits 0.99, others 0."
 )
 TEACHER_BALANCE = option(
     "teacher_balance", "--teacher-balance/--no-teacher-balance", help="Weight the teacher's cross-entropy by inverse "

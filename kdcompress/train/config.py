@@ -33,7 +33,7 @@ class CompressConfig:
     teacher_weights: str | None = None  # a trained teacher checkpoint to use instead of training one
     retrain_teacher: bool = False  # train the teacher even if an identical one is cached
     teacher_smoothing: float = 0.0  # label smoothing of the teacher's own training
-    teacher_ema: float = 0.0  # keep an EMA of the teacher's weights with this decay (timm ModelEmaV3); 0 = off
+    teacher_ema: float | None = None  # EMA of the teacher's weights with this decay (timm ModelEmaV3); 0 = off; None = the dataset's
     teacher_select: str | None = None  # the teacher's kept epoch: best validation accuracy, or lowest loss; None = the dataset's
     teacher_balance: bool = False  # weight the teacher's cross-entropy by inverse class frequency in its training images
     teacher_aux: bool = True  # also train the teacher on the dataset's auxiliary classes (cifar3: CIFAR-10's 7 others)
@@ -68,7 +68,8 @@ class CompressConfig:
         _check_range("--val-fraction", self.val_fraction, 0.01, 0.5)
         _check_range("--mixup", self.mixup, 0.0, 10.0)
         _check_range("--teacher-smoothing", self.teacher_smoothing, 0.0, 0.9)
-        _check_range("--teacher-ema", self.teacher_ema, 0.0, 0.99999)
+        if self.teacher_ema is not None:
+            _check_range("--teacher-ema", self.teacher_ema, 0.0, 0.99999)
         for flag, value, choices in (
             ("--device", self.device, DEVICES),
             ("--compile", self.compile, COMPILE_CHOICES),
@@ -100,6 +101,7 @@ class CompressConfig:
             image_size=self.image_size or spec.image_size,
             teacher=self.teacher or spec.teacher,
             teacher_select=self.teacher_select or spec.teacher_select,
+            teacher_ema=spec.teacher_ema if self.teacher_ema is None else self.teacher_ema,
             epochs=epochs,
             teacher_epochs=self.teacher_epochs or epochs * spec.teacher_epoch_factor,
             # None whenever it equals --batch-size: one spelling of one recipe (sweep folders compare settings)
