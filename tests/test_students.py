@@ -123,6 +123,7 @@ def test_a_one_student_run_keeps_its_plain_names(tiny_run):
         ("resnet18,,resnet10t", "has an empty name"),
         ("resnet18,resnet18", "names resnet18 more than once"),
         (",".join(f"test_resnet{i}" for i in range(9)), "at most 8 fit one run"),
+        ("test_resnet,hf-hub:timm/resnet18.a1_in1k", "each must be a plain timm model name"),
     ],
 )
 def test_bad_student_lists_are_refused_in_one_line(text, message):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -151,6 +152,10 @@ def split_students(text: str) -> list[str]:
         raise KdcError(f"--student names {', '.join(repeated)} more than once: give each student once")
     if len(names) > MAX_STUDENTS:
         raise KdcError(f"--student names {len(names)} students; at most {MAX_STUDENTS} fit one run: split them over several runs")
+    unsafe = [name for name in names if not re.fullmatch(r"[A-Za-z0-9_.]+", name)]
+    if len(names) > 1 and unsafe:  # several students name their files by architecture (core.roles)
+        raise KdcError(f"--student {unsafe[0]}: in a run of several students each must be a plain timm model name (letters, "
+                       f"digits, '_' and '.'), as it names the files; run it alone instead")  # fmt: skip
     return names
 
 
