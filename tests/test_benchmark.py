@@ -113,3 +113,18 @@ def test_a_busy_machine_is_flagged_not_silently_reported(tiny_run, monkeypatch):
     assert any(line.startswith("WARNING: the machine was busy (other processes used 90%") for line in benchmark_context(result))
     monkeypatch.setattr("kdcompress.deploy.timing.cpu_busy_fraction", lambda interval=0.5: 0.05)
     assert not benchmark_run(tiny_run, quick=True, gpu=False)["machine"]["busy"]
+
+
+def test_an_fp16_file_lists_each_node_after_its_inputs_and_counts_the_fp32_macs(tiny_run, tmp_path):
+    import onnx
+
+    from kdcompress.deploy.benchmark import count_macs
+    from kdcompress.deploy.quantize import to_fp16
+
+    fp32 = onnx.load(str(tiny_run / "student.onnx"))
+    half = onnx.load(str(to_fp16(tiny_run / "student.onnx", tmp_path / "student-fp16.onnx")))
+    ready = {v.name for v in half.graph.input} | {t.name for t in half.graph.initializer} | {""}
+    for node in half.graph.node:
+        assert all(name in ready for name in node.input), node.name
+        ready.update(node.output)
+    assert count_macs(half) == count_macs(fp32) > 0

@@ -17,6 +17,7 @@ from kdcompress.deploy.manifest import load_images, read_manifest, run_file
 from kdcompress.core.reporter import NullReporter, Reporter
 from kdcompress.deploy.sessions import check_model, create_session, run_logits
 from kdcompress.deploy.frontier import Budget, not_faster, pareto, Point, recommend
+from kdcompress.deploy.quantize import sort_nodes
 from kdcompress.deploy.timing import machine, measure_speeds
 from kdcompress.core import roles
 from kdcompress.core.stats import attributions, compare, compare_models, REFERENCES, roc_auc
@@ -81,6 +82,7 @@ def count_macs(model: Any) -> int:
             dims[0].Clear()
             dims[0].dim_value = 1
     del model.graph.value_info[:]
+    sort_nodes(model.graph)  # shape inference reads nodes in order (FP16 files written before sort_nodes were not)
     inferred = shape_inference.infer_shapes(model)
     shapes: dict[str, list[int]] = {}
     for value in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):

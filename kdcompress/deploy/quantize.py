@@ -189,14 +189,7 @@ def _quantize_student(
     int8 = _int8_entry(student, int8_file, chosen, fp32, measured, threads)
     if not int8.details["quantization"]["verdict"]["faster"]:
         reporter.warn(f"{name}: {int8.details['quantization']['verdict']['words']}")
-    entry16 = ModelEntry(
-        architecture=f"{student.architecture} (FP16, for GPU targets)",
-        onnx=fp16_file.name,
-        parameters=student.parameters,
-        onnx_bytes=fp16_file.stat().st_size,
-        test_accuracy=fp16["accuracy"],
-        test_correct=fp16["correct"],
-    )
+    entry16 = _format_entry(student, fp16_file, "FP16, for GPU targets", fp16)
     entry16.details["fp16"] = {k: v for k, v in fp16.items() if k not in ("accuracy", "correct")}
     if fp16["top1_agreement"] < FP16_MIN_AGREEMENT:
         reporter.warn(f"{name}: FP16 agrees with FP32 on only {fp16['top1_agreement']:.1%} of the test images' top-1 classes")
@@ -256,18 +249,23 @@ def score_models(files: dict[str, Path], prep: Preprocessing, test: tuple[np.nda
     return scores
 
 
+def _format_entry(student: ModelEntry, path: Path, what: str, scores: dict[str, Any]) -> ModelEntry:
+    """The manifest's entry of a file made from the FP32 student (what: its format, in words), scored on the test set."""
+    return ModelEntry(
+        architecture=f"{student.architecture} ({what})",
+        onnx=path.name,
+        parameters=student.parameters,
+        onnx_bytes=path.stat().st_size,
+        test_accuracy=scores["accuracy"],
+        test_correct=scores["correct"],
+    )
+
+
 def _int8_entry(
     student: ModelEntry, final: Path, chosen: dict[str, Any], fp32: dict[str, Any], measured: list[dict[str, Any]], threads: int
 ) -> ModelEntry:
     """The manifest's record of the INT8 file: the candidate kept, every candidate's figures and the verdict vs FP32."""
-    entry = ModelEntry(
-        architecture=f"{student.architecture} (INT8, {chosen['format']} QDQ)",
-        onnx=final.name,
-        parameters=student.parameters,
-        onnx_bytes=final.stat().st_size,
-        test_accuracy=chosen["accuracy"],
-        test_correct=chosen["correct"],
-    )
+    entry = _format_entry(student, final, f"INT8, {chosen['format']} QDQ", chosen)
     entry.details["quantization"] = {
         "chosen": chosen["format"],
         "calibration_images": fp32["calibration_images"],
@@ -314,5 +312,24 @@ def to_fp16(source: Path, target: Path) -> Path:
     with warnings.catch_warnings():  # it warns once per weight it rounds to float16's range
         warnings.simplefilter("ignore")
         model = convert_float_to_float16(onnx.load(str(source)), keep_io_types=True)
+    sort_nodes(model.graph)  # the converter appends the input's Cast last: put every node after its inputs' producers
     onnx.save(model, str(target))
     return target
+
+
+def sort_nodes(graph: Any) -> None:
+    """Reorder an ONNX graph's nodes (in place) so that each comes after the nodes that produce its inputs, as the
+    format asks; nodes whose inputs never become ready keep their order at the end."""
+    ready = {value.name for value in graph.input} | {tensor.name for tensor in graph.initializer} | {""}
+    pending, ordered = list(graph.node), []
+    while pending:
+        runnable = [node for node in pending if all(name in ready for name in node.input)]
+        if not runnable:
+            break
+        for node in runnable:
+            ready.update(node.output)
+        ordered += runnable
+        taken = {id(node) for node in runnable}
+        pending = [node for node in pending if id(node) not in taken]
+    del graph.node[:]
+    graph.node.extend(ordered + pending)
