@@ -195,7 +195,7 @@ def test_a_manifest_of_format_1_is_still_read(tiny_run, tmp_path):
 def test_a_corrupt_cached_teacher_names_retrain_teacher(tmp_path, tiny_run):
     # The session's tiny run cached the teacher these settings train (2 epochs): a copy of its cache is found.
     shutil.copytree(tiny_run.parent / ".teachers", tmp_path / ".teachers")
-    short = ["compress", *TINY, "--epochs", "1", "--control", "none", "--artifacts", str(tmp_path)]
+    short = ["compress", *TINY, "--epochs", "1", "--teacher-epochs", "2", "--control", "none", "--artifacts", str(tmp_path)]
     (record,) = (tmp_path / ".teachers").glob("*/record.json")
     record.write_text('{"objective": "loss = CE(tea')
     fails_cleanly(runner.invoke(app, short), "pass --retrain-teacher")
