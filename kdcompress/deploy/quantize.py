@@ -159,8 +159,9 @@ def _quantize_locked(run_dir: Path, threads: int, reporter: Reporter, model: str
     test = load_images(run_dir, manifest, "test_set")
     remove_stale(run_dir)  # candidates left by a killed quantize
     made: dict[str, ModelEntry] = {}
-    for name in distilled_roles(manifest, run_dir, model):
-        if len(distilled_roles(manifest, run_dir, model)) > 1:
+    names = distilled_roles(manifest, run_dir, model)
+    for name in names:
+        if len(names) > 1:
             reporter.info(f"quantizing {name}")
         int8, fp16 = _quantize_student(run_dir, manifest, name, test, threads, reporter)
         made[roles.sibling(name, "int8")], made[roles.sibling(name, "fp16")] = int8, fp16
