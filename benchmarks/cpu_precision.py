@@ -38,14 +38,14 @@ def images_per_second(role: str, size: int, precision: str, layout: str, batch: 
     """Images per second over `steps` training steps after two untimed ones, and the last loss."""
     import torch
 
-    from kdcompress.train.models import create_model, set_stem_stride
-    from kdcompress.train.teacher import teacher_stem_stride, zero_init_head
+    from kdcompress.train.models import adapt_to_input, create_model
+    from kdcompress.train.teacher import zero_init_head
 
     torch.manual_seed(0)
     model = create_model(MODELS[role], 10, 3)
     if role == "teacher":
         zero_init_head(model)
-        set_stem_stride(model, teacher_stem_stride(model, size))
+        adapt_to_input(model, size)
     form = torch.channels_last if layout == "channels_last" else torch.contiguous_format
     model = model.to(memory_format=form)
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.05)

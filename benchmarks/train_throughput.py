@@ -51,9 +51,9 @@ def measure(
 
     from kdcompress.train.accel import AUTOTUNE_ENV
 
-    from kdcompress.train.models import create_model, set_stem_stride
+    from kdcompress.train.models import adapt_to_input, create_model
     from kdcompress.train.objectives import Supervised
-    from kdcompress.train.teacher import teacher_stem_stride, zero_init_head
+    from kdcompress.train.teacher import zero_init_head
     from kdcompress.train.loop import TrainSettings, TrainStep
     from kdcompress.train.views import ViewStream
 
@@ -63,7 +63,7 @@ def measure(
     model = create_model(MODELS[role], 3, 3)
     if role == "teacher":
         zero_init_head(model)
-        set_stem_stride(model, teacher_stem_stride(model, size))
+        adapt_to_input(model, size)
     data = _dataset(size, batch * 4)
     settings = TrainSettings(1, batch, 2e-3, 0.05, 0, device, compile=MODES[mode], augment=augment)
     objective = Supervised(model).to(device).to(memory_format=torch.channels_last)

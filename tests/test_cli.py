@@ -19,7 +19,9 @@ def _invoke(*args):
 def test_help_states_the_loss_and_is_instant_without_torch():
     result = _invoke("compress", "--help")
     assert result.exit_code == 0
-    assert "alpha * T^2 * KL(softmax(teacher/T) || softmax(student/T))" in " ".join(result.output.split())
+    text = " ".join(result.output.split())
+    assert "alpha * KD(student, teacher; T)" in text and "kl = T^2 * KL(softmax(teacher/T) || softmax(student/T))" in text
+    assert "--kd-loss" in text and "--dkd-nontarget" in text and "--student-stem" in text
     # `kdc --help` must not pay for importing torch or onnxruntime
     code = "import sys, kdcompress.cli; sys.exit(('torch' in sys.modules) + 2 * ('onnxruntime' in sys.modules))"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
@@ -38,6 +40,11 @@ def test_help_states_the_loss_and_is_instant_without_torch():
         ("compress", ["--dataset", "chest-xray"], "needs --data-dir"),
         ("compress", ["--teacher-weights", "/no/teacher.pt", *TINY], "weights file not found"),
         ("compress", ["--augment", "autoaugment"], "--augment must be crop or rrc, not 'autoaugment'"),
+        ("compress", ["--kd-loss", "crd"], "--kd-loss must be kl, dist or dkd, not 'crd'"),
+        ("compress", ["--student-stem", "cifar"], "--student-stem must be timm or auto, not 'cifar'"),
+        ("compress", ["--dkd-warmup", "2"], "--dkd-warmup must be between 0 and 1, got 2"),
+        ("sweep", ["--kd-loss", "kl,kl"], "--kd-loss needs each loss once"),
+        ("sweep", ["--kd-loss", "kl,fitnet"], "--kd-loss must be kl, dist or dkd, not 'fitnet'"),
         ("compress", ["--compile", "graph", "--device", "cpu"], "--compile graph captures CUDA graphs and needs --device cuda"),
         ("sweep", ["--T", "1,x"], "--T takes comma-separated numbers"),
         ("sweep", ["--alpha", "0.5,1.5"], "--alpha must be between 0 and 1"),

@@ -131,3 +131,20 @@ def test_mixup_views_are_reproducible_by_seed_and_the_teacher_sees_the_same_ones
     fit(Distillation(replayed, recorded, 4.0, 0.5, 0.3, clone_model(projection)), data, prep, settings, NullReporter(), "replay")
     for (name, a), b in zip(live.state_dict().items(), replayed.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+def test_the_small_input_stem_is_shared_by_baseline_distilled_student_and_control():
+    run = prepare(CompressConfig(**{**TINY_CONFIG, "student": "test_efficientnet", "epochs": 1, "student_stem": "auto"}), NullReporter())
+    torch.manual_seed(0)
+    start = fair_start(run, 0, create_model("test_efficientnet", 10, 1))
+    assert start.stem_stride == 1
+    models = [start.baseline().student, start.distilled(create_model("test_efficientnet", 10, 1), 4.0, 0.5, 0.0).student,
+              start.control(0.2).student]  # fmt: skip
+    assert all(tuple(m.conv_stem.stride) == (1, 1) for m in models)
+    for tensors in zip(*(m.state_dict().values() for m in models)):
+        assert all(torch.equal(tensors[0], t) for t in tensors[1:])
+    timm_start = fair_start(prepare(CompressConfig(**{**TINY_CONFIG, "student": "test_efficientnet", "epochs": 1}), NullReporter()), 0,
+                            create_model("test_efficientnet", 10, 1))  # fmt: skip
+    assert timm_start.stem_stride is None and tuple(timm_start.initial.conv_stem.stride) == (2, 2)
+    x = torch.zeros(1, 1, 64, 64)  # the stem halves the network's total stride: twice the final map
+    assert models[0].eval().forward_features(x).shape[-1] == 2 * timm_start.initial.eval().forward_features(x).shape[-1]

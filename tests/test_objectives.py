@@ -99,3 +99,30 @@ def test_the_projection_takes_the_width_forward_head_returns_when_a_head_conv_wi
     assert pooled.shape[1] == pooled_width(student) == 1280 != student.num_features
     _, features = LiveTeacher(teacher)(x, None, True)
     assert create_projection(student, teacher)(pooled).shape == features.shape == (2, LiveTeacher(teacher).num_features)
+
+
+@pytest.mark.parametrize("kind", ["kl", "dist", "dkd"])
+def test_every_kd_loss_sends_gradients_to_the_student_only(kind):
+    from kdcompress.train.losses import KdLoss
+
+    torch.manual_seed(0)
+    student, teacher = timm.create_model("test_resnet", num_classes=3), timm.create_model("test_efficientnet", num_classes=3)
+    objective = Distillation(student, teacher, 4.0, 0.5, 0.0, kd=KdLoss(kind), views=10)
+    images, labels = torch.randn(4, 3, 16, 16), torch.tensor([0, 1, 2, 1])
+    loss, parts = objective(images, labels, view=3)
+    loss.backward()
+    assert parts["kd"].item() > 0
+    assert all(p.grad is not None for p in student.parameters() if p.requires_grad)
+    assert all(p.grad is None for p in teacher.parameters())
+
+
+@pytest.mark.parametrize("kind", ["kl", "dist", "dkd"])
+def test_with_no_distillation_weight_every_kd_loss_is_the_baseline_bit_for_bit(kind):
+    from kdcompress.train.losses import KdLoss
+
+    torch.manual_seed(0)
+    student, teacher = timm.create_model("test_resnet", num_classes=3), timm.create_model("test_efficientnet", num_classes=3)
+    images, labels = torch.randn(4, 3, 16, 16), torch.tensor([0, 1, 2, 1])
+    distilled, _ = Distillation(student, teacher, 4.0, 0.0, 0.0, kd=KdLoss(kind), views=10)(images, labels, view=0)
+    baseline, _ = Supervised(student)(images, labels)
+    assert torch.equal(distilled, baseline)

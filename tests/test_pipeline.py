@@ -265,12 +265,12 @@ def test_stride_one_stem_is_used_for_small_inputs_and_survives_a_checkpoint(tmp_
     import torch
 
     from kdcompress.train.models import load_weights, save_checkpoint, set_stem_stride
-    from kdcompress.train.teacher import teacher_stem_stride
+    from kdcompress.train.models import small_input_stem
 
     torch.manual_seed(0)
     teacher = timm.create_model("test_efficientnet", num_classes=3)
-    assert teacher_stem_stride(teacher, 32) == 1 and teacher_stem_stride(teacher, 224) is None
-    assert teacher_stem_stride(timm.create_model("test_resnet", num_classes=3), 32) is None  # no conv_stem
+    assert small_input_stem(teacher, 32) == 1 and small_input_stem(teacher, 224) is None
+    assert small_input_stem(timm.create_model("test_resnet", num_classes=3), 32) is None  # no conv_stem
     set_stem_stride(teacher, 1)
     save_checkpoint(teacher, tmp_path / "t.pt", {"model": "test_efficientnet"})
     reloaded = timm.create_model("test_efficientnet", num_classes=3)

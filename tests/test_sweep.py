@@ -91,6 +91,27 @@ def test_sweep_students_are_the_students_compress_trains(tmp_path, tiny_run):
     assert cell["delta"] == pytest.approx(expected) and cell["verdict"] in ("better", "worse", "noise")
 
 
+def test_a_sweep_over_kd_losses_trains_each_as_compress_does(tmp_path, tiny_run):
+    # DIST and DKD cells of one sweep: named apart (KL keeps its old names), each the student compress trains with it.
+    from kdcompress.runs.compress import compress
+
+    teacher = tiny_run / "checkpoints" / "teacher.pt"
+    config = _config(tmp_path, teacher, temperatures=(4.0,), alphas=(0.5,), betas=(0.0,), kd_losses=("kl", "dist", "dkd"), seeds=1)
+    config = SweepConfig(**{**config.__dict__, "base": CompressConfig(**{**config.base.__dict__, "control": "none"})})
+    results = sweep(config)
+    runs = {run["name"]: run for run in results["runs"]}
+    assert {"seed0-T4-alpha0.5-beta0", "seed0-T4-alpha0.5-beta0-dist", "seed0-T4-alpha0.5-beta0-dkd"} <= set(runs)
+    assert sorted(c["kd_loss"] for c in results["cells"]) == ["dist", "dkd", "kl"] and results["grid"]["kd_loss"] == ["kl", "dist", "dkd"]
+    assert "DIST(inter 1, intra 1; T=4)" in runs["seed0-T4-alpha0.5-beta0-dist"]["objective"]
+    assert runs["seed0-T4-alpha0.5-beta0-dist"]["predictions"] != runs["seed0-T4-alpha0.5-beta0"]["predictions"]
+    ran = compress(CompressConfig(**{**TINY_CONFIG, "teacher_weights": str(teacher), "beta": 0.0, "kd_loss": "dist"}, out=str(tmp_path / "run")))
+    test = np.load(tmp_path / "run" / "test_set.npz")
+    correct = int((np.array(runs["seed0-T4-alpha0.5-beta0-dist"]["predictions"]) == test["labels"]).sum())
+    assert ran.manifest.models["student"].test_correct == correct
+    markdown = (tmp_path / "sweep" / "summary.md").read_text()
+    assert "T 4, alpha 0.5, beta 0, dist:" in markdown and "T 4, alpha 0.5, beta 0, dkd:" in markdown
+
+
 def test_a_two_class_sweep_reports_each_rows_roc_auc(tmp_path):
     from test_data import _write_folder
 
@@ -165,7 +186,7 @@ def test_compress_from_sweep_retrains_the_cell_chosen_on_validation(tmp_path, cl
     args = ["compress", "--from-sweep", str(folder), "--device", "cpu", "--control", "none", "--out", str(tmp_path / "run")]
     result = runner.invoke(app, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    assert f"--from-sweep: T {chosen['temperature']:g}, alpha 0.5, beta {chosen['beta']:g}: the cell" in result.output
+    assert f"--from-sweep: T {chosen['temperature']:g}, alpha 0.5, beta {chosen['beta']:g}, KD loss kl: the cell" in result.output
     manifest = read_manifest(tmp_path / "run").to_dict()
     config = manifest["config"]
     assert (config["temperature"], config["alpha"], config["beta"]) == (chosen["temperature"], chosen["alpha"], chosen["beta"])

@@ -22,7 +22,7 @@ from kdcompress.train.losses import FORMULA, FORMULA_NOTES
 from kdcompress.cli import options
 from kdcompress.cli.config_file import CONFIG
 from kdcompress.cli.output import fail, stderr, stdout
-from kdcompress.cli.options import grid_default, option, path_text
+from kdcompress.cli.options import grid_default, option
 from kdcompress.runs.sweep import SweepConfig
 
 app = typer.Typer(
@@ -106,6 +106,13 @@ def compress(
     temperature: float = option("temperature", "--T", "--temperature", help="Temperature T that softens both logit sets in the KL term (> 0)."),
     alpha: float = option("alpha", "--alpha", help="Weight of the KL term in [0, 1]; CE gets 1 - alpha."),
     beta: float = option("beta", "--beta", help="Weight of the feature term (>= 0); 0 = logits-only distillation."),
+    kd_loss: str = option("kd_loss", "--kd-loss", help=options.KD_LOSS_HELP),
+    dist_inter: float = options.DIST_INTER,
+    dist_intra: float = options.DIST_INTRA,
+    dkd_target: float = options.DKD_TARGET,
+    dkd_nontarget: float = options.DKD_NONTARGET,
+    dkd_warmup: float = options.DKD_WARMUP,
+    student_stem: str = options.STUDENT_STEM,
     mixup: float = options.MIXUP,
     control: str = options.CONTROL,
     epochs: Optional[int] = options.EPOCHS,
@@ -129,15 +136,7 @@ def compress(
     nproc: int = options.NPROC,
     as_json: bool = options.JSON,
 ) -> None:
-    config = CompressConfig(
-        dataset=dataset, data_dir=path_text(data_dir), image_size=image_size, teacher=teacher, student=student,
-        pretrained=pretrained, pretrained_student=pretrained_student, teacher_weights=path_text(teacher_weights),
-        retrain_teacher=retrain_teacher, teacher_aux=teacher_aux, teacher_smoothing=teacher_smoothing,
-        teacher_ema=teacher_ema, teacher_select=teacher_select, teacher_balance=teacher_balance, augment=augment, temperature=temperature, alpha=alpha, beta=beta,
-        mixup=mixup, control=control, epochs=epochs, teacher_epochs=teacher_epochs, batch_size=batch_size, lr=lr,
-        teacher_batch_size=teacher_batch_size, weight_decay=weight_decay, val_fraction=val_fraction, seed=seed, device=device, compile=compile,
-        artifacts=str(artifacts), out=path_text(out), int8=int8, stream=stream, from_sweep=path_text(from_sweep),
-    )  # fmt: skip
+    config = options.compress_config(ctx.params)
     from kdcompress.runs.rundir import check_out
     from kdcompress.runs.compress import compress as run_compress
     from kdcompress.report.render import summary_table, verdict_lines
@@ -165,6 +164,7 @@ def compress(
 @app.command()
 @_user_errors("trainings finished so far are kept in the sweep folder: run the same command again to resume")
 def sweep(
+    ctx: typer.Context,
     config_file: Optional[Path] = CONFIG,
     dataset: str = options.DATASET,
     data_dir: Optional[Path] = options.DATA_DIR,
@@ -193,6 +193,13 @@ def sweep(
     temperatures: str = typer.Option(grid_default("temperatures"), "--T", "--temperature", rich_help_panel=options.STUDENTS, help="Temperatures to try, comma-separated."),
     alphas: str = typer.Option(grid_default("alphas"), "--alpha", rich_help_panel=options.STUDENTS, help="KL weights to try, comma-separated, each in [0, 1]."),
     betas: str = typer.Option(grid_default("betas"), "--beta", rich_help_panel=options.STUDENTS, help="Feature-term weights to try, comma-separated; 0 = logits only."),
+    kd_losses: str = typer.Option(",".join(options.SWEEP_DEFAULTS["kd_losses"]), "--kd-loss", rich_help_panel=options.STUDENTS, help="KD losses to try, comma-separated (kl,dist,dkd). " + options.KD_LOSS_HELP),
+    dist_inter: float = options.DIST_INTER,
+    dist_intra: float = options.DIST_INTRA,
+    dkd_target: float = options.DKD_TARGET,
+    dkd_nontarget: float = options.DKD_NONTARGET,
+    dkd_warmup: float = options.DKD_WARMUP,
+    student_stem: str = options.STUDENT_STEM,
     seeds: int = typer.Option(options.SWEEP_DEFAULTS["seeds"], "--seeds", rich_help_panel=options.TRAINING, help="How many seeds (--seed, --seed + 1, ...): each gets its own baseline."),
     seed: int = option("seed", "--seed", help="First seed; the teacher is trained with it."),
     device: str = options.DEVICE,
@@ -217,19 +224,13 @@ def sweep(
     from kdcompress.runs.sweep import sweep_students
     from kdcompress.report.sweep_render import sweep_table
 
-    base = CompressConfig(
-        dataset=dataset, data_dir=path_text(data_dir), image_size=image_size, teacher=teacher, student=student,
-        pretrained=pretrained, pretrained_student=pretrained_student, teacher_weights=path_text(teacher_weights),
-        retrain_teacher=retrain_teacher, teacher_aux=teacher_aux, epochs=epochs, teacher_epochs=teacher_epochs,
-        batch_size=batch_size, teacher_batch_size=teacher_batch_size, lr=lr, weight_decay=weight_decay,
-        val_fraction=val_fraction, seed=seed, device=device, compile=compile, artifacts=str(artifacts), mixup=mixup, control=control, teacher_smoothing=teacher_smoothing,
-        teacher_ema=teacher_ema, teacher_select=teacher_select, teacher_balance=teacher_balance, augment=augment, stream=stream,
-    )  # fmt: skip
+    base = options.compress_config(ctx.params, leave_out=("out",))  # --out is the sweep folder here
     config = SweepConfig(
         base=base,
         temperatures=options.numbers("--T", temperatures),
         alphas=options.numbers("--alpha", alphas),
         betas=options.numbers("--beta", betas),
+        kd_losses=options.names(kd_losses),
         seeds=seeds,
         out=str(out) if out else None,
     )

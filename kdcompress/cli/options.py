@@ -29,7 +29,10 @@ PANELS = {
         "teacher", "pretrained", "teacher_weights", "retrain_teacher", "teacher_aux", "teacher_smoothing",
         "teacher_ema", "teacher_select", "teacher_balance", "teacher_epochs", "teacher_batch_size",
     ),
-    STUDENTS: ("student", "pretrained_student", "temperature", "alpha", "beta", "mixup", "control"),
+    STUDENTS: (
+        "student", "pretrained_student", "student_stem", "temperature", "alpha", "beta", "kd_loss", "dist_inter",
+        "dist_intra", "dkd_target", "dkd_nontarget", "dkd_warmup", "mixup", "control",
+    ),
     TRAINING: ("epochs", "batch_size", "lr", "weight_decay", "seed"),
     HARDWARE: ("device", "compile"),
     OUTPUT: ("artifacts", "out", "int8", "from_sweep"),
@@ -53,6 +56,13 @@ def grid_default(name: str) -> str:
 def path_text(value: Optional[Path]) -> Optional[str]:
     """A path option as the config dataclasses hold it (a string, or None)."""
     return str(value) if value is not None else None
+
+
+def compress_config(params: dict[str, Any], leave_out: tuple[str, ...] = ()) -> CompressConfig:
+    """The CompressConfig of a command's parsed parameters (click's ctx.params): every parameter named like one of
+    its fields, paths as text. One construction for compress and sweep, so a new setting costs one field and one option."""
+    values = {name: path_text(v) if isinstance(v, Path) else v for name, v in params.items() if name in DEFAULTS and name not in leave_out}
+    return CompressConfig(**values)
 
 
 # Options shared by compress and sweep (one definition, so their help and defaults cannot drift apart).
@@ -98,6 +108,22 @@ AUGMENT = option(
     "or rrc (per image: random-resized crop of 35-100% of the area, rotation up to 10 degrees, flip, contrast and "
     "brightness jitter), on the device for whole batches."
 )
+STUDENT_STEM = option(
+    "student_stem", "--student-stem", help="timm: students as timm builds them. auto: a stride-1 stem for inputs of "
+    "64 px or less where the student has a strided conv_stem (MobileNets, EfficientNets; ResNets are left as built), "
+    "the teacher's own rule. Baseline, distilled student and control share it; it costs latency, which kdc benchmark shows."
+)
+KD_LOSS_HELP = (
+    "kl: T^2 * KL(softmax(teacher/T) || softmax(student/T)) (Hinton 2015). dist: T^2 * (1 - Pearson correlation) of the "
+    "softened outputs, per image (--dist-inter) and per class over the batch (--dist-intra) (DIST, Huang 2022): the "
+    "teacher's rankings, not its exact probabilities. dkd: the KL split at the true class, T^2 * (--dkd-target * TCKD + "
+    "--dkd-nontarget * NCKD), ramped up over --dkd-warmup (DKD, Zhao 2022); with two classes NCKD is empty."
+)
+DIST_INTER = option("dist_inter", "--dist-inter", help="DIST: weight of the per-image (inter-class) relation (paper: 1).")
+DIST_INTRA = option("dist_intra", "--dist-intra", help="DIST: weight of the per-class (intra-class) relation (paper: 1).")
+DKD_TARGET = option("dkd_target", "--dkd-target", help="DKD: weight of the target-class term TCKD (paper's alpha: 1).")
+DKD_NONTARGET = option("dkd_nontarget", "--dkd-nontarget", help="DKD: weight of the non-target term NCKD (paper's beta: 8 on CIFAR-100).")
+DKD_WARMUP = option("dkd_warmup", "--dkd-warmup", help="DKD: share of the training steps over which its term ramps up linearly from 0 (paper: 20 of 240 epochs).")
 TEACHER_SMOOTHING = option("teacher_smoothing", "--teacher-smoothing", help="Label smoothing of the teacher's own training (0 = none).")
 TEACHER_EMA = option(
     "teacher_ema", "--teacher-ema", help="Keep an exponential moving average of the teacher's weights with this decay, "
@@ -148,6 +174,11 @@ def without_nproc(argv: list[str]) -> list[str]:
         elif not arg.startswith("--nproc="):
             out.append(arg)
     return out
+
+
+def names(text: str) -> tuple[str, ...]:
+    """'kl, dist' -> ('kl', 'dist'); each is checked where the config is resolved."""
+    return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
 def numbers(flag: str, text: str) -> tuple[float, ...]:

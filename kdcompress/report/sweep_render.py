@@ -35,7 +35,18 @@ def sweep_headers(results: dict[str, Any]) -> list[str]:
 
 
 def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    return all(a[k] == b[k] for k in ("temperature", "alpha", "beta"))
+    return all(a[k] == b[k] for k in ("temperature", "alpha", "beta")) and _loss(a) == _loss(b)
+
+
+def _loss(cell: dict[str, Any]) -> str:
+    return cell.get("kd_loss", "kl")  # sweeps made before --kd-loss distilled with KL
+
+
+def cell_name(cell: dict[str, Any], greek: bool = True) -> str:
+    """'T 4, α 0.5, β 0.3' (KL), or with the loss after it: 'T 4, α 0.5, β 0.3, dist'."""
+    a, b = ("α", "β") if greek else ("alpha", "beta")
+    loss = "" if _loss(cell) == "kl" else f", {_loss(cell)}"
+    return f"T {cell['temperature']:g}, {a} {cell['alpha']:g}, {b} {cell['beta']:g}{loss}"
 
 
 def sweep_rows(results: dict[str, Any], rich: bool = True) -> list[list[str]]:
@@ -68,7 +79,7 @@ def sweep_rows(results: dict[str, Any], rich: bool = True) -> list[list[str]]:
         rows.append([f"label smoothing {smoothing:.2f} ({where})", *changes(control), "—"])
     for cell in sorted(results["cells"], key=lambda c: -c["delta"]):
         marks = [m for m, key in (("val", "chosen"), ("test", "best_on_test")) if key in results and _same(cell, results[key])]
-        name = f"T {cell['temperature']:g}, α {cell['alpha']:g}, β {cell['beta']:g}" + "".join(f" ({m})" for m in marks)
+        name = cell_name(cell) + "".join(f" ({m})" for m in marks)
         versus = cell.get("vs_control")
         rows.append([name, *changes(cell), f"{versus['delta']:+.1f}, {SHORT[versus['verdict']]}" if versus else "—"])
     return rows
@@ -86,7 +97,7 @@ def choice_lines(results: dict[str, Any]) -> list[str]:
         if key == "best_on_test" and _same(cell, results["chosen"]):
             lines.append("best on test: the same cell")
             continue
-        where = f"T {cell['temperature']:g}, alpha {cell['alpha']:g}, beta {cell['beta']:g}"
+        where = cell_name(cell, greek=False)
         versus = cell.get("vs_control")
         text = f"{label}: {where}, test {_pct(cell['mean'], cell['std'])}%: {cell['words']}"
         lines.append(text + (f"; vs label smoothing: {versus['words']}" if versus else ""))
@@ -135,25 +146,26 @@ def sweep_markdown(results: dict[str, Any], command: str) -> str:
     lines += ["", *markdown_table(sweep_headers(results), sweep_rows(results, rich=False))]
     lines += ["", "Per grid point, in words:", ""]
     for cell in results["cells"]:
-        lines.append(f"- T {cell['temperature']:g}, alpha {cell['alpha']:g}, beta {cell['beta']:g}: {cell['words']}")
+        lines.append(f"- {cell_name(cell, greek=False)}: {cell['words']}")
     return "\n".join(lines) + "\n"
 
 
 def sweep_plots(results: dict[str, Any], folder: Path) -> list[Path]:
-    """heatmap.png (change vs baseline over T x alpha, one panel per beta) and objectives.png."""
+    """heatmap.png (change vs baseline over T x alpha, one panel per beta and KD loss) and objectives.png."""
     import numpy as np
 
     plt = pyplot()
     grid = results["grid"]
-    cells = {(c["temperature"], c["alpha"], c["beta"]): c for c in results["cells"]}
+    cells = {(c["temperature"], c["alpha"], c["beta"], _loss(c)): c for c in results["cells"]}
+    panels = [(beta, loss) for loss in grid.get("kd_loss", ["kl"]) for beta in grid["beta"]]
     limit = max(1.0, max(abs(c["delta"]) for c in results["cells"]))
-    fig, axes = plt.subplots(1, len(grid["beta"]), figsize=(3.2 * len(grid["beta"]) + 1, 3.4), dpi=120, squeeze=False)
-    for k, (ax, beta) in enumerate(zip(axes[0], grid["beta"])):
-        values = np.array([[cells[(t, a, beta)]["delta"] for a in grid["alpha"]] for t in grid["T"]])
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels) + 1, 3.4), dpi=120, squeeze=False)
+    for k, (ax, (beta, loss)) in enumerate(zip(axes[0], panels)):
+        values = np.array([[cells[(t, a, beta, loss)]["delta"] for a in grid["alpha"]] for t in grid["T"]])
         image = ax.imshow(values, cmap="RdBu", vmin=-limit, vmax=limit, aspect="auto")
         for i, t in enumerate(grid["T"]):
             for j, a in enumerate(grid["alpha"]):
-                cell = cells[(t, a, beta)]
+                cell = cells[(t, a, beta, loss)]
                 mark = {"better": " +", "worse": " -", "noise": ""}[cell["verdict"]]
                 ax.text(j, i, f"{cell['delta']:+.1f}{mark}", ha="center", va="center", fontsize=8)
         ax.set_xticks(range(len(grid["alpha"])), [f"{a:g}" for a in grid["alpha"]])
@@ -161,7 +173,7 @@ def sweep_plots(results: dict[str, Any], folder: Path) -> list[Path]:
         ax.set_xlabel("alpha")
         if k == 0:
             ax.set_ylabel("T")
-        ax.set_title("logits only (beta 0)" if beta == 0 else f"logits + features (beta {beta:g})", fontsize=9)
+        ax.set_title(f"{loss}, " + ("logits only (beta 0)" if beta == 0 else f"logits + features (beta {beta:g})"), fontsize=9)
     fig.colorbar(image, ax=axes[0].tolist(), label="Δ test accuracy vs baseline (pts)")
     fig.suptitle(f"{results['dataset']['name']}: distilled minus baseline, mean of {len(grid['seeds'])} seeds (+/-: more than noise)", fontsize=9)
     heatmap = folder / "heatmap.png"
@@ -170,23 +182,24 @@ def sweep_plots(results: dict[str, Any], folder: Path) -> list[Path]:
     return [heatmap, _objectives_chart(results, cells, folder)]
 
 
-def _objectives_chart(results: dict[str, Any], cells: dict[tuple[float, float, float], Any], folder: Path) -> Path:
+def _objectives_chart(results: dict[str, Any], cells: dict[tuple[float, float, float, str], Any], folder: Path) -> Path:
     """Mean ± std test accuracy per (T, alpha): no distillation / logits only / logits + features."""
     import numpy as np
 
     plt = pyplot()
     grid, base = results["grid"], results["baseline"]
     pairs = [(t, a) for t in grid["T"] for a in grid["alpha"]]
-    width = 0.8 / len(grid["beta"])
+    bars = [(beta, loss) for loss in grid.get("kd_loss", ["kl"]) for beta in grid["beta"]]
+    width = 0.8 / len(bars)
     fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(pairs) + 2), 3.8), dpi=120)
     ax.axhspan(100 * (base["mean"] - base["std"]), 100 * (base["mean"] + base["std"]), color="grey", alpha=0.25)
     ax.axhline(100 * base["mean"], color="black", lw=1, label=f"no distillation (baseline) {100 * base['mean']:.1f}%")
     x = np.arange(len(pairs))
-    for k, beta in enumerate(grid["beta"]):
-        means = [100 * cells[(t, a, beta)]["mean"] for t, a in pairs]
-        stds = [100 * cells[(t, a, beta)]["std"] for t, a in pairs]
-        label = "logits only" if beta == 0 else f"logits + features (beta {beta:g})"
-        ax.bar(x + (k - (len(grid["beta"]) - 1) / 2) * width, means, width, yerr=stds, capsize=2, label=label)
+    for k, (beta, loss) in enumerate(bars):
+        means = [100 * cells[(t, a, beta, loss)]["mean"] for t, a in pairs]
+        stds = [100 * cells[(t, a, beta, loss)]["std"] for t, a in pairs]
+        label = f"{loss}, " + ("logits only" if beta == 0 else f"logits + features (beta {beta:g})")
+        ax.bar(x + (k - (len(bars) - 1) / 2) * width, means, width, yerr=stds, capsize=2, label=label)
     ax.axhline(100 * results["teacher"]["test_accuracy"], color="tab:red", ls="--", lw=1, label="teacher")
     ax.set_xticks(x, [f"T {t:g}\nα {a:g}" for t, a in pairs], fontsize=8)
     levels = [base["mean"], results["teacher"]["test_accuracy"], *(c["mean"] for c in results["cells"])]

@@ -189,7 +189,8 @@ def _train_students(
         for kind, objective, extra in _objectives(run, start, shared):
             name = roles.role(kind, architecture if cfg.several else None)
             result = _fit(run, start, name, objective, extra, reporter)
-            records[name] = {"objective": objective.describe(), **extra, **result.record()}
+            stem = {"stem_stride": start.stem_stride} if start.stem_stride else {}  # --student-stem auto at small inputs
+            records[name] = {"objective": objective.describe(), **stem, **extra, **result.record()}
             done(name, objective.student)
             models[name] = objective.student
     mode = step_mode(cfg.compile, run.device, run.world.size)
@@ -230,7 +231,7 @@ def _objectives(run: Prepared, start: Any, shared: _Shared) -> Iterator[tuple[st
     """One student's objectives in training order, made as they are needed: (kind, objective, what its record adds)."""
     cfg = run.cfg
     yield "baseline", start.baseline(), {}
-    yield "student", start.distilled(shared.teacher_outputs(start), cfg.temperature, cfg.alpha, cfg.beta), {}
+    yield "student", start.distilled(shared.teacher_outputs(start), cfg.temperature, cfg.alpha, cfg.beta, cfg.kd), {}
     if cfg.control == "label-smoothing":
         matched = shared.smoothing()
         yield "control", start.control(matched["smoothing"]), {"matched": matched}
@@ -245,7 +246,8 @@ def _fit(run: Prepared, start: Any, name: str, objective: Any, extra: dict[str, 
 
     cfg = run.cfg
     architecture = _checkpoint_meta(run, name)["model"]
-    words = f"{ANNOUNCED[roles.kind_of(name)]}: {architecture}, {objective.describe()}"
+    stem = f", stride-1 stem for {run.data.image_size} px inputs" if start.stem_stride else ""
+    words = f"{ANNOUNCED[roles.kind_of(name)]}: {architecture}{stem}, {objective.describe()}"
     if "matched" in extra:
         words += (
             f" (alpha {cfg.alpha:g} x the teacher's mass off the true class at T={cfg.temperature:g}, "
@@ -322,6 +324,7 @@ def _finish(
                 "temperature": cfg.temperature,
                 "alpha": cfg.alpha,
                 "beta": cfg.beta,
+                "kd_loss": cfg.kd_loss,
             },
             "comparisons": comparisons,
             "attribution": attributions(comparisons, list(correct)),

@@ -55,6 +55,7 @@ def with_sweep(config: CompressConfig, results: dict[str, Any] | None = None) ->
     settings, chosen = results["settings"], results["chosen"]
     wanted = {name: settings[name] for name in SHARED_SETTINGS if name in settings}
     wanted.update({name: float(chosen[name]) for name in CELL})
+    wanted["kd_loss"] = str(chosen.get("kd_loss", "kl"))  # sweeps made before --kd-loss distilled with KL
     default = CompressConfig()
     conflicts = [
         f"{_flag(name)} {getattr(config, name)} (the sweep's: {value})"
@@ -74,7 +75,7 @@ def describe(config: CompressConfig, results: dict[str, Any]) -> str:
     chosen = results["chosen"]
     val = f", mean validation accuracy {chosen['val_mean']:.1%}" if "val_mean" in chosen else ""
     return (
-        f"--from-sweep: T {config.temperature:g}, alpha {config.alpha:g}, beta {config.beta:g}: the cell "
+        f"--from-sweep: T {config.temperature:g}, alpha {config.alpha:g}, beta {config.beta:g}, KD loss {config.kd_loss}: the cell "
         f"{config.from_sweep} chose on validation{val}; its test result there: {chosen.get('words', 'not recorded')}"
     )
 

@@ -39,23 +39,28 @@ SHARED_SETTINGS = (  # what every run of a sweep shares: a resumed sweep must ag
     "dataset", "image_size", "teacher", "student", "pretrained", "pretrained_student", "teacher_weights", "teacher_aux",
     "epochs", "teacher_epochs", "batch_size", "lr", "weight_decay", "val_fraction", "seed", "mixup", "augment",
     "teacher_smoothing", "teacher_ema", "teacher_select", "teacher_balance", "teacher_batch_size",
+    "student_stem", "dist_inter", "dist_intra", "dkd_target", "dkd_nontarget", "dkd_warmup",
 )  # fmt: skip
+LATER_SETTINGS = ("student_stem", "dist_inter", "dist_intra", "dkd_target", "dkd_nontarget", "dkd_warmup")  # after sweep/1's first folders
 # Settings that sweeps written before they were recorded lack: such a folder is not refused for them.
 ADDED_LATER = ("seed",)
 # Settings added later still: a folder that lacks them was made with their default.
-DEFAULTED = {"mixup": CompressConfig().mixup, "teacher_batch_size": None, **RECIPE_LEVERS}
+DEFAULTED = {"mixup": CompressConfig().mixup, "teacher_batch_size": None, **RECIPE_LEVERS,
+             **{name: getattr(CompressConfig(), name) for name in LATER_SETTINGS}}
+Cell = tuple[float, float, float, str]  # (T, alpha, beta, KD loss): one distilled point of the grid
 RETRAIN = "delete it and run the same command again to retrain that run"  # what to do with a damaged run file
 
 
 @dataclass(frozen=True)
 class SweepConfig:
-    """A grid of (T, alpha, beta) over seeds; everything else comes from a compress configuration."""
+    """A grid of (T, alpha, beta, KD loss) over seeds; everything else comes from a compress configuration."""
 
     base: CompressConfig
     # The default grid, 2 x 2 x 2 = 8 students a seed (its cost: benchmarks/sweep_cost.py).
     temperatures: tuple[float, ...] = (1.0, 4.0)
     alphas: tuple[float, ...] = (0.5, 0.9)
     betas: tuple[float, ...] = (0.0, 0.3)
+    kd_losses: tuple[str, ...] = ("kl",)  # --kd-loss kl,dist,dkd: each a grid axis value (losses.KD_LOSSES)
     seeds: int = 3  # seeds base.seed, base.seed + 1, ...
     out: str | None = None  # sweep folder; default <artifacts>/sweep-<dataset>
 
@@ -75,12 +80,17 @@ class SweepConfig:
                 raise KdcError(f"{flag} lists a value twice: {', '.join(f'{v:g}' for v in values)}")
             for value in values:
                 replace(base, **{field: value}).resolved()
+        if not self.kd_losses or len(set(self.kd_losses)) != len(self.kd_losses):
+            raise KdcError(f"--kd-loss needs each loss once, got '{','.join(self.kd_losses)}'")
+        for loss in self.kd_losses:
+            replace(base, kd_loss=loss).resolved()
         return replace(self, base=base, out=self.out or str(Path(base.artifacts) / f"sweep-{base.dataset}"))
 
     def to_options(self) -> dict[str, Any]:
         """The sweep's settings as `kdc sweep --config FILE.yaml` takes them (the grids as lists)."""
-        grid = {"temperature": list(self.temperatures), "alpha": list(self.alphas), "beta": list(self.betas)}
-        base = self.base.to_options(leave_out=("temperature", "alpha", "beta", "out", "int8", "from_sweep"))
+        grid = {"temperature": list(self.temperatures), "alpha": list(self.alphas), "beta": list(self.betas),
+                "kd-loss": list(self.kd_losses)}  # fmt: skip
+        base = self.base.to_options(leave_out=("temperature", "alpha", "beta", "kd_loss", "out", "int8", "from_sweep"))
         out = str(Path(self.out).absolute()) if self.out else None
         return {**base, **grid, "seeds": self.seeds, "out": out}
 
@@ -91,9 +101,9 @@ class SweepConfig:
             return [(cfg.base.student, cfg)]  # type: ignore[list-item]
         return [(s, replace(cfg, base=replace(cfg.base, student=s), out=str(Path(cfg.out) / s))) for s in cfg.base.students]  # type: ignore[arg-type]
 
-    def cells(self) -> list[tuple[float, float, float]]:
-        """Every (T, alpha, beta) of the grid."""
-        return list(itertools.product(self.temperatures, self.alphas, self.betas))
+    def cells(self) -> list[Cell]:
+        """Every (T, alpha, beta, KD loss) of the grid."""
+        return list(itertools.product(self.temperatures, self.alphas, self.betas, self.kd_losses))
 
     def seed_list(self) -> list[int]:
         """The seeds the sweep trains with."""
@@ -108,6 +118,7 @@ class Job:
     temperature: float | None = None
     alpha: float | None = None
     beta: float | None = None
+    kd_loss: str = "kl"  # a distilled job's logit term (losses.KD_LOSSES)
 
     @property
     def pair(self) -> tuple[float, float]:
@@ -116,10 +127,10 @@ class Job:
         return (float(self.temperature), float(self.alpha))
 
     @property
-    def cell(self) -> tuple[float, float, float]:
-        """(T, alpha, beta) of a distilled job."""
+    def cell(self) -> Cell:
+        """(T, alpha, beta, KD loss) of a distilled job."""
         assert self.kind == "distilled" and self.beta is not None
-        return (*self.pair, float(self.beta))
+        return (*self.pair, float(self.beta), self.kd_loss)
 
 
 BASELINE = Job("baseline")
@@ -129,17 +140,19 @@ def control_job(temperature: float, alpha: float) -> Job:
     return Job("control", float(temperature), float(alpha))
 
 
-def distilled_job(cell: tuple[float, float, float]) -> Job:
-    return Job("distilled", *(float(v) for v in cell))
+def distilled_job(cell: Cell) -> Job:
+    return Job("distilled", float(cell[0]), float(cell[1]), float(cell[2]), str(cell[3]))
 
 
 def run_name(seed: int, job: Job) -> str:
-    """File stem of one training: seed0-baseline, seed0-control-T4-alpha0.5, seed0-T4-alpha0.5-beta0.3."""
+    """File stem of one training: seed0-baseline, seed0-control-T4-alpha0.5, seed0-T4-alpha0.5-beta0.3 (KL), or
+    seed0-T4-alpha0.5-beta0.3-dist (another KD loss; KL's names stay those of sweeps made before the others)."""
     if job.kind == "baseline":
         return f"seed{seed}-baseline"
     if job.kind == "control":
         return f"seed{seed}-control-T{job.temperature:g}-alpha{job.alpha:g}"
-    return f"seed{seed}-T{job.temperature:g}-alpha{job.alpha:g}-beta{job.beta:g}"
+    loss = "" if job.kd_loss == "kl" else f"-{job.kd_loss}"
+    return f"seed{seed}-T{job.temperature:g}-alpha{job.alpha:g}-beta{job.beta:g}{loss}"
 
 
 def jobs(cfg: "SweepConfig") -> list[Job]:
@@ -155,7 +168,7 @@ def control_pairs(cfg: "SweepConfig") -> list[tuple[float, float]]:
     return [(float(t), float(a)) for t in cfg.temperatures for a in cfg.alphas]
 
 
-def choose_by_validation(validation: dict[tuple[float, float, float], list[float]]) -> tuple[float, float, float]:
+def choose_by_validation(validation: dict[Cell, list[float]]) -> Cell:
     """The grid cell a user would pick without looking at the test split: best validation accuracy, mean over seeds.
 
     validation maps each cell to its runs' validation accuracies (of the epoch each run kept). Ties go
@@ -300,12 +313,13 @@ def _train_missing(
             elif matched is not None:
                 objective = start.control(matched["smoothing"])
             else:
-                objective = start.distilled(recorded if recorded is not None else teacher, *job.cell)
+                kd = replace(run.cfg.kd, kind=job.kd_loss)  # the loss of this cell, with the sweep's knobs
+                objective = start.distilled(recorded if recorded is not None else teacher, *job.cell[:3], kd)
             name = run_name(seed, job)
             reporter.info(f"[{done}/{total}] {name}: {objective.describe()}")
             entry = _train_one(run, objective, settings, name, reporter)
-            entry.update({"seed": seed, "kind": job.kind,
-                          "temperature": job.temperature, "alpha": job.alpha, "beta": job.beta,
+            entry.update({"seed": seed, "kind": job.kind, "temperature": job.temperature, "alpha": job.alpha, "beta": job.beta,
+                          **({"kd_loss": job.kd_loss} if job.kind == "distilled" else {}),
                           **({"matched": matched} if matched else {})})  # fmt: skip
             write_json_atomic(folder / "runs" / f"{name}.json", entry)
 
@@ -390,7 +404,8 @@ def summarize(cfg: SweepConfig, data: Dataset, folder: Path, device: str) -> dic
         "format": FORMAT,
         "dataset": {"name": data.name, "source": data.source, "classes": data.classes, "counts": data.counts()},
         "settings": shared["settings"],
-        "grid": {"T": list(cfg.temperatures), "alpha": list(cfg.alphas), "beta": list(cfg.betas), "seeds": seeds},
+        "grid": {"T": list(cfg.temperatures), "alpha": list(cfg.alphas), "beta": list(cfg.betas),
+                 "kd_loss": list(cfg.kd_losses), "seeds": seeds},
         "teacher": shared["teacher"],
         "baseline": {
             "mean": float(baseline_acc.mean()),
@@ -454,7 +469,8 @@ def _compare_grid(cfg: SweepConfig, table: _SeedTable) -> tuple[list[dict[str, A
         job = distilled_job(cell)
         names = table.names(job)
         distilled = table.matrix(job)
-        entry = {"temperature": cell[0], "alpha": cell[1], "beta": cell[2], "objective": table.runs[names[0]]["objective"]}
+        entry = {"temperature": cell[0], "alpha": cell[1], "beta": cell[2], "kd_loss": cell[3],
+                 "objective": table.runs[names[0]]["objective"]}  # fmt: skip
         entry.update(compare(distilled, baseline).to_dict(), **table.aucs(job))
         entry["val_mean"] = float(np.mean([table.runs[n]["best_val_accuracy"] for n in names]))
         if job.pair in control_matrices:

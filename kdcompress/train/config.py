@@ -9,11 +9,13 @@ from typing import Any
 
 from kdcompress.data.specs import resolve_spec
 from kdcompress.core.errors import KdcError
+from kdcompress.train.losses import KD_LOSSES, KdLoss
 
 
 MAX_SEED = 2**32 - 1  # numpy's and torch's generators both take seeds in [0, 2^32)
 DEVICES = ("auto", "cpu", "cuda")
 COMPILE_CHOICES = ("auto", "on", "off", "graph")  # accel.step_mode says what each means
+STEMS = ("timm", "auto")  # --student-stem: models.small_input_stem says what auto does
 CONTROLS = ("label-smoothing", "none")  # the fourth model of kdc compress (fair.control_smoothing)
 AUGMENTATIONS = ("crop", "rrc")  # views.views: padding crop (CIFAR recipe) | random-resized crop, rotation, intensity
 SELECTIONS = ("accuracy", "loss")  # how the teacher's kept epoch is chosen on validation
@@ -41,6 +43,13 @@ class CompressConfig:
     temperature: float = 4.0  # T: softens both logit sets before the KL term
     alpha: float = 0.5  # weight of the KL term; CE gets 1 - alpha
     beta: float = 0.3  # weight of the feature-alignment term; 0 = logits-only distillation
+    kd_loss: str = "kl"  # the logit term alpha weights: kl | dist | dkd (losses.KdLoss)
+    dist_inter: float = KdLoss.dist_inter  # DIST: weight of the per-image relation
+    dist_intra: float = KdLoss.dist_intra  # DIST: weight of the per-class relation
+    dkd_target: float = KdLoss.dkd_target  # DKD: weight of the target-class term
+    dkd_nontarget: float = KdLoss.dkd_nontarget  # DKD: weight of the non-target term
+    dkd_warmup: float = KdLoss.dkd_warmup  # DKD: share of the training over which its term ramps up
+    student_stem: str = "timm"  # timm: students as timm builds them | auto: a stride-1 stem at small inputs (models.small_input_stem)
     augment: str = "crop"  # views of every training: crop (reflect-padded crop + flip) | rrc (random-resized crop ...)
     mixup: float = 0.0  # students train on mixed views (Beta(m, m) weights), the teacher seeing the same ones; 0 = off
     control: str = "label-smoothing"  # also train the student with label smoothing of the distillation's strength; none = skip
@@ -68,6 +77,10 @@ class CompressConfig:
         _check_range("--beta", self.beta, 0.0, 100.0)
         _check_range("--val-fraction", self.val_fraction, 0.01, 0.5)
         _check_range("--mixup", self.mixup, 0.0, 10.0)
+        for flag, value in (("--dist-inter", self.dist_inter), ("--dist-intra", self.dist_intra),
+                            ("--dkd-target", self.dkd_target), ("--dkd-nontarget", self.dkd_nontarget)):  # fmt: skip
+            _check_range(flag, value, 0.0, 100.0)
+        _check_range("--dkd-warmup", self.dkd_warmup, 0.0, 1.0)
         _check_range("--teacher-smoothing", self.teacher_smoothing, 0.0, 0.9)
         if self.teacher_ema is not None:
             _check_range("--teacher-ema", self.teacher_ema, 0.0, 0.99999)
@@ -76,6 +89,8 @@ class CompressConfig:
             ("--compile", self.compile, COMPILE_CHOICES),
             ("--control", self.control, CONTROLS),
             ("--augment", self.augment, AUGMENTATIONS),
+            ("--kd-loss", self.kd_loss, KD_LOSSES),
+            ("--student-stem", self.student_stem, STEMS),
             ("--teacher-select", self.teacher_select or spec.teacher_select, SELECTIONS),
         ):
             if value not in choices:
@@ -113,6 +128,11 @@ class CompressConfig:
     def students(self) -> list[str]:
         """The student architectures, in the order given (the dataset's default ones when none was given)."""
         return split_students(self.student or resolve_spec(self.dataset).student)
+
+    @property
+    def kd(self) -> KdLoss:
+        """The logit term of the distillation, with its knobs."""
+        return KdLoss(self.kd_loss, self.dist_inter, self.dist_intra, self.dkd_target, self.dkd_nontarget, self.dkd_warmup)
 
     @property
     def several(self) -> bool:

@@ -76,6 +76,8 @@ class FairStart:
     settings: Any  # train.TrainSettings with this seed: same views, order and schedule for every student
     initial: Any  # the student's initial weights (never trained itself: each objective gets a copy)
     projection: Any  # student -> teacher feature projection's initial weights (copied for beta > 0)
+    views: int = 0  # batches in one training (DKD's warm-up is a share of them)
+    stem_stride: int | None = None  # the small-input stem every objective shares (--student-stem auto), or None
 
     def baseline(self) -> Any:
         """CE on labels, from the shared initial weights."""
@@ -91,13 +93,17 @@ class FairStart:
 
         return Supervised(clone_model(self.initial), smoothing)
 
-    def distilled(self, teacher: Any, temperature: float, alpha: float, beta: float) -> Any:
-        """The distillation objective (live or recorded teacher), from the same initial weights and projection."""
+    def distilled(self, teacher: Any, temperature: float, alpha: float, beta: float, kd: Any = None) -> Any:
+        """The distillation objective (live or recorded teacher), from the same initial weights and projection.
+
+        kd: the logit term (losses.KdLoss; default KL).
+        """
+        from kdcompress.train.losses import KdLoss
         from kdcompress.train.objectives import Distillation
         from kdcompress.train.loop import clone_model
 
         projection = clone_model(self.projection) if beta > 0 else None
-        return Distillation(clone_model(self.initial), teacher, temperature, alpha, beta, projection)
+        return Distillation(clone_model(self.initial), teacher, temperature, alpha, beta, projection, kd or KdLoss(), self.views)
 
 
 def fair_start(prepared: Prepared, seed: int, teacher: Any, architecture: str | None = None) -> FairStart:
@@ -108,14 +114,18 @@ def fair_start(prepared: Prepared, seed: int, teacher: Any, architecture: str | 
     """
     import torch
 
-    from kdcompress.train.models import create_model, create_projection
+    from kdcompress.train.models import adapt_to_input, create_model, create_projection
+    from kdcompress.train.views import steps_per_epoch
 
     cfg, data = prepared.cfg, prepared.data
     torch.manual_seed(seed)
     initial = create_model(architecture or cfg.students[0], len(data.classes), data.channels, cfg.pretrained_student)
+    initial, stride = adapt_to_input(initial, data.image_size, cfg.student_stem)  # shared by every objective below
     torch.manual_seed(seed + 1)
     projection = create_projection(initial, teacher)
-    return FairStart(seed, replace(prepared.settings, seed=seed), initial, projection)
+    settings = replace(prepared.settings, seed=seed)
+    views = settings.epochs * steps_per_epoch(len(data.train_y), settings.batch_size)
+    return FairStart(seed, settings, initial, projection, views, stride)
 
 
 def teacher_train_logits(prepared: Prepared, teacher: Any) -> Any:

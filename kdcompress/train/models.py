@@ -49,6 +49,29 @@ def set_stem_stride(model: Any, stride: int | None) -> Any:
     return model
 
 
+SMALL_IMAGE = 64  # inputs up to this side get a stride-1 stem where a model has a strided conv_stem (small_input_stem)
+
+
+def small_input_stem(model: Any, image_size: int) -> int | None:
+    """The stem stride for small inputs: 1 at SMALL_IMAGE px or less when the model has a strided conv_stem, else None.
+
+    The one model adaptation kdc makes for small images, for the teacher (its recipe 3) and, with
+    --student-stem auto, for every student at its fair start. EfficientNet-B3 and MobileNetV4 downsample
+    32 px inputs to 1x1; a stride-1 stem keeps 2x2 at the end (4x the MACs). ResNets (conv1 and a max-pool,
+    not conv_stem) are left as timm builds them: a CIFAR stem costs them far more (benchmarks/README.md).
+    """
+    stem = getattr(model, "conv_stem", None)
+    if image_size > SMALL_IMAGE or stem is None or tuple(stem.stride) == (1, 1):
+        return None
+    return 1
+
+
+def adapt_to_input(model: Any, image_size: int, stem: str = "auto") -> tuple[Any, int | None]:
+    """model with the small-input stem when stem is auto (timm: as built); the stride set, or None."""
+    stride = small_input_stem(model, image_size) if stem == "auto" else None
+    return set_stem_stride(model, stride), stride
+
+
 def count_parameters(model: Any) -> int:
     """Number of parameters (trainable or not) of a torch module."""
     return sum(p.numel() for p in model.parameters())

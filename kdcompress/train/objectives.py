@@ -155,7 +155,7 @@ class RecordedTeacher(nn.Module):
 
 
 class Distillation(Objective):
-    """CE on labels + T^2-scaled KL to the frozen teacher's softened logits + L2 feature alignment."""
+    """CE on labels + a logit term to the frozen teacher (KL, DIST or DKD: losses.KdLoss) + L2 feature alignment."""
 
     def __init__(
         self,
@@ -165,7 +165,10 @@ class Distillation(Objective):
         alpha: float,
         beta: float,
         projection: Optional[nn.Module] = None,
+        kd: losses.KdLoss = losses.KdLoss(),
+        views: int = 0,
     ) -> None:
+        """views: how many batches the training has (DKD's warm-up is a share of them; 0: no warm-up)."""
         if beta > 0 and projection is None:
             raise ValueError("beta > 0 needs a projection from student to teacher features")
         super().__init__(student, projection if beta > 0 else None)
@@ -173,6 +176,8 @@ class Distillation(Objective):
         self.temperature = temperature
         self.alpha = alpha
         self.beta = beta
+        self.kd = kd
+        self.views = views
 
     def forward(
         self, images: torch.Tensor, labels: torch.Tensor, view: Optional[int] = None
@@ -181,9 +186,10 @@ class Distillation(Objective):
         features = self.projection is not None
         student_logits, student_features = self.run(images, features)
         teacher_logits, teacher_features = self.teacher(images, view, features)
+        kd = self.kd(student_logits, teacher_logits, labels, self.temperature)
         parts = {
             "ce": losses.cross_entropy(student_logits, labels),
-            "kd": losses.kd_kl(student_logits, teacher_logits, self.temperature),
+            "kd": kd if view is None else kd * self.kd.ramp(view, self.views),
         }
         if features:
             parts["feat"] = losses.feature_l2(student_features, teacher_features)
@@ -192,7 +198,7 @@ class Distillation(Objective):
 
     def describe(self) -> str:
         """The objective as a formula with the numbers in place."""
-        return losses.describe(self.temperature, self.alpha, self.beta)
+        return losses.describe(self.temperature, self.alpha, self.beta, self.kd)
 
 
 def trainable_parameters(objective: nn.Module) -> list[Any]:

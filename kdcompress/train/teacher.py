@@ -26,7 +26,6 @@ from kdcompress.deploy.preprocessing import Preprocessing
 
 TEACHER_RECIPE = 4  # bump when the teacher's training changes, so cached teachers are not reused
 # (2: zeroed head; 3: stride-1 stem at small inputs; 4: auxiliary classes where the dataset has them)
-SMALL_IMAGE = 64  # teacher inputs up to this side get a stride-1 stem (recipe 3)
 # Teacher levers of issue #11 (augmentation, label smoothing, EMA, epoch selection, class balance), off by default
 # until measured: each with its default, as CompressConfig states it.
 RECIPE_LEVERS = {
@@ -92,19 +91,6 @@ def keep_first_classes(model: Any, n_classes: int) -> Any:
         head.out_features = n_classes
         model.num_classes = n_classes
     return model
-
-
-def teacher_stem_stride(model: Any, image_size: int) -> int | None:
-    """The stem stride recipe 3 gives: 1 for small images when the model has a strided conv_stem.
-
-    EfficientNet-B3 downsamples 32 px inputs to 1x1; a stride-1 stem keeps 2x2 at the end, which
-    lifts its cifar3 accuracy for a longer training (benchmarks/results/teacher-stem1-30ep.json). None when the
-    rule does not apply.
-    """
-    stem = getattr(model, "conv_stem", None)
-    if image_size > SMALL_IMAGE or stem is None or tuple(stem.stride) == (1, 1):
-        return None
-    return 1
 
 
 def auxiliary_classes(cfg: CompressConfig, data: Dataset) -> tuple[str, ...]:
@@ -205,7 +191,7 @@ def _train_teacher(
 ) -> tuple[Any, dict[str, Any]]:
     import torch
 
-    from kdcompress.train.models import create_model, set_stem_stride
+    from kdcompress.train.models import adapt_to_input, create_model
     from kdcompress.train.objectives import Supervised
     from kdcompress.train.loop import fit
 
@@ -213,8 +199,7 @@ def _train_teacher(
     torch.manual_seed(cfg.seed)
     auxiliary = auxiliary_classes(cfg, data)
     teacher = zero_init_head(create_model(cfg.teacher, n_classes + len(auxiliary), data.channels, cfg.pretrained))
-    stride = teacher_stem_stride(teacher, data.image_size)
-    set_stem_stride(teacher, stride)
+    teacher, stride = adapt_to_input(teacher, data.image_size)  # recipe 3: a stride-1 stem at small inputs
     stem = f", stride-1 stem for {data.image_size} px inputs" if stride else ""
     trained_on = data.with_auxiliary() if auxiliary else data
     weights = balancing_weights(trained_on.train_y, n_classes + len(auxiliary)) if cfg.teacher_balance else None
