@@ -39,6 +39,29 @@ class Recorder(Reporter):
         self.warnings.append(message)
 
 
+def copy_run(run: Path, tmp_path: Path, name: str = "run") -> Path:
+    """A copy of a finished run folder to change (without its benchmark files or locks)."""
+    import shutil
+
+    target = tmp_path / name
+    shutil.copytree(run, target, ignore=shutil.ignore_patterns("benchmark.*", ".kdc-*"))
+    return target
+
+
+def edit_manifest(run: Path, change) -> None:
+    """Apply change(dict) to a run folder's manifest.json."""
+    import json
+
+    manifest = json.loads((run / "manifest.json").read_text())
+    change(manifest)
+    (run / "manifest.json").write_text(json.dumps(manifest))
+
+
+def files_under(folder: Path) -> set[str]:
+    """Every file below folder, as relative paths (what a command may have written)."""
+    return {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()}
+
+
 runner = CliRunner()  # every test that runs `kdc` in-process: runner.invoke(app, [...])
 
 

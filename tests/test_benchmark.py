@@ -128,3 +128,67 @@ def test_an_fp16_file_lists_each_node_after_its_inputs_and_counts_the_fp32_macs(
         assert all(name in ready for name in node.input), node.name
         ready.update(node.output)
     assert count_macs(half) == count_macs(fp32) > 0
+
+
+# The third reliability probe (issue #33), benchmark's items.
+
+
+@pytest.mark.parametrize(
+    "images, labels, said",
+    [
+        (np.zeros((5, 3, 16, 16), np.uint8), np.zeros(5, np.int64), "not N x 1 x 16 x 16 uint8"),
+        (np.zeros((5, 1, 16, 16), np.uint8), np.full(5, 10), "labels outside 0..9"),
+        (np.zeros((5, 1, 16, 16), np.uint8), np.zeros(4, np.int64), "holds 5 images and 4 labels"),
+        (np.zeros((5, 1, 16, 16), np.float32), np.zeros(5, np.int64), "(float32), not N x 1 x 16 x 16 uint8"),
+    ],
+)
+def test_a_tampered_test_set_is_one_line(tiny_run, tmp_path, images, labels, said):
+    from conftest import copy_run
+
+    run = copy_run(tiny_run, tmp_path)
+    np.savez_compressed(run / "test_set.npz", images=images, labels=labels)
+    fails_cleanly(runner.invoke(app, ["benchmark", str(run), "--quick"]), said)
+
+
+def test_swapped_model_files_are_named_and_rehash_records_a_deliberate_change(tiny_run, tmp_path):
+    from conftest import copy_run
+
+    run = copy_run(tiny_run, tmp_path)
+    (run / "student.onnx").rename(run / "swap.onnx")
+    (run / "control.onnx").rename(run / "student.onnx")
+    (run / "swap.onnx").rename(run / "control.onnx")
+    from PIL import Image
+
+    Image.new("L", (8, 8), 200).save(tmp_path / "digit.png")
+    for command in (["benchmark", str(run), "--quick"], ["predict", str(tmp_path / "digit.png"), "--run", str(run)]):
+        fails_cleanly(runner.invoke(app, command), "student.onnx (student) is not the file this run wrote")
+    result = runner.invoke(app, ["benchmark", str(run), "--quick", "--rehash"])
+    assert result.exit_code == 0, result.output
+    assert "student, control had changed" in " ".join(result.output.split())
+    assert read_manifest(run).models["student"].details["sha256"] != read_manifest(tiny_run).models["student"].details["sha256"]
+
+
+def test_markup_in_a_run_path_is_printed_as_it_is(tiny_run, tmp_path):
+    from conftest import copy_run
+
+    run = copy_run(tiny_run, tmp_path / "x[", "]y")  # the folder tmp/x[/]y
+    result = runner.invoke(app, ["benchmark", str(run), "--quick", "--no-gpu"])
+    assert result.exit_code == 0, result.output
+    assert f"Saved benchmark.json, benchmark.md and benchmark.png in {run}" in " ".join(result.output.split())
+
+
+def test_benchmark_leaves_no_onnxruntime_id_in_home_and_runs_with_an_unwritable_home(tiny_run, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("CI", "ORT_DISABLE_TELEMETRY", "ORT_TELEMETRY_DISABLED")}
+    command = [sys.executable, "-m", "kdcompress", "benchmark", str(tiny_run), "--quick", "--no-gpu", "--json"]
+    subprocess.run(command, env={**env, "HOME": str(home)}, check=True, capture_output=True)
+    assert not (home / ".cache" / "Microsoft").exists()  # onnxruntime's device id and event queue
+    (tmp_path / "file").write_text("")
+    done = subprocess.run(command, env={**env, "HOME": str(tmp_path / "file" / "home")}, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["models"]

@@ -93,3 +93,41 @@ def test_a_bad_config_file_is_one_line(tmp_path, text, message):
 def test_a_missing_config_file_is_one_line(tmp_path):
     fails_cleanly(runner.invoke(app, ["compress", "--config", str(tmp_path / "nope.yaml")]), "nope.yaml not found")
     fails_cleanly(runner.invoke(app, ["sweep", "--config", str(tmp_path)]), "is a folder")
+
+
+# The third reliability probe (issue #33), --config's items.
+
+
+def test_a_yaml_alias_bomb_and_an_oversized_file_are_refused_at_once(tmp_path):
+    bomb = tmp_path / "bomb.yaml"
+    levels = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"] + [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 9)]
+    bomb.write_text("\n".join(levels) + "\nepochs: 1\n")
+    fails_cleanly(runner.invoke(app, ["compress", "--config", str(bomb)]), "uses YAML aliases (*name)")
+    big = tmp_path / "big.yaml"
+    big.write_text("".join(f"key{i}: {i}\n" for i in range(120_000)))
+    fails_cleanly(runner.invoke(app, ["compress", "--config", str(big)]), "is larger than 1 MB")
+
+
+def test_a_boolean_from_the_file_can_be_turned_off_and_a_list_is_no_boolean(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("int8: true\nstream: true\n")
+    result = runner.invoke(app, ["compress", "--config", str(config), "--no-int8", "--no-stream", "--epochs", "0"])
+    fails_cleanly(result, "--epochs must be between")  # parsed: the --no- forms exist and the file's booleans are taken
+    config.write_text("retrain-teacher: [1]\n")
+    fails_cleanly(runner.invoke(app, ["compress", "--config", str(config)]), "retrain-teacher takes true or false, not [1]")
+    from typer.main import get_command
+
+    for command in ("compress", "sweep"):
+        flags = {flag for param in get_command(app).commands[command].params for flag in param.secondary_opts}
+        assert {"--no-pretrained", "--no-pretrained-student", "--no-retrain-teacher", "--no-stream"} <= flags
+    assert "--no-int8" in {f for param in get_command(app).commands["compress"].params for f in param.secondary_opts}
+
+
+def test_config_is_read_from_a_pipe(tmp_path):
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "kdcompress", "compress", "--config", "/dev/stdin"], input="alpha: 1.5\n", capture_output=True, text=True
+    )
+    assert done.returncode == 1 and "--alpha must be between 0 and 1, got 1.5" in done.stderr and "not found" not in done.stderr

@@ -229,3 +229,29 @@ def test_too_few_images_to_split_is_a_clear_error(tmp_path):
             Image.new("RGB", (8, 8), (i, 0, 0)).save(tmp_path / c / f"{i}.png")
     with pytest.raises(KdcError, match="class 'a' has 1 image.*at least 2 to split off the validation set"):
         load_dataset("folder", tmp_path, image_size=8)
+
+
+def test_an_unreadable_sub_folder_is_named_in_one_warning(tmp_path, monkeypatch):
+    # Issue #33, item 14. The tests run as root, for whom permission bits do not stop a read: the listing fails instead.
+    import os
+
+    from conftest import Recorder
+
+    for name in ("cat", "dog"):
+        for i in range(6):
+            (tmp_path / name / "more").mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (8, 8), (i * 20, 0, 0)).save(tmp_path / name / f"{i}.png")
+            Image.new("RGB", (8, 8), (0, i * 20, 0)).save(tmp_path / name / "more" / f"{i}.png")
+    locked = tmp_path / "dog" / "more"
+    real_scandir = os.scandir
+
+    def scandir(path="."):
+        if Path(path) == locked:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    reporter = Recorder()
+    data = load_dataset("folder", str(tmp_path), 8, 0.1, reporter)
+    assert data.counts()["train"] + data.counts()["val"] + data.counts()["test"] == 18  # 12 cat, 6 dog: dog/more left out
+    assert len(reporter.warnings) == 1 and "skipped 1 folder(s) that cannot be read (dog/more)" in reporter.warnings[0]

@@ -130,3 +130,18 @@ def test_benchmark_marks_the_frontier_and_recommends_under_a_budget(tiny_run, tm
 
 def test_benchmark_refuses_a_bad_budget_in_one_line(tiny_run):
     fails_cleanly(runner.invoke(app, ["benchmark", str(tiny_run), "--max-ms", "0"]), "--max-ms must be above 0, got 0")
+
+
+def test_a_size_budget_may_ship_a_smaller_format_that_is_not_faster_and_says_so():
+    # Issue #33, item 9: --max-mb alone excluded every INT8 file as "not faster" and named a baseline over the budget.
+    slow_int8 = Point("int8", "student-int8.onnx", 0.89, 2.2, 2.6, source="student", baseline="baseline")
+    points = [TEACHER, BASELINE, Point("student", "student.onnx", 0.88, 2.0, 10.0, baseline="baseline"), slow_int8]
+    chosen = recommend(points, "teacher", Budget(max_mb=3), {}, "here")
+    assert chosen["meets"] and chosen["file"] == "student-int8.onnx"
+    assert "chosen for its size: student-int8.onnx is not faster than student.onnx" in chosen["words"]
+    assert recommend(points, "teacher", Budget(max_ms=3), {}, "here")["file"] == "student.onnx"  # latency: still excluded
+
+
+@pytest.mark.parametrize("flag, value", [("--max-ms", "inf"), ("--max-mb", "nan"), ("--max-drop", "inf")])
+def test_non_finite_budgets_are_refused(tiny_run, flag, value):
+    fails_cleanly(runner.invoke(app, ["benchmark", str(tiny_run), flag, value]), f"{flag} must be a finite number")

@@ -22,21 +22,13 @@ import pytest
 from PIL import Image
 
 from kdcompress.cli import app
+from kdcompress.deploy.manifest import rehash
 
-from conftest import REPO, TINY, Recorder, fails_cleanly, runner
-
-
-
-def _copy(run: Path, tmp_path: Path, name: str = "run") -> Path:
-    target = tmp_path / name
-    shutil.copytree(run, target, ignore=shutil.ignore_patterns("benchmark.*", ".kdc-*"))
-    return target
+from conftest import REPO, TINY, Recorder, copy_run, edit_manifest, fails_cleanly, runner
 
 
-def _edit_manifest(run: Path, change) -> None:
-    manifest = json.loads((run / "manifest.json").read_text())
-    change(manifest)
-    (run / "manifest.json").write_text(json.dumps(manifest))
+
+_copy, _edit_manifest = copy_run, edit_manifest
 
 
 def _leftovers(folder: Path) -> list[str]:
@@ -224,6 +216,7 @@ def test_manifest_values_of_the_wrong_type_are_one_line(tiny_run, tmp_path, chan
 def test_benchmark_refuses_a_model_whose_input_does_not_fit_the_run(tiny_run, tmp_path):
     run = _copy(tiny_run, tmp_path)
     _onnx_model(run / "student.onnx", channels=3, outputs=10)  # a 3-channel model in a 1-channel run
+    rehash(run)  # put there on purpose: past the SHA-256 check, to the shape check
     fails_cleanly(runner.invoke(app, ["benchmark", str(run), "--quick", "--no-gpu"]), "this run's images are 1 x 16 x 16")
 
 
@@ -231,6 +224,7 @@ def test_benchmark_refuses_a_model_whose_input_does_not_fit_the_run(tiny_run, tm
 def test_a_model_with_the_wrong_number_of_outputs_is_refused(tiny_run, tmp_path, command):
     run = _copy(tiny_run, tmp_path)
     _onnx_model(run / "student.onnx", channels=1, outputs=3)
+    rehash(run)
     args = {
         "benchmark": ["benchmark", str(run), "--quick", "--no-gpu"],
         "predict": ["predict", str(_image(tmp_path)), "--run", str(run)],

@@ -282,3 +282,62 @@ def test_stride_one_stem_is_used_for_small_inputs_and_survives_a_checkpoint(tmp_
     manifest = read_manifest(tiny_run).to_dict()
     assert manifest["models"]["teacher"]["stem_stride"] == 1
     assert torch.load(tiny_run / "checkpoints" / "teacher.pt", weights_only=True)["stem_stride"] == 1
+
+
+# The third reliability probe (issue #33), compress's items.
+
+
+@pytest.mark.parametrize(
+    "students, said",
+    [
+        ("test_resnet,test_convnext", "--student test_convnext cannot take 16 px images (Calculated padded input size"),
+        ("test_maxvit", "--student test_maxvit cannot take 16 px images (height (4) must be divisible by window (5)): it runs from"),
+    ],
+)
+def test_a_student_that_cannot_take_the_image_size_is_refused_before_any_training(tmp_path, students, said):
+    from conftest import TINY, fails_cleanly, runner
+    from kdcompress.cli import app
+
+    args = ["compress", *TINY, "--student", students, "--artifacts", str(tmp_path)]
+    fails_cleanly(runner.invoke(app, args), said)
+    assert not any(tmp_path.rglob("*.pt"))  # nothing trained, not even the teacher
+
+
+def test_teacher_weights_in_a_text_file_are_not_a_checkpoint(tmp_path):
+    from conftest import TINY, fails_cleanly, runner
+    from kdcompress.cli import app
+
+    for first in "abeqrstuMQR":  # each first byte once sent torch's reader into an IndexError
+        text = tmp_path / f"{first}.pt"
+        text.write_text(f"{first}oot:x:0:0:root:/root:/bin/bash\n")
+        fails_cleanly(runner.invoke(app, ["compress", *TINY, "--teacher-weights", str(text), "--artifacts", str(tmp_path / "a")]),
+                      f"{text} is not a PyTorch checkpoint")  # fmt: skip
+
+
+def test_an_empty_folder_reserved_by_a_killed_run_is_removed_by_the_next(tmp_path):
+    from kdcompress.core.files import RESERVED_MARK
+    from kdcompress.runs.rundir import prepare_run_dir
+
+    dead = 2**22 + 12345  # no such process (pid_max is at most 2^22 on Linux)
+    (tmp_path / "digits-20260101-000000").mkdir()
+    staging = tmp_path / f".partial-digits-20260101-000000.{dead}"
+    staging.mkdir()
+    (staging / RESERVED_MARK).write_text("digits-20260101-000000")
+    (tmp_path / "kept").mkdir()  # an empty folder no killed run reserved: never touched
+    folder = prepare_run_dir(CompressConfig(artifacts=str(tmp_path)).resolved())
+    assert not (tmp_path / "digits-20260101-000000").exists() and not staging.exists() and (tmp_path / "kept").is_dir()
+    assert (folder.staging / RESERVED_MARK).read_text() == folder.final.name
+
+
+def test_a_busy_machine_is_said_when_compress_starts(tmp_path, monkeypatch):
+    import os
+
+    from kdcompress.core.world import usable_cores
+
+    monkeypatch.setattr(os, "getloadavg", lambda: (usable_cores() + 1.5, 0.0, 0.0))
+    reporter = Recorder()
+    compress(CompressConfig(**{**TINY_CONFIG, "epochs": 1, "teacher_epochs": 1}, artifacts=str(tmp_path)), reporter)
+    assert any("this machine is already busy (load average" in w for w in reporter.warnings)
+    from kdcompress.runs.launch import process_threads
+
+    assert process_threads(2) == max(1, usable_cores() // 2) and process_threads(10_000) == 1

@@ -136,3 +136,27 @@ def test_quantize_adds_a_smaller_int8_and_an_fp16_student_to_the_run(tiny_run, t
     assert all(bench["models"][r]["accuracy"]["agrees_with_manifest"] for r in ("int8", "fp16"))
     assert bench["models"]["fp16"]["format"] == "FP16" and bench["models"]["fp16"]["source"] == "student"
     assert predict_images([_odd_images(tmp_path / "imgs")[0]], run=run, model="int8")["results"][0]["predictions"]
+
+
+# The third reliability probe (issue #33), quantize's items.
+
+
+def test_a_role_that_names_a_path_is_refused_and_nothing_is_written_outside(tiny_run, tmp_path):
+    from conftest import copy_run, edit_manifest, files_under
+
+    run = copy_run(tiny_run, tmp_path / "runs")
+    before = files_under(tmp_path)
+    edit_manifest(run, lambda m: m["models"].__setitem__("student-d/../../escaped", m["models"]["student"]))
+    for command in (["quantize", str(run)], ["benchmark", str(run), "--quick"]):
+        fails_cleanly(runner.invoke(app, command), "is not a model name kdc makes")
+    assert files_under(tmp_path) == before  # no escaped-int8.onnx above the run, nothing anywhere
+
+
+def test_a_calibration_set_without_images_is_refused_before_anything_is_built(tiny_run, tmp_path):
+    from conftest import copy_run, files_under
+
+    run = copy_run(tiny_run, tmp_path)
+    np.savez_compressed(run / "calibration.npz", images=np.zeros((0, 1, 16, 16), np.uint8), labels=np.zeros(0, np.int64))
+    before = files_under(run)
+    fails_cleanly(runner.invoke(app, ["quantize", str(run)]), "calibration.npz holds no images: the run folder is damaged")
+    assert files_under(run) == before

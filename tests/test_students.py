@@ -174,3 +174,16 @@ def test_each_format_of_a_student_is_judged_against_that_students_baseline():
         "int8-resnet18": "baseline-resnet18",
         "student-resnet10t": "baseline-resnet10t",
     }
+
+
+def test_quantize_checks_every_student_first_and_publishes_nothing_when_one_is_missing(two_student_run, tmp_path):
+    # Issue #33, item 11: a deleted student file used to be found after the first student's files were rewritten.
+    from conftest import copy_run, files_under
+
+    run = copy_run(two_student_run[0], tmp_path)
+    for name in ("student-test_resnet-int8.onnx", "student-test_resnet-fp16.onnx", "student-test_efficientnet-int8.onnx"):
+        (run / name).unlink(missing_ok=True)
+    (run / "student-test_efficientnet.onnx").unlink()
+    manifest, before = (run / "manifest.json").read_bytes(), files_under(run)
+    fails_cleanly(runner.invoke(app, ["quantize", str(run)]), "student-test_efficientnet.onnx (student-test_efficientnet) is missing")
+    assert files_under(run) == before and (run / "manifest.json").read_bytes() == manifest

@@ -1,6 +1,7 @@
 """kdc sweep: recorded teacher outputs, fairness against compress, resuming, and its errors."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -224,4 +225,28 @@ def test_compress_from_sweep_needs_a_finished_sweep_and_its_data(tmp_path, cli_s
     (unfinished / "results.json").write_text(json.dumps(other))
     result = runner.invoke(app, ["compress", "--from-sweep", str(unfinished), "--device", "cpu", "--out", str(tmp_path / "run")])
     assert result.exit_code == 1 and "these images are not the ones" in result.output and "pass the sweep's --data-dir" in result.output
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    "change, said",
+    [
+        (lambda r: r["chosen"].__setitem__("temperature", "abc"), "chosen.temperature is 'abc', not a number"),
+        (lambda r: r["chosen"].pop("alpha"), "chosen.alpha is None, not a number"),
+        (lambda r: r.__setitem__("chosen", [4, 0.5, 0.3]), "chosen is [4, 0.5, 0.3], not a grid cell"),
+        (lambda r: r["settings"].__setitem__("epochs", "many"), "settings.epochs is 'many', not a whole number or null"),
+        (lambda r: r["settings"].__setitem__("teacher", 5), "settings.teacher is 5, not text or null"),
+        (lambda r: r["chosen"].__setitem__("kd_loss", "crd"), "chosen.kd_loss is 'crd', not one of kl, dist, dkd"),
+        (lambda r: r["settings"].__setitem__("teacher_weights", "/etc/passwd"), "/etc/passwd is not a PyTorch checkpoint"),
+    ],
+)
+def test_a_tampered_sweep_results_file_is_one_line(tmp_path, cli_sweep, change, said):
+    # Issue #33, item 6: results.json is read into checked fields before any of it reaches a configuration.
+    folder = tmp_path / "s"
+    shutil.copytree(cli_sweep[0], folder)
+    results = json.loads((folder / "results.json").read_text())
+    change(results)
+    (folder / "results.json").write_text(json.dumps(results))
+    args = ["compress", "--from-sweep", str(folder), "--device", "cpu", "--control", "none", "--out", str(tmp_path / "run")]
+    fails_cleanly(runner.invoke(app, args), said)
     assert not (tmp_path / "run").exists()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -21,7 +22,7 @@ from kdcompress.core.errors import KdcError
 from kdcompress.train.losses import FORMULA, FORMULA_NOTES
 from kdcompress.cli import options
 from kdcompress.cli.config_file import CONFIG
-from kdcompress.cli.output import fail, stderr, stdout
+from kdcompress.cli.output import fail, say, stderr, stdout
 from kdcompress.cli.options import grid_default, option
 from kdcompress.runs.sweep import SweepConfig
 
@@ -127,7 +128,7 @@ def compress(
     compile: str = options.COMPILE,
     artifacts: Path = options.ARTIFACTS,
     out: Optional[Path] = option("out", "--out", help="Exact run folder: a new or empty folder, or an earlier run (replaced once this one completes); any other folder is refused."),
-    int8: bool = option("int8", "--int8", help="Also write INT8 and FP16 versions of each distilled student (see kdc quantize)."),
+    int8: bool = option("int8", "--int8/--no-int8", help="Also write INT8 and FP16 versions of each distilled student (see kdc quantize)."),
     from_sweep: Optional[Path] = typer.Option(
         None, "--from-sweep", rich_help_panel=options.OUTPUT, help="A finished kdc sweep folder: train the cell it chose on validation (T, alpha, beta), with the "
         "sweep's data, models, schedule, seed and teacher (reused from its cache). Options that contradict the sweep are refused.",
@@ -158,7 +159,7 @@ def compress(
         stdout.print(escape(line), highlight=False)
     for warning in result.manifest.warnings:
         stdout.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False)
-    stdout.print(f"Run written to [bold]{result.run_dir}[/]: next, [bold]kdc benchmark {result.run_dir}[/]", highlight=False)
+    say(stdout, f"Run written to {result.run_dir}: next, kdc benchmark {shlex.quote(str(result.run_dir))}", "bold")
 
 
 @app.command()
@@ -246,7 +247,7 @@ def sweep(
         return
     for student, results in by_student.items():
         stdout.print(sweep_table(results, student if len(by_student) > 1 else None))
-        stdout.print(f"Saved results.json, summary.md, heatmap.png and objectives.png in {folders[student].out}", highlight=False)
+        say(stdout, f"Saved results.json, summary.md, heatmap.png and objectives.png in {folders[student].out}")
 
 
 class Terminated(KeyboardInterrupt):
@@ -294,7 +295,7 @@ def _relaunched(nproc: int, base: CompressConfig, check: Callable[[], Any] | Non
     settings the run will use, --from-sweep's included; then check), then run this same command in N processes
     under torchrun and return True once they finish."""
     from kdcompress.runs.from_sweep import with_sweep
-    from kdcompress.runs.launch import launch, preflight
+    from kdcompress.runs.launch import launch, preflight, process_threads
     from kdcompress.core.world import launched
 
     if nproc == 1:
@@ -307,7 +308,7 @@ def _relaunched(nproc: int, base: CompressConfig, check: Callable[[], Any] | Non
     argv = options.without_nproc(sys.argv[1:])
     if argv[:1] not in (["compress"], ["sweep"]):  # called as a library (a test runner's argv): nothing to re-run
         raise KdcError("--nproc re-runs the kdc command line it was given: use it from `kdc`, or call torchrun yourself")
-    threads = f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 1)}"
+    threads = f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', process_threads(nproc))}"
     stderr.print(f"[cyan]•[/] starting {nproc} processes with torchrun (--standalone), each with {threads}", highlight=False)
     launch(nproc, argv)
     return True
@@ -321,7 +322,11 @@ def benchmark(
     threads: int = typer.Option(1, "--threads", help="onnxruntime intra-op threads for CPU timings (fixed, reported)."),
     batch: int = typer.Option(64, "--batch", help="Batch size for the throughput figure."),
     gpu: bool = typer.Option(True, "--gpu/--no-gpu", help="Also time CUDAExecutionProvider when onnxruntime-gpu can use a GPU."),
-    quick: bool = typer.Option(False, "--quick", help="Fewer timing runs (for smoke tests; figures are noisier)."),
+    quick: bool = typer.Option(False, "--quick/--no-quick", help="Fewer timing runs (for smoke tests; figures are noisier)."),
+    rehash: bool = typer.Option(
+        False, "--rehash", help="First record the SHA-256 of every model file in the run's manifest: after you replaced or "
+        "re-exported a file on purpose (otherwise a changed file is refused, as a tampered one would be).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout instead of tables."),
     max_ms: Optional[float] = typer.Option(None, "--max-ms", help="Budget: CPU latency at batch 1, in ms (as timed here).", rich_help_panel="Budget"),
     max_mb: Optional[float] = typer.Option(None, "--max-mb", help="Budget: ONNX file size, in MB.", rich_help_panel="Budget"),
@@ -345,6 +350,11 @@ def benchmark(
     budget = Budget(max_ms, max_mb, max_drop)
     results, broken = [], []
     for run_dir in resolve_runs(path, all_runs):
+        if rehash:
+            from kdcompress.deploy.manifest import rehash as rehash_run
+
+            changed = rehash_run(run_dir)
+            reporter.info(f"{run_dir}: recorded the SHA-256 of every model file ({', '.join(changed) or 'none'} had changed)")
         reporter.info(f"benchmarking {run_dir}")
         try:
             result = benchmark_run(run_dir, threads=threads, batch=batch, gpu=gpu, quick=quick, reporter=reporter, budget=budget)
@@ -365,7 +375,7 @@ def benchmark(
                 style = "bold green" if result["recommendation"]["meets"] else "bold yellow"
                 stdout.print(f"[{style}]{escape(result['recommendation']['words'])}[/]", highlight=False)
             if result["saved"]:
-                stdout.print(f"Saved benchmark.json, benchmark.md and benchmark.png in {run_dir}", highlight=False)
+                say(stdout, f"Saved benchmark.json, benchmark.md and benchmark.png in {run_dir}")
     unsaved = [r["save_error"] for r in results if not r["saved"]]
     if as_json:
         sys.stdout.write(json.dumps(results if all_runs else results[0], indent=2) + "\n")

@@ -56,6 +56,8 @@ def load_config(ctx: typer.Context, param: typer.CallbackParam, value: Optional[
             )
         if option.name == "nproc":  # the processes torchrun starts re-read the file: they would each launch again
             fail(f"{value}: nproc says how this machine starts the run, not what it trains: give --nproc on the command line")
+        if getattr(option, "is_flag", False) and raw is not None and not isinstance(raw, bool):
+            fail(f"{value}: {key} takes true or false, not {raw!r}")
         if isinstance(raw, (list, tuple)):  # a grid: the comma-separated text the option takes
             raw = ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in raw)
         if raw is not None:

@@ -78,10 +78,10 @@ STUDENT = option(
     "own fair start, baseline, distilled student and control, from one teacher. Default per dataset: digits "
     "resnet10t, others resnet18. kdc sweep: a sweep folder per student, OUT/STUDENT.",
 )
-PRETRAINED = option("pretrained", "--pretrained", help="Start the teacher from timm's ImageNet weights (downloads).")
-PRETRAINED_STUDENT = option("pretrained_student", "--pretrained-student", help="Start both students from ImageNet weights.")
+PRETRAINED = option("pretrained", "--pretrained/--no-pretrained", help="Start the teacher from timm's ImageNet weights (downloads).")
+PRETRAINED_STUDENT = option("pretrained_student", "--pretrained-student/--no-pretrained-student", help="Start both students from ImageNet weights.")
 TEACHER_WEIGHTS = option("teacher_weights", "--teacher-weights", help="Use this trained teacher checkpoint (.pt) instead of training one.")
-RETRAIN_TEACHER = option("retrain_teacher", "--retrain-teacher", help="Train the teacher even when an identical one was trained before.")
+RETRAIN_TEACHER = option("retrain_teacher", "--retrain-teacher/--no-retrain-teacher", help="Train the teacher even when an identical one was trained before.")
 TEACHER_AUX = option(
     "teacher_aux", "--teacher-aux/--no-teacher-aux", help="Also train the teacher on the dataset's auxiliary classes where it "
     "has some (cifar3: CIFAR-10's 7 other classes, training batches only). The students never see them."
@@ -151,7 +151,7 @@ CONTROL = option(
 )
 ARTIFACTS = option("artifacts", "--artifacts", help="Artifacts root; each run gets a new sub-folder.")
 STREAM = option(
-    "stream", "--stream", help="Read a folder's images from disk batch by batch (DataLoader workers) instead of holding them "
+    "stream", "--stream/--no-stream", help="Read a folder's images from disk batch by batch (DataLoader workers) instead of holding them "
     "in memory; the same views in the same order. Automatic when the folder would not fit in memory."
 )
 NPROC = typer.Option(

@@ -17,3 +17,9 @@ def fail(message: str, code: int = 1) -> None:
     """Say what is wrong in one `error:` line on stderr and leave with exit code `code`, without a traceback."""
     stderr.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code) from None
+
+
+def say(console: Console, text: str, style: str | None = None) -> None:
+    """Print a line of plain text (paths, run and class names), never read as Rich markup: the one way commands
+    print what they did, so that a path such as art/x[/]y is shown as it is and cannot fail a finished command."""
+    console.print(f"[{style}]{escape(text)}[/]" if style else escape(text), highlight=False, soft_wrap=True)

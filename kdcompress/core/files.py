@@ -15,6 +15,7 @@ STAGING_PREFIX = ".partial-"  # a run being built (renamed into place when compl
 REPLACED_PREFIX = ".replaced-"  # an earlier run at --out, deleted once the new one is in place
 QUANTIZE_PREFIX = ".quantize-"  # kdc quantize's candidates, inside a run folder
 TEACHER_TMP_SUFFIX = ".tmp"  # .teachers/.<key>.<pid>.tmp: a teacher being cached
+RESERVED_MARK = ".kdc-reserved"  # in a staging folder: the name of the empty final folder its run reserved
 LOCK_SUFFIX = ".lock"  # .kdc-<command>.lock: the process id of the command working in a run folder
 
 
@@ -31,18 +32,33 @@ def write_yaml_atomic(path: Path, data: dict[str, Any], header: str = "") -> Non
     _write_atomic(path, comments + yaml.safe_dump(data, sort_keys=False, default_flow_style=False))
 
 
+MAX_CONFIG_BYTES = 1 << 20  # a config file is a few dozen lines; anything this large is not one
+
+
 def read_yaml_mapping(path: Path) -> dict[str, Any]:
-    """A YAML file holding one mapping (a config file); a KdcError saying what is wrong with it otherwise."""
+    """A YAML file holding one mapping (a config file); a KdcError saying what is wrong with it otherwise.
+
+    Any readable file will do, a pipe too (--config /dev/stdin, <(...)). It may hold at most MAX_CONFIG_BYTES and no
+    YAML aliases (*name), which a config never needs and which can expand a small file past any memory.
+    """
     import yaml
 
     from kdcompress.core.errors import KdcError
 
-    if not path.is_file():
-        raise KdcError(f"{path} {'is a folder' if path.is_dir() else 'not found'}: give a YAML file of option values")
+    if path.is_dir():
+        raise KdcError(f"{path} is a folder: give a YAML file of option values")
+    if not path.exists():
+        raise KdcError(f"{path} not found: give a YAML file of option values")
     try:
-        data = yaml.safe_load(path.read_text())
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_CONFIG_BYTES + 1)
+        if len(raw) > MAX_CONFIG_BYTES:
+            raise KdcError(f"{path} is larger than {MAX_CONFIG_BYTES // (1 << 20)} MB: a config file holds option values, a few lines")
+        data = yaml.load(raw.decode("utf-8"), Loader=_NoAliasLoader)  # noqa: S506 (a SafeLoader without aliases)
     except (OSError, UnicodeDecodeError) as exc:
         raise KdcError(f"{path} is unreadable ({exc})") from None
+    except _AliasFound:
+        raise KdcError(f"{path} uses YAML aliases (*name): write each value out in full") from None
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         line = f" at line {where.line + 1}" if where is not None else ""
@@ -52,6 +68,32 @@ def read_yaml_mapping(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise KdcError(f"{path} holds a {type(data).__name__}, not a mapping of option names to values (teacher-epochs: 60)")
     return data
+
+
+class _AliasFound(Exception):
+    """A YAML alias in a config file (refused: see read_yaml_mapping)."""
+
+
+def _no_alias_loader() -> Any:
+    import yaml
+
+    class NoAliasLoader(yaml.SafeLoader):
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            if self.check_event(yaml.AliasEvent):
+                raise _AliasFound()
+            return super().compose_node(parent, index)
+
+    return NoAliasLoader
+
+
+class _LazyLoader:
+    """The alias-refusing loader, built on first use (yaml is imported only when a config file is read)."""
+
+    def __call__(self, stream: Any) -> Any:
+        return _no_alias_loader()(stream)
+
+
+_NoAliasLoader = _LazyLoader()
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -102,9 +144,24 @@ def remove_stale(folder: Path) -> list[Path]:
         )
         pid = _owner(path.name) if ours and path.is_dir() else None
         if pid is not None and pid != os.getpid() and not pid_alive(pid):
+            reserved = _reserved_by(path)
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
+            if reserved:  # the empty run folder the killed run had reserved (never one that holds anything)
+                try:
+                    (folder / reserved).rmdir()
+                except OSError:
+                    pass
     return removed
+
+
+def _reserved_by(staging: Path) -> str | None:
+    """The name of the final folder a staging folder's run reserved (RESERVED_MARK), if it names a plain sibling."""
+    try:
+        name = (staging / RESERVED_MARK).read_text().strip()
+    except OSError:
+        return None
+    return name if name and "/" not in name and name not in (".", "..") else None
 
 
 @contextmanager

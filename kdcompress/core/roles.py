@@ -7,6 +7,7 @@ architecture (baseline-resnet18, student-resnet18, int8-resnet18 ...): one role 
 
 from __future__ import annotations
 
+import re
 from typing import Iterable
 
 TEACHER = "teacher"
@@ -14,6 +15,19 @@ KINDS = ("baseline", "student", "control", "int8", "fp16")  # a student's models
 TRAINED = ("baseline", "student", "control")  # the kinds compress trains; int8 and fp16 are made from "student"
 FORMATS = {"int8": "INT8", "fp16": "FP16"}  # the kinds that are another format of the distilled student
 LABELS = {"teacher": "teacher", "baseline": "baseline", "student": "distilled", "control": "label smoothing", "int8": "distilled int8", "fp16": "distilled fp16"}
+
+
+ARCHITECTURE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.]*")  # a timm model name as it names files (config.split_students)
+
+
+def is_role(name: object) -> bool:
+    """Whether name is a role kdc makes: teacher, a kind, or KIND-ARCH with a plain model name (no path separator, no '..')."""
+    if not isinstance(name, str):
+        return False
+    kind, dash, architecture = name.partition("-")
+    if name == TEACHER or (kind in KINDS and not dash):
+        return True
+    return kind in KINDS and bool(ARCHITECTURE.fullmatch(architecture)) and ".." not in architecture
 
 
 def role(kind: str, architecture: str | None = None) -> str:

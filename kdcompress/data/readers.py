@@ -180,11 +180,27 @@ def load_cifar3(root: Path, size: int, reporter: Reporter) -> Source:
     )
 
 
-def _class_folders(split_dir: Path, skipped: list[Path]) -> dict[str, list[Path]]:
+def _walk(folder: Path, skipped: list[Path], unreadable: list[Path]) -> list[Path]:
+    """Every file under folder, sorted, leaving out hidden entries (added to skipped, not entered) and folders that cannot
+    be listed (added to unreadable)."""
+    import os
+
+    found = []
+    for here, dirs, names in os.walk(folder, onerror=lambda exc: unreadable.append(Path(exc.filename))):
+        base = Path(here)
+        for name in [n for n in dirs if n.startswith(".")]:
+            skipped.append(base / name)
+            dirs.remove(name)
+        for name in names:
+            (skipped if name.startswith(".") else found).append(base / name)
+    return sorted(p for p in found if p.is_file())
+
+
+def _class_folders(split_dir: Path, skipped: list[Path], unreadable: list[Path]) -> dict[str, list[Path]]:
     """class name -> image files, for DIR/<class>/* (sub-folders of a class folder count for that class).
 
     Hidden entries (a name starting with '.': macOS's ._* AppleDouble files, .DS_Store, .git) are never read;
-    they are added to skipped. A class folder whose images all sit in sub-folders (DIR/<group>/<class>/*)
+    they are added to skipped, and folders that cannot be listed (permissions) to unreadable. A class folder whose images all sit in sub-folders (DIR/<group>/<class>/*)
     is refused: its sub-folders are probably the classes, and merging them into their group would be silent.
     """
     folders = {}
@@ -194,15 +210,7 @@ def _class_folders(split_dir: Path, skipped: list[Path]) -> dict[str, list[Path]
             continue
         if not d.is_dir():
             continue
-        files = []
-        for p in sorted(d.rglob("*")):
-            parts = p.relative_to(d).parts
-            hidden = [i for i, part in enumerate(parts) if part.startswith(".")]
-            if hidden:
-                if hidden[0] == len(parts) - 1:  # the hidden entry itself, not what lies inside a hidden folder
-                    skipped.append(p)
-            elif p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
-                files.append(p)
+        files = [p for p in _walk(d, skipped, unreadable) if p.suffix.lower() in IMAGE_SUFFIXES]
         if files and all(p.parent != d for p in files):
             inner = sorted({p.relative_to(d).parts[0] for p in files})
             raise KdcError(
@@ -228,18 +236,25 @@ def load_folder(root: Path, size: int, channels: int, reporter: Reporter, stream
     if not root.is_dir():
         raise KdcError(f"data folder not found: {root}")
     skipped: list[Path] = []
+    unreadable: list[Path] = []
     if (root / "train").is_dir():
-        splits = {"train": _class_folders(root / "train", skipped)}
+        splits = {"train": _class_folders(root / "train", skipped, unreadable)}
         if (root / "val").is_dir():  # folded into train: the validation split is carved below
-            for name, files in _class_folders(root / "val", skipped).items():
+            for name, files in _class_folders(root / "val", skipped, unreadable).items():
                 splits["train"].setdefault(name, []).extend(files)
         if not (root / "test").is_dir():
             raise KdcError(f"{root} has train/ but no test/ folder: add test/<class>/ images")
-        splits["test"] = _class_folders(root / "test", skipped)
+        splits["test"] = _class_folders(root / "test", skipped, unreadable)
     else:
-        splits = {"all": _class_folders(root, skipped)}
+        splits = {"all": _class_folders(root, skipped, unreadable)}
     if skipped:
         reporter.info(hidden_note(root, skipped))
+    if unreadable:
+        shown = ", ".join(str(p.relative_to(root)) for p in unreadable[:3]) + (", ..." if len(unreadable) > 3 else "")
+        reporter.warn(
+            f"{root}: skipped {len(unreadable)} folder(s) that cannot be read ({shown}): their images are left out; "
+            f"give them read permission (chmod -R u+rX) to include them"
+        )
     classes = sorted(splits.get("train", splits.get("all", {})))
     if len(classes) < 2:
         raise KdcError(f"{root} needs one sub-folder per class (at least 2), each holding images")

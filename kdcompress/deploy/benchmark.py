@@ -13,7 +13,7 @@ import numpy as np
 
 from kdcompress.core.errors import KdcError
 from kdcompress.core.files import write_json_atomic
-from kdcompress.deploy.manifest import load_images, read_manifest, run_file
+from kdcompress.deploy.manifest import load_images, model_file, read_manifest
 from kdcompress.core.reporter import NullReporter, Reporter
 from kdcompress.deploy.sessions import check_model, create_session, run_logits
 from kdcompress.deploy.frontier import Budget, not_faster, pareto, Point, recommend
@@ -220,7 +220,7 @@ def _judge_accuracy(
     sessions: dict[str, Any] = {}
     for role in names:
         entry = manifest.models[role]
-        path = run_file(run_dir, entry.onnx)
+        path = model_file(run_dir, role, entry)
         advance(0, status=f"{role}: accuracy")
         sessions[role] = create_session(path, "cpu", threads)
         check_model(sessions[role], prep, classes, path)
@@ -244,7 +244,7 @@ def _gpu_speeds(
 ) -> tuple[bool, str]:  # fmt: skip
     """Every model on onnxruntime's CUDA provider, timed in turn; (False, why) when CUDA cannot run them."""
     try:
-        sessions = {role: create_session(run_file(run_dir, manifest.models[role].onnx), "cuda", threads) for role in results}
+        sessions = {role: create_session(model_file(run_dir, role, manifest.models[role]), "cuda", threads) for role in results}
         speeds = measure_speeds(sessions, manifest.preprocessing, images, batch, quick)
     except KdcError as exc:
         return False, str(exc)

@@ -5,6 +5,7 @@ Pure arithmetic on measured points (no onnxruntime here): `kdc benchmark` measur
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +34,9 @@ class Budget:
     max_drop: float | None = None
 
     def __post_init__(self) -> None:
+        for flag, value in (("--max-ms", self.max_ms), ("--max-mb", self.max_mb), ("--max-drop", self.max_drop)):
+            if value is not None and not math.isfinite(value):
+                raise KdcError(f"{flag} must be a finite number, got {value:g}: leave the option out for no limit")
         for flag, value in (("--max-ms", self.max_ms), ("--max-mb", self.max_mb)):
             if value is not None and not value > 0:
                 raise KdcError(f"{flag} must be above 0, got {value:g}")
@@ -96,18 +100,22 @@ def recommend(
 ) -> dict[str, Any]:
     """The file to ship under the budget: the most accurate point within every limit (ties: the faster, the smaller).
 
-    The teacher itself and formats no faster than their FP32 source are never chosen. verdicts maps a
+    The teacher itself is never chosen, nor a format no faster than its FP32 source, unless the budget limits size
+    (--max-mb): a smaller file is then a fair answer even when it is slower, and is said to be. verdicts maps a
     point's name to its comparison with its own baseline (stats.compare's dict). where names the machine.
     Without a point that meets the budget, the closest one is named: fewest limits broken, then least over.
     """
     by_name = {p.name: p for p in points}
     top = by_name[teacher]
-    slow = not_faster(points)
+    slow = not_faster(points) if budget.max_mb is None else {}
     candidates = [p for p in points if p.name != teacher and p.name not in slow]
     meets = [p for p in candidates if not budget.excess(p, top)]
     if meets:
         chosen = max(meets, key=lambda p: (p.accuracy, -p.p50_ms, -p.mb))
         words = f"Ship {_describe(chosen, top, verdicts)}. Measured on {where}."
+        slower = not_faster(points).get(chosen.name)
+        if slower:  # allowed by a size budget only, and said
+            words += f" It is chosen for its size: {slower}."
     elif candidates:
         chosen = min(candidates, key=lambda p: (len(budget.excess(p, top)), sum(budget.excess(p, top))))
         words = f"Nothing meets the budget ({budget.describe()}); the closest is {_describe(chosen, top, verdicts)}. Measured on {where}."

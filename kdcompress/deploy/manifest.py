@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import zipfile
 from dataclasses import asdict, dataclass, field
@@ -10,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from kdcompress.core import roles
 from kdcompress.core.errors import KdcError
 from kdcompress.core.files import write_json_atomic
 from kdcompress.deploy.preprocessing import Preprocessing
@@ -115,6 +117,10 @@ class Manifest:
             raise KdcError(f"{where}: its preprocessing is incomplete ({exc}): the run folder is damaged; run kdc compress again") from None
         if not isinstance(data["models"], dict) or not data["models"]:
             raise KdcError(f"{where} lists no models: the run folder is damaged; run kdc compress again")
+        for role in data["models"]:  # a role names the files quantize writes: only the names kdc makes
+            if not roles.is_role(role):
+                _damaged(f"{where}: model {_shown(role)} is not a model name kdc makes (teacher, or baseline, student, "
+                         f"control, int8, fp16, each optionally -ARCH)")  # fmt: skip
         files = data["files"]
         if not isinstance(files, dict) or not all(isinstance(k, str) for k in files):
             _damaged(f"{where}: files is {_shown(files)}, not file names by role")
@@ -193,6 +199,51 @@ def run_file(run_dir: str | Path, name: str) -> Path:
     return path
 
 
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file, in hex (what the manifest records for each model file)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def model_file(run_dir: str | Path, role: str, entry: ModelEntry) -> Path:
+    """The ONNX file of a model, inside its run folder and as the manifest recorded it (its SHA-256, where recorded).
+
+    A file changed since it was written (swapped, re-exported, damaged) is refused in one line naming it; a user who
+    changed it on purpose records the new hash with `kdc benchmark RUN --rehash`.
+    """
+    path = run_file(run_dir, entry.onnx)
+    if not path.is_file():
+        raise KdcError(f"{path} ({role}) is missing: the run folder is incomplete; run kdc compress again")
+    recorded = entry.details.get("sha256")
+    if isinstance(recorded, str) and file_sha256(path) != recorded:
+        raise KdcError(
+            f"{path} ({role}) is not the file this run wrote: its SHA-256 differs from the manifest's. Restore it, or, if "
+            f"you changed it on purpose, record it with `kdc benchmark {run_dir} --rehash`"
+        )
+    return path
+
+
+def rehash(run_dir: str | Path) -> list[str]:
+    """Record the SHA-256 of every model file of a run in its manifest; the roles whose file had changed."""
+    run_dir = Path(run_dir)
+    manifest = read_manifest(run_dir)
+    changed = []
+    for role, entry in manifest.models.items():
+        path = run_file(run_dir, entry.onnx)
+        if not path.is_file():
+            raise KdcError(f"{path} ({role}) is missing: nothing was rehashed")
+        digest = file_sha256(path)
+        if entry.details.get("sha256") != digest:
+            changed.append(role)
+        entry.details["sha256"] = digest
+        entry.onnx_bytes = path.stat().st_size
+    write_manifest(run_dir, manifest)
+    return changed
+
+
 def _require(data: Any, names: tuple[str, ...], where: str) -> None:
     missing = [name for name in names if not isinstance(data, dict) or name not in data]
     if missing:
@@ -220,15 +271,32 @@ def write_manifest(run_dir: Path, manifest: Manifest) -> None:
 
 
 def load_images(run_dir: Path, manifest: Manifest, key: str) -> tuple[np.ndarray, np.ndarray]:
-    """Images and labels of a split saved in a run folder: key 'test_set' or 'calibration_set'."""
+    """Images and labels of a split saved in a run folder (key 'test_set' or 'calibration_set'), checked against the
+    manifest: uint8 images of its channels and size, as many labels as images, each one of its classes."""
+    images, labels = _read_images(run_dir, manifest, key)
+    prep, classes = manifest.preprocessing, len(manifest.dataset.classes)
+    path = run_dir / manifest.files[key]
+    shape = (prep.channels, prep.image_size, prep.image_size)
+    if images.dtype != np.uint8 or images.ndim != 4 or tuple(images.shape[1:]) != shape:
+        _damaged(f"{path} holds images of shape {tuple(images.shape)} ({images.dtype}), not N x {' x '.join(map(str, shape))} uint8")
+    if labels.ndim != 1 or len(labels) != len(images):
+        _damaged(f"{path} holds {len(images)} images and {labels.size} labels, not one label per image")
+    if len(images) == 0:
+        _damaged(f"{path} holds no images")
+    if not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0 or labels.max() >= classes:
+        _damaged(f"{path} holds labels outside 0..{classes - 1} (the run's {classes} classes)")
+    return images, labels
+
+
+def _read_images(run_dir: Path, manifest: Manifest, key: str) -> tuple[np.ndarray, np.ndarray]:
     if key not in manifest.files:
         raise KdcError(f"the manifest of {run_dir} names no {key} file: the run folder is damaged; run kdc compress again")
     path = run_file(run_dir, manifest.files[key])
     if not path.is_file():
         raise KdcError(f"{path} is missing: the run folder is incomplete; run kdc compress again")
     try:
-        with np.load(path) as data:
-            return data["images"], data["labels"]
+        with np.load(path, allow_pickle=False) as data:
+            return np.asarray(data["images"]), np.asarray(data["labels"])
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
         raise KdcError(f"{path} is unreadable ({exc}): the run folder is damaged; run kdc compress again") from None
 

@@ -9,7 +9,7 @@ import numpy as np
 
 from kdcompress.core import roles
 from kdcompress.core.errors import KdcError
-from kdcompress.deploy.manifest import Manifest, read_manifest, resolve_runs, run_file
+from kdcompress.deploy.manifest import Manifest, model_file, read_manifest, resolve_runs
 from kdcompress.deploy.preprocessing import IMAGE_SUFFIXES, list_images, load_image
 from kdcompress.deploy.sessions import check_model, create_session, run_logits
 from kdcompress.core.stats import softmax
@@ -19,7 +19,7 @@ def resolve_model_file(run_dir: Path, manifest: Manifest, model: str) -> Path:
     """teacher | baseline | student | control | int8 | fp16 of the run (student-ARCH ... in a run with several
     students), or an explicit .onnx file."""
     if model in manifest.models:
-        return run_file(run_dir, manifest.models[model].onnx)
+        return model_file(run_dir, model, manifest.models[model])
     several = [r for r in roles.ordered(manifest.models) if roles.kind_of(r) == model and roles.student_of(r)]
     if several:
         raise KdcError(f"{run_dir} has several students: pick one with --model {' or '.join(several)}")

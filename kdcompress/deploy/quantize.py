@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import platform
-import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,7 @@ import numpy as np
 from kdcompress.core import roles
 from kdcompress.core.errors import KdcError
 from kdcompress.core.files import folder_lock, QUANTIZE_PREFIX, remove_stale
-from kdcompress.deploy.manifest import load_images, ModelEntry, read_manifest, run_file, write_manifest
+from kdcompress.deploy.manifest import file_sha256, load_images, model_file, ModelEntry, read_manifest, run_file, write_manifest
 from kdcompress.core.reporter import NullReporter, Reporter
 from kdcompress.deploy.preprocessing import normalize, Preprocessing
 from kdcompress.deploy.sessions import check_model, create_session, run_logits, session_call
@@ -155,64 +154,80 @@ def distilled_roles(manifest: Any, run_dir: Path, model: str | None = None) -> l
 
 
 def _quantize_locked(run_dir: Path, threads: int, reporter: Reporter, model: str | None) -> dict[str, ModelEntry]:
+    """Check everything first, build every student's files in one hidden folder, then publish them all and the manifest.
+
+    A failure on the way (a missing student file, a damaged calibration set, Ctrl-C) leaves the run folder as it was:
+    no file is published before all are made.
+    """
     manifest = read_manifest(run_dir)  # read again under the lock: another quantize may have just written it
     test = load_images(run_dir, manifest, "test_set")
+    calibration = load_images(run_dir, manifest, "calibration_set")
     remove_stale(run_dir)  # candidates left by a killed quantize
-    made: dict[str, ModelEntry] = {}
     names = distilled_roles(manifest, run_dir, model)
-    for name in names:
-        if len(names) > 1:
-            reporter.info(f"quantizing {name}")
-        int8, fp16 = _quantize_student(run_dir, manifest, name, test, threads, reporter)
-        made[roles.sibling(name, "int8")], made[roles.sibling(name, "fp16")] = int8, fp16
+    students = {}
+    for name in names:  # every student's file is there, unchanged and fits the run, before anything is built
+        students[name] = model_file(run_dir, name, manifest.models[name])
+        check_model(create_session(students[name]), manifest.preprocessing, manifest.dataset.classes, students[name])
+    outputs = {name: (_output(run_dir, f"{name}{INT8_SUFFIX}"), _output(run_dir, f"{name}{FP16_SUFFIX}")) for name in names}
+    made: dict[str, ModelEntry] = {}
+    with tempfile.TemporaryDirectory(dir=run_dir, prefix=QUANTIZE_PREFIX, suffix=f".{os.getpid()}") as tmp:
+        staged: list[tuple[Path, Path]] = []
+        for name in names:
+            if len(names) > 1:
+                reporter.info(f"quantizing {name}")
+            work = Path(tmp) / name
+            work.mkdir()
+            int8, fp16, files = _quantize_student(manifest, name, students[name], outputs[name], work, test, calibration, threads, reporter)
+            made[roles.sibling(name, "int8")], made[roles.sibling(name, "fp16")] = int8, fp16
+            staged += files
+        for source, final in staged:  # all made: now each is renamed into place
+            os.replace(source, final)
     manifest.models.update(made)
     write_manifest(run_dir, manifest)
     return made
 
 
+def _output(run_dir: Path, name: str) -> Path:
+    """A file quantize writes: a plain name inside the run folder (a link out of it is refused, as for reads)."""
+    path = run_file(run_dir, name)
+    if path.parent.resolve() != run_dir.resolve():
+        raise KdcError(f"{path} would be written outside {run_dir}: the run folder is damaged; run kdc compress again")
+    return path
+
+
 def _quantize_student(
-    run_dir: Path, manifest: Any, name: str, test: tuple[np.ndarray, np.ndarray], threads: int, reporter: Reporter
-) -> tuple[ModelEntry, ModelEntry]:
-    """One distilled student's INT8 file (the candidate kept) and FP16 file, published into the run folder."""
+    manifest: Any, name: str, student_file: Path, outputs: tuple[Path, Path], work: Path, test: tuple[np.ndarray, np.ndarray],
+    calibration: tuple[np.ndarray, np.ndarray], threads: int, reporter: Reporter,
+) -> tuple[ModelEntry, ModelEntry, list[tuple[Path, Path]]]:  # fmt: skip
+    """One distilled student's INT8 file (the candidate kept) and FP16 file, made in work: their entries, and
+    (made, final) for each file to publish."""
     student = manifest.models[name]
-    student_file = run_file(run_dir, student.onnx)
-    check_model(create_session(student_file), manifest.preprocessing, manifest.dataset.classes, student_file)
-    int8_file, fp16_file = run_dir / f"{name}{INT8_SUFFIX}", run_dir / f"{name}{FP16_SUFFIX}"
-    with tempfile.TemporaryDirectory(dir=run_dir, prefix=QUANTIZE_PREFIX, suffix=f".{os.getpid()}") as tmp:
-        measured, fp32 = _build_and_time(run_dir, manifest, student_file, Path(tmp), test, threads, reporter)
-        keep = [m for m in measured if fp32["accuracy"] - m["accuracy"] <= MAX_ACCURACY_LOSS]
-        chosen = min(keep, key=lambda m: m["p50_ms"]) if keep else max(measured, key=lambda m: m["accuracy"])
-        _publish(chosen["path"], int8_file)
-        fp16 = _fp16(student_file, Path(tmp), manifest.preprocessing, test, threads)
-        _publish(fp16.pop("path"), fp16_file)
+    int8_file, fp16_file = outputs
+    measured, fp32 = _build_and_time(manifest, student_file, work, test, calibration[0], threads, reporter)
+    keep = [m for m in measured if fp32["accuracy"] - m["accuracy"] <= MAX_ACCURACY_LOSS]
+    chosen = min(keep, key=lambda m: m["p50_ms"]) if keep else max(measured, key=lambda m: m["accuracy"])
+    fp16 = _fp16(student_file, work, manifest.preprocessing, test, threads)
+    staged = [(chosen["path"], int8_file), (fp16.pop("path"), fp16_file)]
     if not keep:
         reporter.warn(f"{name}: every INT8 candidate lost more than {MAX_ACCURACY_LOSS:.0%} accuracy; kept the most accurate")
-    int8 = _int8_entry(student, int8_file, chosen, fp32, measured, threads)
+    int8 = _int8_entry(student, staged[0], chosen, fp32, measured, threads)
     if not int8.details["quantization"]["verdict"]["faster"]:
         reporter.warn(f"{name}: {int8.details['quantization']['verdict']['words']}")
-    entry16 = _format_entry(student, fp16_file, "FP16, for GPU targets", fp16)
+    entry16 = _format_entry(student, staged[1], "FP16, for GPU targets", fp16)
     entry16.details["fp16"] = {k: v for k, v in fp16.items() if k not in ("accuracy", "correct")}
     if fp16["top1_agreement"] < FP16_MIN_AGREEMENT:
         reporter.warn(f"{name}: FP16 agrees with FP32 on only {fp16['top1_agreement']:.1%} of the test images' top-1 classes")
-    return int8, entry16
-
-
-def _publish(source: Path, final: Path) -> None:
-    """Copy a finished file into the run folder whole: a copy beside it, then one rename."""
-    partial = source.with_name(source.name + ".final")
-    shutil.copyfile(source, partial)
-    os.replace(partial, final)
+    return int8, entry16, staged
 
 
 def _build_and_time(
-    run_dir: Path, manifest: Any, student_file: Path, tmp: Path, test: tuple[np.ndarray, np.ndarray], threads: int,
-    reporter: Reporter,
+    manifest: Any, student_file: Path, tmp: Path, test: tuple[np.ndarray, np.ndarray], calibration_images: np.ndarray,
+    threads: int, reporter: Reporter,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:  # fmt: skip
     """Build every INT8 candidate of this CPU, then score them all and the FP32 student, timed in turn."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     prep = manifest.preprocessing
-    calibration_images, _ = load_images(run_dir, manifest, "calibration_set")
     prepared = tmp / "student-prepared.onnx"
     quant_pre_process(str(student_file), str(prepared))
     calibration = Calibration(calibration_images, prep, create_session(prepared).get_inputs()[0].name)
@@ -250,20 +265,25 @@ def score_models(files: dict[str, Path], prep: Preprocessing, test: tuple[np.nda
     return scores
 
 
-def _format_entry(student: ModelEntry, path: Path, what: str, scores: dict[str, Any]) -> ModelEntry:
-    """The manifest's entry of a file made from the FP32 student (what: its format, in words), scored on the test set."""
+def _format_entry(student: ModelEntry, files: tuple[Path, Path], what: str, scores: dict[str, Any]) -> ModelEntry:
+    """The manifest's entry of a file made from the FP32 student (what: its format, in words), scored on the test set.
+
+    files: where the file is now and where it will be published (its name in the run folder).
+    """
+    made, final = files
     return ModelEntry(
         architecture=f"{student.architecture} ({what})",
-        onnx=path.name,
+        onnx=final.name,
         parameters=student.parameters,
-        onnx_bytes=path.stat().st_size,
+        onnx_bytes=made.stat().st_size,
         test_accuracy=scores["accuracy"],
         test_correct=scores["correct"],
+        details={"sha256": file_sha256(made)},
     )
 
 
 def _int8_entry(
-    student: ModelEntry, final: Path, chosen: dict[str, Any], fp32: dict[str, Any], measured: list[dict[str, Any]], threads: int
+    student: ModelEntry, final: tuple[Path, Path], chosen: dict[str, Any], fp32: dict[str, Any], measured: list[dict[str, Any]], threads: int
 ) -> ModelEntry:
     """The manifest's record of the INT8 file: the candidate kept, every candidate's figures and the verdict vs FP32."""
     entry = _format_entry(student, final, f"INT8, {chosen['format']} QDQ", chosen)

@@ -39,9 +39,9 @@ class RichReporter(Reporter):
             TextColumn("{task.fields[status]}", table_column=Column(max_width=max(10, self.console.width - FIXED_WIDTH), no_wrap=True, overflow="ellipsis")),
         ]
         with Progress(*columns, console=self.console, transient=False) as bar:
-            task = bar.add_task(description, total=total, status="")
+            task = bar.add_task(escape(description), total=total, status="")
 
             def advance(step: int = 1, **fields: Any) -> None:
-                bar.update(task, advance=step, **fields)
+                bar.update(task, advance=step, **{k: escape(v) if isinstance(v, str) else v for k, v in fields.items()})
 
             yield advance

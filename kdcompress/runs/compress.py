@@ -19,8 +19,8 @@ from kdcompress.data.dataset import materialize
 from kdcompress.train.collectives import broadcast_object
 from kdcompress.train.fair import control_smoothing, fair_start, prepare, Prepared, teacher_train_logits
 from kdcompress.core.files import write_json_atomic, write_yaml_atomic
-from kdcompress.deploy.manifest import DatasetInfo, Manifest, ModelEntry, write_manifest
-from kdcompress.runs.environment import environment
+from kdcompress.deploy.manifest import DatasetInfo, file_sha256, Manifest, ModelEntry, write_manifest
+from kdcompress.runs.environment import busy_warning, environment
 from kdcompress.runs.rundir import check_out, discard_run, prepare_run_dir, publish_run
 from kdcompress.core.reporter import NullReporter, Reporter
 from kdcompress.core.stats import attributions, compare_models
@@ -82,6 +82,9 @@ def compress(config: CompressConfig, reporter: Reporter | None = None, spawn_saf
     """
     reporter = reporter or NullReporter()
     phases = Phases()
+    busy = busy_warning()
+    if busy:
+        reporter.warn(busy)
     if config.out:
         check_out(config.out)  # before anything is trained
     swept = None  # --from-sweep: the sweep's results.json, read once
@@ -384,7 +387,8 @@ def _export_model(run: Prepared, role: str, model: Any, exports: Exports, report
         onnx_bytes=onnx_path.stat().st_size,
         test_accuracy=float(correct.mean()),
         test_correct=int(correct.sum()),
-        details={"checkpoint": f"checkpoints/{role}.pt", "per_class_accuracy": per_class, "export": parity},
+        details={"checkpoint": f"checkpoints/{role}.pt", "per_class_accuracy": per_class, "export": parity,
+                 "sha256": file_sha256(onnx_path)},  # fmt: skip
     )
     return entry, correct
 

@@ -11,7 +11,7 @@ than silently overridden either way; options the sweep does not fix (device, --o
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,41 @@ from kdcompress.core.files import read_json
 from kdcompress.runs.sweep import FORMAT, SHARED_SETTINGS
 
 CELL = ("temperature", "alpha", "beta")
+_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,), "None": (type(None),)}
+FIELD_TYPES = {  # each setting's allowed JSON types, from CompressConfig's annotations ("int | None" ...)
+    f.name: tuple(t for part in str(f.type).split("|") for t in _TYPES.get(part.strip(), ())) for f in fields(CompressConfig)
+}
+
+
+def check_results(results: Any, path: Path) -> dict[str, Any]:
+    """results.json's chosen cell and shared settings, each of the type compress takes; a KdcError naming the first that
+    is not (a damaged or hand-edited file), before any of it reaches a configuration."""
+    from kdcompress.train.losses import KD_LOSSES
+
+    def bad(what: str, value: Any, wanted: str) -> KdcError:
+        shown = repr(value) if len(repr(value)) < 40 else repr(value)[:37] + "..."
+        return KdcError(f"--from-sweep: {path}: {what} is {shown}, not {wanted}: the sweep folder is damaged; run the sweep again")
+
+    chosen, settings = results.get("chosen"), results.get("settings")
+    if not isinstance(chosen, dict):
+        raise bad("chosen", chosen, "a grid cell (T, alpha, beta)")
+    for name in CELL:
+        value = chosen.get(name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad(f"chosen.{name}", value, "a number")
+    if chosen.get("kd_loss", "kl") not in KD_LOSSES:
+        raise bad("chosen.kd_loss", chosen.get("kd_loss"), f"one of {', '.join(KD_LOSSES)}")
+    if not isinstance(settings, dict):
+        raise bad("settings", settings, "the sweep's settings")
+    for name in SHARED_SETTINGS:
+        if name not in settings:
+            continue
+        value, kinds = settings[name], FIELD_TYPES[name]
+        if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
+            words = {int: "a whole number", float: "a number", str: "text", bool: "true or false", type(None): "null"}
+            wanted = [words[float]] if float in kinds else [words[k] for k in kinds if k is not type(None)]
+            raise bad(f"settings.{name}", value, " or ".join(wanted + (["null"] if type(None) in kinds else [])))
+    return results
 
 
 def sweep_results(folder: str | Path) -> dict[str, Any]:
@@ -40,7 +75,7 @@ def sweep_results(folder: str | Path) -> dict[str, Any]:
         raise KdcError(f"--from-sweep: {path} is not a kdc sweep's results file")
     if not results.get("chosen"):
         raise KdcError(f"--from-sweep: {path} names no cell chosen on validation (an older sweep): run that sweep again with this kdc")
-    return results
+    return check_results(results, path)
 
 
 def with_sweep(config: CompressConfig, results: dict[str, Any] | None = None) -> CompressConfig:

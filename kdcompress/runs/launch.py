@@ -43,6 +43,11 @@ def preflight(config: Any, processes: int) -> None:
         )
 
 
+def process_threads(processes: int) -> int:
+    """Threads per process when kdc starts several on this machine: its usable cores shared out, at least one."""
+    return max(1, usable_cores() // processes)
+
+
 def launch(processes: int, argv: list[str]) -> None:
     """Run `python -m kdcompress argv` in processes processes on this machine, through torchrun (`--standalone`).
 
@@ -57,6 +62,9 @@ def launch(processes: int, argv: list[str]) -> None:
 
     for name in ("torch.distributed.run", "torch.distributed.elastic"):  # their notices and failure report: ours instead
         logging.getLogger(name).setLevel(logging.CRITICAL)
+    # Each process gets its share of this machine's cores as its threads (torchrun would give each one thread); an
+    # OMP_NUM_THREADS the user set is theirs to keep.
+    os.environ.setdefault("OMP_NUM_THREADS", str(process_threads(processes)))
     args = get_args_parser().parse_args(["--standalone", f"--nproc-per-node={processes}", "--module", "kdcompress", *argv])
     try:
         run(args)

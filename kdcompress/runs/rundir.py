@@ -10,7 +10,7 @@ from datetime import datetime
 from pathlib import Path
 
 from kdcompress.core.errors import KdcError
-from kdcompress.core.files import REPLACED_PREFIX, STAGING_PREFIX, remove_stale
+from kdcompress.core.files import REPLACED_PREFIX, RESERVED_MARK, STAGING_PREFIX, remove_stale
 from kdcompress.core.reporter import Reporter
 from kdcompress.deploy.manifest import MANIFEST, Manifest, write_manifest
 from kdcompress.train.config import CompressConfig
@@ -96,6 +96,8 @@ def prepare_run_dir(cfg: CompressConfig) -> RunFolder:
         remove_stale(final.parent)
         staging = final.parent / f"{STAGING_PREFIX}{final.name}.{os.getpid()}"
         staging.mkdir(parents=True)
+        if reserved:  # a later run removes the empty folder if this process is killed (files.remove_stale)
+            (staging / RESERVED_MARK).write_text(final.name)
     except OSError as exc:
         where = cfg.out or cfg.artifacts
         raise KdcError(f"cannot create the run folder in {where} ({exc.strerror or exc}): pick a writable folder") from None
@@ -120,6 +122,7 @@ def publish_run(folder: RunFolder, manifest: Manifest, reporter: Reporter) -> Pa
     replaced: this run goes to a new folder beside it, named with a suffix, and the manifest says so.
     """
     final = folder.final
+    (folder.staging / RESERVED_MARK).unlink(missing_ok=True)
     while True:
         try:
             if folder.replaces is not None and _identity(final) == folder.replaces:

@@ -29,7 +29,7 @@ from kdcompress.core.errors import KdcError
 from kdcompress.train.collectives import barrier, broadcast_object, shard
 from kdcompress.train.fair import control_smoothing, fair_start, prepare, Prepared, teacher_train_logits
 from kdcompress.core.files import read_json, write_json_atomic, write_yaml_atomic
-from kdcompress.runs.environment import environment
+from kdcompress.runs.environment import busy_warning, environment
 from kdcompress.core.reporter import NullReporter, Reporter
 from kdcompress.core.stats import auc_summary, compare, REFERENCES, roc_auc
 from kdcompress.train.teacher import load_or_train_teacher, RECIPE_LEVERS, record_teacher, recording_fits
@@ -188,6 +188,9 @@ def sweep_students(
     """
     reporter = reporter or NullReporter()
     recordings: dict[tuple[int, bool], Any] = {}
+    busy = busy_warning()
+    if busy:
+        reporter.warn(busy)
     out: dict[str, dict[str, Any]] = {}
     subs = config.per_student()
     for student, sub in subs:

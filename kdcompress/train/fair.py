@@ -49,6 +49,13 @@ def prepare(config: CompressConfig, reporter: Reporter) -> Prepared:
     world = start(device)
     autotune(step_mode(cfg.compile, device, world.size), 0)  # --compile graph without CUDA, or a bad KDC_CUDNN_AUTOTUNE: refused now
     data = load_dataset(cfg.dataset, cfg.data_dir, cfg.image_size, cfg.val_fraction, reporter, cfg.stream)
+    from kdcompress.train.models import check_input_size
+
+    # One forward pass of each model at the run's image size, before any training: a student that cannot take it
+    # would otherwise fail after the teacher and the other students had trained.
+    check_input_size(cfg.teacher, "--teacher", data.channels, data.image_size, "auto")  # the teacher recipe's stem rule
+    for student in cfg.students:
+        check_input_size(student, "--student", data.channels, data.image_size, cfg.student_stem)
     settings = TrainSettings(
         epochs=cfg.epochs,  # type: ignore[arg-type]
         batch_size=cfg.batch_size,

@@ -72,6 +72,33 @@ def adapt_to_input(model: Any, image_size: int, stem: str = "auto") -> tuple[Any
     return set_stem_stride(model, stride), stride
 
 
+TRIAL_SIZES = (8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 224, 256, 320, 384, 448, 512)  # what check_input_size tries
+
+
+def runs_at(name: str, channels: int, size: int, stem: str) -> str | None:
+    """Why the model cannot take a batch of size x size images, adapted as it will be (None when it can)."""
+    import torch
+
+    model, _ = adapt_to_input(create_model(name, 2, channels), size, stem)
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(2, channels, size, size))
+    except Exception as exc:  # a kernel larger than its input, a size its windows do not divide, ...
+        return " ".join(str(exc).split())[:120] or type(exc).__name__
+    return None
+
+
+def check_input_size(name: str, flag: str, channels: int, size: int, stem: str) -> None:
+    """Refuse, before anything trains, a model that cannot run at the run's image size: one line naming it, why, and
+    the smallest size of TRIAL_SIZES it takes (stem: how it will be adapted, models.adapt_to_input)."""
+    why = runs_at(name, channels, size, stem)
+    if why is None:
+        return
+    fits = next((s for s in TRIAL_SIZES if s != size and runs_at(name, channels, s, stem) is None), None)
+    hint = f": it runs from {fits} px (--image-size {fits})" if fits else ": no size from 8 to 512 px runs it; pick another model"
+    raise KdcError(f"{flag} {name} cannot take {size} px images ({why}){hint}")
+
+
 def count_parameters(model: Any) -> int:
     """Number of parameters (trainable or not) of a torch module."""
     return sum(p.numel() for p in model.parameters())
@@ -94,7 +121,6 @@ def save_checkpoint(model: Any, path: Path, meta: dict[str, Any]) -> None:
 def load_weights(model: Any, path: str | Path) -> dict[str, Any]:
     """Load a checkpoint written by kdcompress (or a bare state_dict) into model; returns its metadata."""
     import pickle
-    import zipfile
 
     import torch
 
@@ -105,7 +131,7 @@ def load_weights(model: Any, path: str | Path) -> dict[str, Any]:
         raise KdcError(f"weights file not found: {path}")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except (KeyError, EOFError, ValueError, zipfile.BadZipFile, pickle.UnpicklingError, RuntimeError, OSError) as exc:
+    except Exception as exc:  # torch's readers fail on foreign files in many ways (IndexError on some text files)
         detail = " ".join(str(exc).split())[:160]
         why = "it holds something other than tensors" if isinstance(exc, pickle.UnpicklingError) else "its contents are not a torch.save file"
         raise KdcError(f"{path} is not a PyTorch checkpoint ({why}: {type(exc).__name__} {detail}): pass a .pt file written by torch.save") from None

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The KD-loss study of issue #35, one sweep after another (one heavy job at a time on a small CPU):
+# cifar3 at 32 px with the default 60-epoch teacher (trained once, cached under artifacts/.teachers/),
+# ResNet10-T and MobileNetV4-Conv-Small, KL / DIST / DKD at T 4, alpha 0.5, logits only, 3 seeds; then
+# MobileNetV4 with the small-input stem; then the 2x student schedule. Each sweep resumes where it stopped
+# when this script runs again; each finished one is copied into benchmarks/results/ (results, summary, plots).
+#   bash benchmarks/loss_study.sh [DATA_DIR]   (default ../shared/data)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DATA="${1:-../shared/data}"
+COMMON=(--dataset cifar3 --data-dir "$DATA" --teacher-epochs 60 --kd-loss kl,dist,dkd --T 4 --alpha 0.5 --beta 0 --seeds 3 --device cpu)
+
+keep() {  # copy a finished sweep's reports (not its per-run files) into benchmarks/results/NAME
+    local from="$1" name="$2"
+    for folder in "$from" "$from"/*/; do
+        [ -f "$folder/results.json" ] || continue
+        local to="benchmarks/results/$name${folder#"$from"}"
+        mkdir -p "$to"
+        cp "$folder"/{results.json,summary.md,heatmap.png,objectives.png} "$to"/
+    done
+}
+
+kdc sweep "${COMMON[@]}" --student resnet10t,mobilenetv4_conv_small --out artifacts/sweep-cifar3-losses
+keep artifacts/sweep-cifar3-losses sweep-cifar3-losses
+kdc sweep "${COMMON[@]}" --student mobilenetv4_conv_small --student-stem auto --out artifacts/sweep-cifar3-losses-stem
+keep artifacts/sweep-cifar3-losses-stem sweep-cifar3-losses-stem
+kdc sweep "${COMMON[@]}" --student resnet10t --epochs 60 --out artifacts/sweep-cifar3-losses-60ep
+keep artifacts/sweep-cifar3-losses-60ep sweep-cifar3-losses-60ep
