@@ -24,7 +24,7 @@ from record import RESULTS, envelope, save
 
 from kdcompress.deploy.preprocessing import normalize, Preprocessing
 from kdcompress.deploy.quantize import Calibration, quantize_candidate, S8S8, to_fp16, U8S8
-from kdcompress.deploy.sessions import create_session, session_call
+from kdcompress.deploy.targets import create_session, session_call
 from kdcompress.deploy.timing import cpu_isa, cpu_name, interleaved_latency, tile_batch
 
 MODELS = "efficientnet_b3,resnet18,resnet10t,mobilenetv4_conv_small"  # the teacher, then the students measured in README

@@ -78,18 +78,20 @@ def _summary(run_dir: Path) -> dict:
     if bench.is_file():
         data = json.loads(bench.read_text())
         out["benchmark"] = {
+            "format": data.get("format"),
             "machine": data["machine"],
             "settings": data["settings"],
-            "gpu": data["gpu"],
+            "targets": data.get("targets"),
+            "recommendation": data.get("recommendation"),
             "models": {
                 role: {
-                    "accuracy": m["accuracy"]["accuracy"],
                     "file_mb": m["file_mb"],
                     "parameters": m["parameters"],
                     "macs": m["macs"],
-                    "cpu_batch1_ms": m["cpu"]["batch1"],
-                    "cpu_images_per_s": m["cpu"]["throughput_images_per_s"],
-                    "ratios_vs_teacher": m["ratios_vs_teacher"],
+                    "points": [
+                        {k: p[k] for k in ("target", "precision", "accuracy", "agreement", "batch1", "images_per_s", "pareto")}
+                        for p in m["points"]
+                    ],
                 }
                 for role, m in data["models"].items()
             },

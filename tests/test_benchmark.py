@@ -7,7 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from kdcompress.deploy.benchmark import benchmark_run, classification_metrics, onnx_size
+from kdcompress.core.errors import KdcError
+from kdcompress.deploy.benchmark import benchmark_run, classification_metrics, ratios_vs_teacher
+from kdcompress.deploy.graph import onnx_size
+from kdcompress.deploy.timing import ISA_FLAGS
 from kdcompress.cli import app
 from kdcompress.train.export import export_onnx
 from kdcompress.core.files import write_json_atomic
@@ -46,31 +49,44 @@ def test_binary_metrics_by_hand():
 def test_benchmark_fields_units_and_honest_gpu_status(tiny_run):
     result = benchmark_run(tiny_run, quick=True)
     manifest = read_manifest(tiny_run).to_dict()
-    assert list(result["models"]) == ["teacher", "baseline", "student", "control"]
+    assert list(result.models) == ["teacher", "baseline", "student", "control"]
     # The verdicts are recomputed from the ONNX files' own predictions: they match compress's.
     recorded = {k: v["delta"] for k, v in manifest["comparisons"].items()}
-    assert {k: v["delta"] for k, v in result["comparisons"].items()} == pytest.approx(recorded, abs=0.3)
-    assert result["attribution"] and "distilled vs label smoothing" in "\n".join(benchmark_context(result))
-    assert result["units"]["latency"].startswith("milliseconds") and result["settings"]["threads"] == 1
-    assert result["machine"]["cores"] >= 1 and isinstance(result["machine"]["busy"], bool)
-    for role, model in result["models"].items():
-        acc = model["accuracy"]
-        assert acc["agrees_with_manifest"] and acc["recorded_correct"] == manifest["models"][role]["test_correct"]
-        assert 0 <= acc["accuracy"] <= 1 and len(acc["confusion_matrix"]) == 10
-        cpu = model["cpu"]["batch1"]
-        assert 0 < cpu["p50_ms"] <= cpu["p90_ms"] <= cpu["p99_ms"] and cpu["runs"] >= 20
-        assert model["cpu"]["provider"] == "CPUExecutionProvider" and model["cpu"]["throughput_images_per_s"] > 0
-        assert model["macs"] > 0 and model["parameters"] > 0
-        assert model["file_mb"] == pytest.approx((tiny_run / model["file"]).stat().st_size / 1e6)
+    assert {k: v["delta"] for k, v in result.comparisons.items()} == pytest.approx(recorded, abs=0.3)
+    assert result.attribution and "distilled vs label smoothing" in "\n".join(benchmark_context(result))
+    assert result.settings["threads"] == 1 and result.machine["cores"] >= 1 and isinstance(result.machine["busy"], bool)
+    assert result.machine["runtimes"]["onnxruntime"] and "avx512_bf16" in ISA_FLAGS and "amx_bf16" in ISA_FLAGS
+    for role, model in result.models.items():
+        point = model.reference
+        assert point.target == "onnxruntime-cpu" and point.precision == "native" and point.agreement == 1.0
+        assert model.agrees_with_manifest and model.recorded_correct == manifest["models"][role]["test_correct"]
+        assert 0 <= point.accuracy <= 1 and len(point.metrics["confusion_matrix"]) == 10
+        assert 0 < point.batch1["p50_ms"] <= point.batch1["p90_ms"] <= point.batch1["p99_ms"] and point.batch1["runs"] >= 20
+        assert point.images_per_s > 0 and model.macs > 0 and model.parameters > 0
+        assert model.file_mb == pytest.approx((tiny_run / model.file).stat().st_size / 1e6)
     import onnxruntime
 
     if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
-        assert result["gpu"]["available"] is False
-        assert all(m["gpu"] == {"available": False, "reason": result["gpu"]["reason"]} for m in result["models"].values())
-        assert any(line.startswith("GPU: not available (") for line in benchmark_context(result))
-    student = result["models"]["student"]["ratios_vs_teacher"]
-    teacher = result["models"]["teacher"]
-    assert student["smaller_x"] == pytest.approx(teacher["file_mb"] / result["models"]["student"]["file_mb"])
+        assert "no CUDAExecutionProvider" in result.targets["onnxruntime-cuda"]
+        assert not any(p.target == "onnxruntime-cuda" for p in result.points())
+        assert any("onnxruntime-cuda not used: onnxruntime has no CUDAExecutionProvider" in line for line in benchmark_context(result))
+    student = ratios_vs_teacher(result, result.models["student"].reference)
+    assert student["smaller_x"] == pytest.approx(result.models["teacher"].file_mb / result.models["student"].file_mb)
+
+
+def test_benchmark_json_carries_its_format_and_reads_back_into_its_type(tiny_run, tmp_path):
+    from kdcompress.deploy.results import BenchmarkResult, FORMAT
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    runner.invoke(app, ["benchmark", str(run), "--quick", "--no-gpu", "--max-ms", "50"], catch_exceptions=False)
+    saved = json.loads((run / "benchmark.json").read_text())
+    assert saved["format"] == FORMAT == "kdcompress-benchmark/2"
+    again = BenchmarkResult.from_dict(saved)
+    assert again.to_dict() == saved and isinstance(again.models["student"].points[0].batch1["p50_ms"], float)
+    assert again.recommendation["target"] in again.targets and again.command.endswith("--max-ms 50")
+    with pytest.raises(KdcError, match="not a kdcompress-benchmark/2 benchmark result"):
+        BenchmarkResult.from_dict({**saved, "format": "kdcompress-benchmark/1"})
 
 
 def test_benchmark_flags_a_manifest_that_disagrees_with_the_onnx_file(tiny_run, tmp_path):
@@ -80,7 +96,7 @@ def test_benchmark_flags_a_manifest_that_disagrees_with_the_onnx_file(tiny_run, 
     manifest["models"]["baseline"]["test_correct"] += 5
     write_json_atomic(run / "manifest.json", manifest)
     result = benchmark_run(run, quick=True, gpu=False)
-    assert not result["models"]["baseline"]["accuracy"]["agrees_with_manifest"]
+    assert not result.models["baseline"].agrees_with_manifest
     assert any("WARNING: baseline" in line for line in benchmark_context(result))
 
 
@@ -95,7 +111,7 @@ def test_cli_benchmark_writes_json_markdown_and_plot(tiny_run, tmp_path):
         assert (run / name).stat().st_size > 0
     assert "| distilled |" in (run / "benchmark.md").read_text()
     human = runner.invoke(app, ["benchmark", str(run), "--quick", "--no-gpu"])
-    assert human.exit_code == 0 and "CPU x faster" in human.stdout and "not requested" in human.stdout
+    assert human.exit_code == 0 and "x faster" in human.stdout and "onnxruntime-cpu" in human.stdout
 
 
 @pytest.mark.parametrize("make, message", [(lambda p: p.mkdir(), "no finished run"), (lambda p: None, "folder not found")])
@@ -109,16 +125,16 @@ def test_cli_benchmark_without_a_run_is_a_clear_error(tmp_path, make, message):
 def test_a_busy_machine_is_flagged_not_silently_reported(tiny_run, monkeypatch):
     monkeypatch.setattr("kdcompress.deploy.timing.cpu_busy_fraction", lambda interval=0.5: 0.9)
     result = benchmark_run(tiny_run, quick=True, gpu=False)
-    assert result["machine"]["busy"] and result["machine"]["cpu_busy_fraction"] == 0.9
+    assert result.machine["busy"] and result.machine["cpu_busy_fraction"] == 0.9
     assert any(line.startswith("WARNING: the machine was busy (other processes used 90%") for line in benchmark_context(result))
     monkeypatch.setattr("kdcompress.deploy.timing.cpu_busy_fraction", lambda interval=0.5: 0.05)
-    assert not benchmark_run(tiny_run, quick=True, gpu=False)["machine"]["busy"]
+    assert not benchmark_run(tiny_run, quick=True, gpu=False).machine["busy"]
 
 
 def test_an_fp16_file_lists_each_node_after_its_inputs_and_counts_the_fp32_macs(tiny_run, tmp_path):
     import onnx
 
-    from kdcompress.deploy.benchmark import count_macs
+    from kdcompress.deploy.graph import count_macs
     from kdcompress.deploy.quantize import to_fp16
 
     fp32 = onnx.load(str(tiny_run / "student.onnx"))
@@ -192,3 +208,60 @@ def test_benchmark_leaves_no_onnxruntime_id_in_home_and_runs_with_an_unwritable_
     done = subprocess.run(command, env={**env, "HOME": str(tmp_path / "file" / "home")}, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["models"]
+
+
+# Targets (issue #34): OpenVINO beside onnxruntime, every point judged by its own predictions.
+
+
+def test_a_target_that_is_not_installed_is_one_line_and_the_rest_goes_on(tiny_run, tmp_path, monkeypatch):
+    import sys
+
+    from conftest import copy_run
+
+    run = copy_run(tiny_run, tmp_path)
+    monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino now fails, as where it is not installed
+    result = runner.invoke(app, ["benchmark", str(run), "--quick", "--no-gpu"])
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())
+    assert "target openvino-cpu not used: OpenVINO is not installed (pip install 'kdcompress[openvino]')" in said
+    saved = json.loads((run / "benchmark.json").read_text())
+    assert {p["target"] for m in saved["models"].values() for p in m["points"]} == {"onnxruntime-cpu"}
+    fails_cleanly(runner.invoke(app, ["benchmark", str(run), "--quick", "--target", "openvino-cpu"]),
+                  "--target openvino-cpu: OpenVINO is not installed (pip install 'kdcompress[openvino]')")  # fmt: skip
+    fails_cleanly(runner.invoke(app, ["benchmark", str(run), "--target", "tensorrt"]), "unknown target 'tensorrt'")
+
+
+def test_every_points_accuracy_comes_from_its_own_predictions(tiny_run, monkeypatch):
+    # OpenVINO's run is made to answer class 0 for every image: its points must score exactly the class-0 share,
+    # and disagree with FP32 accordingly; an accuracy copied from the onnxruntime point would not.
+    from kdcompress.deploy import targets
+
+    real = targets.OpenvinoCpu.load
+
+    def always_zero(self, path, threads=None, precision="f32"):
+        loaded = real(self, path, threads, precision)
+        loaded.run = lambda x: np.tile(np.eye(1, 10, 0, dtype=np.float32), (len(x), 1))
+        return loaded
+
+    monkeypatch.setattr(targets.OpenvinoCpu, "load", always_zero)
+    result = benchmark_run(tiny_run, quick=True, gpu=False, targets=["openvino-cpu"])
+    labels = np.load(tiny_run / "test_set.npz")["labels"]
+    teacher = result.models["teacher"]
+    ov = [p for p in teacher.points if p.target == "openvino-cpu"]
+    assert ov and all(p.accuracy == pytest.approx((labels == 0).mean()) for p in ov)
+    assert teacher.reference.accuracy != ov[0].accuracy
+    predicted_zero = (np.asarray(teacher.reference.metrics["confusion_matrix"])[:, 0]).sum() / len(labels)
+    assert all(p.agreement == pytest.approx(predicted_zero) for p in ov)
+
+
+def test_openvino_points_on_this_cpu_read_their_precision_back(tiny_run):
+    from kdcompress.deploy.targets import BF16_FLAGS
+
+    result = benchmark_run(tiny_run, quick=True, gpu=False)
+    teacher = result.models["teacher"]  # test_efficientnet at 16 px: OpenVINO reads it (test_resnet's pooling it cannot)
+    precisions = {p.precision for p in teacher.points if p.target == "openvino-cpu"}
+    bf16 = any(flag in result.machine["isa"] for flag in BF16_FLAGS)
+    assert precisions == ({"f32", "bf16"} if bf16 else {"f32"})
+    assert any("openvino-cpu cannot run baseline.onnx: OpenVINO cannot read baseline.onnx" in n for n in result.notes)
+    f32 = next(p for p in teacher.points if p.precision == "f32")
+    assert f32.agreement >= 0.99 and abs(f32.accuracy - teacher.reference.accuracy) <= 0.01

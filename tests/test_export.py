@@ -14,7 +14,8 @@ from kdcompress.core.errors import KdcError
 from kdcompress.train.export import export_onnx
 from kdcompress.train.models import count_parameters
 from kdcompress.deploy.preprocessing import Preprocessing
-from kdcompress.deploy.sessions import create_session, run_logits
+from kdcompress.deploy.sessions import run_logits
+from kdcompress.deploy.targets import create_session
 from kdcompress.train.loop import predict_logits
 
 PREP = Preprocessing(image_size=16, channels=3, mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3))

@@ -5,24 +5,35 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
 
 from kdcompress.cli import app
 from kdcompress.core.errors import KdcError
 from kdcompress.deploy.frontier import Budget, not_faster, pareto, Point, recommend
 from kdcompress.deploy.timing import cpu_isa, interleaved_latency
-from kdcompress.report.render import label_offsets
 
 from conftest import fails_cleanly, runner
 
-# Hand-made points, shaped like a real run at 224 px: the teacher is the most accurate and the slowest.
-TEACHER = Point("teacher", "teacher.onnx", 0.90, 16.0, 43.0)
-BASELINE = Point("baseline", "baseline.onnx", 0.86, 2.0, 10.0)
-STUDENT = Point("student", "student.onnx", 0.885, 2.0, 10.0, baseline="baseline")
-INT8 = Point("int8", "student-int8.onnx", 0.88, 1.0, 2.7, source="student", baseline="baseline")
-FP16 = Point("fp16", "student-fp16.onnx", 0.885, 2.6, 5.0, source="student", baseline="baseline")
+# Hand-made points, shaped like a real run at 224 px: the teacher is the most accurate and the slowest. Each gets
+# right the first N of 200 test images, so that paired comparisons between them are what the counts say.
+IMAGES = 200
+
+
+def _right(n: int) -> np.ndarray:
+    return np.arange(IMAGES) < n
+
+
+def pt(name, correct, ms, mb, source=None, baseline=None, target="onnxruntime-cpu", precision="native", file=None):
+    return Point(name, file or f"{name}.onnx", correct / IMAGES, ms, mb, source, baseline, None, target, precision, _right(correct))
+
+
+TEACHER = pt("teacher", 180, 16.0, 43.0)
+BASELINE = pt("baseline", 160, 2.0, 10.0)
+STUDENT = pt("student", 177, 2.0, 10.0, baseline="baseline")
+INT8 = pt("int8", 176, 1.0, 2.7, source="student", baseline="baseline", file="student-int8.onnx")
+FP16 = pt("fp16", 177, 2.6, 5.0, source="student", baseline="baseline", file="student-fp16.onnx")
 POINTS = [TEACHER, BASELINE, STUDENT, INT8, FP16]
-VERDICTS = {"student": {"delta": 2.5, "verdict": "better"}, "int8": {"delta": 2.0, "verdict": "noise"}}
 
 
 def test_pareto_keeps_exactly_the_points_no_other_beats():
@@ -34,43 +45,64 @@ def test_pareto_keeps_exactly_the_points_no_other_beats():
     assert pareto(twins, "mb") == {"a", "b"}  # equal points do not beat each other
 
 
-def test_the_most_accurate_point_within_the_budget_is_recommended_with_ratios_and_verdict():
-    out = recommend(POINTS, "teacher", Budget(max_ms=2, max_mb=10, max_drop=2), VERDICTS, "Test CPU (avx2)")
-    assert out["meets"] and out["file"] == "student.onnx"  # more accurate than INT8, within 2 ms and 10 MB
+def test_a_within_noise_faster_smaller_file_wins_and_says_how_many_tied():
+    # INT8 gets one test image fewer right than the FP32 student, and is 2x faster and 4x smaller: tied, and faster.
+    out = recommend(POINTS, "teacher", Budget(max_ms=2, max_mb=10, max_drop=3), "Test CPU (avx2), 1 thread(s)")
+    assert out["meets"] and out["file"] == "student-int8.onnx" and set(out["tied"]) == {"student", "int8"}
     assert out["words"] == (
-        "Ship student.onnx: 2.00 ms at batch 1 (8.00x faster than the teacher), 10.0 MB (4.30x smaller), accuracy "
-        "88.5% (1.5 points below the teacher; vs its baseline +2.5 points, better beyond noise). Measured on Test CPU (avx2)."
+        "Ship student-int8.onnx on onnxruntime-cpu, in the file's own precision: 1.00 ms at batch 1 (16.00x faster than "
+        "the teacher there), 2.7 MB (15.93x smaller), accuracy 88.0% (2.0 points below the teacher; vs its baseline "
+        "+8.0 points, better beyond noise). Measured on Test CPU (avx2), 1 thread(s). 2 points within the budget tied "
+        "within noise of the most accurate; this is the fastest of them."
     )
-    tight = recommend(POINTS, "teacher", Budget(max_ms=1.5), VERDICTS, "here")
-    assert tight["file"] == "student-int8.onnx" and "within noise" in tight["words"]
+
+
+def test_a_file_better_beyond_noise_is_never_passed_over_for_a_faster_one():
+    fast_but_worse = pt("int8", 150, 0.5, 2.7, source="student", baseline="baseline", file="student-int8.onnx")
+    out = recommend([TEACHER, BASELINE, STUDENT, fast_but_worse], "teacher", Budget(max_ms=5), "here")
+    assert out["file"] == "student.onnx" and out["tied"] == ["student"]
+    # within noise of the best, but beaten beyond noise by the student: not chosen either
+    middle = pt("control", 170, 0.8, 10.0, baseline="baseline")
+    slow_best = pt("student", 185, 3.0, 10.0, baseline="baseline")
+    assert recommend([TEACHER, BASELINE, slow_best, middle, pt("int8", 165, 0.5, 2.7, file="x.onnx")], "teacher",
+                     Budget(max_ms=5), "here")["file"] == "student.onnx"  # fmt: skip
+
+
+def test_the_points_of_one_file_on_several_targets_compete_and_the_line_names_the_runtime():
+    ov = pt("int8@ov", 176, 0.4, 2.7, source="student@ov", baseline="baseline", target="openvino-cpu", precision="f32", file="student-int8.onnx")
+    ov_fp32 = pt("student@ov", 177, 1.6, 10.0, baseline="baseline", target="openvino-cpu", precision="f32", file="student.onnx")
+    teacher_ov = pt("teacher@ov", 180, 4.0, 43.0, target="openvino-cpu", precision="f32", file="teacher.onnx")
+    points = [TEACHER, teacher_ov, BASELINE, STUDENT, INT8, ov_fp32, ov]
+    points = [p if p.name != "teacher@ov" else Point(**{**p.__dict__, "role": "teacher"}) for p in points]
+    out = recommend(points, "teacher", Budget(max_ms=2), "here")
+    assert out["point"] == "int8@ov" and out["target"] == "openvino-cpu" and out["precision"] == "f32"
+    assert "student-int8.onnx on openvino-cpu at f32 precision: 0.40 ms at batch 1 (10.00x faster than the teacher there)" in out["words"]
 
 
 def test_a_recommendation_bigger_or_slower_than_the_teacher_says_larger_and_slower():
     # At 32 px a ResNet student can be larger and slower than a small teacher: the ratio words must not lie.
-    small_teacher = Point("teacher", "teacher.onnx", 0.90, 1.0, 2.0)
-    points = [small_teacher, Point("student", "student.onnx", 0.89, 1.25, 8.0, baseline="baseline")]
-    words = recommend(points, "teacher", Budget(max_drop=5), {}, "here")["words"]
-    assert "(1.25x slower than the teacher), 8.0 MB (4.00x larger)" in words and "smaller" not in words
+    small_teacher = pt("teacher", 180, 1.0, 2.0)
+    points = [small_teacher, pt("student", 178, 1.25, 8.0, baseline="baseline")]
+    words = recommend(points, "teacher", Budget(max_drop=5), "here")["words"]
+    assert "(1.25x slower than the teacher there), 8.0 MB (4.00x larger)" in words and "smaller" not in words
 
 
 def test_nothing_meets_the_budget_names_the_closest():
-    out = recommend(POINTS, "teacher", Budget(max_ms=0.5, max_drop=0.5), VERDICTS, "here")
+    out = recommend(POINTS, "teacher", Budget(max_ms=0.5, max_drop=0.5), "here")
     assert not out["meets"] and out["file"] == "student-int8.onnx"  # the least over both limits
     assert out["words"].startswith("Nothing meets the budget (<= 0.5 ms, <= 0.5 points below the teacher); the closest is student-int8.onnx")
 
 
-def test_an_int8_or_fp16_file_no_faster_than_fp32_is_never_recommended():
-    slow_int8 = Point("int8", "student-int8.onnx", 0.885, 2.4, 2.7, source="student", baseline="baseline")
+def test_an_int8_or_fp16_file_no_faster_than_fp32_is_never_recommended_for_speed():
+    slow_int8 = pt("int8", 177, 2.4, 2.7, source="student", baseline="baseline", file="student-int8.onnx")
     points = [TEACHER, BASELINE, STUDENT, slow_int8, FP16]
     assert set(not_faster(points)) == {"int8", "fp16"}
-    # Only INT8 fits 3 MB, but it is slower than the FP32 student here: the closest FP32 model is named instead.
-    out = recommend(points, "teacher", Budget(max_mb=3), VERDICTS, "here")
-    assert not out["meets"] and out["file"] != "student-int8.onnx" and set(out["excluded_not_faster"]) == {"int8", "fp16"}
-    assert recommend(points, "teacher", Budget(max_mb=100), VERDICTS, "here")["file"] == "student.onnx"
+    out = recommend(points, "teacher", Budget(max_ms=3), "here")
+    assert out["file"] == "student.onnx" and set(out["excluded_not_faster"]) == {"int8", "fp16"}
 
 
 def test_the_teacher_is_never_the_recommendation():
-    out = recommend(POINTS, "teacher", Budget(max_drop=0), VERDICTS, "here")
+    out = recommend(POINTS, "teacher", Budget(max_drop=0), "here")
     assert out["file"] != "teacher.onnx" and not out["meets"]
 
 
@@ -85,14 +117,6 @@ def test_the_teacher_is_never_the_recommendation():
 def test_out_of_range_budgets_are_refused(budget, message):
     with pytest.raises(KdcError, match=message):
         Budget(**budget)
-
-
-def test_labels_of_coinciding_markers_are_moved_apart():
-    xs = {"baseline": 0.52, "student": 0.53, "teacher": 0.94}
-    ys = {"baseline": 98.6, "student": 98.63, "teacher": 98.9}
-    offsets = label_offsets(xs, ys)
-    assert offsets["baseline"] != offsets["student"]  # the two would print over each other today
-    assert offsets["teacher"] == (6, 4)  # nothing near it: its label stays beside the marker
 
 
 def test_interleaved_timing_visits_the_calls_in_turn():
@@ -117,15 +141,17 @@ def test_benchmark_marks_the_frontier_and_recommends_under_a_budget(tiny_run, tm
     result = runner.invoke(app, ["benchmark", str(run), "--quick", "--no-gpu", "--max-ms", "1000", "--max-drop", "100"])
     assert result.exit_code == 0, result.output
     saved = json.loads((run / "benchmark.json").read_text())
-    assert all(set(m["pareto"]) == {"latency", "size"} for m in saved["models"].values())
-    assert any(m["pareto"]["latency"] for m in saved["models"].values())
+    points = [p for m in saved["models"].values() for p in m["points"]]
+    assert all(set(p["pareto"]) == {"latency", "size"} for p in points) and any(p["pareto"]["latency"] for p in points)
     rec = saved["recommendation"]
     assert rec["meets"] and rec["model"] != "teacher" and rec["budget"] == {"max_ms": 1000, "max_mb": None, "max_drop_points": 100}
-    # the most accurate model but the teacher
-    best = max((r for r in saved["models"] if r != "teacher"), key=lambda r: saved["models"][r]["accuracy"]["accuracy"])
-    assert saved["models"][rec["model"]]["accuracy"]["accuracy"] == saved["models"][best]["accuracy"]["accuracy"]
+    best = max(p["accuracy"] for p in points if p["role"] != "teacher")
+    chosen = next(p for p in points if p["role"] == rec["model"] and p["target"] == rec["target"] and p["precision"] == rec["precision"])
+    assert chosen["accuracy"] == best or rec["point"] in rec["tied"]  # the most accurate, or tied with it within noise
     assert saved["machine"]["cpu"] in rec["words"] and " ".join(rec["words"].split()) in " ".join(result.output.split())
-    assert "frontier" in result.output and saved["recommendation"]["words"] in (run / "benchmark.md").read_text()
+    markdown = (run / "benchmark.md").read_text()
+    assert "frontier" in result.output and rec["words"] in markdown and "```python" in markdown
+    assert saved["command"].endswith("--max-ms 1000 --max-drop 100")
 
 
 def test_benchmark_refuses_a_bad_budget_in_one_line(tiny_run):
@@ -134,12 +160,12 @@ def test_benchmark_refuses_a_bad_budget_in_one_line(tiny_run):
 
 def test_a_size_budget_may_ship_a_smaller_format_that_is_not_faster_and_says_so():
     # Issue #33, item 9: --max-mb alone excluded every INT8 file as "not faster" and named a baseline over the budget.
-    slow_int8 = Point("int8", "student-int8.onnx", 0.89, 2.2, 2.6, source="student", baseline="baseline")
-    points = [TEACHER, BASELINE, Point("student", "student.onnx", 0.88, 2.0, 10.0, baseline="baseline"), slow_int8]
-    chosen = recommend(points, "teacher", Budget(max_mb=3), {}, "here")
+    slow_int8 = pt("int8", 178, 2.2, 2.6, source="student", baseline="baseline", file="student-int8.onnx")
+    points = [TEACHER, BASELINE, pt("student", 150, 2.0, 10.0, baseline="baseline"), slow_int8]
+    chosen = recommend(points, "teacher", Budget(max_mb=3), "here")
     assert chosen["meets"] and chosen["file"] == "student-int8.onnx"
     assert "chosen for its size: student-int8.onnx is not faster than student.onnx" in chosen["words"]
-    assert recommend(points, "teacher", Budget(max_ms=3), {}, "here")["file"] == "student.onnx"  # latency: still excluded
+    assert recommend(points, "teacher", Budget(max_ms=3), "here")["file"] == "baseline.onnx"  # latency: INT8 still excluded
 
 
 @pytest.mark.parametrize("flag, value", [("--max-ms", "inf"), ("--max-mb", "nan"), ("--max-drop", "inf")])

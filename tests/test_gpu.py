@@ -193,7 +193,8 @@ def test_onnxruntime_runs_on_cuda_when_it_can(request):
     import onnxruntime
 
     from kdcompress.deploy.manifest import load_images, read_manifest
-    from kdcompress.deploy.sessions import create_session, run_logits
+    from kdcompress.deploy.sessions import run_logits
+    from kdcompress.deploy.targets import create_session
 
     if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
         pytest.skip("this onnxruntime is the CPU build (onnxruntime-gpu is not installed)")

@@ -1,6 +1,6 @@
 """The layers hold: no import cycle, no import upwards, and the deployable side never touches torch.
 
-Layers, lowest first (README, Development): core < report < deploy < data < train < runs < cli. A module may import
+Layers, lowest first (README, Development): core < deploy < report < data < train < runs < cli. A module may import
 from its own layer and the ones below. Every import counts, the ones inside functions too: a lazy `import torch`
 under deploy/ would still make `kdc benchmark` need torch.
 """
@@ -12,8 +12,8 @@ from pathlib import Path
 
 from conftest import REPO
 
-LAYERS = ("core", "report", "deploy", "data", "train", "runs", "cli")
-NO_TORCH = ("core", "report", "deploy")  # what kdc benchmark, predict and quantize run on: onnxruntime alone
+LAYERS = ("core", "deploy", "report", "data", "train", "runs", "cli")  # report reads deploy's types
+NO_TORCH = ("core", "deploy", "report")  # what kdc benchmark, predict and quantize run on: onnxruntime alone
 HEAVY = ("torch", "timm", "torchvision")
 
 

@@ -14,7 +14,8 @@ from kdcompress.core.errors import KdcError
 from kdcompress.deploy.manifest import read_manifest
 from kdcompress.runs.compress import compress
 from kdcompress.deploy.preprocessing import Preprocessing
-from kdcompress.deploy.sessions import create_session, run_logits
+from kdcompress.deploy.sessions import run_logits
+from kdcompress.deploy.targets import create_session
 
 
 

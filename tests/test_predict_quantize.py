@@ -18,7 +18,8 @@ from kdcompress.deploy.predict import predict_images
 from kdcompress.deploy.quantize import candidates
 from kdcompress.deploy.timing import cpu_isa
 from kdcompress.deploy.preprocessing import Preprocessing
-from kdcompress.deploy.sessions import create_session, run_logits
+from kdcompress.deploy.sessions import run_logits
+from kdcompress.deploy.targets import create_session
 
 from conftest import runner, fails_cleanly
 
@@ -132,9 +133,9 @@ def test_quantize_adds_a_smaller_int8_and_an_fp16_student_to_the_run(tiny_run, t
     assert not any(t.data_type == onnx.TensorProto.FLOAT and len(t.dims) == 4 for t in weights)  # no FP32 conv weights left
     assert 1.8 < (run / "student.onnx").stat().st_size / half["onnx_bytes"] < 2.2
     bench = benchmark_run(run, quick=True, gpu=False)
-    assert list(bench["models"])[-2:] == ["int8", "fp16"]
-    assert all(bench["models"][r]["accuracy"]["agrees_with_manifest"] for r in ("int8", "fp16"))
-    assert bench["models"]["fp16"]["format"] == "FP16" and bench["models"]["fp16"]["source"] == "student"
+    assert list(bench.models)[-2:] == ["int8", "fp16"]
+    assert all(bench.models[r].agrees_with_manifest for r in ("int8", "fp16"))
+    assert bench.models["fp16"].format == "FP16" and bench.models["fp16"].source == "student"
     assert predict_images([_odd_images(tmp_path / "imgs")[0]], run=run, model="int8")["results"][0]["predictions"]
 
 
@@ -160,3 +161,18 @@ def test_a_calibration_set_without_images_is_refused_before_anything_is_built(ti
     before = files_under(run)
     fails_cleanly(runner.invoke(app, ["quantize", str(run)]), "calibration.npz holds no images: the run folder is damaged")
     assert files_under(run) == before
+
+
+def test_predict_on_openvino_agrees_with_onnxruntime_on_the_runs_test_images(folder_run):
+    # Issue #34: the same preprocessing and the same output on either runtime (OpenVINO at f32).
+    root, run = folder_run
+    images = [root / "test"]
+    ort = predict_images(images, run=run, model="teacher", top_k=1)
+    ov = predict_images(images, run=run, model="teacher", top_k=1, runtime="openvino")
+    assert ov["runtime"] == "openvino-cpu" and ov["precision"] == "f32" and ort["runtime"] == "onnxruntime-cpu"
+    assert len(ov["results"]) == len(ort["results"]) == 8 and ov["scores"]["correct"] == ort["scores"]["correct"]
+    for a, b in zip(ort["results"], ov["results"]):
+        assert a["file"] == b["file"] and a["predictions"][0]["class"] == b["predictions"][0]["class"]
+        assert np.allclose(a["logits"], b["logits"], atol=1e-3)
+    fails_cleanly(runner.invoke(app, ["predict", str(root / "test"), "--run", str(run), "--runtime", "tensorrt"]),
+                  "--runtime must be onnxruntime or openvino, not 'tensorrt'")  # fmt: skip

@@ -29,7 +29,7 @@ def test_cifar3_resnet18_students_learn_and_survive_export_and_int8(shared_data,
     assert models["student"]["onnx_bytes"] / int8["onnx_bytes"] >= 3.5
     assert models["student"]["test_accuracy"] - int8["test_accuracy"] <= 0.02
     bench = benchmark_run(result.run_dir, quick=True, gpu=False)
-    assert all(m["accuracy"]["agrees_with_manifest"] for m in bench["models"].values())
+    assert all(m.agrees_with_manifest for m in bench.models.values())
 
 
 def test_chest_xray_full_set_loads_and_a_student_beats_the_majority_class(chest_xray, tmp_path):
@@ -44,5 +44,5 @@ def test_chest_xray_full_set_loads_and_a_student_beats_the_majority_class(chest_
     assert manifest["dataset"]["classes"] == ["NORMAL", "PNEUMONIA"] and manifest["preprocessing"]["channels"] == 1
     baseline = manifest["models"]["baseline"]
     assert baseline["test_accuracy"] >= 0.70  # all-PNEUMONIA would score 390 / 624 = 0.625
-    metrics = benchmark_run(result.run_dir, quick=True, gpu=False)["models"]["baseline"]["accuracy"]
+    metrics = benchmark_run(result.run_dir, quick=True, gpu=False).models["baseline"].reference.metrics
     assert metrics["roc_auc"] >= 0.80 and metrics["sensitivity"] is not None and metrics["specificity"] is not None

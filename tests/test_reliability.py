@@ -310,7 +310,8 @@ def test_progress_keeps_its_bar_count_and_time_at_80_columns():
 def test_int8_slower_than_fp32_is_said_in_quantize_benchmark_and_json(tiny_run, tmp_path, monkeypatch):
     from kdcompress.deploy import quantize
     from kdcompress.deploy import timing
-    from kdcompress.deploy.benchmark import _int8_verdict, benchmark_run
+    from kdcompress.deploy.benchmark import _int8_verdict
+    from kdcompress.runs.benchmark import benchmark_and_save
     from kdcompress.report.render import benchmark_context
 
     run = _copy(tiny_run, tmp_path)
@@ -329,16 +330,16 @@ def test_int8_slower_than_fp32_is_said_in_quantize_benchmark_and_json(tiny_run, 
     verdict = json.loads((run / "manifest.json").read_text())["models"]["int8"]["quantization"]["verdict"]
     assert verdict["faster"] is False and verdict["speedup_batch1"] < 1
 
-    bench = benchmark_run(run, quick=True, gpu=False)  # benchmark's own verdict, from its own timings, is saved
-    assert json.loads((run / "benchmark.json").read_text())["int8_verdict"]["words"] == bench["int8_verdict"]["words"]
-    bench["models"]["int8"]["cpu"]["batch1"]["p50_ms"] = 3 * bench["models"]["student"]["cpu"]["batch1"]["p50_ms"]
-    bench["int8_verdict"] = _int8_verdict(bench["models"], 64)
-    assert not bench["int8_verdict"]["faster"] and "3.00x slower at batch 1" in bench["int8_verdict"]["words"]
+    bench = benchmark_and_save(run, quick=True, gpu=False)  # benchmark's own verdict, from its own timings, is saved
+    assert json.loads((run / "benchmark.json").read_text())["int8_verdicts"]["int8"]["words"] == bench.int8_verdicts["int8"]["words"]
+    bench.models["int8"].reference.batch1["p50_ms"] = 3 * bench.models["student"].reference.p50_ms
+    bench.int8_verdicts["int8"] = _int8_verdict(bench.models, "int8", 64)
+    assert not bench.int8_verdicts["int8"]["faster"] and "3.00x slower at batch 1" in bench.int8_verdicts["int8"]["words"]
     assert any(line.startswith("WARNING: INT8 kept for size") for line in benchmark_context(bench))
 
 
 def test_int8_verdict_words():
-    from kdcompress.deploy.quantize import int8_verdict
+    from kdcompress.deploy.frontier import int8_verdict
 
     fast = int8_verdict({"p50_ms": 1.0, "images_per_s": 100, "bytes": 400}, {"p50_ms": 0.5, "images_per_s": 300, "bytes": 100}, 64)
     assert fast["faster"] and fast["words"] == "INT8 is 4.00x smaller and 2.00x faster at batch 1, 3.00x faster at batch 64 than FP32 on this machine"

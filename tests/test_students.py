@@ -97,9 +97,9 @@ def test_quantize_benchmark_and_predict_address_each_student(two_student_run, tm
     fails_cleanly(runner.invoke(app, ["quantize", str(run), "--model", "baseline-test_resnet"]), "is not a distilled student")
 
     bench = benchmark_run(run, quick=True, gpu=False)
-    assert list(bench["models"]) == roles.ordered(manifest.models)
-    assert set(bench["int8_verdicts"]) == {"int8-test_resnet"} and "int8_verdict" not in bench
-    assert all("pareto" in m for m in bench["models"].values())
+    assert list(bench.models) == roles.ordered(manifest.models)
+    assert set(bench.int8_verdicts) == {"int8-test_resnet"}
+    assert all(set(p.pareto) == {"latency", "size"} for p in bench.points())
 
     image = tmp_path / "digit.png"
     from PIL import Image

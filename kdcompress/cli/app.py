@@ -319,35 +319,44 @@ def _relaunched(nproc: int, base: CompressConfig, check: Callable[[], Any] | Non
 def benchmark(
     path: Path = typer.Argument(Path("artifacts"), help="A run folder, or an artifacts root (its newest finished run)."),
     all_runs: bool = typer.Option(False, "--all", help="Benchmark every finished run under the artifacts root."),
-    threads: int = typer.Option(1, "--threads", help="onnxruntime intra-op threads for CPU timings (fixed, reported)."),
+    target: Optional[str] = typer.Option(
+        None, "--target", help="Targets to run every file on, comma-separated: onnxruntime-cpu (always), onnxruntime-cuda "
+        "(onnxruntime-gpu and a GPU), openvino-cpu (pip install 'kdcompress[openvino]'). Default: every one that can run "
+        "here; one named here that cannot is an error.",
+    ),
+    threads: int = typer.Option(1, "--threads", help="Intra-op threads of every target for the timings (fixed, reported)."),
     batch: int = typer.Option(64, "--batch", help="Batch size for the throughput figure."),
-    gpu: bool = typer.Option(True, "--gpu/--no-gpu", help="Also time CUDAExecutionProvider when onnxruntime-gpu can use a GPU."),
+    gpu: bool = typer.Option(True, "--gpu/--no-gpu", help="Also run onnxruntime-cuda when onnxruntime-gpu can use a GPU."),
     quick: bool = typer.Option(False, "--quick/--no-quick", help="Fewer timing runs (for smoke tests; figures are noisier)."),
     rehash: bool = typer.Option(
         False, "--rehash", help="First record the SHA-256 of every model file in the run's manifest: after you replaced or "
         "re-exported a file on purpose (otherwise a changed file is refused, as a tampered one would be).",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout instead of tables."),
-    max_ms: Optional[float] = typer.Option(None, "--max-ms", help="Budget: CPU latency at batch 1, in ms (as timed here).", rich_help_panel="Budget"),
+    max_ms: Optional[float] = typer.Option(None, "--max-ms", help="Budget: latency at batch 1 on the point's own target, in ms (as timed here).", rich_help_panel="Budget"),
     max_mb: Optional[float] = typer.Option(None, "--max-mb", help="Budget: ONNX file size, in MB.", rich_help_panel="Budget"),
     max_drop: Optional[float] = typer.Option(None, "--max-drop", help="Budget: accuracy points below the teacher.", rich_help_panel="Budget"),
 ) -> None:
-    """Accuracy, size and CPU/GPU latency of a run's ONNX models side by side, the frontier, and the file to ship.
+    """Every ONNX file of a run on every runtime that can run it here, the frontier, and the point to ship.
 
-    Judges the deployable files through onnxruntime, all timed in turn in one process, and marks
-    the Pareto frontier (accuracy vs latency, accuracy vs size). With a budget (--max-ms, --max-mb,
-    --max-drop) it names the file to ship: the most accurate within every limit, never the teacher
-    and never a format that is not faster than its FP32 model here. Writes benchmark.json,
-    benchmark.md and benchmark.png into each run folder.
+    A point is (file, target, precision): onnxruntime on the CPU (and CUDA), OpenVINO on the CPU at f32 and at its
+    default precision where that is not f32 (bf16 on CPUs with avx512_bf16 or AMX). Each point's accuracy comes from
+    its own predictions; all are timed interleaved in one process. The Pareto frontier (accuracy vs latency, vs size)
+    runs over every point. With a budget (--max-ms, --max-mb, --max-drop) it names the point to ship: of those within
+    every limit that no other beats beyond noise, the fastest, then the smallest; never the teacher, and never a
+    format that is not faster than its FP32 file on the same target unless the budget limits size. Writes
+    benchmark.json, benchmark.md (with the Python that runs the chosen point) and benchmark.png into each run folder.
     """
-    from kdcompress.deploy.benchmark import benchmark_run
     from kdcompress.deploy.frontier import Budget
     from kdcompress.deploy.manifest import resolve_runs
     from kdcompress.report.console import RichReporter
     from kdcompress.report.render import benchmark_context, benchmark_tables
+    from kdcompress.runs.benchmark import benchmark_and_save
 
     reporter = RichReporter(stderr)
     budget = Budget(max_ms, max_mb, max_drop)
+    targets = options.names(target) if target else None
+    command = " ".join(["kdc", *map(shlex.quote, sys.argv[1:])]) if sys.argv[1:2] == ["benchmark"] else None
     results, broken = [], []
     for run_dir in resolve_runs(path, all_runs):
         if rehash:
@@ -357,7 +366,10 @@ def benchmark(
             reporter.info(f"{run_dir}: recorded the SHA-256 of every model file ({', '.join(changed) or 'none'} had changed)")
         reporter.info(f"benchmarking {run_dir}")
         try:
-            result = benchmark_run(run_dir, threads=threads, batch=batch, gpu=gpu, quick=quick, reporter=reporter, budget=budget)
+            result = benchmark_and_save(
+                run_dir, reporter, threads=threads, batch=batch, gpu=gpu, quick=quick, budget=budget, targets=targets,
+                command=command or _benchmark_command(run_dir, target, threads, batch, gpu, quick, budget),
+            )  # fmt: skip
         except KdcError as exc:
             if not all_runs:
                 raise
@@ -369,16 +381,15 @@ def benchmark(
             for table in benchmark_tables(result):
                 stdout.print(table)
             for line in benchmark_context(result):
-                style = "bold yellow" if line.startswith("WARNING") else "dim"
-                stdout.print(f"[{style}]{escape(line)}[/]", highlight=False)
-            if result["recommendation"]:
-                style = "bold green" if result["recommendation"]["meets"] else "bold yellow"
-                stdout.print(f"[{style}]{escape(result['recommendation']['words'])}[/]", highlight=False)
-            if result["saved"]:
+                say(stdout, line, "bold yellow" if line.startswith("WARNING") else "dim")
+            if result.recommendation:
+                say(stdout, result.recommendation["words"], "bold green" if result.recommendation["meets"] else "bold yellow")
+            if result.saved:
                 say(stdout, f"Saved benchmark.json, benchmark.md and benchmark.png in {run_dir}")
-    unsaved = [r["save_error"] for r in results if not r["saved"]]
+    unsaved = [r.save_error for r in results if not r.saved]
     if as_json:
-        sys.stdout.write(json.dumps(results if all_runs else results[0], indent=2) + "\n")
+        dicts = [r.to_dict() for r in results]
+        sys.stdout.write(json.dumps(dicts if all_runs else dicts[0], indent=2) + "\n")
     if broken:
         raise KdcError(
             f"{len(broken)} of {len(broken) + len(results)} runs could not be benchmarked ({', '.join(broken)}; why is said "
@@ -386,6 +397,17 @@ def benchmark(
         )
     if unsaved:
         raise KdcError(f"{unsaved[0]}: the results were printed above but not saved; free space or pick a writable run folder")
+
+
+def _benchmark_command(run_dir: Path, target: str | None, threads: int, batch: int, gpu: bool, quick: bool, budget: Any) -> str:
+    """The kdc benchmark command line that makes this result, every option and the budget included (a library call)."""
+    parts = ["kdc", "benchmark", shlex.quote(str(run_dir)), "--threads", str(threads), "--batch", str(batch)]
+    parts += ["--target", target] if target else []
+    parts += [] if gpu else ["--no-gpu"]
+    parts += ["--quick"] if quick else []
+    for flag, value in (("--max-ms", budget.max_ms), ("--max-mb", budget.max_mb), ("--max-drop", budget.max_drop)):
+        parts += [flag, f"{value:g}"] if value is not None else []
+    return " ".join(parts)
 
 
 @app.command()
@@ -430,13 +452,14 @@ def predict(
     model: str = typer.Option("student", "--model", help="teacher, baseline, student (distilled), control, int8, fp16 (with several students: student-ARCH ...), or a .onnx file."),
     top_k: int = typer.Option(3, "--top-k", help="How many classes to show per image."),
     artifacts: Path = typer.Option(Path("artifacts"), "--artifacts", help="Artifacts root searched when --run is not given."),
+    runtime: str = typer.Option("onnxruntime", "--runtime", help="onnxruntime, or openvino (at f32; pip install 'kdcompress[openvino]'): the same preprocessing and output."),
     as_json: bool = typer.Option(False, "--json", help="Print the predictions as JSON on stdout."),
 ) -> None:
     """Classify images with a model of a run (the distilled student by default), through onnxruntime."""
     from kdcompress.deploy.predict import predict_images
     from kdcompress.report.render import prediction_output
 
-    output = predict_images(images, run=run, model=model, top_k=top_k, artifacts=artifacts)
+    output = predict_images(images, run=run, model=model, top_k=top_k, artifacts=artifacts, runtime=runtime)
     failed = [r for r in output["results"] if "error" in r]
     if as_json:
         sys.stdout.write(json.dumps(output, indent=2) + "\n")

@@ -1,26 +1,32 @@
-"""`kdc benchmark`: accuracy, size and latency of the exported ONNX files, judged through onnxruntime.
+"""`kdc benchmark`: every model file of a run, run by every target that can (onnxruntime, OpenVINO) at each precision.
 
-Needs no torch: everything is read from the run folder (manifest, .onnx files, test_set.npz).
+Needs no torch: everything is read from the run folder (manifest, .onnx files, test_set.npz). Each point
+(file, target, precision) gets its own accuracy from its own predictions, its agreement with the FP32 file
+on onnxruntime-cpu, and its speed, all points timed interleaved in this process.
 """
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from kdcompress.core.errors import KdcError
-from kdcompress.core.files import write_json_atomic
-from kdcompress.deploy.manifest import load_images, model_file, read_manifest
-from kdcompress.core.reporter import NullReporter, Reporter
-from kdcompress.deploy.sessions import check_model, create_session, run_logits
-from kdcompress.deploy.frontier import Budget, not_faster, pareto, Point, recommend
-from kdcompress.deploy.quantize import sort_nodes
-from kdcompress.deploy.timing import machine, measure_speeds
 from kdcompress.core import roles
-from kdcompress.core.stats import attributions, compare, compare_models, REFERENCES, roc_auc
+from kdcompress.core.errors import KdcError
+from kdcompress.core.reporter import NullReporter, Reporter
+from kdcompress.core.stats import attributions, compare_models, roc_auc
+from kdcompress.deploy.frontier import Budget, int8_verdict, pareto, Point, recommend
+from kdcompress.deploy.graph import onnx_size
+from kdcompress.deploy.manifest import load_images, model_file, read_manifest
+from kdcompress.deploy.preprocessing import normalize
+from kdcompress.deploy.results import BenchmarkResult, ModelResult, point_key, PointResult
+from kdcompress.deploy.sessions import check_model
+from kdcompress.deploy.targets import Loaded, REFERENCE, runtime_versions, TARGETS
+from kdcompress.deploy.timing import interleaved_latency, machine, tile_batch
+
+BUSY_THRESHOLD = 0.25  # share of the CPU used by other processes above which timings are flagged
+ACCURACY_BATCH = 256  # images per call when a point scores the test split
 
 
 def classification_metrics(logits: np.ndarray, labels: np.ndarray, classes: list[str]) -> dict[str, Any]:
@@ -48,80 +54,25 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray, classes: list
     return metrics
 
 
-def onnx_size(path: Path) -> dict[str, Any]:
-    """Parameters (initializers, each distinct tensor once), file size and multiply-accumulates per image."""
-    import onnx
-    from onnx import numpy_helper
-
-    model = onnx.load(str(path))
-    # Quantization scales and zero points are bookkeeping, not weights; int64 tensors are shapes and axes.
-    side = {n.input[i] for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear") for i in (1, 2) if i < len(n.input)}
-    seen: set[str] = set()
-    parameters = 0
-    for tensor in model.graph.initializer:
-        if tensor.name in side or tensor.data_type == onnx.TensorProto.INT64:
-            continue
-        array = numpy_helper.to_array(tensor)
-        digest = hashlib.sha1(array.tobytes() + str(array.shape).encode()).hexdigest()
-        if array.size <= 1 or digest in seen:  # the same tensor stored twice counts once
-            continue
-        seen.add(digest)
-        parameters += int(array.size)
-    return {"parameters": parameters, "file_mb": path.stat().st_size / 1e6, "macs": count_macs(model)}
-
-
-def count_macs(model: Any) -> int:
-    """Multiply-accumulates of Conv, Gemm and MatMul nodes for one image (batch axis fixed to 1)."""
-    import onnx
-    from onnx import shape_inference
-
-    model = onnx.ModelProto.FromString(model.SerializeToString())
-    for value in list(model.graph.input) + list(model.graph.output):
-        dims = value.type.tensor_type.shape.dim
-        if dims and not dims[0].HasField("dim_value"):
-            dims[0].Clear()
-            dims[0].dim_value = 1
-    del model.graph.value_info[:]
-    sort_nodes(model.graph)  # shape inference reads nodes in order (FP16 files written before sort_nodes were not)
-    inferred = shape_inference.infer_shapes(model)
-    shapes: dict[str, list[int]] = {}
-    for value in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
-        shapes[value.name] = [d.dim_value for d in value.type.tensor_type.shape.dim]
-    for tensor in inferred.graph.initializer:
-        shapes[tensor.name] = list(tensor.dims)
-    # In QDQ models weights reach Conv through DequantizeLinear: follow it back to the stored tensor.
-    producers = {out: node for node in inferred.graph.node for out in node.output}
-
-    def shape(name: str) -> list[int]:
-        node = producers.get(name)
-        if name not in shapes and node is not None and node.op_type == "DequantizeLinear":
-            return shape(node.input[0])
-        return shapes.get(name, [])
-
-    macs = 0
-    for node in inferred.graph.node:
-        if node.op_type in ("Conv", "ConvInteger", "QLinearConv"):
-            weight = shape(node.input[3] if node.op_type == "QLinearConv" else node.input[1])
-            out = shape(node.output[0])
-            if weight and out:
-                macs += int(np.prod(out[1:])) * int(np.prod(weight[1:]))
-        elif node.op_type in ("Gemm", "MatMul", "MatMulInteger"):
-            a, out = shape(node.input[0]), shape(node.output[0])
-            if a and out:
-                macs += int(np.prod(out)) * a[-1]
-    return macs
-
-
-def gpu_status() -> tuple[bool, str]:
-    """Whether onnxruntime can really run on CUDA here, and if not, why."""
-    import onnxruntime as ort
-
-    if "CUDAExecutionProvider" not in ort.get_available_providers():
-        return False, "onnxruntime has no CUDAExecutionProvider (pip install 'kdcompress[gpu]')"
-    return True, "CUDAExecutionProvider"
-
-
-BUSY_THRESHOLD = 0.25  # share of the CPU used by other processes above which timings are flagged
+def choose_targets(requested: list[str] | None, gpu: bool = True) -> dict[str, str | None]:
+    """Every target kdc knows -> None when this benchmark uses it, or why not (one line). onnxruntime-cpu always runs
+    (the reference). A target asked for by name that cannot run here is a KdcError; others are said and skipped."""
+    unknown = [name for name in requested or [] if name not in TARGETS]
+    if unknown:
+        raise KdcError(f"unknown target '{unknown[0]}': kdc knows {', '.join(TARGETS)}")
+    chosen: dict[str, str | None] = {}
+    for name, target in TARGETS.items():
+        problem = target.problem()
+        if requested is not None and name not in requested and name != REFERENCE:
+            problem = "not requested (--target)"
+        elif name == "onnxruntime-cuda" and not gpu:
+            problem = "not requested (--no-gpu)"
+        elif problem and requested is not None and name in requested:
+            raise KdcError(f"--target {name}: {problem}")
+        chosen[name] = problem
+    if chosen[REFERENCE]:
+        raise KdcError(f"{REFERENCE} cannot run here: {chosen[REFERENCE]}")
+    return chosen
 
 
 def benchmark_run(
@@ -133,72 +84,203 @@ def benchmark_run(
     reporter: Reporter | None = None,
     command: str | None = None,
     budget: Budget | None = None,
-) -> dict[str, Any]:
-    """Judge every model of a run from its ONNX file: accuracy, size, CPU (and GPU) speed, ratios vs teacher,
-    the Pareto frontier, and (with a budget) the file to ship.
-
-    Writes benchmark.json, benchmark.md and benchmark.png into the run folder. A folder that cannot be
-    written (full disk, read-only) loses only the files: the results are returned all the same, with
-    `saved` false and the reason in `save_error`.
-    """
+    targets: list[str] | None = None,
+) -> BenchmarkResult:
+    """Judge every model file of a run on every usable target and precision: accuracy, agreement, size, speed, the
+    noise verdicts, the Pareto frontier and (with a budget) the point to ship. targets: names to use (default: all
+    that can run here). Writes nothing: runs.benchmark saves the result files."""
     reporter = reporter or NullReporter()
     _check_settings(threads=threads, batch=batch)
     run_dir = Path(run_dir)
     manifest = read_manifest(run_dir)
     images, labels = load_images(run_dir, manifest, "test_set")
+    chosen = choose_targets(targets, gpu)
+    for name, why in chosen.items():
+        if why and not why.startswith("not requested"):
+            reporter.info(f"target {name} not used: {why}")
     before = machine()
-    gpu_ok, gpu_reason = gpu_status() if gpu else (False, "not requested (--no-gpu)")
     names = roles.ordered(manifest.models)
-    with reporter.progress("benchmark", total=2 * len(names) + 1) as advance:
-        results, correct, sessions = _judge_accuracy(run_dir, manifest, names, images, labels, threads, advance)
-        advance(0, status="CPU latency, every model in turn")
-        for role, speed in measure_speeds(sessions, manifest.preprocessing, images, batch, quick).items():
-            results[role]["cpu"] = speed
+    models, loaded, correct, notes = {}, {}, {}, []
+    with reporter.progress("benchmark", total=len(names) + 2) as advance:
+        for role in names:
+            advance(0, status=f"{role}: accuracy on every target")
+            models[role], points = _score_model(run_dir, manifest, role, images, labels, chosen, threads, before["isa"], notes)
+            for point, (model, right) in points.items():
+                loaded[point], correct[point] = model, right
             advance(1)
-        if gpu_ok:
-            advance(0, status="GPU latency, every model in turn")
-            gpu_ok, gpu_reason = _gpu_speeds(run_dir, manifest, results, images, batch, threads, quick, gpu_reason)
-        advance(1, status="")
+        _reference_agreement(models, loaded, images, manifest.preprocessing)
+        advance(0, status="latency, every point in turn")
+        _time_points(models, loaded, images, manifest.preprocessing, batch, quick)
+        advance(2, status="")
     after = machine()
-    for role, result in results.items():
-        result["ratios_vs_teacher"] = _ratios(results.get("teacher"), result)
-        if "gpu" not in result:
-            result["gpu"] = {"available": False, "reason": gpu_reason}
-    flags = (" --quick" if quick else "") + ("" if gpu else " --no-gpu")
-    result = {
-        "run": manifest.run,
-        "run_dir": str(run_dir),
-        "dataset": manifest.dataset.name,
-        "test_images": int(len(labels)),
-        "classes": manifest.dataset.classes,
-        "machine": _machine_record(before, after),
-        "settings": {"threads": threads, "throughput_batch": batch, "quick": quick},
-        "gpu": {"available": gpu_ok, "reason": gpu_reason},
-        "units": UNITS,
-        "models": results,
-        "command": command or f"kdc benchmark {run_dir} --threads {threads} --batch {batch}{flags}",
-    }
-    _verdicts(result, correct, batch)
+    result = BenchmarkResult(
+        run=manifest.run, run_dir=str(run_dir), dataset=manifest.dataset.name, test_images=int(len(labels)),
+        classes=manifest.dataset.classes, machine=_machine_record(before, after, threads),
+        settings={"threads": threads, "throughput_batch": batch, "quick": quick}, targets=chosen, models=models,
+        notes=notes, command=command or f"kdc benchmark {run_dir}",
+    )  # fmt: skip
+    reference = {role: correct[m.reference.key] for role, m in models.items()}
+    result.comparisons = compare_models(reference)
+    result.attribution = attributions(result.comparisons, list(reference))
+    result.int8_verdicts = {r: _int8_verdict(models, r, batch) for r in models if roles.kind_of(r) == "int8" and roles.sibling(r, "student") in models}
     _frontier(result, correct, budget or Budget())
-    _save(result, run_dir, reporter)
     return result
 
 
-def _verdicts(result: dict[str, Any], correct: dict[str, np.ndarray], batch: int) -> None:
-    """The noise verdicts from the ONNX files' own predictions, each INT8 file's verdict vs its FP32 student, and
-    what they mean together (stats.attributions)."""
-    models = result["models"]
-    result["comparisons"] = compare_models(correct)
-    result["int8_verdicts"] = {r: _int8_verdict(models, batch, r) for r in models if roles.kind_of(r) == "int8"}
-    if "int8" in models:  # a one-student run: where earlier versions kept its one verdict
-        result["int8_verdict"] = result["int8_verdicts"]["int8"]
-    result["attribution"] = attributions(result["comparisons"], list(correct))
+def _score_model(
+    run_dir: Path, manifest: Any, role: str, images: np.ndarray, labels: np.ndarray, chosen: dict[str, str | None],
+    threads: int, isa: list[str], notes: list[str],
+) -> tuple[ModelResult, dict[str, tuple[Loaded, np.ndarray]]]:  # fmt: skip
+    """One model file on every usable target and precision: its ModelResult (points without speeds yet), and per
+    point key its loaded model and which test images it gets right."""
+    entry = manifest.models[role]
+    path = model_file(run_dir, role, entry)
+    prep, classes = manifest.preprocessing, manifest.dataset.classes
+    fmt = roles.FORMATS.get(roles.kind_of(role), "FP32")
+    kind = roles.kind_of(role)
+    model = ModelResult(
+        role=role, file=entry.onnx, format=fmt, source=roles.sibling(role, "student") if fmt != "FP32" else None,
+        baseline=None if kind in (roles.TEACHER, "baseline") else roles.sibling(role, "baseline"),
+        **_size(path), recorded_correct=entry.test_correct, agrees_with_manifest=True,
+    )  # fmt: skip
+    scored: dict[str, tuple[Loaded, np.ndarray]] = {}
+    for name, target in TARGETS.items():
+        if chosen[name]:
+            continue
+        for precision in target.precisions(isa):
+            try:
+                run = target.load(path, threads, precision)
+            except KdcError as exc:
+                if name == REFERENCE:
+                    raise
+                notes.append(f"{name} cannot run {entry.onnx}: {exc}")
+                break  # the file itself: no other precision of this target reads it either
+            if name == REFERENCE:
+                check_model(run.details["session"], prep, classes, path)
+            if any(p.target == name and p.precision == run.precision for p in model.points):
+                continue  # OpenVINO's default is f32 on this CPU: the same point twice
+            logits = np.concatenate([run.run(normalize(images[i : i + ACCURACY_BATCH], prep)) for i in range(0, len(images), ACCURACY_BATCH)])
+            metrics = classification_metrics(logits, labels, classes)
+            point = PointResult(role, entry.onnx, name, run.precision, metrics["accuracy"], metrics["correct"], 1.0, {}, 0.0, metrics)
+            scored[point.key] = (run, logits.argmax(axis=1) == labels)
+            run.details["predictions"] = logits.argmax(axis=1)
+            model.points.append(point)
+    recorded = entry.test_correct  # the ONNX file may flip an image sitting exactly on a decision boundary: one is tolerated
+    model.agrees_with_manifest = recorded is None or abs(model.reference.correct - recorded) <= 1
+    return model, scored
+
+
+def _size(path: Path) -> dict[str, Any]:
+    size = onnx_size(path)
+    return {"parameters": size["parameters"], "file_mb": size["file_mb"], "macs": size["macs"]}
+
+
+def _reference_agreement(models: dict[str, ModelResult], loaded: dict[str, Loaded], images: np.ndarray, prep: Any) -> None:
+    """Each point's top-1 agreement with the FP32 file it stands for (its source, or itself) on onnxruntime-cpu."""
+    for model in models.values():
+        fp32 = models.get(model.source) if model.source else model
+        if fp32 is None:
+            fp32 = model
+        reference = loaded[fp32.reference.key].details["predictions"]
+        for point in model.points:
+            point.agreement = float((loaded[point.key].details["predictions"] == reference).mean())
+
+
+def _time_points(models: dict[str, ModelResult], loaded: dict[str, Loaded], images: np.ndarray, prep: Any, batch: int, quick: bool) -> None:
+    """Batch-1 latency and throughput at batch of every point, the CPU ones interleaved together, the CUDA ones apart."""
+    one = normalize(images[:1], prep)
+    many = normalize(tile_batch(images, batch), prep)
+    runs, min_seconds = (20, 0.2) if quick else (200, 2.0)
+    single = dict(warmup=5 if quick else 20, runs=runs, min_seconds=min_seconds)
+    bulk = dict(warmup=2 if quick else 5, runs=max(5, runs // 10), min_seconds=min_seconds / 2)
+    points = {p.key: p for m in models.values() for p in m.points}
+    for device in ("cpu", "cuda"):
+        mine = {k: p for k, p in points.items() if TARGETS[p.target].target.device == device}
+        if not mine:
+            continue
+        first = interleaved_latency({k: loaded[k].caller(one) for k in mine}, **single)
+        throughput = interleaved_latency({k: loaded[k].caller(many) for k in mine}, **bulk)
+        on_device = {k: loaded[k].details["device_caller"] for k in mine if "device_caller" in loaded[k].details}
+        device_first = interleaved_latency({k: call(one) for k, call in on_device.items()}, **single) if on_device else {}
+        for key, point in mine.items():
+            point.batch1 = first[key]
+            point.images_per_s = batch / (throughput[key]["p50_ms"] / 1e3)
+            point.device_batch1 = device_first.get(key)
 
 
 def _check_settings(**settings: int) -> None:
     for name, value in settings.items():
         if value < 1:
             raise KdcError(f"--{name} must be at least 1, got {value}")
+
+
+def _machine_record(before: dict[str, Any], after: dict[str, Any], threads: int) -> dict[str, Any]:
+    """The machine before timing, how busy it was before and after, whether that was too busy to trust, the runtimes."""
+    # Measured while this process sleeps, before and after timing: other processes' share of the CPU.
+    shares = [m["cpu_busy_fraction"] for m in (before, after) if m["cpu_busy_fraction"] is not None]
+    busy = max(shares) > BUSY_THRESHOLD if shares else before["load_average_1m"] > 0.5 * before["cores"]
+    return {
+        **before,
+        "load_average_1m_after": after["load_average_1m"],
+        "cpu_busy_fraction_after": after["cpu_busy_fraction"],
+        "busy": busy,
+        "threads": threads,
+        "runtimes": runtime_versions(),
+    }
+
+
+def points_of(result: BenchmarkResult, correct: dict[str, np.ndarray] | None = None) -> list[Point]:
+    """The frontier's points: every (file, target, precision) of a benchmark result."""
+    out = []
+    for role, model in result.models.items():
+        for p in model.points:
+            source = result.models.get(model.source) if model.source else None
+            twin = next((q for q in source.points if q.target == p.target and q.precision in (p.precision, "native")), None) if source else None
+            baseline = result.models.get(model.baseline) if model.baseline else None
+            out.append(Point(
+                name=p.key, file=p.file, accuracy=p.accuracy, p50_ms=p.p50_ms, mb=model.file_mb,
+                source=twin.key if twin else None, baseline=baseline.reference.key if baseline else None,
+                role=role, target=p.target, precision=p.precision, correct=None if correct is None else correct[p.key],
+            ))  # fmt: skip
+    return out
+
+
+def _frontier(result: BenchmarkResult, correct: dict[str, np.ndarray], budget: Budget) -> None:
+    """Mark the Pareto sets (accuracy vs latency, vs size) over every point and, under a budget, recommend one."""
+    points = points_of(result, correct)
+    fast, small = pareto(points, "p50_ms"), pareto(points, "mb")
+    for p in result.points():
+        p.pareto = {"latency": p.key in fast, "size": p.key in small}
+    if budget.given and roles.TEACHER in result.models:
+        m = result.machine
+        isa = f" ({', '.join(m['isa'])})" if m.get("isa") else ""
+        where = f"{m['cpu']}{isa}, {result.settings['threads']} thread(s)"
+        result.recommendation = recommend(points, roles.TEACHER, budget, where)
+
+
+def _int8_verdict(models: dict[str, ModelResult], role: str, batch: int) -> dict[str, Any]:
+    """An INT8 student against the FP32 one it was made from, on onnxruntime-cpu as timed here."""
+
+    def side(model: ModelResult) -> dict[str, float]:
+        point = model.reference
+        return {"p50_ms": point.p50_ms, "images_per_s": point.images_per_s, "bytes": model.file_mb * 1e6}
+
+    return int8_verdict(side(models[roles.sibling(role, "student")]), side(models[role]), batch)
+
+
+def ratios_vs_teacher(result: BenchmarkResult, point: PointResult) -> dict[str, float]:
+    """A point against the teacher on the same target and precision (onnxruntime-cpu where the teacher has none)."""
+    teacher = result.models.get(roles.TEACHER)
+    if teacher is None:
+        return {}
+    twin = next((q for q in teacher.points if q.target == point.target and q.precision == point.precision), teacher.reference)
+    model = result.models[point.role]
+    return {
+        "smaller_x": teacher.file_mb / model.file_mb,
+        "faster_x": twin.p50_ms / point.p50_ms,
+        "accuracy_change_points": 100 * (point.accuracy - twin.accuracy),
+        "against": twin.key,
+    }
 
 
 UNITS = {
@@ -208,139 +290,3 @@ UNITS = {
     "macs": "multiply-accumulates per image",
     "accuracy": "fraction in [0, 1]",
 }
-
-
-def _judge_accuracy(
-    run_dir: Path, manifest: Any, names: list[str], images: np.ndarray, labels: np.ndarray, threads: int, advance: Any
-) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, Any]]:
-    """Each model's accuracy from its ONNX file, its size, and its CPU session (kept for the timings)."""
-    prep, classes = manifest.preprocessing, manifest.dataset.classes
-    results: dict[str, Any] = {}
-    correct: dict[str, np.ndarray] = {}  # per role, which test images the ONNX file gets right (for the verdicts)
-    sessions: dict[str, Any] = {}
-    for role in names:
-        entry = manifest.models[role]
-        path = model_file(run_dir, role, entry)
-        advance(0, status=f"{role}: accuracy")
-        sessions[role] = create_session(path, "cpu", threads)
-        check_model(sessions[role], prep, classes, path)
-        logits = run_logits(sessions[role], images, prep)
-        metrics = classification_metrics(logits, labels, classes)
-        correct[role] = logits.argmax(axis=1) == labels
-        recorded = entry.test_correct
-        metrics["recorded_correct"] = recorded
-        # The ONNX file may flip an image sitting exactly on a decision boundary: one image is tolerated.
-        metrics["agrees_with_manifest"] = recorded is None or abs(metrics["correct"] - recorded) <= 1
-        fmt = roles.FORMATS.get(roles.kind_of(role), "FP32")
-        source = roles.sibling(role, "student") if fmt != "FP32" else None  # the FP32 model it was made from
-        results[role] = {"role": role, "file": entry.onnx, "format": fmt, "source": source, "accuracy": metrics, **onnx_size(path)}
-        advance(1)
-    return results, correct, sessions
-
-
-def _gpu_speeds(
-    run_dir: Path, manifest: Any, results: dict[str, Any], images: np.ndarray, batch: int, threads: int, quick: bool,
-    reason: str,
-) -> tuple[bool, str]:  # fmt: skip
-    """Every model on onnxruntime's CUDA provider, timed in turn; (False, why) when CUDA cannot run them."""
-    try:
-        sessions = {role: create_session(model_file(run_dir, role, manifest.models[role]), "cuda", threads) for role in results}
-        speeds = measure_speeds(sessions, manifest.preprocessing, images, batch, quick)
-    except KdcError as exc:
-        return False, str(exc)
-    for role, speed in speeds.items():
-        results[role]["gpu"] = speed
-    return True, reason
-
-
-def _machine_record(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
-    """The machine before timing, how busy it was before and after, and whether that was too busy to trust."""
-    # Measured while this process sleeps, before and after timing: other processes' share of the CPU.
-    shares = [m["cpu_busy_fraction"] for m in (before, after) if m["cpu_busy_fraction"] is not None]
-    busy = max(shares) > BUSY_THRESHOLD if shares else before["load_average_1m"] > 0.5 * before["cores"]
-    return {
-        **before,
-        "load_average_1m_after": after["load_average_1m"],
-        "cpu_busy_fraction_after": after["cpu_busy_fraction"],
-        "busy": busy,
-    }
-
-
-def points_of(models: dict[str, Any]) -> list[Point]:
-    """The frontier's points: every model of a benchmark result, as timed on the CPU."""
-    return [
-        Point(
-            name=role,
-            file=m["file"],
-            accuracy=m["accuracy"]["accuracy"],
-            p50_ms=m["cpu"]["batch1"]["p50_ms"],
-            mb=m["file_mb"],
-            source=m.get("source"),
-            baseline=None if roles.kind_of(role) in (roles.TEACHER, "baseline") else roles.sibling(role, "baseline"),
-        )
-        for role, m in models.items()
-    ]
-
-
-def _frontier(result: dict[str, Any], correct: dict[str, np.ndarray], budget: Budget) -> None:
-    """Mark the Pareto sets (accuracy vs latency, vs size) and, under a budget, recommend the file to ship."""
-    points = points_of(result["models"])
-    fast, small = pareto(points, "p50_ms"), pareto(points, "mb")
-    for role, model in result["models"].items():
-        model["pareto"] = {"latency": role in fast, "size": role in small}
-    result["not_faster_than_fp32"] = not_faster(points)
-    result["recommendation"] = None
-    if budget.given and "teacher" in result["models"]:
-        verdicts = {
-            p.name: compare(np.atleast_2d(correct[p.name]), np.atleast_2d(correct[p.baseline]), REFERENCES["baseline"]).to_dict()
-            for p in points
-            if p.baseline in correct
-        }
-        m = result["machine"]
-        isa = f" ({', '.join(m['isa'])})" if m.get("isa") else ""
-        where = f"{m['cpu']}{isa}, {result['settings']['threads']} onnxruntime thread(s)"
-        result["recommendation"] = recommend(points, "teacher", budget, verdicts, where)
-
-
-def _save(result: dict[str, Any], run_dir: Path, reporter: Reporter) -> None:
-    """benchmark.json, benchmark.md and benchmark.png in the run folder; a failed write is reported, not raised."""
-    from kdcompress.report.render import benchmark_markdown, benchmark_plot
-
-    try:
-        write_json_atomic(run_dir / "benchmark.json", {**result, "saved": True})
-        (run_dir / "benchmark.md").write_text(benchmark_markdown(result, result["command"]))
-        benchmark_plot(result, run_dir / "benchmark.png")
-        result["saved"] = True
-    except OSError as exc:
-        result["saved"] = False
-        result["save_error"] = f"could not write the benchmark files into {run_dir} ({exc.strerror or exc})"
-        reporter.warn(result["save_error"] + ": the results below are not saved")
-
-
-def _int8_verdict(results: dict[str, Any], batch: int, role: str = "int8") -> dict[str, Any] | None:
-    """An INT8 student against the FP32 one it was made from, as timed here (None without both)."""
-    from kdcompress.deploy.quantize import int8_verdict
-
-    source = roles.sibling(role, "student")
-    if role not in results or source not in results:
-        return None
-
-    def side(model: dict[str, Any]) -> dict[str, float]:
-        cpu = model["cpu"]
-        return {"p50_ms": cpu["batch1"]["p50_ms"], "images_per_s": cpu["throughput_images_per_s"], "bytes": model["file_mb"] * 1e6}
-
-    return int8_verdict(side(results[source]), side(results[role]), batch)
-
-
-def _ratios(teacher: dict[str, Any] | None, model: dict[str, Any]) -> dict[str, Any]:
-    if teacher is None:
-        return {}
-    ratios: dict[str, Any] = {
-        "smaller_x": teacher["file_mb"] / model["file_mb"],
-        "fewer_params_x": teacher["parameters"] / model["parameters"],
-        "cpu_faster_x": teacher["cpu"]["batch1"]["p50_ms"] / model["cpu"]["batch1"]["p50_ms"],
-        "accuracy_change_points": 100 * (model["accuracy"]["accuracy"] - teacher["accuracy"]["accuracy"]),
-    }
-    if "batch1" in teacher.get("gpu", {}) and "batch1" in model.get("gpu", {}):
-        ratios["gpu_faster_x"] = teacher["gpu"]["batch1"]["p50_ms"] / model["gpu"]["batch1"]["p50_ms"]
-    return ratios

@@ -6,7 +6,7 @@ Pure arithmetic on measured points (no onnxruntime here): `kdc benchmark` measur
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from kdcompress.core.errors import KdcError
@@ -14,15 +14,23 @@ from kdcompress.core.errors import KdcError
 
 @dataclass(frozen=True)
 class Point:
-    """One (model, format) as measured on this machine."""
+    """One (file, target, precision) as measured on this machine."""
 
-    name: str  # the role in the run: teacher, baseline, student, control, int8, fp16
+    name: str  # the point's key (results.point_key), or the role where points are one per model
     file: str
     accuracy: float  # on the test split, in [0, 1]
-    p50_ms: float  # CPU latency at batch 1
+    p50_ms: float  # latency at batch 1 on its target
     mb: float  # file size, 1e6 bytes
-    source: str | None = None  # the FP32 model this format was made from (int8 and fp16: the student)
-    baseline: str | None = None  # the model it must beat to count as a gain (its own baseline)
+    source: str | None = None  # the point of the FP32 file this format was made from, on the same target
+    baseline: str | None = None  # the point it must beat to count as a gain (its own baseline's reference point)
+    role: str | None = None  # the model of the run (default: name)
+    target: str = "onnxruntime-cpu"
+    precision: str = "native"
+    correct: Any = field(default=None, compare=False, repr=False)  # which test images it gets right (the noise rule)
+
+    @property
+    def model(self) -> str:
+        return self.role or self.name
 
 
 @dataclass(frozen=True)
@@ -85,67 +93,110 @@ def pareto(points: list[Point], cost: str) -> set[str]:
 
 
 def not_faster(points: list[Point]) -> dict[str, str]:
-    """Formats that are no faster than the FP32 model they were made from, here: never the one to ship."""
+    """Formats no faster than the FP32 file they were made from, on the same target: not shipped for speed."""
     by_name = {p.name: p for p in points}
     slow = {}
     for p in points:
         source = by_name.get(p.source) if p.source else None
         if source is not None and p.p50_ms >= source.p50_ms:
-            slow[p.name] = f"{p.file} is not faster than {source.file} on this machine ({p.p50_ms:.2f} against {source.p50_ms:.2f} ms)"
+            on = "" if p.target == "onnxruntime-cpu" and p.precision == "native" else f" on {p.target} {p.precision}"
+            slow[p.name] = f"{p.file} is not faster than {source.file}{on} on this machine ({p.p50_ms:.2f} against {source.p50_ms:.2f} ms)"
     return slow
 
 
-def recommend(
-    points: list[Point], teacher: str, budget: Budget, verdicts: dict[str, dict[str, Any]], where: str
-) -> dict[str, Any]:
-    """The file to ship under the budget: the most accurate point within every limit (ties: the faster, the smaller).
+def recommend(points: list[Point], teacher: str, budget: Budget, where: str) -> dict[str, Any]:
+    """The point to ship under the budget, noise-aware.
 
-    The teacher itself is never chosen, nor a format no faster than its FP32 source, unless the budget limits size
-    (--max-mb): a smaller file is then a fair answer even when it is slower, and is said to be. verdicts maps a
-    point's name to its comparison with its own baseline (stats.compare's dict). where names the machine.
-    Without a point that meets the budget, the closest one is named: fewest limits broken, then least over.
+    Among the points within every limit, those no other point within the limits beats beyond noise (the paired rule
+    of the verdicts, on their test predictions) count as tied with the most accurate; of the tied, the fastest is
+    named, then the smallest. So a file better beyond noise is never passed over for a faster one, and a file one
+    test image less accurate but twice as fast is not passed over for the more accurate one. The teacher's points are
+    never chosen, nor a format no faster than its FP32 source on the same target, unless the budget limits size
+    (--max-mb): a smaller file is then a fair answer even when slower, and is said to be. Without a point that meets
+    the budget, the closest one is named: fewest limits broken, then least over. where names the machine.
     """
     by_name = {p.name: p for p in points}
-    top = by_name[teacher]
+    teacher_points = [p for p in points if p.model == teacher]
+    top = next((p for p in teacher_points if p.target == "onnxruntime-cpu"), teacher_points[0])
     slow = not_faster(points) if budget.max_mb is None else {}
-    candidates = [p for p in points if p.name != teacher and p.name not in slow]
+    candidates = [p for p in points if p.model != teacher and p.name not in slow]
     meets = [p for p in candidates if not budget.excess(p, top)]
+    tied: list[Point] = []
     if meets:
-        chosen = max(meets, key=lambda p: (p.accuracy, -p.p50_ms, -p.mb))
-        words = f"Ship {_describe(chosen, top, verdicts)}. Measured on {where}."
+        chosen, tied = _tie_break(meets)
+        words = f"Ship {_describe(chosen, _twin(chosen, teacher_points, top), top, by_name, where)}"
+        if len(tied) > 1:
+            words += f" {len(tied)} points within the budget tied within noise of the most accurate; this is the fastest of them."
         slower = not_faster(points).get(chosen.name)
         if slower:  # allowed by a size budget only, and said
             words += f" It is chosen for its size: {slower}."
     elif candidates:
         chosen = min(candidates, key=lambda p: (len(budget.excess(p, top)), sum(budget.excess(p, top))))
-        words = f"Nothing meets the budget ({budget.describe()}); the closest is {_describe(chosen, top, verdicts)}. Measured on {where}."
+        words = f"Nothing meets the budget ({budget.describe()}); the closest is {_describe(chosen, _twin(chosen, teacher_points, top), top, by_name, where)}"
     else:
         chosen, words = None, f"Nothing to recommend: no model but the teacher is faster than its source here. Measured on {where}."
     return {
         "budget": {"max_ms": budget.max_ms, "max_mb": budget.max_mb, "max_drop_points": budget.max_drop},
         "meets": chosen is not None and bool(meets),
+        "point": chosen.name if chosen else None,
         "file": chosen.file if chosen else None,
-        "model": chosen.name if chosen else None,
+        "model": chosen.model if chosen else None,
+        "target": chosen.target if chosen else None,
+        "precision": chosen.precision if chosen else None,
+        "tied": [p.name for p in tied],
         "excluded_not_faster": slow,
         "words": words,
     }
 
 
-def _describe(p: Point, teacher: Point, verdicts: dict[str, dict[str, Any]]) -> str:
-    drop = drop_points(p, teacher)
+def _tie_break(meets: list[Point]) -> tuple[Point, list[Point]]:
+    """The fastest (then smallest) point that no point of meets beats beyond noise, and the points tied with it."""
+    from kdcompress.core.stats import compare
+
+    cache: dict[tuple[str, str], bool] = {}
+
+    def beats(a: Point, b: Point) -> bool:  # a better than b beyond noise, on their own predictions
+        if a.accuracy <= b.accuracy or a.correct is None or b.correct is None:
+            return False
+        if (a.name, b.name) not in cache:
+            import numpy as np
+
+            cache[(a.name, b.name)] = compare(np.atleast_2d(a.correct), np.atleast_2d(b.correct)).verdict == "better"
+        return cache[(a.name, b.name)]
+
+    best = max(meets, key=lambda p: (p.accuracy, -p.p50_ms, -p.mb))
+    tied = [p for p in meets if not beats(best, p)]
+    for chosen in sorted(tied, key=lambda p: (p.p50_ms, p.mb)):
+        if not any(beats(q, chosen) for q in meets):
+            return chosen, tied
+    return best, tied
+
+
+def _twin(p: Point, teacher_points: list[Point], top: Point) -> Point:
+    """The teacher on the same target and precision as p (its onnxruntime-cpu point where it has none)."""
+    return next((t for t in teacher_points if t.target == p.target and t.precision == p.precision), top)
+
+
+def _describe(p: Point, twin: Point, top: Point, by_name: dict[str, Point], where: str) -> str:
+    drop = drop_points(p, top)
     versus = "above" if drop < 0 else "below"
-    speed = _ratio(teacher.p50_ms, p.p50_ms, "faster", "slower")
-    size = _ratio(teacher.mb, p.mb, "smaller", "larger")
+    speed = _ratio(twin.p50_ms, p.p50_ms, "faster", "slower")
+    size = _ratio(top.mb, p.mb, "smaller", "larger")
+    on = f"{p.target} at {p.precision} precision" if p.precision != "native" else f"{p.target}, in the file's own precision"
     text = (
-        f"{p.file}: {p.p50_ms:.2f} ms at batch 1 ({speed} than the teacher), {p.mb:.1f} MB ({size}), "
+        f"{p.file} on {on}: {p.p50_ms:.2f} ms at batch 1 ({speed} than the teacher there), {p.mb:.1f} MB ({size}), "
         f"accuracy {p.accuracy:.1%} ({abs(drop):.1f} points {versus} the teacher"
     )
-    verdict = verdicts.get(p.name)
-    if verdict is not None:
+    baseline = by_name.get(p.baseline) if p.baseline else None
+    if baseline is not None and baseline.correct is not None and p.correct is not None:
+        from kdcompress.core.stats import compare
+        import numpy as np
+
+        verdict = compare(np.atleast_2d(p.correct), np.atleast_2d(baseline.correct)).to_dict()
         text += f"; vs its baseline {verdict['delta']:+.1f} points, {_noise(verdict['verdict'])}"
-    elif p.name == p.baseline or p.baseline is None:
+    elif p.baseline is None:
         text += "; it is the baseline itself"
-    return text + ")"
+    return text + f"). Measured on {where}."
 
 
 def _ratio(teacher: float, mine: float, better: str, worse: str) -> str:
@@ -155,3 +206,29 @@ def _ratio(teacher: float, mine: float, better: str, worse: str) -> str:
 
 def _noise(verdict: str) -> str:
     return {"better": "better beyond noise", "worse": "worse beyond noise"}.get(verdict, "within noise")
+
+
+def int8_verdict(fp32: dict[str, float], int8: dict[str, float], batch: int) -> dict[str, Any]:
+    """Whether the INT8 model is faster than the FP32 one on this machine, at batch 1 and at `batch`, in words.
+
+    Each side gives p50_ms (batch 1), images_per_s (at batch) and bytes. INT8 counts as faster only
+    when it is faster at both batch sizes; otherwise the words say it is kept for its size, and where it is slower.
+    """
+    speedup_1 = fp32["p50_ms"] / int8["p50_ms"]
+    speedup_bulk = int8["images_per_s"] / fp32["images_per_s"]
+    smaller = fp32["bytes"] / int8["bytes"]
+    faster = speedup_1 > 1 and speedup_bulk > 1
+
+    def rate(x: float, where: str) -> str:
+        return f"{x:.2f}x faster {where}" if x >= 1 else f"{1 / x:.2f}x slower {where}"
+
+    speeds = f"{rate(speedup_1, 'at batch 1')}, {rate(speedup_bulk, f'at batch {batch}')} than FP32 on this machine"
+    words = f"INT8 is {smaller:.2f}x smaller and {speeds}" if faster else f"INT8 kept for size ({smaller:.2f}x smaller); {speeds}"
+    return {
+        "faster": faster,
+        "speedup_batch1": speedup_1,
+        "speedup_throughput": speedup_bulk,
+        "throughput_batch": batch,
+        "smaller_x": smaller,
+        "words": words,
+    }

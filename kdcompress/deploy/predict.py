@@ -10,8 +10,9 @@ import numpy as np
 from kdcompress.core import roles
 from kdcompress.core.errors import KdcError
 from kdcompress.deploy.manifest import Manifest, model_file, read_manifest, resolve_runs
-from kdcompress.deploy.preprocessing import IMAGE_SUFFIXES, list_images, load_image
-from kdcompress.deploy.sessions import check_model, create_session, run_logits
+from kdcompress.deploy.preprocessing import IMAGE_SUFFIXES, list_images, load_image, normalize
+from kdcompress.deploy.sessions import check_model
+from kdcompress.deploy.targets import create_session, TARGETS
 from kdcompress.core.stats import softmax
 
 
@@ -63,10 +64,16 @@ def expand_inputs(inputs: list[Path], classes: list[str]) -> list[tuple[Path, in
     return files
 
 
+RUNTIMES = {"onnxruntime": "onnxruntime-cpu", "openvino": "openvino-cpu"}  # kdc predict --runtime -> its target
+
+
 def predict_images(
-    inputs: list[Path], run: Path | None = None, model: str = "student", top_k: int = 3, artifacts: Path = Path("artifacts")
+    inputs: list[Path], run: Path | None = None, model: str = "student", top_k: int = 3, artifacts: Path = Path("artifacts"),
+    runtime: str = "onnxruntime",
 ) -> dict[str, Any]:
     """Top-k classes per image; an unreadable image gets an error entry while the others are classified.
+
+    runtime: onnxruntime or openvino (at f32): the same preprocessing and the same output.
 
     Images labelled by their folder (DIR/<class>/*) are also scored: `scores` holds accuracy and,
     for two classes, sensitivity and specificity.
@@ -79,9 +86,15 @@ def predict_images(
     manifest = read_manifest(run_dir)
     classes = manifest.dataset.classes
     prep = manifest.preprocessing
+    if runtime not in RUNTIMES:
+        raise KdcError(f"--runtime must be {' or '.join(RUNTIMES)}, not '{runtime}'")
+    target = TARGETS[RUNTIMES[runtime]]
+    problem = target.problem()
+    if problem:
+        raise KdcError(f"--runtime {runtime}: {problem}")
     model_file = resolve_model_file(run_dir, manifest, model)
-    session = create_session(model_file)
-    check_model(session, prep, classes, model_file)
+    check_model(create_session(model_file), prep, classes, model_file)  # the file fits the run, whichever runtime runs it
+    loaded = target.load(model_file, None, "f32" if runtime == "openvino" else "native")
     results = []
     scored_logits, scored_labels = [], []
     for path, label in expand_inputs(inputs, classes):
@@ -92,7 +105,7 @@ def predict_images(
         except KdcError as exc:
             results.append({"file": str(path), "error": str(exc)})
             continue
-        logits = run_logits(session, image[None], prep)[0]
+        logits = loaded.run(normalize(image[None], prep))[0]
         probabilities = softmax(logits[None])[0]
         order = np.argsort(-probabilities)[: min(top_k, len(classes))]
         entry: dict[str, Any] = {
@@ -105,7 +118,8 @@ def predict_images(
             scored_logits.append(logits)
             scored_labels.append(label)
         results.append(entry)
-    output: dict[str, Any] = {"run": str(run_dir), "model": str(model_file), "classes": classes, "results": results}
+    output: dict[str, Any] = {"run": str(run_dir), "model": str(model_file), "runtime": loaded.target.name,
+                              "precision": loaded.precision, "classes": classes, "results": results}  # fmt: skip
     if scored_labels:
         metrics = classification_metrics(np.stack(scored_logits), np.asarray(scored_labels), classes)
         keep = ("accuracy", "correct", "sensitivity", "specificity", "roc_auc")

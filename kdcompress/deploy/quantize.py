@@ -20,10 +20,13 @@ import numpy as np
 from kdcompress.core import roles
 from kdcompress.core.errors import KdcError
 from kdcompress.core.files import folder_lock, QUANTIZE_PREFIX, remove_stale
+from kdcompress.deploy.frontier import int8_verdict
+from kdcompress.deploy.graph import sort_nodes
 from kdcompress.deploy.manifest import file_sha256, load_images, model_file, ModelEntry, read_manifest, run_file, write_manifest
 from kdcompress.core.reporter import NullReporter, Reporter
 from kdcompress.deploy.preprocessing import normalize, Preprocessing
-from kdcompress.deploy.sessions import check_model, create_session, run_logits, session_call
+from kdcompress.deploy.sessions import check_model, run_logits
+from kdcompress.deploy.targets import create_session, session_call
 from kdcompress.deploy.timing import cpu_isa, cpu_name, interleaved_latency, tile_batch
 
 INT8_SUFFIX = "-int8.onnx"  # student-int8.onnx, or student-resnet18-int8.onnx in a run with several students
@@ -97,32 +100,6 @@ def quantize_candidate(source: Path, target: Path, candidate: Candidate, calibra
         weight_type=QuantType.QInt8,
         calibrate_method=CalibrationMethod.MinMax,
     )
-
-
-def int8_verdict(fp32: dict[str, float], int8: dict[str, float], batch: int) -> dict[str, Any]:
-    """Whether the INT8 model is faster than the FP32 one on this machine, at batch 1 and at `batch`, in words.
-
-    Each side gives p50_ms (batch 1), images_per_s (at batch) and bytes. INT8 counts as faster only
-    when it is faster at both batch sizes; otherwise the words say it is kept for its size, and where it is slower.
-    """
-    speedup_1 = fp32["p50_ms"] / int8["p50_ms"]
-    speedup_bulk = int8["images_per_s"] / fp32["images_per_s"]
-    smaller = fp32["bytes"] / int8["bytes"]
-    faster = speedup_1 > 1 and speedup_bulk > 1
-
-    def rate(x: float, where: str) -> str:
-        return f"{x:.2f}x faster {where}" if x >= 1 else f"{1 / x:.2f}x slower {where}"
-
-    speeds = f"{rate(speedup_1, 'at batch 1')}, {rate(speedup_bulk, f'at batch {batch}')} than FP32 on this machine"
-    words = f"INT8 is {smaller:.2f}x smaller and {speeds}" if faster else f"INT8 kept for size ({smaller:.2f}x smaller); {speeds}"
-    return {
-        "faster": faster,
-        "speedup_batch1": speedup_1,
-        "speedup_throughput": speedup_bulk,
-        "throughput_batch": batch,
-        "smaller_x": smaller,
-        "words": words,
-    }
 
 
 def quantize_run(run_dir: str | Path, threads: int = 1, reporter: Reporter | None = None, model: str | None = None) -> dict[str, ModelEntry]:
@@ -336,21 +313,3 @@ def to_fp16(source: Path, target: Path) -> Path:
     sort_nodes(model.graph)  # the converter appends the input's Cast last: put every node after its inputs' producers
     onnx.save(model, str(target))
     return target
-
-
-def sort_nodes(graph: Any) -> None:
-    """Reorder an ONNX graph's nodes (in place) so that each comes after the nodes that produce its inputs, as the
-    format asks; nodes whose inputs never become ready keep their order at the end."""
-    ready = {value.name for value in graph.input} | {tensor.name for tensor in graph.initializer} | {""}
-    pending, ordered = list(graph.node), []
-    while pending:
-        runnable = [node for node in pending if all(name in ready for name in node.input)]
-        if not runnable:
-            break
-        for node in runnable:
-            ready.update(node.output)
-        ordered += runnable
-        taken = {id(node) for node in runnable}
-        pending = [node for node in pending if id(node) not in taken]
-    del graph.node[:]
-    graph.node.extend(ordered + pending)

@@ -1,4 +1,4 @@
-"""onnxruntime sessions: load a model on CPU or CUDA, check it fits a run, and run it on uint8 images (no torch)."""
+"""onnxruntime sessions (made by targets.create_session): check one fits a run, and run it on uint8 images (no torch)."""
 
 from __future__ import annotations
 
@@ -9,39 +9,6 @@ import numpy as np
 
 from kdcompress.core.errors import KdcError
 from kdcompress.deploy.preprocessing import Preprocessing, normalize
-
-
-def create_session(path: str | Path, provider: str = "cpu", threads: int | None = None) -> Any:
-    """An onnxruntime InferenceSession on CPU or CUDA; raises KdcError when CUDA is not really in use."""
-    import onnxruntime as ort
-
-    path = Path(path)
-    if not path.is_file():
-        raise KdcError(f"ONNX model not found: {path}")
-    options = ort.SessionOptions()
-    if threads is not None:
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    providers = ["CPUExecutionProvider"]
-    if provider == "cuda":
-        if hasattr(ort, "preload_dlls"):  # onnxruntime-gpu >= 1.21: find the CUDA/cuDNN libraries torch's wheels installed
-            ort.preload_dlls()
-        if "CUDAExecutionProvider" not in ort.get_available_providers():
-            raise KdcError(
-                "onnxruntime has no CUDAExecutionProvider (install the GPU build: pip install 'kdcompress[gpu]')"
-            )
-        providers = ["CUDAExecutionProvider"]
-    try:
-        session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
-    except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
-        raise KdcError(f"onnxruntime cannot load {path}: {exc}") from None
-    if provider == "cuda" and session.get_providers()[0] != "CUDAExecutionProvider":
-        raise KdcError(
-            "onnxruntime fell back to CPU: the CUDA libraries it needs (CUDA, cuDNN) were not found; install "
-            "onnxruntime-gpu built for your torch's CUDA major version (see the README)"
-        )
-    return session
 
 
 def run_logits(session: Any, images: np.ndarray, prep: Preprocessing, batch_size: int = 256) -> np.ndarray:
@@ -78,20 +45,3 @@ def check_model(session: Any, prep: Preprocessing, classes: list[str], path: str
             f"{path} gives {width} outputs, but this run has {len(classes)} classes: it is not a model of this run; "
             f"use the run that made it (--run)"
         )
-
-
-def session_call(session: Any, sample: np.ndarray) -> Any:
-    """session.run on a host array: what a deployed model pays, copies to and from the device included."""
-    feed = {session.get_inputs()[0].name: sample}
-    return lambda: session.run(None, feed)
-
-
-def device_call(session: Any, sample: np.ndarray) -> Any:
-    """A CUDA session's run with input and output left on the GPU (IO binding): the device-only time."""
-    import onnxruntime as ort
-
-    binding = session.io_binding()
-    binding.bind_ortvalue_input(session.get_inputs()[0].name, ort.OrtValue.ortvalue_from_numpy(sample, "cuda", 0))
-    for output in session.get_outputs():
-        binding.bind_output(output.name, "cuda")
-    return lambda: session.run_with_iobinding(binding)

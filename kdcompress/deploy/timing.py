@@ -1,4 +1,4 @@
-"""Honest timings of onnxruntime sessions: warm-up, percentiles, throughput, and the machine they were taken on."""
+"""Honest timings of model calls: warm-up, interleaving, percentiles, and the machine they were taken on."""
 
 from __future__ import annotations
 
@@ -10,8 +10,6 @@ from typing import Any
 
 import numpy as np
 
-from kdcompress.deploy.preprocessing import Preprocessing, normalize
-from kdcompress.deploy.sessions import device_call, session_call
 
 
 def latency(run: Any, warmup: int, runs: int, min_seconds: float) -> dict[str, float]:
@@ -60,39 +58,8 @@ def tile_batch(images: np.ndarray, batch: int) -> np.ndarray:
     return np.concatenate([images] * repeats)[:batch]
 
 
-def measure_speeds(sessions: dict[str, Any], prep: Preprocessing, images: np.ndarray, batch: int, quick: bool) -> dict[str, Any]:
-    """Batch-1 latency and throughput at `batch` of several onnxruntime sessions, timed interleaved.
-
-    Timed through session.run from host memory (copies included). On CUDA, `device_batch1` and
-    `device_throughput_images_per_s` add the same timings with input and output bound on the GPU.
-    """
-    one = normalize(images[:1], prep)
-    many = normalize(tile_batch(images, batch), prep)
-    runs, min_seconds = (20, 0.2) if quick else (200, 2.0)
-    single_args = dict(warmup=5 if quick else 20, runs=runs, min_seconds=min_seconds)
-    bulk_args = dict(warmup=2 if quick else 5, runs=max(5, runs // 10), min_seconds=min_seconds / 2)
-    single = interleaved_latency({n: session_call(s, one) for n, s in sessions.items()}, **single_args)
-    bulk = interleaved_latency({n: session_call(s, many) for n, s in sessions.items()}, **bulk_args)
-    results: dict[str, Any] = {}
-    for name, session in sessions.items():
-        results[name] = {
-            "provider": session.get_providers()[0],
-            "batch1": single[name],
-            "throughput_batch": batch,
-            "throughput_images_per_s": batch / (bulk[name]["p50_ms"] / 1e3),
-            "copies": "included (host input and output, session.run)",
-        }
-    on_device = {n: s for n, s in sessions.items() if s.get_providers()[0] == "CUDAExecutionProvider"}
-    if on_device:
-        device_single = interleaved_latency({n: device_call(s, one) for n, s in on_device.items()}, **single_args)
-        device_bulk = interleaved_latency({n: device_call(s, many) for n, s in on_device.items()}, **bulk_args)
-        for name in on_device:
-            results[name]["device_batch1"] = device_single[name]
-            results[name]["device_throughput_images_per_s"] = batch / (device_bulk[name]["p50_ms"] / 1e3)
-    return results
-
-
-ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile", "amx_int8", "asimddp", "i8mm")
+# What INT8, bf16 and FP16 speed depend on: x86 VNNI, AMX and bf16/fp16 units, Arm dot products.
+ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_int8", "amx_bf16", "asimddp", "i8mm")
 
 
 def cpu_isa(cpuinfo: str | None = None) -> list[str]:

@@ -75,72 +75,80 @@ def verdict_lines(comparisons: dict[str, Any], attribution: str | dict[str, str]
     return lines + ([f"so: {attribution}"] if attribution else [])
 
 
-def _ms(speed: dict[str, Any], key: str = "p50_ms") -> str:
-    return f"{speed['batch1'][key]:.2f}" if "batch1" in speed else "n/a"
-
-
 def _x(value: float | None) -> str:
     return f"{value:.2f}x" if value is not None else "—"
 
 
-def accuracy_rows(result: dict[str, Any]) -> list[list[str]]:
-    """Per model: accuracy and size, with the change and ratio vs the teacher."""
+def accuracy_rows(result: Any) -> list[list[str]]:
+    """Per model file: accuracy on onnxruntime-cpu and size, with the change and ratio vs the teacher."""
+    from kdcompress.deploy.benchmark import ratios_vs_teacher
+
     rows = []
-    for role, model in result["models"].items():
-        ratios, is_teacher = model["ratios_vs_teacher"], role == "teacher"
+    for role, model in result.models.items():
+        ratios, is_teacher = ratios_vs_teacher(result, model.reference), role == roles.TEACHER
         rows.append(
             [
                 roles.label(role),
-                f"{model['accuracy']['accuracy']:.2%}",
+                model.format,
+                f"{model.reference.accuracy:.2%}",
                 "—" if is_teacher else f"{ratios['accuracy_change_points']:+.1f}",
-                format_count(model["parameters"]),
-                f"{model['file_mb']:.2f}",
+                format_count(model.parameters),
+                f"{model.file_mb:.2f}",
                 "—" if is_teacher else _x(ratios.get("smaller_x")),
-                f"{model['macs'] / 1e6:.1f}",
-                _pareto(model.get("pareto")),
+                f"{model.macs / 1e6:.1f}",
             ]
         )
     return rows
 
 
 def _pareto(marks: dict[str, bool] | None) -> str:
-    """Which frontiers a model is on: "ms" (accuracy vs latency), "MB" (accuracy vs size)."""
+    """Which frontiers a point is on: "ms" (accuracy vs latency), "MB" (accuracy vs size)."""
     if not marks:
         return "—"
     return " + ".join(label for key, label in (("latency", "ms"), ("size", "MB")) if marks.get(key)) or "·"
 
 
-def speed_rows(result: dict[str, Any]) -> list[list[str]]:
-    """Per model: CPU latency percentiles and throughput, GPU latency, speed-ups vs the teacher."""
+def point_rows(result: Any) -> list[list[str]]:
+    """Per point (file, target, precision): its own accuracy, agreement with FP32 on onnxruntime-cpu, latency,
+    throughput, speed-up vs the teacher on the same target, frontier marks."""
+    from kdcompress.deploy.benchmark import ratios_vs_teacher
+
     rows = []
-    for role, model in result["models"].items():
-        ratios, is_teacher, cpu = model["ratios_vs_teacher"], role == "teacher", model["cpu"]
-        rows.append(
-            [
-                roles.label(role),
-                _ms(cpu),
-                _ms(cpu, "p90_ms"),
-                _ms(cpu, "p99_ms"),
-                f"{cpu['throughput_images_per_s']:.0f}",
-                "—" if is_teacher else _x(ratios.get("cpu_faster_x")),
-                _ms(model["gpu"]),
-                "—" if is_teacher or "gpu_faster_x" not in ratios else _x(ratios["gpu_faster_x"]),
-            ]
-        )
+    for role, model in result.models.items():
+        for point in model.points:
+            ratios = ratios_vs_teacher(result, point)
+            rows.append(
+                [
+                    roles.label(role),
+                    point.target,
+                    point.precision,
+                    f"{point.accuracy:.2%}",
+                    f"{point.agreement:.1%}",
+                    f"{point.batch1['p50_ms']:.2f}",
+                    f"{point.batch1['p99_ms']:.2f}",
+                    f"{point.images_per_s:.0f}",
+                    "—" if role == roles.TEACHER else _x(ratios.get("faster_x")),
+                    _pareto(point.pareto),
+                ]
+            )
     return rows
 
 
-ACCURACY_HEADERS = ["model", "test acc", "Δ pts vs teacher", "params", "MB", "x smaller", "MMACs/img", "frontier"]
-SPEED_HEADERS = ["model", "CPU p50 ms", "p90 ms", "p99 ms", "CPU img/s", "CPU x faster", "GPU p50 ms", "GPU x faster"]
+ACCURACY_HEADERS = ["model", "format", "test acc", "Δ pts vs teacher", "params", "MB", "x smaller", "MMACs/img"]
+POINT_HEADERS = ["model", "target", "precision", "test acc", "agrees", "p50 ms", "p99 ms", "img/s", "x faster", "frontier"]
 
 
-def benchmark_context(result: dict[str, Any]) -> list[str]:
+def benchmark_context(result: Any) -> list[str]:
     """Lines that say where and how the numbers were measured, and what to doubt."""
-    m, s = result["machine"], result["settings"]
+    m, s = result.machine, result.settings
+    runtimes = ", ".join(f"{name} {version}" for name, version in m.get("runtimes", {}).items())
+    used = [name for name, why in result.targets.items() if not why]
     lines = [
-        f"CPU: {m['cpu']}, {m['cores']} cores; onnxruntime CPUExecutionProvider, {s['threads']} thread(s); "
-        f"latency at batch 1, throughput at batch {s['throughput_batch']}",
-        "GPU: " + (result["gpu"]["reason"] if result["gpu"]["available"] else f"not available ({result['gpu']['reason']})"),
+        f"CPU: {m['cpu']}, {m['cores']} cores, {', '.join(m['isa']) or 'no VNNI/AMX/bf16'}; {s['threads']} thread(s); "
+        f"latency at batch 1, throughput at batch {s['throughput_batch']}; {runtimes}",
+        f"targets: {', '.join(used)}" + "".join(f"; {name} not used: {why}" for name, why in result.targets.items() if why),
+        "agrees: share of test images whose top-1 class is the FP32 file's on onnxruntime-cpu; every accuracy is the "
+        "point's own, from its own predictions",
     ]
     if m["busy"]:
         lines.append(
@@ -148,26 +156,22 @@ def benchmark_context(result: dict[str, Any]) -> list[str]:
             f"and {_share(m['cpu_busy_fraction_after'])} after timing; load average {m['load_average_1m']} on "
             f"{m['cores']} cores): latencies are inflated, rerun on an idle machine"
         )
-    for role, model in result["models"].items():
-        acc = model["accuracy"]
-        if not acc["agrees_with_manifest"]:
+    lines += [f"note: {note}" for note in result.notes]
+    for role, model in result.models.items():
+        if not model.agrees_with_manifest:
             lines.append(
-                f"WARNING: {role}: the ONNX file gets {acc['correct']} test images right, compress recorded "
-                f"{acc['recorded_correct']}"
+                f"WARNING: {role}: the ONNX file gets {model.reference.correct} test images right, compress recorded "
+                f"{model.recorded_correct}"
             )
     lines.append(
-        "frontier: the models no other beats on both accuracy and CPU latency (ms) or accuracy and file size (MB); "
+        "frontier: the points no other beats on both accuracy and latency (ms) or accuracy and file size (MB); "
         "· on neither"
     )
-    for words in result.get("not_faster_than_fp32", {}).values():
-        lines.append(f"WARNING: {words}: never recommended here" + (" (FP16 is meant for GPUs)" if "fp16" in words else ""))
-    lines += verdict_lines(result.get("comparisons", {}), result.get("attribution"))
-    verdicts = result.get("int8_verdicts", {"int8": result.get("int8_verdict")})  # one, in results written before
-    for role, verdict in verdicts.items():
-        if verdict:
-            whose = f"{roles.label(role)}: " if roles.student_of(role) else ""
-            lines.append(("" if verdict["faster"] else "WARNING: ") + whose + verdict["words"] + " (CPU, as timed above)")
-    agreeing = [r for r, m in result["models"].items() if m["accuracy"]["agrees_with_manifest"]]
+    lines += verdict_lines(result.comparisons, result.attribution)
+    for role, verdict in result.int8_verdicts.items():
+        whose = f"{roles.label(role)}: " if roles.student_of(role) else ""
+        lines.append(("" if verdict["faster"] else "WARNING: ") + whose + verdict["words"] + " (onnxruntime-cpu, as timed above)")
+    agreeing = [r for r, model in result.models.items() if model.agrees_with_manifest]
     if agreeing:
         lines.append(f"Accuracy from the ONNX files agrees with what compress recorded for: {', '.join(agreeing)}")
     return lines
@@ -191,29 +195,31 @@ def _share(value: float | None) -> str:
     return "?" if value is None else f"{value:.0%}"
 
 
-def benchmark_tables(result: dict[str, Any]) -> list[Table]:
-    """What a person reads first: accuracy and size, then speed, then per-class figures."""
-    head = f"kdc benchmark: {result['run']} ({result['dataset']}, {result['test_images']} test images)"
-    s = result["settings"]
+def benchmark_tables(result: Any) -> list[Table]:
+    """What a person reads first: accuracy and size, then every point's speed, then per-class figures."""
+    head = f"kdc benchmark: {result.run} ({result.dataset}, {result.test_images} test images)"
+    s = result.settings
     tables = [
-        build_table(f"{head}\naccuracy and size (onnxruntime on the test split)", ACCURACY_HEADERS, accuracy_rows(result)),
+        build_table(f"{head}\naccuracy and size (onnxruntime-cpu on the test split)", ACCURACY_HEADERS, accuracy_rows(result)),
         build_table(
-            f"speed: batch 1 latency, throughput at batch {s['throughput_batch']}, {s['threads']} CPU thread(s)",
-            SPEED_HEADERS,
-            speed_rows(result),
+            f"every point (file x target x precision): batch 1 latency, throughput at batch {s['throughput_batch']}, "
+            f"{s['threads']} thread(s)",
+            POINT_HEADERS,
+            point_rows(result),
         ),
     ]
-    names = list(result["models"])
+    names = list(result.models)
+    per_class = {r: result.models[r].reference.metrics for r in names}
     if len(names) > WIDE_MODELS:  # several students: a row per model, F1 alone, so the table still fits a terminal
-        rows = [[roles.label(r)] + [f"{result['models'][r]['accuracy']['per_class'][c]['f1']:.2f}" for c in result["classes"]] for r in names]
-        tables.append(build_table("per class: F1", ["model"] + list(result["classes"]), rows))
+        rows = [[roles.label(r)] + [f"{per_class[r]['per_class'][c]['f1']:.2f}" for c in result.classes] for r in names]
+        tables.append(build_table("per class: F1", ["model"] + list(result.classes), rows))
         return tables
     rows = []
-    for name in result["classes"]:
-        rows.append([name] + [_precision_recall_f1(result["models"][r]["accuracy"]["per_class"][name]) for r in names])
-    if len(result["classes"]) == 2:
+    for name in result.classes:
+        rows.append([name] + [_precision_recall_f1(per_class[r]["per_class"][name]) for r in names])
+    if len(result.classes) == 2:
         for key, label in (("sensitivity", "sensitivity"), ("specificity", "specificity"), ("roc_auc", "ROC-AUC")):
-            rows.append([label] + [_fraction(result["models"][r]["accuracy"].get(key)) for r in names])
+            rows.append([label] + [_fraction(per_class[r].get(key)) for r in names])
     tables.append(build_table("per class: precision / recall / F1", ["class"] + [roles.label(r) for r in names], rows))
     return tables
 
@@ -245,66 +251,71 @@ def pyplot() -> Any:
     return plt
 
 
-def benchmark_markdown(result: dict[str, Any], command: str) -> str:
-    """The same figures as a Markdown report, with the command that produced them."""
-    lines = [f"# kdc benchmark: {result['run']}", "", f"Command: `{command}`", ""]
-    if result.get("recommendation"):
-        lines += [f"**{result['recommendation']['words']}**", ""]
+def benchmark_markdown(result: Any) -> str:
+    """The same figures as a Markdown report, with the command that produced them and, for the recommended point,
+    the lines of Python that load and run it."""
+    from kdcompress.deploy.targets import TARGETS
+
+    lines = [f"# kdc benchmark: {result.run}", "", f"Command: `{result.command}`", ""]
+    chosen = result.recommendation
+    if chosen:
+        lines += [f"**{chosen['words']}**", ""]
+        if chosen.get("target"):
+            snippet = TARGETS[chosen["target"]].snippet(chosen["file"], result.settings["threads"], chosen["precision"])
+            lines += [f"Run it on {chosen['target']} (C, H, W: the run's channels and image size):", "", "```python", snippet, "```", ""]
     lines += [f"- {line}" for line in benchmark_context(result)]
-    for headers, rows in ((ACCURACY_HEADERS, accuracy_rows(result)), (SPEED_HEADERS, speed_rows(result))):
+    for headers, rows in ((ACCURACY_HEADERS, accuracy_rows(result)), (POINT_HEADERS, point_rows(result))):
         lines += ["", *markdown_table(headers, rows)]
-    lines += ["", "## Confusion matrices (rows: true class, columns: predicted)", ""]
-    for role, model in result["models"].items():
-        lines += [f"**{roles.label(role)}**", "", "| | " + " | ".join(result["classes"]) + " |"]
-        lines += ["|" + " --- |" * (len(result["classes"]) + 1)]
-        for name, row in zip(result["classes"], model["accuracy"]["confusion_matrix"]):
+    lines += ["", "## Confusion matrices on onnxruntime-cpu (rows: true class, columns: predicted)", ""]
+    for role, model in result.models.items():
+        lines += [f"**{roles.label(role)}**", "", "| | " + " | ".join(result.classes) + " |"]
+        lines += ["|" + " --- |" * (len(result.classes) + 1)]
+        for name, row in zip(result.classes, model.reference.metrics["confusion_matrix"]):
             lines.append(f"| {name} | " + " | ".join(str(v) for v in row) + " |")
         lines.append("")
     return "\n".join(lines)
 
 
-def benchmark_plot(result: dict[str, Any], path: Any) -> None:
-    """Accuracy vs CPU latency, one labelled point per model, the latency frontier drawn through its points; PNG.
+MARKERS = {"onnxruntime-cpu": "o", "openvino-cpu": "s", "onnxruntime-cuda": "^"}  # one marker shape per target
 
-    Up to WIDE_MODELS models each marker carries its label (kept apart by label_offsets); with more (several
-    students) each carries a number, the labels are listed beside the plot, and each student has its colour.
-    """
+
+def benchmark_plot(result: Any, path: Any) -> None:
+    """Accuracy vs latency (log axis), one numbered marker per point, a shape per target, a colour per student; the
+    latency frontier dashed through its points, the recommended point ringed; the labels listed beside the plot. PNG."""
     plt = pyplot()
-    models = result["models"]
-    numbered = len(models) > WIDE_MODELS
-    fig, ax = plt.subplots(figsize=(9.6 if numbered else 6.4, 4.2), dpi=120)
-    xs = {role: m["cpu"]["batch1"]["p50_ms"] for role, m in models.items()}
-    ys = {role: 100 * m["accuracy"]["accuracy"] for role, m in models.items()}
-    students = list(dict.fromkeys(roles.student_of(r) for r in models if r != roles.TEACHER))
-    colour = {r: "C0" if r == roles.TEACHER or not numbered else f"C{1 + students.index(roles.student_of(r)) % 9}" for r in models}
-    for role, m in models.items():
-        on = m.get("pareto", {}).get("latency", False)
-        c = colour[role]
-        ax.scatter([xs[role]], [ys[role]], s=40 + 12 * m["file_mb"], facecolors=c if on else "none", edgecolors=c, zorder=3)
-    front = sorted((r for r, m in models.items() if m.get("pareto", {}).get("latency")), key=lambda r: xs[r])
+    points = [(role, p) for role, model in result.models.items() for p in model.points]
+    fig, ax = plt.subplots(figsize=(10.4, 4.6), dpi=120)
+    students = list(dict.fromkeys(roles.student_of(r) for r in result.models if r != roles.TEACHER))
+    xs = {p.key: p.p50_ms for _, p in points}
+    ys = {p.key: 100 * p.accuracy for _, p in points}
+    legend = []
+    for number, (role, p) in enumerate(points, 1):
+        colour = "C0" if role == roles.TEACHER else f"C{1 + students.index(roles.student_of(role)) % 9}"
+        on = p.pareto.get("latency", False)
+        ax.scatter([xs[p.key]], [ys[p.key]], s=30 + 10 * result.models[role].file_mb, marker=MARKERS.get(p.target, "D"),
+                   facecolors=colour if on else "none", edgecolors=colour, zorder=3)  # fmt: skip
+        ax.annotate(str(number), (xs[p.key], ys[p.key]), textcoords="offset points", xytext=(5, 3), fontsize=7, color=colour)
+        legend.append(f"{number:>2}  {roles.label(role)}, {p.target} {p.precision}, {result.models[role].file_mb:.1f} MB")
+    front = sorted((p.key for _, p in points if p.pareto.get("latency")), key=lambda k: xs[k])
     if len(front) > 1:
-        ax.plot([xs[r] for r in front], [ys[r] for r in front], color="C0", alpha=0.5, linestyle="--", zorder=2)
-    if numbered:
-        legend = []
-        numbers = {role: number for number, role in enumerate(models, 1)}
-        for role, offset in label_offsets(xs, ys, width=0.05, height=0.05, row=9).items():
-            ax.annotate(str(numbers[role]), (xs[role], ys[role]), textcoords="offset points", xytext=offset, fontsize=7, color=colour[role])
-        for role, number in numbers.items():
-            legend.append(f"{number:>2}  {roles.label(role)}, {models[role]['file_mb']:.1f} MB")
-        fig.text(0.64, 0.92, "\n".join(legend), fontsize=7.5, family="monospace", va="top")
-        fig.subplots_adjust(left=0.08, right=0.6, bottom=0.13, top=0.9)
-    else:
-        for role, offset in label_offsets(xs, ys).items():
-            text = f"{roles.label(role)}\n{models[role]['file_mb']:.1f} MB"
-            ax.annotate(text, (xs[role], ys[role]), textcoords="offset points", xytext=offset, fontsize=8,
-                        arrowprops={"arrowstyle": "-", "alpha": 0.4, "lw": 0.6})  # fmt: skip
-    ax.set_xlabel(f"CPU latency, batch 1, p50 (ms, {result['settings']['threads']} thread)")
+        ax.plot([xs[k] for k in front], [ys[k] for k in front], color="C0", alpha=0.5, linestyle="--", zorder=2, label="frontier (ms)")
+    chosen = (result.recommendation or {}).get("point")
+    if chosen in xs:
+        ax.scatter([xs[chosen]], [ys[chosen]], s=260, facecolors="none", edgecolors="green", linewidths=2, zorder=4, label="shipped")
+    budget = (result.recommendation or {}).get("budget", {})
+    if budget.get("max_ms"):
+        ax.axvline(budget["max_ms"], color="tab:red", linestyle=":", lw=1, label=f"budget {budget['max_ms']:g} ms")
+    for target, marker in MARKERS.items():
+        if any(p.target == target for _, p in points):
+            ax.scatter([], [], marker=marker, facecolors="none", edgecolors="grey", label=target)
+    ax.set_xscale("log")
+    ax.set_xlabel(f"latency, batch 1, p50 (ms, log scale, {result.settings['threads']} thread)")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title(f"{result['run']}: accuracy vs latency (filled, dashed: the frontier; size ~ file MB)", fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.margins(0.25 if not numbered else 0.1)
-    if not numbered:
-        fig.tight_layout()
+    ax.set_title(f"{result.run}: accuracy vs latency (filled: on the frontier; size ~ file MB)", fontsize=9)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.text(0.66, 0.92, "\n".join(legend[:40]), fontsize=6.5, family="monospace", va="top")
+    fig.subplots_adjust(left=0.07, right=0.64, bottom=0.12, top=0.9)
     fig.savefig(path)
     plt.close(fig)
 

@@ -17,7 +17,8 @@ import torch.nn as nn
 from kdcompress.core.errors import KdcError
 from kdcompress.core.world import usable_cores
 from kdcompress.deploy.preprocessing import Preprocessing
-from kdcompress.deploy.sessions import create_session, run_logits
+from kdcompress.deploy.sessions import run_logits
+from kdcompress.deploy.targets import create_session
 from kdcompress.train.loop import predict_logits
 
 # Largest accepted |onnxruntime - torch| logit difference, relative to the logit scale: 1e-3 for logits

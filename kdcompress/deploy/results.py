@@ -1,0 +1,112 @@
+"""What `kdc benchmark` measured, as types: a point is (file, target, precision); benchmark.json is their versioned form."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from kdcompress.core.errors import KdcError
+
+FORMAT = "kdcompress-benchmark/2"  # 2: points keyed by target and precision (1 had fixed cpu / gpu slots per model)
+
+
+@dataclass
+class PointResult:
+    """One model file run by one target at one precision: its own accuracy, agreement and speed."""
+
+    role: str  # the model of the run: teacher, baseline, student-ARCH, int8 ...
+    file: str
+    target: str  # targets.TARGETS key: onnxruntime-cpu, onnxruntime-cuda, openvino-cpu
+    precision: str  # what the target ran it at, read back: native (onnxruntime: the file's own types), f32, bf16
+    accuracy: float  # from this point's own predictions on the whole test split
+    correct: int
+    agreement: float  # share of test images whose top-1 class equals the FP32 file's on onnxruntime-cpu
+    batch1: dict[str, float]  # p50_ms, p90_ms, p99_ms, mean_ms, runs (batch 1)
+    images_per_s: float  # throughput at the benchmark's batch
+    metrics: dict[str, Any] = field(default_factory=dict)  # per class, confusion matrix; two classes: sensitivity ...
+    device_batch1: dict[str, float] | None = None  # CUDA: input and output left on the device
+    pareto: dict[str, bool] = field(default_factory=dict)  # on the accuracy-latency (latency) / accuracy-size (size) frontier
+
+    @property
+    def key(self) -> str:
+        """'student-int8.onnx @ openvino-cpu bf16': one point of the frontier."""
+        return point_key(self.file, self.target, self.precision)
+
+    @property
+    def p50_ms(self) -> float:
+        return float(self.batch1["p50_ms"])
+
+
+def point_key(file: str, target: str, precision: str) -> str:
+    return f"{file} @ {target} {precision}"
+
+
+@dataclass
+class ModelResult:
+    """One model file of the run: its size and every point it was run at (the onnxruntime-cpu one first)."""
+
+    role: str
+    file: str
+    format: str  # FP32, INT8, FP16
+    source: str | None  # the FP32 model an INT8 / FP16 file was made from
+    baseline: str | None  # the model it must beat to count as a gain (its own baseline; None: teacher, baseline)
+    parameters: int
+    file_mb: float
+    macs: int
+    recorded_correct: int | None  # what compress (or quantize) recorded for this file
+    agrees_with_manifest: bool
+    points: list[PointResult] = field(default_factory=list)
+
+    @property
+    def reference(self) -> PointResult:
+        """The onnxruntime-cpu point: what the verdicts and the manifest check use."""
+        return self.points[0]
+
+
+@dataclass
+class BenchmarkResult:
+    """benchmark.json: the run, the machine, the targets used (and why others were not), models and points, verdicts,
+    frontier and recommendation."""
+
+    run: str
+    run_dir: str
+    dataset: str
+    test_images: int
+    classes: list[str]
+    machine: dict[str, Any]
+    settings: dict[str, Any]  # threads, throughput_batch, quick
+    targets: dict[str, str | None]  # every target kdc knows -> None (used) or why it was not
+    models: dict[str, ModelResult]
+    comparisons: dict[str, Any] = field(default_factory=dict)
+    attribution: Any = None
+    int8_verdicts: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # points that could not be run, and why
+    recommendation: dict[str, Any] | None = None
+    command: str = ""
+    saved: bool = False
+    save_error: str | None = None
+    format: str = FORMAT
+
+    def points(self) -> list[PointResult]:
+        return [p for m in self.models.values() for p in m.points]
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "models"}
+        data["models"] = {role: asdict(model) for role, model in self.models.items()}
+        return {"format": data.pop("format"), **data}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "BenchmarkResult":
+        """Read benchmark.json back; a KdcError for another format or a missing field."""
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            found = data.get("format") if isinstance(data, dict) else type(data).__name__
+            raise KdcError(f"not a {FORMAT} benchmark result (format {found!r}): run kdc benchmark again")
+        try:
+            models = {
+                role: ModelResult(**{**model, "points": [PointResult(**p) for p in model["points"]]})
+                for role, model in data["models"].items()
+            }
+            known = {f.name for f in fields(cls)} - {"models"}
+            return cls(models=models, **{k: v for k, v in data.items() if k in known})
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise KdcError(f"the benchmark result is incomplete ({exc}): run kdc benchmark again") from None
