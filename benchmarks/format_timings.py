@@ -1,13 +1,14 @@
-"""Which deployment format pays for which student, on this CPU: FP32, every INT8 candidate and FP16, timed in turns.
+"""Which format and runtime pay for which student, on this CPU: FP32, every INT8 candidate and FP16, on every target.
 
     python benchmarks/format_timings.py [--models efficientnet_b3,resnet18,resnet10t,mobilenetv4_conv_small]
                                         [--sizes 32,224] [--threads 1] [--name format-timings]
 
 Each model (random weights: speed does not depend on them; the teacher is timed too, as the reference) is exported
 with kdc's own exporter, prepared and quantized with kdc quantize's own code into every INT8 candidate, S8S8
-included (quantize builds it only off x86; this shows why), and converted to FP16. All formats of one model at one
-size are then timed interleaved in this process after warm-up (batch 1, p50 and p90; throughput at --batch), so a
-slow spell of the shared machine falls on all of them alike. The record, with the CPU model and its ISA flags
+included (quantize builds it only off x86; this shows why), and converted to FP16. Every file is then loaded by every
+CPU target kdc knows that can run here (onnxruntime; OpenVINO at f32 and at its default precision, bf16 on CPUs
+with it), and all points of one model at one size are timed interleaved in this process after warm-up (batch 1, p50
+and p90; throughput at --batch), so a slow spell of the shared machine falls on all of them alike. The record, with the CPU model and its ISA flags
 (avx2, avx512_vnni, amx), goes to benchmarks/results/NAME-<cpu>.json after every model, so an interrupted run keeps
 what it measured. Compare the ratios to FP32 within one record, not milliseconds across machines.
 """
@@ -24,7 +25,8 @@ from record import RESULTS, envelope, save
 
 from kdcompress.deploy.preprocessing import normalize, Preprocessing
 from kdcompress.deploy.quantize import Calibration, quantize_candidate, S8S8, to_fp16, U8S8
-from kdcompress.deploy.targets import create_session, session_call
+from kdcompress.core.errors import KdcError
+from kdcompress.deploy.targets import create_session, REFERENCE, TARGETS
 from kdcompress.deploy.timing import cpu_isa, cpu_name, interleaved_latency, tile_batch
 
 MODELS = "efficientnet_b3,resnet18,resnet10t,mobilenetv4_conv_small"  # the teacher, then the students measured in README
@@ -52,21 +54,36 @@ def formats_of(name: str, size: int, work: Path, classes: int, batch: int, threa
         files[candidate.name] = work / f"{name}-{size}-{candidate.name.replace(' ', '_')}.onnx"
         quantize_candidate(prepared, files[candidate.name], candidate, calibration)
     files["FP16"] = to_fp16(files["FP32"], work / f"{name}-{size}-fp16.onnx")
-    sessions = {f: create_session(path, "cpu", threads) for f, path in files.items()}
+    loaded, notes = {}, []
+    for target_name, target in TARGETS.items():
+        if target.target.device != "cpu" or target.problem():
+            continue
+        for f, path in files.items():
+            for precision in target.precisions(cpu_isa()):
+                try:
+                    point = target.load(path, threads, precision)
+                except KdcError as exc:
+                    notes.append(f"{target_name} {f}: {exc}")
+                    break
+                key = f if target_name == REFERENCE else f"{f} @ {target_name} {point.precision}"
+                loaded.setdefault(key, point)
     one, many = normalize(images[:1], prep), normalize(tile_batch(images, batch), prep)
     runs, seconds = (20, 0.2) if quick else (100, 1.0)
-    single = interleaved_latency({f: session_call(s, one) for f, s in sessions.items()}, warmup=5, runs=runs, min_seconds=seconds)
-    bulk = interleaved_latency({f: session_call(s, many) for f, s in sessions.items()}, warmup=1, runs=max(5, runs // 10), min_seconds=seconds / 2)
-    out = {"parameters": sum(p.numel() for p in model.parameters()), "formats": {}}
-    for f in files:
-        out["formats"][f] = {
-            "mb": files[f].stat().st_size / 1e6,
-            "p50_ms": single[f]["p50_ms"],
-            "p90_ms": single[f]["p90_ms"],
-            "images_per_s": batch / (bulk[f]["p50_ms"] / 1e3),
-            "speedup_vs_fp32": single["FP32"]["p50_ms"] / single[f]["p50_ms"],
+    single = interleaved_latency({k: m.caller(one) for k, m in loaded.items()}, warmup=5, runs=runs, min_seconds=seconds)
+    bulk = interleaved_latency({k: m.caller(many) for k, m in loaded.items()}, warmup=1, runs=max(5, runs // 10), min_seconds=seconds / 2)
+    out = {"parameters": sum(p.numel() for p in model.parameters()), "formats": {}, "notes": notes}
+    for key, point in loaded.items():
+        file = key.split(" @ ")[0]
+        out["formats"][key] = {
+            "target": point.target.name,
+            "precision": point.precision,
+            "mb": files[file].stat().st_size / 1e6,
+            "p50_ms": single[key]["p50_ms"],
+            "p90_ms": single[key]["p90_ms"],
+            "images_per_s": batch / (bulk[key]["p50_ms"] / 1e3),
+            "speedup_vs_fp32": single["FP32"]["p50_ms"] / single[key]["p50_ms"],  # vs FP32 on onnxruntime-cpu
         }
-    int8 = {f: v for f, v in out["formats"].items() if f.startswith(("U8S8", "S8S8"))}
+    int8 = {f: v for f, v in out["formats"].items() if f.startswith(("U8S8", "S8S8")) and " @ " not in f}
     fastest = min(int8, key=lambda f: int8[f]["p50_ms"])
     out["fastest_int8"] = fastest
     out["int8_pays"] = int8[fastest]["speedup_vs_fp32"] > 1.0

@@ -24,7 +24,7 @@ from kdcompress.runs.environment import busy_warning, environment
 from kdcompress.runs.rundir import check_out, discard_run, prepare_run_dir, publish_run
 from kdcompress.core.reporter import NullReporter, Reporter
 from kdcompress.core.stats import attributions, compare_models
-from kdcompress.train.teacher import load_or_train_teacher, record_teacher, recording_fits
+from kdcompress.train.teacher import load_or_train_teacher
 
 if TYPE_CHECKING:
     from kdcompress.train.export import Exports
@@ -178,10 +178,12 @@ def _train_students(
 ) -> tuple[dict[str, Any], dict[str, dict[str, Any]], dict[str, Any]]:
     """For every student: baseline, distilled student and (with --control) the label-smoothing control, from its fair start.
 
-    The teacher's outputs (recorded on CPU) and the control's matched smoothing are computed once, for all students.
+    Each is one training of the student's seed (train.seed, the unit kdc sweep trains through too). The teacher's
+    outputs (recorded once where seed.teacher_outputs' rule says so) and the control's matched smoothing are made
+    once, for all students.
     """
     from kdcompress.train.accel import describe_precision, step_mode
-    from kdcompress.train.objectives import LiveTeacher
+    from kdcompress.train.seed import objective, train_one
 
     cfg = run.cfg
     models: dict[str, Any] = {TEACHER: teacher}
@@ -189,25 +191,32 @@ def _train_students(
     shared = _Shared(run, teacher, reporter)
     for architecture in cfg.students:
         start = fair_start(run, cfg.seed, teacher, architecture)
-        for kind, objective, extra in _objectives(run, start, shared):
-            name = roles.role(kind, architecture if cfg.several else None)
-            result = _fit(run, start, name, objective, extra, reporter)
+        for training, extra in _trainings(run, shared):
+            name = roles.role(ROLE_OF[training.kind], architecture if cfg.several else None)
+            made = objective(start, training, shared.teacher_outputs(start) if training.kind == "distilled" else teacher)
+            _announce(run, start, name, made, extra, reporter)
+            trained = train_one(run, made, start.settings, roles.label(name), reporter, score=run.world.main)
             stem = {"stem_stride": start.stem_stride} if start.stem_stride else {}  # --student-stem auto at small inputs
-            records[name] = {"objective": objective.describe(), **stem, **extra, **result.record()}
-            done(name, objective.student)
-            models[name] = objective.student
+            records[name] = {"objective": made.describe(), **stem, **extra, **trained.result.record()}
+            done(name, made.student)
+            models[name] = made.student
+            shared.test_logits[name] = trained.logits
     mode = step_mode(cfg.compile, run.device, run.world.size)
     training = {
         "device": run.device,
         "precision": describe_precision(run.device, run.settings.precision),
         "compile": f"{cfg.compile} ({mode})",
-        "teacher_outputs": "live" if shared.outputs is None or isinstance(shared.outputs, LiveTeacher) else "recorded once, then replayed",
+        "teacher_outputs": "live" if shared.outputs is None or shared.outputs is teacher else "recorded once, then replayed",
         "data": "streamed from disk (DataLoader workers)" if run.data.streamed else "in memory",
         **parallel_record(run),
     }
     if cfg.several:
         training["students"] = cfg.students
+    models["_test_logits"] = shared.test_logits  # the trainings' own test scores, reused by _finish
     return models, records, training
+
+
+ROLE_OF = {"baseline": "baseline", "distilled": "student", "control": "control"}  # seed.KINDS -> the run's role names
 
 
 class _Shared:
@@ -217,10 +226,16 @@ class _Shared:
         self.run, self.teacher, self.reporter = run, teacher, reporter
         self.outputs: Any = None
         self.matched: dict[str, float] | None = None
+        self.test_logits: dict[str, Any] = {}
 
     def teacher_outputs(self, start: Any) -> Any:
+        """Recorded once for every student (they all see the same views), or the live teacher (seed.teacher_outputs)."""
         if self.outputs is None:
-            self.outputs = _teacher_outputs(self.run, start, self.teacher, self.reporter)
+            from kdcompress.train.seed import teacher_outputs
+
+            features = self.run.cfg.beta > 0
+            self.outputs = teacher_outputs(self.teacher, self.run.data, self.run.prep, start.settings, features,
+                                           len(self.run.cfg.students), self.reporter)  # fmt: skip
         return self.outputs
 
     def smoothing(self) -> dict[str, float]:
@@ -230,23 +245,23 @@ class _Shared:
         return self.matched
 
 
-def _objectives(run: Prepared, start: Any, shared: _Shared) -> Iterator[tuple[str, Any, dict[str, Any]]]:
-    """One student's objectives in training order, made as they are needed: (kind, objective, what its record adds)."""
+def _trainings(run: Prepared, shared: _Shared) -> Iterator[tuple[Any, dict[str, Any]]]:
+    """One student's trainings in order, made as they are needed: (seed.Training, what its record adds)."""
+    from kdcompress.train.seed import Training
+
     cfg = run.cfg
-    yield "baseline", start.baseline(), {}
-    yield "student", start.distilled(shared.teacher_outputs(start), cfg.temperature, cfg.alpha, cfg.beta, cfg.kd), {}
+    yield Training("baseline"), {}
+    yield Training("distilled", cfg.temperature, cfg.alpha, cfg.beta, cfg.kd), {}
     if cfg.control == "label-smoothing":
         matched = shared.smoothing()
-        yield "control", start.control(matched["smoothing"]), {"matched": matched}
+        yield Training("control", smoothing=matched["smoothing"]), {"matched": matched}
 
 
 ANNOUNCED = {"baseline": "baseline", "student": "distilled student", "control": "label-smoothing control"}
 
 
-def _fit(run: Prepared, start: Any, name: str, objective: Any, extra: dict[str, Any], reporter: Reporter) -> Any:
-    """Train one objective from its fair start (start.settings), saying first what it is."""
-    from kdcompress.train.loop import fit
-
+def _announce(run: Prepared, start: Any, name: str, objective: Any, extra: dict[str, Any], reporter: Reporter) -> None:
+    """Say what is about to be trained."""
     cfg = run.cfg
     architecture = _checkpoint_meta(run, name)["model"]
     stem = f", stride-1 stem for {run.data.image_size} px inputs" if start.stem_stride else ""
@@ -257,21 +272,6 @@ def _fit(run: Prepared, start: Any, name: str, objective: Any, extra: dict[str, 
             f"{extra['matched']['teacher_off_true_mass']:.3f})"
         )
     reporter.info(words)
-    return fit(objective, run.data, run.prep, start.settings, reporter, roles.label(name))
-
-
-def _teacher_outputs(run: Prepared, start: Any, teacher: Any, reporter: Reporter) -> Any:
-    """What the distilled student learns from: the teacher itself (run live on each batch), or its recorded outputs.
-
-    On CPU, in one process, the outputs for every view are recorded once and replayed where they fit in memory
-    (teacher.recording_fits): the same targets, bit for bit, without the teacher's forward inside every training
-    step. On CUDA the teacher runs live: inside the step's CUDA graph it costs little, while a recording pass would.
-    The measured costs of each way are in benchmarks/README.md ("Does distillation beat the baseline beyond noise?").
-    """
-    features = run.cfg.beta > 0
-    if run.device != "cpu" or run.world.size > 1 or not recording_fits(teacher, run.data, start.settings, features):
-        return teacher
-    return record_teacher(teacher, run.data, run.prep, start.settings, features, reporter)
 
 
 def parallel_record(run: Prepared) -> dict[str, Any]:
@@ -300,11 +300,12 @@ def _finish(
 ) -> Manifest:
     """Test, finish the exports, save data samples, then write the manifest last."""
     cfg, data = run.cfg, run.data
+    test_logits = models.pop("_test_logits", {})
     _save_samples(run, staging)
     history = {role: records[role].pop("history", []) for role in models}
     entries, correct = {}, {}
     for role, model in models.items():
-        entries[role], correct[role] = _export_model(run, role, model, exports, reporter)
+        entries[role], correct[role] = _export_model(run, role, model, exports, reporter, test_logits.get(role))
         entries[role].details.update(records[role])
     write_json_atomic(staging / "history.json", history)
     comparisons = compare_models(correct)
@@ -362,8 +363,11 @@ def _save_samples(run: Prepared, staging: Path) -> None:
     np.savez_compressed(staging / "calibration.npz", images=data.train_x[pick], labels=data.train_y[pick])
 
 
-def _export_model(run: Prepared, role: str, model: Any, exports: Exports, reporter: Reporter) -> tuple[ModelEntry, np.ndarray]:
-    """Score one model on the test split and finish its ONNX export (checked against PyTorch).
+def _export_model(
+    run: Prepared, role: str, model: Any, exports: Exports, reporter: Reporter, logits: Any = None
+) -> tuple[ModelEntry, np.ndarray]:
+    """Score one model on the test split (logits: its training's own score, where it has one) and finish its ONNX
+    export (checked against PyTorch).
 
     Returns its manifest entry and which test images it gets right (for the verdicts).
     """
@@ -371,7 +375,9 @@ def _export_model(run: Prepared, role: str, model: Any, exports: Exports, report
     from kdcompress.train.loop import predict_logits
 
     data = run.data
-    correct = predict_logits(model, data.test_x, run.prep, run.device).argmax(axis=1) == data.test_y
+    if logits is None:
+        logits = predict_logits(model, data.test_x, run.prep, run.device)
+    correct = logits.argmax(axis=1) == data.test_y
     per_class = {
         name: float(correct[data.test_y == i].mean()) if (data.test_y == i).any() else None
         for i, name in enumerate(data.classes)

@@ -32,7 +32,8 @@ from kdcompress.core.files import read_json, write_json_atomic, write_yaml_atomi
 from kdcompress.runs.environment import busy_warning, environment
 from kdcompress.core.reporter import NullReporter, Reporter
 from kdcompress.core.stats import auc_summary, compare, REFERENCES, roc_auc
-from kdcompress.train.teacher import load_or_train_teacher, RECIPE_LEVERS, record_teacher, recording_fits
+from kdcompress.train.seed import objective, teacher_outputs, train_one, Training
+from kdcompress.train.teacher import load_or_train_teacher, RECIPE_LEVERS, recording_fits
 
 FORMAT = "kdcompress-sweep/1"
 SHARED_SETTINGS = (  # what every run of a sweep shares: a resumed sweep must agree on all of them
@@ -311,16 +312,10 @@ def _train_missing(
         for job in seed_jobs:
             done += 1
             matched = control_smoothing(run, teacher_logits, *job.pair) if job.kind == "control" else None
-            if job.kind == "baseline":
-                objective = start.baseline()
-            elif matched is not None:
-                objective = start.control(matched["smoothing"])
-            else:
-                kd = replace(run.cfg.kd, kind=job.kd_loss)  # the loss of this cell, with the sweep's knobs
-                objective = start.distilled(recorded if recorded is not None else teacher, *job.cell[:3], kd)
+            made = objective(start, _training(run, job, matched), recorded if recorded is not None else teacher)
             name = run_name(seed, job)
-            reporter.info(f"[{done}/{total}] {name}: {objective.describe()}")
-            entry = _train_one(run, objective, settings, name, reporter)
+            reporter.info(f"[{done}/{total}] {name}: {made.describe()}")
+            entry = _train_one(run, made, settings, name, reporter)
             entry.update({"seed": seed, "kind": job.kind, "temperature": job.temperature, "alpha": job.alpha, "beta": job.beta,
                           **({"kd_loss": job.kd_loss} if job.kind == "distilled" else {}),
                           **({"matched": matched} if matched else {})})  # fmt: skip
@@ -363,32 +358,35 @@ def _seed_teacher_outputs(
     if recordings is not None and (seed, features) in recordings:
         reporter.info(f"seed {seed}: replaying the teacher outputs recorded for the previous student")
         return recordings[(seed, features)]
-    if not recording_fits(teacher, run.data, settings, features):
-        reporter.info(f"seed {seed}: the teacher's outputs for every view would not fit in memory; it runs live instead")
-        return None
     started = time.perf_counter()
-    recorded = record_teacher(teacher, run.data, run.prep, settings, features, reporter, f"seed {seed}: teacher outputs")
+    recorded = teacher_outputs(teacher, run.data, run.prep, settings, features, len(distilled), reporter, f"seed {seed}: teacher outputs")
+    if recorded is teacher:  # the rule says live (seed.teacher_outputs)
+        return None
     write_json_atomic(folder / "runs" / f"seed{seed}-teacher-outputs.cost", {"seconds": time.perf_counter() - started})
     if recordings is not None and recording_fits(teacher, run.data, replace(settings, epochs=settings.epochs * seeds), features):
         recordings[(seed, features)] = recorded
     return recorded
 
 
-def _train_one(run: Prepared, objective: Any, settings: Any, name: str, reporter: Reporter) -> dict[str, Any]:
-    """Train one objective and judge it on the test split: the run file's content, less the seed and cell."""
-    from kdcompress.train.loop import fit, predict_logits
+def _training(run: Prepared, job: Job, matched: dict[str, float] | None) -> Training:
+    """A sweep job as one training of its seed (train.seed): the cell's loss carries the sweep's knobs."""
+    if job.kind == "distilled":
+        return Training("distilled", *job.cell[:3], kd=replace(run.cfg.kd, kind=job.kd_loss))
+    return Training(job.kind, smoothing=matched["smoothing"] if matched else None)
 
-    result = fit(objective, run.data, run.prep, settings, reporter, name)
-    logits = predict_logits(objective.student, run.data.test_x, run.prep, run.device)
-    predictions, auc = logits.argmax(axis=1), roc_auc(logits, run.data.test_y)
+
+def _train_one(run: Prepared, made: Any, settings: Any, name: str, reporter: Reporter) -> dict[str, Any]:
+    """Train one objective and judge it on the test split: the run file's content, less the seed and cell."""
+    trained = train_one(run, made, settings, name, reporter)
+    auc = roc_auc(trained.logits, run.data.test_y)
     return {
         "name": name,
-        "objective": objective.describe(),
-        "test_accuracy": float((predictions == run.data.test_y).mean()),
-        "predictions": predictions.tolist(),
+        "objective": made.describe(),
+        "test_accuracy": float((trained.predictions == run.data.test_y).mean()),
+        "predictions": trained.predictions.tolist(),
         **({"roc_auc": auc} if auc is not None else {}),
         "device": run.device,
-        **result.record(),
+        **trained.result.record(),
     }
 
 
