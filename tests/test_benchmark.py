@@ -54,7 +54,8 @@ def test_benchmark_fields_units_and_honest_gpu_status(tiny_run):
     recorded = {k: v["delta"] for k, v in manifest["comparisons"].items()}
     assert {k: v["delta"] for k, v in result.comparisons.items()} == pytest.approx(recorded, abs=0.3)
     assert result.attribution and "distilled vs label smoothing" in "\n".join(benchmark_context(result))
-    assert result.settings["threads"] == 1 and result.machine["cores"] >= 1 and isinstance(result.machine["busy"], bool)
+    assert result.units["latency"].startswith("milliseconds") and result.settings["threads"] == 1
+    assert result.machine["cores"] >= 1 and isinstance(result.machine["busy"], bool)
     assert result.machine["runtimes"]["onnxruntime"] and "avx512_bf16" in ISA_FLAGS and "amx_bf16" in ISA_FLAGS
     for role, model in result.models.items():
         point = model.reference

@@ -250,3 +250,20 @@ def test_a_tampered_sweep_results_file_is_one_line(tmp_path, cli_sweep, change, 
     args = ["compress", "--from-sweep", str(folder), "--device", "cpu", "--control", "none", "--out", str(tmp_path / "run")]
     fails_cleanly(runner.invoke(app, args), said)
     assert not (tmp_path / "run").exists()
+
+
+def test_one_rule_says_when_the_teachers_outputs_are_recorded(tiny_run):
+    # train.seed.teacher_outputs, the rule compress and sweep share: record in one process where it fits; on CUDA only
+    # when replayed at least twice; under DDP live.
+    from dataclasses import replace
+
+    from kdcompress.train.objectives import RecordedTeacher
+    from kdcompress.train.seed import teacher_outputs
+
+    data = load_dataset("digits", None, 16, 0.1, NullReporter())
+    teacher = create_model("test_efficientnet", 10, 1).eval()
+    settings = TrainSettings(epochs=1, batch_size=128, lr=2e-3, weight_decay=0.05, seed=0, device="cpu")
+    prep = data.preprocessing()
+    assert isinstance(teacher_outputs(teacher, data, prep, settings, False, 1, NullReporter()), RecordedTeacher)
+    assert teacher_outputs(teacher, data, prep, replace(settings, world_size=2), False, 8, NullReporter()) is teacher
+    assert teacher_outputs(teacher, data, prep, replace(settings, device="cuda"), False, 1, NullReporter()) is teacher

@@ -20,7 +20,7 @@ from kdcompress.deploy.frontier import Budget, int8_verdict, pareto, Point, reco
 from kdcompress.deploy.graph import onnx_size
 from kdcompress.deploy.manifest import load_images, model_file, read_manifest
 from kdcompress.deploy.preprocessing import normalize
-from kdcompress.deploy.results import BenchmarkResult, ModelResult, point_key, PointResult
+from kdcompress.deploy.results import BenchmarkResult, ModelResult, PointResult
 from kdcompress.deploy.sessions import check_model
 from kdcompress.deploy.targets import Loaded, REFERENCE, runtime_versions, TARGETS
 from kdcompress.deploy.timing import interleaved_latency, machine, tile_batch
@@ -281,12 +281,3 @@ def ratios_vs_teacher(result: BenchmarkResult, point: PointResult) -> dict[str, 
         "accuracy_change_points": 100 * (point.accuracy - twin.accuracy),
         "against": twin.key,
     }
-
-
-UNITS = {
-    "latency": "milliseconds per call, batch 1",
-    "throughput": "images per second",
-    "file_mb": "megabytes (1e6 bytes)",
-    "macs": "multiply-accumulates per image",
-    "accuracy": "fraction in [0, 1]",
-}

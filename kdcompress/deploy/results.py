@@ -8,6 +8,13 @@ from typing import Any
 from kdcompress.core.errors import KdcError
 
 FORMAT = "kdcompress-benchmark/2"  # 2: points keyed by target and precision (1 had fixed cpu / gpu slots per model)
+UNITS = {
+    "latency": "milliseconds per call, batch 1",
+    "throughput": "images per second",
+    "file_mb": "megabytes (1e6 bytes)",
+    "macs": "multiply-accumulates per image",
+    "accuracy": "fraction in [0, 1]",
+}
 
 
 @dataclass
@@ -85,6 +92,7 @@ class BenchmarkResult:
     command: str = ""
     saved: bool = False
     save_error: str | None = None
+    units: dict[str, str] = field(default_factory=lambda: dict(UNITS))
     format: str = FORMAT
 
     def points(self) -> list[PointResult]:
