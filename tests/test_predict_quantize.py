@@ -49,7 +49,7 @@ def test_predict_gives_the_evaluation_logits_for_a_test_image(folder_run):
     test = np.load(run / "test_set.npz")
     expected = run_logits(create_session(run / "student.onnx"), test["images"], Preprocessing.from_dict(manifest["preprocessing"]))
     # test split order: classes sorted, files sorted: dogs/01.png is row 4 + 1
-    output = predict_images([root / "test" / "dogs" / "01.png"], run=run)
+    output = predict_images([root / "test" / "dogs" / "01.png"], run=run, model="student", top_k=2)
     assert output["results"][0]["logits"] == pytest.approx(expected[5].tolist(), abs=1e-6)
     probabilities = [p["probability"] for p in output["results"][0]["predictions"]]
     assert sum(probabilities) == pytest.approx(1.0) and probabilities == sorted(probabilities, reverse=True)
@@ -86,7 +86,7 @@ def test_predict_reports_bad_files_and_classifies_the_rest(tiny_run, tmp_path):
     assert "not found" in errors[0] and "notes.png" in errors[1] and "cut.jpg" in errors[2]
     assert "3 of 4 image(s) could not be classified" in result.output and "Traceback" not in result.output
     human = runner.invoke(app, ["predict", str(good), "--run", str(tiny_run), "--model", "teacher", "--top-k", "1"])
-    assert human.exit_code == 0 and "probability" in human.stdout
+    assert human.exit_code == 0 and f"{good}: " in human.stdout and "%" in human.stdout
 
 
 @pytest.mark.parametrize(
@@ -176,3 +176,37 @@ def test_predict_on_openvino_agrees_with_onnxruntime_on_the_runs_test_images(fol
         assert np.allclose(a["logits"], b["logits"], atol=1e-3)
     fails_cleanly(runner.invoke(app, ["predict", str(root / "test"), "--run", str(run), "--runtime", "tensorrt"]),
                   "--runtime must be onnxruntime or openvino, not 'tensorrt'")  # fmt: skip
+
+
+# A newcomer's first hour (issue #36), predict's items.
+
+
+def test_predict_never_guesses_between_runs_of_different_datasets(tiny_run, folder_run, tmp_path):
+    from conftest import copy_run
+
+    root, run = folder_run
+    artifacts = tmp_path / "artifacts"
+    copy_run(tiny_run, artifacts, "digits-run")
+    copy_run(run, artifacts, "pets-run")
+    image = root / "test" / "dogs" / "01.png"
+    fails_cleanly(runner.invoke(app, ["predict", str(image), "--artifacts", str(artifacts)]),
+                  "holds runs of 2 different datasets")  # fmt: skip
+    named = runner.invoke(app, ["predict", str(image), "--run", str(artifacts / "pets-run")])
+    assert named.exit_code == 0, named.output
+    first = named.stdout.splitlines()[0]
+    assert f"run {artifacts / 'pets-run'} (folder: cats, dogs); model student" in " ".join(first.split())
+    assert len([line for line in named.stdout.splitlines() if line.startswith(str(image))]) == 1  # one line per image
+    assert "1 image(s) classified:" in named.stdout and "not 16 x 16 px, the run's size" in named.stdout
+
+
+def test_predict_takes_the_recommended_model_and_a_files_own_name(folder_run, tmp_path):
+    from conftest import copy_run
+
+    root, run = folder_run
+    run = copy_run(run, tmp_path)
+    (run / "benchmark.json").write_text(json.dumps({"recommendation": {"model": "baseline"}}))
+    out = predict_images([root / "test" / "cats"], run=run)
+    assert out["model_name"] == "baseline" and out["chosen_by"] == "the last kdc benchmark's recommendation"
+    by_file = predict_images([root / "test" / "cats"], run=run, model="teacher.onnx")
+    assert by_file["model"].endswith("teacher.onnx")
+    assert predict_images([root / "test" / "cats"], run=run, model="teacher")["results"] == by_file["results"]

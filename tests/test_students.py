@@ -20,15 +20,19 @@ TWO = "test_resnet,test_efficientnet"  # two tiny timm students (the second is a
 
 
 def _counting(monkeypatch, name):
-    """Wrap compress_module.NAME so that each call is counted; returns the list of calls."""
+    """Wrap NAME where compress calls it (record_teacher: where train.seed imports it from) so that each call is
+    counted; returns the list of calls."""
+    from kdcompress.train import teacher as teacher_module
+
+    module = teacher_module if name == "record_teacher" else compress_module
     calls = []
-    original = getattr(compress_module, name)
+    original = getattr(module, name)
 
     def counted(*args, **kwargs):
         calls.append(name)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(compress_module, name, counted)
+    monkeypatch.setattr(module, name, counted)
     return calls
 
 

@@ -449,13 +449,21 @@ def quantize(
 def predict(
     images: list[Path] = typer.Argument(..., help="Image files (PNG, JPEG, BMP...) or folders of images."),
     run: Optional[Path] = typer.Option(None, "--run", help="Run folder [default: the newest run under --artifacts]."),
-    model: str = typer.Option("student", "--model", help="teacher, baseline, student (distilled), control, int8, fp16 (with several students: student-ARCH ...), or a .onnx file."),
-    top_k: int = typer.Option(3, "--top-k", help="How many classes to show per image."),
+    model: Optional[str] = typer.Option(
+        None, "--model", help="teacher, baseline, student (distilled), control, int8, fp16 (with several students: student-ARCH, "
+        "int8-ARCH ...), a file of the run by its name (student-ARCH-int8.onnx), or a .onnx file. Default: the model the run's "
+        "last kdc benchmark under a budget recommended, else the distilled student.",
+    ),
+    top_k: int = typer.Option(1, "--top-k", help="How many classes to show per image (one line each image)."),
     artifacts: Path = typer.Option(Path("artifacts"), "--artifacts", help="Artifacts root searched when --run is not given."),
     runtime: str = typer.Option("onnxruntime", "--runtime", help="onnxruntime, or openvino (at f32; pip install 'kdcompress[openvino]'): the same preprocessing and output."),
     as_json: bool = typer.Option(False, "--json", help="Print the predictions as JSON on stdout."),
 ) -> None:
-    """Classify images with a model of a run (the distilled student by default), through onnxruntime."""
+    """Classify images with a model of a run, one line per image and a summary; it names the run and the model it used.
+
+    Without --run it takes the newest run under --artifacts, and refuses to guess when that folder holds runs of
+    different datasets. Images of another size or channels than the run's are resized or converted, and said to be.
+    """
     from kdcompress.deploy.predict import predict_images
     from kdcompress.report.render import prediction_output
 
@@ -464,8 +472,8 @@ def predict(
     if as_json:
         sys.stdout.write(json.dumps(output, indent=2) + "\n")
     else:
-        for renderable in prediction_output(output):
-            stdout.print(renderable, highlight=False)
+        for line in prediction_output(output):
+            say(stdout, line, "bold yellow" if line.startswith("warning:") else None)
     for result in failed:
         stderr.print(f"[bold red]error:[/] {escape(result['error'])}", highlight=False, soft_wrap=True)
     if failed:

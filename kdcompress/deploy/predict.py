@@ -21,6 +21,10 @@ def resolve_model_file(run_dir: Path, manifest: Manifest, model: str) -> Path:
     students), or an explicit .onnx file."""
     if model in manifest.models:
         return model_file(run_dir, model, manifest.models[model])
+    by_file = {entry.onnx: role for role, entry in manifest.models.items()}  # the file's name works too (as benchmark says it)
+    for name in (model, f"{model}.onnx"):
+        if name in by_file and not Path(name).parent.parts:
+            return model_file(run_dir, by_file[name], manifest.models[by_file[name]])
     several = [r for r in roles.ordered(manifest.models) if roles.kind_of(r) == model and roles.student_of(r)]
     if several:
         raise KdcError(f"{run_dir} has several students: pick one with --model {' or '.join(several)}")
@@ -67,8 +71,52 @@ def expand_inputs(inputs: list[Path], classes: list[str]) -> list[tuple[Path, in
 RUNTIMES = {"onnxruntime": "onnxruntime-cpu", "openvino": "openvino-cpu"}  # kdc predict --runtime -> its target
 
 
+def image_shape(path: Path) -> tuple[tuple[int, int], int]:
+    """An image file's (width, height) and its number of colour channels (alpha left out), read from its header."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        gray = image.mode in ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
+        return image.size, 1 if gray else 3
+
+
+def choose_run(run: Path | None, artifacts: Path) -> Path:
+    """The run to predict with: --run, or the newest finished run under artifacts when every run there is of the same
+    dataset and classes; runs of several datasets without --run are refused (never guess: a digits model would label
+    an X-ray "8")."""
+    from kdcompress.deploy.manifest import list_runs
+
+    if run is not None:
+        return resolve_runs(run)[0]
+    found = resolve_runs(artifacts) if (artifacts / "manifest.json").is_file() else None
+    if found:
+        return found[0]
+    kinds: dict[tuple[str, tuple[str, ...]], list[str]] = {}
+    for folder in list_runs(artifacts):
+        try:
+            manifest = read_manifest(folder)
+        except KdcError:
+            continue
+        kinds.setdefault((manifest.dataset.name, tuple(manifest.dataset.classes)), []).append(folder.name)
+    if len(kinds) > 1:
+        listed = "; ".join(f"{name} ({', '.join(classes[:3])}{', ...' if len(classes) > 3 else ''}): {runs[-1]}" for (name, classes), runs in kinds.items())
+        raise KdcError(f"{artifacts} holds runs of {len(kinds)} different datasets ({listed}): pass --run with the run whose classes your images are")
+    return resolve_runs(artifacts)[0]
+
+
+def recommended_model(run_dir: Path) -> str | None:
+    """The model the run's last `kdc benchmark` under a budget recommended, if any (benchmark.json)."""
+    import json
+
+    try:
+        data = json.loads((run_dir / "benchmark.json").read_text())
+        return (data.get("recommendation") or {}).get("model")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def predict_images(
-    inputs: list[Path], run: Path | None = None, model: str = "student", top_k: int = 3, artifacts: Path = Path("artifacts"),
+    inputs: list[Path], run: Path | None = None, model: str | None = None, top_k: int = 1, artifacts: Path = Path("artifacts"),
     runtime: str = "onnxruntime",
 ) -> dict[str, Any]:
     """Top-k classes per image; an unreadable image gets an error entry while the others are classified.
@@ -82,8 +130,13 @@ def predict_images(
 
     if top_k < 1:
         raise KdcError(f"--top-k must be at least 1, got {top_k}")
-    run_dir = resolve_runs(run if run is not None else artifacts)[0]
+    run_dir = choose_run(run, artifacts)
     manifest = read_manifest(run_dir)
+    chosen_by = "--model"
+    if model is None:
+        model, chosen_by = recommended_model(run_dir), "the last kdc benchmark's recommendation"
+        if model is None or model not in manifest.models:
+            model, chosen_by = "student", "the default"  # several students: resolve_model_file asks which
     classes = manifest.dataset.classes
     prep = manifest.preprocessing
     if runtime not in RUNTIMES:
@@ -97,11 +150,15 @@ def predict_images(
     loaded = target.load(model_file, None, "f32" if runtime == "openvino" else "native")
     results = []
     scored_logits, scored_labels = [], []
+    resized, converted = 0, 0
     for path, label in expand_inputs(inputs, classes):
         try:
             if is_url(path):
                 raise KdcError(f"{str(path).replace(':/', '://', 1)}: URLs are not supported; download the image first and pass the file")
             image = load_image(path, prep.image_size, prep.channels)
+            size, bands = image_shape(path)
+            resized += size != (prep.image_size, prep.image_size)
+            converted += bands != prep.channels
         except KdcError as exc:
             results.append({"file": str(path), "error": str(exc)})
             continue
@@ -118,8 +175,20 @@ def predict_images(
             scored_logits.append(logits)
             scored_labels.append(label)
         results.append(entry)
-    output: dict[str, Any] = {"run": str(run_dir), "model": str(model_file), "runtime": loaded.target.name,
-                              "precision": loaded.precision, "classes": classes, "results": results}  # fmt: skip
+    output: dict[str, Any] = {"run": str(run_dir), "model": str(model_file), "model_name": model, "chosen_by": chosen_by,
+                              "dataset": manifest.dataset.name, "runtime": loaded.target.name, "precision": loaded.precision,
+                              "classes": classes, "results": results, "warnings": []}  # fmt: skip
+    classified = sum("error" not in r for r in results)
+    if resized:
+        output["warnings"].append(
+            f"{resized} of {classified} image(s) are not {prep.image_size} x {prep.image_size} px, the run's size: they were "
+            f"resized to it (bilinear); a model trained on other images ({manifest.dataset.name}) may not fit them"
+        )
+    if converted:
+        output["warnings"].append(
+            f"{converted} of {classified} image(s) have other channels than the run's {prep.channels} "
+            f"({'grayscale' if prep.channels == 1 else 'RGB'}): they were converted"
+        )
     if scored_labels:
         metrics = classification_metrics(np.stack(scored_logits), np.asarray(scored_labels), classes)
         keep = ("accuracy", "correct", "sensitivity", "specificity", "roc_auc")

@@ -363,22 +363,31 @@ def quantize_lines(entry: Any, fp16: Any = None) -> list[str]:
     return lines
 
 
-def prediction_output(output: dict[str, Any]) -> list[Any]:
-    """What kdc predict prints: a table per classified image, then the score against class folders, if any."""
-    shown: list[Any] = []
+def prediction_output(output: dict[str, Any]) -> list[str]:
+    """What kdc predict prints: which run and model, one line per classified image, then a summary (plain text)."""
+    model = f"{output.get('model_name', '')} ({output['model']})" if output.get("model_name") else output["model"]
+    lines = [
+        f"run {output['run']} ({output.get('dataset', '?')}: {', '.join(output['classes'][:6])}"
+        f"{', ...' if len(output['classes']) > 6 else ''}); model {model}, chosen by {output.get('chosen_by', '--model')}; "
+        f"{output.get('runtime', 'onnxruntime-cpu')} at {output.get('precision', 'native')} precision"
+    ]
+    counts: dict[str, int] = {}
     for result in output["results"]:
         if "error" in result:
             continue
-        table = Table(title=escape(result["file"]), title_justify="left")
-        table.add_column("class")
-        table.add_column("probability", justify="right")
-        for p in result["predictions"]:
-            table.add_row(escape(p["class"]), f"{p['probability']:.2%}")
-        shown.append(table)
+        top = result["predictions"]
+        counts[top[0]["class"]] = counts.get(top[0]["class"], 0) + 1
+        shown = ", ".join(f"{p['class']} {p['probability']:.1%}" for p in top)
+        label = f" (folder says {result['label']})" if "label" in result else ""
+        lines.append(f"{result['file']}: {shown}{label}")
+    classified = sum(counts.values())
+    if classified:
+        spread = ", ".join(f"{name} {n}" for name, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+        lines.append(f"{classified} image(s) classified: {spread}")
     if "scores" in output:
         scores = output["scores"]
         line = f"Scored against the class folders: {scores['correct']} of {scores['images']} correct ({scores['accuracy']:.1%})"
         if scores.get("sensitivity") is not None and scores.get("specificity") is not None:
             line += f", sensitivity {scores['sensitivity']:.3f}, specificity {scores['specificity']:.3f}"
-        shown.append(line)
-    return shown
+        lines.append(line)
+    return lines + [f"warning: {w}" for w in output.get("warnings", [])]

@@ -13,7 +13,7 @@ from kdcompress.deploy.timing import cpu_name
 def environment() -> dict[str, Any]:
     """Library versions and machine (with the GPU, where torch sees one), recorded with every run."""
     versions = {}
-    for package in ("torch", "timm", "onnx", "onnxruntime", "onnxruntime-gpu", "numpy", "scikit-learn", "kdcompress"):
+    for package in ("torch", "timm", "onnx", "onnxruntime", "onnxruntime-gpu", "openvino", "numpy", "scikit-learn", "kdcompress"):
         try:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
