@@ -50,7 +50,8 @@ def test_a_within_noise_faster_smaller_file_wins_and_says_how_many_tied():
     out = recommend(POINTS, "teacher", Budget(max_ms=2, max_mb=10, max_drop=3), "Test CPU (avx2), 1 thread(s)")
     assert out["meets"] and out["file"] == "student-int8.onnx" and set(out["tied"]) == {"student", "int8"}
     assert out["words"] == (
-        "Ship student-int8.onnx on onnxruntime-cpu, in the file's own precision: 1.00 ms at batch 1 (16.00x faster than "
+        "Within the budget (<= 2 ms, <= 10 MB, <= 3 points below the teacher): ship student-int8.onnx on onnxruntime-cpu, "
+        "in the file's own precision: 1.00 ms at batch 1 (16.00x faster than "
         "the teacher there), 2.7 MB (15.93x smaller), accuracy 88.0% (2.0 points below the teacher; vs its baseline "
         "+8.0 points, better beyond noise). Measured on Test CPU (avx2), 1 thread(s). 2 points within the budget tied "
         "within noise of the most accurate; this is the fastest of them."
@@ -171,3 +172,9 @@ def test_a_size_budget_may_ship_a_smaller_format_that_is_not_faster_and_says_so(
 @pytest.mark.parametrize("flag, value", [("--max-ms", "inf"), ("--max-mb", "nan"), ("--max-drop", "inf")])
 def test_non_finite_budgets_are_refused(tiny_run, flag, value):
     fails_cleanly(runner.invoke(app, ["benchmark", str(tiny_run), flag, value]), f"{flag} must be a finite number")
+
+
+def test_the_line_gives_sensitivity_and_specificity_for_two_classes():
+    two = Point(**{**INT8.__dict__, "sensitivity": 0.95, "specificity": 0.64})
+    words = recommend([TEACHER, BASELINE, STUDENT, two], "teacher", Budget(max_ms=1.5), "here")["words"]
+    assert "; sensitivity 95.0%, specificity 64.0%;" in words

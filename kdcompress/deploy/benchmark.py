@@ -241,6 +241,7 @@ def points_of(result: BenchmarkResult, correct: dict[str, np.ndarray] | None = N
                 name=p.key, file=p.file, accuracy=p.accuracy, p50_ms=p.p50_ms, mb=model.file_mb,
                 source=twin.key if twin else None, baseline=baseline.reference.key if baseline else None,
                 role=role, target=p.target, precision=p.precision, correct=None if correct is None else correct[p.key],
+                sensitivity=p.metrics.get("sensitivity"), specificity=p.metrics.get("specificity"),
             ))  # fmt: skip
     return out
 
@@ -256,6 +257,10 @@ def _frontier(result: BenchmarkResult, correct: dict[str, np.ndarray], budget: B
         isa = f" ({', '.join(m['isa'])})" if m.get("isa") else ""
         where = f"{m['cpu']}{isa}, {result.settings['threads']} thread(s)"
         result.recommendation = recommend(points, roles.TEACHER, budget, where)
+        chosen = result.recommendation.get("model")
+        said = result.attribution.get(roles.student_of(chosen) or "") if isinstance(result.attribution, dict) else result.attribution
+        if chosen and roles.kind_of(chosen) not in (roles.TEACHER, "baseline") and said:
+            result.recommendation["words"] += f" What its gain over the baseline means: {said}."  # regularisation, or the teacher's
 
 
 def _int8_verdict(models: dict[str, ModelResult], role: str, batch: int) -> dict[str, Any]:

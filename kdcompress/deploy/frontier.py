@@ -27,6 +27,8 @@ class Point:
     target: str = "onnxruntime-cpu"
     precision: str = "native"
     correct: Any = field(default=None, compare=False, repr=False)  # which test images it gets right (the noise rule)
+    sensitivity: float | None = None  # two classes: recall of class 1 (e.g. PNEUMONIA)
+    specificity: float | None = None  # two classes: recall of class 0
 
     @property
     def model(self) -> str:
@@ -124,7 +126,7 @@ def recommend(points: list[Point], teacher: str, budget: Budget, where: str) -> 
     tied: list[Point] = []
     if meets:
         chosen, tied = _tie_break(meets)
-        words = f"Ship {_describe(chosen, _twin(chosen, teacher_points, top), top, by_name, where)}"
+        words = f"Within the budget ({budget.describe()}): ship {_describe(chosen, _twin(chosen, teacher_points, top), top, by_name, where)}"
         if len(tied) > 1:
             words += f" {len(tied)} points within the budget tied within noise of the most accurate; this is the fastest of them."
         slower = not_faster(points).get(chosen.name)
@@ -187,6 +189,8 @@ def _describe(p: Point, twin: Point, top: Point, by_name: dict[str, Point], wher
         f"{p.file} on {on}: {p.p50_ms:.2f} ms at batch 1 ({speed} than the teacher there), {p.mb:.1f} MB ({size}), "
         f"accuracy {p.accuracy:.1%} ({abs(drop):.1f} points {versus} the teacher"
     )
+    if p.sensitivity is not None and p.specificity is not None:
+        text += f"; sensitivity {p.sensitivity:.1%}, specificity {p.specificity:.1%}"
     baseline = by_name.get(p.baseline) if p.baseline else None
     if baseline is not None and baseline.correct is not None and p.correct is not None:
         from kdcompress.core.stats import compare

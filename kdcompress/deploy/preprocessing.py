@@ -35,6 +35,7 @@ class Preprocessing:
             "resize": "PIL bilinear (antialiased) to image_size x image_size",
             "layout": "NCHW float32",
             "formula": "x = (pixel / 255 - mean) / std",
+            "decoding": DECODING,
         }
 
     @classmethod
@@ -53,6 +54,13 @@ class Preprocessing:
         if not all(v > 0 for v in prep.std):
             raise ValueError(f"std must be positive, got {list(prep.std)}")
         return prep
+
+
+DECODING = (  # how pil_to_array reads a file, for a user's own loader (written into every manifest)
+    "PIL; EXIF orientation applied first (ImageOps.exif_transpose); 16-bit and 32-bit integer grayscale scaled to 8 "
+    "bits by x / 65535 * 255 (x / 255 * 255 when the image's maximum is 255 or less), rounded; float images by x * 255; "
+    "transparent pixels composited onto white; then converted to L (1 channel) or RGB (3 channels), then resized"
+)
 
 
 def pil_to_array(image: Any, size: int, channels: int) -> np.ndarray:
