@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The targets measurement of issue #34 on the CPU at hand: a three-student cifar3 run (32 px, the default 60-epoch
 # teacher from the cache), benchmarked on every target and precision, its recommendation under 2 ms and 5 ms;
-# then the format timings at 32 and 224 px on both runtimes. Records go to benchmarks/results/.
+# the format timings at 32 and 224 px on both runtimes follow in loss_study.sh's queue. Records go to benchmarks/results/.
 #   bash benchmarks/targets_study.sh [DATA_DIR]   (default ../shared/data)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,4 +13,4 @@ python benchmarks/record.py benchmark-cifar3-targets-2ms -- kdc benchmark "$RUN"
 cp "$RUN/benchmark.md" benchmarks/results/benchmark-cifar3-targets-2ms.md
 python benchmarks/record.py benchmark-cifar3-targets-5ms -- kdc benchmark "$RUN" --max-ms 5
 cp "$RUN/benchmark.md" benchmarks/results/benchmark-cifar3-targets-5ms.md
-python benchmarks/format_timings.py --models efficientnet_b3,resnet18,resnet10t,mobilenetv4_conv_small --sizes 32,224 --name format-timings-targets
+# the format timings at 32 and 224 px on both runtimes (longer): benchmarks/format_timings.py --name format-timings-targets

@@ -91,3 +91,31 @@ def test_compress_end_to_end_prints_the_summary_and_the_verdict(tmp_path):
 def test_python_dash_m_runs_the_cli():
     done = subprocess.run([sys.executable, "-m", "kdcompress", "--help"], capture_output=True, text=True)
     assert done.returncode == 0 and "compress" in done.stdout
+
+
+def test_progress_is_plain_lines_with_time_left_when_not_a_terminal(monkeypatch):
+    # Issue #36, item 5: piped through tee, 3 minutes passed with nothing printed.
+    import io
+
+    from rich.console import Console
+
+    from kdcompress.report import console as console_module
+    from kdcompress.report.console import RichReporter
+
+    now = [0.0]
+    monkeypatch.setattr("time.monotonic", lambda: now[0])
+    out = io.StringIO()
+    reporter = RichReporter(Console(file=out, force_terminal=False, width=120))
+    with reporter.progress("teacher", total=4) as advance:
+        now[0] = 61.0
+        advance(1, status="epoch 1")  # a minute since the last line: one more
+        now[0] = 90.0
+        advance(1)  # 29 s since: none
+        now[0] = 131.0
+        advance(1, status="epoch 3")
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "teacher: 0/4 after 0 s"
+    assert lines[1] == "teacher: 1/4 after 1 min 01 s, about 3 min 03 s left (epoch 1)"
+    assert lines[2] == "teacher: 3/4 after 2 min 11 s, about 44 s left (epoch 3)"
+    assert lines[3] == "teacher: 3/4 after 2 min 11 s (epoch 3)" and len(lines) == 4
+    assert console_module.PLAIN_EVERY == 60.0

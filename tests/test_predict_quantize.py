@@ -210,3 +210,29 @@ def test_predict_takes_the_recommended_model_and_a_files_own_name(folder_run, tm
     by_file = predict_images([root / "test" / "cats"], run=run, model="teacher.onnx")
     assert by_file["model"].endswith("teacher.onnx")
     assert predict_images([root / "test" / "cats"], run=run, model="teacher")["results"] == by_file["results"]
+
+
+def test_the_int8_file_is_chosen_on_validation_and_the_test_split_read_after(tiny_run, tmp_path, monkeypatch):
+    # Issue #36, item 2: the test split is read once, to score the chosen file; never to choose it.
+    from conftest import copy_run
+    from kdcompress.deploy import quantize
+
+    run = copy_run(tiny_run, tmp_path)
+    read: list[str] = []
+    real_load, real_score = quantize.load_images, quantize.score_models
+
+    def load(run_dir, manifest, key):
+        read.append(key)
+        return real_load(run_dir, manifest, key)
+
+    def score(files, prep, split, threads):
+        read.append(f"choose on {len(split[1])} images")
+        return real_score(files, prep, split, threads)
+
+    monkeypatch.setattr(quantize, "load_images", load)
+    monkeypatch.setattr(quantize, "score_models", score)
+    quantize.quantize_run(run)
+    validation = len(np.load(run / "validation.npz")["labels"])
+    assert read == ["calibration_set", "validation_set", f"choose on {validation} images", "test_set"]
+    q = read_manifest(run).models["int8"].details["quantization"]
+    assert q["chosen_on"] == "validation_set" and all("choice_accuracy" in c and "accuracy" not in c for c in q["candidates"])

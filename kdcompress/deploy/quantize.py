@@ -32,7 +32,7 @@ from kdcompress.deploy.timing import cpu_isa, cpu_name, interleaved_latency, til
 INT8_SUFFIX = "-int8.onnx"  # student-int8.onnx, or student-resnet18-int8.onnx in a run with several students
 FP16_SUFFIX = "-fp16.onnx"
 FP16_MIN_AGREEMENT = 0.99  # below this share of equal top-1 classes, FP16 is written with a warning
-MAX_ACCURACY_LOSS = 0.01  # a candidate may lose at most 1 point of test accuracy vs the FP32 student
+MAX_ACCURACY_LOSS = 0.01  # a candidate may lose at most 1 point of validation accuracy vs the FP32 student
 VERDICT_BATCH = 64  # the batch at which quantize also compares INT8 with FP32 throughput
 
 
@@ -137,8 +137,12 @@ def _quantize_locked(run_dir: Path, threads: int, reporter: Reporter, model: str
     no file is published before all are made.
     """
     manifest = read_manifest(run_dir)  # read again under the lock: another quantize may have just written it
-    test = load_images(run_dir, manifest, "test_set")
     calibration = load_images(run_dir, manifest, "calibration_set")
+    choice_key = "validation_set" if "validation_set" in manifest.files else "calibration_set"  # runs before validation.npz
+    choice = load_images(run_dir, manifest, choice_key)
+    if not run_file(run_dir, manifest.files.get("test_set", "test_set.npz")).is_file():
+        raise KdcError(f"{run_dir} has no test set: the run folder is incomplete; run kdc compress again")
+    test = _Once(lambda: load_images(run_dir, manifest, "test_set"))  # read only once a candidate is chosen
     remove_stale(run_dir)  # candidates left by a killed quantize
     names = distilled_roles(manifest, run_dir, model)
     students = {}
@@ -154,7 +158,9 @@ def _quantize_locked(run_dir: Path, threads: int, reporter: Reporter, model: str
                 reporter.info(f"quantizing {name}")
             work = Path(tmp) / name
             work.mkdir()
-            int8, fp16, files = _quantize_student(manifest, name, students[name], outputs[name], work, test, calibration, threads, reporter)
+            int8, fp16, files = _quantize_student(
+                manifest, name, students[name], outputs[name], work, (choice_key, choice), test, calibration, threads, reporter
+            )
             made[roles.sibling(name, "int8")], made[roles.sibling(name, "fp16")] = int8, fp16
             staged += files
         for source, final in staged:  # all made: now each is renamed into place
@@ -172,18 +178,40 @@ def _output(run_dir: Path, name: str) -> Path:
     return path
 
 
+class _Once:
+    """A value made on first use and kept (the test set: read once, after the choice)."""
+
+    def __init__(self, make: Any) -> None:
+        self.make, self.value = make, None
+
+    def __call__(self) -> Any:
+        if self.value is None:
+            self.value = self.make()
+        return self.value
+
+
 def _quantize_student(
-    manifest: Any, name: str, student_file: Path, outputs: tuple[Path, Path], work: Path, test: tuple[np.ndarray, np.ndarray],
-    calibration: tuple[np.ndarray, np.ndarray], threads: int, reporter: Reporter,
+    manifest: Any, name: str, student_file: Path, outputs: tuple[Path, Path], work: Path,
+    choice: tuple[str, tuple[np.ndarray, np.ndarray]], test: _Once, calibration: tuple[np.ndarray, np.ndarray],
+    threads: int, reporter: Reporter,
 ) -> tuple[ModelEntry, ModelEntry, list[tuple[Path, Path]]]:  # fmt: skip
     """One distilled student's INT8 file (the candidate kept) and FP16 file, made in work: their entries, and
-    (made, final) for each file to publish."""
+    (made, final) for each file to publish.
+
+    The candidate is chosen on choice (the validation split; the calibration images in runs made before compress
+    saved it): the fastest that loses at most MAX_ACCURACY_LOSS there. The test split is read only then, to score
+    the chosen file once.
+    """
     student = manifest.models[name]
     int8_file, fp16_file = outputs
-    measured, fp32 = _build_and_time(manifest, student_file, work, test, calibration[0], threads, reporter)
+    choice_key, choice_set = choice
+    measured, fp32 = _build_and_time(manifest, student_file, work, choice_set, calibration[0], threads, reporter)
     keep = [m for m in measured if fp32["accuracy"] - m["accuracy"] <= MAX_ACCURACY_LOSS]
     chosen = min(keep, key=lambda m: m["p50_ms"]) if keep else max(measured, key=lambda m: m["accuracy"])
-    fp16 = _fp16(student_file, work, manifest.preprocessing, test, threads)
+    on_test = score_accuracy(chosen["path"], manifest.preprocessing, test(), threads)
+    chosen = {**chosen, "choice_accuracy": chosen["accuracy"], "chosen_on": choice_key, **on_test}
+    fp32 = {**fp32, "choice_accuracy": fp32["accuracy"], "accuracy": student.test_accuracy}
+    fp16 = _fp16(student_file, work, manifest.preprocessing, test(), threads)
     staged = [(chosen["path"], int8_file), (fp16.pop("path"), fp16_file)]
     if not keep:
         reporter.warn(f"{name}: every INT8 candidate lost more than {MAX_ACCURACY_LOSS:.0%} accuracy; kept the most accurate")
@@ -224,8 +252,16 @@ def _build_and_time(
     return measured, scores["FP32"]
 
 
+def score_accuracy(path: Path, prep: Preprocessing, split: tuple[np.ndarray, np.ndarray], threads: int) -> dict[str, Any]:
+    """One file's accuracy and correct count on a split."""
+    images, labels = split
+    correct = int((run_logits(create_session(path, "cpu", threads), images, prep).argmax(1) == labels).sum())
+    return {"accuracy": correct / len(labels), "correct": correct}
+
+
 def score_models(files: dict[str, Path], prep: Preprocessing, test: tuple[np.ndarray, np.ndarray], threads: int) -> dict[str, Any]:
-    """Test accuracy, batch-1 p50 and throughput at VERDICT_BATCH of several ONNX files, timed interleaved."""
+    """Accuracy on a split (the validation split when choosing), batch-1 p50 and throughput at VERDICT_BATCH of several
+    ONNX files, timed interleaved."""
     images, labels = test
     sessions = {name: create_session(path, "cpu", threads) for name, path in files.items()}
     scores: dict[str, Any] = {}
@@ -266,13 +302,15 @@ def _int8_entry(
     entry = _format_entry(student, final, f"INT8, {chosen['format']} QDQ", chosen)
     entry.details["quantization"] = {
         "chosen": chosen["format"],
+        "chosen_on": chosen["chosen_on"],  # validation_set (or calibration_set in older runs): never the test split
         "calibration_images": fp32["calibration_images"],
-        "fp32_accuracy": fp32["accuracy"],
+        "fp32_accuracy": fp32["accuracy"],  # on test, as compress recorded it
+        "fp32_choice_accuracy": fp32["choice_accuracy"],
         "fp32_p50_ms": fp32["p50_ms"],
         "fp32_images_per_s": fp32["images_per_s"],
         "threads": threads,
         "machine": {"cpu": cpu_name(), "isa": cpu_isa(), "arch": platform.machine()},
-        "candidates": [{k: v for k, v in m.items() if k != "path"} for m in measured],
+        "candidates": [{**{k: v for k, v in m.items() if k not in ("path", "accuracy", "correct")}, "choice_accuracy": m["accuracy"]} for m in measured],
         "verdict": int8_verdict(
             {"p50_ms": fp32["p50_ms"], "images_per_s": fp32["images_per_s"], "bytes": student.onnx_bytes},
             {"p50_ms": chosen["p50_ms"], "images_per_s": chosen["images_per_s"], "bytes": entry.onnx_bytes},

@@ -347,10 +347,11 @@ def quantize_lines(entry: Any, fp16: Any = None) -> list[str]:
     q = entry.details["quantization"]
     m = q.get("machine")
     lines = [escape(f"INT8 candidates, timed in turn on {m['cpu']} ({', '.join(m['isa']) or 'no VNNI/AMX'}):")] if m else []
-    lines += [f"  {c['format']:<30} accuracy {c['accuracy']:.2%}  p50 {c['p50_ms']:.2f} ms" for c in q["candidates"]]
+    where = {"validation_set": "validation", "calibration_set": "calibration images"}.get(q.get("chosen_on", ""), "test")
+    lines += [f"  {c['format']:<30} {where} accuracy {c.get('choice_accuracy', c.get('accuracy', 0)):.2%}  p50 {c['p50_ms']:.2f} ms" for c in q["candidates"]]
     lines.append(
-        f"Kept {q['chosen']}: {entry.onnx} ({entry.onnx_bytes / 1e6:.2f} MB), accuracy {entry.test_accuracy:.2%} "
-        f"(FP32 {q['fp32_accuracy']:.2%}, p50 {q['fp32_p50_ms']:.2f} ms)"
+        f"Kept {q['chosen']} (chosen on {where}): {entry.onnx} ({entry.onnx_bytes / 1e6:.2f} MB), test accuracy "
+        f"{entry.test_accuracy:.2%} (FP32 {q['fp32_accuracy']:.2%}, p50 {q['fp32_p50_ms']:.2f} ms)"
     )
     style = "green" if q["verdict"]["faster"] else "bold yellow"
     lines.append(f"[{style}]{escape(q['verdict']['words'])}[/]")

@@ -316,7 +316,8 @@ def _finish(
         dataset=DatasetInfo(data.name, data.classes, data.counts(), data.source, data.fingerprint()),
         preprocessing=run.prep,
         models=entries,
-        files={"test_set": "test_set.npz", "calibration_set": "calibration.npz", "history": "history.json", "config": CONFIG_FILE},
+        files={"test_set": "test_set.npz", "calibration_set": "calibration.npz", "validation_set": "validation.npz",
+               "history": "history.json", "config": CONFIG_FILE},  # fmt: skip
         warnings=warnings,
         training=training,
         details={
@@ -355,9 +356,11 @@ def _teacher_warnings(entries: dict[str, ModelEntry]) -> list[str]:
 
 
 def _save_samples(run: Prepared, staging: Path) -> None:
-    """The test images as fed to the models, and CALIBRATION_IMAGES training images for INT8 calibration."""
+    """The test images as fed to the models, the validation split (kdc quantize chooses its INT8 file on it), and
+    CALIBRATION_IMAGES training images for INT8 calibration."""
     data = run.data
     np.savez_compressed(staging / "test_set.npz", images=materialize(data.test_x), labels=data.test_y)
+    np.savez_compressed(staging / "validation.npz", images=materialize(data.val_x), labels=data.val_y)  # INT8 is chosen on it
     rng = np.random.default_rng(run.cfg.seed)
     pick = np.sort(rng.choice(len(data.train_y), size=min(CALIBRATION_IMAGES, len(data.train_y)), replace=False))
     np.savez_compressed(staging / "calibration.npz", images=data.train_x[pick], labels=data.train_y[pick])
