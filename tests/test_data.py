@@ -254,4 +254,24 @@ def test_an_unreadable_sub_folder_is_named_in_one_warning(tmp_path, monkeypatch)
     reporter = Recorder()
     data = load_dataset("folder", str(tmp_path), 8, 0.1, reporter)
     assert data.counts()["train"] + data.counts()["val"] + data.counts()["test"] == 18  # 12 cat, 6 dog: dog/more left out
-    assert len(reporter.warnings) == 1 and "skipped 1 folder(s) that cannot be read (dog/more)" in reporter.warnings[0]
+    unreadable = [w for w in reporter.warnings if "cannot be read" in w]
+    assert len(unreadable) == 1 and "skipped 1 folder(s) that cannot be read (dog/more)" in unreadable[0]
+
+
+def test_what_kdc_assumes_about_a_users_folder_is_said(tmp_path):
+    # Issue #36, item 6: --data-dir chest_xray/train silently carved a test split although test/ sat beside it.
+    from conftest import Recorder
+
+    for split, n in (("train", {"a": 12, "b": 4}), ("test", {"a": 2, "b": 2})):
+        for name, count in n.items():
+            (tmp_path / split / name).mkdir(parents=True)
+            for i in range(count):
+                Image.new("RGB", (8, 8), (i * 20, 0, 0)).save(tmp_path / split / name / f"{i}.png")
+    reporter = Recorder()
+    load_dataset("folder", str(tmp_path / "train"), 8, 0.1, reporter)
+    said = " ".join(reporter.warnings)
+    assert f"{tmp_path / 'train'} has no test/ inside, so 20% of its images become the test split; {tmp_path / 'test'} sits beside it" in said
+    assert "the classes are imbalanced (a 12, b 4 images): accuracy favours a" in said
+    quiet = Recorder()
+    load_dataset("folder", str(tmp_path), 8, 0.1, quiet)
+    assert not any("sits beside it" in w for w in quiet.warnings)

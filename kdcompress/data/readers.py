@@ -227,6 +227,29 @@ def hidden_note(root: Path, skipped: list[Path]) -> str:
     return f"{root}: skipped {len(skipped)} hidden file(s) or folder(s) ({shown}): names starting with '.' are never read"
 
 
+IMBALANCE = 2.0  # a class this many times larger than another is said (the verdicts count images, not classes)
+
+
+def folder_notes(root: Path, splits: dict[str, dict[str, list[Path]]], classes: list[str]) -> list[str]:
+    """What kdc assumed about a user's folder, said before anything trains: a test split carved from it while a sibling
+    test/ folder sits beside it, and classes of very different sizes."""
+    notes = []
+    sibling = root.parent / "test"
+    if "all" in splits and root.name in ("train", "training") and sibling.is_dir():
+        notes.append(
+            f"{root} has no test/ inside, so 20% of its images become the test split; {sibling} sits beside it: if that "
+            f"is your test set, pass --data-dir {root.parent} (which holds train/ and test/)"
+        )
+    counts = {c: sum(len(folders.get(c, [])) for folders in splits.values()) for c in classes}
+    small, large = min(counts, key=counts.get), max(counts, key=counts.get)  # type: ignore[arg-type]
+    if counts[small] and counts[large] / counts[small] >= IMBALANCE:
+        notes.append(
+            f"{root}: the classes are imbalanced ({', '.join(f'{c} {n}' for c, n in counts.items())} images): accuracy "
+            f"favours {large}; read each class's recall (and, for two classes, sensitivity and specificity) in kdc benchmark"
+        )
+    return notes
+
+
 def load_folder(root: Path, size: int, channels: int, reporter: Reporter, stream: bool = False) -> Source:
     """DIR/<class>/* (20% held out as test) or DIR/train/<class>/* + DIR/test/<class>/* (+ optional val/).
 
@@ -282,6 +305,8 @@ def load_folder(root: Path, size: int, channels: int, reporter: Reporter, stream
             return ImageFiles(files, size, channels), labels
         return read_images(files, size, channels, reporter, label), labels
 
+    for note in folder_notes(root, splits, classes):
+        reporter.warn(note)
     if "all" in splits:
         x, y = gather(splits["all"], "images")
         train_x, train_y, test_x, test_y = stratified_split(x, y, 0.2, classes, "test")
