@@ -15,7 +15,7 @@ from kdcompress.cli import app
 from kdcompress.train.export import export_onnx
 from kdcompress.core.files import write_json_atomic
 from kdcompress.deploy.manifest import read_manifest
-from kdcompress.report.render import benchmark_context
+from kdcompress.report.render import benchmark_context, benchmark_tables
 from kdcompress.deploy.preprocessing import Preprocessing
 
 from conftest import runner, fails_cleanly
@@ -266,3 +266,27 @@ def test_openvino_points_on_this_cpu_read_their_precision_back(tiny_run):
     assert any("openvino-cpu cannot run baseline.onnx: OpenVINO cannot read baseline.onnx" in n for n in result.notes)
     f32 = next(p for p in teacher.points if p.precision == "f32")
     assert f32.agreement >= 0.99 and abs(f32.accuracy - teacher.reference.accuracy) <= 0.01
+
+
+@pytest.mark.parametrize("width", [80, 120])
+def test_tables_fit_80_and_120_columns_without_cutting_a_number(tiny_run, width):
+    # Issue #36, item 3: at 80 columns numbers were cut to "7…" and columns went blank.
+    import io
+
+    from rich.console import Console
+
+    from kdcompress.report.render import summary_table
+
+    result = benchmark_run(tiny_run, quick=True, gpu=False)
+    for whole in [*benchmark_tables(result), summary_table(read_manifest(tiny_run))]:
+        table = whole.fitted(width)
+        out = io.StringIO()
+        Console(file=out, width=width, force_terminal=False).print(table)
+        text = out.getvalue()
+        assert "…" not in text and max(len(line) for line in text.splitlines()) <= width
+        shown = table.columns_for(width)
+        for row in table.rows:
+            for i in shown[1:]:
+                assert str(row[i]) in text, (table.headers[i], row[i])
+    wide = benchmark_tables(result, wide=True)[1]
+    assert wide.columns_for(80) == list(range(len(wide.headers)))  # --wide: every column

@@ -333,6 +333,7 @@ def benchmark(
         "re-exported a file on purpose (otherwise a changed file is refused, as a tampered one would be).",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout instead of tables."),
+    wide: bool = typer.Option(False, "--wide", help="Every column of the tables, however narrow the terminal (they fold)."),
     max_ms: Optional[float] = typer.Option(None, "--max-ms", help="Budget: latency at batch 1 on the point's own target, in ms (as timed here).", rich_help_panel="Budget"),
     max_mb: Optional[float] = typer.Option(None, "--max-mb", help="Budget: ONNX file size, in MB.", rich_help_panel="Budget"),
     max_drop: Optional[float] = typer.Option(None, "--max-drop", help="Budget: accuracy points below the teacher.", rich_help_panel="Budget"),
@@ -378,7 +379,7 @@ def benchmark(
             continue
         results.append(result)
         if not as_json:
-            for table in benchmark_tables(result):
+            for table in benchmark_tables(result, wide):
                 stdout.print(table)
             for line in benchmark_context(result):
                 say(stdout, line, "bold yellow" if line.startswith("WARNING") else "dim")

@@ -26,7 +26,7 @@ def _train_time(seconds: float | None, reused: bool) -> str:
 SUMMARY_HEADERS = ["model", "test acc", "Δ pts", "Δ imgs", "params", "MB", "best ep", "train"]
 
 
-def summary_table(manifest: Any) -> Table:
+def summary_table(manifest: Any) -> FittedTable:
     """Teacher, then each student's baseline / distilled / control side by side: accuracy, change vs that student's
     baseline, size, training time."""
     models = manifest.models
@@ -58,6 +58,7 @@ def summary_table(manifest: Any) -> Table:
         SUMMARY_HEADERS,
         rows,
         caption="Δ: change vs the baseline (the same student trained without distillation), in points and test images",
+        optional=("best ep", "Δ imgs", "train", "params"),
     )
 
 
@@ -177,35 +178,92 @@ def benchmark_context(result: Any) -> list[str]:
     return lines
 
 
-def build_table(title: str, headers: list[str], rows: list[list[Any]], caption: str | None = None) -> Table:
-    """First column left-aligned, the figures right-aligned, nothing wrapped.
+class FittedTable:
+    """A table that fits the width it is printed at without cutting a number: when its columns' widest cells do not
+    fit, the optional columns (named in `optional`, least needed first) are left out, and the text of the first column
+    folds. `kdc benchmark --wide` (optional=()) keeps every column."""
+
+    def __init__(self, title: str, headers: list[str], rows: list[list[Any]], caption: str | None = None,
+                 optional: tuple[str, ...] = (), narrow: "FittedTable | None" = None) -> None:  # fmt: skip
+        self.title, self.headers, self.rows, self.caption, self.optional = title, headers, rows, caption, optional
+        self.narrow = narrow  # the shorter table shown instead where even the required columns do not fit
+
+    def need(self, width: int) -> int:
+        """Characters the columns shown at this width take at least."""
+        return sum(self._need(i) + 3 for i in self.columns_for(width)) + 1
+
+    def _need(self, index: int) -> int:
+        cells = [str(row[index]) for row in self.rows]
+        longest_word = max((len(w) for w in self.headers[index].split()), default=1)
+        return max([longest_word, *(len(c) for c in cells)]) if index else max(longest_word, 12)
+
+    def fitted(self, width: int) -> "FittedTable":
+        """This table, or its narrow form where this one cannot fit the width."""
+        return self.narrow.fitted(width) if self.narrow is not None and self.need(width) > width else self
+
+    def columns_for(self, width: int) -> list[int]:
+        """The indices of the columns shown at this width."""
+        shown = list(range(len(self.headers)))
+        for name in self.optional:
+            if sum(self._need(i) + 3 for i in shown) + 1 <= width:
+                break
+            if name in self.headers:
+                shown.remove(self.headers.index(name))
+        return shown
+
+    def table(self, width: int) -> Table:
+        shown = self.columns_for(width)
+        left_out = [self.headers[i] for i in range(len(self.headers)) if i not in shown]
+        caption = self.caption
+        if left_out:
+            caption = ((caption + "\n") if caption else "") + f"(left out at {width} columns: {', '.join(left_out)}; --wide, or the JSON, has them)"
+        table = Table(title=Text(self.title), caption=None if caption is None else Text(caption))
+        for i in shown:
+            first = i == 0
+            table.add_column(Text(self.headers[i]), justify="left" if first else "right", no_wrap=not first,
+                             overflow="fold" if first else "ellipsis",
+                             min_width=None if first else max(len(str(r[i])) for r in self.rows) if self.rows else None)  # fmt: skip
+        for row in self.rows:
+            table.add_row(*(row[i] if isinstance(row[i], Text) else Text(str(row[i])) for i in shown))
+        return table
+
+    def __rich_console__(self, console: Any, options: Any) -> Any:
+        yield self.fitted(options.max_width).table(options.max_width)
+
+
+def build_table(
+    title: str, headers: list[str], rows: list[list[Any]], caption: str | None = None, optional: tuple[str, ...] = ()
+) -> FittedTable:
+    """First column left-aligned (its text folds), the figures right-aligned and never cut; optional columns are left
+    out where the terminal is too narrow for them all.
 
     Every string is shown as it is, never read as Rich markup: class names come from folder names, and
     `[link=...]` in one must not become a live hyperlink. Styled cells are passed as rich Text.
     """
-    table = Table(title=Text(title), caption=None if caption is None else Text(caption))
-    for i, header in enumerate(headers):
-        table.add_column(Text(header), justify="left" if i == 0 else "right", no_wrap=True)
-    for row in rows:
-        table.add_row(*(cell if isinstance(cell, Text) else Text(str(cell)) for cell in row))
-    return table
+    return FittedTable(title, headers, rows, caption, optional)
 
 
 def _share(value: float | None) -> str:
     return "?" if value is None else f"{value:.0%}"
 
 
-def benchmark_tables(result: Any) -> list[Table]:
+ACCURACY_OPTIONAL = ("MMACs/img", "params", "format", "x smaller")  # left out first where the terminal is narrow
+POINT_OPTIONAL = ("p99 ms", "agrees", "img/s", "frontier", "precision")
+
+
+def benchmark_tables(result: Any, wide: bool = False) -> list[FittedTable]:
     """What a person reads first: accuracy and size, then every point's speed, then per-class figures."""
     head = f"kdc benchmark: {result.run} ({result.dataset}, {result.test_images} test images)"
     s = result.settings
     tables = [
-        build_table(f"{head}\naccuracy and size (onnxruntime-cpu on the test split)", ACCURACY_HEADERS, accuracy_rows(result)),
+        build_table(f"{head}\naccuracy and size (onnxruntime-cpu on the test split)", ACCURACY_HEADERS, accuracy_rows(result),
+                    optional=() if wide else ACCURACY_OPTIONAL),  # fmt: skip
         build_table(
             f"every point (file x target x precision): batch 1 latency, throughput at batch {s['throughput_batch']}, "
             f"{s['threads']} thread(s)",
             POINT_HEADERS,
             point_rows(result),
+            optional=() if wide else POINT_OPTIONAL,
         ),
     ]
     names = list(result.models)
@@ -220,7 +278,11 @@ def benchmark_tables(result: Any) -> list[Table]:
     if len(result.classes) == 2:
         for key, label in (("sensitivity", "sensitivity"), ("specificity", "specificity"), ("roc_auc", "ROC-AUC")):
             rows.append([label] + [_fraction(per_class[r].get(key)) for r in names])
-    tables.append(build_table("per class: precision / recall / F1", ["class"] + [roles.label(r) for r in names], rows))
+    f1_rows = [[roles.label(r)] + [f"{per_class[r]['per_class'][c]['f1']:.2f}" for c in result.classes] for r in names]
+    narrow = build_table("per class: F1", ["model"] + list(result.classes), f1_rows)
+    table = build_table("per class: precision / recall / F1", ["class"] + [roles.label(r) for r in names], rows)
+    table.narrow = None if wide else narrow
+    tables.append(table)
     return tables
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from rich.table import Table
 from rich.text import Text
 
 from kdcompress.report.render import build_table, markdown_table, pyplot
@@ -132,11 +131,12 @@ def sweep_context(results: dict[str, Any]) -> list[str]:
     ]
 
 
-def sweep_table(results: dict[str, Any], student: str | None = None) -> Table:
+def sweep_table(results: dict[str, Any], student: str | None = None) -> Any:
     """The sweep as a Rich table with its context as caption (student: named in the title, for a sweep of several)."""
     title = f"kdc sweep: {results['dataset']['name']}, {len(results['cells'])} grid points x {len(results['grid']['seeds'])} seeds"
     title += f", student {student}" if student else ""
-    return build_table(title, sweep_headers(results), sweep_rows(results), caption="\n".join(sweep_context(results)))
+    return build_table(title, sweep_headers(results), sweep_rows(results), caption="\n".join(sweep_context(results)),
+                       optional=("seeds +/-", "95% interval", AUC_HEADER))  # fmt: skip
 
 
 def sweep_markdown(results: dict[str, Any], command: str) -> str:
