@@ -24,7 +24,5 @@ kdc sweep "${COMMON[@]}" --student resnet10t,mobilenetv4_conv_small --out artifa
 keep artifacts/sweep-cifar3-losses sweep-cifar3-losses
 kdc sweep "${COMMON[@]}" --student mobilenetv4_conv_small --student-stem auto --out artifacts/sweep-cifar3-losses-stem
 keep artifacts/sweep-cifar3-losses-stem sweep-cifar3-losses-stem
-python benchmarks/stem_cost.py
-python benchmarks/format_timings.py --models efficientnet_b3,resnet18,resnet10t,mobilenetv4_conv_small --sizes 32,224 --name format-timings-targets
 kdc sweep "${COMMON[@]}" --student resnet10t --epochs 60 --out artifacts/sweep-cifar3-losses-60ep
 keep artifacts/sweep-cifar3-losses-60ep sweep-cifar3-losses-60ep

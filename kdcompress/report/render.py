@@ -346,7 +346,7 @@ def benchmark_plot(result: Any, path: Any) -> None:
     latency frontier dashed through its points, the recommended point ringed; the labels listed beside the plot. PNG."""
     plt = pyplot()
     points = [(role, p) for role, model in result.models.items() for p in model.points]
-    fig, ax = plt.subplots(figsize=(10.4, 4.6), dpi=120)
+    fig, ax = plt.subplots(figsize=(11.5, 4.8 if len(points) <= 24 else 6.4), dpi=120)
     students = list(dict.fromkeys(roles.student_of(r) for r in result.models if r != roles.TEACHER))
     xs = {p.key: p.p50_ms for _, p in points}
     ys = {p.key: 100 * p.accuracy for _, p in points}
@@ -357,7 +357,7 @@ def benchmark_plot(result: Any, path: Any) -> None:
         ax.scatter([xs[p.key]], [ys[p.key]], s=30 + 10 * result.models[role].file_mb, marker=MARKERS.get(p.target, "D"),
                    facecolors=colour if on else "none", edgecolors=colour, zorder=3)  # fmt: skip
         ax.annotate(str(number), (xs[p.key], ys[p.key]), textcoords="offset points", xytext=(5, 3), fontsize=7, color=colour)
-        legend.append(f"{number:>2}  {roles.label(role)}, {p.target} {p.precision}, {result.models[role].file_mb:.1f} MB")
+        legend.append(f"{number:>2}  {roles.label(role)}, {p.target.replace('onnxruntime', 'ort')} {p.precision}")
     front = sorted((p.key for _, p in points if p.pareto.get("latency")), key=lambda k: xs[k])
     if len(front) > 1:
         ax.plot([xs[k] for k in front], [ys[k] for k in front], color="C0", alpha=0.5, linestyle="--", zorder=2, label="frontier (ms)")
@@ -375,9 +375,9 @@ def benchmark_plot(result: Any, path: Any) -> None:
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(f"{result.run}: accuracy vs latency (filled: on the frontier; size ~ file MB)", fontsize=9)
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7, loc="lower right")
-    fig.text(0.66, 0.92, "\n".join(legend[:40]), fontsize=6.5, family="monospace", va="top")
-    fig.subplots_adjust(left=0.07, right=0.64, bottom=0.12, top=0.9)
+    ax.legend(fontsize=7, loc="best")
+    fig.text(0.6, 0.92, "\n".join(legend[:48]), fontsize=6 if len(legend) > 24 else 7, family="monospace", va="top")
+    fig.subplots_adjust(left=0.07, right=0.58, bottom=0.12, top=0.9)
     fig.savefig(path)
     plt.close(fig)
 
