@@ -53,7 +53,7 @@ def test_run_folder_holds_everything_benchmark_and_predict_need(tiny_run):
     assert sum(seconds.values()) - seconds["total"] <= seconds["total"] + 0.05  # each figure rounded to 0.01 s
     trained = sum(manifest["models"][r]["train_seconds"] for r in ("baseline", "student", "control"))
     assert seconds["students"] >= trained - 0.05
-    assert "alpha * T^2 * KL" in manifest["objective"]["formula"]
+    assert "alpha * KD(student, teacher; T)" in manifest["objective"]["formula"] and manifest["objective"]["kd_loss"] == "kl"
     assert {"torch", "onnxruntime", "timm"} <= set(manifest["environment"]["versions"])
     assert not [p for p in tiny_run.parent.iterdir() if p.name.startswith(".partial")]
 

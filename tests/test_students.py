@@ -137,13 +137,12 @@ def test_bad_student_lists_are_refused_in_one_line(text, message):
 
 
 def test_a_sweep_of_two_students_trains_one_teacher_and_records_each_seed_once(tmp_path, monkeypatch):
-    from kdcompress.runs import sweep as sweep_module
     from kdcompress.train import teacher as teacher_module
 
     trained, recorded = [], []
-    train, record = teacher_module._train_teacher, sweep_module.record_teacher
+    train, record = teacher_module._train_teacher, teacher_module.record_teacher
     monkeypatch.setattr(teacher_module, "_train_teacher", lambda *a, **k: trained.append(1) or train(*a, **k))
-    monkeypatch.setattr(sweep_module, "record_teacher", lambda *a, **k: recorded.append(1) or record(*a, **k))
+    monkeypatch.setattr(teacher_module, "record_teacher", lambda *a, **k: recorded.append(1) or record(*a, **k))
     out = tmp_path / "sweep"
     args = ["sweep", *TINY, "--student", TWO, "--T", "4", "--alpha", "0.5", "--beta", "0.3", "--seeds", "1",
             "--control", "none", "--teacher-epochs", "1", "--artifacts", str(tmp_path), "--out", str(out)]  # fmt: skip
@@ -159,25 +158,27 @@ def test_a_sweep_of_two_students_trains_one_teacher_and_records_each_seed_once(t
 
 def test_each_format_of_a_student_is_judged_against_that_students_baseline():
     from kdcompress.deploy.benchmark import points_of
+    from kdcompress.deploy.results import BenchmarkResult, ModelResult, PointResult
 
-    def model(file, source=None):
-        return {"file": file, "accuracy": {"accuracy": 0.9}, "cpu": {"batch1": {"p50_ms": 1.0}}, "file_mb": 1.0, "source": source}
+    def model(role, file, fmt="FP32", source=None, baseline=None, targets=("onnxruntime-cpu",)):
+        points = [PointResult(role, file, t, "native" if t == "onnxruntime-cpu" else "f32", 0.9, 9, 1.0, {"p50_ms": 1.0}, 10.0) for t in targets]
+        return ModelResult(role, file, fmt, source, baseline, 1, 1.0, 1, None, True, points)
 
     models = {
-        "teacher": model("teacher.onnx"),
-        "baseline-resnet18": model("baseline-resnet18.onnx"),
-        "student-resnet18": model("student-resnet18.onnx"),
-        "int8-resnet18": model("student-resnet18-int8.onnx", "student-resnet18"),
-        "student-resnet10t": model("student-resnet10t.onnx"),
+        "teacher": model("teacher", "teacher.onnx"),
+        "baseline-resnet18": model("baseline-resnet18", "baseline-resnet18.onnx"),
+        "student-resnet18": model("student-resnet18", "student-resnet18.onnx", baseline="baseline-resnet18", targets=("onnxruntime-cpu", "openvino-cpu")),
+        "int8-resnet18": model("int8-resnet18", "student-resnet18-int8.onnx", "INT8", "student-resnet18", "baseline-resnet18", ("onnxruntime-cpu", "openvino-cpu")),
+        "baseline-resnet10t": model("baseline-resnet10t", "baseline-resnet10t.onnx"),
+        "student-resnet10t": model("student-resnet10t", "student-resnet10t.onnx", baseline="baseline-resnet10t"),
     }
-    baselines = {p.name: p.baseline for p in points_of(models)}
-    assert baselines == {
-        "teacher": None,
-        "baseline-resnet18": None,
-        "student-resnet18": "baseline-resnet18",
-        "int8-resnet18": "baseline-resnet18",
-        "student-resnet10t": "baseline-resnet10t",
-    }
+    result = BenchmarkResult("r", "r", "d", 10, ["a", "b"], {}, {}, {}, models)
+    points = {p.name: p for p in points_of(result)}
+    assert points["student-resnet18-int8.onnx @ openvino-cpu f32"].baseline == "baseline-resnet18.onnx @ onnxruntime-cpu native"
+    assert points["student-resnet18-int8.onnx @ openvino-cpu f32"].source == "student-resnet18.onnx @ openvino-cpu f32"  # same target
+    assert points["student-resnet18-int8.onnx @ onnxruntime-cpu native"].source == "student-resnet18.onnx @ onnxruntime-cpu native"
+    assert points["student-resnet10t.onnx @ onnxruntime-cpu native"].baseline == "baseline-resnet10t.onnx @ onnxruntime-cpu native"
+    assert points["teacher.onnx @ onnxruntime-cpu native"].baseline is None and points["baseline-resnet18.onnx @ onnxruntime-cpu native"].baseline is None
 
 
 def test_quantize_checks_every_student_first_and_publishes_nothing_when_one_is_missing(two_student_run, tmp_path):

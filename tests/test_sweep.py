@@ -267,3 +267,27 @@ def test_one_rule_says_when_the_teachers_outputs_are_recorded(tiny_run):
     assert isinstance(teacher_outputs(teacher, data, prep, settings, False, 1, NullReporter()), RecordedTeacher)
     assert teacher_outputs(teacher, data, prep, replace(settings, world_size=2), False, 8, NullReporter()) is teacher
     assert teacher_outputs(teacher, data, prep, replace(settings, device="cuda"), False, 1, NullReporter()) is teacher
+
+
+def test_a_diverged_cell_is_recorded_and_the_sweep_goes_on(tmp_path, tiny_run, monkeypatch):
+    # A 3-class MobileNetV4 diverged under DIST at lr 2e-3 in one seed of the issue #35 study: the sweep must not lose
+    # its other cells for it.
+    from kdcompress.core.errors import KdcError
+    from kdcompress.runs import sweep as sweep_module
+
+    real = sweep_module.train_one
+
+    def diverging(run, made, settings, name, reporter, score=True):
+        if name.endswith("-dist"):
+            raise KdcError(f"{name}: the training diverged: its cross-entropy averaged 13.8 over epoch 6")
+        return real(run, made, settings, name, reporter, score)
+
+    monkeypatch.setattr(sweep_module, "train_one", diverging)
+    config = _config(tmp_path, tiny_run / "checkpoints" / "teacher.pt", temperatures=(4.0,), alphas=(0.5,), betas=(0.0,),
+                     kd_losses=("kl", "dist"), seeds=1)  # fmt: skip
+    results = sweep(config)
+    dist = next(c for c in results["cells"] if c["kd_loss"] == "dist")
+    assert dist["diverged_seeds"] == 1 and dist["words"].startswith("diverged in 1 of 1 seed(s), each counted as all wrong")
+    assert dist["mean"] == 0.0 and results["chosen"]["kd_loss"] == "kl"  # validation never chooses it
+    run = json.loads((tmp_path / "sweep" / "runs" / "seed0-T4-alpha0.5-beta0-dist.json").read_text())
+    assert "the training diverged" in run["diverged"]

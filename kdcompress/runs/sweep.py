@@ -315,7 +315,13 @@ def _train_missing(
             made = objective(start, _training(run, job, matched), recorded if recorded is not None else teacher)
             name = run_name(seed, job)
             reporter.info(f"[{done}/{total}] {name}: {made.describe()}")
-            entry = _train_one(run, made, settings, name, reporter)
+            try:
+                entry = _train_one(run, made, settings, name, reporter)
+            except KdcError as exc:
+                if job.kind != "distilled" or "diverged" not in str(exc):
+                    raise
+                reporter.warn(f"{exc}: recorded as diverged (every test image counted wrong); the sweep goes on")
+                entry = _diverged(run, made, name, str(exc))
             entry.update({"seed": seed, "kind": job.kind, "temperature": job.temperature, "alpha": job.alpha, "beta": job.beta,
                           **({"kd_loss": job.kd_loss} if job.kind == "distilled" else {}),
                           **({"matched": matched} if matched else {})})  # fmt: skip
@@ -373,6 +379,16 @@ def _training(run: Prepared, job: Job, matched: dict[str, float] | None) -> Trai
     if job.kind == "distilled":
         return Training("distilled", *job.cell[:3], kd=replace(run.cfg.kd, kind=job.kd_loss))
     return Training(job.kind, smoothing=matched["smoothing"] if matched else None)
+
+
+def _diverged(run: Prepared, made: Any, name: str, why: str) -> dict[str, Any]:
+    """The run file of a distilled training that diverged: a result of the grid point like any other, every test image
+    counted wrong and validation 0 (so validation never chooses it), with why. One cell's divergence (DIST on a
+    3-class MobileNetV4 at lr 2e-3, for one) is a finding of the sweep, not a reason to lose the other cells."""
+    return {
+        "name": name, "objective": made.describe(), "test_accuracy": 0.0, "predictions": [-1] * len(run.data.test_y),
+        "device": run.device, "best_epoch": 0, "best_val_accuracy": 0.0, "train_seconds": None, "diverged": why,
+    }  # fmt: skip
 
 
 def _train_one(run: Prepared, made: Any, settings: Any, name: str, reporter: Reporter) -> dict[str, Any]:
@@ -473,6 +489,10 @@ def _compare_grid(cfg: SweepConfig, table: _SeedTable) -> tuple[list[dict[str, A
         entry = {"temperature": cell[0], "alpha": cell[1], "beta": cell[2], "kd_loss": cell[3],
                  "objective": table.runs[names[0]]["objective"]}  # fmt: skip
         entry.update(compare(distilled, baseline).to_dict(), **table.aucs(job))
+        diverged = [n for n in names if table.runs[n].get("diverged")]
+        if diverged:
+            entry["diverged_seeds"] = len(diverged)
+            entry["words"] = f"diverged in {len(diverged)} of {len(names)} seed(s), each counted as all wrong; " + entry["words"]
         entry["val_mean"] = float(np.mean([table.runs[n]["best_val_accuracy"] for n in names]))
         if job.pair in control_matrices:
             entry["vs_control"] = compare(distilled, control_matrices[job.pair], reference=REFERENCES["control"]).to_dict()
@@ -486,6 +506,7 @@ def _cost(cfg: SweepConfig, runs: dict[str, Any], folder: Path) -> dict[str, Any
     costs = [read_json(p, RETRAIN).get("seconds", 0.0) for p in (folder / "runs").glob("*.cost")]
     baseline_seconds = [runs[run_name(s, BASELINE)]["train_seconds"] for s in seeds]
     distilled_seconds = [runs[run_name(s, distilled_job(c))]["train_seconds"] for s in seeds for c in cfg.cells()]
+    distilled_seconds = [t for t in distilled_seconds if t is not None] or [0.0]  # diverged trainings have no time
     return {
         "baseline_seconds_mean": float(np.mean(baseline_seconds)),
         "distilled_seconds_mean": float(np.mean(distilled_seconds)),
