@@ -146,8 +146,9 @@ def predict_images(
     if problem:
         raise KdcError(f"--runtime {runtime}: {problem}")
     model_file = resolve_model_file(run_dir, manifest, model)
-    check_model(create_session(model_file), prep, classes, model_file)  # the file fits the run, whichever runtime runs it
     loaded = target.load(model_file, None, "f32" if runtime == "openvino" else "native")
+    session = loaded.details.get("session") or create_session(model_file)  # onnxruntime's own, or one to check with
+    check_model(session, prep, classes, model_file)  # the file fits the run, whichever runtime runs it
     results = []
     scored_logits, scored_labels = [], []
     resized, converted = 0, 0

@@ -116,9 +116,9 @@ def compress(config: CompressConfig, reporter: Reporter | None = None, spawn_saf
     staging = folder.staging
     try:
         with Exports(staging, run.prep, data.test_x, export_workers(spawn_safe)) as exports:
-            models, records, training = _train_all(run, reporter, phases, exports)
+            models, records, training, test_logits = _train_all(run, reporter, phases, exports)
             with phases("test and exports"):
-                manifest = _finish(run, models, records, training, staging, final_dir.name, reporter, exports)
+                manifest = _finish(run, models, records, training, test_logits, staging, final_dir.name, reporter, exports)
             if exports.fallback:
                 reporter.warn(exports.fallback)
                 manifest.warnings.append(exports.fallback)
@@ -139,11 +139,11 @@ def compress(config: CompressConfig, reporter: Reporter | None = None, spawn_saf
 
 def _train_all(
     run: Prepared, reporter: Reporter, phases: Phases, exports: Exports | None
-) -> tuple[dict[str, Any], dict[str, dict[str, Any]], dict[str, Any]]:
+) -> tuple[dict[str, Any], dict[str, dict[str, Any]], dict[str, Any], dict[str, Any]]:
     """Teacher (trained or reused), then baseline and distilled student from one fair start, each timed in phases.
 
     Each model goes to `exports` (rank 0 only) as soon as it is final. Returns the models, their training
-    records, and how the training ran (the manifest's `training`).
+    records, how the training ran (the manifest's `training`), and each student's test logits from its training.
     """
     cfg = run.cfg
     with phases("teacher"):
@@ -175,7 +175,7 @@ def _checkpoint_meta(run: Prepared, role: str) -> dict[str, Any]:
 
 def _train_students(
     run: Prepared, reporter: Reporter, teacher: Any, teacher_record: dict[str, Any], done: Callable[[str, Any], None]
-) -> tuple[dict[str, Any], dict[str, dict[str, Any]], dict[str, Any]]:
+) -> tuple[dict[str, Any], dict[str, dict[str, Any]], dict[str, Any], dict[str, Any]]:
     """For every student: baseline, distilled student and (with --control) the label-smoothing control, from its fair start.
 
     Each is one training of the student's seed (train.seed, the unit kdc sweep trains through too). The teacher's
@@ -212,8 +212,7 @@ def _train_students(
     }
     if cfg.several:
         training["students"] = cfg.students
-    models["_test_logits"] = shared.test_logits  # the trainings' own test scores, reused by _finish
-    return models, records, training
+    return models, records, training, shared.test_logits  # the trainings' own test scores, reused by _finish
 
 
 ROLE_OF = {"baseline": "baseline", "distilled": "student", "control": "control"}  # seed.KINDS -> the run's role names
@@ -293,6 +292,7 @@ def _finish(
     models: dict[str, Any],
     records: dict[str, dict[str, Any]],
     training: dict[str, Any],
+    test_logits: dict[str, Any],
     staging: Path,
     run_name: str,
     reporter: Reporter,
@@ -300,7 +300,6 @@ def _finish(
 ) -> Manifest:
     """Test, finish the exports, save data samples, then write the manifest last."""
     cfg, data = run.cfg, run.data
-    test_logits = models.pop("_test_logits", {})
     _save_samples(run, staging)
     history = {role: records[role].pop("history", []) for role in models}
     entries, correct = {}, {}
