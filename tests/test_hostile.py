@@ -269,6 +269,19 @@ def test_divergence_is_judged_against_chance_level():
         check_diverged("teacher", 1, {"loss": float("nan")}, 3, 2e-3, ended=False)
 
 
+def test_a_high_loss_that_is_not_rising_is_no_divergence():
+    """MobileNetV4 from scratch starts near 7x chance on two classes; only a loss that ran away stops the training."""
+    from kdcompress.core.errors import KdcError
+    from kdcompress.train.loop import check_diverged
+
+    # the walkthrough's baseline: epochs 4.69, 4.29, 5.10, 8.68 on two classes (10 x ln 2 = 6.93)
+    check_diverged("baseline", 4, {"loss": 8.68, "ce": 8.68}, 2, 2e-3, ended=True, reached=4.29)
+    check_diverged("baseline", 1, {"loss": 7.5, "ce": 7.5}, 2, 2e-3, ended=True, reached=5.2)  # its first step's
+    # the cifar3 DIST seed that blew up: 13.8 in epoch 6 on three classes, after the training had reached 0.46
+    with pytest.raises(KdcError, match=r"averaged 13.8 over epoch 6, over 10x chance level \(1.10\) and 30x the 0.46"):
+        check_diverged("distilled", 6, {"loss": 20.0, "ce": 13.8}, 3, 2e-3, ended=True, reached=0.46)
+
+
 # 8. EXIF orientation ------------------------------------------------------------------------------------------
 
 

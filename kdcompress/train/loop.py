@@ -125,24 +125,32 @@ def warmup_fraction(total_steps: int) -> float:
     return 0.375 if total_steps == 4 else 0.25
 
 
-DIVERGED_CE = 10.0  # an epoch's mean cross-entropy above this many times chance level (ln classes): diverged
+DIVERGED_CE = 10.0  # an epoch's mean cross-entropy above this many times chance level (ln classes) ...
+DIVERGED_RISE = 3.0  # ... and this many times where the training had got to: diverged
 
 
-def check_diverged(label: str, epoch: int, means: dict[str, float], classes: int, lr: float, ended: bool) -> None:
+def check_diverged(
+    label: str, epoch: int, means: dict[str, float], classes: int, lr: float, ended: bool, reached: float | None = None,
+) -> None:  # fmt: skip
     """Stop a training whose loss is no longer a number, or (at the end of an epoch) whose cross-entropy exploded.
 
-    Chance level, a uniform guess, is ln(classes); a training that learns anything stays near or below it,
-    while a too-high learning rate drives it to hundreds or millions. Past DIVERGED_CE x chance the epoch's
-    predictions are confidently wrong, and going on would only export a broken model as if it were fine.
+    Chance level, a uniform guess, is ln(classes); a too-high learning rate drives the cross-entropy to hundreds or
+    millions. An untrained model may start far above chance, though: MobileNetV4 from scratch starts near 7x chance
+    on two classes (large initial logits) and takes more than a few steps to come down. So an epoch diverged when
+    its mean is over DIVERGED_CE x chance *and* over DIVERGED_RISE x `reached`, the lowest mean cross-entropy of an
+    earlier epoch (for the first epoch: its first step's, the untrained model's). A high loss that is not rising is
+    left to the validation score, which judges it; one that ran away stops the training before a broken model is
+    exported as if it were fine. Without `reached` only the chance-level limit applies.
     """
     loss, ce = means["loss"], means.get("ce", means["loss"])
     if not (np.isfinite(loss) and np.isfinite(ce)):
         raise KdcError(f"{label}: the loss became {loss} in epoch {epoch}: the training diverged; lower --lr (now {lr:g}) and retry")
     chance = float(np.log(max(2, classes)))
-    if ended and ce > DIVERGED_CE * chance:
+    if ended and ce > DIVERGED_CE * chance and (reached is None or ce > DIVERGED_RISE * reached):
+        rose = "" if reached is None else f" and {ce / reached:.3g}x the {reached:.3g} it had reached"
         raise KdcError(
             f"{label}: the training diverged: its cross-entropy averaged {ce:.3g} over epoch {epoch}, over "
-            f"{DIVERGED_CE:g}x chance level ({chance:.2f}); lower --lr (now {lr:g}) and retry"
+            f"{DIVERGED_CE:g}x chance level ({chance:.2f}){rose}; lower --lr (now {lr:g}) and retry"
         )
 
 
@@ -178,9 +186,12 @@ def fit(
     status = ""
     with data_parallel(objective, device) if settings.world_size > 1 else nullcontext(), step.ready(), \
             reporter.progress(label, total=settings.epochs * stream.steps_per_epoch) as advance:  # fmt: skip
+        reached: float | None = None  # the lowest cross-entropy so far (check_diverged)
         for epoch in range(1, settings.epochs + 1):
             epoch_start = time.perf_counter()
-            means, running = _train_epoch(objective, stream, step, average, epoch, settings, label, len(data.classes), advance, status)
+            means, running, reached = _train_epoch(
+                objective, stream, step, average, epoch, settings, label, len(data.classes), advance, status, reached
+            )
             if settings.world_size > 1:  # each rank's last step moved its own BatchNorm statistics: take rank 0's
                 broadcast_buffers(student)
                 broadcast_buffers(evaluated)
@@ -203,9 +214,11 @@ def fit(
 
 def _train_epoch(
     objective: nn.Module, stream: Any, step: "TrainStep", average: Any, epoch: int, settings: TrainSettings,
-    label: str, classes: int, advance: Any, status: str,
-) -> tuple[dict[str, float], str]:  # fmt: skip
-    """One epoch of steps; the running means of the loss parts, read back every few steps, and their text."""
+    label: str, classes: int, advance: Any, status: str, reached: float | None,
+) -> tuple[dict[str, float], str, float | None]:  # fmt: skip
+    """One epoch of steps; the running means of the loss parts, read back every few steps, their text, and the
+    lowest cross-entropy reached so far (`reached`, this epoch's mean included; before the first epoch, None:
+    then the first step's cross-entropy is read back once and stands for the untrained model)."""
     report_every = REPORT_EVERY if settings.device == "cpu" else REPORT_EVERY_CUDA
     steps_per_epoch = stream.steps_per_epoch
     objective.train()
@@ -218,13 +231,17 @@ def _train_epoch(
             average.update(objective.student, step=(epoch - 1) * steps_per_epoch + index)
         for name, value in {"loss": loss, **parts}.items():
             sums[name] = sums[name] + value.detach().float() if name in sums else value.detach().float()
+        if reached is None:
+            reached = float(sums.get("ce", sums["loss"]))
         if index % report_every == report_every - 1 or index == steps_per_epoch - 1:
             means = {k: float(v) / (index + 1) for k, v in sums.items()}
-            check_diverged(label, epoch, means, classes, settings.lr, ended=index == steps_per_epoch - 1)
+            check_diverged(label, epoch, means, classes, settings.lr, ended=index == steps_per_epoch - 1, reached=reached)
             running = " ".join(f"{k} {v:.3f}" for k, v in means.items())
             advance(index + 1 - reported, status=f"ep {epoch}/{settings.epochs}{status} | {running}")
             reported = index + 1
-    return means, running
+    if means:
+        reached = min(reached, means.get("ce", means["loss"])) if reached is not None else means.get("ce", means["loss"])
+    return means, running, reached
 
 
 def _validate(student: nn.Module, evaluated: nn.Module, data: Dataset, prep: Preprocessing, settings: TrainSettings) -> dict[str, float]:
