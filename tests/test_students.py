@@ -154,6 +154,27 @@ def test_a_sweep_of_two_students_trains_one_teacher_and_records_each_seed_once(t
         assert [r["name"] for r in results["runs"]] == ["seed0-baseline", "seed0-T4-alpha0.5-beta0.3"]
         assert f"student {arch}" in result.output
     fails_cleanly(runner.invoke(app, ["compress", *TINY, "--from-sweep", str(out)]), "holds a sweep per student: pass one of them")
+    # The teacher is cached under --artifacts, not inside the sweep: a compress from one student's sweep reuses it.
+    assert [p.name for p in (tmp_path / ".teachers").iterdir()] and not (out / ".teachers").exists()
+    result = runner.invoke(app, ["compress", *TINY, "--from-sweep", str(out / "test_resnet"), "--artifacts", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert len(trained) == 1 and "reusing the" in " ".join(result.output.split())
+
+
+def test_a_teacher_cached_inside_an_older_several_student_sweep_is_still_found(tmp_path):
+    from kdcompress.train.teacher import _cached_teacher, teacher_cache_dir
+
+    cfg = CompressConfig(artifacts=str(tmp_path), out=str(tmp_path / "sweep" / "test_resnet"))
+    assert teacher_cache_dir(cfg) == tmp_path / ".teachers"
+    assert _cached_teacher(cfg, "k") == tmp_path / ".teachers" / "k"  # nothing cached anywhere: the new place
+    legacy = tmp_path / "sweep" / ".teachers" / "k"
+    legacy.mkdir(parents=True)
+    (legacy / "teacher.pt").write_bytes(b"")
+    assert _cached_teacher(cfg, "k") == tmp_path / ".teachers" / "k"  # half an entry is no teacher
+    (legacy / "record.json").write_text("{}")
+    assert _cached_teacher(cfg, "k") == legacy
+    outside = CompressConfig(artifacts=str(tmp_path / "artifacts"), out=str(tmp_path / "elsewhere" / "run"))
+    assert teacher_cache_dir(outside) == tmp_path / "elsewhere" / ".teachers"
 
 
 def test_each_format_of_a_student_is_judged_against_that_students_baseline():

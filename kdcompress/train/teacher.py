@@ -120,9 +120,28 @@ def teacher_cache_key(cfg: CompressConfig, data: Dataset) -> str:
 
 
 def teacher_cache_dir(cfg: CompressConfig) -> Path:
-    """Where trained teachers are cached: beside the run (or sweep) folder, in .teachers/ (--from-sweep: the sweep's)."""
+    """Where trained teachers are cached: --artifacts/.teachers for every run or sweep folder inside --artifacts (a
+    several-student sweep's --out/STUDENT folders and --from-sweep's too, so that one teacher serves them all), and
+    beside the folder in .teachers/ for one elsewhere."""
     beside = cfg.from_sweep or cfg.out
-    return (Path(beside).parent if beside else Path(cfg.artifacts)) / ".teachers"
+    if not beside or Path(beside).absolute().is_relative_to(Path(cfg.artifacts).absolute()):
+        return Path(cfg.artifacts) / ".teachers"
+    return Path(beside).parent / ".teachers"
+
+
+def _cached_teacher(cfg: CompressConfig, key: str) -> Path:
+    """The cache entry of this teacher: where teacher_cache_dir says, or where kdc before 2026-12 cached it (beside
+    the folder: a several-student sweep's teacher sat in --out/.teachers) when only that one exists, so that an
+    older sweep resumes without training its teacher again."""
+    entry = teacher_cache_dir(cfg) / key
+    beside = cfg.from_sweep or cfg.out
+    legacy = Path(beside).parent / ".teachers" / key if beside else entry
+    return legacy if not _whole(entry) and _whole(legacy) and not cfg.retrain_teacher else entry
+
+
+def _whole(entry: Path) -> bool:
+    """Whether a teacher cache entry holds both its files (_cache_teacher publishes them together)."""
+    return (entry / "teacher.pt").is_file() and (entry / "record.json").is_file()
 
 
 def load_or_train_teacher(
@@ -140,10 +159,8 @@ def load_or_train_teacher(
 
     main = settings.rank == 0
     # Rank 0 alone looks for a teacher to reuse (the others follow its answer); --teacher-weights needs no cache key.
-    cached = teacher_cache_dir(cfg) / teacher_cache_key(cfg, data) if main and not cfg.teacher_weights else None
-    reuse = main and (
-        cached is None or ((cached / "teacher.pt").is_file() and (cached / "record.json").is_file() and not cfg.retrain_teacher)
-    )
+    cached = _cached_teacher(cfg, teacher_cache_key(cfg, data)) if main and not cfg.teacher_weights else None
+    reuse = main and (cached is None or (_whole(cached) and not cfg.retrain_teacher))
     if broadcast_object(reuse):
         loaded = _load_teacher(cfg, data, cached, reporter) if main else None
         teacher = loaded[0] if loaded else create_model(cfg.teacher, len(data.classes), data.channels)
