@@ -5,7 +5,7 @@
 Each student (random weights: speed does not depend on them) is exported with kdc's own exporter as timm builds
 it and with models.adapt_to_input's stride-1 stem, then both files are timed interleaved on every CPU target kdc
 can use here (batch 1, p50), after warm-up. ResNets have no conv_stem: auto leaves them as built, and the record
-says so. The record goes to benchmarks/results/stem-cost-<cpu>.json.
+says so. The record goes to benchmarks/results/stem-cost-<cpu>.json (at another --size, stem-cost-<cpu>-<size>px.json).
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ def main() -> None:
     one = normalize(images[:1], prep)
     cpu = "intel" if "intel" in cpu_name().lower() else "amd" if "amd" in cpu_name().lower() else "cpu"
     record = {**envelope(cpu_isa=cpu_isa()), "settings": vars(args), "results": {}}
+    target_file = RESULTS / (f"stem-cost-{cpu}.json" if args.size == 32 else f"stem-cost-{cpu}-{args.size}px.json")
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models.split(","):
             files = {}
@@ -68,9 +69,9 @@ def main() -> None:
                 "macs": {stem: onnx_size(path)["macs"] for stem, path in files.items()},
                 "p50_ms": {key: t["p50_ms"] for key, t in timings.items()},
             }
-            save(record, RESULTS / f"stem-cost-{cpu}.json")
+            save(record, target_file)
             print(name, record["results"][name], flush=True)
-    save(record, RESULTS / f"stem-cost-{cpu}.json")
+    save(record, target_file)
 
 
 if __name__ == "__main__":
