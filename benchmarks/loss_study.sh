@@ -31,3 +31,5 @@ keep artifacts/sweep-cifar3-losses-60ep sweep-cifar3-losses-60ep
 CHEST=(--dataset chest-xray --data-dir "$DATA" --image-size 64 --teacher resnet50 --kd-loss kl,dist --T 4 --alpha 0.5 --beta 0 --seeds 3 --device cpu)
 kdc sweep "${CHEST[@]}" --student resnet10t,mobilenetv4_conv_small --out artifacts/sweep-chest-xray-losses-64
 keep artifacts/sweep-chest-xray-losses-64 sweep-chest-xray-losses-64
+kdc sweep "${CHEST[@]}" --student mobilenetv4_conv_small --student-stem auto --out artifacts/sweep-chest-xray-losses-64-stem
+keep artifacts/sweep-chest-xray-losses-64-stem sweep-chest-xray-losses-64-stem

@@ -123,6 +123,18 @@ def test_cli_benchmark_without_a_run_is_a_clear_error(tmp_path, make, message):
     fails_cleanly(result, message)
 
 
+def test_benchmark_of_a_project_root_reads_its_artifacts_folder(tiny_run, tmp_path):
+    from kdcompress.deploy.manifest import resolve_runs
+
+    project = tmp_path / "project"
+    (project / "artifacts").mkdir(parents=True)
+    shutil.copytree(tiny_run, project / "artifacts" / "run")
+    assert resolve_runs(project) == [project / "artifacts" / "run"]  # `kdc benchmark .` from the project's root
+    (project / "artifacts" / "run" / "manifest.json").unlink()
+    with pytest.raises(KdcError, match="no finished run in"):
+        resolve_runs(project)
+
+
 def test_a_busy_machine_is_flagged_not_silently_reported(tiny_run, monkeypatch):
     monkeypatch.setattr("kdcompress.deploy.timing.cpu_busy_fraction", lambda interval=0.5: 0.9)
     result = benchmark_run(tiny_run, quick=True, gpu=False)

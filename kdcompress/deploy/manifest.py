@@ -311,13 +311,16 @@ def list_runs(root: str | Path) -> list[Path]:
 
 
 def resolve_runs(path: str | Path, all_runs: bool = False) -> list[Path]:
-    """A run folder itself, or the newest finished run (every run with all_runs) under an artifacts root."""
+    """A run folder itself, or the newest finished run (every run with all_runs) under an artifacts root.
+
+    A folder that holds no run but an artifacts/ folder with runs in it (a project's root: `kdc benchmark .`) is
+    read as that artifacts root."""
     path = Path(path)
     if (path / MANIFEST).is_file():
         return [path]
     if not path.is_dir():
         raise KdcError(f"folder not found: {path} (run kdc compress first, or pass a run folder)")
-    runs = list_runs(path)
+    runs = list_runs(path) or list_runs(path / "artifacts")
     if not runs:
         raise KdcError(f"no finished run in {path}: run kdc compress first (a run is finished once it has {MANIFEST})")
     return runs if all_runs else [runs[-1]]
