@@ -178,3 +178,15 @@ def test_the_line_gives_sensitivity_and_specificity_for_two_classes():
     two = Point(**{**INT8.__dict__, "sensitivity": 0.95, "specificity": 0.64})
     words = recommend([TEACHER, BASELINE, STUDENT, two], "teacher", Budget(max_ms=1.5), "here")["words"]
     assert "; sensitivity 95.0%, specificity 64.0%;" in words
+
+
+def test_the_recommendation_says_what_the_shipped_models_gain_means_for_its_kind():
+    from kdcompress.deploy.benchmark import gain_meaning
+
+    said = {"resnet10t": "no gain over the baseline beyond noise, so nothing to attribute to the teacher"}
+    # the walkthrough shipped control-resnet10t under the distilled student's verdict; a control never saw the teacher
+    assert "regularisation, not the teacher's knowledge" in gain_meaning("control-resnet10t", said)
+    assert said["resnet10t"] not in gain_meaning("control-resnet10t", said)
+    assert gain_meaning("int8-resnet10t", said) == f" What its gain over the baseline means: {said['resnet10t']}."
+    assert gain_meaning("student", "the teacher's knowledge") == " What its gain over the baseline means: the teacher's knowledge."
+    assert gain_meaning("baseline-resnet10t", said) == gain_meaning("teacher", said) == ""

@@ -258,9 +258,22 @@ def _frontier(result: BenchmarkResult, correct: dict[str, np.ndarray], budget: B
         where = f"{m['cpu']}{isa}, {result.settings['threads']} thread(s)"
         result.recommendation = recommend(points, roles.TEACHER, budget, where)
         chosen = result.recommendation.get("model")
-        said = result.attribution.get(roles.student_of(chosen) or "") if isinstance(result.attribution, dict) else result.attribution
-        if chosen and roles.kind_of(chosen) not in (roles.TEACHER, "baseline") and said:
-            result.recommendation["words"] += f" What its gain over the baseline means: {said}."  # regularisation, or the teacher's
+        if chosen:
+            result.recommendation["words"] += gain_meaning(chosen, result.attribution)
+
+
+def gain_meaning(chosen: str, attribution: dict[str, str] | str | None) -> str:
+    """What the recommended model's gain over its baseline means, as a sentence to append ('' for a teacher or a
+    baseline): a control's is regularisation by construction (it never saw the teacher); a distilled student's (or
+    its INT8 / FP16 file's) is the run's verdict on distillation for that student."""
+    kind = roles.kind_of(chosen)
+    if kind == "control":
+        return (" It is the label-smoothing control, trained without the teacher: what it gained over the baseline is "
+                "regularisation, not the teacher's knowledge.")  # fmt: skip
+    said = attribution.get(roles.student_of(chosen) or "") if isinstance(attribution, dict) else attribution
+    if kind in (roles.TEACHER, "baseline") or not said:
+        return ""
+    return f" What its gain over the baseline means: {said}."  # regularisation, or the teacher's
 
 
 def _int8_verdict(models: dict[str, ModelResult], role: str, batch: int) -> dict[str, Any]:
