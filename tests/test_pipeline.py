@@ -342,3 +342,20 @@ def test_a_busy_machine_is_said_when_compress_starts(tmp_path, monkeypatch):
     from kdcompress.runs.launch import process_threads
 
     assert process_threads(2) == max(1, usable_cores() // 2) and process_threads(10_000) == 1
+
+
+def test_a_model_that_answers_one_class_for_every_image_is_warned_about():
+    from types import SimpleNamespace
+
+    from kdcompress.runs.compress import _one_class_warning
+
+    def entry(**recall):
+        return SimpleNamespace(details={"per_class_accuracy": recall})
+
+    # the walkthrough's 6-epoch teacher on 648 X-rays: 66.7% test accuracy, all of it PNEUMONIA
+    warning = _one_class_warning("teacher", entry(NORMAL=0.0, PNEUMONIA=1.0))
+    assert warning and "answers PNEUMONIA for every test image (distilling from it passes on nothing)" in warning
+    assert "the baseline resnet10t model answers NORMAL" in _one_class_warning("baseline-resnet10t", entry(NORMAL=1.0, PNEUMONIA=0.0))
+    assert _one_class_warning("teacher", entry(NORMAL=0.03, PNEUMONIA=1.0)) is None  # one NORMAL image right: two classes answered
+    assert _one_class_warning("teacher", entry(NORMAL=0.0, PNEUMONIA=0.97)) is None  # some other answer than PNEUMONIA
+    assert _one_class_warning("teacher", entry(a=1.0, b=None)) is None  # a class absent from the test split

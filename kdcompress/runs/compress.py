@@ -344,14 +344,30 @@ def _finish(
 
 
 def _teacher_warnings(entries: dict[str, ModelEntry]) -> list[str]:
-    """A warning for each baseline the teacher does not beat: distilling from it can only pass on its mistakes."""
+    """A warning for each baseline the teacher does not beat (distilling from it can only pass on its mistakes), and
+    for each trained model that gives one class to every test image (it learned no more than the class counts)."""
     teacher = entries[TEACHER].test_accuracy
-    return [
+    below = [
         f"the teacher ({teacher:.1%}) scores below the {roles.label(name)} student ({entry.test_accuracy:.1%}): "
         f"distilling from it can only pass on its mistakes"
         for name, entry in entries.items()
         if roles.kind_of(name) == "baseline" and teacher < entry.test_accuracy
     ]
+    return below + [warning for name, entry in entries.items() if (warning := _one_class_warning(name, entry))]
+
+
+def _one_class_warning(role: str, entry: ModelEntry) -> str | None:
+    """The warning for a model whose test recall is 1 for one class and 0 for every other: it answers that class for
+    every image, so its accuracy is that class's share of the test split, whatever the table's Δ suggests."""
+    recall = {name: r for name, r in entry.details.get("per_class_accuracy", {}).items() if r is not None}
+    answered = [name for name, r in recall.items() if r > 0]
+    if len(recall) < 2 or len(answered) != 1 or recall[answered[0]] < 1:
+        return None
+    also = " (distilling from it passes on nothing)" if role == TEACHER else ""
+    return (
+        f"the {roles.label(role)} model answers {answered[0]} for every test image{also}: it learned no more than "
+        f"the class counts; train longer (--epochs, --teacher-epochs) or on more images"
+    )
 
 
 def _save_samples(run: Prepared, staging: Path) -> None:
