@@ -129,6 +129,16 @@ def test_interleaved_timing_visits_the_calls_in_turn():
     assert visits[:4] == ["a", "a", "b", "b"] and visits.count("a") == visits.count("b") == timings["a"]["runs"] >= 20
 
 
+def test_a_fast_call_is_not_kept_timing_until_a_slow_one_has_as_many_runs():
+    import time
+
+    calls = {"teacher batch": lambda: time.sleep(0.01), "student": lambda: None}
+    timings = interleaved_latency(calls, warmup=1, runs=20, min_seconds=0.1)
+    # The slow call leaves once it has its 20 runs and 0.1 s; before, every call ran until the slowest had 20 x 20.
+    assert 20 <= timings["teacher batch"]["runs"] < 40
+    assert timings["student"]["runs"] == 400  # its cap: a no-op never fills 0.1 s
+
+
 def test_isa_flags_are_read_from_cpuinfo():
     intel = "model name\t: Intel Xeon\nflags\t\t: fpu sse avx2 avx512f avx512_vnni amx_tile amx_int8\n"
     assert cpu_isa(intel) == ["avx2", "avx512f", "avx512_vnni", "amx_tile", "amx_int8"]

@@ -22,22 +22,35 @@ ROUNDS = 10  # interleaved timing visits every call this many times at least, a 
 
 def interleaved_latency(calls: dict[str, Any], warmup: int, runs: int, min_seconds: float) -> dict[str, dict[str, float]]:
     """Per-call latency of several calls, timed in turns in this process, so that a slow spell of a shared machine
-    falls on all of them alike: every call is warmed up, then visited round after round, `runs // ROUNDS` calls a
-    visit, until each has at least `runs` calls and `min_seconds` of timing (at most 20 x `runs` calls each)."""
+    falls on all of them alike: every call is warmed up, then visited round after round until it has at least
+    `runs` calls and `min_seconds` of timing (at most 20 x `runs` calls), when it leaves the rotation.
+
+    A visit is `runs // ROUNDS` calls, or more until the visit has taken `min_seconds / ROUNDS`: so every call
+    gets about the same time a round and they reach `min_seconds` together, in about ROUNDS rounds. (Visits of a
+    fixed count made every fast call wait for the slowest: a 0.2 ms student ran until a 400 ms teacher batch had
+    its share, and a two-student benchmark took 9 minutes.)
+    """
     for run in calls.values():
         for _ in range(warmup):
             run()
-    per_visit = max(1, runs // ROUNDS)
+    per_visit, visit_seconds = max(1, runs // ROUNDS), min_seconds / ROUNDS
     times: dict[str, list[float]] = {name: [] for name in calls}
     spent = dict.fromkeys(calls, 0.0)
-    while any(len(times[n]) < runs or spent[n] < min_seconds for n in calls) and min(map(len, times.values())) < 20 * runs:
-        for name, run in calls.items():
-            for _ in range(per_visit):
+
+    def timing(name: str) -> bool:
+        return (len(times[name]) < runs or spent[name] < min_seconds) and len(times[name]) < 20 * runs
+
+    while active := [name for name in calls if timing(name)]:
+        for name in active:
+            run, visit, count = calls[name], 0.0, 0
+            while count < per_visit or (visit < visit_seconds and timing(name)):
                 t0 = time.perf_counter()
                 run()
                 elapsed = time.perf_counter() - t0
                 times[name].append(elapsed * 1e3)
                 spent[name] += elapsed
+                visit += elapsed
+                count += 1
     return {name: _stats(values) for name, values in times.items()}
 
 
