@@ -196,7 +196,11 @@ def test_predict_never_guesses_between_runs_of_different_datasets(tiny_run, fold
     first = named.stdout.splitlines()[0]
     assert f"run {artifacts / 'pets-run'} (folder: cats, dogs); model student" in " ".join(first.split())
     assert len([line for line in named.stdout.splitlines() if line.startswith(str(image))]) == 1  # one line per image
-    assert "1 image(s) classified:" in named.stdout and "not 16 x 16 px, the run's size" in named.stdout
+    # 20 x 24 px, as the run's training images were: resized to 16 px as they were, so nothing to warn about
+    assert "1 image(s) classified:" in named.stdout and "size" not in named.stdout
+    assert read_manifest(artifacts / "pets-run").dataset.source_sizes == ["20x24"]
+    digits = runner.invoke(app, ["predict", str(image), "--run", str(artifacts / "digits-run")])
+    assert "1 of 1 image(s) are of another size than the images the run was trained from (8x8 px)" in " ".join(digits.stdout.split())
 
 
 def test_predict_takes_the_recommended_model_and_a_files_own_name(folder_run, tmp_path):

@@ -50,6 +50,7 @@ class Dataset:
     aux_classes: tuple[str, ...] = ()
     aux_x: np.ndarray | None = None
     aux_y: np.ndarray | None = None
+    source_sizes: tuple[str, ...] = ()  # the images' sizes ('WxH') before resizing, for the manifest
 
     def with_auxiliary(self) -> "Dataset":
         """This dataset with the auxiliary images added to its training split (validation and test unchanged)."""
@@ -154,6 +155,7 @@ def load_dataset(
         aux_classes=source.aux_classes,
         aux_x=source.aux_x,
         aux_y=source.aux_y,
+        source_sizes=source.sizes,
     )
     for split, count in dataset.counts().items():
         if count == 0:

@@ -23,7 +23,7 @@ from kdcompress.core.reporter import Reporter
 from kdcompress.data.image_files import ImageFiles, read_images
 from kdcompress.data.memory import check_memory, fits_in_memory, memory_need, process_memory
 from kdcompress.data.split import stratified_split
-from kdcompress.deploy.preprocessing import IMAGE_SUFFIXES, resize_array
+from kdcompress.deploy.preprocessing import IMAGE_SUFFIXES, resize_array, source_sizes
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
@@ -45,6 +45,7 @@ class Source:
     aux_classes: tuple[str, ...] = ()
     aux_x: np.ndarray | None = None
     aux_y: np.ndarray | None = None
+    sizes: tuple[str, ...] = ()  # the images' sizes ('WxH') before resizing (preprocessing.source_sizes)
 
 
 def load_digits(size: int) -> Source:
@@ -65,6 +66,7 @@ def load_digits(size: int) -> Source:
         classes,
         1,
         "sklearn.datasets.load_digits (20% held out as test)",
+        sizes=("8x8",),
     )
 
 
@@ -177,6 +179,7 @@ def load_cifar3(root: Path, size: int, reporter: Reporter) -> Source:
         aux_classes=CIFAR10_OTHERS,
         aux_x=resize_array(train_x[others], size, 3),
         aux_y=train_y[others],
+        sizes=("32x32",),
     )
 
 
@@ -315,6 +318,8 @@ def load_folder(root: Path, size: int, channels: int, reporter: Reporter, stream
         train_x, train_y = gather(splits["train"], "train images")
         test_x, test_y = gather(splits["test"], "test images")
         source = str(root)
-    return Source(train_x, train_y, test_x, test_y, classes, channels, source + (" (streamed from disk)" if stream else ""))
+    trained_from = [p for c in classes for p in splits.get("train", splits.get("all", {}))[c]]
+    return Source(train_x, train_y, test_x, test_y, classes, channels, source + (" (streamed from disk)" if stream else ""),
+                  sizes=tuple(source_sizes(trained_from)))  # fmt: skip
 
 

@@ -56,6 +56,9 @@ class DatasetInfo:
     counts: dict[str, int]  # images per split: train, val, test
     source: str = ""
     fingerprint: str | None = None
+    # The training images' sizes ('WxH') before resizing, most common first, or ['various'] (preprocessing.source_sizes);
+    # empty in runs made before it was recorded.
+    source_sizes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -69,7 +72,10 @@ class DatasetInfo:
             _damaged(f"{where}: classes is {_shown(classes)}, not a list of at least 2 class names")
         if not isinstance(counts, dict) or not all(_is_int(v) for v in counts.values()):
             _damaged(f"{where}: counts is {_shown(counts)}, not image counts per split")
-        return cls(data["name"], list(classes), dict(counts), str(data.get("source", "")), data.get("fingerprint"))
+        sizes = data.get("source_sizes", [])
+        if not isinstance(sizes, list) or not all(isinstance(s, str) for s in sizes):
+            _damaged(f"{where}: source_sizes is {_shown(sizes)}, not a list of image sizes")
+        return cls(data["name"], list(classes), dict(counts), str(data.get("source", "")), data.get("fingerprint"), list(sizes))
 
 
 @dataclass

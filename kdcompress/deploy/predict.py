@@ -10,7 +10,7 @@ import numpy as np
 from kdcompress.core import roles
 from kdcompress.core.errors import KdcError
 from kdcompress.deploy.manifest import Manifest, model_file, read_manifest, resolve_runs
-from kdcompress.deploy.preprocessing import IMAGE_SUFFIXES, list_images, load_image, normalize
+from kdcompress.deploy.preprocessing import IMAGE_SUFFIXES, image_shape, list_images, load_image, normalize
 from kdcompress.deploy.sessions import check_model
 from kdcompress.deploy.targets import create_session, TARGETS
 from kdcompress.core.stats import softmax
@@ -69,15 +69,6 @@ def expand_inputs(inputs: list[Path], classes: list[str]) -> list[tuple[Path, in
 
 
 RUNTIMES = {"onnxruntime": "onnxruntime-cpu", "openvino": "openvino-cpu"}  # kdc predict --runtime -> its target
-
-
-def image_shape(path: Path) -> tuple[tuple[int, int], int]:
-    """An image file's (width, height) and its number of colour channels (alpha left out), read from its header."""
-    from PIL import Image
-
-    with Image.open(path) as image:
-        gray = image.mode in ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
-        return image.size, 1 if gray else 3
 
 
 def choose_run(run: Path | None, artifacts: Path) -> Path:
@@ -152,13 +143,17 @@ def predict_images(
     results = []
     scored_logits, scored_labels = [], []
     resized, converted = 0, 0
+    # Images unlike the training ones: of a size none of them had (before resizing), where the run recorded those
+    # sizes; in an older run, of another size than the run's input.
+    trained = [] if "various" in manifest.dataset.source_sizes else manifest.dataset.source_sizes
+    usual = set(trained) if manifest.dataset.source_sizes else {f"{prep.image_size}x{prep.image_size}"}
     for path, label in expand_inputs(inputs, classes):
         try:
             if is_url(path):
                 raise KdcError(f"{str(path).replace(':/', '://', 1)}: URLs are not supported; download the image first and pass the file")
             image = load_image(path, prep.image_size, prep.channels)
             size, bands = image_shape(path)
-            resized += size != (prep.image_size, prep.image_size)
+            resized += bool(usual) and f"{size[0]}x{size[1]}" not in usual
             converted += bands != prep.channels
         except KdcError as exc:
             results.append({"file": str(path), "error": str(exc)})
@@ -180,7 +175,14 @@ def predict_images(
                               "dataset": manifest.dataset.name, "runtime": loaded.target.name, "precision": loaded.precision,
                               "classes": classes, "results": results, "warnings": []}  # fmt: skip
     classified = sum("error" not in r for r in results)
-    if resized:
+    if resized and trained:
+        shown = ", ".join(trained[:3]) + (", ..." if len(trained) > 3 else "")
+        output["warnings"].append(
+            f"{resized} of {classified} image(s) are of another size than the images the run was trained from ({shown} px): "
+            f"resized to {prep.image_size} x {prep.image_size} as those were (bilinear), they may still not fit a model "
+            f"trained on other images ({manifest.dataset.name})"
+        )
+    elif resized:
         output["warnings"].append(
             f"{resized} of {classified} image(s) are not {prep.image_size} x {prep.image_size} px, the run's size: they were "
             f"resized to it (bilinear); a model trained on other images ({manifest.dataset.name}) may not fit them"

@@ -111,6 +111,36 @@ def load_image(path: str | Path, size: int, channels: int) -> np.ndarray:
         raise KdcError(f"cannot read image {path} ({exc}): the file may be truncated or corrupt") from None
 
 
+def image_shape(path: Path) -> tuple[tuple[int, int], int]:
+    """An image file's (width, height) and its number of colour channels (alpha left out), read from its header."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        gray = image.mode in ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
+        return image.size, 1 if gray else 3
+
+
+SIZES_SAMPLED = 64  # how many of a folder's training files source_sizes reads the header of
+SIZES_KEPT = 8  # more distinct sizes than this in the sample: the images vary, and no size is unusual
+
+
+def source_sizes(files: list[Path]) -> list[str]:
+    """The sizes ('WxH') of a folder's images before kdc resizes them, most common first, from the headers of up to
+    SIZES_SAMPLED files spread over the list; ['various'] when the sample holds more than SIZES_KEPT sizes. kdc
+    predict warns about an image of another size, as one unlike those the run was trained from."""
+    from collections import Counter
+
+    step = max(1, len(files) // SIZES_SAMPLED)
+    counts: Counter[str] = Counter()
+    for path in files[::step][:SIZES_SAMPLED]:
+        try:
+            (width, height), _ = image_shape(path)
+        except Exception:  # noqa: BLE001 - an unreadable file is reported when it is read; here it only goes uncounted
+            continue
+        counts[f"{width}x{height}"] += 1
+    return ["various"] if len(counts) > SIZES_KEPT else [size for size, _ in counts.most_common()]
+
+
 def resize_array(images: np.ndarray, size: int, channels: int) -> np.ndarray:
     """Resize a uint8 N x C x H x W array with the same PIL path as image files."""
     from PIL import Image

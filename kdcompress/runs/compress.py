@@ -312,7 +312,7 @@ def _finish(
     warnings = _teacher_warnings(entries)
     manifest = Manifest(
         run=run_name,
-        dataset=DatasetInfo(data.name, data.classes, data.counts(), data.source, data.fingerprint()),
+        dataset=DatasetInfo(data.name, data.classes, data.counts(), data.source, data.fingerprint(), list(data.source_sizes)),
         preprocessing=run.prep,
         models=entries,
         files={"test_set": "test_set.npz", "calibration_set": "calibration.npz", "validation_set": "validation.npz",
