@@ -119,3 +119,16 @@ def test_progress_is_plain_lines_with_time_left_when_not_a_terminal(monkeypatch)
     assert lines[2] == "teacher: 3/4 after 2 min 11 s, about 44 s left (epoch 3)"
     assert lines[3] == "teacher: 3/4 after 2 min 11 s (epoch 3)" and len(lines) == 4
     assert console_module.PLAIN_EVERY == 60.0
+
+
+@pytest.mark.parametrize("command", ["compress", "sweep", "benchmark", "quantize", "predict"])
+def test_help_prose_is_wrapped_by_the_terminal_not_by_the_source(command):
+    # Typer's rich help kept each docstring line break, so at 80 columns a 100-character source line became a full
+    # line and a stub ("each seed trains"): every description line but a paragraph's last must fill the width.
+    result = runner.invoke(app, [command, "--help"], env={"COLUMNS": "80"}, catch_exceptions=False)
+    assert result.exit_code == 0
+    lines = result.output.split("Usage:", 1)[1].split("╭", 1)[0].splitlines()[2:]
+    paragraphs = "\n".join(line.strip() for line in lines).strip().split("\n\n")
+    for paragraph in paragraphs:
+        *inner, _last = paragraph.splitlines()
+        assert all(len(line) > 50 for line in inner), f"a line broken by the source in {command} --help: {paragraph!r}"

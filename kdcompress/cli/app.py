@@ -480,3 +480,18 @@ def predict(
     if failed:
         stderr.print(f"{len(failed)} of {len(output['results'])} image(s) could not be classified", highlight=False)
         raise typer.Exit(1)
+
+
+def _prose(text: str) -> str:
+    """Help text as the terminal should wrap it: paragraphs kept, the source's line breaks inside each folded.
+
+    Typer's rich help keeps a docstring's single line breaks, so at 80 columns every 100-character source line
+    wrapped once more and broke mid-sentence."""
+    import inspect
+
+    paragraphs = inspect.cleandoc(text).split("\n\n")
+    return "\n\n".join(" ".join(line.strip() for line in paragraph.splitlines()) for paragraph in paragraphs)
+
+
+for _command in app.registered_commands:
+    _command.help = _prose(_command.help or _command.callback.__doc__ or "")
