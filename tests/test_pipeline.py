@@ -359,3 +359,29 @@ def test_a_model_that_answers_one_class_for_every_image_is_warned_about():
     assert _one_class_warning("teacher", entry(NORMAL=0.03, PNEUMONIA=1.0)) is None  # one NORMAL image right: two classes answered
     assert _one_class_warning("teacher", entry(NORMAL=0.0, PNEUMONIA=0.97)) is None  # some other answer than PNEUMONIA
     assert _one_class_warning("teacher", entry(a=1.0, b=None)) is None  # a class absent from the test split
+
+
+def test_a_batch_too_large_for_the_training_images_is_warned_with_one_that_fits(tmp_path):
+    # The walkthrough's folder of 230 X-rays at batch 128 trained every model for 15 steps, one an epoch, and the
+    # teacher answered one class: say it before training, with a batch that gives 8 steps an epoch.
+    from PIL import Image
+    from kdcompress.train.fair import few_steps_warning, prepare
+
+    for name in ("cat", "dog"):
+        (tmp_path / name).mkdir()
+        for i in range(25):
+            Image.new("RGB", (8, 8), (i * 9, 0, 0)).save(tmp_path / name / f"{i}.png")
+    config = CompressConfig(**{**TINY_CONFIG, "epochs": 3}, dataset="folder", data_dir=str(tmp_path))
+    log = Recorder()
+    prepared = prepare(config, log)
+    train = prepared.data.counts()["train"]
+    said = [m for m in log.warnings if "optimizer steps" in m]
+    assert said == [
+        f"{train} training images make 1 batch(es) of 128 an epoch, so each student trains for 3 optimizer steps in 3 "
+        f"epochs: too few for most models to learn anything; --batch-size 4 gives {train // 4} an epoch (more images, or "
+        "--epochs, give more steps too)"
+    ]
+    assert 32 <= train < 40  # so 4 is the largest power of two that gives 8 batches
+    assert few_steps_warning(train, replace(config.resolved(), batch_size=4)) is None
+    assert few_steps_warning(1294, CompressConfig().resolved()) is None  # digits: 10 batches of 128
+    assert "--batch-size 64" in few_steps_warning(600, CompressConfig(dataset="folder").resolved())

@@ -70,6 +70,9 @@ def prepare(config: CompressConfig, reporter: Reporter) -> Prepared:
         world_size=world.size,
         rank=world.rank,
     )
+    few = few_steps_warning(data.counts()["train"], cfg)
+    if few and world.main:
+        reporter.warn(few)
     # Measured once, by rank 0: for streamed data it is a pass over every training image.
     prep = broadcast_object(data.preprocessing() if world.main else None)
     return Prepared(cfg, device, data, prep, settings, world)
@@ -162,3 +165,24 @@ def control_smoothing(prepared: Prepared, teacher_logits: Any, temperature: floa
         "teacher_off_true_mass": round(mass, 6),
         "smoothing": round(matching_smoothing(alpha * mass, len(data.classes)), 6),
     }
+
+
+MIN_BATCHES_PER_EPOCH = 8  # digits, the smallest set kdc ships, makes 10 batches of 128 an epoch and learns in 5 epochs
+
+
+def few_steps_warning(train_images: int, cfg: CompressConfig) -> str | None:
+    """A warning when the batch is so large for the training images that each training takes only a handful of
+    optimizer steps (a folder of 230 images at batch 128: one step an epoch, 15 in all, and models that answer one
+    class), with the batch size that gives MIN_BATCHES_PER_EPOCH; None when there are enough."""
+    from kdcompress.train.views import steps_per_epoch
+
+    per_epoch = steps_per_epoch(train_images, cfg.batch_size)
+    if per_epoch >= MIN_BATCHES_PER_EPOCH or train_images < 2 * MIN_BATCHES_PER_EPOCH:
+        return None
+    smaller = 2 ** max(1, (train_images // MIN_BATCHES_PER_EPOCH).bit_length() - 1)  # a power of two, at least 2
+    return (
+        f"{train_images} training images make {per_epoch} batch(es) of {cfg.batch_size} an epoch, so each student "
+        f"trains for {per_epoch * cfg.epochs} optimizer steps in {cfg.epochs} epochs: too few for most models to learn "
+        f"anything; --batch-size {smaller} gives {steps_per_epoch(train_images, smaller)} an epoch (more images, or "
+        f"--epochs, give more steps too)"
+    )
