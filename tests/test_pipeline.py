@@ -337,8 +337,9 @@ def test_a_busy_machine_is_said_when_compress_starts(tmp_path, monkeypatch):
 
     monkeypatch.setattr(os, "getloadavg", lambda: (usable_cores() + 1.5, 0.0, 0.0))
     reporter = Recorder()
-    compress(CompressConfig(**{**TINY_CONFIG, "epochs": 1, "teacher_epochs": 1}, artifacts=str(tmp_path)), reporter)
+    result = compress(CompressConfig(**{**TINY_CONFIG, "epochs": 1, "teacher_epochs": 1}, artifacts=str(tmp_path)), reporter)
     assert any("this machine is already busy (load average" in w for w in reporter.warnings)
+    assert any("this machine is already busy (load average" in w for w in result.manifest.warnings)  # stored in the run
     from kdcompress.runs.launch import process_threads
 
     assert process_threads(2) == max(1, usable_cores() // 2) and process_threads(10_000) == 1

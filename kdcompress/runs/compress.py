@@ -96,6 +96,8 @@ def compress(config: CompressConfig, reporter: Reporter | None = None, spawn_saf
         reporter.info(describe(config, swept))
     with phases("start and data"):
         run = prepare(config, reporter)
+    if busy:
+        run.warnings.insert(0, busy)
     cfg, data = run.cfg, run.data
     if swept is not None:
         check_same_data(cfg, swept, data.fingerprint())
@@ -309,7 +311,7 @@ def _finish(
     write_json_atomic(staging / "history.json", history)
     comparisons = compare_models(correct)
 
-    warnings = _teacher_warnings(entries)
+    warnings = [*run.warnings, *_teacher_warnings(entries)]
     manifest = Manifest(
         run=run_name,
         dataset=DatasetInfo(data.name, data.classes, data.counts(), data.source, data.fingerprint(), list(data.source_sizes)),

@@ -9,7 +9,7 @@ from which `baseline()` and `distilled(...)` objectives are made.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from kdcompress.train.config import CompressConfig
@@ -31,6 +31,7 @@ class Prepared:
     prep: Preprocessing
     settings: Any  # train.TrainSettings for cfg.seed
     world: World = World()  # the processes torchrun started (one without torchrun)
+    warnings: list[str] = field(default_factory=list)  # said before training; a run stores them in its manifest
 
 
 def prepare(config: CompressConfig, reporter: Reporter) -> Prepared:
@@ -70,12 +71,12 @@ def prepare(config: CompressConfig, reporter: Reporter) -> Prepared:
         world_size=world.size,
         rank=world.rank,
     )
-    few = few_steps_warning(data.counts()["train"], cfg)
-    if few and world.main:
-        reporter.warn(few)
+    warnings = [w for w in [few_steps_warning(data.counts()["train"], cfg)] if w]
+    for warning in warnings if world.main else []:
+        reporter.warn(warning)
     # Measured once, by rank 0: for streamed data it is a pass over every training image.
     prep = broadcast_object(data.preprocessing() if world.main else None)
-    return Prepared(cfg, device, data, prep, settings, world)
+    return Prepared(cfg, device, data, prep, settings, world, warnings)
 
 
 @dataclass
