@@ -133,10 +133,3 @@ def test_help_prose_is_wrapped_by_the_terminal_not_by_the_source(command):
         *inner, _last = paragraph.splitlines()
         assert all(len(line) > 50 for line in inner), f"a line broken by the source in {command} --help: {paragraph!r}"
 
-
-def test_piped_output_is_140_columns_unless_columns_says_otherwise():
-    code = "from kdcompress.cli.output import stdout; print(stdout.width)"
-    env = {k: v for k, v in __import__("os").environ.items() if k != "COLUMNS"}
-    widths = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**env, **extra}).stdout.strip()
-              for extra in ({}, {"COLUMNS": "80"})]  # fmt: skip
-    assert widths == ["140", "80"]

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import sys
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
-# Piped output (logs, CI) gets a fixed comfortable width instead of Rich's 80 columns, unless COLUMNS names one.
-stdout = Console(width=None if sys.stdout.isatty() or os.environ.get("COLUMNS", "").isdigit() else 140)
+# Piped output (logs, CI) gets a fixed comfortable width instead of Rich's 80 columns (COLUMNS is not read here:
+# pytest-xdist sets it to 80 in its workers, and a shell rarely exports it).
+stdout = Console(width=None if sys.stdout.isatty() else 140)
 stderr = Console(stderr=True)
 
 
