@@ -24,7 +24,7 @@ from PIL import Image
 from kdcompress.cli import app
 from kdcompress.deploy.manifest import rehash
 
-from conftest import REPO, TINY, Recorder, copy_run, edit_manifest, fails_cleanly, runner
+from conftest import REPO, TINY, TINY_CONFIG, Recorder, copy_run, edit_manifest, fails_cleanly, runner
 
 
 
@@ -387,6 +387,29 @@ def test_sigterm_during_compress_discards_the_run_in_one_line(tmp_path):
     assert "interrupted (SIGTERM): the unfinished run was discarded" in " ".join(err.split())
     assert _leftovers(root) == [] and [p.name for p in root.iterdir() if not p.name.startswith(".")] == []
 
+
+
+@pytest.mark.parametrize("where", ["once the folder is reserved", "once the staging folder is made", "right after"])
+def test_an_interruption_as_the_run_folder_is_made_leaves_nothing(tmp_path, monkeypatch, where):
+    # Under load the suite's SIGTERM landed between the staging folder's mkdir and the try that discards it (an import
+    # stood there): .partial-* and its mark were left behind although the run said it was discarded.
+    from kdcompress.runs import compress as compress_module, rundir
+    from kdcompress.train.config import CompressConfig
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    if where == "once the folder is reserved":
+        monkeypatch.setattr(rundir, "remove_stale", interrupted)
+    elif where == "once the staging folder is made":
+        monkeypatch.setattr(Path, "write_text", lambda *a, **k: interrupted())  # its reservation mark
+    else:
+        monkeypatch.setattr(compress_module, "broadcast_object", interrupted)  # the first step after prepare_run_dir
+    root = tmp_path / "artifacts"
+    config = CompressConfig(**{**TINY_CONFIG, "epochs": 1, "teacher_epochs": 1}, artifacts=str(root))
+    with pytest.raises(KeyboardInterrupt):
+        compress_module.compress(config)
+    assert not root.exists() or list(root.iterdir()) == []
 
 def test_sigterm_during_quantize_leaves_the_run_as_it_was(tiny_run, tmp_path):
     run = _copy(tiny_run, tmp_path)

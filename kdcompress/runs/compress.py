@@ -108,15 +108,17 @@ def compress(config: CompressConfig, reporter: Reporter | None = None, spawn_saf
         f"{counts['test']} test images at {data.image_size}px, {data.channels} channel(s), on {where}"
         f"{', streamed from disk' if data.streamed else ''}"
     )
-    folder = prepare_run_dir(cfg) if run.world.main else None
-    final_dir = Path(broadcast_object(str(folder.final) if folder else None))
-    if folder is None:  # a rank other than 0: it trains its share and writes nothing
-        _train_all(run, reporter, phases, None)
-        return CompressResult(final_dir, None)
+    # Imported before the run folder exists: nothing slow may stand between making it and the try that discards it
+    # (a SIGTERM there left the staging folder behind).
     from kdcompress.train.export import Exports, export_workers
 
-    staging = folder.staging
+    folder = prepare_run_dir(cfg) if run.world.main else None
     try:
+        final_dir = Path(broadcast_object(str(folder.final) if folder else None))
+        if folder is None:  # a rank other than 0: it trains its share and writes nothing
+            _train_all(run, reporter, phases, None)
+            return CompressResult(final_dir, None)
+        staging = folder.staging
         with Exports(staging, run.prep, data.test_x, export_workers(spawn_safe)) as exports:
             models, records, training, test_logits = _train_all(run, reporter, phases, exports)
             with phases("test and exports"):
@@ -134,7 +136,8 @@ def compress(config: CompressConfig, reporter: Reporter | None = None, spawn_saf
         final_dir = publish_run(folder, manifest, reporter)
         reporter.info(Phases.words(seconds))  # the figures the manifest holds
     except BaseException:
-        discard_run(folder)
+        if folder is not None:
+            discard_run(folder)
         raise
     return CompressResult(final_dir, manifest)
 

@@ -79,6 +79,7 @@ def prepare_run_dir(cfg: CompressConfig) -> RunFolder:
 
     Two runs started in the same second get two folders: the name is taken by mkdir, which only one can win.
     """
+    made: list[Path] = []  # what this call made, removed again if it is interrupted half-way (SIGTERM, Ctrl-C)
     try:
         if cfg.out:
             final = check_out(cfg.out)
@@ -93,14 +94,21 @@ def prepare_run_dir(cfg: CompressConfig) -> RunFolder:
         else:
             final = reserve(Path(cfg.artifacts), f"{cfg.dataset}-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
             reserved, replaces = True, None
+        if reserved:
+            made.append(final)
         remove_stale(final.parent)
         staging = final.parent / f"{STAGING_PREFIX}{final.name}.{os.getpid()}"
         staging.mkdir(parents=True)
+        made.append(staging)
         if reserved:  # a later run removes the empty folder if this process is killed (files.remove_stale)
             (staging / RESERVED_MARK).write_text(final.name)
-    except OSError as exc:
-        where = cfg.out or cfg.artifacts
-        raise KdcError(f"cannot create the run folder in {where} ({exc.strerror or exc}): pick a writable folder") from None
+    except BaseException as exc:
+        for path in reversed(made):  # the staging folder with what it holds; the reserved folder only while empty
+            shutil.rmtree(path, ignore_errors=True) if path.name.startswith(STAGING_PREFIX) else _remove_empty(path)
+        if isinstance(exc, OSError):
+            where = cfg.out or cfg.artifacts
+            raise KdcError(f"cannot create the run folder in {where} ({exc.strerror or exc}): pick a writable folder") from None
+        raise
     return RunFolder(final, staging, reserved, replaces)
 
 
@@ -108,10 +116,15 @@ def discard_run(folder: RunFolder) -> None:
     """An unfinished run: its staging folder goes, and so does the final folder this process reserved (still empty)."""
     shutil.rmtree(folder.staging, ignore_errors=True)
     if folder.reserved:
-        try:
-            folder.final.rmdir()  # only an empty folder: never a run published there by another process
-        except OSError:
-            pass
+        _remove_empty(folder.final)
+
+
+def _remove_empty(path: Path) -> None:
+    """Remove a folder this process reserved, only while it is empty: never a run another process published there."""
+    try:
+        path.rmdir()
+    except OSError:
+        pass
 
 
 def publish_run(folder: RunFolder, manifest: Manifest, reporter: Reporter) -> Path:
