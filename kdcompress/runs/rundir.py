@@ -104,7 +104,10 @@ def prepare_run_dir(cfg: CompressConfig) -> RunFolder:
             (staging / RESERVED_MARK).write_text(final.name)
     except BaseException as exc:
         for path in reversed(made):  # the staging folder with what it holds; the reserved folder only while empty
-            shutil.rmtree(path, ignore_errors=True) if path.name.startswith(STAGING_PREFIX) else _remove_empty(path)
+            if path.name.startswith(STAGING_PREFIX):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                _remove_empty(path)
         if isinstance(exc, OSError):
             where = cfg.out or cfg.artifacts
             raise KdcError(f"cannot create the run folder in {where} ({exc.strerror or exc}): pick a writable folder") from None
