@@ -148,3 +148,15 @@ def test_the_small_input_stem_is_shared_by_baseline_distilled_student_and_contro
     assert timm_start.stem_stride is None and tuple(timm_start.initial.conv_stem.stride) == (2, 2)
     x = torch.zeros(1, 1, 64, 64)  # the stem halves the network's total stride: twice the final map
     assert models[0].eval().forward_features(x).shape[-1] == 2 * timm_start.initial.eval().forward_features(x).shape[-1]
+
+
+def test_every_student_starts_from_a_zeroed_head_and_uniform_predictions():
+    # MobileNetV4-Conv-Small started near 7x chance with timm's head and its baseline diverged on a 230-image folder;
+    # the fair start zeroes the classifier of every student, as the teacher recipe does for the teacher.
+    run = prepare(CompressConfig(**{**TINY_CONFIG, "epochs": 1}), NullReporter())
+    start = fair_start(run, 0, create_model("test_efficientnet", 10, 1))
+    head = start.initial.get_classifier()
+    assert torch.count_nonzero(head.weight) == 0 and torch.count_nonzero(head.bias) == 0
+    logits = start.baseline().student.eval()(torch.randn(4, 1, 16, 16))
+    assert torch.equal(logits, torch.zeros_like(logits))  # cross-entropy ln(10) at the first step, for every objective
+    assert sum(torch.count_nonzero(p) for p in start.initial.parameters()) > 0  # the body keeps timm's initialisation

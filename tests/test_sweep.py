@@ -153,6 +153,12 @@ def test_an_interrupted_sweep_resumes_and_other_settings_are_refused(tmp_path, t
 
     with pytest.raises(KdcError, match="other settings.*epochs"):
         sweep(SweepConfig(base=CompressConfig(**{**TINY_CONFIG, "epochs": 3}, teacher_weights=str(weights)), out=str(tmp_path / "sweep")))
+    # A sweep whose students started from timm's head (before sweep.json recorded student_head) is not mixed with these.
+    recorded = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
+    del recorded["settings"]["student_head"]
+    (tmp_path / "sweep" / "sweep.json").write_text(json.dumps(recorded))
+    with pytest.raises(KdcError, match="other settings.*student_head None -> 'zeroed'"):
+        sweep(config)
 
 
 @pytest.fixture(scope="module")

@@ -33,6 +33,7 @@ from kdcompress.runs.environment import busy_warning, environment
 from kdcompress.core.reporter import NullReporter, Reporter
 from kdcompress.core.stats import auc_summary, compare, REFERENCES, roc_auc
 from kdcompress.train.seed import objective, teacher_outputs, train_one, Training
+from kdcompress.train.models import STUDENT_HEAD
 from kdcompress.train.teacher import load_or_train_teacher, RECIPE_LEVERS, recording_fits
 
 FORMAT = "kdcompress-sweep/1"
@@ -261,6 +262,7 @@ def _check_resumable(folder: Path, base: CompressConfig, data: Dataset) -> dict[
     """sweep.json's content; a folder made with other settings is refused rather than mixed."""
     settings = {name: getattr(base, name) for name in SHARED_SETTINGS}
     settings["data"] = data.fingerprint()
+    settings["student_head"] = STUDENT_HEAD  # a folder of students started from timm's head (none recorded) is refused
     path = folder / "sweep.json"
     if not path.is_file():
         shared = {"format": FORMAT, "settings": settings}

@@ -125,13 +125,14 @@ def fair_start(prepared: Prepared, seed: int, teacher: Any, architecture: str | 
     """
     import torch
 
-    from kdcompress.train.models import adapt_to_input, create_model, create_projection
+    from kdcompress.train.models import adapt_to_input, create_model, create_projection, zero_init_head
     from kdcompress.train.views import steps_per_epoch
 
     cfg, data = prepared.cfg, prepared.data
     torch.manual_seed(seed)
     initial = create_model(architecture or cfg.students[0], len(data.classes), data.channels, cfg.pretrained_student)
     initial, stride = adapt_to_input(initial, data.image_size, cfg.student_stem)  # shared by every objective below
+    initial = zero_init_head(initial)  # uniform first predictions, as the teacher's (models.STUDENT_HEAD)
     torch.manual_seed(seed + 1)
     projection = create_projection(initial, teacher)
     settings = replace(prepared.settings, seed=seed)

@@ -66,6 +66,28 @@ def small_input_stem(model: Any, image_size: int) -> int | None:
     return 1
 
 
+STUDENT_HEAD = "zeroed"  # how a student's classifier starts (sweep.json records it, so no sweep mixes two starts)
+
+
+def zero_init_head(model: Any) -> Any:
+    """Zero the final classifier so training starts from uniform predictions (loss = ln(classes)); teacher and
+    students alike.
+
+    timm's EfficientNet-B3 starts with logits of +-17, a cross-entropy of ~8 for 3 classes, and from scratch on small
+    data it barely recovers: measured on digits (10 epochs, 16 px), test accuracy 21% with the default head, 77% with
+    a zeroed one, at the same cost. MobileNetV4-Conv-Small starts near 7x chance on two classes: on a 230-image folder
+    of X-rays at batch 16 its baseline diverged (cross-entropy 18.4 in epoch 4) with timm's head and reached 92%
+    validation with a zeroed one.
+    """
+    import torch.nn as nn
+
+    head = model.get_classifier()
+    if isinstance(head, nn.Linear):
+        nn.init.zeros_(head.weight)
+        nn.init.zeros_(head.bias)
+    return model
+
+
 def adapt_to_input(model: Any, image_size: int, stem: str = "auto") -> tuple[Any, int | None]:
     """model with the small-input stem when stem is auto (timm: as built); the stride set, or None."""
     stride = small_input_stem(model, image_size) if stem == "auto" else None
