@@ -51,9 +51,8 @@ def measure(
 
     from kdcompress.train.accel import AUTOTUNE_ENV
 
-    from kdcompress.train.models import adapt_to_input, create_model
+    from kdcompress.train.models import adapt_to_input, create_model, zero_init_head
     from kdcompress.train.objectives import Supervised
-    from kdcompress.train.teacher import zero_init_head
     from kdcompress.train.loop import TrainSettings, TrainStep
     from kdcompress.train.views import ViewStream
 

@@ -75,8 +75,8 @@ def test_supervised_is_plain_cross_entropy():
     assert set(parts) == {"ce"}
 
 
-def test_zeroed_head_starts_the_teacher_at_uniform_predictions():
-    from kdcompress.train.teacher import zero_init_head
+def test_zeroed_head_starts_at_uniform_predictions_and_still_learns():
+    from kdcompress.train.models import zero_init_head
 
     torch.manual_seed(0)
     teacher = zero_init_head(timm.create_model("test_efficientnet", num_classes=3)).eval()
