@@ -38,8 +38,7 @@ def images_per_second(role: str, size: int, precision: str, layout: str, batch: 
     """Images per second over `steps` training steps after two untimed ones, and the last loss."""
     import torch
 
-    from kdcompress.train.models import adapt_to_input, create_model
-    from kdcompress.train.models import zero_init_head
+    from kdcompress.train.models import adapt_to_input, create_model, zero_init_head
 
     torch.manual_seed(0)
     model = create_model(MODELS[role], 10, 3)
