@@ -136,6 +136,7 @@ def _quantize_locked(run_dir: Path, threads: int, reporter: Reporter, model: str
     A failure on the way (a missing student file, a damaged calibration set, Ctrl-C) leaves the run folder as it was:
     no file is published before all are made.
     """
+    _import_tools()
     manifest = read_manifest(run_dir)  # read again under the lock: another quantize may have just written it
     calibration = load_images(run_dir, manifest, "calibration_set")
     choice_key = "validation_set" if "validation_set" in manifest.files else "calibration_set"  # runs before validation.npz
@@ -168,6 +169,16 @@ def _quantize_locked(run_dir: Path, threads: int, reporter: Reporter, model: str
     manifest.models.update(made)
     write_manifest(run_dir, manifest)
     return made
+
+
+def _import_tools() -> None:
+    """Import onnxruntime's quantization and float16 tools (onnx's C++ parts, sympy) before any candidate folder is
+    made. Once in the suite a SIGTERM sent as `.quantize-*` appeared ended quantize by SIGSEGV (exit -11, nothing said)
+    instead of its clean-up; not reproduced in 20 tries, and an interrupted import of a C extension is the likely
+    cause, so nothing is imported any more while candidates are built."""
+    import onnxruntime.quantization  # noqa: F401
+    import onnxruntime.quantization.shape_inference  # noqa: F401
+    import onnxruntime.transformers.float16  # noqa: F401
 
 
 def _output(run_dir: Path, name: str) -> Path:
