@@ -388,7 +388,6 @@ def test_sigterm_during_compress_discards_the_run_in_one_line(tmp_path):
     assert _leftovers(root) == [] and [p.name for p in root.iterdir() if not p.name.startswith(".")] == []
 
 
-
 @pytest.mark.parametrize("where", ["once the folder is reserved", "once the staging folder is made", "right after"])
 def test_an_interruption_as_the_run_folder_is_made_leaves_nothing(tmp_path, monkeypatch, where):
     # Under load the suite's SIGTERM landed between the staging folder's mkdir and the try that discards it (an import
@@ -410,6 +409,7 @@ def test_an_interruption_as_the_run_folder_is_made_leaves_nothing(tmp_path, monk
     with pytest.raises(KeyboardInterrupt):
         compress_module.compress(config)
     assert not root.exists() or list(root.iterdir()) == []
+
 
 def test_sigterm_during_quantize_leaves_the_run_as_it_was(tiny_run, tmp_path):
     run = _copy(tiny_run, tmp_path)
