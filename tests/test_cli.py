@@ -132,4 +132,3 @@ def test_help_prose_is_wrapped_by_the_terminal_not_by_the_source(command):
     for paragraph in paragraphs:
         *inner, _last = paragraph.splitlines()
         assert all(len(line) > 50 for line in inner), f"a line broken by the source in {command} --help: {paragraph!r}"
-

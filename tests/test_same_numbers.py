@@ -2,8 +2,8 @@
 
 tests/golden/tiny_runs.json was written by `python tests/test_same_numbers.py` at commit d9fb70c, before the
 recipe moved into kdcompress/teacher.py and kdcompress/fair.py (issue #9), and written again when every student's
-classifier started zeroed (train/models.py STUDENT_HEAD): the teacher's losses stayed within 1e-6, the students' moved. Losses are compared with a
-relative tolerance of 1e-3, so that another CPU's float rounding passes while any change to the initial
+classifier started zeroed (train/models.py STUDENT_HEAD): the teacher's losses stayed within 1e-6, the students'
+moved. Losses are compared with a relative tolerance of 1e-3, so that another CPU's float rounding passes while any change to the initial
 weights, the views, the schedule or the objective (which move them by far more) fails. Test scores get 2% of
 the 359 test images: these barely trained models hold many near ties, and the 16-core host of one H200
 (torch 2.11) scored the student 99 against the recorded 105 while every loss stayed within 1e-3.

@@ -71,9 +71,10 @@ def prepare(config: CompressConfig, reporter: Reporter) -> Prepared:
         world_size=world.size,
         rank=world.rank,
     )
-    warnings = [w for w in [few_steps_warning(data.counts()["train"], cfg)] if w]
-    for warning in warnings if world.main else []:
-        reporter.warn(warning)
+    few_steps = few_steps_warning(data.counts()["train"], cfg)
+    warnings = [few_steps] if few_steps else []
+    if few_steps and world.main:
+        reporter.warn(few_steps)
     # Measured once, by rank 0: for streamed data it is a pass over every training image.
     prep = broadcast_object(data.preprocessing() if world.main else None)
     return Prepared(cfg, device, data, prep, settings, world, warnings)
