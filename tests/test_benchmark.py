@@ -302,3 +302,276 @@ def test_tables_fit_80_and_120_columns_without_cutting_a_number(tiny_run, width)
                 assert str(row[i]) in text, (table.headers[i], row[i])
     wide = benchmark_tables(result, wide=True)[1]
     assert wide.columns_for(80) == list(range(len(wide.headers)))  # --wide: every column
+
+
+# Writes, locks and runtimes that fail (issue #41): nothing written through a link or sent, no result lost.
+
+
+def _copy(run, tmp_path, name="run"):
+    from conftest import copy_run
+
+    return copy_run(run, tmp_path, name)
+
+
+def test_result_files_replace_a_link_instead_of_writing_through_it(tiny_run, tmp_path):
+    run = _copy(tiny_run, tmp_path)
+    outside = tmp_path / "bashrc"
+    outside.write_text("keep me\n")
+    for name in ("benchmark.md", "benchmark.png", "benchmark.json"):
+        (run / name).symlink_to(outside)
+    result = runner.invoke(app, ["benchmark", str(run), "--quick", "--no-gpu"])
+    assert result.exit_code == 0, result.output
+    assert outside.read_text() == "keep me\n"
+    for name in ("benchmark.md", "benchmark.png", "benchmark.json"):
+        assert not (run / name).is_symlink() and (run / name).stat().st_size > 0
+    assert not [p for p in run.iterdir() if p.name.endswith((".tmp", ".tmp.md", ".tmp.png", ".tmp.json"))]
+
+
+@pytest.mark.parametrize("field", ["run", "class"])
+def test_a_run_or_class_name_with_a_line_break_is_refused(tiny_run, tmp_path, field):
+    from conftest import edit_manifest
+
+    run = _copy(tiny_run, tmp_path)
+    if field == "run":
+        edit_manifest(run, lambda m: m.update(run="x\ntouch PWNED\n"))
+    else:
+        edit_manifest(run, lambda m: m["dataset"]["classes"].__setitem__(0, "zero\rtouch PWNED"))
+    fails_cleanly(runner.invoke(app, ["benchmark", str(run), "--quick", "--no-gpu"]), "holds a control character")
+    assert not (run / "benchmark.md").exists()
+
+
+def test_the_three_result_files_are_saved_as_one_or_not_at_all(tiny_run, tmp_path, monkeypatch):
+    import errno
+
+    from kdcompress.report import render
+
+    run = _copy(tiny_run, tmp_path)
+    first = runner.invoke(app, ["benchmark", str(run), "--quick", "--no-gpu"])
+    assert first.exit_code == 0, first.output
+    before = {name: (run / name).read_bytes() for name in ("benchmark.json", "benchmark.md", "benchmark.png")}
+
+    def full_disk(result, path):
+        path.write_bytes(b"half a png")
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(render, "benchmark_plot", full_disk)
+    result = runner.invoke(app, ["benchmark", str(run), "--quick", "--no-gpu", "--max-ms", "1000"])
+    fails_cleanly(result, "any from an earlier benchmark are as they were")
+    assert {name: (run / name).read_bytes() for name in before} == before
+    assert sorted(p.name for p in run.iterdir() if p.name.startswith(".")) == []
+
+
+def test_one_writer_at_a_time_in_a_run_folder(tiny_run, tmp_path):
+    import os
+
+    from kdcompress.core.files import folder_lock
+
+    run = _copy(tiny_run, tmp_path)
+    before = (run / "manifest.json").read_bytes()
+    with folder_lock(run, "quantize"):  # this process is a quantize adding INT8 entries to the manifest
+        said = f"another kdc quantize (process {os.getpid()}) is working in"
+        fails_cleanly(runner.invoke(app, ["benchmark", str(run), "--quick", "--no-gpu", "--rehash"]), said)
+        fails_cleanly(runner.invoke(app, ["benchmark", str(run), "--quick", "--no-gpu"]), said)
+    with folder_lock(run, "benchmark"):  # and a second benchmark waits for the first
+        fails_cleanly(runner.invoke(app, ["quantize", str(run)]), "another kdc benchmark")
+    assert (run / "manifest.json").read_bytes() == before and not (run / "benchmark.json").exists()
+
+
+def test_rehash_records_only_files_that_load_and_all_skips_a_run_it_cannot_rehash(tiny_run, tmp_path):
+    root = tmp_path / "artifacts"
+    good, bad = _copy(tiny_run, root, "a-good"), _copy(tiny_run, root, "b-bad")
+    before = (bad / "manifest.json").read_bytes()
+    (bad / "student.onnx").write_bytes(b"\x08\x07 not a protobuf")
+    fails_cleanly(runner.invoke(app, ["benchmark", str(bad), "--quick", "--no-gpu", "--rehash"]), "student.onnx (student) is not a readable ONNX model")
+    assert (bad / "manifest.json").read_bytes() == before  # the original's hash stays: restoring the file works
+    result = runner.invoke(app, ["benchmark", str(root), "--all", "--quick", "--no-gpu", "--rehash"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    said = " ".join(result.output.split())
+    assert f"skipped {bad}" in said and "1 of 2 runs could not be benchmarked" in said
+    assert (good / "benchmark.json").is_file()
+
+
+def test_the_bytes_checked_are_the_bytes_run(tiny_run, tmp_path, monkeypatch):
+    # A file swapped between the hash check and the load is never what runs: the runtimes get the checked bytes.
+    from kdcompress.deploy import manifest as manifest_module
+
+    run = _copy(tiny_run, tmp_path)
+    real_read = manifest_module._read_model
+
+    def read_then_swap(path, role):
+        data = real_read(path, role)
+        if role == "student":
+            path.write_bytes((run / "baseline.onnx").read_bytes())  # swapped right after it was read and hashed
+        return data
+
+    monkeypatch.setattr(manifest_module, "_read_model", read_then_swap)
+    result = benchmark_run(run, quick=True, gpu=False, targets=["onnxruntime-cpu"])
+    assert result.models["student"].reference.correct == read_manifest(tiny_run).models["student"].test_correct
+
+
+def test_a_run_under_a_non_ascii_path_loads_in_an_ascii_locale(tiny_run, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    run = _copy(tiny_run, tmp_path / "données")
+    env = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONIOENCODING": "ascii"}
+    command = [sys.executable, "-m", "kdcompress", "benchmark", str(run), "--quick", "--no-gpu", "--json"]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, encoding="utf-8")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["models"]["student"]["points"]
+
+
+def test_openvino_sends_nothing_and_writes_nothing_under_home(tiny_run, tmp_path):
+    # With OpenVINO installed: importing it must not write ~/intel nor call out; and a benchmark that is not asked to
+    # use it does not even import it. A sitecustomize shim records every urlopen and what was imported.
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("openvino")
+    home, shim = tmp_path / "home", tmp_path / "shim"
+    home.mkdir()
+    shim.mkdir()
+    record = tmp_path / "record.txt"
+    (shim / "sitecustomize.py").write_text(
+        "import atexit, sys, urllib.request\n"
+        f"RECORD = {str(record)!r}\n"
+        "def urlopen(*args, **kwargs):\n"
+        "    open(RECORD, 'a').write('urlopen %r\\n' % (args[:1],))\n"
+        "    raise OSError('no network in this test')\n"
+        "urllib.request.urlopen = urlopen\n"
+        "atexit.register(lambda: open(RECORD, 'a').write('openvino imported\\n') if 'openvino' in sys.modules else None)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("CI", "ORT_DISABLE_TELEMETRY", "ORT_TELEMETRY_DISABLED")}
+    env.update(HOME=str(home), PYTHONPATH=os.pathsep.join([str(shim), env.get("PYTHONPATH", "")]), ORT_DISABLE_TELEMETRY="")
+    command = [sys.executable, "-m", "kdcompress", "benchmark", str(_copy(tiny_run, tmp_path)), "--quick", "--no-gpu", "--json"]
+    done = subprocess.run([*command, "--target", "onnxruntime-cpu"], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert not record.exists()  # no call out, and openvino never imported
+    done = subprocess.run(command, env=env, capture_output=True, text=True)  # every target: openvino runs
+    assert done.returncode == 0, done.stderr
+    assert any(p["target"] == "openvino-cpu" for p in json.loads(done.stdout)["models"]["student"]["points"])
+    assert record.read_text() == "openvino imported\n"  # imported, and still nothing sent
+    assert not (home / "intel").exists() and not (home / ".cache" / "Microsoft").exists()
+    assert list(home.iterdir()) == []  # matplotlib's font cache too goes to a temporary folder of kdc's
+
+
+def test_an_empty_telemetry_variable_counts_as_unset():
+    import os
+    import subprocess
+    import sys
+
+    code = "import kdcompress, os; print(os.environ['ORT_DISABLE_TELEMETRY'], os.environ['ORT_TELEMETRY_DISABLED'])"
+    for value, expected in (("", "1 1"), ("0", "0 1")):
+        env = {**os.environ, "ORT_DISABLE_TELEMETRY": value}
+        env.pop("ORT_TELEMETRY_DISABLED", None)
+        done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+        assert done.stdout.split() == expected.split()
+
+
+def test_a_broken_openvino_is_one_note_and_the_rest_goes_on(tiny_run, tmp_path, monkeypatch):
+    import sys
+    import types
+
+    broken = types.ModuleType("openvino")
+
+    def core():
+        raise RuntimeError("numpy.core.multiarray failed to import")
+
+    broken.Core = core
+    monkeypatch.setitem(sys.modules, "openvino", broken)
+    run = _copy(tiny_run, tmp_path)
+    result = runner.invoke(app, ["benchmark", str(run), "--quick", "--no-gpu"])
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())
+    assert "target openvino-cpu not used: OpenVINO is installed but cannot start (RuntimeError: numpy.core.multiarray" in said
+    saved = json.loads((run / "benchmark.json").read_text())
+    assert "openvino" not in saved["machine"]["runtimes"]  # no version beside "cannot start"
+
+
+def test_a_target_that_fails_on_the_timing_batch_is_dropped_with_a_note(tiny_run, tmp_path, monkeypatch):
+    pytest.importorskip("openvino")
+    from kdcompress.deploy import targets
+
+    real_load = targets.OpenvinoCpu.load
+
+    def load(self, path, threads=None, precision="f32"):
+        loaded = real_load(self, path, threads, precision)
+        caller = loaded.caller
+
+        def refuse_large(sample):
+            if sample.shape[0] > 1:
+                raise RuntimeError("std::bad_alloc")
+            return caller(sample)
+
+        loaded.caller = refuse_large
+        return loaded
+
+    monkeypatch.setattr(targets.OpenvinoCpu, "load", load)
+    run = _copy(tiny_run, tmp_path)
+    result = runner.invoke(app, ["benchmark", str(run), "--quick", "--no-gpu", "--batch", "8"])
+    assert result.exit_code == 0, result.output
+    saved = json.loads((run / "benchmark.json").read_text())
+    assert {p["target"] for m in saved["models"].values() for p in m["points"]} == {"onnxruntime-cpu"}
+    assert any("openvino-cpu cannot time student.onnx" in n and "std::bad_alloc" in n for n in saved["notes"])
+
+
+def test_the_newest_run_is_the_one_made_last_not_the_one_touched_last(tiny_run, tmp_path):
+    from conftest import edit_manifest
+    from kdcompress.deploy.manifest import resolve_runs
+
+    root = tmp_path / "artifacts"
+    old, new = _copy(tiny_run, root, "old"), _copy(tiny_run, root, "new")
+    edit_manifest(old, lambda m: m.update(created="2026-01-01T00:00:00+00:00"))
+    edit_manifest(new, lambda m: m.update(created="2026-06-01T00:00:00+00:00"))
+    assert runner.invoke(app, ["benchmark", str(old), "--quick", "--no-gpu", "--rehash"]).exit_code == 0  # rewrites old's manifest
+    assert resolve_runs(root) == [new]
+
+
+def test_every_model_file_of_a_default_shaped_run_loads_on_every_installed_target(tmp_path):
+    # The default digits run: ResNet10-T at 16 px on one channel, whose avg_down pooling meets a 1 x 1 map with a
+    # 2 x 2 window; OpenVINO refused that file ("it cannot convert AveragePool-20, Conv-20").
+    from kdcompress.deploy.benchmark import choose_targets
+    from kdcompress.deploy.targets import TARGETS
+    from kdcompress.train.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("resnet10t", 10, 1).eval()
+    prep = Preprocessing(16, 1, (0.5,), (0.25,))
+    images = np.random.default_rng(0).integers(0, 256, (16, 1, 16, 16), dtype=np.uint8)
+    path = tmp_path / "student.onnx"
+    export_onnx(model, path, prep, images)
+    from kdcompress.deploy.preprocessing import normalize
+
+    x = normalize(images, prep)  # noqa: E501
+    usable = [name for name, why in choose_targets(None, gpu=False).items() if why is None]
+    logits = {name: TARGETS[name].load(path, 1, TARGETS[name].precisions([])[0]).run(x) for name in usable}
+    for name, out in logits.items():
+        np.testing.assert_allclose(out, logits["onnxruntime-cpu"], atol=1e-4, err_msg=name)
+    import importlib.util
+
+    assert "openvino-cpu" in logits or importlib.util.find_spec("openvino") is None
+
+
+def test_sigterm_during_a_benchmark_keeps_the_earlier_results_whole(tiny_run, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run = _copy(tiny_run, tmp_path)
+    assert runner.invoke(app, ["benchmark", str(run), "--quick", "--no-gpu"]).exit_code == 0
+    before = {name: (run / name).read_bytes() for name in ("benchmark.json", "benchmark.md", "benchmark.png")}
+    process = subprocess.Popen([sys.executable, "-m", "kdcompress", "benchmark", str(run), "--no-gpu"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not (run / ".kdc-run.lock").exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.0)  # inside the measurements (the full timing takes several seconds a point)
+    assert process.poll() is None, "the benchmark ended before it could be interrupted"
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 143 and "Traceback" not in err, err
+    assert {name: (run / name).read_bytes() for name in before} == before
+    assert [p.name for p in run.iterdir() if p.name.startswith(".")] == []

@@ -75,6 +75,9 @@ def test_attribution_says_regularisation_when_label_smoothing_matches_the_gain()
     assert "knowledge" in attribution({"student_vs_baseline": better, "student_vs_control": better})
     assert "no gain" in attribution({"student_vs_baseline": noise, "student_vs_control": better})
     assert attribution({"student_vs_baseline": better}) is None  # no control trained
+    # a loss beyond noise is said as a loss, not as "no gain" (issue #41, item 22)
+    worse = attribution({"student_vs_baseline": {"verdict": "worse"}, "student_vs_control": {"verdict": "worse"}})
+    assert worse.startswith("distillation cost accuracy: worse than the baseline beyond noise") and "no gain" not in worse
 
 
 def test_sweep_chooses_without_reading_test_predictions(tmp_path, tiny_run):

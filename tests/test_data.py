@@ -275,3 +275,69 @@ def test_what_kdc_assumes_about_a_users_folder_is_said(tmp_path):
     quiet = Recorder()
     load_dataset("folder", str(tmp_path), 8, 0.1, quiet)
     assert not any("sits beside it" in w for w in quiet.warnings)
+
+
+# Splits and folders a hostile user makes (issue #41)
+
+
+def test_a_small_class_keeps_an_image_in_the_test_split_or_is_refused(tmp_path):
+    from kdcompress.data.split import stratified_split
+
+    y = np.array([0] * 30 + [1] * 3)
+    x = np.arange(len(y))
+    train_x, train_y, test_x, test_y = stratified_split(x, y, 0.2, ["cat", "dog"], "test")
+    assert set(test_y) == {0, 1} and set(train_y) == {0, 1}
+    assert sorted([*train_x, *test_x]) == list(range(len(y)))  # every image on one side, once
+    usual = np.array([0] * 50 + [1] * 50)  # where every class is on both sides already, the split is sklearn's own
+    from sklearn.model_selection import train_test_split
+
+    keep, held = train_test_split(np.arange(100), test_size=20, stratify=usual, random_state=0)
+    assert list(stratified_split(np.arange(100), usual, 0.2)[2]) == sorted(held)
+    # 30 cats and 2 dogs: one dog goes to the test split, the other cannot make a validation split too: refused
+    for name in ("cat", "dog"):
+        for i in range(30 if name == "cat" else 2):
+            (tmp_path / name).mkdir(exist_ok=True)
+            Image.new("RGB", (8, 8), (i * 8, 0, 0) if name == "cat" else (0, 0, 200 + i)).save(tmp_path / name / f"{i}.png")
+    with pytest.raises(KdcError, match="class 'dog' has 1 image"):
+        load_dataset("folder", str(tmp_path), 8, 0.1, NullReporter())
+
+
+def test_a_folder_that_can_be_listed_but_not_entered_is_named_in_one_warning(tmp_path):
+    # As root every folder is readable; without the capability to bypass permissions (capsh), a r-- folder lists its
+    # names but its files cannot even be looked at: it must be said, never silently left out.
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    if os.geteuid() == 0 and not shutil.which("capsh"):
+        pytest.skip("needs capsh to drop root's permission bypass")
+    for name in ("cat", "dog"):
+        (tmp_path / name / "more").mkdir(parents=True)
+        for i in range(6):
+            Image.new("RGB", (8, 8), (i * 20, 0, 0)).save(tmp_path / name / f"{i}.png")
+            Image.new("RGB", (8, 8), (0, i * 20, 0)).save(tmp_path / name / "more" / f"{i}.png")
+    (tmp_path / "dog" / "more").chmod(0o444)
+    code = (
+        "from kdcompress.data.dataset import load_dataset\n"
+        "from conftest import Recorder\n"
+        f"r = Recorder(); d = load_dataset('folder', {str(tmp_path)!r}, 8, 0.1, r)\n"
+        "print(sum(d.counts().values())); print(*r.warnings, sep='\\n')\n"
+    )
+    command = [sys.executable, "-c", code]
+    if os.geteuid() == 0:
+        command = ["capsh", "--drop=cap_dac_override,cap_dac_read_search", "--", "-c", " ".join(map(_quote, command))]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, env=env)
+    finally:
+        (tmp_path / "dog" / "more").chmod(0o755)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == "18" and "skipped 1 folder(s) that cannot be read (dog/more)" in done.stdout
+
+
+def _quote(part: str) -> str:
+    import shlex
+
+    return shlex.quote(part)

@@ -203,6 +203,9 @@ def test_a_link_out_of_the_run_folder_is_refused(tiny_run, tmp_path):
         (lambda m: m["dataset"].update(classes="abc"), "classes is 'abc', not a list"),
         (lambda m: m["models"]["teacher"].update(parameters=None), "parameters is None, not a whole number"),
         (lambda m: m.update(files=["test_set.npz"]), "files is ['test_set.npz'], not file names by role"),
+        (lambda m: m["models"]["student"].update(sha256=5), "sha256 is 5, not a SHA-256 in hex"),
+        (lambda m: m["models"]["student"].update(sha256=["ab"]), "sha256 is ['ab'], not a SHA-256 in hex"),
+        (lambda m: m["dataset"].update(source_channels=[2]), "source_channels is [2], not a list of channel counts"),
     ],
 )
 def test_manifest_values_of_the_wrong_type_are_one_line(tiny_run, tmp_path, change, said):
@@ -434,7 +437,7 @@ def test_a_second_quantize_on_a_run_is_refused_while_the_first_holds_it(tiny_run
 
 def test_a_lock_left_by_a_killed_quantize_is_taken_over(tiny_run, tmp_path):
     run = _copy(tiny_run, tmp_path)
-    (run / ".kdc-quantize.lock").write_text(str(2**22 + 12345))  # above Linux's pid_max default: no such process
+    (run / ".kdc-run.lock").write_text(f"{2**22 + 12345} quantize")  # above Linux's pid_max default: no such process
     result = runner.invoke(app, ["quantize", str(run)])
     assert result.exit_code == 0, result.output
     assert (run / "student-int8.onnx").is_file() and _leftovers(run) == []

@@ -208,7 +208,7 @@ def test_predict_takes_the_recommended_model_and_a_files_own_name(folder_run, tm
 
     root, run = folder_run
     run = copy_run(run, tmp_path)
-    (run / "benchmark.json").write_text(json.dumps({"recommendation": {"model": "baseline"}}))
+    _recommend(run, "baseline")
     out = predict_images([root / "test" / "cats"], run=run)
     assert out["model_name"] == "baseline" and out["chosen_by"] == "the last kdc benchmark's recommendation"
     by_file = predict_images([root / "test" / "cats"], run=run, model="teacher.onnx")
@@ -240,3 +240,93 @@ def test_the_int8_file_is_chosen_on_validation_and_the_test_split_read_after(tin
     assert read == ["calibration_set", "validation_set", f"choose on {validation} images", "test_set"]
     q = read_manifest(run).models["int8"].details["quantization"]
     assert q["chosen_on"] == "validation_set" and all("choice_accuracy" in c and "accuracy" not in c for c in q["candidates"])
+
+
+def _recommend(run, model):
+    """A real benchmark.json of run (onnxruntime only), its recommendation set to model (None: a benchmark without a budget)."""
+    from kdcompress.deploy.frontier import Budget
+
+    result = benchmark_run(run, quick=True, gpu=False, targets=["onnxruntime-cpu"], budget=Budget(max_mb=1000) if model else None)
+    data = result.to_dict()
+    if model:
+        data["recommendation"]["model"] = model
+    (run / "benchmark.json").write_text(json.dumps(data))
+    return data
+
+
+# benchmark.json as predict reads it, and predict's own lines (issue #41)
+
+
+@pytest.mark.parametrize(
+    "damage, said",
+    [
+        (lambda data, run: data["recommendation"].update(model=["student"]), "recommendation.model is ['student']"),
+        (lambda data, run: data["models"]["student"]["points"][0].update(accuracy="abc"), "accuracy is 'abc'"),
+        (lambda data, run: data["models"]["student"]["points"][0]["batch1"].update(p50_ms=float("nan")), "batch1 is"),
+        (lambda data, run: data.update(format="kdcompress-benchmark/9"), "not a kdcompress-benchmark/2 benchmark result"),
+        (lambda data, run: (run / "benchmark.json").write_text("[" * 100_000 + "]" * 100_000), "cannot read"),
+        (lambda data, run: ((run / "benchmark.json").unlink(), (run / "benchmark.json").symlink_to("/dev/zero")), "leads outside its run folder"),
+        (lambda data, run: ((run / "benchmark.json").unlink(), __import__("os").mkfifo(run / "benchmark.json")), "is not a regular file"),
+    ],
+)
+def test_predict_reads_benchmark_json_as_a_run_file_with_its_types_checked(folder_run, tmp_path, damage, said):
+    from conftest import copy_run
+
+    root, run = folder_run
+    run = copy_run(run, tmp_path)
+    data = _recommend(run, "baseline")
+    written = json.dumps(data)
+    damage(data, run)
+    if json.dumps(data) != written:  # a change to the data: written back
+        (run / "benchmark.json").write_text(json.dumps(data))
+    fails_cleanly(runner.invoke(app, ["predict", str(root / "test" / "cats" / "01.png"), "--run", str(run)]), said)
+
+
+def test_predict_says_when_no_recommendation_is_recorded(folder_run, tmp_path):
+    from conftest import copy_run
+
+    root, run = folder_run
+    run = copy_run(run, tmp_path)
+    _recommend(run, None)  # a benchmark without a budget
+    out = predict_images([root / "test" / "cats" / "01.png"], run=run)
+    assert out["model_name"] == "student"
+    assert out["chosen_by"] == ("the default: its last kdc benchmark had no budget (--max-ms, --max-mb, --max-drop), so no "
+                                "recommendation is recorded")  # fmt: skip
+
+
+def test_a_failed_image_does_not_load_torch(folder_run, tmp_path):
+    import subprocess
+    import sys
+
+    root, run = folder_run
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png")
+    code = (
+        "import sys\n"
+        "from kdcompress.cli import main\n"
+        f"sys.argv = ['kdc', 'predict', {str(broken)!r}, {str(root / 'test' / 'cats' / '01.png')!r}, '--run', {str(run)!r}]\n"
+        "try:\n    main()\n"
+        "finally:\n    print('torch loaded' if 'torch' in sys.modules else 'no torch', file=sys.stderr)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.strip().endswith("no torch") and "1 of 2 image(s) could not be classified" in done.stderr
+
+
+def test_grayscale_images_of_a_run_trained_on_grayscale_files_are_not_said_to_be_converted(tmp_path):
+    # A folder of grayscale PNGs trains at 3 channels (RGB); predicting on the same images converts them exactly as
+    # training did, which is nothing to warn about. Colour images for that run are.
+    from kdcompress.train.config import CompressConfig
+
+    for label, shade in (("dark", 40), ("light", 200)):
+        for i in range(10):
+            (tmp_path / "data" / label).mkdir(parents=True, exist_ok=True)
+            Image.new("L", (12, 12), shade + i).save(tmp_path / "data" / label / f"{i:02d}.png")
+    config = CompressConfig(dataset="folder", data_dir=str(tmp_path / "data"), teacher="test_efficientnet",
+                            student="test_resnet", image_size=12, epochs=1, teacher_epochs=1, device="cpu",
+                            control="none", batch_size=4, artifacts=str(tmp_path / "artifacts"))  # fmt: skip
+    run = compress(config).run_dir
+    manifest = read_manifest(run)
+    assert manifest.preprocessing.channels == 3 and manifest.dataset.source_channels == [1]
+    out = predict_images([tmp_path / "data" / "dark"], run=run)
+    assert len(out["results"]) == 10 and not [w for w in out["warnings"] if "channels" in w]

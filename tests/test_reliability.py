@@ -44,12 +44,16 @@ def test_out_refuses_the_current_folder(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["precious.txt"]
 
 
-def test_out_takes_an_empty_folder(tmp_path):
-    out = tmp_path / "empty"
-    out.mkdir()
-    result = runner.invoke(app, ["compress", *TINY, "--epochs", "1", "--out", str(out), "--control", "none"])
+def test_out_takes_an_empty_folder_and_the_teacher_cache_stays_under_artifacts(tmp_path):
+    out = tmp_path / "elsewhere" / "empty"
+    out.mkdir(parents=True)
+    artifacts = tmp_path / "artifacts"
+    result = runner.invoke(app, ["compress", *TINY, "--epochs", "1", "--out", str(out), "--control", "none", "--artifacts", str(artifacts)])
     assert result.exit_code == 0, result.output
     assert (out / "manifest.json").is_file()
+    # Nothing beside --out (issue #41, item 20): the cache is where the README says, under --artifacts.
+    assert [p.name for p in (tmp_path / "elsewhere").iterdir()] == ["empty"]
+    assert any((artifacts / ".teachers").iterdir())
 
 
 # 2. refused before training, not after it ------------------------------------------------------
@@ -100,6 +104,19 @@ def test_a_decompression_bomb_is_one_error_line_and_the_others_are_classified(ti
     output = json.loads(result.stdout)
     assert [("error" in r) for r in output["results"]] == [False, True, False]
     assert "too large to decode safely" in output["results"][1]["error"]
+
+
+def test_an_image_between_pils_limits_is_read_without_its_raw_warning(tmp_path, monkeypatch):
+    import warnings
+
+    from kdcompress.deploy.preprocessing import load_image
+
+    Image.new("L", (40, 40), 10).save(tmp_path / "large.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 1,600 pixels: over the warning limit, under twice it
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert load_image(tmp_path / "large.png", 8, 1).shape == (1, 8, 8)
+    assert not [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)]
 
 
 def test_a_model_whose_input_does_not_fit_the_run_is_refused(tiny_run, tmp_path):
@@ -217,8 +234,19 @@ def test_a_sweep_resumed_with_another_seed_is_refused_and_a_damaged_run_file_is_
     assert runner.invoke(app, [*sweep, *out]).exit_code == 0
     fails_cleanly(runner.invoke(app, [*sweep, *out, "--seed", "3"]), "seed 0 -> 3")
     run_file = tmp_path / "sweep" / "runs" / "seed0-baseline.json"
+    whole = json.loads(run_file.read_text())
     run_file.write_text(run_file.read_text()[:50])
     fails_cleanly(runner.invoke(app, [*sweep, *out]), "delete it and run the same command again")
+    # A run file that reads as JSON but is damaged (issue #41, item 10) is trained again, said in one warning each.
+    distilled = tmp_path / "sweep" / "runs" / "seed0-T4-alpha0.5-beta0.json"
+    run_file.write_text(json.dumps({**whole, "predictions": whole["predictions"][:5]}))
+    distilled.write_text(json.dumps({**json.loads(distilled.read_text()), "best_val_accuracy": "high"}))
+    again = runner.invoke(app, [*sweep, *out])
+    assert again.exit_code == 0, again.output
+    said = " ".join(again.output.split())
+    assert "is damaged (5 predictions, not one per test image" in said  # (the path before it is folded at 80 columns)
+    assert "is damaged (best_val_accuracy is 'high', not a fraction): that training runs again" in said
+    assert json.loads(run_file.read_text())["predictions"] == whole["predictions"]  # retrained, the same numbers
 
 
 def test_stale_working_folders_of_dead_processes_are_removed_and_others_kept(tmp_path):

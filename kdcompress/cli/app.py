@@ -64,18 +64,48 @@ def _user_errors(interrupted: str) -> Callable[[Callable[..., Any]], Callable[..
                 signal_name = "SIGTERM" if isinstance(exc, Terminated) else "Ctrl-C"
                 stderr.print(f"[bold red]interrupted[/] ({signal_name}): {escape(interrupted)}", highlight=False)
                 raise typer.Exit(143 if isinstance(exc, Terminated) else 130) from None
+            except (typer.Exit, typer.Abort):  # click's own exits are RuntimeErrors: let them through untouched
+                raise
+            except MemoryError:  # under a memory limit (ulimit -v) or on a full machine
+                fail("out of memory: free memory, or raise the limit (ulimit -v) or use smaller settings, then retry")
+            except ImportError as exc:  # a library that cannot load: often a memory limit too small to map it
+                first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)[:160]
+                fail(f"a library could not be loaded ({first}): raise the memory limit (ulimit -v) if one is set, "
+                     f"otherwise reinstall kdcompress (pip install -e .)")  # fmt: skip
             except RuntimeError as exc:  # under torchrun: a collective whose peer process has died
+                if any(sign in str(exc) for sign in OUT_OF_MEMORY):  # a runtime's own allocation failure (onnxruntime's Fail)
+                    fail("out of memory: free memory, or raise the limit (ulimit -v) or use smaller settings, then retry")
+                if "torch" not in sys.modules:  # no torch was loaded (predict, benchmark): no collective to ask about
+                    _unexpected(exc)
                 from kdcompress.train.collectives import lost_peer, PEER_FAILED
                 from kdcompress.core.world import launched
 
                 if not lost_peer(exc):
-                    raise
+                    _unexpected(exc)
                 fail(f"process {launched().rank} stopped: another process failed first (its error is above)", PEER_FAILED)
+            except Exception as exc:  # noqa: BLE001 - a library's own failure under a memory limit; a bug otherwise
+                _unexpected(exc)
 
         return wrapper
 
     return decorate
 
+
+OUT_OF_MEMORY = ("Failed to allocate memory", "std::bad_alloc", "DefaultCPUAllocator: can't allocate memory")
+
+
+def _unexpected(exc: BaseException) -> None:
+    """An exception kdc does not expect. Under a memory limit (ulimit -v) libraries fail in their own ways (protobuf's
+    'Failed to serialize proto', OpenBLAS, a C++ allocator): that is said in one line naming the limit. Anywhere
+    else it is a bug, and its traceback is what a report needs: it is raised as it is."""
+    import resource
+
+    limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+    if limit == resource.RLIM_INFINITY:
+        raise exc
+    first = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")[:120]
+    fail(f"{type(exc).__name__}{f': {first}' if first else ''}, under a memory limit of {limit / 2**20:.0f} MB (ulimit -v): "
+         f"raise the limit or free memory, then retry")  # fmt: skip
 
 LOSS_HELP = f"{FORMULA}   ({FORMULA_NOTES})"
 
@@ -321,7 +351,7 @@ def benchmark(
     all_runs: bool = typer.Option(False, "--all", help="Benchmark every finished run under the artifacts root."),
     target: Optional[str] = typer.Option(
         None, "--target", help="Targets to run every file on, comma-separated: onnxruntime-cpu (always), onnxruntime-cuda "
-        "(onnxruntime-gpu and a GPU), openvino-cpu (pip install 'kdcompress[openvino]'). Default: every one that can run "
+        "(onnxruntime-gpu and a GPU), openvino-cpu (pip install 'kdcompress\\[openvino]'). Default: every one that can run "
         "here; one named here that cannot is an error.",
     ),
     threads: int = typer.Option(1, "--threads", help="Intra-op threads of every target for the timings (fixed, reported)."),
@@ -360,15 +390,10 @@ def benchmark(
     command = " ".join(["kdc", *map(shlex.quote, sys.argv[1:])]) if sys.argv[1:2] == ["benchmark"] else None
     results, broken = [], []
     for run_dir in resolve_runs(path, all_runs):
-        if rehash:
-            from kdcompress.deploy.manifest import rehash as rehash_run
-
-            changed = rehash_run(run_dir)
-            reporter.info(f"{run_dir}: recorded the SHA-256 of every model file ({', '.join(changed) or 'none'} had changed)")
         reporter.info(f"benchmarking {run_dir}")
         try:
             result = benchmark_and_save(
-                run_dir, reporter, threads=threads, batch=batch, gpu=gpu, quick=quick, budget=budget, targets=targets,
+                run_dir, reporter, rehash=rehash, threads=threads, batch=batch, gpu=gpu, quick=quick, budget=budget, targets=targets,
                 command=command or _benchmark_command(run_dir, target, threads, batch, gpu, quick, budget),
             )  # fmt: skip
         except KdcError as exc:
@@ -457,7 +482,7 @@ def predict(
     ),
     top_k: int = typer.Option(1, "--top-k", help="How many classes to show per image (one line each image)."),
     artifacts: Path = typer.Option(Path("artifacts"), "--artifacts", help="Artifacts root searched when --run is not given."),
-    runtime: str = typer.Option("onnxruntime", "--runtime", help="onnxruntime, or openvino (at f32; pip install 'kdcompress[openvino]'): the same preprocessing and output."),
+    runtime: str = typer.Option("onnxruntime", "--runtime", help="onnxruntime, or openvino (at f32; pip install 'kdcompress\\[openvino]'): the same preprocessing and output."),
     as_json: bool = typer.Option(False, "--json", help="Print the predictions as JSON on stdout."),
 ) -> None:
     """Classify images with a model of a run, one line per image and a summary; it names the run and the model it used.

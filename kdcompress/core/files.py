@@ -8,7 +8,7 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 # Hidden working folders, named <prefix><name>.<pid> by the process that owns them.
 STAGING_PREFIX = ".partial-"  # a run being built (renamed into place when complete)
@@ -16,12 +16,16 @@ REPLACED_PREFIX = ".replaced-"  # an earlier run at --out, deleted once the new 
 QUANTIZE_PREFIX = ".quantize-"  # kdc quantize's candidates, inside a run folder
 TEACHER_TMP_SUFFIX = ".tmp"  # .teachers/.<key>.<pid>.tmp: a teacher being cached
 RESERVED_MARK = ".kdc-reserved"  # in a staging folder: the name of the empty final folder its run reserved
-LOCK_SUFFIX = ".lock"  # .kdc-<command>.lock: the process id of the command working in a run folder
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write JSON through a temporary file and a rename, so readers never see half a file."""
     _write_atomic(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def write_json_to(path: Path, data: Any) -> None:
+    """Write JSON as write_json_atomic formats it, to a path of write_together's (already a temporary file)."""
+    path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
 def write_yaml_atomic(path: Path, data: dict[str, Any], header: str = "") -> None:
@@ -96,6 +100,60 @@ class _LazyLoader:
 _NoAliasLoader = _LazyLoader()
 
 
+@contextmanager
+def signals_held() -> Iterator[None]:
+    """Hold Ctrl-C and SIGTERM off while the block runs (a few renames, a folder made and registered for clean-up):
+    one that arrives meanwhile is recorded, and delivered to the handler in force as the block ends, so it never lands
+    between two steps that belong together. Python runs signal handlers in the main thread whichever thread the signal
+    reached, so holding them there holds them for the process; elsewhere the block runs as it is."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+    kinds = (signal.SIGINT, signal.SIGTERM)
+    previous = {kind: signal.getsignal(kind) for kind in kinds}
+    for kind in kinds:
+        signal.signal(kind, lambda number, frame: pending.append(number))
+    try:
+        yield
+    finally:
+        for kind, handler in previous.items():
+            signal.signal(kind, handler if handler is not None else signal.SIG_DFL)
+        if pending:
+            signal.raise_signal(pending[0])
+
+
+def write_together(folder: Path, writers: dict[str, Callable[[Path], None]]) -> list[str]:
+    """Write several files of one result as one: each writer renders its file to a hidden temporary file in folder, and
+    only once all are rendered are they renamed into place, with Ctrl-C and SIGTERM held off for the renames.
+
+    A rename replaces a link at the name instead of writing through it, so a result file that is a link (a run shared
+    as a tar keeps its links) never sends the write outside folder. When a writer fails (a full disk, ulimit -f, an
+    interruption), the temporaries are removed, nothing is replaced, and the error is raised. Returns the names
+    written, in order. writers: file name -> a function that writes that file's content to the path it is given
+    (the path keeps the name's suffix, so matplotlib's savefig knows the format).
+    """
+    rendered: dict[str, Path] = {}
+    try:
+        for name, write in writers.items():
+            fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=f".tmp{Path(name).suffix}")
+            os.close(fd)
+            rendered[name] = Path(tmp)
+            write(Path(tmp))
+            os.chmod(tmp, 0o666 & ~_umask())
+        with signals_held():
+            for name, tmp in rendered.items():
+                os.replace(tmp, folder / name)
+    except BaseException:
+        for tmp in rendered.values():
+            tmp.unlink(missing_ok=True)
+        raise
+    return list(rendered)
+
+
 def _write_atomic(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -164,52 +222,56 @@ def _reserved_by(staging: Path) -> str | None:
     return name if name and "/" not in name and name not in (".", "..") else None
 
 
+RUN_LOCK = ".kdc-run.lock"  # in a run folder: "<pid> <command>" of the kdc command working in it
+
+
 @contextmanager
 def folder_lock(folder: Path, command: str) -> Iterator[None]:
-    """Hold folder's lock for `kdc command` while the block runs; a KdcError when a live process holds it.
+    """Hold folder's one lock for `kdc command` while the block runs; a KdcError naming the holder when a live process
+    holds it. Every command that writes into a run folder (quantize, benchmark, --rehash) takes this same lock, and
+    reads the manifest again under it, so no writer drops what another added meanwhile.
 
-    The lock is a file holding the holder's process id, created whole (written aside, then hard-linked into
-    place, which fails when the name exists), so a reader never sees it empty. A lock whose process is gone
+    The lock is a file holding the holder's process id and command, created whole (written aside, then hard-linked
+    into place, which fails when the name exists), so a reader never sees it empty. A lock whose process is gone
     (a killed run) is taken over. It is removed on the way out, Ctrl-C and SIGTERM included.
     """
-    lock = folder / f".kdc-{command}{LOCK_SUFFIX}"
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".kdc-{command}.", suffix=f".{os.getpid()}.tmp")
+    from kdcompress.core.errors import KdcError
+
+    lock = folder / RUN_LOCK
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".kdc-run.", suffix=f".{os.getpid()}.tmp")
     try:
         with os.fdopen(fd, "w") as handle:
-            handle.write(str(os.getpid()))
+            handle.write(f"{os.getpid()} {command}")
         for _ in range(2):
             try:
                 os.link(tmp, lock)
                 break
             except FileExistsError:
-                holder = _lock_holder(lock)
+                holder, held_by = _lock_holder(lock)
                 if holder is not None and pid_alive(holder):
-                    from kdcompress.core.errors import KdcError
-
                     raise KdcError(
-                        f"another kdc {command} (process {holder}) is working in {folder}: wait for it to finish and retry "
+                        f"another kdc {held_by} (process {holder}) is working in {folder}: wait for it to finish and retry "
                         f"(or delete {lock} if no such process runs)"
                     ) from None
                 lock.unlink(missing_ok=True)  # its process is gone
         else:
-            from kdcompress.core.errors import KdcError
-
-            raise KdcError(f"another kdc {command} keeps taking the lock of {folder}: wait for it to finish and retry")
+            raise KdcError(f"another kdc command keeps taking the lock of {folder}: wait for it to finish and retry")
     finally:
         Path(tmp).unlink(missing_ok=True)
     try:
         yield
     finally:
-        if _lock_holder(lock) == os.getpid():
+        if _lock_holder(lock)[0] == os.getpid():
             lock.unlink(missing_ok=True)
 
 
-def _lock_holder(lock: Path) -> int | None:
+def _lock_holder(lock: Path) -> tuple[int | None, str]:
+    """The process id and command a lock file names (None when it is unreadable or not a lock)."""
     try:
-        text = lock.read_text().strip()
-    except OSError:
-        return None
-    return int(text) if text.isdigit() else None
+        pid, _, command = lock.read_text().strip().partition(" ")
+    except (OSError, UnicodeDecodeError):
+        return None, ""
+    return (int(pid), command or "command") if pid.isdigit() else (None, "")
 
 
 def read_json(path: Path, remedy: str) -> Any:

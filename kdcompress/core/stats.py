@@ -132,6 +132,8 @@ def attribution(comparisons: dict[str, dict[str, Any]], student: str = "student"
     versus_control = comparisons.get(f"{student}_vs_{roles.sibling(student, 'control')}")
     if gain is None or versus_control is None:
         return None
+    if gain["verdict"] == "worse":
+        return "distillation cost accuracy: worse than the baseline beyond noise; this teacher and setting hurt the student"
     if gain["verdict"] != "better":
         return "no gain over the baseline beyond noise, so nothing to attribute to the teacher"
     if versus_control["verdict"] == "better":

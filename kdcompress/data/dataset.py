@@ -51,6 +51,7 @@ class Dataset:
     aux_x: np.ndarray | None = None
     aux_y: np.ndarray | None = None
     source_sizes: tuple[str, ...] = ()  # the images' sizes ('WxH') before resizing, for the manifest
+    source_channels: tuple[int, ...] = ()  # the images' own colour channels (1, 3) before conversion, for the manifest
 
     def with_auxiliary(self) -> "Dataset":
         """This dataset with the auxiliary images added to its training split (validation and test unchanged)."""
@@ -156,6 +157,7 @@ def load_dataset(
         aux_x=source.aux_x,
         aux_y=source.aux_y,
         source_sizes=source.sizes,
+        source_channels=source.source_channels,
     )
     for split, count in dataset.counts().items():
         if count == 0:

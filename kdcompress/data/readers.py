@@ -23,7 +23,7 @@ from kdcompress.core.reporter import Reporter
 from kdcompress.data.image_files import ImageFiles, read_images
 from kdcompress.data.memory import check_memory, fits_in_memory, memory_need, process_memory
 from kdcompress.data.split import stratified_split
-from kdcompress.deploy.preprocessing import IMAGE_SUFFIXES, resize_array, source_sizes
+from kdcompress.deploy.preprocessing import IMAGE_SUFFIXES, resize_array, source_shapes
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
@@ -45,7 +45,8 @@ class Source:
     aux_classes: tuple[str, ...] = ()
     aux_x: np.ndarray | None = None
     aux_y: np.ndarray | None = None
-    sizes: tuple[str, ...] = ()  # the images' sizes ('WxH') before resizing (preprocessing.source_sizes)
+    sizes: tuple[str, ...] = ()  # the images' sizes ('WxH') before resizing (preprocessing.source_shapes)
+    source_channels: tuple[int, ...] = ()  # the images' own colour channels before conversion (1, 3 or both)
 
 
 def load_digits(size: int) -> Source:
@@ -67,6 +68,7 @@ def load_digits(size: int) -> Source:
         1,
         "sklearn.datasets.load_digits (20% held out as test)",
         sizes=("8x8",),
+        source_channels=(1,),
     )
 
 
@@ -180,6 +182,7 @@ def load_cifar3(root: Path, size: int, reporter: Reporter) -> Source:
         aux_x=resize_array(train_x[others], size, 3),
         aux_y=train_y[others],
         sizes=("32x32",),
+        source_channels=(3,),
     )
 
 
@@ -196,7 +199,15 @@ def _walk(folder: Path, skipped: list[Path], unreadable: list[Path]) -> list[Pat
             dirs.remove(name)
         for name in names:
             (skipped if name.startswith(".") else found).append(base / name)
-    return sorted(p for p in found if p.is_file())
+    files = []
+    for path in found:  # a folder that lists its names but cannot be entered (r--): its files cannot even be looked at
+        try:
+            if path.is_file():
+                files.append(path)
+        except PermissionError:
+            if path.parent not in unreadable:
+                unreadable.append(path.parent)
+    return sorted(files)
 
 
 def _class_folders(split_dir: Path, skipped: list[Path], unreadable: list[Path]) -> dict[str, list[Path]]:
@@ -319,7 +330,8 @@ def load_folder(root: Path, size: int, channels: int, reporter: Reporter, stream
         test_x, test_y = gather(splits["test"], "test images")
         source = str(root)
     trained_from = [p for c in classes for p in splits.get("train", splits.get("all", {}))[c]]
+    sizes, seen = source_shapes(trained_from)
     return Source(train_x, train_y, test_x, test_y, classes, channels, source + (" (streamed from disk)" if stream else ""),
-                  sizes=tuple(source_sizes(trained_from)))  # fmt: skip
+                  sizes=tuple(sizes), source_channels=tuple(seen))  # fmt: skip
 
 

@@ -34,5 +34,23 @@ def stratified_split(
         keep_idx, held_idx = train_test_split(np.arange(len(y)), test_size=held, stratify=y, random_state=SPLIT_SEED)
     except ValueError as exc:
         raise KdcError(f"too few images ({len(y)} in {len(labels)} classes) to split off a {held_out} set of {held}: {exc}") from None
-    keep_idx, held_idx = np.sort(keep_idx), np.sort(held_idx)
+    keep_idx, held_idx = _every_class_on_both_sides(np.asarray(keep_idx), np.asarray(held_idx), y)
     return take(x, keep_idx), y[keep_idx], take(x, held_idx), y[held_idx]
+
+
+def _every_class_on_both_sides(keep: np.ndarray, held: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Stratification rounds a small class's share down to nothing (30 cats and 2 dogs: a 20% test split of 6 images
+    gets no dog, and the run would report 100% without ever scoring a dog). Every class with 2 or more images keeps
+    at least one on each side: one image moves across where a side has none. The usual splits, where every class is
+    on both sides already, are left exactly as they were."""
+    keep, held = list(keep), list(held)
+    for label in np.unique(y):
+        mine_keep = [i for i in keep if y[i] == label]
+        mine_held = [i for i in held if y[i] == label]
+        if not mine_held and len(mine_keep) >= 2:
+            keep.remove(mine_keep[-1])
+            held.append(mine_keep[-1])
+        elif not mine_keep and len(mine_held) >= 2:
+            held.remove(mine_held[-1])
+            keep.append(mine_held[-1])
+    return np.sort(np.array(keep, dtype=np.int64)), np.sort(np.array(held, dtype=np.int64))

@@ -62,13 +62,15 @@ def choose_targets(requested: list[str] | None, gpu: bool = True) -> dict[str, s
         raise KdcError(f"unknown target '{unknown[0]}': kdc knows {', '.join(TARGETS)}")
     chosen: dict[str, str | None] = {}
     for name, target in TARGETS.items():
-        problem = target.problem()
+        problem: str | None
         if requested is not None and name not in requested and name != REFERENCE:
-            problem = "not requested (--target)"
+            problem = "not requested (--target)"  # and never probed: a runtime not asked for is not even imported
         elif name == "onnxruntime-cuda" and not gpu:
             problem = "not requested (--no-gpu)"
-        elif problem and requested is not None and name in requested:
-            raise KdcError(f"--target {name}: {problem}")
+        else:
+            problem = target.problem()
+            if problem and requested is not None and name in requested:
+                raise KdcError(f"--target {name}: {problem}")
         chosen[name] = problem
     if chosen[REFERENCE]:
         raise KdcError(f"{REFERENCE} cannot run here: {chosen[REFERENCE]}")
@@ -101,21 +103,17 @@ def benchmark_run(
     before = machine()
     names = roles.ordered(manifest.models)
     models, loaded, correct, notes = {}, {}, {}, []
-    with reporter.progress("benchmark", total=len(names) + 2) as advance:
-        for role in names:
-            advance(0, status=f"{role}: accuracy on every target")
-            models[role], points = _score_model(run_dir, manifest, role, images, labels, chosen, threads, before["isa"], notes)
-            for point, (model, right) in points.items():
-                loaded[point], correct[point] = model, right
-            advance(1)
-        _reference_agreement(models, loaded, images, manifest.preprocessing)
-        advance(0, status="latency, every point in turn")
-        _time_points(models, loaded, images, manifest.preprocessing, batch, quick)
-        advance(2, status="")
+    try:
+        _measure(run_dir, manifest, names, images, labels, chosen, threads, before, batch, quick, reporter, models, loaded, correct, notes)
+    finally:  # the runtimes' objects (OpenVINO's compiled models) go now, not at interpreter exit after a SIGTERM
+        loaded.clear()
+        import gc
+
+        gc.collect()
     after = machine()
     result = BenchmarkResult(
         run=manifest.run, run_dir=str(run_dir), dataset=manifest.dataset.name, test_images=int(len(labels)),
-        classes=manifest.dataset.classes, machine=_machine_record(before, after, threads),
+        classes=manifest.dataset.classes, machine=_machine_record(before, after, threads, [n for n, why in chosen.items() if not why]),
         settings={"threads": threads, "throughput_batch": batch, "quick": quick}, targets=chosen, models=models,
         notes=notes, command=command or f"kdc benchmark {run_dir}",
     )  # fmt: skip
@@ -125,6 +123,25 @@ def benchmark_run(
     result.int8_verdicts = {r: _int8_verdict(models, r, batch) for r in models if roles.kind_of(r) == "int8" and roles.sibling(r, "student") in models}
     _frontier(result, correct, budget or Budget())
     return result
+
+
+def _measure(
+    run_dir: Path, manifest: Any, names: list[str], images: np.ndarray, labels: np.ndarray, chosen: dict[str, str | None],
+    threads: int, before: dict[str, Any], batch: int, quick: bool, reporter: Reporter, models: dict[str, ModelResult],
+    loaded: dict[str, Loaded], correct: dict[str, np.ndarray], notes: list[str],
+) -> None:  # fmt: skip
+    """Every model on every usable target: accuracy, agreement, then the interleaved timings (fills models ... notes)."""
+    with reporter.progress("benchmark", total=len(names) + 2) as advance:
+        for role in names:
+            advance(0, status=f"{role}: accuracy on every target")
+            models[role], points = _score_model(run_dir, manifest, role, images, labels, chosen, threads, before["isa"], notes)
+            for point, (model, right) in points.items():
+                loaded[point], correct[point] = model, right
+            advance(1)
+        _reference_agreement(models, loaded, images, manifest.preprocessing)
+        advance(0, status="latency, every point in turn")
+        _time_points(models, loaded, images, manifest.preprocessing, batch, quick, notes)
+        advance(2, status="")
 
 
 def _score_model(
@@ -141,7 +158,7 @@ def _score_model(
     model = ModelResult(
         role=role, file=entry.onnx, format=fmt, source=roles.sibling(role, "student") if fmt != "FP32" else None,
         baseline=None if kind in (roles.TEACHER, "baseline") else roles.sibling(role, "baseline"),
-        **_size(path), recorded_correct=entry.test_correct, agrees_with_manifest=True,
+        **_size(path.path), recorded_correct=entry.test_correct, agrees_with_manifest=True,
     )  # fmt: skip
     scored: dict[str, tuple[Loaded, np.ndarray]] = {}
     for name, target in TARGETS.items():
@@ -150,16 +167,16 @@ def _score_model(
         for precision in target.precisions(isa):
             try:
                 run = target.load(path, threads, precision)
-            except KdcError as exc:
+                if name == REFERENCE:
+                    check_model(run.details["session"], prep, classes, path)
+                if any(p.target == name and p.precision == run.precision for p in model.points):
+                    continue  # OpenVINO's default is f32 on this CPU: the same point twice
+                logits = np.concatenate([run.run(normalize(images[i : i + ACCURACY_BATCH], prep)) for i in range(0, len(images), ACCURACY_BATCH)])
+            except Exception as exc:  # any runtime's own error (a compile failure, std::bad_alloc): one note, and on
                 if name == REFERENCE:
                     raise
-                notes.append(f"{name} cannot run {entry.onnx}: {exc}")
+                notes.append(f"{name} cannot run {entry.onnx}: {_said(exc)}")
                 break  # the file itself: no other precision of this target reads it either
-            if name == REFERENCE:
-                check_model(run.details["session"], prep, classes, path)
-            if any(p.target == name and p.precision == run.precision for p in model.points):
-                continue  # OpenVINO's default is f32 on this CPU: the same point twice
-            logits = np.concatenate([run.run(normalize(images[i : i + ACCURACY_BATCH], prep)) for i in range(0, len(images), ACCURACY_BATCH)])
             metrics = classification_metrics(logits, labels, classes)
             point = PointResult(role, entry.onnx, name, run.precision, metrics["accuracy"], metrics["correct"], 1.0, {}, 0.0, metrics)
             scored[point.key] = (run, logits.argmax(axis=1) == labels)
@@ -168,6 +185,14 @@ def _score_model(
     recorded = entry.test_correct  # the ONNX file may flip an image sitting exactly on a decision boundary: one is tolerated
     model.agrees_with_manifest = recorded is None or abs(model.reference.correct - recorded) <= 1
     return model, scored
+
+
+def _said(exc: BaseException) -> str:
+    """A runtime's failure in a few words: a KdcError's own line, or the exception's type and first line."""
+    if isinstance(exc, KdcError):
+        return str(exc)
+    first = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+    return f"{type(exc).__name__}: {first[:160]}" if first else type(exc).__name__
 
 
 def _size(path: Path) -> dict[str, Any]:
@@ -186,20 +211,35 @@ def _reference_agreement(models: dict[str, ModelResult], loaded: dict[str, Loade
             point.agreement = float((loaded[point.key].details["predictions"] == reference).mean())
 
 
-def _time_points(models: dict[str, ModelResult], loaded: dict[str, Loaded], images: np.ndarray, prep: Any, batch: int, quick: bool) -> None:
-    """Batch-1 latency and throughput at batch of every point, the CPU ones interleaved together, the CUDA ones apart."""
+def _time_points(
+    models: dict[str, ModelResult], loaded: dict[str, Loaded], images: np.ndarray, prep: Any, batch: int, quick: bool,
+    notes: list[str],
+) -> None:  # fmt: skip
+    """Batch-1 latency and throughput at batch of every point, the CPU ones interleaved together, the CUDA ones apart.
+    A point other than the reference whose runtime cannot take the timing batches (a compile failure for a new
+    shape) is dropped with a note; the others are timed."""
     one = normalize(images[:1], prep)
     many = normalize(tile_batch(images, batch), prep)
     runs, min_seconds = (20, 0.2) if quick else (200, 2.0)
     single = dict(warmup=5 if quick else 20, runs=runs, min_seconds=min_seconds)
     bulk = dict(warmup=2 if quick else 5, runs=max(5, runs // 10), min_seconds=min_seconds / 2)
+    callers: dict[str, tuple[Any, Any]] = {}
+    for model in models.values():
+        for point in list(model.points):
+            try:
+                callers[point.key] = (loaded[point.key].caller(one), loaded[point.key].caller(many))
+            except Exception as exc:
+                if point.target == REFERENCE:
+                    raise
+                notes.append(f"{point.target} cannot time {point.file} at {point.precision}: {_said(exc)}")
+                model.points.remove(point)
     points = {p.key: p for m in models.values() for p in m.points}
     for device in ("cpu", "cuda"):
         mine = {k: p for k, p in points.items() if TARGETS[p.target].target.device == device}
         if not mine:
             continue
-        first = interleaved_latency({k: loaded[k].caller(one) for k in mine}, **single)
-        throughput = interleaved_latency({k: loaded[k].caller(many) for k in mine}, **bulk)
+        first = interleaved_latency({k: callers[k][0] for k in mine}, **single)
+        throughput = interleaved_latency({k: callers[k][1] for k in mine}, **bulk)
         on_device = {k: loaded[k].details["device_caller"] for k in mine if "device_caller" in loaded[k].details}
         device_first = interleaved_latency({k: call(one) for k, call in on_device.items()}, **single) if on_device else {}
         for key, point in mine.items():
@@ -214,7 +254,7 @@ def _check_settings(**settings: int) -> None:
             raise KdcError(f"--{name} must be at least 1, got {value}")
 
 
-def _machine_record(before: dict[str, Any], after: dict[str, Any], threads: int) -> dict[str, Any]:
+def _machine_record(before: dict[str, Any], after: dict[str, Any], threads: int, used: list[str]) -> dict[str, Any]:
     """The machine before timing, how busy it was before and after, whether that was too busy to trust, the runtimes."""
     # Measured while this process sleeps, before and after timing: other processes' share of the CPU.
     shares = [m["cpu_busy_fraction"] for m in (before, after) if m["cpu_busy_fraction"] is not None]
@@ -225,7 +265,7 @@ def _machine_record(before: dict[str, Any], after: dict[str, Any], threads: int)
         "cpu_busy_fraction_after": after["cpu_busy_fraction"],
         "busy": busy,
         "threads": threads,
-        "runtimes": runtime_versions(),
+        "runtimes": runtime_versions(used),  # only the runtimes used: never a version beside "not installed"
     }
 
 

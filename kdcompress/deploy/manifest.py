@@ -44,6 +44,9 @@ class ModelEntry:
         for name, kinds in _MODEL_TYPES.items():
             _check_type(data[name], kinds, f"{where}: {name}")
         _check_file(data["onnx"], f"{where}: onnx")
+        digest = data.get("sha256")
+        if digest is not None and not (isinstance(digest, str) and len(digest) == 64 and all(c in "0123456789abcdef" for c in digest)):
+            _damaged(f"{where}: sha256 is {_shown(digest)}, not a SHA-256 in hex")
         return cls(**{name: data[name] for name in _MODEL_FIELDS}, details={k: v for k, v in data.items() if k not in _MODEL_FIELDS})
 
 
@@ -59,6 +62,8 @@ class DatasetInfo:
     # The training images' sizes ('WxH') before resizing, most common first, or ['various'] (preprocessing.source_sizes);
     # empty in runs made before it was recorded.
     source_sizes: list[str] = field(default_factory=list)
+    # The training images' own colour channels (1, 3) before conversion; empty in runs made before it was recorded.
+    source_channels: list[int] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -70,12 +75,19 @@ class DatasetInfo:
         classes, counts = data["classes"], data["counts"]
         if not isinstance(classes, list) or len(classes) < 2 or not all(isinstance(c, str) for c in classes):
             _damaged(f"{where}: classes is {_shown(classes)}, not a list of at least 2 class names")
+        for name in classes:
+            _check_plain(name, f"{where}: class name")
         if not isinstance(counts, dict) or not all(_is_int(v) for v in counts.values()):
             _damaged(f"{where}: counts is {_shown(counts)}, not image counts per split")
         sizes = data.get("source_sizes", [])
         if not isinstance(sizes, list) or not all(isinstance(s, str) for s in sizes):
             _damaged(f"{where}: source_sizes is {_shown(sizes)}, not a list of image sizes")
-        return cls(data["name"], list(classes), dict(counts), str(data.get("source", "")), data.get("fingerprint"), list(sizes))
+        seen = data.get("source_channels", [])
+        if not isinstance(seen, list) or not all(_is_int(c) and c in (1, 3) for c in seen):
+            _damaged(f"{where}: source_channels is {_shown(seen)}, not a list of channel counts (1, 3)")
+        if data.get("fingerprint") is not None:
+            _check_type(data["fingerprint"], (str,), f"{where}: fingerprint")
+        return cls(data["name"], list(classes), dict(counts), str(data.get("source", "")), data.get("fingerprint"), list(sizes), list(seen))
 
 
 @dataclass
@@ -137,6 +149,8 @@ class Manifest:
                 _damaged(f"{where}: {key} is {_shown(data[key])}, not a list")
         if not isinstance(data.get("training", {}), dict):
             _damaged(f"{where}: training is {_shown(data['training'])}, not a record")
+        _check_type(data["run"], (str,), f"{where}: run")
+        _check_plain(data["run"], f"{where}: run")
         known = {"format", "run", "dataset", "preprocessing", "models", "files", "warnings", "training"}
         return cls(
             run=data["run"],
@@ -183,6 +197,17 @@ def _check_type(value: Any, kinds: tuple[type, ...], where: str) -> None:
         _damaged(f"{where} is {_shown(value)}, not {wanted}")
 
 
+def _check_plain(text: str, where: str) -> None:
+    """Text a manifest gives for reports (the run's name, a class name): no control characters, no line breaks. A
+    newline in a name written into benchmark.md would start a line of its own there (a command, if that file were
+    ever run as a script)."""
+    import unicodedata
+
+    bad = next((c for c in text if unicodedata.category(c) in ("Cc", "Zl", "Zp")), None)
+    if bad is not None:
+        _damaged(f"{where} {_shown(text)} holds a control character ({bad!r})")
+
+
 def _check_file(name: Any, where: str) -> None:
     """A file named by a manifest: a plain relative path inside the run folder (no absolute path, no '..')."""
     if not isinstance(name, str) or not name:
@@ -214,38 +239,88 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def model_file(run_dir: str | Path, role: str, entry: ModelEntry) -> Path:
-    """The ONNX file of a model, inside its run folder and as the manifest recorded it (its SHA-256, where recorded).
+def model_file(run_dir: str | Path, role: str, entry: ModelEntry) -> "ModelFile":
+    """The ONNX file of a model, inside its run folder and as the manifest recorded it (its SHA-256, where recorded):
+    its bytes, read once and hashed, which are what the runtimes load (a file swapped after the check is never run).
 
     A file changed since it was written (swapped, re-exported, damaged) is refused in one line naming it; a user who
     changed it on purpose records the new hash with `kdc benchmark RUN --rehash`.
     """
     path = run_file(run_dir, entry.onnx)
-    if not path.is_file():
-        raise KdcError(f"{path} ({role}) is missing: the run folder is incomplete; run kdc compress again")
+    data = _read_model(path, role)
     recorded = entry.details.get("sha256")
-    if isinstance(recorded, str) and file_sha256(path) != recorded:
+    if recorded is not None and hashlib.sha256(data).hexdigest() != recorded:
         raise KdcError(
             f"{path} ({role}) is not the file this run wrote: its SHA-256 differs from the manifest's. Restore it, or, if "
             f"you changed it on purpose, record it with `kdc benchmark {run_dir} --rehash`"
         )
-    return path
+    return ModelFile(path, data)
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    """A model file of a run and the bytes of it that were checked against the manifest: runtimes load `data`, so a
+    file swapped after the check is never what runs; `path` names it in messages and reaches tools that need a file."""
+
+    path: Path
+    data: bytes = field(repr=False)
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+
+def model_source(model: "str | Path | ModelFile") -> str | bytes:
+    """What a runtime loads: a ModelFile's checked bytes, or a plain path as text."""
+    return model.data if isinstance(model, ModelFile) else str(model)
+
+
+def _read_model(path: Path, role: str) -> bytes:
+    """A model file's bytes: a regular file (no FIFO or device behind a name), one line when it is missing or unreadable."""
+    import stat
+
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise KdcError(f"{path} ({role}) is missing: the run folder is incomplete; run kdc compress again") from None
+    except OSError as exc:
+        raise KdcError(f"{path} ({role}) is unreadable ({exc.strerror or exc})") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise KdcError(f"{path} ({role}) is not a regular file: the run folder is damaged; run kdc compress again")
+    try:
+        return path.read_bytes()
+    except MemoryError:
+        raise KdcError(f"not enough memory to read {path} ({info.st_size / 1e6:.0f} MB): free memory or raise the limit") from None
+    except OSError as exc:
+        raise KdcError(f"{path} ({role}) is unreadable ({exc.strerror or exc})") from None
 
 
 def rehash(run_dir: str | Path) -> list[str]:
-    """Record the SHA-256 of every model file of a run in its manifest; the roles whose file had changed."""
+    """Record the SHA-256 of every model file of a run in its manifest; the roles whose file had changed. Only files
+    that load as ONNX models are recorded: a damaged one is refused in one line and nothing is rehashed, so the hash
+    of the original stays and restoring it works. The caller holds the run's lock (runs.benchmark)."""
+    import onnx
+
     run_dir = Path(run_dir)
-    manifest = read_manifest(run_dir)
+    manifest = read_manifest(run_dir)  # read under the lock: what another command added is kept
     changed = []
     for role, entry in manifest.models.items():
         path = run_file(run_dir, entry.onnx)
-        if not path.is_file():
-            raise KdcError(f"{path} ({role}) is missing: nothing was rehashed")
-        digest = file_sha256(path)
+        data = _read_model(path, role)
+        try:
+            onnx.load_model_from_string(data)
+        except Exception as exc:  # protobuf's DecodeError and friends
+            raise KdcError(f"{path} ({role}) is not a readable ONNX model ({type(exc).__name__}): restore it or export it "
+                           f"again; nothing was rehashed") from None  # fmt: skip
+        digest = hashlib.sha256(data).hexdigest()
+        path = run_file(run_dir, entry.onnx)
         if entry.details.get("sha256") != digest:
             changed.append(role)
         entry.details["sha256"] = digest
-        entry.onnx_bytes = path.stat().st_size
+        entry.onnx_bytes = len(data)
     write_manifest(run_dir, manifest)
     return changed
 
@@ -256,6 +331,27 @@ def _require(data: Any, names: tuple[str, ...], where: str) -> None:
         raise KdcError(f"{where} is missing {', '.join(missing)}: the run folder is damaged; run kdc compress again")
 
 
+MAX_RUN_JSON = 64 << 20  # a manifest or benchmark.json is kilobytes to a few MB; anything larger is not one
+
+
+def read_run_json(run_dir: Path, name: str, remedy: str = DAMAGED) -> Any:
+    """A JSON file of a run folder, read as every run file is: a regular file inside the run (no link out of it, no
+    FIFO or device), at most MAX_RUN_JSON bytes, nesting within Python's limits; a KdcError naming what is wrong."""
+    import stat
+
+    path = run_file(run_dir, name)
+    try:
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):
+            raise KdcError(f"{path} is not a regular file: {remedy}")
+        if info.st_size > MAX_RUN_JSON:
+            raise KdcError(f"{path} is larger than {MAX_RUN_JSON >> 20} MB, too large to be kdc's: {remedy}")
+        with open(path, "rb") as handle:
+            return json.loads(handle.read(MAX_RUN_JSON + 1).decode("utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError, MemoryError) as exc:
+        raise KdcError(f"cannot read {path} ({type(exc).__name__}: {str(exc)[:80]}): {remedy}") from None
+
+
 def read_manifest(run_dir: str | Path) -> Manifest:
     """The manifest of a finished run, or a KdcError saying why there is none."""
     run_dir = Path(run_dir)
@@ -264,10 +360,7 @@ def read_manifest(run_dir: str | Path) -> Manifest:
         raise KdcError(f"run folder not found: {run_dir}")
     if not path.is_file():
         raise KdcError(f"{run_dir} has no {MANIFEST}: it is not a finished kdc compress run")
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise KdcError(f"cannot read {path} ({exc}): the run folder is damaged; run kdc compress again") from None
+    data = read_run_json(run_dir, MANIFEST)
     return Manifest.from_dict(data, str(path))
 
 
@@ -313,7 +406,19 @@ def list_runs(root: str | Path) -> list[Path]:
     if not root.is_dir():
         return []
     runs = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and (p / MANIFEST).is_file()]
-    return sorted(runs, key=lambda p: ((p / MANIFEST).stat().st_mtime, p.name))
+    return sorted(runs, key=lambda p: (_created(p), p.name))
+
+
+def _created(run_dir: Path) -> float:
+    """When a run was made: its manifest's own `created` time, which a later --rehash or quantize (they rewrite the
+    manifest) does not move; the manifest's modification time for a run that records none or cannot be read."""
+    from datetime import datetime
+
+    try:
+        created = read_run_json(run_dir, MANIFEST).get("created")
+        return datetime.fromisoformat(created).timestamp()
+    except (KdcError, AttributeError, TypeError, ValueError):
+        return (run_dir / MANIFEST).stat().st_mtime
 
 
 def resolve_runs(path: str | Path, all_runs: bool = False) -> list[Path]:

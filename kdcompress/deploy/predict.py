@@ -16,7 +16,7 @@ from kdcompress.deploy.targets import create_session, TARGETS
 from kdcompress.core.stats import softmax
 
 
-def resolve_model_file(run_dir: Path, manifest: Manifest, model: str) -> Path:
+def resolve_model_file(run_dir: Path, manifest: Manifest, model: str) -> Any:
     """teacher | baseline | student | control | int8 | fp16 of the run (student-ARCH ... in a run with several
     students), or an explicit .onnx file."""
     if model in manifest.models:
@@ -88,22 +88,35 @@ def choose_run(run: Path | None, artifacts: Path) -> Path:
             manifest = read_manifest(folder)
         except KdcError:
             continue
-        kinds.setdefault((manifest.dataset.name, tuple(manifest.dataset.classes)), []).append(folder.name)
-    if len(kinds) > 1:
-        listed = "; ".join(f"{name} ({', '.join(classes[:3])}{', ...' if len(classes) > 3 else ''}): {runs[-1]}" for (name, classes), runs in kinds.items())
+        kind = (manifest.dataset.name, tuple(manifest.dataset.classes), manifest.dataset.fingerprint or "")
+        kinds.setdefault(kind, []).append(folder.name)
+    if len(kinds) > 1:  # another fingerprint is other data, even under the same dataset name and classes
+        listed = "; ".join(
+            f"{name} ({', '.join(classes[:3])}{', ...' if len(classes) > 3 else ''}{f', data {print_[:8]}' if print_ else ''}): {runs[-1]}"
+            for (name, classes, print_), runs in kinds.items()
+        )
         raise KdcError(f"{artifacts} holds runs of {len(kinds)} different datasets ({listed}): pass --run with the run whose classes your images are")
     return resolve_runs(artifacts)[0]
 
 
-def recommended_model(run_dir: Path) -> str | None:
-    """The model the run's last `kdc benchmark` under a budget recommended, if any (benchmark.json)."""
-    import json
+def recommended_model(run_dir: Path) -> tuple[str | None, str]:
+    """The model the run's last `kdc benchmark` under a budget recommended, and why there is none when there is none.
 
+    benchmark.json is read as every run file is (a regular file inside the run, size-capped) and through
+    BenchmarkResult.from_dict, which checks its types: a damaged one is a KdcError, never a guess."""
+    from kdcompress.deploy.manifest import read_run_json
+    from kdcompress.deploy.results import BenchmarkResult
+
+    if not (run_dir / "benchmark.json").exists() and not (run_dir / "benchmark.json").is_symlink():
+        return None, "no kdc benchmark has run on it"
+    remedy = "run kdc benchmark again, or pick the model with --model"
     try:
-        data = json.loads((run_dir / "benchmark.json").read_text())
-        return (data.get("recommendation") or {}).get("model")
-    except (OSError, ValueError, AttributeError):
-        return None
+        result = BenchmarkResult.from_dict(read_run_json(run_dir, "benchmark.json", remedy))
+    except KdcError as exc:
+        raise KdcError(f"{run_dir / 'benchmark.json'}: {exc}" if "benchmark.json" not in str(exc) else str(exc)) from None
+    if result.recommendation is None or not result.recommendation.get("model"):
+        return None, "its last kdc benchmark had no budget (--max-ms, --max-mb, --max-drop), so no recommendation is recorded"
+    return result.recommendation["model"], ""
 
 
 def predict_images(
@@ -125,9 +138,11 @@ def predict_images(
     manifest = read_manifest(run_dir)
     chosen_by = "--model"
     if model is None:
-        model, chosen_by = recommended_model(run_dir), "the last kdc benchmark's recommendation"
+        model, why_not = recommended_model(run_dir)
+        chosen_by = "the last kdc benchmark's recommendation"
         if model is None or model not in manifest.models:
-            model, chosen_by = "student", "the default"  # several students: resolve_model_file asks which
+            why_not = why_not or f"the recommended {model} is not a model of the run"
+            model, chosen_by = "student", f"the default: {why_not}"  # several students: resolve_model_file asks which
     classes = manifest.dataset.classes
     prep = manifest.preprocessing
     if runtime not in RUNTIMES:
@@ -154,7 +169,7 @@ def predict_images(
             image = load_image(path, prep.image_size, prep.channels)
             size, bands = image_shape(path)
             resized += bool(usual) and f"{size[0]}x{size[1]}" not in usual
-            converted += bands != prep.channels
+            converted += bands != prep.channels and bands not in manifest.dataset.source_channels
         except KdcError as exc:
             results.append({"file": str(path), "error": str(exc)})
             continue
@@ -190,7 +205,7 @@ def predict_images(
     if converted:
         output["warnings"].append(
             f"{converted} of {classified} image(s) have other channels than the run's {prep.channels} "
-            f"({'grayscale' if prep.channels == 1 else 'RGB'}): they were converted"
+            f"({'grayscale' if prep.channels == 1 else 'RGB'}) and than the images it was trained from: they were converted"
         )
     if scored_labels:
         metrics = classification_metrics(np.stack(scored_logits), np.asarray(scored_labels), classes)

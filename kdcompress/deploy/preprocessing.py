@@ -6,9 +6,10 @@ through the functions here, so the numbers they give are for exactly the same in
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -89,6 +90,21 @@ def pil_to_array(image: Any, size: int, channels: int) -> np.ndarray:
     return np.ascontiguousarray(array.transpose(2, 0, 1))
 
 
+@contextmanager
+def open_image(path: Path) -> Iterator[Any]:
+    """PIL's Image.open, without its DecompressionBombWarning: between PIL's warning and error limits (89-179
+    megapixels) an image is decoded as any other, and the raw warning, with a site-packages path, is not for the user
+    (above the error limit, DecompressionBombError is said in one line by load_image)."""
+    import warnings
+
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with Image.open(path) as image:
+            yield image
+
+
 def load_image(path: str | Path, size: int, channels: int) -> np.ndarray:
     """Read one image file as uint8 C x size x size; a clear KdcError when it cannot be read."""
     from PIL import Image, ImageOps, UnidentifiedImageError
@@ -99,7 +115,7 @@ def load_image(path: str | Path, size: int, channels: int) -> np.ndarray:
     if path.is_dir():
         raise KdcError(f"expected an image file but {path} is a folder")
     try:
-        with Image.open(path) as image:
+        with open_image(path) as image:
             image.load()
             # A phone photo's pixels are stored as the sensor saw them; its EXIF Orientation says how to turn them.
             return pil_to_array(ImageOps.exif_transpose(image), size, channels)
@@ -107,6 +123,8 @@ def load_image(path: str | Path, size: int, channels: int) -> np.ndarray:
         raise KdcError(f"{path} is too large to decode safely ({exc}): resize it before classifying") from None
     except UnidentifiedImageError:
         raise KdcError(f"{path} is not an image PIL can read (PNG, JPEG, BMP...): replace or remove it") from None
+    except PermissionError:
+        raise KdcError(f"cannot read image {path}: permission denied; give it read permission (chmod u+r) or remove it") from None
     except (OSError, ValueError, SyntaxError) as exc:
         raise KdcError(f"cannot read image {path} ({exc}): the file may be truncated or corrupt") from None
 
@@ -115,7 +133,7 @@ def image_shape(path: Path) -> tuple[tuple[int, int], int]:
     """An image file's (width, height) and its number of colour channels (alpha left out), read from its header."""
     from PIL import Image
 
-    with Image.open(path) as image:
+    with open_image(path) as image:
         gray = image.mode in ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
         return image.size, 1 if gray else 3
 
@@ -124,21 +142,25 @@ SIZES_SAMPLED = 64  # how many of a folder's training files source_sizes reads t
 SIZES_KEPT = 8  # more distinct sizes than this in the sample: the images vary, and no size is unusual
 
 
-def source_sizes(files: list[Path]) -> list[str]:
-    """The sizes ('WxH') of a folder's images before kdc resizes them, most common first, from the headers of up to
-    SIZES_SAMPLED files spread over the list; ['various'] when the sample holds more than SIZES_KEPT sizes. kdc
-    predict warns about an image of another size, as one unlike those the run was trained from."""
+def source_shapes(files: list[Path]) -> tuple[list[str], list[int]]:
+    """The sizes ('WxH') of a folder's images before kdc resizes them, most common first, and their colour channels
+    (1: grayscale, 3: colour), from the headers of up to SIZES_SAMPLED files spread over the list; sizes are
+    ['various'] when the sample holds more than SIZES_KEPT. kdc predict warns about an image of another size or
+    channels, as one unlike those the run was trained from (not about grayscale images a grayscale folder trained)."""
     from collections import Counter
 
     step = max(1, len(files) // SIZES_SAMPLED)
     counts: Counter[str] = Counter()
+    channels: set[int] = set()
     for path in files[::step][:SIZES_SAMPLED]:
         try:
-            (width, height), _ = image_shape(path)
+            (width, height), bands = image_shape(path)
         except Exception:  # noqa: BLE001 - an unreadable file is reported when it is read; here it only goes uncounted
             continue
         counts[f"{width}x{height}"] += 1
-    return ["various"] if len(counts) > SIZES_KEPT else [size for size, _ in counts.most_common()]
+        channels.add(bands)
+    sizes = ["various"] if len(counts) > SIZES_KEPT else [size for size, _ in counts.most_common()]
+    return sizes, sorted(channels)
 
 
 def resize_array(images: np.ndarray, size: int, channels: int) -> np.ndarray:

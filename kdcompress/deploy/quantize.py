@@ -8,6 +8,7 @@ that keeps accuracy is kept. FP16 is for GPU targets: its parity is checked here
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import tempfile
@@ -19,7 +20,7 @@ import numpy as np
 
 from kdcompress.core import roles
 from kdcompress.core.errors import KdcError
-from kdcompress.core.files import folder_lock, QUANTIZE_PREFIX, remove_stale
+from kdcompress.core.files import folder_lock, QUANTIZE_PREFIX, remove_stale, signals_held
 from kdcompress.deploy.frontier import int8_verdict
 from kdcompress.deploy.graph import sort_nodes
 from kdcompress.deploy.manifest import file_sha256, load_images, model_file, ModelEntry, read_manifest, run_file, write_manifest
@@ -152,15 +153,19 @@ def _quantize_locked(run_dir: Path, threads: int, reporter: Reporter, model: str
         check_model(create_session(students[name]), manifest.preprocessing, manifest.dataset.classes, students[name])
     outputs = {name: (_output(run_dir, f"{name}{INT8_SUFFIX}"), _output(run_dir, f"{name}{FP16_SUFFIX}")) for name in names}
     made: dict[str, ModelEntry] = {}
-    with tempfile.TemporaryDirectory(dir=run_dir, prefix=QUANTIZE_PREFIX, suffix=f".{os.getpid()}") as tmp:
+    with contextlib.ExitStack() as stack:
+        with signals_held():  # a SIGTERM between making the folder and registering its removal would leave it behind
+            tmp = stack.enter_context(tempfile.TemporaryDirectory(dir=run_dir, prefix=QUANTIZE_PREFIX, suffix=f".{os.getpid()}"))
         staged: list[tuple[Path, Path]] = []
         for name in names:
             if len(names) > 1:
                 reporter.info(f"quantizing {name}")
             work = Path(tmp) / name
             work.mkdir()
+            checked = work / students[name].name  # the bytes checked against the manifest, not the file read again
+            checked.write_bytes(students[name].data)
             int8, fp16, files = _quantize_student(
-                manifest, name, students[name], outputs[name], work, (choice_key, choice), test, calibration, threads, reporter
+                manifest, name, checked, outputs[name], work, (choice_key, choice), test, calibration, threads, reporter
             )
             made[roles.sibling(name, "int8")], made[roles.sibling(name, "fp16")] = int8, fp16
             staged += files

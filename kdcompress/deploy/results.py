@@ -115,6 +115,47 @@ class BenchmarkResult:
                 for role, model in data["models"].items()
             }
             known = {f.name for f in fields(cls)} - {"models"}
-            return cls(models=models, **{k: v for k, v in data.items() if k in known})
+            result = cls(models=models, **{k: v for k, v in data.items() if k in known})
         except (KeyError, TypeError, AttributeError) as exc:
             raise KdcError(f"the benchmark result is incomplete ({exc}): run kdc benchmark again") from None
+        result._check()
+        return result
+
+    def _check(self) -> None:
+        """Every value a reader uses has its type, and every measured number is finite (NaN latencies, an accuracy
+        that is text or above 1, a model name that is a list are refused): a KdcError naming the first that is not."""
+        def need(ok: bool, what: str, value: Any) -> None:
+            if not ok:
+                shown = repr(value)
+                raise KdcError(f"the benchmark result is damaged ({what} is {shown[:40]}): run kdc benchmark again")
+
+        need(isinstance(self.run, str) and isinstance(self.dataset, str), "run", self.run)
+        need(isinstance(self.classes, list) and all(isinstance(c, str) for c in self.classes), "classes", self.classes)
+        need(_whole(self.test_images) and self.test_images > 0, "test_images", self.test_images)
+        for role, model in self.models.items():
+            need(isinstance(role, str) and isinstance(model.file, str) and isinstance(model.format, str), "a model", role)
+            need(_finite(model.file_mb) and model.file_mb >= 0, f"{role}: file_mb", model.file_mb)
+            need(_whole(model.parameters) and _whole(model.macs), f"{role}: parameters", model.parameters)
+            need(isinstance(model.points, list) and bool(model.points), f"{role}: points", model.points)
+            for p in model.points:
+                where = f"{role}: a point's"
+                need(all(isinstance(v, str) for v in (p.role, p.file, p.target, p.precision)), f"{where} target", p.target)
+                need(_finite(p.accuracy) and 0 <= p.accuracy <= 1, f"{where} accuracy", p.accuracy)
+                need(_finite(p.agreement) and 0 <= p.agreement <= 1, f"{where} agreement", p.agreement)
+                need(_whole(p.correct) and 0 <= p.correct <= self.test_images, f"{where} correct", p.correct)
+                need(isinstance(p.batch1, dict) and all(_finite(v) and v >= 0 for v in p.batch1.values()), f"{where} batch1", p.batch1)
+                need(_finite(p.images_per_s) and p.images_per_s >= 0, f"{where} images_per_s", p.images_per_s)
+        rec = self.recommendation
+        need(rec is None or isinstance(rec, dict), "recommendation", rec)
+        if rec is not None:
+            need(rec.get("model") is None or isinstance(rec.get("model"), str), "recommendation.model", rec.get("model"))
+
+
+def _finite(value: Any) -> bool:
+    import math
+
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)

@@ -112,10 +112,17 @@ class OpenvinoCpu:
     install = "pip install 'kdcompress[openvino]'"
 
     def problem(self) -> str | None:
-        try:
-            import openvino  # noqa: F401
-        except ImportError:
+        """Whether OpenVINO is installed is asked of the import system without importing it; only then is it imported
+        (its telemetry is kept off by kdcompress/__init__.py) and a Core made, and anything either raises (a numpy
+        ABI mismatch, a missing shared library) is one line: this target is skipped and the rest goes on."""
+        if not _installed("openvino"):
             return f"OpenVINO is not installed ({self.install})"
+        try:
+            import openvino as ov
+
+            ov.Core()
+        except Exception as exc:  # ImportError, RuntimeError, AttributeError, OSError: a broken installation
+            return f"OpenVINO is installed but cannot start ({type(exc).__name__}: {_first_line(exc)}); reinstall it ({self.install})"
         return None
 
     def precisions(self, isa: list[str]) -> list[str]:
@@ -132,9 +139,11 @@ class OpenvinoCpu:
     def load(self, path: str | Path, threads: int | None = None, precision: str = "f32") -> Loaded:
         import openvino as ov
 
+        from kdcompress.deploy.manifest import model_source
+
         core = ov.Core()
         try:
-            model = core.read_model(str(path))
+            model = core.read_model(model_source(path))
         except Exception as exc:  # OpenVINO's conversion errors are RuntimeErrors of many lines
             raise KdcError(f"OpenVINO cannot read {Path(path).name} ({_first_line(exc)})") from None
         config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
@@ -178,6 +187,19 @@ class OpenvinoCpu:
         )
 
 
+def _installed(package: str) -> bool:
+    """Whether a package can be imported, asked without importing it (a None in sys.modules: blocked, as a test does)."""
+    import importlib.util
+    import sys
+
+    if package in sys.modules:
+        return sys.modules[package] is not None
+    try:
+        return importlib.util.find_spec(package) is not None
+    except (ImportError, ValueError):
+        return False
+
+
 def _precision_name(value: Any) -> str:
     """OpenVINO's element type (<Type: 'bfloat16'>) as a short name: f32, bf16, f16."""
     text = str(getattr(value, "get_type_name", lambda: value)())
@@ -204,23 +226,27 @@ def resolve_target(name: str) -> Any:
     return TARGETS[name]
 
 
-def runtime_versions() -> dict[str, str]:
-    """The version of every runtime installed here, for the machine record."""
+def runtime_versions(used: list[str] | None = None) -> dict[str, str]:
+    """The version of every runtime installed here (of the targets named in used), for the machine record."""
     versions = {}
-    for runtime in TARGETS.values():
-        version = runtime.version()
+    for name, runtime in TARGETS.items():
+        version = runtime.version() if used is None or name in used else None
         if version:
             versions[runtime.target.runtime] = version
     return versions
 
 
-def create_session(path: str | Path, device: str = "cpu", threads: int | None = None) -> Any:
-    """An onnxruntime InferenceSession on CPU or CUDA; raises KdcError when CUDA is not really in use."""
+def create_session(path: Any, device: str = "cpu", threads: int | None = None) -> Any:
+    """An onnxruntime InferenceSession on CPU or CUDA; raises KdcError when CUDA is not really in use. path: a file, or
+    a manifest.ModelFile, whose checked bytes are loaded (never the file again, which may have changed since)."""
     import onnxruntime as ort
 
-    path = Path(path)
-    if not path.is_file():
-        raise KdcError(f"ONNX model not found: {path}")
+    from kdcompress.deploy.manifest import model_source, ModelFile
+
+    if not isinstance(path, ModelFile):
+        path = Path(path)
+        if not path.is_file():
+            raise KdcError(f"ONNX model not found: {path}")
     options = ort.SessionOptions()
     if threads is not None:
         options.intra_op_num_threads = threads
@@ -234,7 +260,7 @@ def create_session(path: str | Path, device: str = "cpu", threads: int | None = 
             raise KdcError(f"onnxruntime has no {OnnxruntimeCuda.provider} ({OnnxruntimeCuda.install})")
         providers = [OnnxruntimeCuda.provider]
     try:
-        session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+        session = ort.InferenceSession(model_source(path), sess_options=options, providers=providers)
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
         raise KdcError(f"onnxruntime cannot load {path}: {exc}") from None
     if device == "cuda" and session.get_providers()[0] != OnnxruntimeCuda.provider:

@@ -304,7 +304,22 @@ def markdown_table(headers: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def pyplot() -> Any:
-    """matplotlib.pyplot on the file-only Agg backend (no display needed), imported on first use."""
+    """matplotlib.pyplot on the file-only Agg backend (no display needed), imported on first use.
+
+    matplotlib keeps its font cache and config under HOME (~/.cache/matplotlib, ~/.config/matplotlib); unless the user
+    points MPLCONFIGDIR somewhere, kdc gives it a temporary folder of its own, removed at exit, so that nothing is
+    written under HOME (building the font cache there costs about 0.2 s a command)."""
+    import os
+    import sys
+
+    if "matplotlib" not in sys.modules and not os.environ.get("MPLCONFIGDIR", "").strip():
+        import atexit
+        import shutil
+        import tempfile
+
+        folder = tempfile.mkdtemp(prefix="kdc-matplotlib-")
+        atexit.register(shutil.rmtree, folder, True)
+        os.environ["MPLCONFIGDIR"] = folder
     import matplotlib
 
     matplotlib.use("Agg")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from rich.text import Text
 
@@ -150,8 +150,14 @@ def sweep_markdown(results: dict[str, Any], command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def sweep_plots(results: dict[str, Any], folder: Path) -> list[Path]:
-    """heatmap.png (change vs baseline over T x alpha, one panel per beta and KD loss) and objectives.png."""
+def sweep_plots(results: dict[str, Any]) -> dict[str, Callable[[Path], None]]:
+    """The writers of heatmap.png (change vs baseline over T x alpha, one panel per beta and KD loss) and
+    objectives.png, for core.files.write_together (each draws its figure into the path it is given)."""
+    return {"heatmap.png": lambda path: _heatmap(results, path), "objectives.png": lambda path: _objectives_chart(results, path)}
+
+
+def _heatmap(results: dict[str, Any], path: Path) -> None:
+    """Distilled minus baseline per (T, alpha), a panel per (beta, KD loss)."""
     import numpy as np
 
     plt = pyplot()
@@ -176,18 +182,17 @@ def sweep_plots(results: dict[str, Any], folder: Path) -> list[Path]:
         ax.set_title(f"{loss}, " + ("logits only (beta 0)" if beta == 0 else f"logits + features (beta {beta:g})"), fontsize=9)
     fig.colorbar(image, ax=axes[0].tolist(), label="Δ test accuracy vs baseline (pts)")
     fig.suptitle(f"{results['dataset']['name']}: distilled minus baseline, mean of {len(grid['seeds'])} seeds (+/-: more than noise)", fontsize=9)
-    heatmap = folder / "heatmap.png"
-    fig.savefig(heatmap, bbox_inches="tight")
+    fig.savefig(path, bbox_inches="tight")
     plt.close(fig)
-    return [heatmap, _objectives_chart(results, cells, folder)]
 
 
-def _objectives_chart(results: dict[str, Any], cells: dict[tuple[float, float, float, str], Any], folder: Path) -> Path:
+def _objectives_chart(results: dict[str, Any], path: Path) -> None:
     """Mean ± std test accuracy per (T, alpha): no distillation / logits only / logits + features."""
     import numpy as np
 
     plt = pyplot()
     grid, base = results["grid"], results["baseline"]
+    cells = {(c["temperature"], c["alpha"], c["beta"], _loss(c)): c for c in results["cells"]}
     pairs = [(t, a) for t in grid["T"] for a in grid["alpha"]]
     bars = [(beta, loss) for loss in grid.get("kd_loss", ["kl"]) for beta in grid["beta"]]
     width = 0.8 / len(bars)
@@ -208,7 +213,5 @@ def _objectives_chart(results: dict[str, Any], cells: dict[tuple[float, float, f
     ax.legend(fontsize=7, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=4, frameon=False)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    path = folder / "objectives.png"
     fig.savefig(path)
     plt.close(fig)
-    return path

@@ -5,34 +5,54 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from kdcompress.core.files import write_json_atomic
+from kdcompress.core.files import folder_lock, write_together
 from kdcompress.core.reporter import NullReporter, Reporter
-from kdcompress.deploy.benchmark import benchmark_run
 from kdcompress.deploy.results import BenchmarkResult
 
+RESULT_FILES = ("benchmark.json", "benchmark.md", "benchmark.png")
 
-def benchmark_and_save(run_dir: str | Path, reporter: Reporter | None = None, **options: Any) -> BenchmarkResult:
-    """benchmark_run, then benchmark.json, benchmark.md and benchmark.png in the run folder.
 
+def benchmark_and_save(run_dir: str | Path, reporter: Reporter | None = None, rehash: bool = False, **options: Any) -> BenchmarkResult:
+    """benchmark_run, then benchmark.json, benchmark.md and benchmark.png in the run folder, all under the run's lock
+    (one writer at a time: a quantize or another benchmark of the same run is refused meanwhile, in one line).
+
+    rehash: first record the SHA-256 of every model file in the manifest (read again under the lock).
     A folder that cannot be written (full disk, read-only) loses only the files: the result is returned all the
     same, with saved false and the reason in save_error.
     """
+    from kdcompress.deploy.benchmark import benchmark_run
+    from kdcompress.deploy.manifest import read_manifest, rehash as rehash_run
+
     reporter = reporter or NullReporter()
-    result = benchmark_run(run_dir, reporter=reporter, **options)
-    save_result(result, Path(run_dir), reporter)
+    run_dir = Path(run_dir)
+    read_manifest(run_dir)  # a folder that is no run is said as such before any lock is taken in it
+    with folder_lock(run_dir, "benchmark"):
+        if rehash:
+            changed = rehash_run(run_dir)
+            reporter.info(f"{run_dir}: recorded the SHA-256 of every model file ({', '.join(changed) or 'none'} had changed)")
+        result = benchmark_run(run_dir, reporter=reporter, **options)
+        save_result(result, run_dir, reporter)
     return result
 
 
 def save_result(result: BenchmarkResult, run_dir: Path, reporter: Reporter) -> None:
-    """Write the three files; a failed write is reported (result.saved false), not raised."""
+    """Write the three files as one (rendered aside, then renamed: a link at one of their names is replaced, never
+    written through); a failed write is reported (result.saved false) and leaves the earlier files as they were."""
+    from kdcompress.core.files import write_json_to
     from kdcompress.report.render import benchmark_markdown, benchmark_plot
 
+    markdown = benchmark_markdown(result)
+    result.saved = True
     try:
-        result.saved = True
-        write_json_atomic(run_dir / "benchmark.json", result.to_dict())
-        (run_dir / "benchmark.md").write_text(benchmark_markdown(result))
-        benchmark_plot(result, run_dir / "benchmark.png")
+        write_together(run_dir, {
+            "benchmark.json": lambda path: write_json_to(path, result.to_dict()),
+            "benchmark.md": lambda path: path.write_text(markdown),
+            "benchmark.png": lambda path: benchmark_plot(result, path),
+        })  # fmt: skip
     except OSError as exc:
         result.saved = False
-        result.save_error = f"could not write the benchmark files into {run_dir} ({exc.strerror or exc})"
+        result.save_error = (
+            f"could not write the benchmark files into {run_dir} ({exc.strerror or exc}); any from an earlier benchmark "
+            f"are as they were"
+        )
         reporter.warn(result.save_error + ": the results below are not saved")

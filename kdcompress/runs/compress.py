@@ -317,7 +317,8 @@ def _finish(
     warnings = [*run.warnings, *_teacher_warnings(entries)]
     manifest = Manifest(
         run=run_name,
-        dataset=DatasetInfo(data.name, data.classes, data.counts(), data.source, data.fingerprint(), list(data.source_sizes)),
+        dataset=DatasetInfo(data.name, data.classes, data.counts(), data.source, data.fingerprint(), list(data.source_sizes),
+                            list(data.source_channels)),
         preprocessing=run.prep,
         models=entries,
         files={"test_set": "test_set.npz", "calibration_set": "calibration.npz", "validation_set": "validation.npz",

@@ -28,7 +28,7 @@ from kdcompress.data.dataset import Dataset
 from kdcompress.core.errors import KdcError
 from kdcompress.train.collectives import barrier, broadcast_object, shard
 from kdcompress.train.fair import control_smoothing, fair_start, prepare, Prepared, teacher_train_logits
-from kdcompress.core.files import read_json, write_json_atomic, write_yaml_atomic
+from kdcompress.core.files import read_json, write_json_atomic, write_together, write_yaml_atomic
 from kdcompress.runs.environment import busy_warning, environment
 from kdcompress.core.reporter import NullReporter, Reporter
 from kdcompress.core.stats import auc_summary, compare, REFERENCES, roc_auc
@@ -232,7 +232,13 @@ def sweep(
         shared = _check_resumable(folder, run.cfg, run.data)
         header = f"kdc sweep settings of {folder.name}, resolved.\nkdc sweep --config config.yaml runs them again: it resumes this sweep."
         write_yaml_atomic(folder / "config.yaml", replace(cfg, base=run.cfg).to_options(), header)
-        done = {p.stem for p in (folder / "runs").glob("*.json") if read_json(p, RETRAIN)}
+        done = set()
+        for path in sorted((folder / "runs").glob("*.json")):
+            problem = run_file_problem(read_json(path, RETRAIN), len(run.data.test_y), len(run.data.classes))
+            if problem:  # trained again, and its file replaced when that training finishes
+                reporter.warn(f"{path} is damaged ({problem}): that training runs again")
+            else:
+                done.add(path.stem)
         plan = [(s, c) for s in cfg.seed_list() for c in jobs(cfg) if run_name(s, c) not in done]
         if done:
             reporter.info(f"resuming {folder}: {total - len(plan)} of {total} trainings already done")
@@ -253,8 +259,8 @@ def sweep(
     results = summarize(cfg, run.data, folder, run.device)
     from kdcompress.report.sweep_render import sweep_markdown, sweep_plots
 
-    (folder / "summary.md").write_text(sweep_markdown(results, command))
-    sweep_plots(results, folder)
+    markdown = sweep_markdown(results, command)
+    write_together(folder, {"summary.md": lambda path: path.write_text(markdown), **sweep_plots(results)})
     return results
 
 
@@ -408,9 +414,36 @@ def _train_one(run: Prepared, made: Any, settings: Any, name: str, reporter: Rep
     }
 
 
+def run_file_problem(entry: Any, test_images: int, classes: int) -> str | None:
+    """What is wrong with a sweep's runs/NAME.json (None: nothing): its predictions must be one class index per test
+    image (-1 only in a diverged run's), its accuracies numbers in [0, 1]; a file cut short or edited is not used."""
+    import math
+
+    def fraction(value: Any) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and 0 <= value <= 1
+
+    if not isinstance(entry, dict):
+        return f"it holds a {type(entry).__name__}, not a training's record"
+    predictions = entry.get("predictions")
+    if not isinstance(predictions, list) or len(predictions) != test_images:
+        found = f"{len(predictions)} predictions" if isinstance(predictions, list) else f"predictions {str(predictions)[:20]!r}"
+        return f"{found}, not one per test image ({test_images})"
+    lowest = -1 if entry.get("diverged") else 0
+    if not all(isinstance(p, int) and not isinstance(p, bool) and lowest <= p < classes for p in predictions):
+        return f"predictions that are not class indices 0..{classes - 1}"
+    for key in ("best_val_accuracy", "test_accuracy"):
+        if not fraction(entry.get(key)):
+            return f"{key} is {str(entry.get(key))[:20]!r}, not a fraction"
+    return None
+
+
 def summarize(cfg: SweepConfig, data: Dataset, folder: Path, device: str) -> dict[str, Any]:
     """results.json from the run files: per grid point, mean +- std over seeds and the verdict vs baseline."""
     runs = {p.stem: read_json(p, RETRAIN) for p in sorted((folder / "runs").glob("*.json"))}
+    for name, entry in runs.items():
+        problem = run_file_problem(entry, len(data.test_y), len(data.classes))
+        if problem:
+            raise KdcError(f"{folder / 'runs' / name}.json is damaged ({problem}): {RETRAIN}")
     shared = read_json(folder / "sweep.json", "delete the sweep folder to start over")
     seeds = cfg.seed_list()
     table = _SeedTable(runs, seeds, data.test_y)

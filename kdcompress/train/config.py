@@ -81,6 +81,14 @@ class CompressConfig:
                             ("--dkd-target", self.dkd_target), ("--dkd-nontarget", self.dkd_nontarget)):  # fmt: skip
             _check_range(flag, value, 0.0, 100.0)
         _check_range("--dkd-warmup", self.dkd_warmup, 0.0, 1.0)
+        silent = {"dist": ("--dist-inter", "--dist-intra"), "dkd": ("--dkd-target", "--dkd-nontarget")}.get(self.kd_loss)
+        weights = {"dist": (self.dist_inter, self.dist_intra), "dkd": (self.dkd_target, self.dkd_nontarget)}.get(self.kd_loss)
+        if silent and weights and not any(weights) and self.alpha > 0:
+            raise KdcError(
+                f"--kd-loss {self.kd_loss} with {' and '.join(f'{f} 0' for f in silent)} is a logit term that is 0 for every "
+                f"image, weighted by --alpha {self.alpha:g}: the distilled student would not learn from the teacher's outputs. "
+                f"Give one of them a weight, or use --alpha 0"
+            )
         _check_range("--teacher-smoothing", self.teacher_smoothing, 0.0, 0.9)
         if self.teacher_ema is not None:
             _check_range("--teacher-ema", self.teacher_ema, 0.0, 0.99999)

@@ -104,13 +104,14 @@ def export_onnx(model: nn.Module, path: Path, prep: Preprocessing, images: np.nd
 
     model = model.eval().cpu()
     example = torch.zeros(2, prep.channels, prep.image_size, prep.image_size)  # batch 2: keeps the axis dynamic
+    exported = readable_everywhere(model, example)
     batch = torch.export.Dim("batch", min=1, max=65536)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         logging.getLogger("torch.onnx").setLevel(logging.ERROR)
         try:
             torch.onnx.export(
-                model,
+                exported,
                 (example,),
                 str(path),
                 dynamo=True,
@@ -124,6 +125,45 @@ def export_onnx(model: nn.Module, path: Path, prep: Preprocessing, images: np.nd
             raise KdcError(f"ONNX export of {path.name} failed: {str(exc).strip().splitlines()[0]}") from None
     onnx.checker.check_model(str(path), full_check=True)
     return check_parity(model, path, prep, images)
+
+
+def readable_everywhere(model: nn.Module, example: torch.Tensor) -> nn.Module:
+    """The model as it is exported: the same function, in layers every runtime kdc targets can read.
+
+    An average pooling whose window is at least as large as its input (ResNet10-T's avg_down shortcut at 16 px meets
+    a 1 x 1 map with a 2 x 2, ceil-mode window) averages the whole map into one value. PyTorch and onnxruntime
+    accept that window; OpenVINO's shape inference refuses it ("Kernel after dilation has size larger than the data
+    shape"), and with it every layer after. Such a pooling is exported as the global average it computes (ONNX
+    GlobalAveragePool), the same numbers, which check_parity confirms against the original model. The model is
+    left as it is; a copy is changed only where such a layer exists."""
+    import copy
+
+    sizes: dict[str, tuple[int, int]] = {}
+    hooks = [
+        module.register_forward_hook(lambda m, inputs, output, name=name: sizes.__setitem__(name, tuple(inputs[0].shape[-2:])))
+        for name, module in model.named_modules() if isinstance(module, nn.AvgPool2d)
+    ]  # fmt: skip
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+    def whole_map(module: nn.AvgPool2d, size: tuple[int, int]) -> bool:
+        kernel = module.kernel_size if isinstance(module.kernel_size, tuple) else (module.kernel_size,) * 2
+        padding = module.padding if isinstance(module.padding, tuple) else (module.padding,) * 2
+        return not any(padding) and all(side <= k for side, k in zip(size, kernel)) and any(side < k for side, k in zip(size, kernel))
+
+    modules = dict(model.named_modules())
+    names = [name for name, size in sizes.items() if whole_map(modules[name], size)]
+    if not names:
+        return model
+    changed = copy.deepcopy(model)
+    for name in names:
+        parent_name, _, child = name.rpartition(".")
+        setattr(changed.get_submodule(parent_name) if parent_name else changed, child, nn.AdaptiveAvgPool2d(1))
+    return changed.eval()
 
 
 def export_checkpoint(checkpoint: Path, path: Path, prep: Preprocessing, images: np.ndarray, threads: int) -> dict[str, Any]:
