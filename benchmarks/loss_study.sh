@@ -12,15 +12,7 @@ cd "$(dirname "$0")/.."
 DATA="${1:-../shared/data}"
 COMMON=(--dataset cifar3 --data-dir "$DATA" --teacher-epochs 60 --kd-loss kl,dist,dkd --T 4 --alpha 0.5 --beta 0 --seeds 3 --device cpu)
 
-keep() {  # copy a finished sweep's reports (not its per-run files) into benchmarks/results/NAME
-    local from="$1" name="$2"
-    for folder in "$from" "$from"/*/; do
-        [ -f "$folder/results.json" ] || continue
-        local to="benchmarks/results/$name${folder#"$from"}"
-        mkdir -p "$to"
-        cp "$folder"/{results.json,summary.md,heatmap.png,objectives.png} "$to"/
-    done
-}
+source benchmarks/keep.sh  # keep FROM NAME: a finished sweep's reports into benchmarks/results/NAME
 
 kdc sweep "${COMMON[@]}" --student resnet10t,mobilenetv4_conv_small --out artifacts/sweep-cifar3-losses
 keep artifacts/sweep-cifar3-losses sweep-cifar3-losses

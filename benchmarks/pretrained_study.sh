@@ -9,15 +9,7 @@ cd "$(dirname "$0")/.."
 DATA="${1:-../shared/data}"
 export HF_HUB_CACHE="${2:-../shared/hub}" HF_HUB_OFFLINE=1
 
-keep() {  # copy a finished sweep's reports (not its per-run files) into benchmarks/results/NAME
-    local from="$1" name="$2"
-    for folder in "$from" "$from"/*/; do
-        [ -f "$folder/results.json" ] || continue
-        local to="benchmarks/results/$name${folder#"$from"}"
-        mkdir -p "$to"
-        cp "$folder"/{results.json,summary.md,heatmap.png,objectives.png} "$to"/
-    done
-}
+source benchmarks/keep.sh  # keep FROM NAME: a finished sweep's reports into benchmarks/results/NAME
 
 CIFAR=(--dataset cifar3 --data-dir "$DATA" --image-size 64 --teacher tf_efficientnet_lite2 --pretrained --teacher-epochs 6
        --seeds 3 --device cpu)

@@ -271,11 +271,13 @@ def test_openvino_points_on_this_cpu_read_their_precision_back(tiny_run):
     from kdcompress.deploy.targets import BF16_FLAGS
 
     result = benchmark_run(tiny_run, quick=True, gpu=False)
-    teacher = result.models["teacher"]  # test_efficientnet at 16 px: OpenVINO reads it (test_resnet's pooling it cannot)
+    teacher = result.models["teacher"]
     precisions = {p.precision for p in teacher.points if p.target == "openvino-cpu"}
     bf16 = any(flag in result.machine["isa"] for flag in BF16_FLAGS)
     assert precisions == ({"f32", "bf16"} if bf16 else {"f32"})
-    assert any("openvino-cpu cannot run baseline.onnx: OpenVINO cannot read baseline.onnx" in n for n in result.notes)
+    # test_resnet's avg_down pooling at 16 px, which OpenVINO refused, is exported as the global average it computes
+    assert not [n for n in result.notes if "cannot" in n]
+    assert all(any(p.target == "openvino-cpu" for p in model.points) for model in result.models.values())
     f32 = next(p for p in teacher.points if p.precision == "f32")
     assert f32.agreement >= 0.99 and abs(f32.accuracy - teacher.reference.accuracy) <= 0.01
 
@@ -387,7 +389,8 @@ def test_rehash_records_only_files_that_load_and_all_skips_a_run_it_cannot_rehas
     result = runner.invoke(app, ["benchmark", str(root), "--all", "--quick", "--no-gpu", "--rehash"])
     assert result.exit_code == 1 and "Traceback" not in result.output
     said = " ".join(result.output.split())
-    assert f"skipped {bad}" in said and "1 of 2 runs could not be benchmarked" in said
+    assert "warning: skipped" in said and "not a readable ONNX model" in said  # (its path is folded at 80 columns)
+    assert "1 of 2 runs could not be benchmarked (b-bad;" in said
     assert (good / "benchmark.json").is_file()
 
 

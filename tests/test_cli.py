@@ -160,5 +160,18 @@ def test_a_memory_limit_is_one_line_not_a_traceback(tiny_run, tmp_path):
         done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
         assert "Traceback" not in done.stderr, (megabytes, done.stderr)
         if done.returncode != 0:  # it may fit on another machine; where it does not, it is said in one line
-            assert done.returncode == 1 and done.stderr.count("error:") == 1, done.stderr
-            assert "out of memory" in done.stderr or "could not be loaded" in done.stderr or "not enough memory" in done.stderr
+            assert done.returncode == 1, done.stderr
+            if "OpenBLAS error: Memory allocation still failed" in done.stderr:
+                continue  # OpenBLAS (numpy's) says it itself, in one line, and exits from C: nothing Python can catch
+            assert done.stderr.count("error:") == 1, done.stderr
+            assert "out of memory" in done.stderr or "could not be loaded" in done.stderr or "memory limit" in done.stderr
+
+
+def test_the_per_dataset_defaults_in_help_are_the_specs_own():
+    # The help once said digits trains 10 epochs and its teacher twice that, where data/specs.py said 5 and 4x.
+    from kdcompress.data.specs import DATASETS
+
+    text = " ".join(_invoke("compress", "--help").output.replace("│", " ").split())
+    for name, spec in DATASETS.items():
+        assert f"{name} {spec.epochs}" in text and f"{name} {spec.teacher_epoch_factor}x" in text
+        assert f"{name} {spec.image_size}" in text and f"{name} {spec.teacher}" in text

@@ -44,16 +44,17 @@ def test_out_refuses_the_current_folder(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["precious.txt"]
 
 
-def test_out_takes_an_empty_folder_and_the_teacher_cache_stays_under_artifacts(tmp_path):
+def test_out_takes_an_empty_folder_and_the_teacher_cache_is_where_the_readme_says(tmp_path):
     out = tmp_path / "elsewhere" / "empty"
     out.mkdir(parents=True)
     artifacts = tmp_path / "artifacts"
     result = runner.invoke(app, ["compress", *TINY, "--epochs", "1", "--out", str(out), "--control", "none", "--artifacts", str(artifacts)])
     assert result.exit_code == 0, result.output
     assert (out / "manifest.json").is_file()
-    # Nothing beside --out (issue #41, item 20): the cache is where the README says, under --artifacts.
-    assert [p.name for p in (tmp_path / "elsewhere").iterdir()] == ["empty"]
-    assert any((artifacts / ".teachers").iterdir())
+    # --out outside --artifacts: the teacher cache sits beside it, in .teachers/, as the README's privacy note says
+    # (issue #41, item 20), and nothing is written under --artifacts.
+    assert sorted(p.name for p in (tmp_path / "elsewhere").iterdir()) == [".teachers", "empty"]
+    assert not artifacts.exists()
 
 
 # 2. refused before training, not after it ------------------------------------------------------
@@ -139,7 +140,7 @@ def _enospc(*args, **kwargs):
 def test_benchmark_prints_its_results_when_they_cannot_be_saved(tiny_run, tmp_path, monkeypatch):
     run = _copy(tiny_run, tmp_path)
     (run / "benchmark.json").unlink(missing_ok=True)  # other tests may have benchmarked the shared run
-    monkeypatch.setattr("kdcompress.runs.benchmark.write_json_atomic", _enospc)
+    monkeypatch.setattr("kdcompress.core.files.write_json_to", _enospc)
     result = runner.invoke(app, ["benchmark", str(run), "--quick", "--no-gpu"])
     fails_cleanly(result, "could not write the benchmark files")
     assert "x faster" in result.stdout and "p50 ms" in result.stdout  # the timings are shown, not lost
@@ -174,10 +175,12 @@ def test_a_truncated_onnx_file_under_quantize_is_one_line(tiny_run, tmp_path):
     data = (run / "student.onnx").read_bytes()
     (run / "student.onnx").write_bytes(data[: len(data) // 3])
     fails_cleanly(runner.invoke(app, ["quantize", str(run)]), "student.onnx (student) is not the file this run wrote")
+    from kdcompress.core.errors import KdcError
     from kdcompress.deploy.manifest import rehash
 
-    rehash(run)  # as if it had been replaced on purpose: then onnxruntime's own refusal, in one line
-    fails_cleanly(runner.invoke(app, ["quantize", str(run)]), "onnxruntime cannot load")
+    with pytest.raises(KdcError, match="is not a readable ONNX model"):  # a damaged file is never recorded as intended
+        rehash(run)
+    fails_cleanly(runner.invoke(app, ["quantize", str(run)]), "student.onnx (student) is not the file this run wrote")
 
 
 def test_a_truncated_test_set_is_one_line(tiny_run, tmp_path):

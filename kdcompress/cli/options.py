@@ -13,6 +13,7 @@ import typer
 
 from kdcompress.train.config import CompressConfig
 from kdcompress.core.errors import KdcError
+from kdcompress.data.specs import DATASETS
 from kdcompress.runs.sweep import SweepConfig
 
 DEFAULTS = {f.name: f.default for f in fields(CompressConfig)}  # every option's default, stated once: in the dataclass
@@ -71,12 +72,17 @@ DATA_DIR = option(
     "data_dir", "--data-dir", help="Where the data is: cifar3 looks for cifar-10-batches-py here (default ./data, "
     "downloaded when absent); chest-xray and folder need it."
 )
-IMAGE_SIZE = option("image_size", "--image-size", help="Input side in pixels (default per dataset: digits 16, others 32).")
-TEACHER = option("teacher", "--teacher", help="Teacher: any timm model name (default per dataset: digits resnet34, others efficientnet_b3).")
+def per_dataset(field: str, unit: str = "") -> str:
+    """'digits 16, cifar3 32, ...': a field's default for each dataset, read from data/specs.py (never restated)."""
+    return ", ".join(f"{name} {getattr(spec, field)}{unit}" for name, spec in DATASETS.items())
+
+
+IMAGE_SIZE = option("image_size", "--image-size", help=f"Input side in pixels (default per dataset: {per_dataset('image_size')}).")
+TEACHER = option("teacher", "--teacher", help=f"Teacher: any timm model name (default per dataset: {per_dataset('teacher')}).")
 STUDENT = option(
     "student", "--student", help="Student(s): timm model names, comma-separated for several (resnet18,resnet10t); each gets its "
-    "own fair start, baseline, distilled student and control, from one teacher. Default per dataset: digits "
-    "resnet10t, others resnet18. kdc sweep: a sweep folder per student, OUT/STUDENT.",
+    "own fair start, baseline, distilled student and control, from one teacher. Default per dataset: "
+    f"{per_dataset('student')}. kdc sweep: a sweep folder per student, OUT/STUDENT.",
 )
 PRETRAINED = option("pretrained", "--pretrained/--no-pretrained", help="Start the teacher from timm's ImageNet weights (downloads).")
 PRETRAINED_STUDENT = option("pretrained_student", "--pretrained-student/--no-pretrained-student", help="Start both students from ImageNet weights.")
@@ -86,8 +92,11 @@ TEACHER_AUX = option(
     "teacher_aux", "--teacher-aux/--no-teacher-aux", help="Also train the teacher on the dataset's auxiliary classes where it "
     "has some (cifar3: CIFAR-10's 7 other classes, training batches only). The students never see them."
 )
-EPOCHS = option("epochs", "--epochs", help="Epochs per training (default per dataset: digits 10, cifar3 30, chest-xray 10, folder 15).")
-TEACHER_EPOCHS = option("teacher_epochs", "--teacher-epochs", help="Epochs for the teacher (default: twice --epochs for cifar3, whose teacher also learns 7 more classes, and for digits; --epochs otherwise).")
+EPOCHS = option("epochs", "--epochs", help=f"Epochs per training (default per dataset: {per_dataset('epochs')}).")
+TEACHER_EPOCHS = option(
+    "teacher_epochs", "--teacher-epochs", help="Epochs for the teacher (default: --epochs times, per dataset: "
+    f"{per_dataset('teacher_epoch_factor', 'x')}; cifar3's teacher also learns 7 more classes)."
+)
 BATCH_SIZE = option("batch_size", "--batch-size", help="Batch size of every training (the teacher's too, unless --teacher-batch-size).")
 TEACHER_BATCH_SIZE = option(
     "teacher_batch_size", "--teacher-batch-size", help="The teacher's own batch size (default: --batch-size), its peak "

@@ -25,6 +25,10 @@ from kdcompress.data.split import stratified_split
 
 STATS_CHUNK = 1024  # images per chunk when measuring the training split's mean and std
 MAX_WORKERS = 8  # DataLoader processes decoding streamed images, per training process
+# How they start: from a clean server process, not forked from this one. A fork of a process that has loaded
+# onnxruntime or OpenVINO (a run exports and checks each model as it goes; the suite runs the real-data tests first)
+# crashed the parent with SIGSEGV as the workers started, on a 2-core Xeon with AMX.
+WORKER_START = "forkserver"
 PREFETCH = 4  # batches each of them decodes ahead
 PARALLEL_FROM = 256  # images: below this, worker processes cost more to start than the decoding they would share
 
@@ -196,6 +200,7 @@ def load_batches(files: ImageFiles, index_batches: list[list[int]], device: str)
         num_workers=workers,
         prefetch_factor=PREFETCH if workers else None,
         pin_memory=device == "cuda",
+        multiprocessing_context=WORKER_START if workers else None,
     )
     try:
         for batch in loader:

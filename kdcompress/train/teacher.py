@@ -104,9 +104,13 @@ def teacher_cache_key(cfg: CompressConfig, data: Dataset) -> str:
 
 
 def teacher_cache_dir(cfg: CompressConfig) -> Path:
-    """Where trained teachers are cached: --artifacts/.teachers, for every run and sweep, wherever --out puts it (a
-    folder the user named; never beside --out, which would write into its parent)."""
-    return Path(cfg.artifacts) / ".teachers"
+    """Where trained teachers are cached: --artifacts/.teachers for every run or sweep folder inside --artifacts (a
+    several-student sweep's --out/STUDENT folders and --from-sweep's too, so that one teacher serves them all), and
+    beside the folder in .teachers/ for one elsewhere."""
+    beside = cfg.from_sweep or cfg.out
+    if not beside or Path(beside).absolute().is_relative_to(Path(cfg.artifacts).absolute()):
+        return Path(cfg.artifacts) / ".teachers"
+    return Path(beside).parent / ".teachers"
 
 
 def _cached_teacher(cfg: CompressConfig, key: str) -> Path:
