@@ -578,3 +578,20 @@ def test_sigterm_during_a_benchmark_keeps_the_earlier_results_whole(tiny_run, tm
     assert process.returncode == 143 and "Traceback" not in err, err
     assert {name: (run / name).read_bytes() for name in before} == before
     assert [p.name for p in run.iterdir() if p.name.startswith(".")] == []
+
+
+def test_a_read_only_run_is_benchmarked_and_said_not_saved(tiny_run, tmp_path, monkeypatch):
+    # As root a read-only folder is writable; the lock and the files fail here as they do there for a user (EROFS).
+    import errno
+
+    from kdcompress.core import files
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", str(tmp_path))
+
+    monkeypatch.setattr(files.tempfile, "mkstemp", read_only)
+    run = _copy(tiny_run, tmp_path)
+    result = runner.invoke(app, ["benchmark", str(run), "--quick", "--no-gpu"])
+    fails_cleanly(result, "could not write the benchmark files")
+    assert "p50 ms" in result.stdout and "it is benchmarked without its lock" in " ".join(result.output.split())
+    assert not (run / "benchmark.json").exists()

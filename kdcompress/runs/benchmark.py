@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from kdcompress.core.files import folder_lock, write_together
 from kdcompress.core.reporter import NullReporter, Reporter
@@ -26,13 +27,30 @@ def benchmark_and_save(run_dir: str | Path, reporter: Reporter | None = None, re
     reporter = reporter or NullReporter()
     run_dir = Path(run_dir)
     read_manifest(run_dir)  # a folder that is no run is said as such before any lock is taken in it
-    with folder_lock(run_dir, "benchmark"):
+    with _run_lock(run_dir, reporter):
         if rehash:
             changed = rehash_run(run_dir)
             reporter.info(f"{run_dir}: recorded the SHA-256 of every model file ({', '.join(changed) or 'none'} had changed)")
         result = benchmark_run(run_dir, reporter=reporter, **options)
         save_result(result, run_dir, reporter)
     return result
+
+
+@contextmanager
+def _run_lock(run_dir: Path, reporter: Reporter) -> Iterator[None]:
+    """The run's lock while benchmarking; a folder where not even the lock can be written (read-only, full) is
+    benchmarked all the same, unlocked: nothing can be written there, and save_result says so."""
+    try:
+        held = folder_lock(run_dir, "benchmark")
+        held.__enter__()
+    except OSError as exc:
+        reporter.info(f"{run_dir} cannot be written ({exc.strerror or exc}): it is benchmarked without its lock")
+        yield
+        return
+    try:
+        yield
+    finally:
+        held.__exit__(None, None, None)
 
 
 def save_result(result: BenchmarkResult, run_dir: Path, reporter: Reporter) -> None:
