@@ -321,7 +321,7 @@ def _reporter() -> Any:
 
 
 def _relaunched(nproc: int, base: CompressConfig, check: Callable[[], Any] | None = None) -> bool:
-    """--nproc N > 1: refuse here what can be refused before any process starts (`distributed.preflight` of the
+    """--nproc N > 1: refuse here what can be refused before any process starts (`launch.preflight` of the
     settings the run will use, --from-sweep's included; then check), then run this same command in N processes
     under torchrun and return True once they finish."""
     from kdcompress.runs.from_sweep import with_sweep

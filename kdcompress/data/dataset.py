@@ -1,7 +1,7 @@
 """Datasets split into train / validation / test: uint8 arrays in memory, or (streamed) image files on disk.
 
-Streamed files (`sources.ImageFiles`) are decoded batch by batch in DataLoader workers (`load_batches`,
-`batches`). Every image goes through `runtime.pil_to_array`, the same path `kdc predict` uses, so a file
+Streamed files (`image_files.ImageFiles`) are decoded batch by batch in DataLoader workers (`load_batches`,
+`batches`). Every image goes through `preprocessing.pil_to_array`, the same path `kdc predict` uses, so a file
 classified later sees exactly the preprocessing the models were evaluated with.
 """
 

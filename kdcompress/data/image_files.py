@@ -14,7 +14,7 @@ class ImageFiles:
     """Image files read on demand: the streamed stand-in for a uint8 N x C x size x size array.
 
     Indexing with an int gives one decoded image, with a slice or an index array a decoded batch, through
-    `runtime.load_image` like the in-memory path; `data.load_batches` decodes many in DataLoader workers.
+    `preprocessing.load_image` like the in-memory path; `dataset.load_batches` decodes many in DataLoader workers.
     """
 
     dtype = np.uint8

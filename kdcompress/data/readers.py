@@ -1,7 +1,7 @@
 """Where a dataset's pixels come from: scikit-learn's digits, CIFAR-10's batches, or a folder of images.
 
 Each reader returns a `Source` of uint8 N x C x size x size arrays; `data.load_dataset` splits it.
-Every image goes through `runtime.pil_to_array`, the path `kdc predict` uses too, and the memory
+Every image goes through `preprocessing.pil_to_array`, the path `kdc predict` uses too, and the memory
 the pixels will take is checked (`check_memory`) before anything is decoded.
 """
 

@@ -169,7 +169,7 @@ def fit(
     average of the trained ones (timm's ModelEmaV3), updated after every step.
 
     With settings.world_size > 1 (under torchrun) each rank trains on its share of every global batch and DDP
-    averages the gradients (`distributed.data_parallel`); validation is scored in shards and gathered, so every
+    averages the gradients (`collectives.data_parallel`); validation is scored in shards and gathered, so every
     rank keeps the same epoch and ends with the same weights.
     """
     device = settings.device

@@ -34,7 +34,7 @@ class Trainable(nn.Module):
 
 
 class Objective(nn.Module):
-    """An objective's common part: the trainable networks, run directly or through DDP (`distributed.data_parallel`)."""
+    """An objective's common part: the trainable networks, run directly or through DDP (`collectives.data_parallel`)."""
 
     def __init__(self, student: nn.Module, projection: Optional[nn.Module] = None) -> None:
         super().__init__()

@@ -26,7 +26,7 @@ from kdcompress.deploy.preprocessing import Preprocessing
 
 TEACHER_RECIPE = 4  # bump when the teacher's training changes, so cached teachers are not reused
 # (2: zeroed head; 3: stride-1 stem at small inputs; 4: auxiliary classes where the dataset has them)
-# Teacher levers of issue #11 (augmentation, label smoothing, EMA, epoch selection, class balance), off by default
+# Teacher levers (augmentation, label smoothing, EMA, epoch selection, class balance), off by default
 # until measured: each with its default, as CompressConfig states it.
 RECIPE_LEVERS = {
     name: getattr(CompressConfig(), name) for name in ("augment", "teacher_smoothing", "teacher_balance")

@@ -113,7 +113,7 @@ def random_resized_crop(batch: Any, generator: Any, flip: bool, draw: Draw | Non
     """Per image: a crop of 35-100% of the area (aspect 3/4-4/3) resized back, a rotation of up to 10 degrees,
     an optional mirror, then contrast and brightness jitter; one affine_grid / grid_sample for the batch.
 
-    For images larger than CIFAR's, where a crop of size/8 is a small shift (issue #11: chest X-rays at 224 px).
+    For images larger than CIFAR's, where a crop of size/8 is a small shift (chest X-rays at 224 px).
     """
     n = batch.shape[0]
     u = Draw.rand(batch, generator, draw, 8)
@@ -141,7 +141,7 @@ def random_resized_crop(batch: Any, generator: Any, flip: bool, draw: Draw | Non
 
 
 def to_input(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """uint8 N x C x H x W -> normalised float32, the same formula as runtime.normalize.
+    """uint8 N x C x H x W -> normalised float32, the same formula as preprocessing.normalize.
 
     In place on the new float copy: the same numbers as (x / 255 - mean) / std, in half the time on CPU.
     """
@@ -169,7 +169,7 @@ class ViewStream:
     Under DDP (settings.world_size > 1) every rank draws the same permutation and the same random numbers
     for the whole global batch, and keeps its own slice of it: rank r of N gets images r*B/N .. (r+1)*B/N - 1
     of each global batch of B, so N ranks together see exactly the views one process sees. Streamed data
-    (`sources.ImageFiles`) is decoded by DataLoader workers in the same order and augmented on the device.
+    (`image_files.ImageFiles`) is decoded by DataLoader workers in the same order and augmented on the device.
     """
 
     def __init__(self, data: Dataset, prep: Preprocessing, settings: Any) -> None:  # settings: train.TrainSettings
