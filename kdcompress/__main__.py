@@ -2,5 +2,5 @@
 
 from kdcompress.cli import main
 
-if __name__ == "__main__":  # a spawned worker process (pipeline.Exports) imports this module without running it
+if __name__ == "__main__":  # a spawned worker process (export.Exports) imports this module without running it
     main()
