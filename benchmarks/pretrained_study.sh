@@ -17,3 +17,7 @@ CIFAR=(--dataset cifar3 --data-dir "$DATA" --image-size 64 --teacher tf_efficien
 #    logits only; each against the baseline and the label-smoothing control matched to it.
 kdc sweep "${CIFAR[@]}" --student resnet10t --epochs 15 --T 4 --alpha 0.5,1 --beta 0 --out artifacts/study43-cifar3-t-alpha
 keep artifacts/study43-cifar3-t-alpha study43-cifar3-t-alpha
+# 2. The temperature for three classes: T 1 beside T 4 at alpha 0.5 (the same folder: its baselines and the T 4 cell
+#    are reused, the T 1 cell and its control are trained).
+kdc sweep "${CIFAR[@]}" --student resnet10t --epochs 15 --T 1,4 --alpha 0.5 --beta 0 --out artifacts/study43-cifar3-t-alpha
+keep artifacts/study43-cifar3-t-alpha study43-cifar3-t1
