@@ -263,7 +263,7 @@ def _recommend(run, model):
         (lambda data, run: data["recommendation"].update(model=["student"]), "recommendation.model is ['student']"),
         (lambda data, run: data["models"]["student"]["points"][0].update(accuracy="abc"), "accuracy is 'abc'"),
         (lambda data, run: data["models"]["student"]["points"][0]["batch1"].update(p50_ms=float("nan")), "batch1 is"),
-        (lambda data, run: data.update(format="kdcompress-benchmark/9"), "not a kdcompress-benchmark/2 benchmark result"),
+        (lambda data, run: data.update(format=5), "not a kdcompress-benchmark/2 benchmark result"),
         (lambda data, run: (run / "benchmark.json").write_text("[" * 100_000 + "]" * 100_000), "cannot read"),
         (lambda data, run: ((run / "benchmark.json").unlink(), (run / "benchmark.json").symlink_to("/dev/zero")), "leads outside its run folder"),
         (lambda data, run: ((run / "benchmark.json").unlink(), __import__("os").mkfifo(run / "benchmark.json")), "is not a regular file"),
@@ -330,3 +330,14 @@ def test_grayscale_images_of_a_run_trained_on_grayscale_files_are_not_said_to_be
     assert manifest.preprocessing.channels == 3 and manifest.dataset.source_channels == [1]
     out = predict_images([tmp_path / "data" / "dark"], run=run)
     assert len(out["results"]) == 10 and not [w for w in out["warnings"] if "channels" in w]
+
+
+def test_a_benchmark_json_of_another_format_is_no_recommendation_not_an_error(folder_run, tmp_path):
+    from conftest import copy_run
+
+    root, run = folder_run
+    run = copy_run(run, tmp_path)
+    data = _recommend(run, "baseline")
+    (run / "benchmark.json").write_text(json.dumps({**data, "format": "kdcompress-benchmark/1"}))
+    out = predict_images([root / "test" / "cats" / "01.png"], run=run)
+    assert out["model_name"] == "student" and "of format 'kdcompress-benchmark/1', not kdcompress-benchmark/2" in out["chosen_by"]
