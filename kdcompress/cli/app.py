@@ -67,14 +67,14 @@ def _user_errors(interrupted: str) -> Callable[[Callable[..., Any]], Callable[..
             except (typer.Exit, typer.Abort):  # click's own exits are RuntimeErrors: let them through untouched
                 raise
             except MemoryError:  # under a memory limit (ulimit -v) or on a full machine
-                fail("out of memory: free memory, or raise the limit (ulimit -v) or use smaller settings, then retry")
+                fail(OUT_OF_MEMORY_SAID)
             except ImportError as exc:  # a library that cannot load: often a memory limit too small to map it
                 first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)[:160]
                 fail(f"a library could not be loaded ({first}): raise the memory limit (ulimit -v) if one is set, "
                      f"otherwise reinstall kdcompress (pip install -e .)")  # fmt: skip
             except RuntimeError as exc:  # under torchrun: a collective whose peer process has died
                 if any(sign in str(exc) for sign in OUT_OF_MEMORY):  # a runtime's own allocation failure (onnxruntime's Fail)
-                    fail("out of memory: free memory, or raise the limit (ulimit -v) or use smaller settings, then retry")
+                    fail(OUT_OF_MEMORY_SAID)
                 if "torch" not in sys.modules:  # no torch was loaded (predict, benchmark): no collective to ask about
                     _unexpected(exc)
                 from kdcompress.train.collectives import lost_peer, PEER_FAILED
@@ -92,6 +92,7 @@ def _user_errors(interrupted: str) -> Callable[[Callable[..., Any]], Callable[..
 
 
 OUT_OF_MEMORY = ("Failed to allocate memory", "std::bad_alloc", "DefaultCPUAllocator: can't allocate memory")
+OUT_OF_MEMORY_SAID = "out of memory: free memory, or raise the limit (ulimit -v) or use smaller settings, then retry"
 
 
 def _unexpected(exc: BaseException) -> None:

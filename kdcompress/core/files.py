@@ -20,12 +20,16 @@ RESERVED_MARK = ".kdc-reserved"  # in a staging folder: the name of the empty fi
 
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write JSON through a temporary file and a rename, so readers never see half a file."""
-    _write_atomic(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+    _write_atomic(path, _json_text(data))
 
 
 def write_json_to(path: Path, data: Any) -> None:
     """Write JSON as write_json_atomic formats it, to a path of write_together's (already a temporary file)."""
-    path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+    path.write_text(_json_text(data))
+
+
+def _json_text(data: Any) -> str:
+    return json.dumps(data, indent=2, sort_keys=False) + "\n"
 
 
 def write_yaml_atomic(path: Path, data: dict[str, Any], header: str = "") -> None:

@@ -104,7 +104,17 @@ def benchmark_run(
     names = roles.ordered(manifest.models)
     models, loaded, correct, notes = {}, {}, {}, []
     try:
-        _measure(run_dir, manifest, names, images, labels, chosen, threads, before, batch, quick, reporter, models, loaded, correct, notes)
+        with reporter.progress("benchmark", total=len(names) + 2) as advance:
+            for role in names:
+                advance(0, status=f"{role}: accuracy on every target")
+                models[role], points = _score_model(run_dir, manifest, role, images, labels, chosen, threads, before["isa"], notes)
+                for point, (model, right) in points.items():
+                    loaded[point], correct[point] = model, right
+                advance(1)
+            _reference_agreement(models, loaded, images, manifest.preprocessing)
+            advance(0, status="latency, every point in turn")
+            _time_points(models, loaded, images, manifest.preprocessing, batch, quick, notes)
+            advance(2, status="")
     finally:  # the runtimes' objects (OpenVINO's compiled models) go now, not at interpreter exit after a SIGTERM
         loaded.clear()
         import gc
@@ -123,25 +133,6 @@ def benchmark_run(
     result.int8_verdicts = {r: _int8_verdict(models, r, batch) for r in models if roles.kind_of(r) == "int8" and roles.sibling(r, "student") in models}
     _frontier(result, correct, budget or Budget())
     return result
-
-
-def _measure(
-    run_dir: Path, manifest: Any, names: list[str], images: np.ndarray, labels: np.ndarray, chosen: dict[str, str | None],
-    threads: int, before: dict[str, Any], batch: int, quick: bool, reporter: Reporter, models: dict[str, ModelResult],
-    loaded: dict[str, Loaded], correct: dict[str, np.ndarray], notes: list[str],
-) -> None:  # fmt: skip
-    """Every model on every usable target: accuracy, agreement, then the interleaved timings (fills models ... notes)."""
-    with reporter.progress("benchmark", total=len(names) + 2) as advance:
-        for role in names:
-            advance(0, status=f"{role}: accuracy on every target")
-            models[role], points = _score_model(run_dir, manifest, role, images, labels, chosen, threads, before["isa"], notes)
-            for point, (model, right) in points.items():
-                loaded[point], correct[point] = model, right
-            advance(1)
-        _reference_agreement(models, loaded, images, manifest.preprocessing)
-        advance(0, status="latency, every point in turn")
-        _time_points(models, loaded, images, manifest.preprocessing, batch, quick, notes)
-        advance(2, status="")
 
 
 def _score_model(

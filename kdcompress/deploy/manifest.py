@@ -13,6 +13,7 @@ import numpy as np
 
 from kdcompress.core import roles
 from kdcompress.core.errors import KdcError
+from kdcompress.core.values import is_whole
 from kdcompress.core.files import write_json_atomic
 from kdcompress.deploy.preprocessing import Preprocessing
 
@@ -77,13 +78,13 @@ class DatasetInfo:
             _damaged(f"{where}: classes is {_shown(classes)}, not a list of at least 2 class names")
         for name in classes:
             _check_plain(name, f"{where}: class name")
-        if not isinstance(counts, dict) or not all(_is_int(v) for v in counts.values()):
+        if not isinstance(counts, dict) or not all(is_whole(v) for v in counts.values()):
             _damaged(f"{where}: counts is {_shown(counts)}, not image counts per split")
         sizes = data.get("source_sizes", [])
         if not isinstance(sizes, list) or not all(isinstance(s, str) for s in sizes):
             _damaged(f"{where}: source_sizes is {_shown(sizes)}, not a list of image sizes")
         seen = data.get("source_channels", [])
-        if not isinstance(seen, list) or not all(_is_int(c) and c in (1, 3) for c in seen):
+        if not isinstance(seen, list) or not all(is_whole(c) and c in (1, 3) for c in seen):
             _damaged(f"{where}: source_channels is {_shown(seen)}, not a list of channel counts (1, 3)")
         if data.get("fingerprint") is not None:
             _check_type(data["fingerprint"], (str,), f"{where}: fingerprint")
@@ -185,10 +186,6 @@ def _shown(value: Any) -> str:
     """A manifest value as an error line shows it: short, and with its type."""
     text = repr(value)
     return f"{text[:40]}..." if len(text) > 43 else text
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _check_type(value: Any, kinds: tuple[type, ...], where: str) -> None:

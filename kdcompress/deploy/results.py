@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from kdcompress.core.errors import KdcError
+from kdcompress.core.values import is_fraction, is_number, is_whole
 
 FORMAT = "kdcompress-benchmark/2"  # 2: points keyed by target and precision (1 had fixed cpu / gpu slots per model)
 UNITS = {
@@ -131,31 +132,22 @@ class BenchmarkResult:
 
         need(isinstance(self.run, str) and isinstance(self.dataset, str), "run", self.run)
         need(isinstance(self.classes, list) and all(isinstance(c, str) for c in self.classes), "classes", self.classes)
-        need(_whole(self.test_images) and self.test_images > 0, "test_images", self.test_images)
+        need(is_whole(self.test_images) and self.test_images > 0, "test_images", self.test_images)
         for role, model in self.models.items():
             need(isinstance(role, str) and isinstance(model.file, str) and isinstance(model.format, str), "a model", role)
-            need(_finite(model.file_mb) and model.file_mb >= 0, f"{role}: file_mb", model.file_mb)
-            need(_whole(model.parameters) and _whole(model.macs), f"{role}: parameters", model.parameters)
+            need(is_number(model.file_mb) and model.file_mb >= 0, f"{role}: file_mb", model.file_mb)
+            need(is_whole(model.parameters) and is_whole(model.macs), f"{role}: parameters", model.parameters)
             need(isinstance(model.points, list) and bool(model.points), f"{role}: points", model.points)
             for p in model.points:
                 where = f"{role}: a point's"
                 need(all(isinstance(v, str) for v in (p.role, p.file, p.target, p.precision)), f"{where} target", p.target)
-                need(_finite(p.accuracy) and 0 <= p.accuracy <= 1, f"{where} accuracy", p.accuracy)
-                need(_finite(p.agreement) and 0 <= p.agreement <= 1, f"{where} agreement", p.agreement)
-                need(_whole(p.correct) and 0 <= p.correct <= self.test_images, f"{where} correct", p.correct)
-                need(isinstance(p.batch1, dict) and all(_finite(v) and v >= 0 for v in p.batch1.values()), f"{where} batch1", p.batch1)
-                need(_finite(p.images_per_s) and p.images_per_s >= 0, f"{where} images_per_s", p.images_per_s)
+                need(is_fraction(p.accuracy), f"{where} accuracy", p.accuracy)
+                need(is_fraction(p.agreement), f"{where} agreement", p.agreement)
+                need(is_whole(p.correct) and 0 <= p.correct <= self.test_images, f"{where} correct", p.correct)
+                need(isinstance(p.batch1, dict) and all(is_number(v) and v >= 0 for v in p.batch1.values()), f"{where} batch1", p.batch1)
+                need(is_number(p.images_per_s) and p.images_per_s >= 0, f"{where} images_per_s", p.images_per_s)
         rec = self.recommendation
         need(rec is None or isinstance(rec, dict), "recommendation", rec)
         if rec is not None:
             need(rec.get("model") is None or isinstance(rec.get("model"), str), "recommendation.model", rec.get("model"))
 
-
-def _finite(value: Any) -> bool:
-    import math
-
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _whole(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)

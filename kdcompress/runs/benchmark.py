@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import contextmanager, ExitStack
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -40,17 +40,12 @@ def benchmark_and_save(run_dir: str | Path, reporter: Reporter | None = None, re
 def _run_lock(run_dir: Path, reporter: Reporter) -> Iterator[None]:
     """The run's lock while benchmarking; a folder where not even the lock can be written (read-only, full) is
     benchmarked all the same, unlocked: nothing can be written there, and save_result says so."""
-    try:
-        held = folder_lock(run_dir, "benchmark")
-        held.__enter__()
-    except OSError as exc:
-        reporter.info(f"{run_dir} cannot be written ({exc.strerror or exc}): it is benchmarked without its lock")
+    with ExitStack() as stack:
+        try:
+            stack.enter_context(folder_lock(run_dir, "benchmark"))
+        except OSError as exc:
+            reporter.info(f"{run_dir} cannot be written ({exc.strerror or exc}): it is benchmarked without its lock")
         yield
-        return
-    try:
-        yield
-    finally:
-        held.__exit__(None, None, None)
 
 
 def save_result(result: BenchmarkResult, run_dir: Path, reporter: Reporter) -> None:

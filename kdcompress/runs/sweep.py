@@ -417,10 +417,7 @@ def _train_one(run: Prepared, made: Any, settings: Any, name: str, reporter: Rep
 def run_file_problem(entry: Any, test_images: int, classes: int) -> str | None:
     """What is wrong with a sweep's runs/NAME.json (None: nothing): its predictions must be one class index per test
     image (-1 only in a diverged run's), its accuracies numbers in [0, 1]; a file cut short or edited is not used."""
-    import math
-
-    def fraction(value: Any) -> bool:
-        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and 0 <= value <= 1
+    from kdcompress.core.values import is_fraction, is_whole
 
     if not isinstance(entry, dict):
         return f"it holds a {type(entry).__name__}, not a training's record"
@@ -429,10 +426,10 @@ def run_file_problem(entry: Any, test_images: int, classes: int) -> str | None:
         found = f"{len(predictions)} predictions" if isinstance(predictions, list) else f"predictions {str(predictions)[:20]!r}"
         return f"{found}, not one per test image ({test_images})"
     lowest = -1 if entry.get("diverged") else 0
-    if not all(isinstance(p, int) and not isinstance(p, bool) and lowest <= p < classes for p in predictions):
+    if not all(is_whole(p) and lowest <= p < classes for p in predictions):
         return f"predictions that are not class indices 0..{classes - 1}"
     for key in ("best_val_accuracy", "test_accuracy"):
-        if not fraction(entry.get(key)):
+        if not is_fraction(entry.get(key)):
             return f"{key} is {str(entry.get(key))[:20]!r}, not a fraction"
     return None
 
