@@ -1,6 +1,6 @@
 """The layers hold: no import cycle, no import upwards, and the deployable side never touches torch.
 
-Layers, lowest first (README, Development): core < deploy < report < data < train < runs < cli. A module may import
+Layers, lowest first (docs/design.md, Layers): core < deploy < report < data < train < runs < cli. A module may import
 from its own layer and the ones below. Every import counts, the ones inside functions too: a lazy `import torch`
 under deploy/ would still make `kdc benchmark` need torch.
 """
