@@ -200,3 +200,13 @@ def test_the_recommendation_says_what_the_shipped_models_gain_means_for_its_kind
     assert gain_meaning("int8-resnet10t", said) == f" What its gain over the baseline means: {said['resnet10t']}."
     assert gain_meaning("student", "the teacher's knowledge") == " What its gain over the baseline means: the teacher's knowledge."
     assert gain_meaning("baseline-resnet10t", said) == gain_meaning("teacher", said) == ""
+
+
+def test_the_teachers_own_int8_file_competes_and_wins_where_it_is_the_most_accurate_within_the_budget():
+    # Issue #44's table: the teacher's INT8 file (95.6% -> 96.0%, 4.6 -> 1.9 ms) against the distilled student's INT8.
+    teacher_int8 = pt("teacher-int8", 181, 1.9, 11.0, source="teacher", file="teacher-int8.onnx")
+    out = recommend([*POINTS, teacher_int8], "teacher", Budget(max_ms=2), "here")
+    assert out["file"] == "teacher-int8.onnx" and out["meets"]
+    assert "8.42x faster than the teacher there" in out["words"] and "vs its baseline" not in out["words"]
+    # beyond the budget it is never chosen: the student's INT8 file is
+    assert recommend([*POINTS, teacher_int8], "teacher", Budget(max_ms=1.5), "here")["file"] == "student-int8.onnx"

@@ -132,10 +132,19 @@ def test_quantize_adds_a_smaller_int8_and_an_fp16_student_to_the_run(tiny_run, t
     assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in weights)
     assert not any(t.data_type == onnx.TensorProto.FLOAT and len(t.dims) == 4 for t in weights)  # no FP32 conv weights left
     assert 1.8 < (run / "student.onnx").stat().st_size / half["onnx_bytes"] < 2.2
+    # The teacher's own files (issue #44): made, chosen on validation and scored the same way, without a baseline.
+    teacher8 = read_manifest(run).models["teacher-int8"]
+    assert teacher8.onnx == "teacher-int8.onnx" and teacher8.details["quantization"]["chosen_on"] == "validation_set"
+    assert teacher8.details["quantization"]["fp32_accuracy"] == read_manifest(run).models["teacher"].test_accuracy
+    assert any(n.op_type == "DequantizeLinear" for n in onnx.load(str(run / "teacher-int8.onnx")).graph.node)
+    assert "Kept" in result.output and "teacher-int8.onnx (" in " ".join(result.output.split())  # what quantize printed
     bench = benchmark_run(run, quick=True, gpu=False)
-    assert list(bench.models)[-2:] == ["int8", "fp16"]
-    assert all(bench.models[r].agrees_with_manifest for r in ("int8", "fp16"))
+    assert list(bench.models) == ["teacher", "teacher-int8", "teacher-fp16", "baseline", "student", "control", "int8", "fp16"]
+    assert all(bench.models[r].agrees_with_manifest for r in bench.models)
     assert bench.models["fp16"].format == "FP16" and bench.models["fp16"].source == "student"
+    assert bench.models["teacher-int8"].format == "INT8" and bench.models["teacher-int8"].source == "teacher"
+    assert bench.models["teacher-int8"].baseline is None and set(bench.int8_verdicts) == {"int8", "teacher-int8"}
+    assert predict_images([_odd_images(tmp_path / "imgs8")[0]], run=run, model="teacher-int8")["results"][0]["predictions"]
     assert predict_images([_odd_images(tmp_path / "imgs")[0]], run=run, model="int8")["results"][0]["predictions"]
 
 
@@ -237,7 +246,8 @@ def test_the_int8_file_is_chosen_on_validation_and_the_test_split_read_after(tin
     monkeypatch.setattr(quantize, "score_models", score)
     quantize.quantize_run(run)
     validation = len(np.load(run / "validation.npz")["labels"])
-    assert read == ["calibration_set", "validation_set", f"choose on {validation} images", "test_set"]
+    chosen = f"choose on {validation} images"  # the distilled student's candidates, then the teacher's: test read once
+    assert read == ["calibration_set", "validation_set", chosen, "test_set", chosen]
     q = read_manifest(run).models["int8"].details["quantization"]
     assert q["chosen_on"] == "validation_set" and all("choice_accuracy" in c and "accuracy" not in c for c in q["candidates"])
 

@@ -370,7 +370,7 @@ def test_int8_slower_than_fp32_is_said_in_quantize_benchmark_and_json(tiny_run, 
     bench.models["int8"].reference.batch1["p50_ms"] = 3 * bench.models["student"].reference.p50_ms
     bench.int8_verdicts["int8"] = _int8_verdict(bench.models, "int8", 64)
     assert not bench.int8_verdicts["int8"]["faster"] and "3.00x slower at batch 1" in bench.int8_verdicts["int8"]["words"]
-    assert any(line.startswith("WARNING: INT8 kept for size") for line in benchmark_context(bench))
+    assert any(line.startswith("WARNING: distilled int8: INT8 kept for size") for line in benchmark_context(bench))
 
 
 def test_int8_verdict_words():

@@ -98,7 +98,7 @@ def test_quantize_benchmark_and_predict_address_each_student(two_student_run, tm
     assert not (run / "student-test_efficientnet-int8.onnx").exists()  # --model: that student alone
     manifest = read_manifest(run)
     assert manifest.models["int8-test_resnet"].onnx == "student-test_resnet-int8.onnx"
-    fails_cleanly(runner.invoke(app, ["quantize", str(run), "--model", "baseline-test_resnet"]), "is not a distilled student")
+    fails_cleanly(runner.invoke(app, ["quantize", str(run), "--model", "baseline-test_resnet"]), "is neither a distilled student nor the teacher")
 
     bench = benchmark_run(run, quick=True, gpu=False)
     assert list(bench.models) == roles.ordered(manifest.models)

@@ -159,7 +159,7 @@ def compress(
     compile: str = options.COMPILE,
     artifacts: Path = options.ARTIFACTS,
     out: Optional[Path] = option("out", "--out", help="Exact run folder: a new or empty folder, or an earlier run (replaced once this one completes); any other folder is refused."),
-    int8: bool = option("int8", "--int8/--no-int8", help="Also write INT8 and FP16 versions of each distilled student (see kdc quantize)."),
+    int8: bool = option("int8", "--int8/--no-int8", help="Also write INT8 and FP16 versions of each distilled student and of the teacher (see kdc quantize)."),
     from_sweep: Optional[Path] = typer.Option(
         None, "--from-sweep", rich_help_panel=options.OUTPUT, help="A finished kdc sweep folder: train the cell it chose on validation (T, alpha, beta), with the "
         "sweep's data, models, schedule, seed and teacher (reused from its cache). Options that contradict the sweep are refused.",
@@ -443,10 +443,10 @@ def quantize(
     run: Path = typer.Argument(Path("artifacts"), help="A run folder, or an artifacts root (its newest finished run)."),
     threads: int = typer.Option(1, "--threads", help="onnxruntime threads used to time the candidates."),
     model: Optional[str] = typer.Option(
-        None, "--model", help="A run with several students: quantize this distilled student alone (student-ARCH) [default: all]."
+        None, "--model", help="Quantize this one alone: a distilled student (student, or student-ARCH with several) or teacher [default: all]."
     ),
 ) -> None:
-    """Write each distilled student's deployment formats: static INT8 (QDQ) and FP16.
+    """Write the deployment formats of each distilled student and of the teacher: static INT8 (QDQ) and FP16.
 
     INT8: U8S8 with per-channel or per-tensor weight scales, with and without reduce-range (and S8S8 off
     x86), calibrated on training images, are built and timed in turn with the FP32 student on this
@@ -454,20 +454,22 @@ def quantize(
     verdict says whether it is faster than FP32 here. FP16 (student-fp16.onnx) is for GPU targets: its
     agreement with FP32 is checked on this CPU; `kdc benchmark` times it on CUDA where there is one.
     A run with several students gets both formats for each distilled student (student-ARCH-int8.onnx ...).
+    The teacher gets both too (teacher-int8.onnx, teacher-fp16.onnx): the compression that needs no
+    training, on the frontier beside the students.
     """
     from kdcompress.deploy.manifest import resolve_runs
     from kdcompress.deploy.quantize import quantize_run
     from kdcompress.report.console import RichReporter
-    from kdcompress.core.roles import kind_of, sibling
+    from kdcompress.core.roles import format_of, format_role, source_of
     from kdcompress.report.render import quantize_lines
 
     run_dir = resolve_runs(run)[0]
     made = quantize_run(run_dir, threads=threads, reporter=RichReporter(stderr), model=model)
     for name, entry in made.items():
-        if kind_of(name) == "int8":
+        if format_of(name) == "int8":
             if len(made) > 2:
-                stdout.print(f"[bold]{escape(sibling(name, 'student'))}[/]", highlight=False)
-            for line in quantize_lines(entry, made.get(sibling(name, "fp16"))):
+                stdout.print(f"[bold]{escape(source_of(name))}[/]", highlight=False)
+            for line in quantize_lines(entry, made.get(format_role(source_of(name), "fp16"))):
                 stdout.print(line, highlight=False)
 
 
@@ -477,7 +479,7 @@ def predict(
     images: list[Path] = typer.Argument(..., help="Image files (PNG, JPEG, BMP...) or folders of images."),
     run: Optional[Path] = typer.Option(None, "--run", help="Run folder [default: the newest run under --artifacts]."),
     model: Optional[str] = typer.Option(
-        None, "--model", help="teacher, baseline, student (distilled), control, int8, fp16 (with several students: student-ARCH, "
+        None, "--model", help="teacher, baseline, student (distilled), control, int8, fp16, teacher-int8, teacher-fp16 (with several students: student-ARCH, "
         "int8-ARCH ...), a file of the run by its name (student-ARCH-int8.onnx), or a .onnx file. Default: the model the run's "
         "last kdc benchmark under a budget recommended, else the distilled student.",
     ),

@@ -130,7 +130,7 @@ def benchmark_run(
     reference = {role: correct[m.reference.key] for role, m in models.items()}
     result.comparisons = compare_models(reference)
     result.attribution = attributions(result.comparisons, list(reference))
-    result.int8_verdicts = {r: _int8_verdict(models, r, batch) for r in models if roles.kind_of(r) == "int8" and roles.sibling(r, "student") in models}
+    result.int8_verdicts = {r: _int8_verdict(models, r, batch) for r in models if roles.format_of(r) == "int8" and roles.source_of(r) in models}
     _frontier(result, correct, budget or Budget())
     return result
 
@@ -144,11 +144,10 @@ def _score_model(
     entry = manifest.models[role]
     path = model_file(run_dir, role, entry)
     prep, classes = manifest.preprocessing, manifest.dataset.classes
-    fmt = roles.FORMATS.get(roles.kind_of(role), "FP32")
-    kind = roles.kind_of(role)
+    kind = roles.format_of(role)
     model = ModelResult(
-        role=role, file=entry.onnx, format=fmt, source=roles.sibling(role, "student") if fmt != "FP32" else None,
-        baseline=None if kind in (roles.TEACHER, "baseline") else roles.sibling(role, "baseline"),
+        role=role, file=entry.onnx, format=roles.FORMATS[kind] if kind else "FP32", source=roles.source_of(role) if kind else None,
+        baseline=None if roles.is_teacher(role) or roles.kind_of(role) == "baseline" else roles.sibling(role, "baseline"),
         **_size(path.path), recorded_correct=entry.test_correct, agrees_with_manifest=True,
     )  # fmt: skip
     scored: dict[str, tuple[Loaded, np.ndarray]] = {}
@@ -302,7 +301,7 @@ def gain_meaning(chosen: str, attribution: dict[str, str] | str | None) -> str:
         return (" It is the label-smoothing control, trained without the teacher: what it gained over the baseline is "
                 "regularisation, not the teacher's knowledge.")  # fmt: skip
     said = attribution.get(roles.student_of(chosen) or "") if isinstance(attribution, dict) else attribution
-    if kind in (roles.TEACHER, "baseline") or not said:
+    if roles.is_teacher(chosen) or kind == "baseline" or not said:
         return ""
     return f" What its gain over the baseline means: {said}."  # regularisation, or the teacher's
 
@@ -314,7 +313,7 @@ def _int8_verdict(models: dict[str, ModelResult], role: str, batch: int) -> dict
         point = model.reference
         return {"p50_ms": point.p50_ms, "images_per_s": point.images_per_s, "bytes": model.file_mb * 1e6}
 
-    return int8_verdict(side(models[roles.sibling(role, "student")]), side(models[role]), batch)
+    return int8_verdict(side(models[roles.source_of(role)]), side(models[role]), batch)
 
 
 def ratios_vs_teacher(result: BenchmarkResult, point: PointResult) -> dict[str, float]:

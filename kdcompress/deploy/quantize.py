@@ -1,4 +1,6 @@
-"""`kdc quantize`: the distilled student's deployment formats: static INT8 chosen by measurement, and FP16.
+"""`kdc quantize`: the deployment formats of each distilled student and of the teacher itself: static INT8 chosen by
+measurement, and FP16. The teacher's own INT8 file is the compression that needs no training, and often the most
+accurate file under a latency budget.
 
 INT8: onnxruntime's QDQ format, calibrated on training images saved by compress. Which form is fastest
 depends on the CPU (VNNI, AMX or neither) and the network, so every candidate (per-channel or per-tensor
@@ -104,11 +106,13 @@ def quantize_candidate(source: Path, target: Path, candidate: Candidate, calibra
 
 
 def quantize_run(run_dir: str | Path, threads: int = 1, reporter: Reporter | None = None, model: str | None = None) -> dict[str, ModelEntry]:
-    """Write each distilled student's deployment formats into a run folder and add them to the manifest:
-    student-int8.onnx (model 'int8', the fastest INT8 candidate that keeps accuracy, as timed here) and
+    """Write the deployment formats of each distilled student and of the teacher into a run folder and add them to
+    the manifest: student-int8.onnx (model 'int8', the fastest INT8 candidate that keeps accuracy, as timed here) and
     student-fp16.onnx (model 'fp16', for GPU targets, its parity with FP32 checked on the CPU). In a run with
     several students, each distilled student-ARCH gets student-ARCH-int8.onnx and student-ARCH-fp16.onnx
-    (models int8-ARCH, fp16-ARCH); model names one distilled student to quantize alone.
+    (models int8-ARCH, fp16-ARCH). The teacher gets teacher-int8.onnx and teacher-fp16.onnx (models teacher-int8,
+    teacher-fp16), made and chosen the same way. model names one of them (a distilled student or 'teacher') to
+    quantize alone.
 
     One quantize at a time per run folder: a second one is refused while the first holds the folder's lock.
     Returns the new entries by role.
@@ -119,15 +123,17 @@ def quantize_run(run_dir: str | Path, threads: int = 1, reporter: Reporter | Non
         return _quantize_locked(run_dir, threads, reporter or NullReporter(), model)
 
 
-def distilled_roles(manifest: Any, run_dir: Path, model: str | None = None) -> list[str]:
-    """The distilled students of a run to quantize: all of them, or the one model names (refused in one line otherwise)."""
+def sources_to_quantize(manifest: Any, run_dir: Path, model: str | None = None) -> list[str]:
+    """The FP32 models of a run to quantize: every distilled student and the teacher, or the one model names (refused
+    in one line otherwise)."""
     students = [r for r in roles.ordered(manifest.models) if roles.kind_of(r) == "student"]
     if not students:
         raise KdcError(f"{run_dir} has no distilled student to quantize (its models: {', '.join(manifest.models)})")
+    sources = students + ([roles.TEACHER] if roles.TEACHER in manifest.models else [])
     if model is None:
-        return students
-    if model not in students:
-        raise KdcError(f"--model {model} is not a distilled student of {run_dir}: use {' or '.join(students)}")
+        return sources
+    if model not in sources:
+        raise KdcError(f"--model {model} is neither a distilled student nor the teacher of {run_dir}: use {' or '.join(sources)}")
     return [model]
 
 
@@ -146,11 +152,11 @@ def _quantize_locked(run_dir: Path, threads: int, reporter: Reporter, model: str
         raise KdcError(f"{run_dir} has no test set: the run folder is incomplete; run kdc compress again")
     test = _Once(lambda: load_images(run_dir, manifest, "test_set"))  # read only once a candidate is chosen
     remove_stale(run_dir)  # candidates left by a killed quantize
-    names = distilled_roles(manifest, run_dir, model)
-    students = {}
+    names = sources_to_quantize(manifest, run_dir, model)
+    sources = {}
     for name in names:  # every student's file is there, unchanged and fits the run, before anything is built
-        students[name] = model_file(run_dir, name, manifest.models[name])
-        check_model(create_session(students[name]), manifest.preprocessing, manifest.dataset.classes, students[name])
+        sources[name] = model_file(run_dir, name, manifest.models[name])
+        check_model(create_session(sources[name]), manifest.preprocessing, manifest.dataset.classes, sources[name])
     outputs = {name: (_output(run_dir, f"{name}{INT8_SUFFIX}"), _output(run_dir, f"{name}{FP16_SUFFIX}")) for name in names}
     made: dict[str, ModelEntry] = {}
     with contextlib.ExitStack() as stack:
@@ -162,12 +168,12 @@ def _quantize_locked(run_dir: Path, threads: int, reporter: Reporter, model: str
                 reporter.info(f"quantizing {name}")
             work = Path(tmp) / name
             work.mkdir()
-            checked = work / students[name].name  # the bytes checked against the manifest, not the file read again
-            checked.write_bytes(students[name].data)
+            checked = work / sources[name].name  # the bytes checked against the manifest, not the file read again
+            checked.write_bytes(sources[name].data)
             int8, fp16, files = _quantize_student(
                 manifest, name, checked, outputs[name], work, (choice_key, choice), test, calibration, threads, reporter
             )
-            made[roles.sibling(name, "int8")], made[roles.sibling(name, "fp16")] = int8, fp16
+            made[roles.format_role(name, "int8")], made[roles.format_role(name, "fp16")] = int8, fp16
             staged += files
         for source, final in staged:  # all made: now each is renamed into place
             os.replace(source, final)

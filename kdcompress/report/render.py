@@ -170,7 +170,7 @@ def benchmark_context(result: Any) -> list[str]:
     )
     lines += verdict_lines(result.comparisons, result.attribution)
     for role, verdict in result.int8_verdicts.items():
-        whose = f"{roles.label(role)}: " if roles.student_of(role) else ""
+        whose = f"{roles.label(role)}: "
         lines.append(("" if verdict["faster"] else "WARNING: ") + whose + verdict["words"] + " (onnxruntime-cpu, as timed above)")
     agreeing = [r for r, model in result.models.items() if model.agrees_with_manifest]
     if agreeing:
@@ -362,12 +362,12 @@ def benchmark_plot(result: Any, path: Any) -> None:
     plt = pyplot()
     points = [(role, p) for role, model in result.models.items() for p in model.points]
     fig, ax = plt.subplots(figsize=(11.5, 4.8 if len(points) <= 24 else 6.4), dpi=120)
-    students = list(dict.fromkeys(roles.student_of(r) for r in result.models if r != roles.TEACHER))
+    students = list(dict.fromkeys(roles.student_of(r) for r in result.models if not roles.is_teacher(r)))
     xs = {p.key: p.p50_ms for _, p in points}
     ys = {p.key: 100 * p.accuracy for _, p in points}
     legend = []
     for number, (role, p) in enumerate(points, 1):
-        colour = "C0" if role == roles.TEACHER else f"C{1 + students.index(roles.student_of(role)) % 9}"
+        colour = "C0" if roles.is_teacher(role) else f"C{1 + students.index(roles.student_of(role)) % 9}"
         on = p.pareto.get("latency", False)
         ax.scatter([xs[p.key]], [ys[p.key]], s=30 + 10 * result.models[role].file_mb, marker=MARKERS.get(p.target, "D"),
                    facecolors=colour if on else "none", edgecolors=colour, zorder=3)  # fmt: skip
