@@ -54,6 +54,10 @@ def test_help_states_the_loss_and_is_instant_without_torch():
         ("sweep", ["--beta", "0,0"], "--beta lists a value twice"),
         ("sweep", ["--seeds", "0"], "--seeds must be between 1 and 100"),
         ("sweep", ["--student", "resnet_18"], "unknown model 'resnet_18'"),
+        ("compress", ["--unlabeled", "aux"], "--unlabeled aux uses cifar3's auxiliary images; digits has none"),
+        ("sweep", ["--unlabeled", "/no/such/images", "--kd-loss", "kl,dkd"], "images without labels lack: use kl or dist"),
+        ("compress", ["--unlabeled", "/no/such/images", "--alpha", "0"], "would teach nothing"),
+        ("compress", ["--unlabeled", "/no/such/images", *TINY], "--unlabeled folder not found: /no/such/images"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_code_1(tmp_path, command, args, message):

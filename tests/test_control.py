@@ -2,6 +2,7 @@
 
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -163,3 +164,28 @@ def test_every_student_starts_from_a_zeroed_head_and_uniform_predictions():
     logits = start.baseline().student.eval()(torch.randn(4, 1, 16, 16))
     assert torch.equal(logits, torch.zeros_like(logits))  # cross-entropy ln(10) at the first step, for every objective
     assert sum(torch.count_nonzero(p) for p in start.initial.parameters()) > 0  # the body keeps timm's initialisation
+
+
+def test_images_without_labels_reach_the_distilled_student_alone_and_the_verdict_says_so(tmp_path):
+    # --unlabeled DIR: the baseline and the control train on exactly what they would without it (the same numbers);
+    # the distilled student's epochs take the extra images too, and the attribution says it saw other data.
+    import numpy as np
+    from PIL import Image
+
+    from kdcompress.runs.compress import compress
+
+    folder = tmp_path / "unlabeled" / "any" / "layout"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(200):
+        Image.fromarray(rng.integers(0, 256, (12, 12), dtype=np.uint8)).save(folder / f"{i}.png")
+    plain = CompressConfig(**{**TINY_CONFIG, "epochs": 1, "control": "label-smoothing"}, artifacts=str(tmp_path / "a"))
+    config = replace(plain, unlabeled=str(tmp_path / "unlabeled"))
+    run = prepare(config, NullReporter())
+    assert len(run.distilled_data.train_y) == len(run.data.train_y) + 200 and (run.distilled_data.train_y == -1).sum() == 200
+    with_images, without = compress(config).manifest, compress(replace(plain, artifacts=str(tmp_path / "b"))).manifest
+    for kind in ("baseline", "control"):
+        assert with_images.models[kind].test_correct == without.models[kind].test_correct, kind
+    said = with_images.details["attribution"]
+    assert "Not the same data: the distilled student also learnt 200 images from" in said and "never saw" in said
+    assert with_images.details["config"]["unlabeled"] == str(tmp_path / "unlabeled")

@@ -146,3 +146,23 @@ def test_each_kd_loss_describes_itself_with_its_knobs():
     assert losses.describe(4.0, 0.5, 0.0, losses.KdLoss("dkd")) == (
         "loss = 0.5 * CE(student, y) + 0.5 * 4^2 * DKD(target 1, non-target 8; T=4, warm-up 8% of the steps)"
     )
+
+
+def test_the_cross_entropy_of_a_batch_with_images_without_labels_averages_over_the_labeled_ones():
+    # --unlabeled: label -1 means no label; the CE is the mean over the labeled images, by hand.
+    logits = torch.tensor([[2.0, 1.0, 0.0], [0.5, 0.5, 3.0], [9.0, -9.0, 0.0]])
+    expected = (-math.log(_softmax([2, 1, 0])[0]) - math.log(_softmax([0.5, 0.5, 3.0])[2])) / 2
+    labeled = losses.labeled_cross_entropy(logits, torch.tensor([0, 2, -1]))
+    assert labeled.item() == pytest.approx(expected, rel=1e-6)
+    assert losses.labeled_cross_entropy(logits, torch.tensor([-1, -1, -1])).item() == 0.0  # a batch without labels
+    full = torch.tensor([0, 2, 1])  # every image labeled: exactly the plain CE
+    assert losses.labeled_cross_entropy(logits, full).item() == pytest.approx(losses.cross_entropy(logits, full).item(), rel=1e-6)
+    # mixed label vectors (mixup): an image without a label is a row of zeros, and weighs nothing
+    from kdcompress.train.views import mix
+
+    images = torch.zeros(3, 1, 2, 2)
+    _, mixed = mix(images, torch.tensor([0, 2, -1]), 0.75, 3)  # each image mixed with its mirror: 0<->-1, 2<->2
+    assert mixed.tolist() == [[0.75, 0.0, 0.0], [0.0, 0.0, 1.0], [0.25, 0.0, 0.0]]
+    nll = [-math.log(_softmax(row)[c]) for row, c in zip(logits.tolist(), (0, 2, 0))]
+    by_hand = (0.75 * nll[0] + 1.0 * nll[1] + 0.25 * nll[2]) / (0.75 + 1.0 + 0.25)
+    assert losses.labeled_cross_entropy(logits, mixed).item() == pytest.approx(by_hand, rel=1e-6)

@@ -32,7 +32,7 @@ PANELS = {
     ),
     STUDENTS: (
         "student", "pretrained_student", "student_stem", "temperature", "alpha", "beta", "kd_loss", "dist_inter",
-        "dist_intra", "dkd_target", "dkd_nontarget", "dkd_warmup", "mixup", "control",
+        "dist_intra", "dkd_target", "dkd_nontarget", "dkd_warmup", "unlabeled", "mixup", "control",
     ),
     TRAINING: ("epochs", "batch_size", "lr", "weight_decay", "seed"),
     HARDWARE: ("device", "compile"),
@@ -146,6 +146,12 @@ TEACHER_BALANCE = option(
 TEACHER_SELECT = option(
     "teacher_select", "--teacher-select", help="The teacher's kept epoch: accuracy (best validation accuracy) or loss (lowest validation loss); default per "
     "dataset: digits loss, others accuracy."
+)
+UNLABELED = option(
+    "unlabeled", "--unlabeled", help="Images without labels for the distilled students: a folder (any layout; "
+    "sub-folders are not read as classes), or aux for cifar3's 7 other CIFAR-10 classes. They are learnt from the "
+    "teacher's outputs alone (no cross-entropy on them), so each epoch of a distilled student has more steps; the "
+    "baseline and the control never see them, and the verdict says so. Not with --kd-loss dkd or --stream."
 )
 MIXUP = option(
     "mixup", "--mixup", help="Mixup for the students, 0 = off: each batch is mixed with itself reversed, weight ~ "

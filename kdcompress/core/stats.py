@@ -144,13 +144,24 @@ def attribution(comparisons: dict[str, dict[str, Any]], student: str = "student"
     )
 
 
-def attributions(comparisons: dict[str, dict[str, Any]], names: list[str]) -> str | dict[str, str] | None:
-    """attribution for a run's roles: its one line (one student), or a line per student architecture (several)."""
+def attributions(comparisons: dict[str, dict[str, Any]], names: list[str], unlabeled: str | None = None) -> str | dict[str, str] | None:
+    """attribution for a run's roles: its one line (one student), or a line per student architecture (several).
+
+    unlabeled: the images without labels the distilled students also learnt from (--unlabeled, in words), said in every
+    line: the distilled student saw something the baseline and the control could not.
+    """
     students = [n for n in roles.ordered(names) if roles.kind_of(n) == "student"]
     if not any(roles.student_of(n) for n in students):
-        return attribution(comparisons)
-    found = {roles.student_of(n): attribution(comparisons, n) for n in students}
+        return _seen(attribution(comparisons), unlabeled)
+    found = {roles.student_of(n): _seen(attribution(comparisons, n), unlabeled) for n in students}
     return {architecture: words for architecture, words in found.items() if words and architecture} or None
+
+
+def _seen(words: str | None, unlabeled: str | None) -> str | None:
+    if words is None or not unlabeled:
+        return words
+    return (f"{words}. Not the same data: the distilled student also learnt {unlabeled} without labels, through the "
+            f"teacher's outputs, which the baseline and the control never saw")  # fmt: skip
 
 
 def roc_auc(logits: np.ndarray, labels: np.ndarray) -> float | None:

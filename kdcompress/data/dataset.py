@@ -31,6 +31,7 @@ MAX_WORKERS = 8  # DataLoader processes decoding streamed images, per training p
 WORKER_START = "forkserver"
 PREFETCH = 4  # batches each of them decodes ahead
 PARALLEL_FROM = 256  # images: below this, worker processes cost more to start than the decoding they would share
+UNLABELED = -1  # the label of an image without one (--unlabeled): the cross-entropy leaves it out, the teacher's term keeps it
 
 
 @dataclass
@@ -56,6 +57,9 @@ class Dataset:
     aux_y: np.ndarray | None = None
     source_sizes: tuple[str, ...] = ()  # the images' sizes ('WxH') before resizing, for the manifest
     source_channels: tuple[int, ...] = ()  # the images' own colour channels (1, 3) before conversion, for the manifest
+    # Images without labels (--unlabeled), for the distilled students only: they learn them from the teacher's outputs.
+    unlabeled_x: np.ndarray | None = None
+    unlabeled_source: str = ""  # where they came from, in words
 
     def with_auxiliary(self) -> "Dataset":
         """This dataset with the auxiliary images added to its training split (validation and test unchanged)."""
@@ -68,6 +72,19 @@ class Dataset:
             aux_classes=(),
             aux_x=None,
             aux_y=None,
+        )
+
+    def with_unlabeled(self) -> "Dataset":
+        """This dataset with the images without labels added to its training split, labelled UNLABELED (what a
+        distilled student trains on); validation and test unchanged."""
+        if self.unlabeled_x is None:
+            return self
+        assert not isinstance(self.train_x, ImageFiles), "--unlabeled is refused with streamed data (config)"
+        return replace(
+            self,
+            train_x=np.concatenate([self.train_x, self.unlabeled_x]),
+            train_y=np.concatenate([self.train_y, np.full(len(self.unlabeled_x), UNLABELED, np.int64)]),
+            unlabeled_x=None,
         )
 
     def preprocessing(self) -> Preprocessing:

@@ -335,3 +335,22 @@ def load_folder(root: Path, size: int, channels: int, reporter: Reporter, stream
                   sizes=tuple(sizes), source_channels=tuple(seen))  # fmt: skip
 
 
+
+
+def load_unlabeled(root: Path, size: int, channels: int, reporter: Reporter) -> np.ndarray:
+    """Every image under root (any layout: sub-folder names are not read as classes), decoded like the dataset's own
+    images: the images without labels that `--unlabeled DIR` adds to the distilled students' training."""
+    if not root.is_dir():
+        raise KdcError(f"--unlabeled folder not found: {root}")
+    skipped: list[Path] = []
+    unreadable: list[Path] = []
+    files = [p for p in _walk(root, skipped, unreadable) if p.suffix.lower() in IMAGE_SUFFIXES]
+    if skipped:
+        reporter.info(hidden_note(root, skipped))
+    if unreadable:
+        reporter.warn(f"{root}: skipped {len(unreadable)} folder(s) that cannot be read: their images are left out")
+    if not files:
+        raise KdcError(f"--unlabeled {root} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}): point it at a folder of images")
+    if not fits_in_memory(len(files), channels, size):
+        raise KdcError(f"--unlabeled {root}: {len(files)} images at {size}x{size} px would not fit in memory; pass a smaller folder")
+    return read_images(files, size, channels, reporter, "unlabeled images")

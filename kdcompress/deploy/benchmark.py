@@ -129,7 +129,8 @@ def benchmark_run(
     )  # fmt: skip
     reference = {role: correct[m.reference.key] for role, m in models.items()}
     result.comparisons = compare_models(reference)
-    result.attribution = attributions(result.comparisons, list(reference))
+    unlabeled = manifest.details.get("config", {}).get("unlabeled")  # the words compress said it with are in its attribution
+    result.attribution = attributions(result.comparisons, list(reference), f"images from {unlabeled}" if unlabeled else None)
     result.int8_verdicts = {r: _int8_verdict(models, r, batch) for r in models if roles.format_of(r) == "int8" and roles.source_of(r) in models}
     _frontier(result, correct, budget or Budget())
     return result

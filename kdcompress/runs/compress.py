@@ -238,7 +238,7 @@ class _Shared:
             from kdcompress.train.seed import teacher_outputs
 
             features = self.run.cfg.beta > 0
-            self.outputs = teacher_outputs(self.teacher, self.run.data, self.run.prep, start.settings, features,
+            self.outputs = teacher_outputs(self.teacher, self.run.distilled_data, self.run.prep, start.settings, features,
                                            len(self.run.cfg.students), self.reporter)  # fmt: skip
         return self.outputs
 
@@ -337,7 +337,7 @@ def _finish(
                 "kd_loss": cfg.kd_loss,
             },
             "comparisons": comparisons,
-            "attribution": attributions(comparisons, list(correct)),
+            "attribution": attributions(comparisons, list(correct), data.unlabeled_source or None),
             "config": cfg.to_dict(),
             "device": run.device,
             "environment": environment(),

@@ -41,9 +41,9 @@ SHARED_SETTINGS = (  # what every run of a sweep shares: a resumed sweep must ag
     "dataset", "image_size", "teacher", "student", "pretrained", "pretrained_student", "teacher_weights", "teacher_aux",
     "epochs", "teacher_epochs", "batch_size", "lr", "weight_decay", "val_fraction", "seed", "mixup", "augment",
     "teacher_smoothing", "teacher_ema", "teacher_select", "teacher_balance", "teacher_batch_size",
-    "student_stem", "dist_inter", "dist_intra", "dkd_target", "dkd_nontarget", "dkd_warmup",
+    "student_stem", "dist_inter", "dist_intra", "dkd_target", "dkd_nontarget", "dkd_warmup", "unlabeled",
 )  # fmt: skip
-LATER_SETTINGS = ("student_stem", "dist_inter", "dist_intra", "dkd_target", "dkd_nontarget", "dkd_warmup")  # after sweep/1's first folders
+LATER_SETTINGS = ("student_stem", "dist_inter", "dist_intra", "dkd_target", "dkd_nontarget", "dkd_warmup", "unlabeled")  # after sweep/1's first folders
 # Settings that sweeps written before they were recorded lack: such a folder is not refused for them.
 ADDED_LATER = ("seed",)
 # Settings added later still: a folder that lacks them was made with their default.
@@ -373,11 +373,11 @@ def _seed_teacher_outputs(
         reporter.info(f"seed {seed}: replaying the teacher outputs recorded for the previous student")
         return recordings[(seed, features)]
     started = time.perf_counter()
-    recorded = teacher_outputs(teacher, run.data, run.prep, settings, features, len(distilled), reporter, f"seed {seed}: teacher outputs")
+    recorded = teacher_outputs(teacher, run.distilled_data, run.prep, settings, features, len(distilled), reporter, f"seed {seed}: teacher outputs")
     if recorded is teacher:  # the rule says live (seed.teacher_outputs)
         return None
     write_json_atomic(folder / "runs" / f"seed{seed}-teacher-outputs.cost", {"seconds": time.perf_counter() - started})
-    if recordings is not None and recording_fits(teacher, run.data, replace(settings, epochs=settings.epochs * seeds), features):
+    if recordings is not None and recording_fits(teacher, run.distilled_data, replace(settings, epochs=settings.epochs * seeds), features):
         recordings[(seed, features)] = recorded
     return recorded
 

@@ -22,6 +22,9 @@ SELECTIONS = ("accuracy", "loss")  # how the teacher's kept epoch is chosen on v
 PATHS = ("data_dir", "teacher_weights", "artifacts", "out", "from_sweep")  # the settings that name files or folders
 
 
+UNLABELED_AUX = "aux"  # --unlabeled aux: the dataset's auxiliary images (cifar3: CIFAR-10's 7 other classes), labels dropped
+
+
 @dataclass(frozen=True)
 class CompressConfig:
     """Everything that decides what `kdc compress` trains; stored whole in the manifest."""
@@ -51,6 +54,7 @@ class CompressConfig:
     dkd_warmup: float = KdLoss.dkd_warmup  # DKD: share of the training over which its term ramps up
     student_stem: str = "timm"  # timm: students as timm builds them | auto: a stride-1 stem at small inputs (models.small_input_stem)
     augment: str = "crop"  # views of every training: crop (reflect-padded crop + flip) | rrc (random-resized crop ...)
+    unlabeled: str | None = None  # images without labels the distilled student also learns from, through the teacher: DIR | aux
     mixup: float = 0.0  # students train on mixed views (Beta(m, m) weights), the teacher seeing the same ones; 0 = off
     control: str = "label-smoothing"  # also train the student with label smoothing of the distillation's strength; none = skip
     epochs: int | None = None  # epochs per training; None = the dataset's default
@@ -118,6 +122,8 @@ class CompressConfig:
         students = split_students(self.student or spec.student)
         if self.teacher_weights and self.pretrained:
             raise KdcError("--pretrained and --teacher-weights both set the teacher's weights: pick one")
+        if self.unlabeled is not None:
+            self._check_unlabeled()
         epochs = self.epochs or spec.epochs
         return replace(
             self,
@@ -131,6 +137,17 @@ class CompressConfig:
             # None whenever it equals --batch-size: one spelling of one recipe (sweep folders compare settings)
             teacher_batch_size=None if self.teacher_batch_size == self.batch_size else self.teacher_batch_size,
         )
+
+    def _check_unlabeled(self) -> None:
+        """--unlabeled: what it cannot be combined with, said before anything loads or trains."""
+        if self.unlabeled == UNLABELED_AUX and resolve_spec(self.dataset).name != "cifar3":
+            raise KdcError(f"--unlabeled {UNLABELED_AUX} uses cifar3's auxiliary images; {self.dataset} has none: pass a folder of images")
+        if self.kd_loss == "dkd":
+            raise KdcError("--kd-loss dkd splits its term by the true class, which images without labels lack: use kl or dist with --unlabeled")
+        if self.alpha == 0:
+            raise KdcError("--unlabeled with --alpha 0: the images without labels would teach nothing; use --alpha above 0")
+        if self.stream:
+            raise KdcError("--unlabeled holds its images in memory: drop --stream")
 
     @property
     def students(self) -> list[str]:
@@ -161,7 +178,7 @@ class CompressConfig:
         for name, value in asdict(self).items():
             if name in leave_out:
                 continue
-            if name in PATHS and value is not None:
+            if (name in PATHS or (name == "unlabeled" and value != UNLABELED_AUX)) and value is not None:
                 value = str(Path(value).absolute())
             values[name.replace("_", "-")] = value
         return values

@@ -10,8 +10,11 @@ from which `baseline()` and `distilled(...)` objectives are made.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from functools import cached_property
+from pathlib import Path
 from typing import Any
 
+from kdcompress.core.errors import KdcError
 from kdcompress.train.config import CompressConfig
 from kdcompress.data.dataset import Dataset, load_dataset
 from kdcompress.core.world import World
@@ -33,6 +36,15 @@ class Prepared:
     world: World = World()  # the processes torchrun started (one without torchrun)
     warnings: list[str] = field(default_factory=list)  # said before training; a run stores them in its manifest
 
+    @cached_property
+    def distilled_data(self) -> Dataset:
+        """What the distilled students train on: the data, with --unlabeled's images added (labelled UNLABELED)."""
+        return self.data.with_unlabeled()
+
+    def training_data(self, distilled: bool) -> Dataset:
+        """The training images of one objective: the baseline and the control see the labeled ones only."""
+        return self.distilled_data if distilled else self.data
+
 
 def prepare(config: CompressConfig, reporter: Reporter) -> Prepared:
     """Validate the settings, then resolve the device, join torchrun's processes and load the data (all before training).
@@ -50,6 +62,8 @@ def prepare(config: CompressConfig, reporter: Reporter) -> Prepared:
     world = start(device)
     autotune(step_mode(cfg.compile, device, world.size), 0)  # --compile graph without CUDA, or a bad KDC_CUDNN_AUTOTUNE: refused now
     data = load_dataset(cfg.dataset, cfg.data_dir, cfg.image_size, cfg.val_fraction, reporter, cfg.stream)
+    if cfg.unlabeled is not None:
+        data = with_unlabeled_images(data, cfg.unlabeled, reporter)
     from kdcompress.train.models import check_input_size
 
     # One forward pass of each model at the run's image size, before any training: a student that cannot take it
@@ -80,6 +94,25 @@ def prepare(config: CompressConfig, reporter: Reporter) -> Prepared:
     return Prepared(cfg, device, data, prep, settings, world, warnings)
 
 
+def with_unlabeled_images(data: Dataset, unlabeled: str, reporter: Reporter) -> Dataset:
+    """data with --unlabeled's images attached (a folder's, or with 'aux' the dataset's auxiliary images without their
+    labels), said in one line: who sees them and how."""
+    from kdcompress.data.readers import load_unlabeled
+    from kdcompress.train.config import UNLABELED_AUX
+
+    if unlabeled == UNLABELED_AUX:
+        if data.aux_x is None:
+            raise KdcError(f"--unlabeled {UNLABELED_AUX}: {data.name} has no auxiliary images; pass a folder of images")
+        images, where = data.aux_x, f"{data.name}'s {len(data.aux_classes)} auxiliary classes ({', '.join(data.aux_classes)})"
+    else:
+        images, where = load_unlabeled(Path(unlabeled), data.image_size, data.channels, reporter), unlabeled
+    reporter.info(
+        f"unlabeled: {len(images)} images from {where}, seen by the distilled students only, through the teacher's "
+        f"outputs (no cross-entropy on them); the baseline and the control train on the {len(data.train_y)} labeled images"
+    )
+    return replace(data, unlabeled_x=images, unlabeled_source=f"{len(images)} images from {where}")
+
+
 @dataclass
 class FairStart:
     """One seed's starting point: every student made from it differs from the others only in its objective."""
@@ -90,6 +123,7 @@ class FairStart:
     projection: Any  # student -> teacher feature projection's initial weights (copied for beta > 0)
     views: int = 0  # batches in one training (DKD's warm-up is a share of them)
     stem_stride: int | None = None  # the small-input stem every objective shares (--student-stem auto), or None
+    unlabeled: bool = False  # the distilled students also see images without labels (their CE leaves them out)
 
     def baseline(self) -> Any:
         """CE on labels, from the shared initial weights."""
@@ -115,7 +149,9 @@ class FairStart:
         from kdcompress.train.loop import clone_model
 
         projection = clone_model(self.projection) if beta > 0 else None
-        return Distillation(clone_model(self.initial), teacher, temperature, alpha, beta, projection, kd or KdLoss(), self.views)
+        made = Distillation(clone_model(self.initial), teacher, temperature, alpha, beta, projection, kd or KdLoss(), self.views)
+        made.unlabeled = self.unlabeled
+        return made
 
 
 def fair_start(prepared: Prepared, seed: int, teacher: Any, architecture: str | None = None) -> FairStart:
@@ -137,8 +173,8 @@ def fair_start(prepared: Prepared, seed: int, teacher: Any, architecture: str | 
     torch.manual_seed(seed + 1)
     projection = create_projection(initial, teacher)
     settings = replace(prepared.settings, seed=seed)
-    views = settings.epochs * steps_per_epoch(len(data.train_y), settings.batch_size)
-    return FairStart(seed, settings, initial, projection, views, stride)
+    views = settings.epochs * steps_per_epoch(len(prepared.distilled_data.train_y), settings.batch_size)
+    return FairStart(seed, settings, initial, projection, views, stride, data.unlabeled_x is not None)
 
 
 def teacher_train_logits(prepared: Prepared, teacher: Any) -> Any:

@@ -91,6 +91,21 @@ def cross_entropy(student_logits: Any, labels: Any, smoothing: float = 0.0, weig
     return F.cross_entropy(student_logits.float(), labels, weight=weights, label_smoothing=smoothing)
 
 
+def labeled_cross_entropy(student_logits: Any, labels: Any) -> Any:
+    """The cross-entropy over the images that have a label, where some have none (--unlabeled): class indices with
+    UNLABELED (-1) left out, or mixed label vectors weighted by their label mass (an image without a label carries
+    none). The mean over the labeled images: the same scale as the baseline's CE; 0 for a batch without any."""
+    import torch.nn.functional as F
+
+    logits = student_logits.float()
+    if labels.dim() == 1:
+        known = labels >= 0
+        picked = F.cross_entropy(logits, labels.clamp(min=0), reduction="none") * known
+        return picked.sum() / known.sum().clamp(min=1)
+    mass = labels.sum(dim=1)
+    return -(labels * F.log_softmax(logits, dim=1)).sum() / mass.sum().clamp(min=1e-12)
+
+
 def off_true_mass(teacher_logits: Any, labels: Any, temperature: float) -> float:
     """The teacher's average probability off the true class, softmax(teacher / T), over the given images."""
     import torch

@@ -178,6 +178,7 @@ class Distillation(Objective):
         self.beta = beta
         self.kd = kd
         self.views = views
+        self.unlabeled = False  # some images have no label (--unlabeled): the CE averages over the labeled ones
 
     def forward(
         self, images: torch.Tensor, labels: torch.Tensor, view: Optional[int] = None
@@ -188,7 +189,7 @@ class Distillation(Objective):
         teacher_logits, teacher_features = self.teacher(images, view, features)
         kd = self.kd(student_logits, teacher_logits, labels, self.temperature)
         parts = {
-            "ce": losses.cross_entropy(student_logits, labels),
+            "ce": losses.labeled_cross_entropy(student_logits, labels) if self.unlabeled else losses.cross_entropy(student_logits, labels),
             "kd": kd if view is None else kd * self.kd.ramp(view, self.views),
         }
         if features:

@@ -84,6 +84,9 @@ def train_one(prepared: Any, objective_: Any, settings: Any, name: str, reporter
     (score False: a process other than rank 0, which reports nothing)."""
     from kdcompress.train.loop import fit, predict_logits
 
-    result = fit(objective_, prepared.data, prepared.prep, settings, reporter, name)
+    from kdcompress.train.objectives import Distillation
+
+    data = prepared.training_data(isinstance(objective_, Distillation))  # --unlabeled's images: the distilled only
+    result = fit(objective_, data, prepared.prep, settings, reporter, name)
     logits = predict_logits(objective_.student, prepared.data.test_x, prepared.prep, prepared.device) if score else None
     return Trained(objective_, result, logits)

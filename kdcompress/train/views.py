@@ -101,12 +101,19 @@ def mix(
     The partners default to the batch in reverse order (x.flip(0)); a rank holding a slice of a global
     batch passes its slice's partners explicitly.
     """
-    one_hot = F.one_hot(labels, classes).float()
+    one_hot = _one_hot(labels, classes)
     if partners is None or partner_labels is None:
         partners, partner_hot = images.flip(0), one_hot.flip(0)
     else:
-        partner_hot = F.one_hot(partner_labels, classes).float()
+        partner_hot = _one_hot(partner_labels, classes)
     return lam * images + (1 - lam) * partners, lam * one_hot + (1 - lam) * partner_hot
+
+
+def _one_hot(labels: torch.Tensor, classes: int) -> torch.Tensor:
+    """One-hot label vectors; an image without a label (UNLABELED, -1: --unlabeled) gets all zeros."""
+    if bool((labels < 0).any()):
+        return F.one_hot(labels.clamp(min=0), classes).float() * (labels >= 0).unsqueeze(1)
+    return F.one_hot(labels, classes).float()
 
 
 def random_resized_crop(batch: Any, generator: Any, flip: bool, draw: Draw | None = None) -> Any:
