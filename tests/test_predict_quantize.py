@@ -137,6 +137,9 @@ def test_quantize_adds_a_smaller_int8_and_an_fp16_student_to_the_run(tiny_run, t
     assert teacher8.onnx == "teacher-int8.onnx" and teacher8.details["quantization"]["chosen_on"] == "validation_set"
     assert teacher8.details["quantization"]["fp32_accuracy"] == read_manifest(run).models["teacher"].test_accuracy
     assert any(n.op_type == "DequantizeLinear" for n in onnx.load(str(run / "teacher-int8.onnx")).graph.node)
+    from kdcompress.deploy.metadata import read_metadata
+
+    assert [read_metadata(run / f).role for f in ("teacher-int8.onnx", "student-fp16.onnx")] == ["teacher-int8", "fp16"]
     assert "Kept" in result.output and "teacher-int8.onnx (" in " ".join(result.output.split())  # what quantize printed
     bench = benchmark_run(run, quick=True, gpu=False)
     assert list(bench.models) == ["teacher", "teacher-int8", "teacher-fp16", "baseline", "student", "control", "int8", "fp16"]
@@ -351,3 +354,34 @@ def test_a_benchmark_json_of_another_format_is_no_recommendation_not_an_error(fo
     (run / "benchmark.json").write_text(json.dumps({**data, "format": "kdcompress-benchmark/1"}))
     out = predict_images([root / "test" / "cats" / "01.png"], run=run)
     assert out["model_name"] == "student" and "of format 'kdcompress-benchmark/1', not kdcompress-benchmark/2" in out["chosen_by"]
+
+
+def test_a_file_describes_itself_and_predicts_alone_as_it_does_with_its_run(tiny_run, tmp_path):
+    # Issue #45, item 3: the metadata round trip; the .onnx file copied away from its run gives the same classes
+    # and logits as through the run.
+    from kdcompress.deploy.metadata import read_metadata, stamp
+
+    manifest = read_manifest(tiny_run)
+    described = read_metadata(tiny_run / "student.onnx")
+    assert described.classes == manifest.dataset.classes and described.preprocessing == manifest.preprocessing
+    assert (described.run, described.role, described.dataset) == (tiny_run.name, "student", "digits")
+    alone = tmp_path / "app" / "model.onnx"
+    alone.parent.mkdir()
+    shutil.copyfile(tiny_run / "student.onnx", alone)
+    images = _odd_images(tmp_path / "imgs")[:3]
+    result = runner.invoke(app, ["predict", str(alone), *map(str, images), "--json", "--artifacts", str(tmp_path / "none")])
+    assert result.exit_code == 0, result.output
+    by_file, by_run = json.loads(result.stdout), predict_images(images, run=tiny_run, model="student")
+    assert by_file["classes"] == by_run["classes"] and by_file["model_name"] == "student"
+    for a, b in zip(by_file["results"], by_run["results"]):
+        assert a["predictions"] == b["predictions"] and np.allclose(a["logits"], b["logits"], atol=1e-6)
+    assert tiny_run.name in by_file["run"] and "the file alone" in by_file["chosen_by"]
+    # a file without the metadata (an older run's) is read through a run, as before
+    older = onnx.load(str(alone))
+    del older.metadata_props[:]
+    onnx.save(older, str(alone))
+    assert read_metadata(alone) is None
+    assert predict_images([images[0]], run=tiny_run, model=str(alone))["run"] == str(tiny_run)
+    # damaged metadata is one line, never a guess
+    stamp(alone, {"kdc.format": "kdcompress-onnx/1", "kdc.classes": '["a\\nb", "c"]', "kdc.preprocessing": "{}"})
+    fails_cleanly(runner.invoke(app, ["predict", str(alone), str(images[0])]), "its kdc metadata is damaged")

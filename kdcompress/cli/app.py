@@ -478,7 +478,7 @@ def quantize(
 @app.command()
 @_user_errors("nothing was written")
 def predict(
-    images: list[Path] = typer.Argument(..., help="Image files (PNG, JPEG, BMP...) or folders of images."),
+    images: list[Path] = typer.Argument(..., help="Image files (PNG, JPEG, BMP...) or folders of images; first a .onnx file kdc wrote to classify with it alone."),
     run: Optional[Path] = typer.Option(None, "--run", help="Run folder [default: the newest run under --artifacts]."),
     model: Optional[str] = typer.Option(
         None, "--model", help="teacher, baseline, student (distilled), control, int8, fp16, teacher-int8, teacher-fp16 (with several students: student-ARCH, "
@@ -494,6 +494,10 @@ def predict(
 
     Without --run it takes the newest run under --artifacts, and refuses to guess when that folder holds runs of
     different datasets. Images of another size or channels than the run's are resized or converted, and said to be.
+
+    kdc predict FILE.onnx IMAGE... needs no run folder: every ONNX file kdc writes carries its class names, input
+    size, mean and std, resize and colour rules, and the run and role it came from, in its metadata (kdc.* keys).
+    A file without them (an older run's) is read through its run, as before.
     """
     from kdcompress.deploy.predict import predict_images
     from kdcompress.report.render import prediction_output

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,7 @@ import numpy as np
 from kdcompress.core import roles
 from kdcompress.core.errors import KdcError
 from kdcompress.deploy.manifest import Manifest, model_file, read_manifest, resolve_runs
-from kdcompress.deploy.preprocessing import IMAGE_SUFFIXES, image_shape, list_images, load_image, normalize
+from kdcompress.deploy.preprocessing import IMAGE_SUFFIXES, image_shape, list_images, load_image, normalize, Preprocessing
 from kdcompress.deploy.sessions import check_model
 from kdcompress.deploy.targets import create_session, TARGETS
 from kdcompress.core.stats import softmax
@@ -124,6 +125,52 @@ def recommended_model(run_dir: Path) -> tuple[str | None, str]:
     return result.recommendation["model"], ""
 
 
+@dataclass(frozen=True)
+class _Source:
+    """What predict classifies with: the model file and what it needs to know, from a run or from the file alone."""
+
+    model_file: Any  # manifest.ModelFile of a run, or the Path of a file alone
+    model_name: str
+    chosen_by: str
+    classes: list[str]
+    prep: Preprocessing
+    dataset: str
+    run: str  # the run folder, or, for a file alone, the run its metadata names
+    source_sizes: list[str] = field(default_factory=list)  # the training images' sizes, where a run recorded them
+    source_channels: list[int] = field(default_factory=list)
+
+
+def _from_run(run: Path | None, artifacts: Path, model: str | None) -> _Source:
+    """A model of a run: --run, or the newest run under --artifacts; the model --model names, or the recommended one."""
+    run_dir = choose_run(run, artifacts)
+    manifest = read_manifest(run_dir)
+    chosen_by = "--model"
+    if model is None:
+        model, why_not = recommended_model(run_dir)
+        chosen_by = "the last kdc benchmark's recommendation"
+        if model is None or model not in manifest.models:
+            why_not = why_not or f"the recommended {model} is not a model of the run"
+            model, chosen_by = "student", f"the default: {why_not}"  # several students: resolve_model_file asks which
+    return _Source(
+        resolve_model_file(run_dir, manifest, model), model, chosen_by, manifest.dataset.classes, manifest.preprocessing,
+        manifest.dataset.name, str(run_dir), list(manifest.dataset.source_sizes), list(manifest.dataset.source_channels),
+    )  # fmt: skip
+
+
+def _from_file(path: Path) -> _Source | None:
+    """A .onnx file alone, classified by what its metadata says (deploy.metadata); None for a file without it (an older
+    run's, another tool's): predict then reads it through a run, as before."""
+    from kdcompress.deploy.metadata import read_metadata
+
+    if not path.is_file():
+        raise KdcError(f"ONNX model not found: {path}")
+    described = read_metadata(path)
+    if described is None:
+        return None
+    return _Source(path, described.role, f"the file alone (its metadata: run {described.run})", described.classes,
+                   described.preprocessing, described.dataset, f"{described.run} (from {path.name}'s metadata)")  # fmt: skip
+
+
 def predict_images(
     inputs: list[Path], run: Path | None = None, model: str | None = None, top_k: int = 1, artifacts: Path = Path("artifacts"),
     runtime: str = "onnxruntime",
@@ -139,24 +186,19 @@ def predict_images(
 
     if top_k < 1:
         raise KdcError(f"--top-k must be at least 1, got {top_k}")
-    run_dir = choose_run(run, artifacts)
-    manifest = read_manifest(run_dir)
-    chosen_by = "--model"
-    if model is None:
-        model, why_not = recommended_model(run_dir)
-        chosen_by = "the last kdc benchmark's recommendation"
-        if model is None or model not in manifest.models:
-            why_not = why_not or f"the recommended {model} is not a model of the run"
-            model, chosen_by = "student", f"the default: {why_not}"  # several students: resolve_model_file asks which
-    classes = manifest.dataset.classes
-    prep = manifest.preprocessing
+    if model is None and inputs and inputs[0].suffix.lower() == ".onnx":  # kdc predict FILE.onnx IMAGE...
+        model, inputs = str(inputs[0]), inputs[1:]
+        if not inputs:
+            raise KdcError(f"give the images to classify after {model}")
     if runtime not in RUNTIMES:
         raise KdcError(f"--runtime must be {' or '.join(RUNTIMES)}, not '{runtime}'")
     target = TARGETS[RUNTIMES[runtime]]
     problem = target.problem()
     if problem:
         raise KdcError(f"--runtime {runtime}: {problem}")
-    model_file = resolve_model_file(run_dir, manifest, model)
+    source = _from_file(Path(model)) if run is None and model is not None and model.endswith(".onnx") else None
+    source = source or _from_run(run, artifacts, model)
+    classes, prep, model_file = source.classes, source.prep, source.model_file
     loaded = target.load(model_file, None, "f32" if runtime == "openvino" else "native")
     session = loaded.details.get("session") or create_session(model_file)  # onnxruntime's own, or one to check with
     check_model(session, prep, classes, model_file)  # the file fits the run, whichever runtime runs it
@@ -164,9 +206,9 @@ def predict_images(
     scored_logits, scored_labels = [], []
     resized, converted = 0, 0
     # Images unlike the training ones: of a size none of them had (before resizing), where the run recorded those
-    # sizes; in an older run, of another size than the run's input.
-    trained = [] if "various" in manifest.dataset.source_sizes else manifest.dataset.source_sizes
-    usual = set(trained) if manifest.dataset.source_sizes else {f"{prep.image_size}x{prep.image_size}"}
+    # sizes; in an older run (or a file alone), of another size than the model's input.
+    trained = [] if "various" in source.source_sizes else source.source_sizes
+    usual = set(trained) if source.source_sizes else {f"{prep.image_size}x{prep.image_size}"}
     for path, label in expand_inputs(inputs, classes):
         try:
             if is_url(path):
@@ -174,7 +216,7 @@ def predict_images(
             image = load_image(path, prep.image_size, prep.channels)
             size, bands = image_shape(path)
             resized += bool(usual) and f"{size[0]}x{size[1]}" not in usual
-            converted += bands != prep.channels and bands not in manifest.dataset.source_channels
+            converted += bands != prep.channels and bands not in source.source_channels
         except KdcError as exc:
             results.append({"file": str(path), "error": str(exc)})
             continue
@@ -191,21 +233,21 @@ def predict_images(
             scored_logits.append(logits)
             scored_labels.append(label)
         results.append(entry)
-    output: dict[str, Any] = {"run": str(run_dir), "model": str(model_file), "model_name": model, "chosen_by": chosen_by,
-                              "dataset": manifest.dataset.name, "runtime": loaded.target.name, "precision": loaded.precision,
-                              "classes": classes, "results": results, "warnings": []}  # fmt: skip
+    output: dict[str, Any] = {"run": source.run, "model": str(model_file), "model_name": source.model_name,
+                              "chosen_by": source.chosen_by, "dataset": source.dataset, "runtime": loaded.target.name,
+                              "precision": loaded.precision, "classes": classes, "results": results, "warnings": []}  # fmt: skip
     classified = sum("error" not in r for r in results)
     if resized and trained:
         shown = ", ".join(trained[:3]) + (", ..." if len(trained) > 3 else "")
         output["warnings"].append(
             f"{resized} of {classified} image(s) are of another size than the images the run was trained from ({shown} px): "
             f"resized to {prep.image_size} x {prep.image_size} as those were (bilinear), they may still not fit a model "
-            f"trained on other images ({manifest.dataset.name})"
+            f"trained on other images ({source.dataset})"
         )
     elif resized:
         output["warnings"].append(
             f"{resized} of {classified} image(s) are not {prep.image_size} x {prep.image_size} px, the run's size: they were "
-            f"resized to it (bilinear); a model trained on other images ({manifest.dataset.name}) may not fit them"
+            f"resized to it (bilinear); a model trained on other images ({source.dataset}) may not fit them"
         )
     if converted:
         output["warnings"].append(

@@ -25,6 +25,7 @@ from kdcompress.core.errors import KdcError
 from kdcompress.core.files import folder_lock, QUANTIZE_PREFIX, remove_stale, signals_held
 from kdcompress.deploy.frontier import int8_verdict
 from kdcompress.deploy.graph import sort_nodes
+from kdcompress.deploy.metadata import file_metadata, stamp
 from kdcompress.deploy.manifest import file_sha256, load_images, model_file, ModelEntry, read_manifest, run_file, write_manifest
 from kdcompress.core.reporter import NullReporter, Reporter
 from kdcompress.deploy.preprocessing import normalize, Preprocessing
@@ -235,6 +236,9 @@ def _quantize_student(
     fp32 = {**fp32, "choice_accuracy": fp32["accuracy"], "accuracy": student.test_accuracy}
     fp16 = _fp16(student_file, work, manifest.preprocessing, test(), threads)
     staged = [(chosen["path"], int8_file), (fp16.pop("path"), fp16_file)]
+    for made, final in staged:  # each file describes itself as its source does, under its own role (deploy.metadata)
+        role = roles.format_role(name, "int8" if final == int8_file else "fp16")
+        stamp(made, file_metadata(manifest.dataset.classes, manifest.preprocessing, manifest.dataset.name, manifest.run, role))
     if not keep:
         reporter.warn(f"{name}: every INT8 candidate lost more than {MAX_ACCURACY_LOSS:.0%} accuracy; kept the most accurate")
     int8 = _int8_entry(student, staged[0], chosen, fp32, measured, threads)

@@ -19,6 +19,7 @@ from kdcompress.data.dataset import materialize
 from kdcompress.train.collectives import broadcast_object
 from kdcompress.train.fair import control_smoothing, fair_start, prepare, Prepared, teacher_train_logits
 from kdcompress.core.files import write_json_atomic, write_yaml_atomic
+from kdcompress.deploy.metadata import file_metadata, stamp
 from kdcompress.deploy.manifest import DatasetInfo, file_sha256, Manifest, ModelEntry, write_manifest
 from kdcompress.runs.environment import busy_warning, environment
 from kdcompress.runs.rundir import check_out, discard_run, prepare_run_dir, publish_run
@@ -309,7 +310,7 @@ def _finish(
     history = {role: records[role].pop("history", []) for role in models}
     entries, correct = {}, {}
     for role, model in models.items():
-        entries[role], correct[role] = _export_model(run, role, model, exports, reporter, test_logits.get(role))
+        entries[role], correct[role] = _export_model(run, role, model, exports, reporter, test_logits.get(role), run_name)
         entries[role].details.update(records[role])
     write_json_atomic(staging / "history.json", history)
     comparisons = compare_models(correct)
@@ -388,10 +389,10 @@ def _save_samples(run: Prepared, staging: Path) -> None:
 
 
 def _export_model(
-    run: Prepared, role: str, model: Any, exports: Exports, reporter: Reporter, logits: Any = None
+    run: Prepared, role: str, model: Any, exports: Exports, reporter: Reporter, logits: Any = None, run_name: str = ""
 ) -> tuple[ModelEntry, np.ndarray]:
     """Score one model on the test split (logits: its training's own score, where it has one) and finish its ONNX
-    export (checked against PyTorch).
+    export (checked against PyTorch), which then describes itself (deploy.metadata: classes, preprocessing, origin).
 
     Returns its manifest entry and which test images it gets right (for the verdicts).
     """
@@ -410,6 +411,7 @@ def _export_model(
         reporter.info(f"exporting {role} to ONNX and checking it against PyTorch")
     parity = exports.parity(role, model)
     onnx_path = exports.folder / f"{role}.onnx"
+    stamp(onnx_path, file_metadata(data.classes, run.prep, data.name, run_name, role))
     entry = ModelEntry(
         architecture=_checkpoint_meta(run, role)["model"],
         onnx=onnx_path.name,
