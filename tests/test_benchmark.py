@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from kdcompress.core import roles
 from kdcompress.core.errors import KdcError
 from kdcompress.deploy.benchmark import benchmark_run, classification_metrics, ratios_vs_teacher
 from kdcompress.deploy.graph import onnx_size
@@ -82,12 +83,19 @@ def test_benchmark_json_carries_its_format_and_reads_back_into_its_type(tiny_run
     shutil.copytree(tiny_run, run)
     runner.invoke(app, ["benchmark", str(run), "--quick", "--no-gpu", "--max-ms", "50"], catch_exceptions=False)
     saved = json.loads((run / "benchmark.json").read_text())
-    assert saved["format"] == FORMAT == "kdcompress-benchmark/2"
+    assert saved["format"] == FORMAT == "kdcompress-benchmark/3"
     again = BenchmarkResult.from_dict(saved)
     assert again.to_dict() == saved and isinstance(again.models["student"].points[0].batch1["p50_ms"], float)
     assert again.recommendation["target"] in again.targets and again.command.endswith("--max-ms 50")
-    with pytest.raises(KdcError, match="not a kdcompress-benchmark/2 benchmark result"):
+    with pytest.raises(KdcError, match="not a kdcompress-benchmark/3 benchmark result"):
         BenchmarkResult.from_dict({**saved, "format": "kdcompress-benchmark/1"})
+    # format 3 adds the per-layer profile of the recommended model; a format 2 file (none) is still read
+    chosen = saved["recommendation"]["model"]
+    assert list(saved["profiles"]) == [chosen] and saved["profiles"][chosen]["by_precision"]
+    older = {k: v for k, v in saved.items() if k != "profiles"} | {"format": "kdcompress-benchmark/2"}
+    assert BenchmarkResult.from_dict(older).profiles == {}
+    said = (run / "benchmark.md").read_text()
+    assert f"## Where {roles.label(chosen)}'s time goes (onnxruntime-cpu profiler" in said
 
 
 def test_benchmark_flags_a_manifest_that_disagrees_with_the_onnx_file(tiny_run, tmp_path):

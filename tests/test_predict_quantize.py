@@ -148,6 +148,15 @@ def test_quantize_adds_a_smaller_int8_and_an_fp16_student_to_the_run(tiny_run, t
     assert bench.models["teacher-int8"].format == "INT8" and bench.models["teacher-int8"].source == "teacher"
     assert bench.models["teacher-int8"].baseline is None and set(bench.int8_verdicts) == {"int8", "teacher-int8"}
     assert predict_images([_odd_images(tmp_path / "imgs8")[0]], run=run, model="teacher-int8")["results"][0]["predictions"]
+    # Issue #45, item 1: the runtime's own profiler says which kernels ran in INT8; the float file has none
+    from kdcompress.deploy.profile import profile_onnxruntime
+
+    images = np.load(run / "test_set.npz")["images"]
+    quantized = profile_onnxruntime(run / "student-int8.onnx", read_manifest(run).preprocessing, images, 1, runs=3)
+    plain = profile_onnxruntime(run / "student.onnx", read_manifest(run).preprocessing, images, 1, runs=3)
+    assert quantized["by_precision"]["int8"] > 0.3 and "convert" in quantized["by_precision"]
+    assert "int8" not in plain["by_precision"] and set(plain["by_precision"]) <= {"fp32", "other"}
+    assert quantized["runs"] == plain["runs"] == 3 and abs(sum(quantized["by_precision"].values()) - 1) < 1e-6
     assert predict_images([_odd_images(tmp_path / "imgs")[0]], run=run, model="int8")["results"][0]["predictions"]
 
 
@@ -276,7 +285,7 @@ def _recommend(run, model):
         (lambda data, run: data["recommendation"].update(model=["student"]), "recommendation.model is ['student']"),
         (lambda data, run: data["models"]["student"]["points"][0].update(accuracy="abc"), "accuracy is 'abc'"),
         (lambda data, run: data["models"]["student"]["points"][0]["batch1"].update(p50_ms=float("nan")), "batch1 is"),
-        (lambda data, run: data.update(format=5), "not a kdcompress-benchmark/2 benchmark result"),
+        (lambda data, run: data.update(format=5), "not a kdcompress-benchmark/3 benchmark result"),
         (lambda data, run: (run / "benchmark.json").write_text("[" * 100_000 + "]" * 100_000), "cannot read"),
         (lambda data, run: ((run / "benchmark.json").unlink(), (run / "benchmark.json").symlink_to("/dev/zero")), "leads outside its run folder"),
         (lambda data, run: ((run / "benchmark.json").unlink(), __import__("os").mkfifo(run / "benchmark.json")), "is not a regular file"),
@@ -353,7 +362,7 @@ def test_a_benchmark_json_of_another_format_is_no_recommendation_not_an_error(fo
     data = _recommend(run, "baseline")
     (run / "benchmark.json").write_text(json.dumps({**data, "format": "kdcompress-benchmark/1"}))
     out = predict_images([root / "test" / "cats" / "01.png"], run=run)
-    assert out["model_name"] == "student" and "of format 'kdcompress-benchmark/1', not kdcompress-benchmark/2" in out["chosen_by"]
+    assert out["model_name"] == "student" and "of format 'kdcompress-benchmark/1', not kdcompress-benchmark/3" in out["chosen_by"]
 
 
 def test_a_file_describes_itself_and_predicts_alone_as_it_does_with_its_run(tiny_run, tmp_path):

@@ -133,7 +133,22 @@ def benchmark_run(
     result.attribution = attributions(result.comparisons, list(reference), f"images from {unlabeled}" if unlabeled else None)
     result.int8_verdicts = {r: _int8_verdict(models, r, batch) for r in models if roles.format_of(r) == "int8" and roles.source_of(r) in models}
     _frontier(result, correct, budget or Budget())
+    _profile(result, run_dir, manifest, images, threads, reporter)
     return result
+
+
+def _profile(result: BenchmarkResult, run_dir: Path, manifest: Any, images: np.ndarray, threads: int, reporter: Reporter) -> None:
+    """Per-layer profiles (deploy.profile), in a pass of their own after the timings: of the recommended model and of
+    every INT8 file that is not faster than its FP32 file here, on onnxruntime-cpu."""
+    from kdcompress.deploy.profile import profile_onnxruntime
+
+    wanted = [r for r, verdict in result.int8_verdicts.items() if not verdict["faster"]]
+    chosen = (result.recommendation or {}).get("model")
+    wanted = ([chosen] if chosen in result.models else []) + [r for r in wanted if r != chosen]
+    for role in wanted:
+        reporter.info(f"profiling {role} layer by layer (onnxruntime's profiler, apart from the timings)")
+        path = model_file(run_dir, role, manifest.models[role])
+        result.profiles[role] = profile_onnxruntime(path, manifest.preprocessing, images, threads)
 
 
 def _score_model(

@@ -111,10 +111,10 @@ def recommended_model(run_dir: Path) -> tuple[str | None, str]:
     if not (run_dir / "benchmark.json").exists() and not (run_dir / "benchmark.json").is_symlink():
         return None, "no kdc benchmark has run on it"
     remedy = "run kdc benchmark again, or pick the model with --model"
-    from kdcompress.deploy.results import FORMAT
+    from kdcompress.deploy.results import FORMAT, READABLE
 
     data = read_run_json(run_dir, "benchmark.json", remedy)
-    if isinstance(data, dict) and isinstance(data.get("format"), str) and data["format"] != FORMAT:  # an older kdc's
+    if isinstance(data, dict) and isinstance(data.get("format"), str) and data["format"] not in READABLE:  # an older kdc's
         return None, f"its benchmark.json is of format {data['format'][:40]!r}, not {FORMAT}: run kdc benchmark again to record one"
     try:
         result = BenchmarkResult.from_dict(data)

@@ -8,7 +8,8 @@ from typing import Any
 from kdcompress.core.errors import KdcError
 from kdcompress.core.values import is_fraction, is_number, is_whole
 
-FORMAT = "kdcompress-benchmark/2"  # 2: points keyed by target and precision (1 had fixed cpu / gpu slots per model)
+FORMAT = "kdcompress-benchmark/3"  # 3: per-layer profiles; 2: points keyed by target and precision (1: fixed cpu / gpu slots)
+READABLE = (FORMAT, "kdcompress-benchmark/2")  # what from_dict reads: a /2 file is a /3 one without profiles
 UNITS = {
     "latency": "milliseconds per call, batch 1",
     "throughput": "images per second",
@@ -90,6 +91,7 @@ class BenchmarkResult:
     int8_verdicts: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # points that could not be run, and why
     recommendation: dict[str, Any] | None = None
+    profiles: dict[str, Any] = field(default_factory=dict)  # role -> deploy.profile's per-layer profile (format 3)
     command: str = ""
     saved: bool = False
     save_error: str | None = None
@@ -107,9 +109,10 @@ class BenchmarkResult:
     @classmethod
     def from_dict(cls, data: Any) -> "BenchmarkResult":
         """Read benchmark.json back; a KdcError for another format or a missing field."""
-        if not isinstance(data, dict) or data.get("format") != FORMAT:
+        if not isinstance(data, dict) or data.get("format") not in READABLE:
             found = data.get("format") if isinstance(data, dict) else type(data).__name__
             raise KdcError(f"not a {FORMAT} benchmark result (format {found!r}): run kdc benchmark again")
+        data = {**data, "format": FORMAT}  # read as the current format: an older one only lacks the later fields
         try:
             models = {
                 role: ModelResult(**{**model, "points": [PointResult(**p) for p in model["points"]]})
@@ -146,6 +149,10 @@ class BenchmarkResult:
                 need(is_whole(p.correct) and 0 <= p.correct <= self.test_images, f"{where} correct", p.correct)
                 need(isinstance(p.batch1, dict) and all(is_number(v) and v >= 0 for v in p.batch1.values()), f"{where} batch1", p.batch1)
                 need(is_number(p.images_per_s) and p.images_per_s >= 0, f"{where} images_per_s", p.images_per_s)
+        need(isinstance(self.profiles, dict), "profiles", self.profiles)
+        for role, profile in self.profiles.items():
+            ok = isinstance(profile, dict) and is_number(profile.get("kernels_ms")) and isinstance(profile.get("by_precision"), dict)
+            need(ok and isinstance(profile.get("layers"), list), f"{role}: its profile", profile)
         rec = self.recommendation
         need(rec is None or isinstance(rec, dict), "recommendation", rec)
         if rec is not None:
