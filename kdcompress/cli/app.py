@@ -145,6 +145,7 @@ def compress(
     dkd_nontarget: float = options.DKD_NONTARGET,
     dkd_warmup: float = options.DKD_WARMUP,
     student_stem: str = options.STUDENT_STEM,
+    prune: Optional[str] = options.PRUNE,
     unlabeled: Optional[str] = options.UNLABELED,
     mixup: float = options.MIXUP,
     control: str = options.CONTROL,

@@ -31,7 +31,7 @@ PANELS = {
         "teacher_ema", "teacher_select", "teacher_balance", "teacher_epochs", "teacher_batch_size",
     ),
     STUDENTS: (
-        "student", "pretrained_student", "student_stem", "temperature", "alpha", "beta", "kd_loss", "dist_inter",
+        "student", "pretrained_student", "prune", "student_stem", "temperature", "alpha", "beta", "kd_loss", "dist_inter",
         "dist_intra", "dkd_target", "dkd_nontarget", "dkd_warmup", "unlabeled", "mixup", "control",
     ),
     TRAINING: ("epochs", "batch_size", "lr", "weight_decay", "seed"),
@@ -146,6 +146,12 @@ TEACHER_BALANCE = option(
 TEACHER_SELECT = option(
     "teacher_select", "--teacher-select", help="The teacher's kept epoch: accuracy (best validation accuracy) or loss (lowest validation loss); default per "
     "dataset: digits loss, others accuracy."
+)
+PRUNE = option(
+    "prune", "--prune", help="Also students carved from the trained teacher: ratios such as 0.5,0.8, each the share of "
+    "channels Torch-Pruning removes from every prunable layer group (L2 magnitude; the classifier kept). Each is a "
+    "student named pruned50 ... with its baseline (fine-tuned with CE), distilled student (from the unpruned teacher) "
+    "and control, all from the same pruned weights. A teacher it cannot prune is said in one line; the others go on."
 )
 UNLABELED = option(
     "unlabeled", "--unlabeled", help="Images without labels for the distilled students: a folder (any layout; "

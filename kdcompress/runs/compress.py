@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 import numpy as np
 
 from kdcompress.core import roles
+from kdcompress.core.errors import KdcError
 from kdcompress.core.roles import TEACHER
 from kdcompress.train import losses
 from kdcompress.train.config import CompressConfig
@@ -25,6 +26,7 @@ from kdcompress.runs.environment import busy_warning, environment
 from kdcompress.runs.rundir import check_out, discard_run, prepare_run_dir, publish_run
 from kdcompress.core.reporter import NullReporter, Reporter
 from kdcompress.core.stats import attributions, compare_models
+from kdcompress.train.prune import pruned_ratio
 from kdcompress.train.teacher import load_or_train_teacher
 
 if TYPE_CHECKING:
@@ -168,15 +170,22 @@ def _exporter(run: Prepared, reporter: Reporter, exports: Exports | None) -> Cal
             return
         if exports.background:
             reporter.info(f"exporting {role} to ONNX in a worker process, beside the training")
-        exports.submit(role, model, _checkpoint_meta(run, role))
+        exports.submit(role, model, _checkpoint_meta(run, role, model))
 
     return done
 
 
-def _checkpoint_meta(run: Prepared, role: str) -> dict[str, Any]:
-    """What a checkpoint needs besides its weights to rebuild the network (models.save_checkpoint)."""
+def _checkpoint_meta(run: Prepared, role: str, model: Any) -> dict[str, Any]:
+    """What a checkpoint needs besides its weights to rebuild the network (models.save_checkpoint): for a student
+    carved from the teacher, the teacher's architecture and the pruned structure (train.prune.rebuild)."""
+    from kdcompress.train.prune import structure
+
     architecture = run.cfg.teacher if role == TEACHER else roles.student_of(role) or run.cfg.students[0]
-    return {"model": architecture, "classes": run.data.classes, "in_chans": run.data.channels}
+    ratio = pruned_ratio(architecture)
+    meta = {"model": architecture, "classes": run.data.classes, "in_chans": run.data.channels}
+    if ratio is not None:
+        meta.update(model=run.cfg.teacher, pruned={"ratio": ratio, "structure": structure(model)})
+    return meta
 
 
 def _train_students(
@@ -195,8 +204,18 @@ def _train_students(
     models: dict[str, Any] = {TEACHER: teacher}
     records: dict[str, dict[str, Any]] = {TEACHER: teacher_record}
     shared = _Shared(run, teacher, reporter)
+    trained_students = []
     for architecture in cfg.students:
-        start = fair_start(run, cfg.seed, teacher, architecture)
+        try:
+            start = fair_start(run, cfg.seed, teacher, architecture)
+        except KdcError as exc:  # a pruned student Torch-Pruning cannot make: said, and the other students go on
+            if pruned_ratio(architecture) is None:
+                raise
+            said = f"{architecture} left out: {exc}"
+            reporter.warn(said)
+            run.warnings.append(said)
+            continue
+        trained_students.append(architecture)
         for training, extra in _trainings(run, shared):
             name = roles.role(ROLE_OF[training.kind], architecture if cfg.several else None)
             made = objective(start, training, shared.teacher_outputs(start) if training.kind == "distilled" else teacher)
@@ -217,7 +236,7 @@ def _train_students(
         **parallel_record(run),
     }
     if cfg.several:
-        training["students"] = cfg.students
+        training["students"] = trained_students
     return models, records, training, shared.test_logits  # the trainings' own test scores, reused by _finish
 
 
@@ -268,7 +287,10 @@ ANNOUNCED = {"baseline": "baseline", "student": "distilled student", "control": 
 def _announce(run: Prepared, start: Any, name: str, objective: Any, extra: dict[str, Any], reporter: Reporter) -> None:
     """Say what is about to be trained."""
     cfg = run.cfg
-    architecture = _checkpoint_meta(run, name)["model"]
+    architecture = roles.student_of(name) or cfg.students[0]
+    ratio = pruned_ratio(architecture)
+    if ratio is not None:
+        architecture = f"the teacher {cfg.teacher} with {ratio:.0%} of its channels pruned (Torch-Pruning, L2 magnitude)"
     stem = f", stride-1 stem for {run.data.image_size} px inputs" if start.stem_stride else ""
     words = f"{ANNOUNCED[roles.kind_of(name)]}: {architecture}{stem}, {objective.describe()}"
     if "matched" in extra:
@@ -412,15 +434,17 @@ def _export_model(
     parity = exports.parity(role, model)
     onnx_path = exports.folder / f"{role}.onnx"
     stamp(onnx_path, file_metadata(data.classes, run.prep, data.name, run_name, role))
+    meta = _checkpoint_meta(run, role, model)
+    pruned = {"pruned": {"teacher": meta["model"], **meta["pruned"]}} if "pruned" in meta else {}
     entry = ModelEntry(
-        architecture=_checkpoint_meta(run, role)["model"],
+        architecture=f"{meta['model']} pruned {meta['pruned']['ratio']:.0%}" if pruned else meta["model"],
         onnx=onnx_path.name,
         parameters=count_parameters(model),
         onnx_bytes=onnx_path.stat().st_size,
         test_accuracy=float(correct.mean()),
         test_correct=int(correct.sum()),
         details={"checkpoint": f"checkpoints/{role}.pt", "per_class_accuracy": per_class, "export": parity,
-                 "sha256": file_sha256(onnx_path)},  # fmt: skip
+                 "sha256": file_sha256(onnx_path), **pruned},  # fmt: skip
     )
     return entry, correct
 

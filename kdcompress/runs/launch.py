@@ -24,7 +24,7 @@ def preflight(config: Any, processes: int) -> None:
 
     cfg = config.resolved()
     resolve_model_name(cfg.teacher)
-    for student in cfg.students:
+    for student in cfg.named_students:
         resolve_model_name(student)
     if resolve_spec(cfg.dataset).needs_data_dir and cfg.data_dir is not None and not os.path.isdir(cfg.data_dir):
         raise KdcError(f"data folder not found: {cfg.data_dir}")

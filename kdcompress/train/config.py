@@ -36,6 +36,7 @@ class CompressConfig:
     student: str | None = None  # timm model name(s), comma-separated for several; None = the dataset's default students
     pretrained: bool = False  # start the teacher from timm's ImageNet weights (needs the hub)
     pretrained_student: bool = False  # start both students from ImageNet weights (needs the hub)
+    prune: str | None = None  # ratios, comma-separated: students carved from the teacher (train.prune: pruned50 ...)
     teacher_weights: str | None = None  # a trained teacher checkpoint to use instead of training one
     retrain_teacher: bool = False  # train the teacher even if an identical one is cached
     teacher_smoothing: float = 0.0  # label smoothing of the teacher's own training
@@ -124,6 +125,7 @@ class CompressConfig:
             raise KdcError("--pretrained and --teacher-weights both set the teacher's weights: pick one")
         if self.unlabeled is not None:
             self._check_unlabeled()
+        self.prune_ratios  # noqa: B018 (refused in one line here, before anything loads)
         epochs = self.epochs or spec.epochs
         return replace(
             self,
@@ -150,9 +152,32 @@ class CompressConfig:
             raise KdcError("--unlabeled holds its images in memory: drop --stream")
 
     @property
-    def students(self) -> list[str]:
-        """The student architectures, in the order given (the dataset's default ones when none was given)."""
+    def named_students(self) -> list[str]:
+        """The timm student architectures, in the order given (the dataset's default ones when none was given)."""
         return split_students(self.student or resolve_spec(self.dataset).student)
+
+    @property
+    def students(self) -> list[str]:
+        """Every student: the named architectures, then the teacher pruned at each --prune ratio (pruned50 ...)."""
+        from kdcompress.train.prune import pruned_name
+
+        return self.named_students + [pruned_name(r) for r in self.prune_ratios]
+
+    @property
+    def prune_ratios(self) -> list[float]:
+        """--prune as numbers: each a share of channels to remove, 0.05 to 0.95 in steps of 0.01, each once."""
+        if self.prune is None:
+            return []
+        try:
+            ratios = [float(v) for v in str(self.prune).split(",")]
+        except ValueError:
+            raise KdcError(f"--prune takes comma-separated ratios such as 0.5,0.8, got '{self.prune}'") from None
+        for ratio in ratios:
+            if not (0.05 <= ratio <= 0.95 and abs(ratio * 100 - round(ratio * 100)) < 1e-9):
+                raise KdcError(f"--prune ratios must be between 0.05 and 0.95 in steps of 0.01, got {ratio:g}")
+        if len(set(ratios)) != len(ratios):
+            raise KdcError(f"--prune lists a ratio twice: {self.prune}")
+        return ratios
 
     @property
     def kd(self) -> KdLoss:

@@ -180,6 +180,10 @@ def export_checkpoint(checkpoint: Path, path: Path, prep: Preprocessing, images:
     except Exception as exc:
         raise KdcError(f"cannot export {path.name}: its checkpoint {checkpoint} cannot be read ({exc})") from None
     model = create_model(*architecture)
+    if isinstance(meta.get("pruned"), dict):  # a student carved from the teacher: its channels as pruned
+        from kdcompress.train.prune import rebuild
+
+        rebuild(model, meta["pruned"]["structure"])
     load_weights(model, checkpoint)
     return export_onnx(model, path, prep, images)
 

@@ -53,7 +53,7 @@ def prepare(config: CompressConfig, reporter: Reporter) -> Prepared:
     """
     cfg = config.resolved()
     resolve_model_name(cfg.teacher)
-    for student in cfg.students:
+    for student in cfg.named_students:
         resolve_model_name(student)
     from kdcompress.train.accel import autotune, resolve_device, step_mode
     from kdcompress.train.loop import TrainSettings
@@ -69,7 +69,7 @@ def prepare(config: CompressConfig, reporter: Reporter) -> Prepared:
     # One forward pass of each model at the run's image size, before any training: a student that cannot take it
     # would otherwise fail after the teacher and the other students had trained.
     check_input_size(cfg.teacher, "--teacher", data.channels, data.image_size, "auto")  # the teacher recipe's stem rule
-    for student in cfg.students:
+    for student in cfg.named_students:
         check_input_size(student, "--student", data.channels, data.image_size, cfg.student_stem)
     settings = TrainSettings(
         epochs=cfg.epochs,  # type: ignore[arg-type]
@@ -165,11 +165,18 @@ def fair_start(prepared: Prepared, seed: int, teacher: Any, architecture: str | 
     from kdcompress.train.models import adapt_to_input, create_model, create_projection, zero_init_head
     from kdcompress.train.views import steps_per_epoch
 
+    from kdcompress.train.prune import prune, pruned_ratio
+
     cfg, data = prepared.cfg, prepared.data
     torch.manual_seed(seed)
-    initial = create_model(architecture or cfg.students[0], len(data.classes), data.channels, cfg.pretrained_student)
-    initial, stride = adapt_to_input(initial, data.image_size, cfg.student_stem)  # shared by every objective below
-    initial = zero_init_head(initial)  # uniform first predictions, as the teacher's (models.STUDENT_HEAD)
+    name = architecture or cfg.students[0]
+    ratio = pruned_ratio(name)
+    if ratio is not None:  # the teacher pruned: its weights, its stem and its head are the start (train.prune)
+        initial, stride = prune(teacher, ratio, data.channels, data.image_size), None
+    else:
+        initial = create_model(name, len(data.classes), data.channels, cfg.pretrained_student)
+        initial, stride = adapt_to_input(initial, data.image_size, cfg.student_stem)  # shared by every objective below
+        initial = zero_init_head(initial)  # uniform first predictions, as the teacher's (models.STUDENT_HEAD)
     torch.manual_seed(seed + 1)
     projection = create_projection(initial, teacher)
     settings = replace(prepared.settings, seed=seed)
