@@ -603,3 +603,20 @@ def test_a_read_only_run_is_benchmarked_and_said_not_saved(tiny_run, tmp_path, m
     fails_cleanly(result, "could not write the benchmark files")
     assert "p50 ms" in result.stdout and "it is benchmarked without its lock" in " ".join(result.output.split())
     assert not (run / "benchmark.json").exists()
+
+
+def test_each_cpu_point_gets_its_load_time_first_inference_and_memory_from_a_process_of_its_own(tiny_run, tmp_path):
+    # Issue #45, item 2: measured in a child per point, even under --quick when --max-ram asks; a swapped file is
+    # refused by the child as by every reader of a run.
+    from kdcompress.deploy.footprint import footprint
+    from kdcompress.deploy.frontier import Budget
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    result = benchmark_run(run, quick=True, gpu=False, targets=["onnxruntime-cpu"], budget=Budget(max_ram=10_000))
+    for point in result.points():
+        assert point.footprint["load_ms"] > 0 and point.footprint["first_ms"] > 0 and point.footprint["peak_mb"] >= 0
+    assert result.recommendation["meets"] and result.recommendation["budget"]["max_ram_mb"] == 10_000
+    assert all(p.footprint is None for p in benchmark_run(run, quick=True, gpu=False, targets=["onnxruntime-cpu"]).points())
+    with pytest.raises(RuntimeError, match="is not the file the run wrote"):
+        footprint(run / "student.onnx", "0" * 64, "onnxruntime-cpu", "native", 1, [1, 1, 16, 16])

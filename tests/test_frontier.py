@@ -155,7 +155,7 @@ def test_benchmark_marks_the_frontier_and_recommends_under_a_budget(tiny_run, tm
     points = [p for m in saved["models"].values() for p in m["points"]]
     assert all(set(p["pareto"]) == {"latency", "size"} for p in points) and any(p["pareto"]["latency"] for p in points)
     rec = saved["recommendation"]
-    assert rec["meets"] and rec["model"] != "teacher" and rec["budget"] == {"max_ms": 1000, "max_mb": None, "max_drop_points": 100}
+    assert rec["meets"] and rec["model"] != "teacher" and rec["budget"] == {"max_ms": 1000, "max_mb": None, "max_drop_points": 100, "max_ram_mb": None}
     best = max(p["accuracy"] for p in points if p["role"] != "teacher")
     chosen = next(p for p in points if p["role"] == rec["model"] and p["target"] == rec["target"] and p["precision"] == rec["precision"])
     assert chosen["accuracy"] == best or rec["point"] in rec["tied"]  # the most accurate, or tied with it within noise
@@ -208,5 +208,23 @@ def test_the_teachers_own_int8_file_competes_and_wins_where_it_is_the_most_accur
     out = recommend([*POINTS, teacher_int8], "teacher", Budget(max_ms=2), "here")
     assert out["file"] == "teacher-int8.onnx" and out["meets"]
     assert "8.42x faster than the teacher there" in out["words"] and "vs its baseline" not in out["words"]
+    assert "it is the teacher itself, in another format: no training" in out["words"]
     # beyond the budget it is never chosen: the student's INT8 file is
     assert recommend([*POINTS, teacher_int8], "teacher", Budget(max_ms=1.5), "here")["file"] == "student-int8.onnx"
+
+
+def test_max_ram_chooses_within_the_memory_budget_by_the_same_tie_rule():
+    # Issue #45: the student's INT8 file adds the most memory here; a RAM budget passes it over for the next tied
+    # point, and a point whose memory was not measured is never within a RAM budget.
+    def with_ram(point, ram):
+        return Point(**{**point.__dict__, "ram_mb": ram})
+
+    points = [with_ram(TEACHER, 90.0), with_ram(BASELINE, 20.0), with_ram(STUDENT, 20.0), with_ram(INT8, 40.0), with_ram(FP16, 15.0)]
+    assert recommend(points, "teacher", Budget(max_ms=2), "here")["file"] == "student-int8.onnx"
+    out = recommend(points, "teacher", Budget(max_ms=2, max_ram=30), "here")
+    assert out["file"] == "student.onnx" and out["budget"]["max_ram_mb"] == 30
+    assert "<= 30 MB of RAM" in out["words"] and "It adds 20 MB of resident memory when loaded." in out["words"]
+    unmeasured = [points[0], points[1], Point(**{**STUDENT.__dict__}), points[3]]
+    assert recommend(unmeasured, "teacher", Budget(max_ms=2, max_ram=30), "here")["file"] == "baseline.onnx"
+    with pytest.raises(KdcError, match="--max-ram must be above 0"):
+        Budget(max_ram=0)

@@ -371,16 +371,22 @@ def benchmark(
     max_ms: Optional[float] = typer.Option(None, "--max-ms", help="Budget: latency at batch 1 on the point's own target, in ms (as timed here).", rich_help_panel="Budget"),
     max_mb: Optional[float] = typer.Option(None, "--max-mb", help="Budget: ONNX file size, in MB.", rich_help_panel="Budget"),
     max_drop: Optional[float] = typer.Option(None, "--max-drop", help="Budget: accuracy points below the teacher.", rich_help_panel="Budget"),
+    max_ram: Optional[float] = typer.Option(
+        None, "--max-ram", help="Budget: MB of resident memory the loaded model adds (measured in a process per point).", rich_help_panel="Budget"
+    ),
 ) -> None:
     """Every ONNX file of a run on every runtime that can run it here, the frontier, and the point to ship.
 
     A point is (file, target, precision): onnxruntime on the CPU (and CUDA), OpenVINO on the CPU at f32 and at its
     default precision where that is not f32 (bf16 on CPUs with avx512_bf16 or AMX). Each point's accuracy comes from
     its own predictions; all are timed interleaved in one process. The Pareto frontier (accuracy vs latency, vs size)
-    runs over every point. With a budget (--max-ms, --max-mb, --max-drop) it names the point to ship: of those within
+    runs over every point. Each CPU point's load time, first inference and the resident memory it adds are measured
+    in a process of its own (not with --quick, unless --max-ram asks). With a budget (--max-ms, --max-mb,
+    --max-drop, --max-ram) it names the point to ship: of those within
     every limit that no other beats beyond noise, the fastest, then the smallest; never the teacher, and never a
-    format that is not faster than its FP32 file on the same target unless the budget limits size. Writes
-    benchmark.json, benchmark.md (with the Python that runs the chosen point) and benchmark.png into each run folder.
+    format that is not faster than its FP32 file on the same target unless the budget limits size. The recommended
+    file and every INT8 file no faster than its FP32 file are then profiled layer by layer (onnxruntime's profiler).
+    Writes benchmark.json, benchmark.md (with the Python that runs the chosen point) and benchmark.png into each run.
     """
     from kdcompress.deploy.frontier import Budget
     from kdcompress.deploy.manifest import resolve_runs
@@ -389,7 +395,7 @@ def benchmark(
     from kdcompress.runs.benchmark import benchmark_and_save
 
     reporter = RichReporter(stderr)
-    budget = Budget(max_ms, max_mb, max_drop)
+    budget = Budget(max_ms, max_mb, max_drop, max_ram)
     targets = options.names(target) if target else None
     command = " ".join(["kdc", *map(shlex.quote, sys.argv[1:])]) if sys.argv[1:2] == ["benchmark"] else None
     results, broken = [], []
@@ -435,7 +441,7 @@ def _benchmark_command(run_dir: Path, target: str | None, threads: int, batch: i
     parts += ["--target", target] if target else []
     parts += [] if gpu else ["--no-gpu"]
     parts += ["--quick"] if quick else []
-    for flag, value in (("--max-ms", budget.max_ms), ("--max-mb", budget.max_mb), ("--max-drop", budget.max_drop)):
+    for flag, value in (("--max-ms", budget.max_ms), ("--max-mb", budget.max_mb), ("--max-drop", budget.max_drop), ("--max-ram", budget.max_ram)):
         parts += [flag, f"{value:g}"] if value is not None else []
     return " ".join(parts)
 

@@ -121,6 +121,8 @@ def benchmark_run(
 
         gc.collect()
     after = machine()
+    if not quick or (budget is not None and budget.max_ram is not None):
+        _footprints(models, run_dir, manifest, threads, notes, reporter)
     result = BenchmarkResult(
         run=manifest.run, run_dir=str(run_dir), dataset=manifest.dataset.name, test_images=int(len(labels)),
         classes=manifest.dataset.classes, machine=_machine_record(before, after, threads, [n for n, why in chosen.items() if not why]),
@@ -135,6 +137,26 @@ def benchmark_run(
     _frontier(result, correct, budget or Budget())
     _profile(result, run_dir, manifest, images, threads, reporter)
     return result
+
+
+def _footprints(models: dict[str, ModelResult], run_dir: Path, manifest: Any, threads: int, notes: list[str], reporter: Reporter) -> None:
+    """Each CPU point's load time, first inference and added peak memory, each in a child process of its own
+    (deploy.footprint), after the timings; a point whose child fails gets a note and no footprint."""
+    from kdcompress.deploy.footprint import footprint
+    from kdcompress.deploy.manifest import run_file
+
+    prep = manifest.preprocessing
+    shape = [1, prep.channels, prep.image_size, prep.image_size]
+    points = [(role, p) for role, m in models.items() for p in m.points if TARGETS[p.target].target.device == "cpu"]
+    with reporter.progress("load, first inference and memory, a process per point", total=len(points)) as advance:
+        for role, point in points:
+            entry = manifest.models[role]
+            try:
+                point.footprint = footprint(run_file(run_dir, entry.onnx), entry.details.get("sha256"), point.target,
+                                            point.precision, threads, shape)  # fmt: skip
+            except Exception as exc:  # the child's own failure (a runtime that cannot load it there): one note
+                notes.append(f"{point.key}: load, first inference and memory not measured ({_said(exc)})")
+            advance(1)
 
 
 def _profile(result: BenchmarkResult, run_dir: Path, manifest: Any, images: np.ndarray, threads: int, reporter: Reporter) -> None:
@@ -288,6 +310,7 @@ def points_of(result: BenchmarkResult, correct: dict[str, np.ndarray] | None = N
                 source=twin.key if twin else None, baseline=baseline.reference.key if baseline else None,
                 role=role, target=p.target, precision=p.precision, correct=None if correct is None else correct[p.key],
                 sensitivity=p.metrics.get("sensitivity"), specificity=p.metrics.get("specificity"),
+                ram_mb=p.footprint["peak_mb"] if p.footprint else None,
             ))  # fmt: skip
     return out
 

@@ -29,6 +29,7 @@ class Point:
     correct: Any = field(default=None, compare=False, repr=False)  # which test images it gets right (the noise rule)
     sensitivity: float | None = None  # two classes: recall of class 1 (e.g. PNEUMONIA)
     specificity: float | None = None  # two classes: recall of class 0
+    ram_mb: float | None = None  # the peak resident memory it adds (deploy.footprint); None: not measured
 
     @property
     def model(self) -> str:
@@ -42,12 +43,14 @@ class Budget:
     max_ms: float | None = None
     max_mb: float | None = None
     max_drop: float | None = None
+    max_ram: float | None = None  # MB of resident memory the point adds (deploy.footprint)
 
     def __post_init__(self) -> None:
-        for flag, value in (("--max-ms", self.max_ms), ("--max-mb", self.max_mb), ("--max-drop", self.max_drop)):
+        limits = (("--max-ms", self.max_ms), ("--max-mb", self.max_mb), ("--max-drop", self.max_drop), ("--max-ram", self.max_ram))
+        for flag, value in limits:
             if value is not None and not math.isfinite(value):
                 raise KdcError(f"{flag} must be a finite number, got {value:g}: leave the option out for no limit")
-        for flag, value in (("--max-ms", self.max_ms), ("--max-mb", self.max_mb)):
+        for flag, value in (("--max-ms", self.max_ms), ("--max-mb", self.max_mb), ("--max-ram", self.max_ram)):
             if value is not None and not value > 0:
                 raise KdcError(f"{flag} must be above 0, got {value:g}")
         if self.max_drop is not None and not 0 <= self.max_drop <= 100:
@@ -55,12 +58,13 @@ class Budget:
 
     @property
     def given(self) -> bool:
-        return any(v is not None for v in (self.max_ms, self.max_mb, self.max_drop))
+        return any(v is not None for v in (self.max_ms, self.max_mb, self.max_drop, self.max_ram))
 
     def describe(self) -> str:
         parts = [f"<= {self.max_ms:g} ms"] if self.max_ms is not None else []
         parts += [f"<= {self.max_mb:g} MB"] if self.max_mb is not None else []
         parts += [f"<= {self.max_drop:g} points below the teacher"] if self.max_drop is not None else []
+        parts += [f"<= {self.max_ram:g} MB of RAM"] if self.max_ram is not None else []
         return ", ".join(parts)
 
     def excess(self, point: Point, teacher: Point) -> list[float]:
@@ -73,6 +77,8 @@ class Budget:
         drop = drop_points(point, teacher)
         if self.max_drop is not None and drop > self.max_drop:
             over.append((drop - self.max_drop) / max(1.0, self.max_drop))
+        if self.max_ram is not None and (point.ram_mb is None or point.ram_mb > self.max_ram):  # unmeasured: not within it
+            over.append(1.0 if point.ram_mb is None else point.ram_mb / self.max_ram - 1)
         return over
 
 
@@ -138,7 +144,7 @@ def recommend(points: list[Point], teacher: str, budget: Budget, where: str) -> 
     else:
         chosen, words = None, f"Nothing to recommend: no model but the teacher is faster than its source here. Measured on {where}."
     return {
-        "budget": {"max_ms": budget.max_ms, "max_mb": budget.max_mb, "max_drop_points": budget.max_drop},
+        "budget": {"max_ms": budget.max_ms, "max_mb": budget.max_mb, "max_drop_points": budget.max_drop, "max_ram_mb": budget.max_ram},
         "meets": chosen is not None and bool(meets),
         "point": chosen.name if chosen else None,
         "file": chosen.file if chosen else None,
@@ -198,9 +204,12 @@ def _describe(p: Point, twin: Point, top: Point, by_name: dict[str, Point], wher
 
         verdict = compare(np.atleast_2d(p.correct), np.atleast_2d(baseline.correct)).to_dict()
         text += f"; vs its baseline {verdict['delta']:+.1f} points, {_noise(verdict['verdict'])}"
+    elif p.baseline is None and p.source is not None:
+        text += "; it is the teacher itself, in another format: no training"
     elif p.baseline is None:
         text += "; it is the baseline itself"
-    return text + f"). Measured on {where}."
+    ram = f" It adds {p.ram_mb:.0f} MB of resident memory when loaded." if p.ram_mb is not None else ""
+    return text + f"). Measured on {where}.{ram}"
 
 
 def _ratio(teacher: float, mine: float, better: str, worse: str) -> str:

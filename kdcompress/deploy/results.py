@@ -8,7 +8,7 @@ from typing import Any
 from kdcompress.core.errors import KdcError
 from kdcompress.core.values import is_fraction, is_number, is_whole
 
-FORMAT = "kdcompress-benchmark/3"  # 3: per-layer profiles; 2: points keyed by target and precision (1: fixed cpu / gpu slots)
+FORMAT = "kdcompress-benchmark/3"  # 3: per-layer profiles, each point's load, first inference and memory; 2: points keyed by target and precision (1: fixed cpu / gpu slots)
 READABLE = (FORMAT, "kdcompress-benchmark/2")  # what from_dict reads: a /2 file is a /3 one without profiles
 UNITS = {
     "latency": "milliseconds per call, batch 1",
@@ -16,6 +16,7 @@ UNITS = {
     "file_mb": "megabytes (1e6 bytes)",
     "macs": "multiply-accumulates per image",
     "accuracy": "fraction in [0, 1]",
+    "footprint": "load_ms and first_ms: milliseconds; peak_mb: resident megabytes (1e6 bytes) the point added",
 }
 
 
@@ -35,6 +36,7 @@ class PointResult:
     metrics: dict[str, Any] = field(default_factory=dict)  # per class, confusion matrix; two classes: sensitivity ...
     device_batch1: dict[str, float] | None = None  # CUDA: input and output left on the device
     pareto: dict[str, bool] = field(default_factory=dict)  # on the accuracy-latency (latency) / accuracy-size (size) frontier
+    footprint: dict[str, float] | None = None  # load_ms, first_ms, peak_mb: deploy.footprint, in a child process (format 3)
 
     @property
     def key(self) -> str:
@@ -149,6 +151,8 @@ class BenchmarkResult:
                 need(is_whole(p.correct) and 0 <= p.correct <= self.test_images, f"{where} correct", p.correct)
                 need(isinstance(p.batch1, dict) and all(is_number(v) and v >= 0 for v in p.batch1.values()), f"{where} batch1", p.batch1)
                 need(is_number(p.images_per_s) and p.images_per_s >= 0, f"{where} images_per_s", p.images_per_s)
+                need(p.footprint is None or (isinstance(p.footprint, dict) and all(is_number(v) and v >= 0 for v in p.footprint.values())),
+                     f"{where} footprint", p.footprint)  # fmt: skip
         need(isinstance(self.profiles, dict), "profiles", self.profiles)
         for role, profile in self.profiles.items():
             ok = isinstance(profile, dict) and is_number(profile.get("kernels_ms")) and isinstance(profile.get("by_precision"), dict)

@@ -130,13 +130,22 @@ def point_rows(result: Any) -> list[list[str]]:
                     f"{point.images_per_s:.0f}",
                     "—" if role == roles.TEACHER else _x(ratios.get("faster_x")),
                     _pareto(point.pareto),
+                    *_footprint(point.footprint),
                 ]
             )
     return rows
 
 
+def _footprint(measured: dict[str, float] | None) -> list[str]:
+    """load ms, first inference ms, RAM MB of a point ('—' where not measured: --quick, a CUDA point)."""
+    if not measured:
+        return ["—"] * 3
+    return [f"{measured['load_ms']:.0f}", f"{measured['first_ms']:.1f}", f"{measured['peak_mb']:.0f}"]
+
+
 ACCURACY_HEADERS = ["model", "format", "test acc", "Δ pts vs teacher", "params", "MB", "x smaller", "MMACs/img"]
-POINT_HEADERS = ["model", "target", "precision", "test acc", "agrees", "p50 ms", "p99 ms", "img/s", "x faster", "frontier"]
+POINT_HEADERS = ["model", "target", "precision", "test acc", "agrees", "p50 ms", "p99 ms", "img/s", "x faster", "frontier",
+                 "load ms", "1st ms", "RAM MB"]  # fmt: skip
 
 
 def benchmark_context(result: Any) -> list[str]:
@@ -151,6 +160,11 @@ def benchmark_context(result: Any) -> list[str]:
         "agrees: share of test images whose top-1 class is the FP32 file's on onnxruntime-cpu; every accuracy is the "
         "point's own, from its own predictions",
     ]
+    if any(p.footprint for p in result.points()):
+        lines.append(
+            "load ms: session creation (OpenVINO: read and compile); 1st ms: the first inference at batch 1; RAM MB: the "
+            "peak resident memory the loaded model added; each point in a process of its own, after the timings"
+        )
     if m["busy"]:
         lines.append(
             f"WARNING: the machine was busy (other processes used {_share(m['cpu_busy_fraction'])} of the CPU before "
@@ -252,7 +266,7 @@ def _share(value: float | None) -> str:
 
 
 ACCURACY_OPTIONAL = ("MMACs/img", "params", "format", "x smaller")  # left out first where the terminal is narrow
-POINT_OPTIONAL = ("p99 ms", "agrees", "img/s", "frontier", "precision")
+POINT_OPTIONAL = ("p99 ms", "1st ms", "load ms", "agrees", "img/s", "frontier", "RAM MB", "precision")
 
 
 def benchmark_tables(result: Any, wide: bool = False) -> list[FittedTable]:
