@@ -91,7 +91,8 @@ def test_benchmark_json_carries_its_format_and_reads_back_into_its_type(tiny_run
         BenchmarkResult.from_dict({**saved, "format": "kdcompress-benchmark/1"})
     # format 3 adds the per-layer profile of the recommended model; a format 2 file (none) is still read
     chosen = saved["recommendation"]["model"]
-    assert list(saved["profiles"]) == [chosen] and saved["profiles"][chosen]["by_precision"]
+    assert list(saved["profiles"]) == [chosen] and saved["profiles"][chosen][0]["by_precision"]
+    assert [p["target"] for p in saved["profiles"][chosen]] == ["onnxruntime-cpu", "openvino-cpu"]  # both runtimes
     older = {k: v for k, v in saved.items() if k != "profiles"} | {"format": "kdcompress-benchmark/2"}
     assert BenchmarkResult.from_dict(older).profiles == {}
     said = (run / "benchmark.md").read_text()

@@ -157,6 +157,11 @@ def test_quantize_adds_a_smaller_int8_and_an_fp16_student_to_the_run(tiny_run, t
     assert quantized["by_precision"]["int8"] > 0.3 and "convert" in quantized["by_precision"]
     assert "int8" not in plain["by_precision"] and set(plain["by_precision"]) <= {"fp32", "other"}
     assert quantized["runs"] == plain["runs"] == 3 and abs(sum(quantized["by_precision"].values()) - 1) < 1e-6
+    from kdcompress.deploy.profile import profile_openvino  # OpenVINO's counters name the kernel type it executed
+
+    quantized = profile_openvino(run / "student-int8.onnx", read_manifest(run).preprocessing, images, 1, runs=3)
+    plain = profile_openvino(run / "student.onnx", read_manifest(run).preprocessing, images, 1, runs=3)
+    assert quantized["by_precision"]["int8"] > 0.3 and "int8" not in plain["by_precision"] and "fp32" in plain["by_precision"]
     assert predict_images([_odd_images(tmp_path / "imgs")[0]], run=run, model="int8")["results"][0]["predictions"]
 
 

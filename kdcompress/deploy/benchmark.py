@@ -162,15 +162,21 @@ def _footprints(models: dict[str, ModelResult], run_dir: Path, manifest: Any, th
 def _profile(result: BenchmarkResult, run_dir: Path, manifest: Any, images: np.ndarray, threads: int, reporter: Reporter) -> None:
     """Per-layer profiles (deploy.profile), in a pass of their own after the timings: of the recommended model and of
     every INT8 file that is not faster than its FP32 file here, on onnxruntime-cpu."""
-    from kdcompress.deploy.profile import profile_onnxruntime
+    from kdcompress.deploy.profile import profile_onnxruntime, profile_openvino
 
     wanted = [r for r, verdict in result.int8_verdicts.items() if not verdict["faster"]]
     chosen = (result.recommendation or {}).get("model")
     wanted = ([chosen] if chosen in result.models else []) + [r for r in wanted if r != chosen]
+    openvino = not result.targets.get("openvino-cpu") and "openvino-cpu" in result.targets  # used in this benchmark
     for role in wanted:
-        reporter.info(f"profiling {role} layer by layer (onnxruntime's profiler, apart from the timings)")
+        reporter.info(f"profiling {role} layer by layer (the runtimes' own profilers, apart from the timings)")
         path = model_file(run_dir, role, manifest.models[role])
-        result.profiles[role] = profile_onnxruntime(path, manifest.preprocessing, images, threads)
+        result.profiles[role] = [profile_onnxruntime(path, manifest.preprocessing, images, threads)]
+        if openvino:
+            try:
+                result.profiles[role].append(profile_openvino(path, manifest.preprocessing, images, threads))
+            except Exception as exc:  # OpenVINO's own failure to run or count it: a note, the onnxruntime profile stays
+                result.notes.append(f"openvino-cpu cannot profile {path.name}: {_said(exc)}")
 
 
 def _score_model(

@@ -93,7 +93,7 @@ class BenchmarkResult:
     int8_verdicts: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # points that could not be run, and why
     recommendation: dict[str, Any] | None = None
-    profiles: dict[str, Any] = field(default_factory=dict)  # role -> deploy.profile's per-layer profile (format 3)
+    profiles: dict[str, Any] = field(default_factory=dict)  # role -> deploy.profile's per-layer profiles, one per runtime (format 3)
     command: str = ""
     saved: bool = False
     save_error: str | None = None
@@ -154,9 +154,11 @@ class BenchmarkResult:
                 need(p.footprint is None or (isinstance(p.footprint, dict) and all(is_number(v) and v >= 0 for v in p.footprint.values())),
                      f"{where} footprint", p.footprint)  # fmt: skip
         need(isinstance(self.profiles, dict), "profiles", self.profiles)
-        for role, profile in self.profiles.items():
-            ok = isinstance(profile, dict) and is_number(profile.get("kernels_ms")) and isinstance(profile.get("by_precision"), dict)
-            need(ok and isinstance(profile.get("layers"), list), f"{role}: its profile", profile)
+        for role, profiles in self.profiles.items():
+            need(isinstance(profiles, list), f"{role}: its profiles", profiles)
+            for profile in profiles:
+                ok = isinstance(profile, dict) and is_number(profile.get("kernels_ms")) and isinstance(profile.get("by_precision"), dict)
+                need(ok and isinstance(profile.get("layers"), list) and isinstance(profile.get("target"), str), f"{role}: its profile", profile)
         rec = self.recommendation
         need(rec is None or isinstance(rec, dict), "recommendation", rec)
         if rec is not None:

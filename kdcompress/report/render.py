@@ -188,8 +188,9 @@ def benchmark_context(result: Any) -> list[str]:
         lines.append(("" if verdict["faster"] else "WARNING: ") + whose + verdict["words"] + " (onnxruntime-cpu, as timed above)")
     from kdcompress.deploy.profile import profile_words
 
-    for role, profile in result.profiles.items():  # profiled apart from the timings, after them
-        lines += profile_words(roles.label(role), profile)
+    for role, profiles in result.profiles.items():  # profiled apart from the timings, after them
+        for profile in profiles:
+            lines += profile_words(roles.label(role), profile)
     agreeing = [r for r, model in result.models.items() if model.agrees_with_manifest]
     if agreeing:
         lines.append(f"Accuracy from the ONNX files agrees with what compress recorded for: {', '.join(agreeing)}")
@@ -361,14 +362,15 @@ def benchmark_markdown(result: Any) -> str:
     lines += [f"- {line}" for line in benchmark_context(result)]
     for headers, rows in ((ACCURACY_HEADERS, accuracy_rows(result)), (POINT_HEADERS, point_rows(result))):
         lines += ["", *markdown_table(headers, rows)]
-    for role, profile in result.profiles.items():
-        shares = ", ".join(f"{precision} {share:.0%}" for precision, share in profile["by_precision"].items())
-        lines += ["", f"## Where {roles.label(role)}'s time goes ({profile['target']} profiler, {profile['runs']} runs at batch 1)", "",
-                  f"{profile['kernels_ms']:.3f} ms in kernels per image; by precision: {shares}.", ""]  # fmt: skip
-        rows = [[layer["name"], layer["op"], layer["precision"], f"{layer['ms']:.3f}", f"{layer['share']:.0%}"] for layer in profile["layers"]]
-        lines += markdown_table(["layer", "operator", "ran in", "ms", "share"], rows)
-        if profile["float_compute"] and "int8" in profile["by_precision"]:
-            lines += ["", f"Compute layers that stayed in float: {', '.join(profile['float_compute'])}."]
+    for role, profiles in result.profiles.items():
+        for profile in profiles:
+            shares = ", ".join(f"{precision} {share:.0%}" for precision, share in profile["by_precision"].items())
+            lines += ["", f"## Where {roles.label(role)}'s time goes ({profile['target']} profiler, {profile['runs']} runs at batch 1)",
+                      "", f"{profile['kernels_ms']:.3f} ms in kernels per image; by precision: {shares}.", ""]  # fmt: skip
+            rows = [[layer["name"], layer["op"], layer["precision"], f"{layer['ms']:.3f}", f"{layer['share']:.0%}"] for layer in profile["layers"]]
+            lines += markdown_table(["layer", "operator", "ran in", "ms", "share"], rows)
+            if profile["float_compute"] and "int8" in profile["by_precision"]:
+                lines += ["", f"Compute layers that stayed in float: {', '.join(profile['float_compute'])}."]
     lines += ["", "## Confusion matrices on onnxruntime-cpu (rows: true class, columns: predicted)", ""]
     for role, model in result.models.items():
         lines += [f"**{roles.label(role)}**", "", "| | " + " | ".join(result.classes) + " |"]
