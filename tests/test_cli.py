@@ -55,6 +55,8 @@ def test_help_states_the_loss_and_is_instant_without_torch():
         ("sweep", ["--seeds", "0"], "--seeds must be between 1 and 100"),
         ("sweep", ["--student", "resnet_18"], "unknown model 'resnet_18'"),
         ("compress", ["--unlabeled", "aux"], "--unlabeled aux uses cifar3's auxiliary images; digits has none"),
+        ("compress", ["--prune", "2"], "--prune ratios must be between 0.05 and 0.95"),
+        ("compress", ["--prune-to-ms", "0"], "--prune-to-ms must be between"),
         ("sweep", ["--unlabeled", "/no/such/images", "--kd-loss", "kl,dkd"], "images without labels lack: use kl or dist"),
         ("compress", ["--unlabeled", "/no/such/images", "--alpha", "0"], "would teach nothing"),
         ("compress", ["--unlabeled", "/no/such/images", *TINY], "--unlabeled folder not found: /no/such/images"),

@@ -107,3 +107,35 @@ def test_a_pruned_students_baseline_distilled_and_control_start_from_identical_w
         assert all(torch.equal(first[k], v) for k, v in objective.student.state_dict().items())
     with torch.no_grad():  # and that start is the teacher's own function, pruned: not a fresh network
         assert not torch.equal(made[0].student.get_classifier().weight, torch.zeros_like(made[0].student.get_classifier().weight))
+
+
+def test_prune_to_ms_picks_the_least_ratio_that_meets_the_latency_as_timed(monkeypatch):
+    # The search over the ratios, with latencies made up (10 ms x the share of channels kept): the first step within
+    # the target is found by bisection of the real pruned and exported models, and the words say what was measured.
+    from kdcompress.deploy import timing
+    from kdcompress.deploy.preprocessing import Preprocessing
+    from kdcompress.train import prune as module
+
+    made: list[float] = []
+    timed: list[float] = []
+    real_prune = module.prune
+
+    def counting(teacher, ratio, channels, size):
+        made.append(ratio)
+        return real_prune(teacher, ratio, channels, size)
+
+    def fake_latency(calls, **_):
+        ratio = made[-1] if timed else 0.0  # the first model timed is the teacher itself
+        timed.append(ratio)
+        return {name: {"p50_ms": 10.0 * (1 - ratio)} for name in calls}
+
+    monkeypatch.setattr(module, "prune", counting)
+    monkeypatch.setattr(timing, "interleaved_latency", fake_latency)
+    teacher = create_model("test_resnet", 10, 1).eval()
+    prep = Preprocessing(16, 1, (0.5,), (0.25,))
+    images = np.zeros((4, 1, 16, 16), np.uint8)
+    ratio, words = module.ratio_for_latency(teacher, 3.2, prep, images, NullReporter())
+    assert ratio == 0.7 and "pruned 70%, the least pruning within 3.2 ms" in words  # 10 x 0.3 = 3.0 <= 3.2 < 3.5
+    assert len(made) <= 6  # a bisection of 19 steps, not a scan
+    timed.clear()
+    assert module.ratio_for_latency(teacher, 50, prep, images, NullReporter())[0] is None  # the teacher meets it

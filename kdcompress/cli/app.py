@@ -146,6 +146,7 @@ def compress(
     dkd_warmup: float = options.DKD_WARMUP,
     student_stem: str = options.STUDENT_STEM,
     prune: Optional[str] = options.PRUNE,
+    prune_to_ms: Optional[float] = options.PRUNE_TO_MS,
     unlabeled: Optional[str] = options.UNLABELED,
     mixup: float = options.MIXUP,
     control: str = options.CONTROL,

@@ -31,7 +31,7 @@ PANELS = {
         "teacher_ema", "teacher_select", "teacher_balance", "teacher_epochs", "teacher_batch_size",
     ),
     STUDENTS: (
-        "student", "pretrained_student", "prune", "student_stem", "temperature", "alpha", "beta", "kd_loss", "dist_inter",
+        "student", "pretrained_student", "prune", "prune_to_ms", "student_stem", "temperature", "alpha", "beta", "kd_loss", "dist_inter",
         "dist_intra", "dkd_target", "dkd_nontarget", "dkd_warmup", "unlabeled", "mixup", "control",
     ),
     TRAINING: ("epochs", "batch_size", "lr", "weight_decay", "seed"),
@@ -152,6 +152,11 @@ PRUNE = option(
     "channels Torch-Pruning removes from every prunable layer group (L2 magnitude; the classifier kept). Each is a "
     "student named pruned50 ... with its baseline (fine-tuned with CE), distilled student (from the unpruned teacher) "
     "and control, all from the same pruned weights. A teacher it cannot prune is said in one line; the others go on."
+)
+PRUNE_TO_MS = option(
+    "prune_to_ms", "--prune-to-ms", help="Also the teacher pruned just enough to run within this many ms at batch 1 here: "
+    "the least ratio (0.05 steps) whose exported file meets it on onnxruntime-cpu with one thread, timed as kdc "
+    "benchmark times a point, added to --prune."
 )
 UNLABELED = option(
     "unlabeled", "--unlabeled", help="Images without labels for the distilled students: a folder (any layout; "

@@ -16,7 +16,7 @@ from kdcompress.core.errors import KdcError
 from kdcompress.core.roles import TEACHER
 from kdcompress.train import losses
 from kdcompress.train.config import CompressConfig
-from kdcompress.data.dataset import materialize
+from kdcompress.data.dataset import batches, materialize
 from kdcompress.train.collectives import broadcast_object
 from kdcompress.train.fair import control_smoothing, fair_start, prepare, Prepared, teacher_train_logits
 from kdcompress.core.files import write_json_atomic, write_yaml_atomic
@@ -156,10 +156,29 @@ def _train_all(
     cfg = run.cfg
     with phases("teacher"):
         teacher, teacher_record = load_or_train_teacher(cfg, run.data, run.prep, run.settings, reporter)
+    if cfg.prune_to_ms is not None:
+        with phases("prune to ms"):
+            _prune_to_ms(run, teacher, teacher_record, reporter)
     with phases("students"):
         done = _exporter(run, reporter, exports)
         done("teacher", teacher)
         return _train_students(run, reporter, teacher, teacher_record, done)
+
+
+def _prune_to_ms(run: Prepared, teacher: Any, teacher_record: dict[str, Any], reporter: Reporter) -> None:
+    """--prune-to-ms: the ratio whose pruned teacher meets the latency here (rank 0 measures, every rank gets it),
+    added to --prune; what was measured goes into the teacher's record."""
+    from dataclasses import replace
+
+    from kdcompress.train.prune import ratio_for_latency
+
+    cfg = run.cfg
+    found = ratio_for_latency(teacher, cfg.prune_to_ms, run.prep, next(batches(run.data.val_x, 8)), reporter) if run.world.main else None
+    ratio, words = broadcast_object(found)
+    reporter.info(f"--prune-to-ms {cfg.prune_to_ms:g}: {words}")
+    teacher_record["prune_to_ms"] = {"target_ms": cfg.prune_to_ms, "ratio": ratio, "words": words}
+    if ratio is not None and ratio not in cfg.prune_ratios:
+        run.cfg = replace(cfg, prune=",".join(f"{r:g}" for r in [*cfg.prune_ratios, ratio]))
 
 
 def _exporter(run: Prepared, reporter: Reporter, exports: Exports | None) -> Callable[[str, Any], None]:

@@ -37,6 +37,7 @@ class CompressConfig:
     pretrained: bool = False  # start the teacher from timm's ImageNet weights (needs the hub)
     pretrained_student: bool = False  # start both students from ImageNet weights (needs the hub)
     prune: str | None = None  # ratios, comma-separated: students carved from the teacher (train.prune: pruned50 ...)
+    prune_to_ms: float | None = None  # also the teacher pruned just enough to run within this latency here (train.prune)
     teacher_weights: str | None = None  # a trained teacher checkpoint to use instead of training one
     retrain_teacher: bool = False  # train the teacher even if an identical one is cached
     teacher_smoothing: float = 0.0  # label smoothing of the teacher's own training
@@ -126,6 +127,8 @@ class CompressConfig:
         if self.unlabeled is not None:
             self._check_unlabeled()
         self.prune_ratios  # noqa: B018 (refused in one line here, before anything loads)
+        if self.prune_to_ms is not None:
+            _check_range("--prune-to-ms", self.prune_to_ms, 0.001, 100_000.0)
         epochs = self.epochs or spec.epochs
         return replace(
             self,
