@@ -127,6 +127,7 @@ def compress(
     student: Optional[str] = options.STUDENT,
     pretrained: bool = options.PRETRAINED,
     pretrained_student: bool = options.PRETRAINED_STUDENT,
+    pretrained_students: Optional[str] = options.PRETRAINED_STUDENTS,
     teacher_weights: Optional[Path] = options.TEACHER_WEIGHTS,
     retrain_teacher: bool = options.RETRAIN_TEACHER,
     teacher_aux: bool = options.TEACHER_AUX,

@@ -31,7 +31,7 @@ PANELS = {
         "teacher_ema", "teacher_select", "teacher_balance", "teacher_epochs", "teacher_batch_size",
     ),
     STUDENTS: (
-        "student", "pretrained_student", "prune", "prune_to_ms", "student_stem", "temperature", "alpha", "beta", "kd_loss", "dist_inter",
+        "student", "pretrained_student", "pretrained_students", "prune", "prune_to_ms", "student_stem", "temperature", "alpha", "beta", "kd_loss", "dist_inter",
         "dist_intra", "dkd_target", "dkd_nontarget", "dkd_warmup", "unlabeled", "mixup", "control",
     ),
     TRAINING: ("epochs", "batch_size", "lr", "weight_decay", "seed"),
@@ -85,7 +85,11 @@ STUDENT = option(
     f"{per_dataset('student')}. kdc sweep: a sweep folder per student, OUT/STUDENT.",
 )
 PRETRAINED = option("pretrained", "--pretrained/--no-pretrained", help="Start the teacher from timm's ImageNet weights (downloads).")
-PRETRAINED_STUDENT = option("pretrained_student", "--pretrained-student/--no-pretrained-student", help="Start both students from ImageNet weights.")
+PRETRAINED_STUDENT = option("pretrained_student", "--pretrained-student/--no-pretrained-student", help="Start every student from ImageNet weights.")
+PRETRAINED_STUDENTS = option(
+    "pretrained_students", "--pretrained-students", help="Start only these students (comma-separated, among --student) "
+    "from ImageNet weights, the others from scratch: tf_efficientnet_lite0 beside resnet10t, say."
+)
 TEACHER_WEIGHTS = option("teacher_weights", "--teacher-weights", help="Use this trained teacher checkpoint (.pt) instead of training one.")
 RETRAIN_TEACHER = option("retrain_teacher", "--retrain-teacher/--no-retrain-teacher", help="Train the teacher even when an identical one was trained before.")
 TEACHER_AUX = option(

@@ -35,7 +35,8 @@ class CompressConfig:
     teacher: str | None = None  # any timm model name; None = the dataset's default (digits resnet34, others efficientnet_b3)
     student: str | None = None  # timm model name(s), comma-separated for several; None = the dataset's default students
     pretrained: bool = False  # start the teacher from timm's ImageNet weights (needs the hub)
-    pretrained_student: bool = False  # start both students from ImageNet weights (needs the hub)
+    pretrained_student: bool = False  # start every student from ImageNet weights (needs the hub)
+    pretrained_students: str | None = None  # or only these students, comma-separated (the others from scratch)
     prune: str | None = None  # ratios, comma-separated: students carved from the teacher (train.prune: pruned50 ...)
     prune_to_ms: float | None = None  # also the teacher pruned just enough to run within this latency here (train.prune)
     teacher_weights: str | None = None  # a trained teacher checkpoint to use instead of training one
@@ -127,6 +128,11 @@ class CompressConfig:
         if self.unlabeled is not None:
             self._check_unlabeled()
         self.prune_ratios  # noqa: B018 (refused in one line here, before anything loads)
+        if self.pretrained_students is not None:
+            chosen, named = split_students(self.pretrained_students), split_students(self.student or spec.student)
+            unknown = [name for name in chosen if name not in named]
+            if unknown:
+                raise KdcError(f"--pretrained-students names {', '.join(unknown)}, not a --student of this run ({', '.join(named)})")
         if self.prune_to_ms is not None:
             _check_range("--prune-to-ms", self.prune_to_ms, 0.001, 100_000.0)
         epochs = self.epochs or spec.epochs
@@ -165,6 +171,10 @@ class CompressConfig:
         from kdcompress.train.prune import pruned_name
 
         return self.named_students + [pruned_name(r) for r in self.prune_ratios]
+
+    def student_pretrained(self, name: str) -> bool:
+        """Whether student name starts from ImageNet weights: --pretrained-student (all), or --pretrained-students names it."""
+        return self.pretrained_student or (self.pretrained_students is not None and name in split_students(self.pretrained_students))
 
     @property
     def prune_ratios(self) -> list[float]:

@@ -174,7 +174,7 @@ def fair_start(prepared: Prepared, seed: int, teacher: Any, architecture: str | 
     if ratio is not None:  # the teacher pruned: its weights, its stem and its head are the start (train.prune)
         initial, stride = prune(teacher, ratio, data.channels, data.image_size), None
     else:
-        initial = create_model(name, len(data.classes), data.channels, cfg.pretrained_student)
+        initial = create_model(name, len(data.classes), data.channels, cfg.student_pretrained(name))
         initial, stride = adapt_to_input(initial, data.image_size, cfg.student_stem)  # shared by every objective below
         initial = zero_init_head(initial)  # uniform first predictions, as the teacher's (models.STUDENT_HEAD)
     torch.manual_seed(seed + 1)
