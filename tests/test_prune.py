@@ -10,7 +10,8 @@ from kdcompress.core.errors import KdcError
 from kdcompress.core.reporter import NullReporter
 from kdcompress.train.config import CompressConfig
 from kdcompress.train.models import count_parameters, create_model
-from kdcompress.train.prune import prune, pruned_name, pruned_ratio, rebuild, structure
+from kdcompress.core.roles import pruned_name, pruned_ratio
+from kdcompress.train.prune import prune, rebuild, structure
 
 from conftest import TINY_CONFIG
 
@@ -114,7 +115,7 @@ def test_prune_to_ms_picks_the_least_ratio_that_meets_the_latency_as_timed(monke
     # the target is found by bisection of the real pruned and exported models, and the words say what was measured.
     from kdcompress.deploy import timing
     from kdcompress.deploy.preprocessing import Preprocessing
-    from kdcompress.train import prune as module
+    from kdcompress.runs import prune_target as module
 
     made: list[float] = []
     timed: list[float] = []

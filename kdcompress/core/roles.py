@@ -92,3 +92,17 @@ def ordered(names: Iterable[str]) -> list[str]:
     order = [n for n in (TEACHER, *TEACHER_FORMATS) if n in names]
     order += [role(kind, s) for s in students for kind in KINDS if role(kind, s) in names]
     return order + [n for n in names if n not in order]  # anything else (a foreign role) last, as found
+
+
+PRUNED = re.compile(r"pruned(\d{1,2})")  # a student name that means "the teacher, this percent of channels removed"
+
+
+def pruned_name(ratio: float) -> str:
+    """0.5 -> 'pruned50': the student name (and file name part) of the teacher pruned at ratio (train.prune)."""
+    return f"pruned{round(ratio * 100)}"
+
+
+def pruned_ratio(name: str) -> float | None:
+    """'pruned50' -> 0.5; None for a name that is not a pruned student's."""
+    match = PRUNED.fullmatch(name)
+    return int(match.group(1)) / 100 if match else None

@@ -13,7 +13,7 @@ import numpy as np
 
 from kdcompress.core import roles
 from kdcompress.core.errors import KdcError
-from kdcompress.core.roles import TEACHER
+from kdcompress.core.roles import pruned_ratio, TEACHER
 from kdcompress.train import losses
 from kdcompress.train.config import CompressConfig
 from kdcompress.data.dataset import batches, materialize
@@ -26,7 +26,6 @@ from kdcompress.runs.environment import busy_warning, environment
 from kdcompress.runs.rundir import check_out, discard_run, prepare_run_dir, publish_run
 from kdcompress.core.reporter import NullReporter, Reporter
 from kdcompress.core.stats import attributions, compare_models
-from kdcompress.train.prune import pruned_ratio
 from kdcompress.train.teacher import load_or_train_teacher
 
 if TYPE_CHECKING:
@@ -170,7 +169,7 @@ def _prune_to_ms(run: Prepared, teacher: Any, teacher_record: dict[str, Any], re
     added to --prune; what was measured goes into the teacher's record."""
     from dataclasses import replace
 
-    from kdcompress.train.prune import ratio_for_latency
+    from kdcompress.runs.prune_target import ratio_for_latency
 
     cfg = run.cfg
     found = ratio_for_latency(teacher, cfg.prune_to_ms, run.prep, next(batches(run.data.val_x, 8)), reporter) if run.world.main else None

@@ -92,7 +92,8 @@ class SweepConfig:
         """The sweep's settings as `kdc sweep --config FILE.yaml` takes them (the grids as lists)."""
         grid = {"temperature": list(self.temperatures), "alpha": list(self.alphas), "beta": list(self.betas),
                 "kd-loss": list(self.kd_losses)}  # fmt: skip
-        base = self.base.to_options(leave_out=("temperature", "alpha", "beta", "kd_loss", "out", "int8", "from_sweep"))
+        compress_only = ("out", "int8", "from_sweep", "prune", "prune_to_ms", "pretrained_students")  # no such sweep option
+        base = self.base.to_options(leave_out=("temperature", "alpha", "beta", "kd_loss", *compress_only))
         out = str(Path(self.out).absolute()) if self.out else None
         return {**base, **grid, "seeds": self.seeds, "out": out}
 

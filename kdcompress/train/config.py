@@ -168,7 +168,7 @@ class CompressConfig:
     @property
     def students(self) -> list[str]:
         """Every student: the named architectures, then the teacher pruned at each --prune ratio (pruned50 ...)."""
-        from kdcompress.train.prune import pruned_name
+        from kdcompress.core.roles import pruned_name
 
         return self.named_students + [pruned_name(r) for r in self.prune_ratios]
 

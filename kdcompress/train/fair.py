@@ -165,7 +165,8 @@ def fair_start(prepared: Prepared, seed: int, teacher: Any, architecture: str | 
     from kdcompress.train.models import adapt_to_input, create_model, create_projection, zero_init_head
     from kdcompress.train.views import steps_per_epoch
 
-    from kdcompress.train.prune import prune, pruned_ratio
+    from kdcompress.core.roles import pruned_ratio
+    from kdcompress.train.prune import prune
 
     cfg, data = prepared.cfg, prepared.data
     torch.manual_seed(seed)

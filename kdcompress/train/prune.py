@@ -1,6 +1,6 @@
 """Students carved from the teacher: structured pruning by Torch-Pruning, the teacher's own knowledge kept.
 
-`kdc compress --prune 0.5,0.8` adds a student per ratio, named `pruned50`, `pruned80`: the trained teacher with that
+`kdc compress --prune 0.5,0.8` adds a student per ratio, named `pruned50`, `pruned80` (core.roles.pruned_name): the trained teacher with that
 share of the channels of every prunable layer group removed physically (Torch-Pruning's dependency graph keeps
 coupled layers consistent: residual sums, depthwise convolutions, squeeze-excitation), ranked by the L2 norm of each
 group's weights (`GroupMagnitudeImportance`, p=2, the DepGraph paper's default); the classifier keeps its outputs. The
@@ -16,25 +16,12 @@ checkpoint's weights then load as for any model. The structure is kept in the ch
 from __future__ import annotations
 
 import copy
-import re
 from typing import Any
 
 from kdcompress.core.errors import KdcError
 
-PRUNED = re.compile(r"pruned(\d{1,2})")  # a student name that means "the teacher, this percent of channels removed"
 ATTRIBUTES = ("in_channels", "out_channels", "groups", "in_features", "out_features", "num_features", "num_channels",
               "normalized_shape", "num_groups")  # fmt: skip
-
-
-def pruned_name(ratio: float) -> str:
-    """0.5 -> 'pruned50': the student name (and file name part) of the teacher pruned at ratio."""
-    return f"pruned{round(ratio * 100)}"
-
-
-def pruned_ratio(name: str) -> float | None:
-    """'pruned50' -> 0.5; None for a name that is not a pruned student's."""
-    match = PRUNED.fullmatch(name)
-    return int(match.group(1)) / 100 if match else None
 
 
 def prune(teacher: Any, ratio: float, channels: int, image_size: int) -> Any:
@@ -121,48 +108,3 @@ def rebuild(model: Any, recorded: dict[str, dict[str, Any]]) -> Any:
 
 def _plain(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
-
-
-RATIO_STEPS = tuple(round(0.05 * i, 2) for i in range(1, 20))  # what --prune-to-ms searches: 0.05 ... 0.95
-
-
-def ratio_for_latency(teacher: Any, target_ms: float, prep: Any, images: Any, reporter: Any) -> tuple[float | None, str]:
-    """The smallest ratio of RATIO_STEPS whose pruned teacher, exported to ONNX, runs at batch 1 within target_ms on
-    onnxruntime's CPU provider with one thread, timed here as kdc benchmark times a point (latency falls as the ratio
-    grows, so a bisection of the steps). Returns the ratio (None: the teacher itself is within the target already) and
-    what was measured, in words."""
-    import tempfile
-    from pathlib import Path
-
-    from kdcompress.deploy.preprocessing import normalize
-    from kdcompress.deploy.targets import create_session, session_call
-    from kdcompress.deploy.timing import interleaved_latency
-    from kdcompress.train.export import export_onnx
-
-    one = normalize(images[:1], prep)
-    measured: dict[float, float] = {}
-
-    def latency(ratio: float, folder: Path) -> float:
-        model = teacher if ratio == 0 else prune(teacher, ratio, prep.channels, prep.image_size)
-        path = folder / f"{ratio:.2f}.onnx"
-        export_onnx(model, path, prep, images[:4])
-        call = session_call(create_session(path, "cpu", 1), one)
-        measured[ratio] = interleaved_latency({"p": call}, warmup=10, runs=100, min_seconds=1.0)["p"]["p50_ms"]
-        reporter.info(f"--prune-to-ms: {'the teacher' if ratio == 0 else f'pruned {ratio:.0%}'} runs at {measured[ratio]:.2f} ms")
-        return measured[ratio]
-
-    with tempfile.TemporaryDirectory(prefix="kdc-prune-to-ms-") as folder:
-        if latency(0.0, Path(folder)) <= target_ms:
-            return None, f"the teacher itself runs at {measured[0.0]:.2f} ms, within {target_ms:g} ms: no pruned student is needed"
-        low, high = 0, len(RATIO_STEPS) - 1
-        if latency(RATIO_STEPS[high], Path(folder)) > target_ms:
-            return RATIO_STEPS[high], (f"even pruned {RATIO_STEPS[high]:.0%} it runs at {measured[RATIO_STEPS[high]]:.2f} ms, "
-                                       f"over {target_ms:g} ms: that ratio is used, the closest")  # fmt: skip
-        while low < high:  # RATIO_STEPS[high] meets the target; find the first that does
-            middle = (low + high) // 2
-            if latency(RATIO_STEPS[middle], Path(folder)) <= target_ms:
-                high = middle
-            else:
-                low = middle + 1
-    ratio = RATIO_STEPS[high]
-    return ratio, f"pruned {ratio:.0%}, the least pruning within {target_ms:g} ms, runs at {measured[ratio]:.2f} ms here (onnxruntime-cpu, 1 thread, batch 1)"
