@@ -10,12 +10,12 @@ import torch
 import torch.nn.functional as F
 
 from kdcompress.train import losses
-from kdcompress.train.config import CompressConfig
+from kdcompress.train.config import CompressConfig, SweepConfig
 from kdcompress.train.fair import fair_start, prepare
 from kdcompress.train.models import create_model
 from kdcompress.core.reporter import NullReporter
 from kdcompress.core.stats import attribution
-from kdcompress.runs.sweep import choose_by_validation, summarize, sweep, SweepConfig
+from kdcompress.runs.sweep import choose_by_validation, summarize, sweep
 from kdcompress.train.loop import fit
 from conftest import TINY_CONFIG
 

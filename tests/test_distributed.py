@@ -15,12 +15,12 @@ import torch
 
 from conftest import REPO, TINY, runner, fails_cleanly
 from kdcompress.cli import app
-from kdcompress.train.config import CompressConfig
+from kdcompress.train.config import CompressConfig, SweepConfig
 from kdcompress.train.collectives import revert_sync_batchnorm, shard
 from kdcompress.deploy.manifest import read_manifest
 from kdcompress.train.models import create_model
 from kdcompress.cli.options import without_nproc
-from kdcompress.runs.sweep import sweep, SweepConfig
+from kdcompress.runs.sweep import sweep
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
 SWEEP_GRID = ["--T", "2,4", "--alpha", "0.5", "--beta", "0,0.3", "--seeds", "1", "--control", "none"]

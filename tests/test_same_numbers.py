@@ -27,7 +27,8 @@ def tiny_numbers(root: Path) -> dict:
     """Per-epoch losses and test scores of a tiny compress and a 2-cell, 1-seed sweep that reuses its teacher."""
     from kdcompress.train.config import CompressConfig
     from kdcompress.runs.compress import compress
-    from kdcompress.runs.sweep import sweep, SweepConfig
+    from kdcompress.runs.sweep import sweep
+    from kdcompress.train.config import SweepConfig
 
     run = compress(CompressConfig(**TINY_CONFIG, out=str(root / "run")))
     history = json.loads((run.run_dir / "history.json").read_text())

@@ -8,14 +8,14 @@ import pytest
 import torch
 
 from kdcompress.cli import app
-from kdcompress.train.config import CompressConfig
+from kdcompress.train.config import CompressConfig, SweepConfig
 from kdcompress.data.dataset import load_dataset
 from kdcompress.core.errors import KdcError
 from kdcompress.deploy.manifest import read_manifest
 from kdcompress.train.models import create_model, create_projection
 from kdcompress.train.objectives import Distillation
 from kdcompress.core.reporter import NullReporter
-from kdcompress.runs.sweep import sweep, SweepConfig
+from kdcompress.runs.sweep import sweep
 from kdcompress.train.teacher import record_teacher
 from kdcompress.train.loop import clone_model, fit, TrainSettings
 from conftest import TINY_CONFIG, Recorder, runner, fails_cleanly

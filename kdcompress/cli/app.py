@@ -17,14 +17,13 @@ from typing import Any, Callable, Optional
 import typer
 from rich.markup import escape
 
-from kdcompress.train.config import CompressConfig
+from kdcompress.train.config import CompressConfig, SweepConfig
 from kdcompress.core.errors import KdcError
 from kdcompress.train.losses import FORMULA, FORMULA_NOTES
 from kdcompress.cli import options
 from kdcompress.cli.config_file import CONFIG
 from kdcompress.cli.output import fail, say, stderr, stdout
 from kdcompress.cli.options import grid_default, option
-from kdcompress.runs.sweep import SweepConfig
 
 app = typer.Typer(
     name="kdc",

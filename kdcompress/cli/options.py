@@ -11,10 +11,9 @@ from typing import Any, Optional
 
 import typer
 
-from kdcompress.train.config import CompressConfig
+from kdcompress.train.config import CompressConfig, SweepConfig
 from kdcompress.core.errors import KdcError
 from kdcompress.data.specs import DATASETS
-from kdcompress.runs.sweep import SweepConfig
 
 DEFAULTS = {f.name: f.default for f in fields(CompressConfig)}  # every option's default, stated once: in the dataclass
 SWEEP_DEFAULTS = {f.name: f.default for f in fields(SweepConfig)}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -22,6 +23,7 @@ SELECTIONS = ("accuracy", "loss")  # how the teacher's kept epoch is chosen on v
 PATHS = ("data_dir", "teacher_weights", "artifacts", "out", "from_sweep")  # the settings that name files or folders
 
 
+Cell = tuple[float, float, float, str]  # (T, alpha, beta, KD loss): one distilled point of a sweep's grid
 UNLABELED_AUX = "aux"  # --unlabeled aux: the dataset's auxiliary images (cifar3: CIFAR-10's 7 other classes), labels dropped
 
 
@@ -257,3 +259,63 @@ def number_text(value: float) -> str:
     if isinstance(value, int) or (isinstance(value, float) and value.is_integer() and abs(value) < 1e16):
         return str(int(value))
     return f"{value:g}"
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """A grid of (T, alpha, beta, KD loss) over seeds; everything else comes from a compress configuration."""
+
+    base: CompressConfig
+    # The default grid, 2 x 2 x 2 = 8 students a seed (its cost: benchmarks/sweep_cost.py).
+    temperatures: tuple[float, ...] = (1.0, 4.0)
+    alphas: tuple[float, ...] = (0.5, 0.9)
+    betas: tuple[float, ...] = (0.0, 0.3)
+    kd_losses: tuple[str, ...] = ("kl",)  # --kd-loss kl,dist,dkd: each a grid axis value (losses.KD_LOSSES)
+    seeds: int = 3  # seeds base.seed, base.seed + 1, ...
+    out: str | None = None  # sweep folder; default <artifacts>/sweep-<dataset>
+
+    def resolved(self) -> "SweepConfig":
+        """Validate every grid value with compress's own ranges and fill the defaults."""
+        base = replace(self.base, int8=False).resolved()
+        if not 1 <= self.seeds <= 100:
+            raise KdcError(f"--seeds must be between 1 and 100, got {self.seeds}")
+        for flag, values, field in (
+            ("--T", self.temperatures, "temperature"),
+            ("--alpha", self.alphas, "alpha"),
+            ("--beta", self.betas, "beta"),
+        ):
+            if not values:
+                raise KdcError(f"{flag} needs at least one value")
+            if len(set(values)) != len(values):
+                raise KdcError(f"{flag} lists a value twice: {', '.join(f'{v:g}' for v in values)}")
+            for value in values:
+                replace(base, **{field: value}).resolved()
+        if not self.kd_losses or len(set(self.kd_losses)) != len(self.kd_losses):
+            raise KdcError(f"--kd-loss needs each loss once, got '{','.join(self.kd_losses)}'")
+        for loss in self.kd_losses:
+            replace(base, kd_loss=loss).resolved()
+        return replace(self, base=base, out=self.out or str(Path(base.artifacts) / f"sweep-{base.dataset}"))
+
+    def to_options(self) -> dict[str, Any]:
+        """The sweep's settings as `kdc sweep --config FILE.yaml` takes them (the grids as lists)."""
+        grid = {"temperature": list(self.temperatures), "alpha": list(self.alphas), "beta": list(self.betas),
+                "kd-loss": list(self.kd_losses)}  # fmt: skip
+        compress_only = ("out", "int8", "from_sweep", "prune", "prune_to_ms", "pretrained_students")  # no such sweep option
+        base = self.base.to_options(leave_out=("temperature", "alpha", "beta", "kd_loss", *compress_only))
+        out = str(Path(self.out).absolute()) if self.out else None
+        return {**base, **grid, "seeds": self.seeds, "out": out}
+
+    def per_student(self) -> list[tuple[str, "SweepConfig"]]:
+        """The sweep of each student, resolved: one student sweeps into --out itself; several, each into --out/STUDENT."""
+        cfg = self.resolved()
+        if not cfg.base.several:
+            return [(cfg.base.student, cfg)]  # type: ignore[list-item]
+        return [(s, replace(cfg, base=replace(cfg.base, student=s), out=str(Path(cfg.out) / s))) for s in cfg.base.students]  # type: ignore[arg-type]
+
+    def cells(self) -> list[Cell]:
+        """Every (T, alpha, beta, KD loss) of the grid."""
+        return list(itertools.product(self.temperatures, self.alphas, self.betas, self.kd_losses))
+
+    def seed_list(self) -> list[int]:
+        """The seeds the sweep trains with."""
+        return [self.base.seed + i for i in range(self.seeds)]
