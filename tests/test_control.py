@@ -189,3 +189,15 @@ def test_images_without_labels_reach_the_distilled_student_alone_and_the_verdict
     said = with_images.details["attribution"]
     assert "Not the same data: the distilled student also learnt 200 images from" in said and "never saw" in said
     assert with_images.details["config"]["unlabeled"] == str(tmp_path / "unlabeled")
+
+
+def test_a_sweep_with_images_without_labels_says_its_comparison_is_not_data_equal():
+    # The recorded --unlabeled aux study (benchmarks/results): its summary says so; the same sweep without it does not.
+    from conftest import REPO
+    from kdcompress.report.sweep_render import sweep_context
+
+    results = json.loads((REPO / "benchmarks/results/study43-cifar3-unlabeled-aux/results.json").read_text())
+    assert sweep_context(results)[-1].startswith("Not the same data: the distilled students also learnt the images without "
+                                                 "labels of the dataset's auxiliary classes")  # fmt: skip
+    results["settings"]["unlabeled"] = None
+    assert not any(line.startswith("Not the same data") for line in sweep_context(results))
