@@ -168,7 +168,7 @@ def test_an_fp16_file_lists_each_node_after_its_inputs_and_counts_the_fp32_macs(
     assert count_macs(half) == count_macs(fp32) > 0
 
 
-# The third reliability probe (issue #33), benchmark's items.
+# The third reliability probe, benchmark's items.
 
 
 @pytest.mark.parametrize(
@@ -232,7 +232,7 @@ def test_benchmark_leaves_no_onnxruntime_id_in_home_and_runs_with_an_unwritable_
     assert json.loads(done.stdout)["models"]
 
 
-# Targets (issue #34): OpenVINO beside onnxruntime, every point judged by its own predictions.
+# Targets: OpenVINO beside onnxruntime, every point judged by its own predictions.
 
 
 def test_a_target_that_is_not_installed_is_one_line_and_the_rest_goes_on(tiny_run, tmp_path, monkeypatch):
@@ -293,7 +293,7 @@ def test_openvino_points_on_this_cpu_read_their_precision_back(tiny_run):
 
 @pytest.mark.parametrize("width", [80, 120])
 def test_tables_fit_80_and_120_columns_without_cutting_a_number(tiny_run, width):
-    # Issue #36, item 3: at 80 columns numbers were cut to "7…" and columns went blank.
+    # At 80 columns numbers were cut to "7…" and columns went blank.
     import io
 
     from rich.console import Console
@@ -315,7 +315,7 @@ def test_tables_fit_80_and_120_columns_without_cutting_a_number(tiny_run, width)
     assert wide.columns_for(80) == list(range(len(wide.headers)))  # --wide: every column
 
 
-# Writes, locks and runtimes that fail (issue #41): nothing written through a link or sent, no result lost.
+# Writes, locks and runtimes that fail: nothing written through a link or sent, no result lost.
 
 
 def _copy(run, tmp_path, name="run"):
@@ -607,7 +607,7 @@ def test_a_read_only_run_is_benchmarked_and_said_not_saved(tiny_run, tmp_path, m
 
 
 def test_each_cpu_point_gets_its_load_time_first_inference_and_memory_from_a_process_of_its_own(tiny_run, tmp_path):
-    # Issue #45, item 2: measured in a child per point, even under --quick when --max-ram asks; a swapped file is
+    # Measured in a child per point, even under --quick when --max-ram asks; a swapped file is
     # refused by the child as by every reader of a run.
     from kdcompress.deploy.footprint import footprint
     from kdcompress.deploy.frontier import Budget

@@ -103,7 +103,7 @@ def test_python_dash_m_runs_the_cli():
 
 
 def test_progress_is_plain_lines_with_time_left_when_not_a_terminal(monkeypatch):
-    # Issue #36, item 5: piped through tee, 3 minutes passed with nothing printed.
+    # Piped through tee, 3 minutes passed with nothing printed.
     import io
 
     from rich.console import Console

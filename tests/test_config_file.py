@@ -95,7 +95,7 @@ def test_a_missing_config_file_is_one_line(tmp_path):
     fails_cleanly(runner.invoke(app, ["sweep", "--config", str(tmp_path)]), "is a folder")
 
 
-# The third reliability probe (issue #33), --config's items.
+# The third reliability probe, --config's items.
 
 
 def test_a_yaml_alias_bomb_and_an_oversized_file_are_refused_at_once(tmp_path):

@@ -1,4 +1,4 @@
-"""The label-smoothing control and the sweep's choice on validation (issue #11, items 3 and 4)."""
+"""The label-smoothing control and the sweep's choice on validation."""
 
 import json
 import math
@@ -76,7 +76,7 @@ def test_attribution_says_regularisation_when_label_smoothing_matches_the_gain()
     assert "knowledge" in attribution({"student_vs_baseline": better, "student_vs_control": better})
     assert "no gain" in attribution({"student_vs_baseline": noise, "student_vs_control": better})
     assert attribution({"student_vs_baseline": better}) is None  # no control trained
-    # a loss beyond noise is said as a loss, not as "no gain" (issue #41, item 22)
+    # a loss beyond noise is said as a loss, not as "no gain"
     worse = attribution({"student_vs_baseline": {"verdict": "worse"}, "student_vs_control": {"verdict": "worse"}})
     assert worse.startswith("distillation cost accuracy: worse than the baseline beyond noise") and "no gain" not in worse
 

@@ -232,7 +232,7 @@ def test_too_few_images_to_split_is_a_clear_error(tmp_path):
 
 
 def test_an_unreadable_sub_folder_is_named_in_one_warning(tmp_path, monkeypatch):
-    # Issue #33, item 14. The tests run as root, for whom permission bits do not stop a read: the listing fails instead.
+    # The tests run as root, for whom permission bits do not stop a read: the listing fails instead.
     import os
 
     from conftest import Recorder
@@ -259,7 +259,7 @@ def test_an_unreadable_sub_folder_is_named_in_one_warning(tmp_path, monkeypatch)
 
 
 def test_what_kdc_assumes_about_a_users_folder_is_said(tmp_path):
-    # Issue #36, item 6: --data-dir chest_xray/train silently carved a test split although test/ sat beside it.
+    # --data-dir chest_xray/train once silently carved a test split although test/ sat beside it.
     from conftest import Recorder
 
     for split, n in (("train", {"a": 12, "b": 4}), ("test", {"a": 2, "b": 2})):
@@ -277,7 +277,7 @@ def test_what_kdc_assumes_about_a_users_folder_is_said(tmp_path):
     assert not any("sits beside it" in w for w in quiet.warnings)
 
 
-# Splits and folders a hostile user makes (issue #41)
+# Splits and folders a hostile user makes
 
 
 def test_a_small_class_keeps_an_image_in_the_test_split_or_is_refused(tmp_path):

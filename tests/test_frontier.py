@@ -170,7 +170,7 @@ def test_benchmark_refuses_a_bad_budget_in_one_line(tiny_run):
 
 
 def test_a_size_budget_may_ship_a_smaller_format_that_is_not_faster_and_says_so():
-    # Issue #33, item 9: --max-mb alone excluded every INT8 file as "not faster" and named a baseline over the budget.
+    # --max-mb alone once excluded every INT8 file as "not faster" and named a baseline over the budget.
     slow_int8 = pt("int8", 178, 2.2, 2.6, source="student", baseline="baseline", file="student-int8.onnx")
     points = [TEACHER, BASELINE, pt("student", 150, 2.0, 10.0, baseline="baseline"), slow_int8]
     chosen = recommend(points, "teacher", Budget(max_mb=3), "here")
@@ -203,7 +203,7 @@ def test_the_recommendation_says_what_the_shipped_models_gain_means_for_its_kind
 
 
 def test_the_teachers_own_int8_file_competes_and_wins_where_it_is_the_most_accurate_within_the_budget():
-    # Issue #44's table: the teacher's INT8 file (95.6% -> 96.0%, 4.6 -> 1.9 ms) against the distilled student's INT8.
+    # The measured case: the teacher's INT8 file (95.6% -> 96.0%, 4.6 -> 1.9 ms) against the distilled student's INT8.
     teacher_int8 = pt("teacher-int8", 181, 1.9, 11.0, source="teacher", file="teacher-int8.onnx")
     out = recommend([*POINTS, teacher_int8], "teacher", Budget(max_ms=2), "here")
     assert out["file"] == "teacher-int8.onnx" and out["meets"]
@@ -214,7 +214,7 @@ def test_the_teachers_own_int8_file_competes_and_wins_where_it_is_the_most_accur
 
 
 def test_max_ram_chooses_within_the_memory_budget_by_the_same_tie_rule():
-    # Issue #45: the student's INT8 file adds the most memory here; a RAM budget passes it over for the next tied
+    # The student's INT8 file adds the most memory here; a RAM budget passes it over for the next tied
     # point, and a point whose memory was not measured is never within a RAM budget.
     def with_ram(point, ram):
         return Point(**{**point.__dict__, "ram_mb": ram})

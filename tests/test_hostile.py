@@ -1,4 +1,4 @@
-"""The second reliability probe (issue #23), as a hostile new user tries it: nothing lost, nothing run that should not be.
+"""The second reliability probe, as a hostile new user tries it: nothing lost, nothing run that should not be.
 
 Each test names the probe's item. User errors are one `error:` line, exit code 1, no traceback, and leave
 nothing behind.

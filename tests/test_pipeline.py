@@ -285,7 +285,7 @@ def test_stride_one_stem_is_used_for_small_inputs_and_survives_a_checkpoint(tmp_
     assert torch.load(tiny_run / "checkpoints" / "teacher.pt", weights_only=True)["stem_stride"] == 1
 
 
-# The third reliability probe (issue #33), compress's items.
+# The third reliability probe, compress's items.
 
 
 @pytest.mark.parametrize(

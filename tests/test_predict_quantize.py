@@ -132,7 +132,7 @@ def test_quantize_adds_a_smaller_int8_and_an_fp16_student_to_the_run(tiny_run, t
     assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in weights)
     assert not any(t.data_type == onnx.TensorProto.FLOAT and len(t.dims) == 4 for t in weights)  # no FP32 conv weights left
     assert 1.8 < (run / "student.onnx").stat().st_size / half["onnx_bytes"] < 2.2
-    # The teacher's own files (issue #44): made, chosen on validation and scored the same way, without a baseline.
+    # The teacher's own files: made, chosen on validation and scored the same way, without a baseline.
     teacher8 = read_manifest(run).models["teacher-int8"]
     assert teacher8.onnx == "teacher-int8.onnx" and teacher8.details["quantization"]["chosen_on"] == "validation_set"
     assert teacher8.details["quantization"]["fp32_accuracy"] == read_manifest(run).models["teacher"].test_accuracy
@@ -148,7 +148,7 @@ def test_quantize_adds_a_smaller_int8_and_an_fp16_student_to_the_run(tiny_run, t
     assert bench.models["teacher-int8"].format == "INT8" and bench.models["teacher-int8"].source == "teacher"
     assert bench.models["teacher-int8"].baseline is None and set(bench.int8_verdicts) == {"int8", "teacher-int8"}
     assert predict_images([_odd_images(tmp_path / "imgs8")[0]], run=run, model="teacher-int8")["results"][0]["predictions"]
-    # Issue #45, item 1: the runtime's own profiler says which kernels ran in INT8; the float file has none
+    # The runtime's own profiler says which kernels ran in INT8; the float file has none
     from kdcompress.deploy.profile import profile_onnxruntime
 
     images = np.load(run / "test_set.npz")["images"]
@@ -165,7 +165,7 @@ def test_quantize_adds_a_smaller_int8_and_an_fp16_student_to_the_run(tiny_run, t
     assert predict_images([_odd_images(tmp_path / "imgs")[0]], run=run, model="int8")["results"][0]["predictions"]
 
 
-# The third reliability probe (issue #33), quantize's items.
+# The third reliability probe, quantize's items.
 
 
 def test_a_role_that_names_a_path_is_refused_and_nothing_is_written_outside(tiny_run, tmp_path):
@@ -190,7 +190,7 @@ def test_a_calibration_set_without_images_is_refused_before_anything_is_built(ti
 
 
 def test_predict_on_openvino_agrees_with_onnxruntime_on_the_runs_test_images(folder_run):
-    # Issue #34: the same preprocessing and the same output on either runtime (OpenVINO at f32).
+    # The same preprocessing and the same output on either runtime (OpenVINO at f32).
     root, run = folder_run
     images = [root / "test"]
     ort = predict_images(images, run=run, model="teacher", top_k=1)
@@ -204,7 +204,7 @@ def test_predict_on_openvino_agrees_with_onnxruntime_on_the_runs_test_images(fol
                   "--runtime must be onnxruntime or openvino, not 'tensorrt'")  # fmt: skip
 
 
-# A newcomer's first hour (issue #36), predict's items.
+# A newcomer's first hour, predict's items.
 
 
 def test_predict_never_guesses_between_runs_of_different_datasets(tiny_run, folder_run, tmp_path):
@@ -243,7 +243,7 @@ def test_predict_takes_the_recommended_model_and_a_files_own_name(folder_run, tm
 
 
 def test_the_int8_file_is_chosen_on_validation_and_the_test_split_read_after(tiny_run, tmp_path, monkeypatch):
-    # Issue #36, item 2: the test split is read once, to score the chosen file; never to choose it.
+    # The test split is read once, to score the chosen file; never to choose it.
     from conftest import copy_run
     from kdcompress.deploy import quantize
 
@@ -281,7 +281,7 @@ def _recommend(run, model):
     return data
 
 
-# benchmark.json as predict reads it, and predict's own lines (issue #41)
+# benchmark.json as predict reads it, and predict's own lines
 
 
 @pytest.mark.parametrize(
@@ -371,7 +371,7 @@ def test_a_benchmark_json_of_another_format_is_no_recommendation_not_an_error(fo
 
 
 def test_a_file_describes_itself_and_predicts_alone_as_it_does_with_its_run(tiny_run, tmp_path):
-    # Issue #45, item 3: the metadata round trip; the .onnx file copied away from its run gives the same classes
+    # The metadata round trip; the .onnx file copied away from its run gives the same classes
     # and logits as through the run.
     from kdcompress.deploy.metadata import read_metadata, stamp
 

@@ -128,7 +128,7 @@ def test_which_students_start_from_imagenet_weights_is_chosen_per_student(offlin
 
 @pytest.mark.realdata
 def test_a_pretrained_teacher_fine_tuned_on_a_real_slice_beats_the_same_network_from_scratch(shared_data, tmp_path, monkeypatch):
-    # Issue #43: the genuine ImageNet weights in ../shared/hub, read offline. Two epochs on cifar3 at 32 px: the
+    # The genuine ImageNet weights in ../shared/hub, read offline. One epoch on cifar3 at 32 px: the
     # pretrained EfficientNet-Lite0 clears a floor that the same architecture from scratch does not reach.
     hub = shared_data.parent / "hub"
     if not hub.is_dir():

@@ -1,4 +1,4 @@
-"""Students carved from the teacher by Torch-Pruning (issue #44): smaller, rebuilt from the manifest, fair, exported."""
+"""Students carved from the teacher by Torch-Pruning: smaller, rebuilt from the manifest, fair, exported."""
 
 import json
 

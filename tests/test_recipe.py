@@ -1,4 +1,4 @@
-"""The high-resolution levers of issue #11: random-resized crops, teacher label smoothing, EMA, epoch selection."""
+"""The high-resolution levers: random-resized crops, teacher label smoothing, EMA, epoch selection."""
 
 from dataclasses import replace
 

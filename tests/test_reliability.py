@@ -1,4 +1,4 @@
-"""The reliability probe's defects (issue #13): one line, exit code 1, no traceback, nothing lost or left behind."""
+"""The reliability probe's defects: one line, exit code 1, no traceback, nothing lost or left behind."""
 
 from __future__ import annotations
 
@@ -51,8 +51,8 @@ def test_out_takes_an_empty_folder_and_the_teacher_cache_is_where_the_readme_say
     result = runner.invoke(app, ["compress", *TINY, "--epochs", "1", "--out", str(out), "--control", "none", "--artifacts", str(artifacts)])
     assert result.exit_code == 0, result.output
     assert (out / "manifest.json").is_file()
-    # --out outside --artifacts: the teacher cache sits beside it, in .teachers/, as the README's privacy note says
-    # (issue #41, item 20), and nothing is written under --artifacts.
+    # --out outside --artifacts: the teacher cache sits beside it, in .teachers/, as the README's privacy note says,
+    # and nothing is written under --artifacts.
     assert sorted(p.name for p in (tmp_path / "elsewhere").iterdir()) == [".teachers", "empty"]
     assert not artifacts.exists()
 
@@ -240,7 +240,7 @@ def test_a_sweep_resumed_with_another_seed_is_refused_and_a_damaged_run_file_is_
     whole = json.loads(run_file.read_text())
     run_file.write_text(run_file.read_text()[:50])
     fails_cleanly(runner.invoke(app, [*sweep, *out]), "delete it and run the same command again")
-    # A run file that reads as JSON but is damaged (issue #41, item 10) is trained again, said in one warning each.
+    # A run file that reads as JSON but is damaged is trained again, said in one warning each.
     distilled = tmp_path / "sweep" / "runs" / "seed0-T4-alpha0.5-beta0.json"
     run_file.write_text(json.dumps({**whole, "predictions": whole["predictions"][:5]}))
     distilled.write_text(json.dumps({**json.loads(distilled.read_text()), "best_val_accuracy": "high"}))

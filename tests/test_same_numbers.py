@@ -1,7 +1,7 @@
 """The same seed gives the same numbers across refactors: a tiny compress and a tiny sweep against recorded values.
 
 tests/golden/tiny_runs.json was written by `python tests/test_same_numbers.py` at commit d9fb70c, before the
-recipe moved into kdcompress/teacher.py and kdcompress/fair.py (issue #9), and written again when every student's
+recipe moved into kdcompress/teacher.py and kdcompress/fair.py, and written again when every student's
 classifier started zeroed (train/models.py STUDENT_HEAD): the teacher's losses stayed within 1e-6, the students'
 moved. Losses are compared with a relative tolerance of 1e-3, so that another CPU's float rounding passes while any change to the initial
 weights, the views, the schedule or the objective (which move them by far more) fails. Test scores get 2% of

@@ -203,7 +203,7 @@ def test_each_format_of_a_student_is_judged_against_that_students_baseline():
 
 
 def test_quantize_checks_every_student_first_and_publishes_nothing_when_one_is_missing(two_student_run, tmp_path):
-    # Issue #33, item 11: a deleted student file used to be found after the first student's files were rewritten.
+    # A deleted student file used to be found after the first student's files were rewritten.
     from conftest import copy_run, files_under
 
     run = copy_run(two_student_run[0], tmp_path)

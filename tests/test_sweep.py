@@ -247,7 +247,7 @@ def test_compress_from_sweep_needs_a_finished_sweep_and_its_data(tmp_path, cli_s
     ],
 )
 def test_a_tampered_sweep_results_file_is_one_line(tmp_path, cli_sweep, change, said):
-    # Issue #33, item 6: results.json is read into checked fields before any of it reaches a configuration.
+    # results.json is read into checked fields before any of it reaches a configuration.
     folder = tmp_path / "s"
     shutil.copytree(cli_sweep[0], folder)
     results = json.loads((folder / "results.json").read_text())
@@ -276,7 +276,7 @@ def test_one_rule_says_when_the_teachers_outputs_are_recorded(tiny_run):
 
 
 def test_a_diverged_cell_is_recorded_and_the_sweep_goes_on(tmp_path, tiny_run, monkeypatch):
-    # A 3-class MobileNetV4 diverged under DIST at lr 2e-3 in one seed of the issue #35 study: the sweep must not lose
+    # A 3-class MobileNetV4 diverged under DIST at lr 2e-3 in one seed of the KD-loss study: the sweep must not lose
     # its other cells for it.
     from kdcompress.core.errors import KdcError
     from kdcompress.runs import sweep as sweep_module
