@@ -20,3 +20,11 @@ def is_number(value: Any) -> bool:
 def is_fraction(value: Any) -> bool:
     """A finite number in [0, 1] (an accuracy, an agreement)."""
     return is_number(value) and 0 <= value <= 1
+
+
+def control_character(text: str) -> str | None:
+    """The first control character or line/paragraph separator in text (None: plain). Names kdc reads back and
+    prints (a class, a run) must have none: a newline in one would start a line of its own in a report."""
+    import unicodedata
+
+    return next((c for c in text if unicodedata.category(c) in ("Cc", "Zl", "Zp")), None)

@@ -13,7 +13,7 @@ import numpy as np
 
 from kdcompress.core import roles
 from kdcompress.core.errors import KdcError
-from kdcompress.core.values import is_whole
+from kdcompress.core.values import control_character, is_whole
 from kdcompress.core.files import write_json_atomic
 from kdcompress.deploy.preprocessing import Preprocessing
 
@@ -198,9 +198,7 @@ def _check_plain(text: str, where: str) -> None:
     """Text a manifest gives for reports (the run's name, a class name): no control characters, no line breaks. A
     newline in a name written into benchmark.md would start a line of its own there (a command, if that file were
     ever run as a script)."""
-    import unicodedata
-
-    bad = next((c for c in text if unicodedata.category(c) in ("Cc", "Zl", "Zp")), None)
+    bad = control_character(text)
     if bad is not None:
         _damaged(f"{where} {_shown(text)} holds a control character ({bad!r})")
 

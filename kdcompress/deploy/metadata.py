@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from kdcompress.core.errors import KdcError
+from kdcompress.core.values import control_character
 from kdcompress.deploy.preprocessing import Preprocessing
 
 FORMAT = "kdcompress-onnx/1"
@@ -96,5 +97,6 @@ def read_metadata(path: Path) -> Described | None:
 
 
 def _plain(value: Any) -> bool:
-    """Text without control characters (a newline in a class name would forge lines of predict's output)."""
-    return isinstance(value, str) and 0 < len(value) <= 1000 and not any(ord(c) < 32 or ord(c) == 127 for c in value)
+    """Non-empty text without control characters, as the manifest requires of the same names (a newline in a class
+    name would forge lines of predict's output)."""
+    return isinstance(value, str) and 0 < len(value) <= 1000 and control_character(value) is None
