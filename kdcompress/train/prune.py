@@ -16,6 +16,7 @@ checkpoint's weights then load as for any model. The structure is kept in the ch
 from __future__ import annotations
 
 import copy
+import warnings
 from typing import Any
 
 from kdcompress.core.errors import KdcError
@@ -35,7 +36,7 @@ def prune(teacher: Any, ratio: float, channels: int, image_size: int) -> Any:
     import torch
     import torch_pruning as tp
 
-    import warnings
+    from kdcompress.train.models import count_parameters
 
     model = copy.deepcopy(teacher).cpu().eval()
     for parameter in model.parameters():  # the teacher is frozen; Torch-Pruning traces the graph through autograd,
@@ -55,15 +56,9 @@ def prune(teacher: Any, ratio: float, channels: int, image_size: int) -> Any:
     except Exception as exc:
         said = " ".join(str(exc).split())[:200] or type(exc).__name__
         raise KdcError(f"Torch-Pruning cannot prune {type(teacher).__name__} at {ratio:.0%} ({type(exc).__name__}: {said})") from None
-    before, after = (sum(p.numel() for p in m.parameters()) for m in (teacher, model))
-    if after >= before:
+    if count_parameters(model) >= count_parameters(teacher):
         raise KdcError(f"Torch-Pruning found no channel of {type(teacher).__name__} it could remove at {ratio:.0%}")
-    width = getattr(head, "in_features", None)
-    if isinstance(width, int):  # timm reads the pooled width from these (the feature term's projection)
-        model.num_features = width
-        if getattr(model, "head_hidden_size", None):
-            model.head_hidden_size = width
-    return model
+    return _pooled_width_from_head(model)
 
 
 def structure(model: Any) -> dict[str, dict[str, Any]]:
@@ -102,11 +97,17 @@ def rebuild(model: Any, recorded: dict[str, dict[str, Any]]) -> Any:
                 module.register_buffer(key, fresh)
         for key, value in entry.get("attributes", {}).items():
             setattr(module, key, tuple(value) if isinstance(getattr(module, key, None), tuple) else value)
-    head = model.get_classifier()
-    if isinstance(getattr(head, "in_features", None), int):
-        model.num_features = head.in_features
+    return _pooled_width_from_head(model)
+
+
+def _pooled_width_from_head(model: Any) -> Any:
+    """model with timm's pooled-width attributes (num_features, head_hidden_size: what the feature term's projection
+    reads, models.pooled_width) set to its classifier's input width, which pruning changed."""
+    width = getattr(model.get_classifier(), "in_features", None)
+    if isinstance(width, int):
+        model.num_features = width
         if getattr(model, "head_hidden_size", None):
-            model.head_hidden_size = head.in_features
+            model.head_hidden_size = width
     return model
 
 
