@@ -386,7 +386,7 @@ def benchmark(
     --max-drop, --max-ram) it names the point to ship: of those within
     every limit that no other beats beyond noise, the fastest, then the smallest; never the teacher, and never a
     format that is not faster than its FP32 file on the same target unless the budget limits size. The recommended
-    file and every INT8 file no faster than its FP32 file are then profiled layer by layer (onnxruntime's profiler).
+    file and every INT8 file no faster than its FP32 file are then profiled layer by layer (onnxruntime, OpenVINO).
     Writes benchmark.json, benchmark.md (with the Python that runs the chosen point) and benchmark.png into each run.
     """
     from kdcompress.deploy.frontier import Budget

@@ -157,6 +157,12 @@ def attributions(comparisons: dict[str, dict[str, Any]], names: list[str], unlab
     return {architecture: words for architecture, words in found.items() if words and architecture} or None
 
 
+def unlabeled_words(value: str) -> str:
+    """Where --unlabeled's images came from, in words, where only the setting is known (compress says the count too):
+    the dataset's auxiliary classes ('aux'), or the folder."""
+    return "the dataset's auxiliary classes" if value == "aux" else value
+
+
 def _seen(words: str | None, unlabeled: str | None) -> str | None:
     if words is None or not unlabeled:
         return words

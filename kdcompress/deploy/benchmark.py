@@ -15,7 +15,7 @@ import numpy as np
 from kdcompress.core import roles
 from kdcompress.core.errors import KdcError
 from kdcompress.core.reporter import NullReporter, Reporter
-from kdcompress.core.stats import attributions, compare_models, roc_auc
+from kdcompress.core.stats import attributions, compare_models, roc_auc, unlabeled_words
 from kdcompress.deploy.frontier import Budget, int8_verdict, pareto, Point, recommend
 from kdcompress.deploy.graph import onnx_size
 from kdcompress.deploy.manifest import load_images, model_file, read_manifest
@@ -132,7 +132,7 @@ def benchmark_run(
     reference = {role: correct[m.reference.key] for role, m in models.items()}
     result.comparisons = compare_models(reference)
     unlabeled = manifest.details.get("config", {}).get("unlabeled")  # the words compress said it with are in its attribution
-    result.attribution = attributions(result.comparisons, list(reference), f"images from {unlabeled}" if unlabeled else None)
+    result.attribution = attributions(result.comparisons, list(reference), f"the images of {unlabeled_words(unlabeled)}" if unlabeled else None)
     result.int8_verdicts = {r: _int8_verdict(models, r, batch) for r in models if roles.format_of(r) == "int8" and roles.source_of(r) in models}
     _frontier(result, correct, budget or Budget())
     _profile(result, run_dir, manifest, images, threads, reporter)
@@ -161,7 +161,7 @@ def _footprints(models: dict[str, ModelResult], run_dir: Path, manifest: Any, th
 
 def _profile(result: BenchmarkResult, run_dir: Path, manifest: Any, images: np.ndarray, threads: int, reporter: Reporter) -> None:
     """Per-layer profiles (deploy.profile), in a pass of their own after the timings: of the recommended model and of
-    every INT8 file that is not faster than its FP32 file here, on onnxruntime-cpu."""
+    every INT8 file that is not faster than its FP32 file here, on onnxruntime-cpu and, where it was used, openvino-cpu."""
     from kdcompress.deploy.profile import profile_onnxruntime, profile_openvino
 
     wanted = [r for r, verdict in result.int8_verdicts.items() if not verdict["faster"]]

@@ -7,6 +7,7 @@ from typing import Any, Callable
 
 from rich.text import Text
 
+from kdcompress.core.stats import unlabeled_words
 from kdcompress.report.render import build_table, markdown_table, pyplot
 
 SWEEP_HEADERS = ["student", "test acc (mean ± std)", "Δ vs baseline", "95% interval", "seeds +/-", "verdict", "vs label smoothing"]
@@ -129,14 +130,9 @@ def sweep_context(results: dict[str, Any]) -> list[str]:
         f"({cost['distilled_seconds_mean']:.0f} s vs {cost['baseline_seconds_mean']:.0f} s); the teacher's outputs for "
         f"every batch took {cost['teacher_output_seconds']:.0f} s in all, once per seed",
     ] + ([
-        f"Not the same data: the distilled students also learnt the images without labels of {_unlabeled(s['unlabeled'])} "
+        f"Not the same data: the distilled students also learnt the images without labels of {unlabeled_words(s['unlabeled'])} "
         "through the teacher's outputs (--unlabeled), which the baselines and the controls never saw; their epochs had more steps"
     ] if s.get("unlabeled") else [])  # fmt: skip
-
-
-def _unlabeled(where: str) -> str:
-    """--unlabeled's value in words: a folder, or the dataset's auxiliary classes."""
-    return "the dataset's auxiliary classes" if where == "aux" else where
 
 
 def sweep_table(results: dict[str, Any], student: str | None = None) -> Any:

@@ -149,9 +149,8 @@ class FairStart:
         from kdcompress.train.loop import clone_model
 
         projection = clone_model(self.projection) if beta > 0 else None
-        made = Distillation(clone_model(self.initial), teacher, temperature, alpha, beta, projection, kd or KdLoss(), self.views)
-        made.unlabeled = self.unlabeled
-        return made
+        return Distillation(clone_model(self.initial), teacher, temperature, alpha, beta, projection, kd or KdLoss(), self.views,
+                            self.unlabeled)  # fmt: skip
 
 
 def fair_start(prepared: Prepared, seed: int, teacher: Any, architecture: str | None = None) -> FairStart:

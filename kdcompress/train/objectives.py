@@ -167,8 +167,10 @@ class Distillation(Objective):
         projection: Optional[nn.Module] = None,
         kd: losses.KdLoss = losses.KdLoss(),
         views: int = 0,
+        unlabeled: bool = False,
     ) -> None:
-        """views: how many batches the training has (DKD's warm-up is a share of them; 0: no warm-up)."""
+        """views: how many batches the training has (DKD's warm-up is a share of them; 0: no warm-up). unlabeled: some
+        images have no label (--unlabeled, label -1), so the CE averages over the labeled ones."""
         if beta > 0 and projection is None:
             raise ValueError("beta > 0 needs a projection from student to teacher features")
         super().__init__(student, projection if beta > 0 else None)
@@ -178,7 +180,7 @@ class Distillation(Objective):
         self.beta = beta
         self.kd = kd
         self.views = views
-        self.unlabeled = False  # some images have no label (--unlabeled): the CE averages over the labeled ones
+        self.unlabeled = unlabeled
 
     def forward(
         self, images: torch.Tensor, labels: torch.Tensor, view: Optional[int] = None
