@@ -26,7 +26,7 @@ HERE = Path(__file__).resolve().parent
 from kdcompress.train.config import CompressConfig
 from kdcompress.core.reporter import NullReporter
 from kdcompress.runs.sweep import sweep
-from kdcompress.train.config import SweepConfig
+from kdcompress.train.sweep_config import SweepConfig
 from record import RESULTS, envelope, save
 
 GRID = dict(temperatures=(2.0, 4.0), alphas=(0.5,), betas=(0.0, 0.3), seeds=1)

@@ -181,3 +181,27 @@ def test_the_per_dataset_defaults_in_help_are_the_specs_own():
     for name, spec in DATASETS.items():
         assert f"{name} {spec.epochs}" in text and f"{name} {spec.teacher_epoch_factor}x" in text
         assert f"{name} {spec.image_size}" in text and f"{name} {spec.teacher}" in text
+        assert f"{name} {spec.teacher_select}" in text and f"{name} {spec.teacher_ema}" in text
+
+
+@pytest.mark.parametrize("command", ["compress", "sweep"])
+def test_every_setting_is_one_option_with_its_fields_default_and_range(command):
+    # The options are generated from CompressConfig's fields: a field added there is an option of both commands
+    # (compress only where it says so), with the field's default, and its range is checked from the same field.
+    import typer
+
+    from kdcompress.train.config import COMPRESS_ONLY, GRID, settings
+
+    params = {p.name: p for p in typer.main.get_command(app).commands[command].params}
+    for name, (default, how) in settings().items():
+        if command == "sweep" and how.sweep == COMPRESS_ONLY:
+            assert name not in params or name == "out"  # the sweep's --out is its own: the sweep folder
+            continue
+        option = params[{"temperature": "temperatures", "alpha": "alphas", "beta": "betas", "kd_loss": "kd_losses"}.get(name, name) if command == "sweep" and how.sweep == GRID else name]
+        assert set(how.flag_names(name)) <= set(option.opts), name
+        if command == "compress" or how.sweep != GRID:
+            assert (str(option.default) if how.path and default is not None else option.default) == default, name
+            assert option.rich_help_panel == how.panel
+        if how.high is not None and how.high < 10_000 and command == "compress":
+            result = _invoke(command, how.flag_names(name)[0], str(how.high * 2 + 1))
+            assert result.exit_code == 1 and f"{how.flag_names(name)[0]} must be between" in result.output, name

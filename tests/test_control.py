@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from kdcompress.train import losses
-from kdcompress.train.config import CompressConfig, SweepConfig
+from kdcompress.train.config import CompressConfig
+from kdcompress.train.sweep_config import SweepConfig
 from kdcompress.train.fair import fair_start, prepare
 from kdcompress.train.models import create_model
 from kdcompress.core.reporter import NullReporter

@@ -15,7 +15,8 @@ import torch
 
 from conftest import REPO, TINY, runner, fails_cleanly
 from kdcompress.cli import app
-from kdcompress.train.config import CompressConfig, SweepConfig
+from kdcompress.train.config import CompressConfig
+from kdcompress.train.sweep_config import SweepConfig
 from kdcompress.train.collectives import revert_sync_batchnorm, shard
 from kdcompress.deploy.manifest import read_manifest
 from kdcompress.train.models import create_model

@@ -28,7 +28,7 @@ def tiny_numbers(root: Path) -> dict:
     from kdcompress.train.config import CompressConfig
     from kdcompress.runs.compress import compress
     from kdcompress.runs.sweep import sweep
-    from kdcompress.train.config import SweepConfig
+    from kdcompress.train.sweep_config import SweepConfig
 
     run = compress(CompressConfig(**TINY_CONFIG, out=str(root / "run")))
     history = json.loads((run.run_dir / "history.json").read_text())

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from kdcompress.cli import app
-from kdcompress.train.config import CompressConfig, SweepConfig
+from kdcompress.train.config import CompressConfig
+from kdcompress.train.sweep_config import SweepConfig
 from kdcompress.data.dataset import load_dataset
 from kdcompress.core.errors import KdcError
 from kdcompress.deploy.manifest import read_manifest

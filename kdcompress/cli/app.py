@@ -17,13 +17,11 @@ from typing import Any, Callable, Optional
 import typer
 from rich.markup import escape
 
-from kdcompress.train.config import CompressConfig, SweepConfig
+from kdcompress.train.config import CompressConfig
 from kdcompress.core.errors import KdcError
 from kdcompress.train.losses import FORMULA, FORMULA_NOTES
 from kdcompress.cli import options
-from kdcompress.cli.config_file import CONFIG
 from kdcompress.cli.output import fail, say, stderr, stdout
-from kdcompress.cli.options import grid_default, option
 
 app = typer.Typer(
     name="kdc",
@@ -116,61 +114,8 @@ LOSS_HELP = f"{FORMULA}   ({FORMULA_NOTES})"
     f"\n\n{LOSS_HELP}"
 )
 @_user_errors(DISCARDED)
-def compress(
-    ctx: typer.Context,
-    config_file: Optional[Path] = CONFIG,
-    dataset: str = options.DATASET,
-    data_dir: Optional[Path] = options.DATA_DIR,
-    image_size: Optional[int] = options.IMAGE_SIZE,
-    teacher: Optional[str] = options.TEACHER,
-    student: Optional[str] = options.STUDENT,
-    pretrained: bool = options.PRETRAINED,
-    pretrained_student: bool = options.PRETRAINED_STUDENT,
-    pretrained_students: Optional[str] = options.PRETRAINED_STUDENTS,
-    teacher_weights: Optional[Path] = options.TEACHER_WEIGHTS,
-    retrain_teacher: bool = options.RETRAIN_TEACHER,
-    teacher_aux: bool = options.TEACHER_AUX,
-    teacher_smoothing: float = options.TEACHER_SMOOTHING,
-    teacher_ema: Optional[float] = options.TEACHER_EMA,
-    teacher_select: Optional[str] = options.TEACHER_SELECT,
-    teacher_balance: bool = options.TEACHER_BALANCE,
-    augment: str = options.AUGMENT,
-    temperature: float = option("temperature", "--T", "--temperature", help="Temperature T that softens both logit sets in the KL term (> 0)."),
-    alpha: float = option("alpha", "--alpha", help="Weight of the KL term in [0, 1]; CE gets 1 - alpha."),
-    beta: float = option("beta", "--beta", help="Weight of the feature term (>= 0); 0 = logits-only distillation."),
-    kd_loss: str = option("kd_loss", "--kd-loss", help=options.KD_LOSS_HELP),
-    dist_inter: float = options.DIST_INTER,
-    dist_intra: float = options.DIST_INTRA,
-    dkd_target: float = options.DKD_TARGET,
-    dkd_nontarget: float = options.DKD_NONTARGET,
-    dkd_warmup: float = options.DKD_WARMUP,
-    student_stem: str = options.STUDENT_STEM,
-    prune: Optional[str] = options.PRUNE,
-    prune_to_ms: Optional[float] = options.PRUNE_TO_MS,
-    unlabeled: Optional[str] = options.UNLABELED,
-    mixup: float = options.MIXUP,
-    control: str = options.CONTROL,
-    epochs: Optional[int] = options.EPOCHS,
-    teacher_epochs: Optional[int] = options.TEACHER_EPOCHS,
-    batch_size: int = options.BATCH_SIZE,
-    teacher_batch_size: Optional[int] = options.TEACHER_BATCH_SIZE,
-    lr: float = options.LR,
-    weight_decay: float = options.WEIGHT_DECAY,
-    val_fraction: float = options.VAL_FRACTION,
-    seed: int = option("seed", "--seed", help="Seed for weights, data order and augmentation (>= 0)."),
-    device: str = options.DEVICE,
-    compile: str = options.COMPILE,
-    artifacts: Path = options.ARTIFACTS,
-    out: Optional[Path] = option("out", "--out", help="Exact run folder: a new or empty folder, or an earlier run (replaced once this one completes); any other folder is refused."),
-    int8: bool = option("int8", "--int8/--no-int8", help="Also write INT8 and FP16 versions of each distilled student and of the teacher (see kdc quantize)."),
-    from_sweep: Optional[Path] = typer.Option(
-        None, "--from-sweep", rich_help_panel=options.OUTPUT, help="A finished kdc sweep folder: train the cell it chose on validation (T, alpha, beta), with the "
-        "sweep's data, models, schedule, seed and teacher (reused from its cache). Options that contradict the sweep are refused.",
-    ),
-    stream: bool = options.STREAM,
-    nproc: int = options.NPROC,
-    as_json: bool = options.JSON,
-) -> None:
+@options.with_settings("compress")
+def compress(ctx: typer.Context, nproc: int = options.NPROC, as_json: bool = options.JSON, **settings: Any) -> None:
     config = options.compress_config(ctx.params)
     from kdcompress.runs.rundir import check_out
     from kdcompress.runs.compress import compress as run_compress
@@ -198,53 +143,14 @@ def compress(
 
 @app.command()
 @_user_errors("trainings finished so far are kept in the sweep folder: run the same command again to resume")
+@options.with_settings("sweep")
 def sweep(
     ctx: typer.Context,
-    config_file: Optional[Path] = CONFIG,
-    dataset: str = options.DATASET,
-    data_dir: Optional[Path] = options.DATA_DIR,
-    image_size: Optional[int] = options.IMAGE_SIZE,
-    teacher: Optional[str] = options.TEACHER,
-    student: Optional[str] = options.STUDENT,
-    pretrained: bool = options.PRETRAINED,
-    pretrained_student: bool = options.PRETRAINED_STUDENT,
-    teacher_weights: Optional[Path] = options.TEACHER_WEIGHTS,
-    retrain_teacher: bool = options.RETRAIN_TEACHER,
-    teacher_aux: bool = options.TEACHER_AUX,
-    teacher_smoothing: float = options.TEACHER_SMOOTHING,
-    teacher_ema: Optional[float] = options.TEACHER_EMA,
-    teacher_select: Optional[str] = options.TEACHER_SELECT,
-    teacher_balance: bool = options.TEACHER_BALANCE,
-    augment: str = options.AUGMENT,
-    epochs: Optional[int] = options.EPOCHS,
-    teacher_epochs: Optional[int] = options.TEACHER_EPOCHS,
-    batch_size: int = options.BATCH_SIZE,
-    teacher_batch_size: Optional[int] = options.TEACHER_BATCH_SIZE,
-    lr: float = options.LR,
-    weight_decay: float = options.WEIGHT_DECAY,
-    val_fraction: float = options.VAL_FRACTION,
-    unlabeled: Optional[str] = options.UNLABELED,
-    mixup: float = options.MIXUP,
-    control: str = options.CONTROL,
-    temperatures: str = typer.Option(grid_default("temperatures"), "--T", "--temperature", rich_help_panel=options.STUDENTS, help="Temperatures to try, comma-separated."),
-    alphas: str = typer.Option(grid_default("alphas"), "--alpha", rich_help_panel=options.STUDENTS, help="KL weights to try, comma-separated, each in [0, 1]."),
-    betas: str = typer.Option(grid_default("betas"), "--beta", rich_help_panel=options.STUDENTS, help="Feature-term weights to try, comma-separated; 0 = logits only."),
-    kd_losses: str = typer.Option(",".join(options.SWEEP_DEFAULTS["kd_losses"]), "--kd-loss", rich_help_panel=options.STUDENTS, help="KD losses to try, comma-separated (kl,dist,dkd). " + options.KD_LOSS_HELP),
-    dist_inter: float = options.DIST_INTER,
-    dist_intra: float = options.DIST_INTRA,
-    dkd_target: float = options.DKD_TARGET,
-    dkd_nontarget: float = options.DKD_NONTARGET,
-    dkd_warmup: float = options.DKD_WARMUP,
-    student_stem: str = options.STUDENT_STEM,
-    seeds: int = typer.Option(options.SWEEP_DEFAULTS["seeds"], "--seeds", rich_help_panel=options.TRAINING, help="How many seeds (--seed, --seed + 1, ...): each gets its own baseline."),
-    seed: int = option("seed", "--seed", help="First seed; the teacher is trained with it."),
-    device: str = options.DEVICE,
-    compile: str = options.COMPILE,
-    artifacts: Path = options.ARTIFACTS,
-    stream: bool = options.STREAM,
+    seeds: int = options.SEEDS,
     nproc: int = options.NPROC,
     out: Optional[Path] = typer.Option(None, "--out", rich_help_panel=options.OUTPUT, help="Sweep folder [default: ARTIFACTS/sweep-DATASET]; an interrupted sweep there resumes."),
     as_json: bool = options.JSON,
+    **settings: Any,
 ) -> None:
     """Distil over a grid of T x alpha x beta and several seeds; say which settings beat the baseline beyond noise.
 
@@ -258,15 +164,16 @@ def sweep(
     With --nproc N (or under torchrun) each process trains its own share of the trainings, whole, on its own GPU.
     """
     from kdcompress.runs.sweep import sweep_students
+    from kdcompress.train.sweep_config import SweepConfig
     from kdcompress.report.sweep_render import sweep_table
 
     base = options.compress_config(ctx.params, leave_out=("out",))  # --out is the sweep folder here
     config = SweepConfig(
         base=base,
-        temperatures=options.numbers("--T", temperatures),
-        alphas=options.numbers("--alpha", alphas),
-        betas=options.numbers("--beta", betas),
-        kd_losses=options.names(kd_losses),
+        temperatures=options.numbers("--T", settings["temperatures"]),
+        alphas=options.numbers("--alpha", settings["alphas"]),
+        betas=options.numbers("--beta", settings["betas"]),
+        kd_losses=options.names(settings["kd_losses"]),
         seeds=seeds,
         out=str(out) if out else None,
     )

@@ -23,7 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from kdcompress.train.config import Cell, CompressConfig, SweepConfig
+from kdcompress.train.config import SHARED, Cell, CompressConfig, sweep_settings
+from kdcompress.train.sweep_config import SweepConfig
 from kdcompress.data.dataset import Dataset
 from kdcompress.core.errors import KdcError
 from kdcompress.train.collectives import barrier, broadcast_object, shard
@@ -37,18 +38,12 @@ from kdcompress.train.models import STUDENT_HEAD
 from kdcompress.train.teacher import load_or_train_teacher, RECIPE_LEVERS, recording_fits
 
 FORMAT = "kdcompress-sweep/1"
-SHARED_SETTINGS = (  # what every run of a sweep shares: a resumed sweep must agree on all of them
-    "dataset", "image_size", "teacher", "student", "pretrained", "pretrained_student", "teacher_weights", "teacher_aux",
-    "epochs", "teacher_epochs", "batch_size", "lr", "weight_decay", "val_fraction", "seed", "mixup", "augment",
-    "teacher_smoothing", "teacher_ema", "teacher_select", "teacher_balance", "teacher_batch_size",
-    "student_stem", "dist_inter", "dist_intra", "dkd_target", "dkd_nontarget", "dkd_warmup", "unlabeled",
-)  # fmt: skip
-LATER_SETTINGS = ("student_stem", "dist_inter", "dist_intra", "dkd_target", "dkd_nontarget", "dkd_warmup", "unlabeled")  # after sweep/1's first folders
+SHARED_SETTINGS = sweep_settings(SHARED)  # what every run of a sweep shares: a resumed sweep must agree on all of them
 # Settings that sweeps written before they were recorded lack: such a folder is not refused for them.
 ADDED_LATER = ("seed",)
-# Settings added later still: a folder that lacks them was made with their default.
-DEFAULTED = {"mixup": CompressConfig().mixup, "teacher_batch_size": None, **RECIPE_LEVERS,
-             **{name: getattr(CompressConfig(), name) for name in LATER_SETTINGS}}
+# A shared setting a sweep folder lacks was made with its default (it was added later), the teacher's recipe levers
+# with the plain recipe's.
+DEFAULTED = {**{name: getattr(CompressConfig(), name) for name in SHARED_SETTINGS}, **RECIPE_LEVERS}
 RETRAIN = "delete it and run the same command again to retrain that run"  # what to do with a damaged run file
 
 

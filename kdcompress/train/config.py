@@ -1,17 +1,16 @@
-"""Settings of one `kdc compress` run, with their defaults and allowed ranges."""
+"""Settings of one `kdc compress` run: each a field that states its default, flag, help panel, help, allowed range
+and what a sweep does with it, once. The command line (cli/options.py) is generated from these fields."""
 
 from __future__ import annotations
 
-import itertools
 import re
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from kdcompress.data.specs import resolve_spec
 from kdcompress.core.errors import KdcError
+from kdcompress.data.specs import resolve_spec
 from kdcompress.train.losses import KD_LOSSES, KdLoss
-
 
 MAX_SEED = 2**32 - 1  # numpy's and torch's generators both take seeds in [0, 2^32)
 DEVICES = ("auto", "cpu", "cuda")
@@ -20,110 +19,229 @@ STEMS = ("timm", "auto")  # --student-stem: models.small_input_stem says what au
 CONTROLS = ("label-smoothing", "none")  # the fourth model of kdc compress (fair.control_smoothing)
 AUGMENTATIONS = ("crop", "rrc")  # views.views: padding crop (CIFAR recipe) | random-resized crop, rotation, intensity
 SELECTIONS = ("accuracy", "loss")  # how the teacher's kept epoch is chosen on validation
-PATHS = ("data_dir", "teacher_weights", "artifacts", "out", "from_sweep")  # the settings that name files or folders
-
 
 Cell = tuple[float, float, float, str]  # (T, alpha, beta, KD loss): one distilled point of a sweep's grid
 UNLABELED_AUX = "aux"  # --unlabeled aux: the dataset's auxiliary images (cifar3: CIFAR-10's 7 other classes), labels dropped
+
+# The help panels of `kdc compress --help` and `kdc sweep --help`.
+DATA, TEACHER, STUDENTS, TRAINING, HARDWARE, OUTPUT = ("Data", "Teacher", "Students and distillation", "Training", "Hardware", "Output")
+# What `kdc sweep` does with a setting: every run of a sweep shares it (and a resumed sweep must agree on it), it takes
+# it but may differ between resumptions, it takes a list of values (a grid axis), or it has no such option.
+SHARED, RUN, GRID, COMPRESS_ONLY = "shared", "run", "grid", "compress only"
+SWEEP_SEEDS = 3  # kdc sweep --seeds: base.seed, base.seed + 1, ...
+
+
+@dataclass(frozen=True)
+class Setting:
+    """What the command line needs to know of one CompressConfig field (its `metadata["setting"]`)."""
+
+    help: str
+    panel: str
+    flags: tuple[str, ...] = ()  # default: --field-name (--name/--no-name for a bool)
+    low: float | None = None  # allowed range, checked by CompressConfig.resolved (None: no range)
+    high: float | None = None
+    choices: tuple[str, ...] = ()
+    sweep: str = SHARED
+    path: bool = False  # names a file or folder: absolute in config.yaml
+    per_dataset: str = ""  # data/specs.py's field whose per-dataset default the help lists
+    unit: str = ""
+    grid: tuple[Any, ...] = ()  # a GRID setting's default values in kdc sweep
+
+    def flag_names(self, name: str) -> tuple[str, ...]:
+        return self.flags or (f"--{name.replace('_', '-')}",)
+
+
+def setting(default: Any, help: str, panel: str, **how: Any) -> Any:
+    """A CompressConfig field: its default and its Setting."""
+    return field(default=default, metadata={"setting": Setting(" ".join(help.split()), panel, **how)})
+
+
+def settings() -> dict[str, tuple[Any, Setting]]:
+    """Every CompressConfig field -> (its default, its Setting), in declaration order."""
+    return {f.name: (f.default, f.metadata["setting"]) for f in fields(CompressConfig)}
+
+
+KD_LOSS_HELP = (
+    "kl: T^2 * KL(softmax(teacher/T) || softmax(student/T)) (Hinton 2015). dist: T^2 * (1 - Pearson correlation) of the "
+    "softened outputs, per image (--dist-inter) and per class over the batch (--dist-intra) (DIST, Huang 2022): the "
+    "teacher's rankings, not its exact probabilities. dkd: the KL split at the true class, T^2 * (--dkd-target * TCKD + "
+    "--dkd-nontarget * NCKD), ramped up over --dkd-warmup (DKD, Zhao 2022); with two classes NCKD is empty."
+)
+WEIGHT = {"low": 0.0, "high": 100.0}
+EPOCHS = {"low": 1, "high": 10_000}
+BATCH = {"low": 2, "high": 65_536}
 
 
 @dataclass(frozen=True)
 class CompressConfig:
     """Everything that decides what `kdc compress` trains; stored whole in the manifest."""
 
-    dataset: str = "digits"  # digits (offline default) | cifar3 | chest-xray | folder
-    data_dir: str | None = None  # dataset location; cifar3 looks for cifar-10-batches-py here (default ./data)
-    image_size: int | None = None  # model input side in pixels; None = the dataset's default
-    teacher: str | None = None  # any timm model name; None = the dataset's default (digits resnet34, others efficientnet_b3)
-    student: str | None = None  # timm model name(s), comma-separated for several; None = the dataset's default students
-    pretrained: bool = False  # start the teacher from timm's ImageNet weights (needs the hub)
-    pretrained_student: bool = False  # start every student from ImageNet weights (needs the hub)
-    pretrained_students: str | None = None  # or only these students, comma-separated (the others from scratch)
-    prune: str | None = None  # ratios, comma-separated: students carved from the teacher (train.prune: pruned50 ...)
-    prune_to_ms: float | None = None  # also the teacher pruned just enough to run within this latency here (train.prune)
-    teacher_weights: str | None = None  # a trained teacher checkpoint to use instead of training one
-    retrain_teacher: bool = False  # train the teacher even if an identical one is cached
-    teacher_smoothing: float = 0.0  # label smoothing of the teacher's own training
-    teacher_ema: float | None = None  # EMA of the teacher's weights with this decay (timm ModelEmaV3); 0 = off; None = the dataset's
-    teacher_select: str | None = None  # the teacher's kept epoch: best validation accuracy, or lowest loss; None = the dataset's
-    teacher_balance: bool = False  # weight the teacher's cross-entropy by inverse class frequency in its training images
-    teacher_aux: bool = True  # also train the teacher on the dataset's auxiliary classes (cifar3: CIFAR-10's 7 others)
-    temperature: float = 4.0  # T: softens both logit sets before the KL term
-    alpha: float = 0.5  # weight of the KL term; CE gets 1 - alpha
-    beta: float = 0.3  # weight of the feature-alignment term; 0 = logits-only distillation
-    kd_loss: str = "kl"  # the logit term alpha weights: kl | dist | dkd (losses.KdLoss)
-    dist_inter: float = KdLoss.dist_inter  # DIST: weight of the per-image relation
-    dist_intra: float = KdLoss.dist_intra  # DIST: weight of the per-class relation
-    dkd_target: float = KdLoss.dkd_target  # DKD: weight of the target-class term
-    dkd_nontarget: float = KdLoss.dkd_nontarget  # DKD: weight of the non-target term
-    dkd_warmup: float = KdLoss.dkd_warmup  # DKD: share of the training over which its term ramps up
-    student_stem: str = "timm"  # timm: students as timm builds them | auto: a stride-1 stem at small inputs (models.small_input_stem)
-    augment: str = "crop"  # views of every training: crop (reflect-padded crop + flip) | rrc (random-resized crop ...)
-    unlabeled: str | None = None  # images without labels the distilled student also learns from, through the teacher: DIR | aux
-    mixup: float = 0.0  # students train on mixed views (Beta(m, m) weights), the teacher seeing the same ones; 0 = off
-    control: str = "label-smoothing"  # also train the student with label smoothing of the distillation's strength; none = skip
-    epochs: int | None = None  # epochs per training; None = the dataset's default
-    teacher_epochs: int | None = None  # epochs for the teacher; None = epochs x the dataset's factor (cifar3 2, others 1)
-    batch_size: int = 128
-    teacher_batch_size: int | None = None  # the teacher's batch; None = batch_size (teacher.teacher_batch: lr x sqrt(ratio))
-    lr: float = 2e-3  # peak learning rate, AdamW with a one-cycle schedule
-    weight_decay: float = 0.05
-    val_fraction: float = 0.1  # share of train held out (stratified, fixed split) to pick the best epoch
-    stream: bool = False  # read a folder's images from disk batch by batch (automatic when they would not fit in memory)
-    seed: int = 0  # weights, data order and augmentation; same seed on CPU gives the same numbers
-    device: str = "auto"  # auto | cpu | cuda
-    compile: str = "auto"  # auto | on | off | graph: how training steps run (accel.step_mode)
-    artifacts: str = "artifacts"  # root folder; each run gets its own sub-folder
-    out: str | None = None  # exact run folder; replaces an earlier run there once the new one is complete
-    int8: bool = False  # also write a static INT8 version of the distilled student (kdc quantize)
-    from_sweep: str | None = None  # a finished sweep folder: its chosen cell and shared settings (kdcompress.runs.from_sweep)
+    dataset: str = setting("digits", "digits (offline default), cifar3, chest-xray, or folder.", DATA, flags=("--dataset", "-d"))
+    data_dir: str | None = setting(
+        None, "Where the data is: cifar3 looks for cifar-10-batches-py here (default ./data, downloaded when absent); "
+        "chest-xray and folder need it.", DATA, sweep=RUN, path=True,
+    )  # fmt: skip
+    image_size: int | None = setting(None, "Input side in pixels.", DATA, low=8, high=2048, per_dataset="image_size")
+    teacher: str | None = setting(None, "Teacher: any timm model name.", TEACHER, per_dataset="teacher")
+    student: str | None = setting(
+        None, "Student(s): timm model names, comma-separated for several (resnet18,resnet10t); each gets its own fair "
+        "start, baseline, distilled student and control, from one teacher. kdc sweep: a sweep folder per student, "
+        "OUT/STUDENT.", STUDENTS, per_dataset="student",
+    )  # fmt: skip
+    pretrained: bool = setting(False, "Start the teacher from timm's ImageNet weights (downloads).", TEACHER)
+    pretrained_student: bool = setting(False, "Start every student from ImageNet weights.", STUDENTS)
+    pretrained_students: str | None = setting(
+        None, "Start only these students (comma-separated, among --student) from ImageNet weights, the others from "
+        "scratch: tf_efficientnet_lite0 beside resnet10t, say.", STUDENTS, sweep=COMPRESS_ONLY,
+    )  # fmt: skip
+    prune: str | None = setting(
+        None, """
+        Also students carved from the trained teacher: ratios such as 0.5,0.8, each the share of channels
+        Torch-Pruning removes from every prunable layer group (L2 magnitude; the classifier kept). Each is a student
+        named pruned50 ... with its baseline (fine-tuned with CE), distilled student (from the unpruned teacher) and
+        control, all from the same pruned weights. A teacher it cannot prune is said in one line; the others go on.
+        """,
+        STUDENTS, sweep=COMPRESS_ONLY,
+    )  # fmt: skip
+    prune_to_ms: float | None = setting(
+        None, "Also the teacher pruned just enough to run within this many ms at batch 1 here: the least ratio (0.05 "
+        "steps) whose exported file meets it on onnxruntime-cpu with one thread, timed as kdc benchmark times a "
+        "point, added to --prune.", STUDENTS, low=0.001, high=100_000.0, sweep=COMPRESS_ONLY,
+    )  # fmt: skip
+    teacher_weights: str | None = setting(
+        None, "Use this trained teacher checkpoint (.pt) instead of training one.", TEACHER, path=True
+    )
+    retrain_teacher: bool = setting(False, "Train the teacher even when an identical one was trained before.", TEACHER, sweep=RUN)
+    teacher_smoothing: float = setting(0.0, "Label smoothing of the teacher's own training (0 = none).", TEACHER, low=0.0, high=0.9)
+    teacher_ema: float | None = setting(
+        None, "Keep an exponential moving average of the teacher's weights with this decay, e.g. 0.999 (timm's "
+        "ModelEmaV3, warm-up on); it is what is validated and kept. 0 = off.", TEACHER, low=0.0, high=0.99999,
+        per_dataset="teacher_ema",
+    )  # fmt: skip
+    teacher_select: str | None = setting(
+        None, "The teacher's kept epoch: accuracy (best validation accuracy) or loss (lowest validation loss).",
+        TEACHER, choices=SELECTIONS, per_dataset="teacher_select",
+    )  # fmt: skip
+    teacher_balance: bool = setting(
+        False, "Weight the teacher's cross-entropy by inverse class frequency in its training images, so every class "
+        "counts alike (chest-xray's train split is 3:1).", TEACHER,
+    )  # fmt: skip
+    teacher_aux: bool = setting(
+        True, "Also train the teacher on the dataset's auxiliary classes where it has some (cifar3: CIFAR-10's 7 other "
+        "classes, training batches only). The students never see them.", TEACHER,
+    )  # fmt: skip
+    temperature: float = setting(
+        4.0, "Temperature T that softens both logit sets in the KL term (> 0).", STUDENTS, flags=("--T", "--temperature"),
+        low=0.05, high=100.0, sweep=GRID, grid=(1.0, 4.0),
+    )  # fmt: skip
+    alpha: float = setting(0.5, "Weight of the KL term in [0, 1]; CE gets 1 - alpha.", STUDENTS, low=0.0, high=1.0, sweep=GRID, grid=(0.5, 0.9))
+    beta: float = setting(0.3, "Weight of the feature term (>= 0); 0 = logits-only distillation.", STUDENTS, sweep=GRID, grid=(0.0, 0.3), **WEIGHT)
+    kd_loss: str = setting("kl", KD_LOSS_HELP, STUDENTS, choices=KD_LOSSES, sweep=GRID, grid=("kl",))
+    dist_inter: float = setting(KdLoss.dist_inter, "DIST: weight of the per-image (inter-class) relation (paper: 1).", STUDENTS, **WEIGHT)
+    dist_intra: float = setting(KdLoss.dist_intra, "DIST: weight of the per-class (intra-class) relation (paper: 1).", STUDENTS, **WEIGHT)
+    dkd_target: float = setting(KdLoss.dkd_target, "DKD: weight of the target-class term TCKD (paper's alpha: 1).", STUDENTS, **WEIGHT)
+    dkd_nontarget: float = setting(
+        KdLoss.dkd_nontarget, "DKD: weight of the non-target term NCKD (paper's beta: 8 on CIFAR-100).", STUDENTS, **WEIGHT
+    )
+    dkd_warmup: float = setting(
+        KdLoss.dkd_warmup, "DKD: share of the training steps over which its term ramps up linearly from 0 (paper: 20 of "
+        "240 epochs).", STUDENTS, low=0.0, high=1.0,
+    )  # fmt: skip
+    student_stem: str = setting(
+        "timm", "timm: students as timm builds them. auto: a stride-1 stem for inputs of 64 px or less where the "
+        "student has a strided conv_stem (MobileNets, EfficientNets; ResNets are left as built), the teacher's own "
+        "rule. Baseline, distilled student and control share it; it costs latency, which kdc benchmark shows.",
+        STUDENTS, choices=STEMS,
+    )  # fmt: skip
+    augment: str = setting(
+        "crop", "Views of every training: crop (reflect-padded crop of size/8 + flip: the CIFAR recipe) or rrc (per "
+        "image: random-resized crop of 35-100% of the area, rotation up to 10 degrees, flip, contrast and brightness "
+        "jitter), on the device for whole batches.",
+        DATA, choices=AUGMENTATIONS,
+    )  # fmt: skip
+    unlabeled: str | None = setting(
+        None, """
+        Images without labels for the distilled students: a folder (any layout; sub-folders are not read as
+        classes), or aux for cifar3's 7 other CIFAR-10 classes. They are learnt from the teacher's outputs alone (no
+        cross-entropy on them), so each epoch of a distilled student has more steps; the baseline and the control
+        never see them, and the verdict says so. Not with --kd-loss dkd or --stream.
+        """,
+        STUDENTS,
+    )  # fmt: skip
+    mixup: float = setting(
+        0.0, "Mixup for the students, 0 = off: each batch is mixed with itself reversed, weight ~ Beta(m, m), labels "
+        "mixed alike. The baseline, the control and the distilled student see the same mixed images, and so does the "
+        "teacher (consistent teaching, Beyer et al. 2022). The teacher trains without it.", STUDENTS, low=0.0, high=10.0,
+    )  # fmt: skip
+    control: str = setting(
+        "label-smoothing", """
+        label-smoothing: also train the student with CE and label smoothing, same start, views and
+        schedule, its target putting alpha x the teacher's average probability off the true class at T, as the
+        distilled student's target does, but spread evenly. It tells a gain that is the teacher's knowledge from one
+        that is plain regularisation (Yuan et al., CVPR 2020). none: skip it.
+        """, STUDENTS, choices=CONTROLS, sweep=RUN,
+    )  # fmt: skip
+    epochs: int | None = setting(None, "Epochs per training.", TRAINING, per_dataset="epochs", **EPOCHS)
+    teacher_epochs: int | None = setting(
+        None, "Epochs for the teacher (default: --epochs times the dataset's factor; cifar3's teacher also learns 7 "
+        "more classes).", TEACHER, per_dataset="teacher_epoch_factor", unit="x", **EPOCHS,
+    )  # fmt: skip
+    batch_size: int = setting(128, "Batch size of every training (the teacher's too, unless --teacher-batch-size).", TRAINING, **BATCH)
+    teacher_batch_size: int | None = setting(
+        None, "The teacher's own batch size (default: --batch-size), its peak learning rate scaled by the square root "
+        "of the ratio to --batch-size. For a GPU that small images leave idle; fewer steps per epoch, so check the "
+        "teacher's accuracy.", TEACHER, **BATCH,
+    )  # fmt: skip
+    lr: float = setting(2e-3, "Peak learning rate (AdamW, one-cycle schedule).", TRAINING, low=1e-7, high=10.0)
+    weight_decay: float = setting(0.05, "AdamW weight decay.", TRAINING, low=0.0, high=10.0)
+    val_fraction: float = setting(
+        0.1, "Share of train held out (stratified, fixed split) to pick the best epoch (the test split never is).", DATA,
+        low=0.01, high=0.5,
+    )  # fmt: skip
+    stream: bool = setting(
+        False, "Read a folder's images from disk batch by batch (DataLoader workers) instead of holding them in "
+        "memory; the same views in the same order. Automatic when the folder would not fit in memory.", DATA, sweep=RUN,
+    )  # fmt: skip
+    seed: int = setting(
+        0, "Seed for weights, data order and augmentation (>= 0); the same seed on CPU gives the same numbers. kdc "
+        "sweep: the first seed, the teacher's.", TRAINING, low=0, high=MAX_SEED,
+    )  # fmt: skip
+    device: str = setting("auto", "auto, cpu or cuda (bfloat16 mixed precision on CUDA).", HARDWARE, choices=DEVICES, sweep=RUN)
+    compile: str = setting(
+        "auto", "How each training step runs. graph: one CUDA graph of the forward and backward, replayed for every "
+        "batch (CUDA, one process); on: torch.compile of the networks; off: eager. auto (default): graph on one CUDA "
+        "GPU, off on CPU and with several processes.", HARDWARE, choices=COMPILE_CHOICES, sweep=RUN,
+    )  # fmt: skip
+    artifacts: str = setting("artifacts", "Artifacts root; each run gets a new sub-folder.", OUTPUT, sweep=RUN, path=True)
+    out: str | None = setting(
+        None, "Exact run folder: a new or empty folder, or an earlier run (replaced once this one completes); any "
+        "other folder is refused.", OUTPUT, sweep=COMPRESS_ONLY, path=True,
+    )  # fmt: skip
+    int8: bool = setting(
+        False, "Also write INT8 and FP16 versions of each distilled student and of the teacher (see kdc quantize).",
+        OUTPUT, sweep=COMPRESS_ONLY,
+    )  # fmt: skip
+    from_sweep: str | None = setting(
+        None, "A finished kdc sweep folder: train the cell it chose on validation (T, alpha, beta), with the sweep's "
+        "data, models, schedule, seed and teacher (reused from its cache). Options that contradict the sweep are "
+        "refused.", OUTPUT, sweep=COMPRESS_ONLY, path=True,
+    )  # fmt: skip
 
     def resolved(self) -> "CompressConfig":
-        """Validate and fill the dataset-dependent defaults."""
+        """Validate (each field's range and choices, then what combines badly) and fill the dataset-dependent defaults."""
         spec = resolve_spec(self.dataset)
-        _check_range("--T", self.temperature, 0.05, 100.0)
-        _check_range("--alpha", self.alpha, 0.0, 1.0)
-        _check_range("--beta", self.beta, 0.0, 100.0)
-        _check_range("--val-fraction", self.val_fraction, 0.01, 0.5)
-        _check_range("--mixup", self.mixup, 0.0, 10.0)
-        for flag, value in (("--dist-inter", self.dist_inter), ("--dist-intra", self.dist_intra),
-                            ("--dkd-target", self.dkd_target), ("--dkd-nontarget", self.dkd_nontarget)):  # fmt: skip
-            _check_range(flag, value, 0.0, 100.0)
-        _check_range("--dkd-warmup", self.dkd_warmup, 0.0, 1.0)
-        silent = {"dist": ("--dist-inter", "--dist-intra"), "dkd": ("--dkd-target", "--dkd-nontarget")}.get(self.kd_loss)
-        weights = {"dist": (self.dist_inter, self.dist_intra), "dkd": (self.dkd_target, self.dkd_nontarget)}.get(self.kd_loss)
-        if silent and weights and not any(weights) and self.alpha > 0:
-            raise KdcError(
-                f"--kd-loss {self.kd_loss} with {' and '.join(f'{f} 0' for f in silent)} is a logit term that is 0 for every "
-                f"image, weighted by --alpha {self.alpha:g}: the distilled student would not learn from the teacher's outputs. "
-                f"Give one of them a weight, or use --alpha 0"
-            )
-        _check_range("--teacher-smoothing", self.teacher_smoothing, 0.0, 0.9)
-        if self.teacher_ema is not None:
-            _check_range("--teacher-ema", self.teacher_ema, 0.0, 0.99999)
-        for flag, value, choices in (
-            ("--device", self.device, DEVICES),
-            ("--compile", self.compile, COMPILE_CHOICES),
-            ("--control", self.control, CONTROLS),
-            ("--augment", self.augment, AUGMENTATIONS),
-            ("--kd-loss", self.kd_loss, KD_LOSSES),
-            ("--student-stem", self.student_stem, STEMS),
-            ("--teacher-select", self.teacher_select or spec.teacher_select, SELECTIONS),
-        ):
-            if value not in choices:
-                raise KdcError(f"{flag} must be {one_of(choices)}, not '{value}'")
-        _check_range("--lr", self.lr, 1e-7, 10.0)
-        _check_range("--weight-decay", self.weight_decay, 0.0, 10.0)
-        _check_range("--seed", self.seed, 0, MAX_SEED)
-        for flag, value, low, high in (
-            ("--epochs", self.epochs, 1, 10_000),
-            ("--teacher-epochs", self.teacher_epochs, 1, 10_000),
-            ("--batch-size", self.batch_size, 2, 65_536),
-            ("--teacher-batch-size", self.teacher_batch_size, 2, 65_536),
-            ("--image-size", self.image_size, 8, 2048),
-        ):
-            if value is not None:
-                _check_range(flag, value, low, high)
+        for name, (_, how) in settings().items():
+            value = getattr(self, name)
+            if name == "teacher_select":
+                value = value or spec.teacher_select
+            if value is None:
+                continue
+            flag = how.flag_names(name)[0]
+            if how.low is not None and how.high is not None:
+                _check_range(flag, value, how.low, how.high)
+            if how.choices and value not in how.choices:
+                raise KdcError(f"{flag} must be {one_of(how.choices)}, not '{value}'")
+        self._check_kd_weights()
         students = split_students(self.student or spec.student)
         if self.teacher_weights and self.pretrained:
             raise KdcError("--pretrained and --teacher-weights both set the teacher's weights: pick one")
@@ -131,12 +249,9 @@ class CompressConfig:
             self._check_unlabeled()
         self.prune_ratios  # noqa: B018 (refused in one line here, before anything loads)
         if self.pretrained_students is not None:
-            chosen, named = split_students(self.pretrained_students), split_students(self.student or spec.student)
-            unknown = [name for name in chosen if name not in named]
+            unknown = [name for name in split_students(self.pretrained_students) if name not in students]
             if unknown:
-                raise KdcError(f"--pretrained-students names {', '.join(unknown)}, not a --student of this run ({', '.join(named)})")
-        if self.prune_to_ms is not None:
-            _check_range("--prune-to-ms", self.prune_to_ms, 0.001, 100_000.0)
+                raise KdcError(f"--pretrained-students names {', '.join(unknown)}, not a --student of this run ({', '.join(students)})")
         epochs = self.epochs or spec.epochs
         return replace(
             self,
@@ -150,6 +265,17 @@ class CompressConfig:
             # None whenever it equals --batch-size: one spelling of one recipe (sweep folders compare settings)
             teacher_batch_size=None if self.teacher_batch_size == self.batch_size else self.teacher_batch_size,
         )
+
+    def _check_kd_weights(self) -> None:
+        """A DIST or DKD term whose weights are all 0 would teach nothing: said before anything trains."""
+        silent = {"dist": ("--dist-inter", "--dist-intra"), "dkd": ("--dkd-target", "--dkd-nontarget")}.get(self.kd_loss)
+        weights = {"dist": (self.dist_inter, self.dist_intra), "dkd": (self.dkd_target, self.dkd_nontarget)}.get(self.kd_loss)
+        if silent and weights and not any(weights) and self.alpha > 0:
+            raise KdcError(
+                f"--kd-loss {self.kd_loss} with {' and '.join(f'{f} 0' for f in silent)} is a logit term that is 0 for every "
+                f"image, weighted by --alpha {self.alpha:g}: the distilled student would not learn from the teacher's outputs. "
+                f"Give one of them a weight, or use --alpha 0"
+            )
 
     def _check_unlabeled(self) -> None:
         """--unlabeled: what it cannot be combined with, said before anything loads or trains."""
@@ -196,8 +322,8 @@ class CompressConfig:
 
     @property
     def kd(self) -> KdLoss:
-        """The logit term of the distillation, with its knobs."""
-        return KdLoss(self.kd_loss, self.dist_inter, self.dist_intra, self.dkd_target, self.dkd_nontarget, self.dkd_warmup)
+        """The logit term of the distillation: --kd-loss, with every knob KdLoss has, read from the field of its name."""
+        return KdLoss(self.kd_loss, **{f.name: getattr(self, f.name) for f in fields(KdLoss) if f.name != "kind"})
 
     @property
     def several(self) -> bool:
@@ -215,13 +341,19 @@ class CompressConfig:
         again writes a new run beside the first instead of replacing it.
         """
         values = {}
-        for name, value in asdict(self).items():
+        for name, (_, how) in settings().items():
+            value = getattr(self, name)
             if name in leave_out:
                 continue
-            if (name in PATHS or (name == "unlabeled" and value != UNLABELED_AUX)) and value is not None:
+            if (how.path or (name == "unlabeled" and value != UNLABELED_AUX)) and value is not None:
                 value = str(Path(value).absolute())
             values[name.replace("_", "-")] = value
         return values
+
+
+def sweep_settings(kind: str) -> tuple[str, ...]:
+    """The CompressConfig fields a sweep treats as kind (SHARED, RUN, GRID or COMPRESS_ONLY), in declaration order."""
+    return tuple(name for name, (_, how) in settings().items() if how.sweep == kind)
 
 
 MAX_STUDENTS = 8  # each student is three trainings; more belongs in separate runs
@@ -259,63 +391,3 @@ def number_text(value: float) -> str:
     if isinstance(value, int) or (isinstance(value, float) and value.is_integer() and abs(value) < 1e16):
         return str(int(value))
     return f"{value:g}"
-
-
-@dataclass(frozen=True)
-class SweepConfig:
-    """A grid of (T, alpha, beta, KD loss) over seeds; everything else comes from a compress configuration."""
-
-    base: CompressConfig
-    # The default grid, 2 x 2 x 2 = 8 students a seed (its cost: benchmarks/sweep_cost.py).
-    temperatures: tuple[float, ...] = (1.0, 4.0)
-    alphas: tuple[float, ...] = (0.5, 0.9)
-    betas: tuple[float, ...] = (0.0, 0.3)
-    kd_losses: tuple[str, ...] = ("kl",)  # --kd-loss kl,dist,dkd: each a grid axis value (losses.KD_LOSSES)
-    seeds: int = 3  # seeds base.seed, base.seed + 1, ...
-    out: str | None = None  # sweep folder; default <artifacts>/sweep-<dataset>
-
-    def resolved(self) -> "SweepConfig":
-        """Validate every grid value with compress's own ranges and fill the defaults."""
-        base = replace(self.base, int8=False).resolved()
-        if not 1 <= self.seeds <= 100:
-            raise KdcError(f"--seeds must be between 1 and 100, got {self.seeds}")
-        for flag, values, field in (
-            ("--T", self.temperatures, "temperature"),
-            ("--alpha", self.alphas, "alpha"),
-            ("--beta", self.betas, "beta"),
-        ):
-            if not values:
-                raise KdcError(f"{flag} needs at least one value")
-            if len(set(values)) != len(values):
-                raise KdcError(f"{flag} lists a value twice: {', '.join(f'{v:g}' for v in values)}")
-            for value in values:
-                replace(base, **{field: value}).resolved()
-        if not self.kd_losses or len(set(self.kd_losses)) != len(self.kd_losses):
-            raise KdcError(f"--kd-loss needs each loss once, got '{','.join(self.kd_losses)}'")
-        for loss in self.kd_losses:
-            replace(base, kd_loss=loss).resolved()
-        return replace(self, base=base, out=self.out or str(Path(base.artifacts) / f"sweep-{base.dataset}"))
-
-    def to_options(self) -> dict[str, Any]:
-        """The sweep's settings as `kdc sweep --config FILE.yaml` takes them (the grids as lists)."""
-        grid = {"temperature": list(self.temperatures), "alpha": list(self.alphas), "beta": list(self.betas),
-                "kd-loss": list(self.kd_losses)}  # fmt: skip
-        compress_only = ("out", "int8", "from_sweep", "prune", "prune_to_ms", "pretrained_students")  # no such sweep option
-        base = self.base.to_options(leave_out=("temperature", "alpha", "beta", "kd_loss", *compress_only))
-        out = str(Path(self.out).absolute()) if self.out else None
-        return {**base, **grid, "seeds": self.seeds, "out": out}
-
-    def per_student(self) -> list[tuple[str, "SweepConfig"]]:
-        """The sweep of each student, resolved: one student sweeps into --out itself; several, each into --out/STUDENT."""
-        cfg = self.resolved()
-        if not cfg.base.several:
-            return [(cfg.base.student, cfg)]  # type: ignore[list-item]
-        return [(s, replace(cfg, base=replace(cfg.base, student=s), out=str(Path(cfg.out) / s))) for s in cfg.base.students]  # type: ignore[arg-type]
-
-    def cells(self) -> list[Cell]:
-        """Every (T, alpha, beta, KD loss) of the grid."""
-        return list(itertools.product(self.temperatures, self.alphas, self.betas, self.kd_losses))
-
-    def seed_list(self) -> list[int]:
-        """The seeds the sweep trains with."""
-        return [self.base.seed + i for i in range(self.seeds)]
