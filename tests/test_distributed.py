@@ -20,7 +20,7 @@ from kdcompress.train.sweep_config import SweepConfig
 from kdcompress.train.collectives import revert_sync_batchnorm, shard
 from kdcompress.deploy.manifest import read_manifest
 from kdcompress.train.models import create_model
-from kdcompress.cli.options import without_nproc
+from kdcompress.runs.launch import without_nproc
 from kdcompress.runs.sweep import sweep
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]

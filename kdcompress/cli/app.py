@@ -6,22 +6,19 @@ commands, so `kdc --help` answers at once.
 
 from __future__ import annotations
 
-import functools
 import json
-import os
 import shlex
 import sys
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import typer
 from rich.markup import escape
 
-from kdcompress.train.config import CompressConfig
 from kdcompress.core.errors import KdcError
 from kdcompress.train.losses import FORMULA, FORMULA_NOTES
 from kdcompress.cli import options
-from kdcompress.cli.output import fail, say, stderr, stdout
+from kdcompress.cli.output import say, stderr, stdout, terminate, tolerant_output, user_errors
 
 app = typer.Typer(
     name="kdc",
@@ -41,70 +38,6 @@ SPAWN_SAFE = "spawn_safe"  # in the click context's obj when main() runs the com
 DISCARDED = "the unfinished run was discarded; earlier runs are untouched"
 
 
-def _user_errors(interrupted: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Turn a KdcError (or a failed file operation) into one red line on stderr and exit code 1, without a traceback.
-
-    interrupted is what Ctrl-C leaves behind, said when the command is interrupted (exit code 130).
-    """
-
-    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
-        @functools.wraps(command)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            try:
-                return command(*args, **kwargs)
-            except KdcError as exc:
-                fail(str(exc))
-            except OSError as exc:  # a full disk, a read-only or vanished folder: the library has cleaned up
-                where = f" {exc.filename}" if exc.filename else ""
-                fail(f"cannot write or read{where}: {exc.strerror or exc}. Free some space or pick a writable folder, then retry")
-            except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (Terminated): the library cleaned up on the way out
-                signal_name = "SIGTERM" if isinstance(exc, Terminated) else "Ctrl-C"
-                stderr.print(f"[bold red]interrupted[/] ({signal_name}): {escape(interrupted)}", highlight=False)
-                raise typer.Exit(143 if isinstance(exc, Terminated) else 130) from None
-            except (typer.Exit, typer.Abort):  # click's own exits are RuntimeErrors: let them through untouched
-                raise
-            except MemoryError:  # under a memory limit (ulimit -v) or on a full machine
-                fail(OUT_OF_MEMORY_SAID)
-            except ImportError as exc:  # a library that cannot load: often a memory limit too small to map it
-                first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)[:160]
-                fail(f"a library could not be loaded ({first}): raise the memory limit (ulimit -v) if one is set, "
-                     f"otherwise reinstall kdcompress (pip install -e .)")  # fmt: skip
-            except RuntimeError as exc:  # under torchrun: a collective whose peer process has died
-                if any(sign in str(exc) for sign in OUT_OF_MEMORY):  # a runtime's own allocation failure (onnxruntime's Fail)
-                    fail(OUT_OF_MEMORY_SAID)
-                if "torch" not in sys.modules:  # no torch was loaded (predict, benchmark): no collective to ask about
-                    _unexpected(exc)
-                from kdcompress.train.collectives import lost_peer, PEER_FAILED
-                from kdcompress.core.world import launched
-
-                if not lost_peer(exc):
-                    _unexpected(exc)
-                fail(f"process {launched().rank} stopped: another process failed first (its error is above)", PEER_FAILED)
-            except Exception as exc:  # noqa: BLE001 - a library's own failure under a memory limit; a bug otherwise
-                _unexpected(exc)
-
-        return wrapper
-
-    return decorate
-
-
-OUT_OF_MEMORY = ("Failed to allocate memory", "std::bad_alloc", "DefaultCPUAllocator: can't allocate memory")
-OUT_OF_MEMORY_SAID = "out of memory: free memory, or raise the limit (ulimit -v) or use smaller settings, then retry"
-
-
-def _unexpected(exc: BaseException) -> None:
-    """An exception kdc does not expect. Under a memory limit (ulimit -v) libraries fail in their own ways (protobuf's
-    'Failed to serialize proto', OpenBLAS, a C++ allocator): that is said in one line naming the limit. Anywhere
-    else it is a bug, and its traceback is what a report needs: it is raised as it is."""
-    import resource
-
-    limit = resource.getrlimit(resource.RLIMIT_AS)[0]
-    if limit == resource.RLIM_INFINITY:
-        raise exc
-    first = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")[:120]
-    fail(f"{type(exc).__name__}{f': {first}' if first else ''}, under a memory limit of {limit / 2**20:.0f} MB (ulimit -v): "
-         f"raise the limit or free memory, then retry")  # fmt: skip
-
 LOSS_HELP = f"{FORMULA}   ({FORMULA_NOTES})"
 
 
@@ -113,15 +46,16 @@ LOSS_HELP = f"{FORMULA}   ({FORMULA_NOTES})"
     "control; export them to ONNX and say whether distillation beat the baseline and the control beyond noise."
     f"\n\n{LOSS_HELP}"
 )
-@_user_errors(DISCARDED)
+@user_errors(DISCARDED)
 @options.with_settings("compress")
 def compress(ctx: typer.Context, nproc: int = options.NPROC, as_json: bool = options.JSON, **settings: Any) -> None:
     config = options.compress_config(ctx.params)
     from kdcompress.runs.rundir import check_out
     from kdcompress.runs.compress import compress as run_compress
+    from kdcompress.runs.launch import relaunched
     from kdcompress.report.render import summary_table, verdict_lines
 
-    if _relaunched(nproc, config, lambda: check_out(config.out) if config.out else None):
+    if relaunched(nproc, config, sys.argv[1:], _reporter(), lambda: check_out(config.out) if config.out else None):
         return
 
     reporter = _reporter()
@@ -142,7 +76,7 @@ def compress(ctx: typer.Context, nproc: int = options.NPROC, as_json: bool = opt
 
 
 @app.command()
-@_user_errors("trainings finished so far are kept in the sweep folder: run the same command again to resume")
+@user_errors("trainings finished so far are kept in the sweep folder: run the same command again to resume")
 @options.with_settings("sweep")
 def sweep(
     ctx: typer.Context,
@@ -163,6 +97,7 @@ def sweep(
 
     With --nproc N (or under torchrun) each process trains its own share of the trainings, whole, on its own GPU.
     """
+    from kdcompress.runs.launch import relaunched
     from kdcompress.runs.sweep import sweep_students
     from kdcompress.train.sweep_config import SweepConfig
     from kdcompress.report.sweep_render import sweep_table
@@ -177,7 +112,7 @@ def sweep(
         seeds=seeds,
         out=str(out) if out else None,
     )
-    if _relaunched(nproc, base, config.resolved):
+    if relaunched(nproc, base, sys.argv[1:], _reporter(), config.resolved):
         return
     command = " ".join(["kdc", *sys.argv[1:]]) if sys.argv[1:2] == ["sweep"] else "kdc sweep"
     by_student = sweep_students(config, _reporter(), command=command)
@@ -192,31 +127,12 @@ def sweep(
         say(stdout, f"Saved results.json, summary.md, heatmap.png and objectives.png in {folders[student].out}")
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (a scheduler, `kill`, a container stopping), raised where Ctrl-C's KeyboardInterrupt would be.
-
-    Every cleanup that Ctrl-C runs (staging folders, candidates, locks) runs for it too.
-    """
-
-
-def _terminate(signum: int, frame: Any) -> None:
-    raise Terminated()
-
-
-def _tolerant_output() -> None:
-    """Characters the terminal's encoding cannot show (an emoji class name under PYTHONIOENCODING=ascii) become '?'."""
-    for stream in (sys.stdout, sys.stderr):
-        reconfigure = getattr(stream, "reconfigure", None)
-        if reconfigure is not None:
-            reconfigure(errors="replace")
-
-
 def main() -> None:
     """Entry point of the `kdc` console script and of `python -m kdcompress` (both guarded by `__name__`)."""
     import signal
 
-    _tolerant_output()
-    signal.signal(signal.SIGTERM, _terminate)
+    tolerant_output()
+    signal.signal(signal.SIGTERM, terminate)
     app(obj={SPAWN_SAFE: True})  # a spawned worker re-imports our guarded main module: safe (train.export)
 
 
@@ -232,32 +148,8 @@ def _reporter() -> Any:
     return RichReporter(stderr)
 
 
-def _relaunched(nproc: int, base: CompressConfig, check: Callable[[], Any] | None = None) -> bool:
-    """--nproc N > 1: refuse here what can be refused before any process starts (`launch.preflight` of the
-    settings the run will use, --from-sweep's included; then check), then run this same command in N processes
-    under torchrun and return True once they finish."""
-    from kdcompress.runs.from_sweep import with_sweep
-    from kdcompress.runs.launch import launch, preflight, process_threads
-    from kdcompress.core.world import launched
-
-    if nproc == 1:
-        return False
-    if launched().size > 1:
-        raise KdcError("--nproc starts torchrun itself: drop it when kdc already runs under torchrun")
-    preflight(with_sweep(base), nproc)
-    if check is not None:
-        check()
-    argv = options.without_nproc(sys.argv[1:])
-    if argv[:1] not in (["compress"], ["sweep"]):  # called as a library (a test runner's argv): nothing to re-run
-        raise KdcError("--nproc re-runs the kdc command line it was given: use it from `kdc`, or call torchrun yourself")
-    threads = f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', process_threads(nproc))}"
-    stderr.print(f"[cyan]•[/] starting {nproc} processes with torchrun (--standalone), each with {threads}", highlight=False)
-    launch(nproc, argv)
-    return True
-
-
 @app.command()
-@_user_errors("nothing was written; the run folders are untouched")
+@user_errors("nothing was written; the run folders are untouched")
 def benchmark(
     path: Path = typer.Argument(Path("artifacts"), help="A run folder, or an artifacts root (its newest finished run)."),
     all_runs: bool = typer.Option(False, "--all", help="Benchmark every finished run under the artifacts root."),
@@ -297,30 +189,15 @@ def benchmark(
     Writes benchmark.json, benchmark.md (with the Python that runs the chosen point) and benchmark.png into each run.
     """
     from kdcompress.deploy.frontier import Budget
-    from kdcompress.deploy.manifest import resolve_runs
     from kdcompress.report.console import RichReporter
     from kdcompress.report.render import benchmark_context, benchmark_tables
-    from kdcompress.runs.benchmark import benchmark_and_save
+    from kdcompress.runs.benchmark import benchmark_runs
 
-    reporter = RichReporter(stderr)
     budget = Budget(max_ms, max_mb, max_drop, max_ram)
-    targets = options.names(target) if target else None
     command = " ".join(["kdc", *map(shlex.quote, sys.argv[1:])]) if sys.argv[1:2] == ["benchmark"] else None
-    results, broken = [], []
-    for run_dir in resolve_runs(path, all_runs):
-        reporter.info(f"benchmarking {run_dir}")
-        try:
-            result = benchmark_and_save(
-                run_dir, reporter, rehash=rehash, threads=threads, batch=batch, gpu=gpu, quick=quick, budget=budget, targets=targets,
-                command=command or _benchmark_command(run_dir, target, threads, batch, gpu, quick, budget),
-            )  # fmt: skip
-        except KdcError as exc:
-            if not all_runs:
-                raise
-            reporter.warn(f"skipped {run_dir}: {exc}")  # --all: the other runs are still benchmarked
-            broken.append(run_dir.name)
-            continue
-        results.append(result)
+    options = {"threads": threads, "batch": batch, "gpu": gpu, "quick": quick, "budget": budget}
+
+    def show(result: Any) -> None:
         if not as_json:
             for table in benchmark_tables(result, wide):
                 stdout.print(table)
@@ -329,33 +206,21 @@ def benchmark(
             if result.recommendation:
                 say(stdout, result.recommendation["words"], "bold green" if result.recommendation["meets"] else "bold yellow")
             if result.saved:
-                say(stdout, f"Saved benchmark.json, benchmark.md and benchmark.png in {run_dir}")
-    unsaved = [r.save_error for r in results if not r.saved]
+                say(stdout, f"Saved benchmark.json, benchmark.md and benchmark.png in {result.run_dir}")
+
+    results, broken = benchmark_runs(path, all_runs, RichReporter(stderr), show, rehash=rehash, command=command, target=target, **options)
     if as_json:
         dicts = [r.to_dict() for r in results]
         sys.stdout.write(json.dumps(dicts if all_runs else dicts[0], indent=2) + "\n")
     if broken:
-        raise KdcError(
-            f"{len(broken)} of {len(broken) + len(results)} runs could not be benchmarked ({', '.join(broken)}; why is said "
-            f"above): the others' results were printed and saved"
-        )
+        raise KdcError(broken)
+    unsaved = [r.save_error for r in results if not r.saved]
     if unsaved:
         raise KdcError(f"{unsaved[0]}: the results were printed above but not saved; free space or pick a writable run folder")
 
 
-def _benchmark_command(run_dir: Path, target: str | None, threads: int, batch: int, gpu: bool, quick: bool, budget: Any) -> str:
-    """The kdc benchmark command line that makes this result, every option and the budget included (a library call)."""
-    parts = ["kdc", "benchmark", shlex.quote(str(run_dir)), "--threads", str(threads), "--batch", str(batch)]
-    parts += ["--target", target] if target else []
-    parts += [] if gpu else ["--no-gpu"]
-    parts += ["--quick"] if quick else []
-    for flag, value in (("--max-ms", budget.max_ms), ("--max-mb", budget.max_mb), ("--max-drop", budget.max_drop), ("--max-ram", budget.max_ram)):
-        parts += [flag, f"{value:g}"] if value is not None else []
-    return " ".join(parts)
-
-
 @app.command()
-@_user_errors("the run folder is unchanged (no INT8 or FP16 model was added)")
+@user_errors("the run folder is unchanged (no INT8 or FP16 model was added)")
 def quantize(
     run: Path = typer.Argument(Path("artifacts"), help="A run folder, or an artifacts root (its newest finished run)."),
     threads: int = typer.Option(1, "--threads", help="onnxruntime threads used to time the candidates."),
@@ -391,7 +256,7 @@ def quantize(
 
 
 @app.command()
-@_user_errors("nothing was written")
+@user_errors("nothing was written")
 def predict(
     images: list[Path] = typer.Argument(..., help="Image files (PNG, JPEG, BMP...) or folders of images; first a .onnx file kdc wrote to classify with it alone."),
     run: Optional[Path] = typer.Option(None, "--run", help="Run folder [default: the newest run under --artifacts]."),

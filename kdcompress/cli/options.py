@@ -116,19 +116,6 @@ NPROC = typer.Option(
 JSON = typer.Option(False, "--json", rich_help_panel=OUTPUT, help="Print the result as JSON on stdout instead of the table.")
 
 
-def without_nproc(argv: list[str]) -> list[str]:
-    """The command line without its --nproc option: what each process started by torchrun runs."""
-    out, skip = [], False
-    for arg in argv:
-        if skip:
-            skip = False
-        elif arg == "--nproc":
-            skip = True
-        elif not arg.startswith("--nproc="):
-            out.append(arg)
-    return out
-
-
 def names(text: str) -> tuple[str, ...]:
     """'kl, dist' -> ('kl', 'dist'); each is checked where the config is resolved."""
     return tuple(part.strip() for part in text.split(",") if part.strip())

@@ -2,15 +2,62 @@
 
 from __future__ import annotations
 
+import shlex
 from contextlib import contextmanager, ExitStack
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
+from kdcompress.core.errors import KdcError
 from kdcompress.core.files import folder_lock, write_together
 from kdcompress.core.reporter import NullReporter, Reporter
 from kdcompress.deploy.results import BenchmarkResult
 
 RESULT_FILES = ("benchmark.json", "benchmark.md", "benchmark.png")
+
+
+def benchmark_runs(
+    path: Path, all_runs: bool, reporter: Reporter, show: Callable[[BenchmarkResult], None], rehash: bool = False,
+    command: str | None = None, target: str | None = None, **options: Any,
+) -> tuple[list[BenchmarkResult], str | None]:
+    """`kdc benchmark PATH [--all]`: benchmark_and_save each run PATH names (a run, an artifacts root's newest run, or
+    with all_runs every finished run under it), show each result as it comes, and return them all with, under
+    all_runs, what could not be benchmarked (None when every run was): such a run is warned about and skipped.
+
+    target: the --target text; command: the command line to record (default: the one that makes this result)."""
+    from kdcompress.deploy.manifest import resolve_runs
+
+    targets = tuple(part.strip() for part in target.split(",") if part.strip()) if target else None
+    results, broken = [], []
+    for run_dir in resolve_runs(path, all_runs):
+        reporter.info(f"benchmarking {run_dir}")
+        try:
+            result = benchmark_and_save(
+                run_dir, reporter, rehash=rehash, targets=targets, command=command or benchmark_command(run_dir, target, **options), **options
+            )
+        except KdcError as exc:
+            if not all_runs:
+                raise
+            reporter.warn(f"skipped {run_dir}: {exc}")  # --all: the other runs are still benchmarked
+            broken.append(run_dir.name)
+            continue
+        results.append(result)
+        show(result)
+    said = None
+    if broken:
+        said = (f"{len(broken)} of {len(broken) + len(results)} runs could not be benchmarked ({', '.join(broken)}; why is "
+                f"said above): the others' results were printed and saved")  # fmt: skip
+    return results, said
+
+
+def benchmark_command(run_dir: Path, target: str | None, threads: int, batch: int, gpu: bool, quick: bool, budget: Any) -> str:
+    """The kdc benchmark command line that makes this result, every option and the budget included (a library call)."""
+    parts = ["kdc", "benchmark", shlex.quote(str(run_dir)), "--threads", str(threads), "--batch", str(batch)]
+    parts += ["--target", target] if target else []
+    parts += [] if gpu else ["--no-gpu"]
+    parts += ["--quick"] if quick else []
+    for flag, value in (("--max-ms", budget.max_ms), ("--max-mb", budget.max_mb), ("--max-drop", budget.max_drop), ("--max-ram", budget.max_ram)):
+        parts += [flag, f"{value:g}"] if value is not None else []
+    return " ".join(parts)
 
 
 def benchmark_and_save(run_dir: str | Path, reporter: Reporter | None = None, rehash: bool = False, **options: Any) -> BenchmarkResult:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Callable
 
 from kdcompress.core.errors import KdcError
+from kdcompress.core.reporter import Reporter
 from kdcompress.core.world import usable_cores
 from kdcompress.train.collectives import PEER_FAILED
 
@@ -78,3 +79,39 @@ def launch(processes: int, argv: list[str]) -> None:
         raise KdcError(
             f"process {rank} of {processes} failed (exit code {failure.exitcode}; its error is above) and torchrun stopped the others"
         ) from None
+
+
+def relaunched(nproc: int, base: Any, argv: list[str], reporter: Reporter, check: Callable[[], Any] | None = None) -> bool:
+    """--nproc N > 1: refuse here what can be refused before any process starts (preflight of the settings the run
+    will use, --from-sweep's included; then check), then run this same command line (argv, kdc's own arguments) in N
+    processes under torchrun and return True once they finish. False, doing nothing, for --nproc 1."""
+    from kdcompress.core.world import launched
+    from kdcompress.runs.from_sweep import with_sweep
+
+    if nproc == 1:
+        return False
+    if launched().size > 1:
+        raise KdcError("--nproc starts torchrun itself: drop it when kdc already runs under torchrun")
+    preflight(with_sweep(base), nproc)
+    if check is not None:
+        check()
+    argv = without_nproc(argv)
+    if argv[:1] not in (["compress"], ["sweep"]):  # called as a library (a test runner's argv): nothing to re-run
+        raise KdcError("--nproc re-runs the kdc command line it was given: use it from `kdc`, or call torchrun yourself")
+    threads = f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', process_threads(nproc))}"
+    reporter.info(f"starting {nproc} processes with torchrun (--standalone), each with {threads}")
+    launch(nproc, argv)
+    return True
+
+
+def without_nproc(argv: list[str]) -> list[str]:
+    """The command line without its --nproc option: what each process started by torchrun runs."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            out.append(arg)
+    return out
