@@ -16,7 +16,7 @@ from kdcompress.cli import app
 from kdcompress.train.export import export_onnx
 from kdcompress.core.files import write_json_atomic
 from kdcompress.deploy.manifest import read_manifest
-from kdcompress.report.render import benchmark_context, benchmark_tables
+from kdcompress.report.benchmark_render import benchmark_context, benchmark_tables
 from kdcompress.deploy.preprocessing import Preprocessing
 
 from conftest import runner, fails_cleanly
@@ -298,7 +298,7 @@ def test_tables_fit_80_and_120_columns_without_cutting_a_number(tiny_run, width)
 
     from rich.console import Console
 
-    from kdcompress.report.render import summary_table
+    from kdcompress.report.compress_render import summary_table
 
     result = benchmark_run(tiny_run, quick=True, gpu=False)
     for whole in [*benchmark_tables(result), summary_table(read_manifest(tiny_run))]:
@@ -354,7 +354,7 @@ def test_a_run_or_class_name_with_a_line_break_is_refused(tiny_run, tmp_path, fi
 def test_the_three_result_files_are_saved_as_one_or_not_at_all(tiny_run, tmp_path, monkeypatch):
     import errno
 
-    from kdcompress.report import render
+    from kdcompress.report import benchmark_render as render
 
     run = _copy(tiny_run, tmp_path)
     first = runner.invoke(app, ["benchmark", str(run), "--quick", "--no-gpu"])

@@ -347,7 +347,7 @@ def test_int8_slower_than_fp32_is_said_in_quantize_benchmark_and_json(tiny_run, 
     from kdcompress.deploy import timing
     from kdcompress.deploy.benchmark import _int8_verdict
     from kdcompress.runs.benchmark import benchmark_and_save
-    from kdcompress.report.render import benchmark_context
+    from kdcompress.report.benchmark_render import benchmark_context
 
     run = _copy(tiny_run, tmp_path)
     real = timing.interleaved_latency

@@ -53,7 +53,7 @@ def compress(ctx: typer.Context, nproc: int = options.NPROC, as_json: bool = opt
     from kdcompress.runs.rundir import check_out
     from kdcompress.runs.compress import compress as run_compress
     from kdcompress.runs.launch import relaunched
-    from kdcompress.report.render import summary_table, verdict_lines
+    from kdcompress.report.compress_render import summary_table, verdict_lines
 
     if relaunched(nproc, config, sys.argv[1:], _reporter(), lambda: check_out(config.out) if config.out else None):
         return
@@ -190,7 +190,7 @@ def benchmark(
     """
     from kdcompress.deploy.frontier import Budget
     from kdcompress.report.console import RichReporter
-    from kdcompress.report.render import benchmark_context, benchmark_tables
+    from kdcompress.report.benchmark_render import benchmark_context, benchmark_tables
     from kdcompress.runs.benchmark import benchmark_runs
 
     budget = Budget(max_ms, max_mb, max_drop, max_ram)
@@ -243,7 +243,7 @@ def quantize(
     from kdcompress.deploy.quantize import quantize_run
     from kdcompress.report.console import RichReporter
     from kdcompress.core.roles import format_of, format_role, source_of
-    from kdcompress.report.render import quantize_lines
+    from kdcompress.report.predict_render import quantize_lines
 
     run_dir = resolve_runs(run)[0]
     made = quantize_run(run_dir, threads=threads, reporter=RichReporter(stderr), model=model)
@@ -280,7 +280,7 @@ def predict(
     A file without them (an older run's) is read through its run, as before.
     """
     from kdcompress.deploy.predict import predict_images
-    from kdcompress.report.render import prediction_output
+    from kdcompress.report.predict_render import prediction_output
 
     output = predict_images(images, run=run, model=model, top_k=top_k, artifacts=artifacts, runtime=runtime)
     failed = [r for r in output["results"] if "error" in r]

@@ -8,7 +8,7 @@ from typing import Any, Callable
 from rich.text import Text
 
 from kdcompress.core.stats import unlabeled_words
-from kdcompress.report.render import build_table, markdown_table, pyplot
+from kdcompress.report.table import build_table, markdown_table, pyplot
 
 SWEEP_HEADERS = ["student", "test acc (mean ± std)", "Δ vs baseline", "95% interval", "seeds +/-", "verdict", "vs label smoothing"]
 AUC_HEADER = "ROC-AUC (mean ± std)"  # after the accuracy, for two-class data

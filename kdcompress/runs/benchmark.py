@@ -99,7 +99,7 @@ def save_result(result: BenchmarkResult, run_dir: Path, reporter: Reporter) -> N
     """Write the three files as one (rendered aside, then renamed: a link at one of their names is replaced, never
     written through); a failed write is reported (result.saved false) and leaves the earlier files as they were."""
     from kdcompress.core.files import write_json_to
-    from kdcompress.report.render import benchmark_markdown, benchmark_plot
+    from kdcompress.report.benchmark_render import benchmark_markdown, benchmark_plot
 
     markdown = benchmark_markdown(result)
     result.saved = True
