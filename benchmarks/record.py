@@ -20,7 +20,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from kdcompress.core.files import write_json_atomic
-from kdcompress.deploy.manifest import list_runs, read_manifest
+from kdcompress.deploy.manifest import read_manifest
+from kdcompress.deploy.run_lookup import list_runs
 from kdcompress.runs.environment import environment
 
 HERE = Path(__file__).resolve().parent

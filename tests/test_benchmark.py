@@ -7,20 +7,18 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import fails_cleanly, runner
+from kdcompress.cli import app
 from kdcompress.core import roles
 from kdcompress.core.errors import KdcError
+from kdcompress.core.files import write_json_atomic
 from kdcompress.deploy.benchmark import benchmark_run, classification_metrics, ratios_vs_teacher
 from kdcompress.deploy.graph import onnx_size
-from kdcompress.deploy.timing import ISA_FLAGS
-from kdcompress.cli import app
-from kdcompress.train.export import export_onnx
-from kdcompress.core.files import write_json_atomic
 from kdcompress.deploy.manifest import read_manifest
-from kdcompress.report.benchmark_render import benchmark_context, benchmark_tables
 from kdcompress.deploy.preprocessing import Preprocessing
-
-from conftest import runner, fails_cleanly
-
+from kdcompress.deploy.timing import ISA_FLAGS
+from kdcompress.report.benchmark_render import benchmark_context, benchmark_tables
+from kdcompress.train.export import export_onnx
 
 
 def test_macs_and_parameters_of_a_known_network(tmp_path):
@@ -77,7 +75,7 @@ def test_benchmark_fields_units_and_honest_gpu_status(tiny_run):
 
 
 def test_benchmark_json_carries_its_format_and_reads_back_into_its_type(tiny_run, tmp_path):
-    from kdcompress.deploy.results import BenchmarkResult, FORMAT
+    from kdcompress.deploy.results import FORMAT, BenchmarkResult
 
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
@@ -133,7 +131,7 @@ def test_cli_benchmark_without_a_run_is_a_clear_error(tmp_path, make, message):
 
 
 def test_benchmark_of_a_project_root_reads_its_artifacts_folder(tiny_run, tmp_path):
-    from kdcompress.deploy.manifest import resolve_runs
+    from kdcompress.deploy.run_lookup import resolve_runs
 
     project = tmp_path / "project"
     (project / "artifacts").mkdir(parents=True)
@@ -168,7 +166,7 @@ def test_an_fp16_file_lists_each_node_after_its_inputs_and_counts_the_fp32_macs(
     assert count_macs(half) == count_macs(fp32) > 0
 
 
-# The third reliability probe, benchmark's items.
+# kdc benchmark's failures: one line each, nothing left half-written.
 
 
 @pytest.mark.parametrize(
@@ -531,7 +529,7 @@ def test_a_target_that_fails_on_the_timing_batch_is_dropped_with_a_note(tiny_run
 
 def test_the_newest_run_is_the_one_made_last_not_the_one_touched_last(tiny_run, tmp_path):
     from conftest import edit_manifest
-    from kdcompress.deploy.manifest import resolve_runs
+    from kdcompress.deploy.run_lookup import resolve_runs
 
     root = tmp_path / "artifacts"
     old, new = _copy(tiny_run, root, "old"), _copy(tiny_run, root, "new")

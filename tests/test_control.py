@@ -9,16 +9,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kdcompress.train import losses
-from kdcompress.train.config import CompressConfig
-from kdcompress.train.sweep_config import SweepConfig
-from kdcompress.train.fair import fair_start, prepare
-from kdcompress.train.models import create_model
+from conftest import TINY_CONFIG
 from kdcompress.core.reporter import NullReporter
 from kdcompress.core.stats import attribution
-from kdcompress.runs.sweep import choose_by_validation, summarize, sweep
+from kdcompress.runs.sweep import sweep
+from kdcompress.runs.sweep_grid import choose_by_validation, summarize
+from kdcompress.train import losses
+from kdcompress.train.config import CompressConfig
+from kdcompress.train.fair import fair_start, prepare
 from kdcompress.train.loop import fit
-from conftest import TINY_CONFIG
+from kdcompress.train.models import create_model
+from kdcompress.train.sweep_config import SweepConfig
 
 
 def test_matched_smoothing_puts_the_teachers_mass_off_the_true_class():
@@ -107,10 +108,10 @@ def test_sweep_chooses_without_reading_test_predictions(tmp_path, tiny_run):
 
 def test_mixup_views_are_reproducible_by_seed_and_the_teacher_sees_the_same_ones():
     from kdcompress.data.dataset import load_dataset
+    from kdcompress.train.loop import TrainSettings, clone_model
     from kdcompress.train.models import create_projection
     from kdcompress.train.objectives import Distillation
     from kdcompress.train.teacher import record_teacher
-    from kdcompress.train.loop import clone_model, TrainSettings
     from kdcompress.train.views import ViewStream
 
     data = load_dataset("digits", None, 16, 0.1)
@@ -118,7 +119,7 @@ def test_mixup_views_are_reproducible_by_seed_and_the_teacher_sees_the_same_ones
     settings = TrainSettings(epochs=1, batch_size=64, lr=2e-3, weight_decay=0.05, seed=5, device="cpu", mixup=0.4, classes=10)
     first, again = list(ViewStream(data, prep, settings).epoch()), list(ViewStream(data, prep, settings).epoch())
     plain = list(ViewStream(data, prep, TrainSettings(**{**settings.__dict__, "mixup": 0.0})).epoch())
-    for (x, y), (x2, y2), (x0, y0) in zip(first, again, plain):
+    for (x, y), (x2, y2), (_x0, y0) in zip(first, again, plain):
         assert torch.equal(x, x2) and torch.equal(y, y2)
         assert y.shape == (64, 10) and torch.allclose(y.sum(1), torch.ones(64))
         lam = float(y[torch.arange(64), y0].min())  # each image keeps at least min(lam, 1 - lam) of its own label
@@ -167,6 +168,7 @@ def test_every_student_starts_from_a_zeroed_head_and_uniform_predictions():
     assert sum(torch.count_nonzero(p) for p in start.initial.parameters()) > 0  # the body keeps timm's initialisation
 
 
+@pytest.mark.e2e
 def test_images_without_labels_reach_the_distilled_student_alone_and_the_verdict_says_so(tmp_path):
     # --unlabeled DIR: the baseline and the control train on exactly what they would without it (the same numbers);
     # the distilled student's epochs take the extra images too, and the attribution says it saw other data.

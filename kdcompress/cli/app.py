@@ -15,10 +15,10 @@ from typing import Any, Optional
 import typer
 from rich.markup import escape
 
-from kdcompress.core.errors import KdcError
-from kdcompress.train.losses import FORMULA, FORMULA_NOTES
 from kdcompress.cli import options
 from kdcompress.cli.output import say, stderr, stdout, terminate, tolerant_output, user_errors
+from kdcompress.core.errors import KdcError
+from kdcompress.train.losses import FORMULA, FORMULA_NOTES
 
 app = typer.Typer(
     name="kdc",
@@ -50,10 +50,10 @@ LOSS_HELP = f"{FORMULA}   ({FORMULA_NOTES})"
 @options.with_settings("compress")
 def compress(ctx: typer.Context, nproc: int = options.NPROC, as_json: bool = options.JSON, **settings: Any) -> None:
     config = options.compress_config(ctx.params)
-    from kdcompress.runs.rundir import check_out
+    from kdcompress.report.compress_render import summary_table, verdict_lines
     from kdcompress.runs.compress import compress as run_compress
     from kdcompress.runs.launch import relaunched
-    from kdcompress.report.compress_render import summary_table, verdict_lines
+    from kdcompress.runs.rundir import check_out
 
     if relaunched(nproc, config, sys.argv[1:], _reporter(), lambda: check_out(config.out) if config.out else None):
         return
@@ -82,7 +82,9 @@ def sweep(
     ctx: typer.Context,
     seeds: int = options.SEEDS,
     nproc: int = options.NPROC,
-    out: Optional[Path] = typer.Option(None, "--out", rich_help_panel=options.OUTPUT, help="Sweep folder [default: ARTIFACTS/sweep-DATASET]; an interrupted sweep there resumes."),
+    out: Optional[Path] = typer.Option(
+        None, "--out", rich_help_panel=options.OUTPUT, help="Sweep folder [default: ARTIFACTS/sweep-DATASET]; an interrupted sweep there resumes."
+    ),
     as_json: bool = options.JSON,
     **settings: Any,
 ) -> None:
@@ -97,10 +99,10 @@ def sweep(
 
     With --nproc N (or under torchrun) each process trains its own share of the trainings, whole, on its own GPU.
     """
+    from kdcompress.report.sweep_render import sweep_table
     from kdcompress.runs.launch import relaunched
     from kdcompress.runs.sweep import sweep_students
     from kdcompress.train.sweep_config import SweepConfig
-    from kdcompress.report.sweep_render import sweep_table
 
     base = options.compress_config(ctx.params, leave_out=("out",))  # --out is the sweep folder here
     config = SweepConfig(
@@ -138,8 +140,8 @@ def main() -> None:
 
 def _reporter() -> Any:
     """Progress and status on stderr; under torchrun from rank 0 only (the others' would interleave with it)."""
-    from kdcompress.core.world import launched
     from kdcompress.core.reporter import NullReporter
+    from kdcompress.core.world import launched
 
     if not launched().main:
         return NullReporter()
@@ -168,7 +170,9 @@ def benchmark(
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout instead of tables."),
     wide: bool = typer.Option(False, "--wide", help="Every column of the tables, however narrow the terminal (they fold)."),
-    max_ms: Optional[float] = typer.Option(None, "--max-ms", help="Budget: latency at batch 1 on the point's own target, in ms (as timed here).", rich_help_panel="Budget"),
+    max_ms: Optional[float] = typer.Option(
+        None, "--max-ms", help="Budget: latency at batch 1 on the point's own target, in ms (as timed here).", rich_help_panel="Budget"
+    ),
     max_mb: Optional[float] = typer.Option(None, "--max-mb", help="Budget: ONNX file size, in MB.", rich_help_panel="Budget"),
     max_drop: Optional[float] = typer.Option(None, "--max-drop", help="Budget: accuracy points below the teacher.", rich_help_panel="Budget"),
     max_ram: Optional[float] = typer.Option(
@@ -189,8 +193,8 @@ def benchmark(
     Writes benchmark.json, benchmark.md (with the Python that runs the chosen point) and benchmark.png into each run.
     """
     from kdcompress.deploy.frontier import Budget
-    from kdcompress.report.console import RichReporter
     from kdcompress.report.benchmark_render import benchmark_context, benchmark_tables
+    from kdcompress.report.console import RichReporter
     from kdcompress.runs.benchmark import benchmark_runs
 
     budget = Budget(max_ms, max_mb, max_drop, max_ram)
@@ -239,10 +243,10 @@ def quantize(
     The teacher gets both too (teacher-int8.onnx, teacher-fp16.onnx): the compression that needs no
     training, on the frontier beside the students.
     """
-    from kdcompress.deploy.manifest import resolve_runs
-    from kdcompress.deploy.quantize import quantize_run
-    from kdcompress.report.console import RichReporter
     from kdcompress.core.roles import format_of, format_role, source_of
+    from kdcompress.deploy.quantize import quantize_run
+    from kdcompress.deploy.run_lookup import resolve_runs
+    from kdcompress.report.console import RichReporter
     from kdcompress.report.predict_render import quantize_lines
 
     run_dir = resolve_runs(run)[0]
@@ -258,7 +262,9 @@ def quantize(
 @app.command()
 @user_errors("nothing was written")
 def predict(
-    images: list[Path] = typer.Argument(..., help="Image files (PNG, JPEG, BMP...) or folders of images; first a .onnx file kdc wrote to classify with it alone."),
+    images: list[Path] = typer.Argument(
+        ..., help="Image files (PNG, JPEG, BMP...) or folders of images; first a .onnx file kdc wrote to classify with it alone."
+    ),
     run: Optional[Path] = typer.Option(None, "--run", help="Run folder [default: the newest run under --artifacts]."),
     model: Optional[str] = typer.Option(
         None, "--model", help="teacher, baseline, student (distilled), control, int8, fp16, teacher-int8, teacher-fp16 (with several students: student-ARCH, "
@@ -267,7 +273,9 @@ def predict(
     ),
     top_k: int = typer.Option(1, "--top-k", help="How many classes to show per image (one line each image)."),
     artifacts: Path = typer.Option(Path("artifacts"), "--artifacts", help="Artifacts root searched when --run is not given."),
-    runtime: str = typer.Option("onnxruntime", "--runtime", help="onnxruntime, or openvino (at f32; pip install 'kdcompress\\[openvino]'): the same preprocessing and output."),
+    runtime: str = typer.Option(
+        "onnxruntime", "--runtime", help="onnxruntime, or openvino (at f32; pip install 'kdcompress\\[openvino]'): the same preprocessing and output."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the predictions as JSON on stdout."),
 ) -> None:
     """Classify images with a model of a run, one line per image and a summary; it names the run and the model it used.

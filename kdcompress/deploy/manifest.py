@@ -13,8 +13,8 @@ import numpy as np
 
 from kdcompress.core import roles
 from kdcompress.core.errors import KdcError
-from kdcompress.core.values import control_character, is_whole
 from kdcompress.core.files import write_json_atomic
+from kdcompress.core.values import control_character, is_whole
 from kdcompress.deploy.preprocessing import Preprocessing
 
 MANIFEST = "manifest.json"
@@ -60,7 +60,7 @@ class DatasetInfo:
     counts: dict[str, int]  # images per split: train, val, test
     source: str = ""
     fingerprint: str | None = None
-    # The training images' sizes ('WxH') before resizing, most common first, or ['various'] (preprocessing.source_sizes);
+    # The training images' sizes ('WxH') before resizing, most common first, or ['various'] (preprocessing.source_shapes);
     # empty in runs made before it was recorded.
     source_sizes: list[str] = field(default_factory=list)
     # The training images' own colour channels (1, 3) before conversion; empty in runs made before it was recorded.
@@ -190,7 +190,8 @@ def _shown(value: Any) -> str:
 
 def _check_type(value: Any, kinds: tuple[type, ...], where: str) -> None:
     if isinstance(value, bool) or not isinstance(value, kinds):
-        wanted = " or ".join("null" if k is type(None) else {"str": "text", "int": "a whole number", "float": "a number"}.get(k.__name__, k.__name__) for k in kinds)
+        words = {"str": "text", "int": "a whole number", "float": "a number"}
+        wanted = " or ".join("null" if k is type(None) else words.get(k.__name__, k.__name__) for k in kinds)
         _damaged(f"{where} is {_shown(value)}, not {wanted}")
 
 
@@ -393,42 +394,3 @@ def _read_images(run_dir: Path, manifest: Manifest, key: str) -> tuple[np.ndarra
             return np.asarray(data["images"]), np.asarray(data["labels"])
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
         raise KdcError(f"{path} is unreadable ({exc}): the run folder is damaged; run kdc compress again") from None
-
-
-def list_runs(root: str | Path) -> list[Path]:
-    """Finished runs under an artifacts root, oldest first."""
-    root = Path(root)
-    if not root.is_dir():
-        return []
-    runs = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and (p / MANIFEST).is_file()]
-    return sorted(runs, key=lambda p: (_created(p), p.name))
-
-
-def _created(run_dir: Path) -> float:
-    """When a run was made: its manifest's own `created` time, which a later --rehash or quantize (they rewrite the
-    manifest) does not move; the manifest's modification time for a run that records none or cannot be read."""
-    from datetime import datetime
-
-    try:
-        created = read_run_json(run_dir, MANIFEST).get("created")
-        return datetime.fromisoformat(created).timestamp()
-    except (KdcError, AttributeError, TypeError, ValueError):
-        return (run_dir / MANIFEST).stat().st_mtime
-
-
-def resolve_runs(path: str | Path, all_runs: bool = False) -> list[Path]:
-    """A run folder itself, or the newest finished run (every run with all_runs) under an artifacts root.
-
-    A folder that holds no run but an artifacts/ folder with runs in it (a project's root: `kdc benchmark .`) is
-    read as that artifacts root."""
-    path = Path(path)
-    if (path / MANIFEST).is_file():
-        return [path]
-    if not path.is_dir():
-        raise KdcError(f"folder not found: {path} (run kdc compress first, or pass a run folder)")
-    runs = list_runs(path) or list_runs(path / "artifacts")
-    if not runs:
-        raise KdcError(f"no finished run in {path}: run kdc compress first (a run is finished once it has {MANIFEST})")
-    return runs if all_runs else [runs[-1]]
-
-

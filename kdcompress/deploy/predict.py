@@ -10,11 +10,12 @@ import numpy as np
 
 from kdcompress.core import roles
 from kdcompress.core.errors import KdcError
-from kdcompress.deploy.manifest import Manifest, model_file, read_manifest, resolve_runs
-from kdcompress.deploy.preprocessing import IMAGE_SUFFIXES, image_shape, list_images, load_image, normalize, Preprocessing
-from kdcompress.deploy.sessions import check_model
-from kdcompress.deploy.targets import create_session, TARGETS
 from kdcompress.core.stats import softmax
+from kdcompress.deploy.manifest import Manifest, model_file, read_manifest
+from kdcompress.deploy.preprocessing import IMAGE_SUFFIXES, Preprocessing, image_shape, list_images, load_image, normalize
+from kdcompress.deploy.run_lookup import resolve_runs
+from kdcompress.deploy.sessions import check_model
+from kdcompress.deploy.targets import TARGETS, create_session
 
 
 def resolve_model_file(run_dir: Path, manifest: Manifest, model: str) -> Any:
@@ -76,7 +77,7 @@ def choose_run(run: Path | None, artifacts: Path) -> Path:
     """The run to predict with: --run, or the newest finished run under artifacts when every run there is of the same
     dataset and classes; runs of several datasets without --run are refused (never guess: a digits model would label
     an X-ray "8")."""
-    from kdcompress.deploy.manifest import list_runs
+    from kdcompress.deploy.run_lookup import list_runs
 
     if run is not None:
         return resolve_runs(run)[0]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import shlex
-from contextlib import contextmanager, ExitStack
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -24,7 +24,7 @@ def benchmark_runs(
     all_runs, what could not be benchmarked (None when every run was): such a run is warned about and skipped.
 
     target: the --target text; command: the command line to record (default: the one that makes this result)."""
-    from kdcompress.deploy.manifest import resolve_runs
+    from kdcompress.deploy.run_lookup import resolve_runs
 
     targets = tuple(part.strip() for part in target.split(",") if part.strip()) if target else None
     results, broken = [], []
@@ -69,7 +69,8 @@ def benchmark_and_save(run_dir: str | Path, reporter: Reporter | None = None, re
     same, with saved false and the reason in save_error.
     """
     from kdcompress.deploy.benchmark import benchmark_run
-    from kdcompress.deploy.manifest import read_manifest, rehash as rehash_run
+    from kdcompress.deploy.manifest import read_manifest
+    from kdcompress.deploy.manifest import rehash as rehash_run
 
     reporter = reporter or NullReporter()
     run_dir = Path(run_dir)

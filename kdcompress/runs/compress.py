@@ -2,37 +2,32 @@
 
 from __future__ import annotations
 
-import time
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-import numpy as np
-
 from kdcompress.core import roles
 from kdcompress.core.errors import KdcError
-from kdcompress.core.roles import pruned_ratio, TEACHER
-from kdcompress.train import losses
-from kdcompress.train.config import CompressConfig
-from kdcompress.data.dataset import batches, materialize
-from kdcompress.train.collectives import broadcast_object
-from kdcompress.train.fair import control_smoothing, fair_start, prepare, Prepared, teacher_train_logits
 from kdcompress.core.files import write_json_atomic, write_yaml_atomic
-from kdcompress.deploy.metadata import file_metadata, stamp
-from kdcompress.deploy.manifest import DatasetInfo, file_sha256, Manifest, ModelEntry, write_manifest
-from kdcompress.runs.environment import busy_warning, environment
-from kdcompress.runs.rundir import check_out, discard_run, prepare_run_dir, publish_run
 from kdcompress.core.reporter import NullReporter, Reporter
+from kdcompress.core.roles import TEACHER, pruned_ratio
 from kdcompress.core.stats import attributions, compare_models
+from kdcompress.data.dataset import batches
+from kdcompress.deploy.manifest import DatasetInfo, Manifest, ModelEntry, write_manifest
+from kdcompress.runs.environment import Phases, busy_warning, environment
+from kdcompress.runs.model_files import export_model, exporter, save_samples
+from kdcompress.runs.rundir import check_out, discard_run, prepare_run_dir, publish_run
+from kdcompress.train import losses
+from kdcompress.train.collectives import broadcast_object
+from kdcompress.train.config import CompressConfig
+from kdcompress.train.fair import Prepared, control_smoothing, fair_start, prepare, teacher_train_logits
 from kdcompress.train.teacher import load_or_train_teacher
 
 if TYPE_CHECKING:
     from kdcompress.train.export import Exports
 
 CONFIG_FILE = "config.yaml"  # the resolved settings: kdc compress --config RUN/config.yaml runs them again
-CALIBRATION_IMAGES = 512  # training images kept for INT8 calibration (kdc quantize)
 
 
 @dataclass
@@ -41,37 +36,6 @@ class CompressResult:
 
     run_dir: Path
     manifest: Manifest | None
-
-
-@dataclass
-class Phases:
-    """Seconds spent in each phase of one compress call, in the order they ran (the manifest's training.seconds).
-
-    start and data: the imports (torch, timm), then loading and checking the images; teacher: trained, or read
-    from the cache; students: their training, the checkpoints, and the exports started in worker processes
-    (export.Exports); test and exports: the test scores and the exports, finished or made here; INT8 (--int8);
-    total: the whole call from its start.
-    """
-
-    seconds: dict[str, float] = field(default_factory=dict)
-    started: float = field(default_factory=time.perf_counter)
-
-    @contextmanager
-    def __call__(self, name: str) -> Iterator[None]:
-        began = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - began, 2)
-
-    def record(self) -> dict[str, float]:
-        return {**self.seconds, "total": round(time.perf_counter() - self.started, 2)}
-
-    @staticmethod
-    def words(record: dict[str, float]) -> str:
-        """One line for a record: the total, then each phase."""
-        phases = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in record.items() if name != "total")
-        return f"took {record['total']:.0f} s: {phases}"
 
 
 def compress(config: CompressConfig, reporter: Reporter | None = None, spawn_safe: bool = False) -> CompressResult:
@@ -159,7 +123,7 @@ def _train_all(
         with phases("prune to ms"):
             _prune_to_ms(run, teacher, teacher_record, reporter)
     with phases("students"):
-        done = _exporter(run, reporter, exports)
+        done = exporter(run, reporter, exports)
         done("teacher", teacher)
         return _train_students(run, reporter, teacher, teacher_record, done)
 
@@ -178,32 +142,6 @@ def _prune_to_ms(run: Prepared, teacher: Any, teacher_record: dict[str, Any], re
     teacher_record["prune_to_ms"] = {"target_ms": cfg.prune_to_ms, "ratio": ratio, "words": words}
     if ratio is not None and ratio not in cfg.prune_ratios:
         run.cfg = replace(cfg, prune=",".join(f"{r:g}" for r in [*cfg.prune_ratios, ratio]))
-
-
-def _exporter(run: Prepared, reporter: Reporter, exports: Exports | None) -> Callable[[str, Any], None]:
-    """What to do with each model once it is trained: save its checkpoint and start its export (rank 0)."""
-
-    def done(role: str, model: Any) -> None:
-        if exports is None:
-            return
-        if exports.background:
-            reporter.info(f"exporting {role} to ONNX in a worker process, beside the training")
-        exports.submit(role, model, _checkpoint_meta(run, role, model))
-
-    return done
-
-
-def _checkpoint_meta(run: Prepared, role: str, model: Any) -> dict[str, Any]:
-    """What a checkpoint needs besides its weights to rebuild the network (models.save_checkpoint): for a student
-    carved from the teacher, the teacher's architecture and the pruned structure (train.prune.rebuild)."""
-    from kdcompress.train.prune import structure
-
-    architecture = run.cfg.teacher if role == TEACHER else roles.student_of(role) or run.cfg.students[0]
-    ratio = pruned_ratio(architecture)
-    meta = {"model": architecture, "classes": run.data.classes, "in_chans": run.data.channels}
-    if ratio is not None:
-        meta.update(model=run.cfg.teacher, pruned={"ratio": ratio, "structure": structure(model)})
-    return meta
 
 
 def _train_students(
@@ -346,11 +284,11 @@ def _finish(
 ) -> Manifest:
     """Test, finish the exports, save data samples, then write the manifest last."""
     cfg, data = run.cfg, run.data
-    _save_samples(run, staging)
+    save_samples(run, staging)
     history = {role: records[role].pop("history", []) for role in models}
     entries, correct = {}, {}
     for role, model in models.items():
-        entries[role], correct[role] = _export_model(run, role, model, exports, reporter, test_logits.get(role), run_name)
+        entries[role], correct[role] = export_model(run, role, model, exports, reporter, test_logits.get(role), run_name)
         entries[role].details.update(records[role])
     write_json_atomic(staging / "history.json", history)
     comparisons = compare_models(correct)
@@ -415,55 +353,5 @@ def _one_class_warning(role: str, entry: ModelEntry) -> str | None:
         f"the {roles.label(role)} model answers {answered[0]} for every test image{also}: it learned no more than "
         f"the class counts; train longer (--epochs, --teacher-epochs) or on more images"
     )
-
-
-def _save_samples(run: Prepared, staging: Path) -> None:
-    """The test images as fed to the models, the validation split (kdc quantize chooses its INT8 file on it), and
-    CALIBRATION_IMAGES training images for INT8 calibration."""
-    data = run.data
-    np.savez_compressed(staging / "test_set.npz", images=materialize(data.test_x), labels=data.test_y)
-    np.savez_compressed(staging / "validation.npz", images=materialize(data.val_x), labels=data.val_y)  # INT8 is chosen on it
-    rng = np.random.default_rng(run.cfg.seed)
-    pick = np.sort(rng.choice(len(data.train_y), size=min(CALIBRATION_IMAGES, len(data.train_y)), replace=False))
-    np.savez_compressed(staging / "calibration.npz", images=data.train_x[pick], labels=data.train_y[pick])
-
-
-def _export_model(
-    run: Prepared, role: str, model: Any, exports: Exports, reporter: Reporter, logits: Any = None, run_name: str = ""
-) -> tuple[ModelEntry, np.ndarray]:
-    """Score one model on the test split (logits: its training's own score, where it has one) and finish its ONNX
-    export (checked against PyTorch), which then describes itself (deploy.metadata: classes, preprocessing, origin).
-
-    Returns its manifest entry and which test images it gets right (for the verdicts).
-    """
-    from kdcompress.train.models import count_parameters
-    from kdcompress.train.loop import predict_logits
-
-    data = run.data
-    if logits is None:
-        logits = predict_logits(model, data.test_x, run.prep, run.device)
-    correct = logits.argmax(axis=1) == data.test_y
-    per_class = {
-        name: float(correct[data.test_y == i].mean()) if (data.test_y == i).any() else None
-        for i, name in enumerate(data.classes)
-    }
-    if not exports.background:
-        reporter.info(f"exporting {role} to ONNX and checking it against PyTorch")
-    parity = exports.parity(role, model)
-    onnx_path = exports.folder / f"{role}.onnx"
-    stamp(onnx_path, file_metadata(data.classes, run.prep, data.name, run_name, role))
-    meta = _checkpoint_meta(run, role, model)
-    pruned = {"pruned": {"teacher": meta["model"], **meta["pruned"]}} if "pruned" in meta else {}
-    entry = ModelEntry(
-        architecture=f"{meta['model']} pruned {meta['pruned']['ratio']:.0%}" if pruned else meta["model"],
-        onnx=onnx_path.name,
-        parameters=count_parameters(model),
-        onnx_bytes=onnx_path.stat().st_size,
-        test_accuracy=float(correct.mean()),
-        test_correct=int(correct.sum()),
-        details={"checkpoint": f"checkpoints/{role}.pt", "per_class_accuracy": per_class, "export": parity,
-                 "sha256": file_sha256(onnx_path), **pruned},  # fmt: skip
-    )
-    return entry, correct
 
 

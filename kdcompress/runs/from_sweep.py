@@ -15,10 +15,10 @@ from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
-from kdcompress.train.config import CompressConfig
 from kdcompress.core.errors import KdcError
 from kdcompress.core.files import read_json
 from kdcompress.runs.sweep import FORMAT, SHARED_SETTINGS
+from kdcompress.train.config import CompressConfig
 
 CELL = ("temperature", "alpha", "beta")
 _TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,), "None": (type(None),)}

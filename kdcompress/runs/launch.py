@@ -19,8 +19,8 @@ def preflight(config: Any, processes: int) -> None:
     """
     import torch
 
-    from kdcompress.train.accel import resolve_device
     from kdcompress.data.specs import resolve_spec
+    from kdcompress.train.accel import resolve_device
     from kdcompress.train.models import resolve_model_name
 
     cfg = config.resolved()
