@@ -22,6 +22,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 from record import RESULTS, envelope, save
+
 from kdcompress.deploy.manifest import read_manifest
 
 ROLES = ("teacher", "baseline", "student", "control")

@@ -20,13 +20,12 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-
 from record import RESULTS, envelope, save
 
-from kdcompress.deploy.preprocessing import normalize, Preprocessing
-from kdcompress.deploy.quantize import Calibration, quantize_candidate, S8S8, to_fp16, U8S8
 from kdcompress.core.errors import KdcError
-from kdcompress.deploy.targets import create_session, REFERENCE, TARGETS
+from kdcompress.deploy.preprocessing import Preprocessing, normalize
+from kdcompress.deploy.quantize import S8S8, U8S8, Calibration, quantize_candidate, to_fp16
+from kdcompress.deploy.targets import REFERENCE, TARGETS, create_session
 from kdcompress.deploy.timing import cpu_isa, cpu_name, interleaved_latency, tile_batch
 
 MODELS = "efficientnet_b3,resnet18,resnet10t,mobilenetv4_conv_small"  # the teacher, then the students measured in README

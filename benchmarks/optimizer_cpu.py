@@ -2,7 +2,7 @@
 
     python benchmarks/optimizer_cpu.py [--cases resnet18:16,resnet34:16,resnet18:32,efficientnet_b3:32] [--rounds 8]
 
-Two copies of one network train through `train.TrainStep` on the same batches of the view stream, one with
+Two copies of one network train through `loop.TrainStep` on the same batches of the view stream, one with
 AdamW's default per-tensor step, one with `fused=True`, taking turns every epoch of 4 steps (the order swapped
 every round, the first round discarded). Separate processes on this 2-core VM differed by 10-25% from one run
 to the next whatever they ran, so only the interleaved medians compare the two. The record goes to
@@ -29,9 +29,9 @@ def interleaved(name: str, size: int, rounds: int, batch: int = 128) -> dict:
     """Median seconds per step of each optimizer on one network, their steps interleaved."""
     import torch
 
+    from kdcompress.train.loop import TrainSettings, TrainStep
     from kdcompress.train.models import create_model
     from kdcompress.train.objectives import Supervised
-    from kdcompress.train.loop import TrainSettings, TrainStep
     from kdcompress.train.views import ViewStream
 
     torch.manual_seed(0)

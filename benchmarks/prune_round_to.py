@@ -17,8 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch_pruning as tp
-
-from record import envelope, RESULTS, save
+from record import RESULTS, envelope, save
 
 from kdcompress.deploy.manifest import read_manifest
 from kdcompress.deploy.preprocessing import normalize

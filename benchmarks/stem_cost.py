@@ -15,12 +15,11 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-
 from record import RESULTS, envelope, save
 
 from kdcompress.core.errors import KdcError
 from kdcompress.deploy.graph import onnx_size
-from kdcompress.deploy.preprocessing import normalize, Preprocessing
+from kdcompress.deploy.preprocessing import Preprocessing, normalize
 from kdcompress.deploy.targets import TARGETS
 from kdcompress.deploy.timing import cpu_isa, cpu_name, interleaved_latency
 

@@ -8,7 +8,7 @@ streamed one decodes the files in DataLoader workers for every batch. After `--w
 `--steps` batches are timed (synchronised on CUDA). The up-front decode of the in-memory path is
 timed too: it is what streaming avoids, along with holding the pixels. The first batches of both
 paths are checked to be identical. With --train-steps K, K training steps of the student (ResNet18,
-`train.TrainStep`) are also timed on each path: there the decoding overlaps with the training, and on
+`loop.TrainStep`) are also timed on each path: there the decoding overlaps with the training, and on
 a CPU the loader's worker processes compete with it for the cores.
 The record goes to benchmarks/results/stream-throughput-<device>.json.
 """
@@ -50,9 +50,9 @@ def training_images_per_second(data, prep, settings, steps: int) -> float:
     """Images per second of `steps` ResNet18 training steps fed by this data's view stream (after one warm-up step)."""
     import torch
 
+    from kdcompress.train.loop import TrainStep
     from kdcompress.train.models import create_model
     from kdcompress.train.objectives import Supervised
-    from kdcompress.train.loop import TrainStep
     from kdcompress.train.views import ViewStream
 
     torch.manual_seed(0)

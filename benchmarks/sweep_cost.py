@@ -23,19 +23,20 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 
-from kdcompress.train.config import CompressConfig
+from record import RESULTS, envelope, save
+
 from kdcompress.core.reporter import NullReporter
 from kdcompress.runs.sweep import sweep
+from kdcompress.train.config import CompressConfig
 from kdcompress.train.sweep_config import SweepConfig
-from record import RESULTS, envelope, save
 
 GRID = dict(temperatures=(2.0, 4.0), alphas=(0.5,), betas=(0.0, 0.3), seeds=1)
 
 
 def measure(data_dir: Path, epochs: int, root: Path) -> dict:
     from kdcompress.train.fair import fair_start, prepare
-    from kdcompress.train.teacher import load_or_train_teacher
     from kdcompress.train.loop import fit
+    from kdcompress.train.teacher import load_or_train_teacher
 
     base = CompressConfig(dataset="cifar3", data_dir=str(data_dir), epochs=epochs, device="cpu", artifacts=str(root))
     config = SweepConfig(base=base, out=str(root / "sweep"), **GRID)

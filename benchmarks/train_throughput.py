@@ -3,7 +3,7 @@
     python benchmarks/train_throughput.py [--device auto|cpu|cuda] [--sizes 32,224] [--modes eager,graph,compiled]
                                           [--autotune default|off|on] [--roles teacher,student,views] [--augment crop|rrc]
 
-Each case trains through the very step `kdc compress` uses (`train.TrainStep`: the view stream's
+Each case trains through the very step `kdc compress` uses (`loop.TrainStep`: the view stream's
 augmentation on the device, autocast, backward, AdamW, one-cycle schedule) on random uint8 images:
 speed does not depend on what the pixels show. The first `--warmup` steps are timed apart (they hold
 cuDNN autotuning, the graph capture or the compile itself: the one-off cost), then `--steps` steps are
@@ -50,10 +50,9 @@ def measure(
     import torch
 
     from kdcompress.train.accel import AUTOTUNE_ENV
-
+    from kdcompress.train.loop import TrainSettings, TrainStep
     from kdcompress.train.models import adapt_to_input, create_model, zero_init_head
     from kdcompress.train.objectives import Supervised
-    from kdcompress.train.loop import TrainSettings, TrainStep
     from kdcompress.train.views import ViewStream
 
     torch.manual_seed(0)
@@ -126,7 +125,7 @@ def _views_only(size: int, device: str, batch: int, warmup: int, steps: int, aug
     def timed(count: int) -> float:
         started, made = time.perf_counter(), 0
         while made < count:
-            for images, _ in stream.epoch():
+            for _images, _ in stream.epoch():
                 made += 1
                 if made == count:
                     break

@@ -112,9 +112,21 @@ def chest_xray(shared_data: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One finished compress run on digits with tiny models (shared by export, benchmark and predict tests)."""
-    from kdcompress.train.config import CompressConfig
     from kdcompress.runs.compress import compress
+    from kdcompress.train.config import CompressConfig
 
     root = tmp_path_factory.mktemp("artifacts")
     config = CompressConfig(**{**TINY_CONFIG, "control": "label-smoothing"}, artifacts=str(root))
     return compress(config).run_dir
+
+
+# Fixtures that train a model (a run shared by a module's tests), or read the real data (its tests train).
+TRAINS = ("tiny_run", "two_student_run", "pruned_run", "folder_run", "cli_sweep", "chest_xray", "shared_data")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that trains is e2e: marked by hand, or by using a fixture that trains (the session's tiny run), so that
+    `python -m pytest -m "not e2e"` is the quick suite for editing. realdata tests train too."""
+    for item in items:
+        if any(name in getattr(item, "fixturenames", ()) for name in TRAINS) or item.get_closest_marker("realdata"):
+            item.add_marker(pytest.mark.e2e)

@@ -11,11 +11,11 @@ from dataclasses import replace
 import torch
 import torch.distributed as dist
 
+from kdcompress.core.reporter import NullReporter
 from kdcompress.train.config import CompressConfig
 from kdcompress.train.fair import fair_start, prepare
-from kdcompress.train.models import create_model
-from kdcompress.core.reporter import NullReporter
 from kdcompress.train.loop import fit
+from kdcompress.train.models import create_model
 from kdcompress.train.views import ViewStream
 
 

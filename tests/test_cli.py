@@ -6,10 +6,8 @@ import sys
 
 import pytest
 
+from conftest import TINY, fails_cleanly, runner
 from kdcompress.cli import app
-
-from conftest import TINY, runner, fails_cleanly
-
 
 
 def _invoke(*args):
@@ -84,6 +82,7 @@ def test_device_cuda_without_gpu_is_a_clear_error(tmp_path):
     fails_cleanly(result, "no CUDA GPU")
 
 
+@pytest.mark.e2e
 def test_compress_end_to_end_prints_the_summary_and_the_verdict(tmp_path):
     args = ["--epochs", "1", "--artifacts", str(tmp_path), "--T", "2", "--alpha", "0.7", "--control", "none"]
     result = _invoke("compress", *TINY, *args)
@@ -190,6 +189,7 @@ def test_every_setting_is_one_option_with_its_fields_default_and_range(command):
     # (compress only where it says so), with the field's default, and its range is checked from the same field.
     import typer
 
+    from kdcompress.cli.options import GRID_PARAMETER
     from kdcompress.train.config import COMPRESS_ONLY, GRID, settings
 
     params = {p.name: p for p in typer.main.get_command(app).commands[command].params}
@@ -197,7 +197,7 @@ def test_every_setting_is_one_option_with_its_fields_default_and_range(command):
         if command == "sweep" and how.sweep == COMPRESS_ONLY:
             assert name not in params or name == "out"  # the sweep's --out is its own: the sweep folder
             continue
-        option = params[{"temperature": "temperatures", "alpha": "alphas", "beta": "betas", "kd_loss": "kd_losses"}.get(name, name) if command == "sweep" and how.sweep == GRID else name]
+        option = params[GRID_PARAMETER[name] if command == "sweep" and how.sweep == GRID else name]
         assert set(how.flag_names(name)) <= set(option.opts), name
         if command == "compress" or how.sweep != GRID:
             assert (str(option.default) if how.path and default is not None else option.default) == default, name

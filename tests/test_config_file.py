@@ -8,9 +8,8 @@ import re
 import pytest
 import yaml
 
-from kdcompress.cli import app
-
 from conftest import fails_cleanly, runner
+from kdcompress.cli import app
 
 PANELS = ("Data", "Teacher", "Students and distillation", "Training", "Hardware", "Output")
 
@@ -95,7 +94,7 @@ def test_a_missing_config_file_is_one_line(tmp_path):
     fails_cleanly(runner.invoke(app, ["sweep", "--config", str(tmp_path)]), "is a folder")
 
 
-# The third reliability probe, --config's items.
+# --config's failures: one line each.
 
 
 def test_a_yaml_alias_bomb_and_an_oversized_file_are_refused_at_once(tmp_path):

@@ -10,12 +10,12 @@ import pytest
 import torch
 from PIL import Image
 
-from kdcompress.data.dataset import load_dataset
-from kdcompress.data.readers import download_cifar10
-from kdcompress.train.views import augment, to_input, views
 from kdcompress.core.errors import KdcError
 from kdcompress.core.reporter import NullReporter
+from kdcompress.data.dataset import load_dataset
+from kdcompress.data.readers import download_cifar10
 from kdcompress.deploy.preprocessing import load_image
+from kdcompress.train.views import augment, to_input, views
 
 
 def _disjoint_stratified(ds):

@@ -9,14 +9,14 @@ import timm
 import torch
 from onnx import numpy_helper
 
-from kdcompress.train import export as export_module
 from kdcompress.core.errors import KdcError
-from kdcompress.train.export import export_onnx
-from kdcompress.train.models import count_parameters
 from kdcompress.deploy.preprocessing import Preprocessing
 from kdcompress.deploy.sessions import run_logits
 from kdcompress.deploy.targets import create_session
+from kdcompress.train import export as export_module
+from kdcompress.train.export import export_onnx
 from kdcompress.train.loop import predict_logits
+from kdcompress.train.models import count_parameters
 
 PREP = Preprocessing(image_size=16, channels=3, mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3))
 IMAGES = np.random.default_rng(0).integers(0, 256, (40, 3, 16, 16), dtype=np.uint8)
@@ -111,6 +111,6 @@ def test_exported_student_has_exactly_the_student_weights(tiny_run):
 def test_export_workers_only_under_the_kdc_command_on_eight_cores_or_more(monkeypatch):
     """In-process calls (these tests, a user's script) never spawn: a spawned worker re-imports the main module."""
     for spawn_safe, cpus, workers in [(False, 16, 0), (True, 16, 4), (True, 8, 2), (True, 4, 0), (True, 64, 4)]:
-        monkeypatch.setattr(export_module, "usable_cores", lambda: cpus)
+        monkeypatch.setattr(export_module, "usable_cores", lambda cpus=cpus: cpus)
         assert export_module.export_workers(spawn_safe) == workers, (spawn_safe, cpus)
 

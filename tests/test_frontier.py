@@ -8,12 +8,11 @@ import shutil
 import numpy as np
 import pytest
 
+from conftest import fails_cleanly, runner
 from kdcompress.cli import app
 from kdcompress.core.errors import KdcError
-from kdcompress.deploy.frontier import Budget, not_faster, pareto, Point, recommend
+from kdcompress.deploy.frontier import Budget, Point, not_faster, pareto, recommend
 from kdcompress.deploy.timing import cpu_isa, interleaved_latency
-
-from conftest import fails_cleanly, runner
 
 # Hand-made points, shaped like a real run at 224 px: the teacher is the most accurate and the slowest. Each gets
 # right the first N of 200 test images, so that paired comparisons between them are what the counts say.

@@ -10,15 +10,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import Recorder
 
-from kdcompress.data.dataset import load_dataset
+from conftest import Recorder
 from kdcompress.core.errors import KdcError
+from kdcompress.core.reporter import NullReporter
+from kdcompress.data.dataset import load_dataset
+from kdcompress.train.loop import TrainSettings, TrainStep, clone_model, fit
 from kdcompress.train.models import create_model, create_projection
 from kdcompress.train.objectives import Distillation, Supervised
-from kdcompress.core.reporter import NullReporter
 from kdcompress.train.teacher import record_teacher
-from kdcompress.train.loop import clone_model, fit, TrainSettings, TrainStep
 from kdcompress.train.views import ViewStream
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -39,8 +39,8 @@ def digits():
 @pytest.mark.gpu
 @cuda
 def test_tiny_compress_on_cuda_exports_what_it_trained(tmp_path):
-    from kdcompress.train.config import CompressConfig
     from kdcompress.runs.compress import compress
+    from kdcompress.train.config import CompressConfig
 
     config = CompressConfig(teacher="test_efficientnet", student="test_resnet", image_size=16, epochs=2, device="cuda", out=str(tmp_path / "run"))
     manifest = compress(config).manifest

@@ -1,7 +1,6 @@
-"""The second reliability probe, as a hostile new user tries it: nothing lost, nothing run that should not be.
-
-Each test names the probe's item. User errors are one `error:` line, exit code 1, no traceback, and leave
-nothing behind.
+"""What a hostile or careless user cannot make kdc do: run code from a file, read or write outside the folders they
+named, replace a run they did not name, or lose a run to a signal, a crafted manifest or a second process. User
+errors are one `error:` line, exit code 1, no traceback, and leave nothing behind.
 """
 
 from __future__ import annotations
@@ -21,12 +20,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import REPO, TINY, TINY_CONFIG, Recorder, copy_run, edit_manifest, fails_cleanly, runner
 from kdcompress.cli import app
 from kdcompress.deploy.manifest import rehash
-
-from conftest import REPO, TINY, TINY_CONFIG, Recorder, copy_run, edit_manifest, fails_cleanly, runner
-
-
 
 _copy, _edit_manifest = copy_run, edit_manifest
 
@@ -90,9 +86,9 @@ def test_two_runs_started_in_the_same_second_reserve_two_folders(tmp_path, monke
 
 
 def test_a_run_never_replaces_one_it_was_not_asked_to_replace(tmp_path):
+    from kdcompress.deploy.manifest import Manifest
     from kdcompress.runs import rundir
     from kdcompress.train.config import CompressConfig
-    from kdcompress.deploy.manifest import Manifest
 
     folder = rundir.prepare_run_dir(CompressConfig(artifacts=str(tmp_path), out=str(tmp_path / "mine")).resolved())
     (folder.final / "manifest.json").write_text('{"run": "the other one"}')  # another process published here meanwhile
@@ -340,8 +336,8 @@ def test_names_the_terminal_cannot_encode_are_replaced_not_fatal(tiny_run, tmp_p
 
 
 def test_hidden_files_and_class_folders_are_skipped_with_one_info_line(tmp_path):
-    from kdcompress.deploy.preprocessing import list_images
     from kdcompress.data.readers import load_folder
+    from kdcompress.deploy.preprocessing import list_images
 
     for name in ("alpha", "beta", ".gamma"):
         (tmp_path / name).mkdir()
@@ -381,6 +377,7 @@ def _terminate_when(command: list[str], cwd: Path, ready) -> subprocess.Complete
     return subprocess.CompletedProcess(command, process.returncode, out, err)
 
 
+@pytest.mark.e2e
 def test_sigterm_during_compress_discards_the_run_in_one_line(tmp_path):
     root = tmp_path / "artifacts"
     args = ["compress", *TINY, "--epochs", "50", "--teacher-epochs", "50", "--artifacts", str(root)]
@@ -395,7 +392,8 @@ def test_sigterm_during_compress_discards_the_run_in_one_line(tmp_path):
 def test_an_interruption_as_the_run_folder_is_made_leaves_nothing(tmp_path, monkeypatch, where):
     # Under load the suite's SIGTERM landed between the staging folder's mkdir and the try that discards it (an import
     # stood there): .partial-* and its mark were left behind although the run said it was discarded.
-    from kdcompress.runs import compress as compress_module, rundir
+    from kdcompress.runs import compress as compress_module
+    from kdcompress.runs import rundir
     from kdcompress.train.config import CompressConfig
 
     def interrupted(*args, **kwargs):

@@ -18,7 +18,7 @@ HEAVY = ("torch", "timm", "torchvision")
 
 
 def imports(path: Path) -> list[tuple[str, int]]:
-    """Every module path.py imports (absolute names), with the line, lazy imports included."""
+    """Every module the file at path imports (absolute names), with the line, lazy imports included."""
     found = []
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):

@@ -6,23 +6,22 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from conftest import TINY_CONFIG, Recorder
 
-from kdcompress.train.teacher import teacher_cache_key
-from kdcompress.train.config import CompressConfig
+from conftest import TINY_CONFIG, Recorder
 from kdcompress.core.errors import KdcError
 from kdcompress.deploy.manifest import read_manifest
-from kdcompress.runs.compress import compress
 from kdcompress.deploy.preprocessing import Preprocessing
 from kdcompress.deploy.sessions import run_logits
 from kdcompress.deploy.targets import create_session
-
+from kdcompress.runs.compress import compress
+from kdcompress.train.config import CompressConfig
+from kdcompress.train.teacher import teacher_cache_key
 
 
 def test_run_folder_holds_everything_benchmark_and_predict_need(tiny_run):
     manifest = read_manifest(tiny_run).to_dict()
     assert set(manifest["models"]) == {"teacher", "baseline", "student", "control"}
-    for role, entry in manifest["models"].items():
+    for entry in manifest["models"].values():
         assert (tiny_run / entry["onnx"]).is_file() and (tiny_run / entry["checkpoint"]).is_file()
         assert 0.0 <= entry["test_accuracy"] <= 1.0 and entry["export"]["max_abs_diff"] <= entry["export"]["allowed_diff"]
         assert set(entry["per_class_accuracy"]) == set(manifest["dataset"]["classes"])
@@ -58,6 +57,7 @@ def test_run_folder_holds_everything_benchmark_and_predict_need(tiny_run):
     assert not [p for p in tiny_run.parent.iterdir() if p.name.startswith(".partial")]
 
 
+@pytest.mark.e2e
 def test_exports_in_worker_processes_score_what_the_run_recorded(tmp_path, monkeypatch):
     """Two spawned workers export each model from its checkpoint while the next one trains; each file is checked
     against PyTorch there and scores on the test set what the run recorded (tests/test_export.py: the worker's
@@ -87,6 +87,7 @@ def test_recorded_test_accuracy_is_what_the_onnx_file_scores(tiny_run):
         assert abs(correct - entry["test_correct"]) <= 1, role
 
 
+@pytest.mark.e2e
 def test_distillation_with_alpha_and_beta_zero_reproduces_the_baseline(tmp_path):
     # Same initial weights, data order, augmentation and schedule: with the KD terms switched off the
     # distilled student must be the baseline, bit for bit. Any unfairness would show here.
@@ -97,6 +98,7 @@ def test_distillation_with_alpha_and_beta_zero_reproduces_the_baseline(tmp_path)
     assert models["student"]["test_correct"] == models["baseline"]["test_correct"]
 
 
+@pytest.mark.e2e
 def test_same_seed_same_numbers_and_the_teacher_is_reused(tmp_path):
     first_log, second_log = Recorder(), Recorder()
     first = compress(CompressConfig(**{**TINY_CONFIG, "epochs": 1}, artifacts=str(tmp_path)), first_log)
@@ -120,6 +122,7 @@ def test_teacher_weights_file_is_used_instead_of_training(tmp_path, tiny_run):
     assert teacher["test_correct"] == read_manifest(tiny_run).to_dict()["models"]["teacher"]["test_correct"]
 
 
+@pytest.mark.e2e
 def test_failed_run_leaves_the_earlier_run_at_out_untouched(tmp_path, monkeypatch):
     out = tmp_path / "run"
     compress(CompressConfig(**TINY_CONFIG, out=str(out)))
@@ -212,12 +215,12 @@ def test_auxiliary_logits_are_never_scored():
     import torch
     from torch import nn
 
-    from kdcompress.data.dataset import load_dataset
-    from kdcompress.train.models import create_model
-    from kdcompress.train.teacher import keep_first_classes
-    from kdcompress.train.objectives import Supervised
     from kdcompress.core.reporter import NullReporter
-    from kdcompress.train.loop import accuracy, fit, predict_logits, TrainSettings
+    from kdcompress.data.dataset import load_dataset
+    from kdcompress.train.loop import TrainSettings, accuracy, fit, predict_logits
+    from kdcompress.train.models import create_model
+    from kdcompress.train.objectives import Supervised
+    from kdcompress.train.teacher import keep_first_classes
 
     class Decoy(nn.Module):  # an auxiliary class that always wins the argmax over all outputs (a timm-style model)
         def __init__(self, model):
@@ -265,8 +268,7 @@ def test_stride_one_stem_is_used_for_small_inputs_and_survives_a_checkpoint(tmp_
     import timm
     import torch
 
-    from kdcompress.train.models import load_weights, save_checkpoint, set_stem_stride
-    from kdcompress.train.models import small_input_stem
+    from kdcompress.train.models import load_weights, save_checkpoint, set_stem_stride, small_input_stem
 
     torch.manual_seed(0)
     teacher = timm.create_model("test_efficientnet", num_classes=3)
@@ -285,7 +287,7 @@ def test_stride_one_stem_is_used_for_small_inputs_and_survives_a_checkpoint(tmp_
     assert torch.load(tiny_run / "checkpoints" / "teacher.pt", weights_only=True)["stem_stride"] == 1
 
 
-# The third reliability probe, compress's items.
+# kdc compress's failures: one line each, no run folder half-written.
 
 
 @pytest.mark.parametrize(
@@ -330,6 +332,7 @@ def test_an_empty_folder_reserved_by_a_killed_run_is_removed_by_the_next(tmp_pat
     assert (folder.staging / RESERVED_MARK).read_text() == folder.final.name
 
 
+@pytest.mark.e2e
 def test_a_busy_machine_is_said_when_compress_starts(tmp_path, monkeypatch):
     import os
 
@@ -366,6 +369,7 @@ def test_a_batch_too_large_for_the_training_images_is_warned_with_one_that_fits(
     # The walkthrough's folder of 230 X-rays at batch 128 trained every model for 15 steps, one an epoch, and the
     # teacher answered one class: say it before training, with a batch that gives 8 steps an epoch.
     from PIL import Image
+
     from kdcompress.train.fair import few_steps_warning, prepare
 
     for name in ("cat", "dog"):

@@ -9,20 +9,18 @@ import onnx
 import pytest
 from PIL import Image
 
-from kdcompress.deploy.benchmark import benchmark_run
+from conftest import fails_cleanly, runner
 from kdcompress.cli import app
-from kdcompress.train.config import CompressConfig
+from kdcompress.deploy.benchmark import benchmark_run
 from kdcompress.deploy.manifest import read_manifest
-from kdcompress.runs.compress import compress
 from kdcompress.deploy.predict import predict_images
-from kdcompress.deploy.quantize import candidates
-from kdcompress.deploy.timing import cpu_isa
 from kdcompress.deploy.preprocessing import Preprocessing
+from kdcompress.deploy.quantize import candidates
 from kdcompress.deploy.sessions import run_logits
 from kdcompress.deploy.targets import create_session
-
-from conftest import runner, fails_cleanly
-
+from kdcompress.deploy.timing import cpu_isa
+from kdcompress.runs.compress import compress
+from kdcompress.train.config import CompressConfig
 
 
 @pytest.fixture(scope="module")
@@ -165,7 +163,7 @@ def test_quantize_adds_a_smaller_int8_and_an_fp16_student_to_the_run(tiny_run, t
     assert predict_images([_odd_images(tmp_path / "imgs")[0]], run=run, model="int8")["results"][0]["predictions"]
 
 
-# The third reliability probe, quantize's items.
+# kdc quantize's failures: one line each, the run as it was.
 
 
 def test_a_role_that_names_a_path_is_refused_and_nothing_is_written_outside(tiny_run, tmp_path):
@@ -340,6 +338,7 @@ def test_a_failed_image_does_not_load_torch(folder_run, tmp_path):
     assert done.stderr.strip().endswith("no torch") and "1 of 2 image(s) could not be classified" in done.stderr
 
 
+@pytest.mark.e2e
 def test_grayscale_images_of_a_run_trained_on_grayscale_files_are_not_said_to_be_converted(tmp_path):
     # A folder of grayscale PNGs trains at 3 channels (RGB); predicting on the same images converts them exactly as
     # training did, which is nothing to warn about. Colour images for that run are.

@@ -12,10 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from kdcompress.train.config import CompressConfig
-from kdcompress.runs.compress import compress
-
 from conftest import runner
+from kdcompress.runs.compress import compress
+from kdcompress.train.config import CompressConfig
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"  # any 40-hex revision; refs/main points at it
 

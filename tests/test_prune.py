@@ -6,14 +6,13 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import TINY_CONFIG
 from kdcompress.core.errors import KdcError
 from kdcompress.core.reporter import NullReporter
+from kdcompress.core.roles import pruned_name, pruned_ratio
 from kdcompress.train.config import CompressConfig
 from kdcompress.train.models import count_parameters, create_model
-from kdcompress.core.roles import pruned_name, pruned_ratio
 from kdcompress.train.prune import prune, rebuild, structure
-
-from conftest import TINY_CONFIG
 
 
 @pytest.mark.parametrize("name", ["test_resnet", "test_efficientnet"])
@@ -49,8 +48,8 @@ def test_bad_prune_ratios_are_refused_in_one_line(value, message):
 @pytest.fixture(scope="module")
 def pruned_run(tmp_path_factory):
     """A run with a named student and two pruned ones, the second of which Torch-Pruning 'cannot' make."""
-    from kdcompress.train import prune as module
     from kdcompress.runs.compress import compress
+    from kdcompress.train import prune as module
 
     real = module.prune
 
@@ -110,6 +109,7 @@ def test_a_pruned_students_baseline_distilled_and_control_start_from_identical_w
         assert not torch.equal(made[0].student.get_classifier().weight, torch.zeros_like(made[0].student.get_classifier().weight))
 
 
+@pytest.mark.e2e
 def test_prune_to_ms_picks_the_least_ratio_that_meets_the_latency_as_timed(monkeypatch):
     # The search over the ratios, with latencies made up (10 ms x the share of channels kept): the first step within
     # the target is found by bisection of the real pruned and exported models, and the words say what was measured.

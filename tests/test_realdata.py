@@ -7,8 +7,8 @@ The teacher here is timm's tiny test_efficientnet: these tests check the pipelin
 import pytest
 
 from kdcompress.deploy.benchmark import benchmark_run
-from kdcompress.train.config import CompressConfig
 from kdcompress.runs.compress import compress
+from kdcompress.train.config import CompressConfig
 
 pytestmark = pytest.mark.realdata
 

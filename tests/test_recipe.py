@@ -5,16 +5,16 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from conftest import Recorder
 
-from kdcompress.train.config import CompressConfig
-from kdcompress.data.dataset import load_dataset
+from conftest import Recorder
 from kdcompress.core.errors import KdcError
+from kdcompress.core.reporter import NullReporter
+from kdcompress.data.dataset import load_dataset
+from kdcompress.train.config import CompressConfig
+from kdcompress.train.loop import TrainSettings, clone_model, fit, mean_cross_entropy
 from kdcompress.train.models import create_model
 from kdcompress.train.objectives import Supervised
-from kdcompress.core.reporter import NullReporter
 from kdcompress.train.teacher import RECIPE_LEVERS, teacher_cache_key
-from kdcompress.train.loop import clone_model, fit, mean_cross_entropy, TrainSettings
 from kdcompress.train.views import INTENSITY, random_resized_crop
 
 
@@ -121,9 +121,11 @@ def test_a_balanced_teacher_trains_on_inverse_frequency_weights_and_records_it()
     assert record["levers"]["teacher_balance"] is True
 
 
-@pytest.mark.parametrize("levers, pointed", [({"teacher_select": "accuracy", "teacher_ema": 0.0}, True), ({"teacher_select": "accuracy", "teacher_ema": 0.99}, False)])
+@pytest.mark.parametrize(
+    "levers, pointed", [({"teacher_select": "accuracy", "teacher_ema": 0.0}, True), ({"teacher_select": "accuracy", "teacher_ema": 0.99}, False)]
+)
 def test_a_high_resolution_teacher_without_levers_is_pointed_to_the_measured_ones(levers, pointed):
-    from kdcompress.train.teacher import _train_teacher, HIGH_RES, HIGH_RES_LEVERS
+    from kdcompress.train.teacher import HIGH_RES, HIGH_RES_LEVERS, _train_teacher
 
     data = load_dataset("digits", None, HIGH_RES, 0.1)
     data = replace(data, train_x=data.train_x[:64], train_y=data.train_y[:64])

@@ -1,4 +1,5 @@
-"""The reliability probe's defects: one line, exit code 1, no traceback, nothing lost or left behind."""
+"""Failures (a full disk, a damaged or truncated file, Ctrl-C, a bad setting) are one line, exit code 1, no traceback,
+and nothing lost or left behind."""
 
 from __future__ import annotations
 
@@ -12,11 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import TINY, fails_cleanly, runner
 from kdcompress.cli import app
 from kdcompress.core.files import remove_stale
-
-from conftest import TINY, fails_cleanly, runner
-
 
 
 def _copy(run, tmp_path, name="run"):
@@ -44,6 +43,7 @@ def test_out_refuses_the_current_folder(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["precious.txt"]
 
 
+@pytest.mark.e2e
 def test_out_takes_an_empty_folder_and_the_teacher_cache_is_where_the_readme_says(tmp_path):
     out = tmp_path / "elsewhere" / "empty"
     out.mkdir(parents=True)
@@ -73,6 +73,7 @@ def test_an_image_size_that_cannot_fit_in_memory_is_refused_before_decoding(tmp_
     assert not tmp_path.exists() or not any(tmp_path.iterdir())
 
 
+@pytest.mark.e2e
 def test_a_four_step_run_trains_instead_of_dividing_by_zero(tmp_path):
     import torch
 
@@ -85,7 +86,7 @@ def test_a_four_step_run_trains_instead_of_dividing_by_zero(tmp_path):
             optimizer.step()
             schedule.step()
     assert warmup_fraction(40) == 0.25  # every other length keeps the schedule it had
-    # digits: 1293 training images // 300 = 4 steps in 1 epoch, the probe's ZeroDivisionError
+    # digits: 1293 training images // 300 = 4 steps in 1 epoch, once a ZeroDivisionError
     result = runner.invoke(app, ["compress", *TINY, "--batch-size", "300", "--epochs", "1", "--artifacts", str(tmp_path), "--control", "none"])
     assert result.exit_code == 0, result.output
 
@@ -343,11 +344,10 @@ def test_progress_keeps_its_bar_count_and_time_at_80_columns():
 
 
 def test_int8_slower_than_fp32_is_said_in_quantize_benchmark_and_json(tiny_run, tmp_path, monkeypatch):
-    from kdcompress.deploy import quantize
-    from kdcompress.deploy import timing
+    from kdcompress.deploy import quantize, timing
     from kdcompress.deploy.benchmark import _int8_verdict
-    from kdcompress.runs.benchmark import benchmark_and_save
     from kdcompress.report.benchmark_render import benchmark_context
+    from kdcompress.runs.benchmark import benchmark_and_save
 
     run = _copy(tiny_run, tmp_path)
     real = timing.interleaved_latency

@@ -25,9 +25,9 @@ GOLDEN = Path(__file__).parent / "golden" / "tiny_runs.json"
 
 def tiny_numbers(root: Path) -> dict:
     """Per-epoch losses and test scores of a tiny compress and a 2-cell, 1-seed sweep that reuses its teacher."""
-    from kdcompress.train.config import CompressConfig
     from kdcompress.runs.compress import compress
     from kdcompress.runs.sweep import sweep
+    from kdcompress.train.config import CompressConfig
     from kdcompress.train.sweep_config import SweepConfig
 
     run = compress(CompressConfig(**TINY_CONFIG, out=str(root / "run")))
@@ -55,6 +55,7 @@ def _close(actual: list[float], expected: list[float]) -> bool:
     return len(actual) == len(expected) and all(a == pytest.approx(e, rel=1e-3) for a, e in zip(actual, expected))
 
 
+@pytest.mark.e2e
 def test_tiny_compress_and_sweep_give_the_recorded_numbers(tmp_path):
     golden = json.loads(GOLDEN.read_text())
     numbers = tiny_numbers(tmp_path)

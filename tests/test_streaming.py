@@ -10,14 +10,14 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import TINY, runner, fails_cleanly
+from conftest import TINY, fails_cleanly, runner
+from kdcompress.cli import app
+from kdcompress.core.errors import KdcError
 from kdcompress.data import dataset as data_module
 from kdcompress.data import memory
-from kdcompress.cli import app
 from kdcompress.data.dataset import load_dataset, materialize
-from kdcompress.core.errors import KdcError
+from kdcompress.train.loop import TrainSettings, predict_logits
 from kdcompress.train.models import create_model
-from kdcompress.train.loop import predict_logits, TrainSettings
 from kdcompress.train.views import ViewStream
 
 CLASSES = ("cat", "dog", "owl")
@@ -37,6 +37,7 @@ def _folder(root, corrupt: bool = False):
     return root
 
 
+@pytest.mark.e2e
 def test_streamed_folder_gives_the_in_memory_images_views_and_logits(tmp_path, monkeypatch):
     monkeypatch.setattr(data_module, "PARALLEL_FROM", 0)  # decoded in worker processes, as large folders are
     root = _folder(tmp_path / "images")
@@ -88,6 +89,7 @@ def test_a_corrupt_image_read_by_a_worker_is_one_clear_line(tmp_path, monkeypatc
     assert "broken.png" in message and "\n" not in message and "Traceback" not in message
 
 
+@pytest.mark.e2e
 def test_compress_streams_a_folder_end_to_end(tmp_path):
     root = _folder(tmp_path / "images")
     args = ["compress", *TINY, "--epochs", "1", "--dataset", "folder", "--data-dir", str(root), "--control", "none"]

@@ -5,16 +5,15 @@ import json
 
 import pytest
 
+from conftest import TINY, TINY_CONFIG, fails_cleanly, runner
 from kdcompress.cli import app
 from kdcompress.core import roles
+from kdcompress.core.errors import KdcError
 from kdcompress.deploy.benchmark import benchmark_run
 from kdcompress.deploy.manifest import read_manifest
 from kdcompress.runs import compress as compress_module
 from kdcompress.runs.compress import compress
 from kdcompress.train.config import CompressConfig, split_students
-from kdcompress.core.errors import KdcError
-
-from conftest import TINY, TINY_CONFIG, fails_cleanly, runner
 
 TWO = "test_resnet,test_efficientnet"  # two tiny timm students (the second is also the tiny teacher's architecture)
 
@@ -70,6 +69,7 @@ def test_two_students_share_one_teacher_and_one_recording_of_its_outputs(two_stu
     assert manifest.models["control-test_resnet"].details["matched"] == manifest.models["control-test_efficientnet"].details["matched"]
 
 
+@pytest.mark.e2e
 def test_each_students_baseline_and_distilled_are_identical_with_alpha_and_beta_zero(tmp_path):
     zero = compress(CompressConfig(**{**TINY_CONFIG, "alpha": 0.0, "beta": 0.0, "student": TWO}, artifacts=str(tmp_path)))
     history = json.loads((zero.run_dir / "history.json").read_text())
@@ -78,6 +78,7 @@ def test_each_students_baseline_and_distilled_are_identical_with_alpha_and_beta_
         assert zero.manifest.models[f"student-{arch}"].test_correct == zero.manifest.models[f"baseline-{arch}"].test_correct
 
 
+@pytest.mark.e2e
 def test_a_student_trains_the_same_beside_another_as_alone(tmp_path):
     # Same seed, same views, and the teacher's outputs recorded once for the first student replayed for the second:
     # the second student's baseline and distilled student are those of a run of that student alone, bit for bit.
@@ -136,6 +137,7 @@ def test_bad_student_lists_are_refused_in_one_line(text, message):
     fails_cleanly(runner.invoke(app, ["compress", *TINY, "--student", text]), message)
 
 
+@pytest.mark.e2e
 def test_a_sweep_of_two_students_trains_one_teacher_and_records_each_seed_once(tmp_path, monkeypatch):
     from kdcompress.train import teacher as teacher_module
 
@@ -189,7 +191,9 @@ def test_each_format_of_a_student_is_judged_against_that_students_baseline():
         "teacher": model("teacher", "teacher.onnx"),
         "baseline-resnet18": model("baseline-resnet18", "baseline-resnet18.onnx"),
         "student-resnet18": model("student-resnet18", "student-resnet18.onnx", baseline="baseline-resnet18", targets=("onnxruntime-cpu", "openvino-cpu")),
-        "int8-resnet18": model("int8-resnet18", "student-resnet18-int8.onnx", "INT8", "student-resnet18", "baseline-resnet18", ("onnxruntime-cpu", "openvino-cpu")),
+        "int8-resnet18": model(
+            "int8-resnet18", "student-resnet18-int8.onnx", "INT8", "student-resnet18", "baseline-resnet18", ("onnxruntime-cpu", "openvino-cpu")
+        ),
         "baseline-resnet10t": model("baseline-resnet10t", "baseline-resnet10t.onnx"),
         "student-resnet10t": model("student-resnet10t", "student-resnet10t.onnx", baseline="baseline-resnet10t"),
     }

@@ -7,19 +7,19 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import TINY_CONFIG, Recorder, fails_cleanly, runner
 from kdcompress.cli import app
-from kdcompress.train.config import CompressConfig
-from kdcompress.train.sweep_config import SweepConfig
-from kdcompress.data.dataset import load_dataset
 from kdcompress.core.errors import KdcError
+from kdcompress.core.reporter import NullReporter
+from kdcompress.data.dataset import load_dataset
 from kdcompress.deploy.manifest import read_manifest
+from kdcompress.runs.sweep import sweep
+from kdcompress.train.config import CompressConfig
+from kdcompress.train.loop import TrainSettings, clone_model, fit
 from kdcompress.train.models import create_model, create_projection
 from kdcompress.train.objectives import Distillation
-from kdcompress.core.reporter import NullReporter
-from kdcompress.runs.sweep import sweep
+from kdcompress.train.sweep_config import SweepConfig
 from kdcompress.train.teacher import record_teacher
-from kdcompress.train.loop import clone_model, fit, TrainSettings
-from conftest import TINY_CONFIG, Recorder, runner, fails_cleanly
 
 
 def test_recorded_teacher_outputs_train_the_same_student_without_running_the_teacher():
@@ -59,7 +59,7 @@ def test_recorded_teacher_refuses_batches_it_never_saw():
 
 
 def test_recorded_teacher_reads_a_batch_number_held_on_the_device_as_it_reads_an_int():
-    """A CUDA graph replays with the batch number in a tensor (train.TrainStep): it must pick the same outputs."""
+    """A CUDA graph replays with the batch number in a tensor (loop.TrainStep): it must pick the same outputs."""
     from kdcompress.train.objectives import RecordedTeacher
 
     logits, features = torch.randn(3, 4, 2), torch.randn(3, 4, 5)
@@ -210,7 +210,10 @@ def test_compress_from_sweep_retrains_the_cell_chosen_on_validation(tmp_path, cl
     "args, message",
     [
         (["--alpha", "0.9"], "--alpha 0.9 (the sweep's: 0.5) contradicts them: drop that option, or --from-sweep"),
-        (["--epochs", "3", "--student", "test_efficientnet"], "--student test_efficientnet (the sweep's: test_resnet); --epochs 3 (the sweep's: 1) contradict them"),
+        (
+            ["--epochs", "3", "--student", "test_efficientnet"],
+            "--student test_efficientnet (the sweep's: test_resnet); --epochs 3 (the sweep's: 1) contradict them",
+        ),
     ],
 )
 def test_compress_from_sweep_refuses_options_that_contradict_the_sweep(tmp_path, cli_sweep, args, message):

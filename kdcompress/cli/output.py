@@ -64,8 +64,8 @@ def user_errors(interrupted: str) -> Callable[[Callable[..., Any]], Callable[...
                     fail(OUT_OF_MEMORY_SAID)
                 if "torch" not in sys.modules:  # no torch was loaded (predict, benchmark): no collective to ask about
                     _unexpected(exc)
-                from kdcompress.train.collectives import lost_peer, PEER_FAILED
                 from kdcompress.core.world import launched
+                from kdcompress.train.collectives import PEER_FAILED, lost_peer
 
                 if not lost_peer(exc):
                     _unexpected(exc)

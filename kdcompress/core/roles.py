@@ -16,7 +16,10 @@ KINDS = ("baseline", "student", "control", "int8", "fp16")  # a student's models
 TRAINED = ("baseline", "student", "control")  # the kinds compress trains; int8 and fp16 are made from "student"
 FORMATS = {"int8": "INT8", "fp16": "FP16"}  # the kinds that are another format of the distilled student
 TEACHER_FORMATS = {"teacher-int8": "int8", "teacher-fp16": "fp16"}  # the teacher's own formats: role -> format kind
-LABELS = {"teacher-int8": "teacher int8", "teacher-fp16": "teacher fp16", "teacher": "teacher", "baseline": "baseline", "student": "distilled", "control": "label smoothing", "int8": "distilled int8", "fp16": "distilled fp16"}
+LABELS = {
+    "teacher-int8": "teacher int8", "teacher-fp16": "teacher fp16", "teacher": "teacher", "baseline": "baseline", "student": "distilled",
+    "control": "label smoothing", "int8": "distilled int8", "fp16": "distilled fp16",
+}  # fmt: skip
 
 
 ARCHITECTURE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.]*")  # a timm model name as it names files (config.split_students)

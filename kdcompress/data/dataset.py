@@ -14,14 +14,14 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from kdcompress.data import readers
 from kdcompress.core.errors import KdcError
-from kdcompress.data.specs import resolve_spec
 from kdcompress.core.reporter import NullReporter, Reporter
 from kdcompress.core.world import launched, usable_cores
-from kdcompress.deploy.preprocessing import Preprocessing
+from kdcompress.data import readers
 from kdcompress.data.image_files import ImageFiles
+from kdcompress.data.specs import resolve_spec
 from kdcompress.data.split import stratified_split
+from kdcompress.deploy.preprocessing import Preprocessing
 
 STATS_CHUNK = 1024  # images per chunk when measuring the training split's mean and std
 MAX_WORKERS = 8  # DataLoader processes decoding streamed images, per training process

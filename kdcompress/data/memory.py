@@ -7,7 +7,6 @@ from pathlib import Path
 from kdcompress.core.errors import KdcError
 from kdcompress.core.world import launched
 
-
 MEMORY_FACTOR = 2.5  # peak memory of the in-memory path per byte of uint8 pixels (split copies, device copy)
 
 

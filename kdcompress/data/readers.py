@@ -1,6 +1,6 @@
 """Where a dataset's pixels come from: scikit-learn's digits, CIFAR-10's batches, or a folder of images.
 
-Each reader returns a `Source` of uint8 N x C x size x size arrays; `data.load_dataset` splits it.
+Each reader returns a `Source` of uint8 N x C x size x size arrays; `dataset.load_dataset` splits it.
 Every image goes through `preprocessing.pil_to_array`, the path `kdc predict` uses too, and the memory
 the pixels will take is checked (`check_memory`) before anything is decoded.
 """
@@ -214,7 +214,8 @@ def _class_folders(split_dir: Path, skipped: list[Path], unreadable: list[Path])
     """class name -> image files, for DIR/<class>/* (sub-folders of a class folder count for that class).
 
     Hidden entries (a name starting with '.': macOS's ._* AppleDouble files, .DS_Store, .git) are never read;
-    they are added to skipped, and folders that cannot be listed (permissions) to unreadable. A class folder whose images all sit in sub-folders (DIR/<group>/<class>/*)
+    they are added to skipped, and folders that cannot be listed (permissions) to unreadable.
+    A class folder whose images all sit in sub-folders (DIR/<group>/<class>/*)
     is refused: its sub-folders are probably the classes, and merging them into their group would be silent.
     """
     folders = {}

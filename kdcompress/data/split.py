@@ -7,7 +7,6 @@ import numpy as np
 from kdcompress.core.errors import KdcError
 from kdcompress.data.image_files import ImageFiles
 
-
 SPLIT_SEED = 0  # validation / test carving is fixed, whatever --seed says, so a teacher can be reused
 
 

@@ -16,13 +16,13 @@ from kdcompress.core import roles
 from kdcompress.core.errors import KdcError
 from kdcompress.core.reporter import NullReporter, Reporter
 from kdcompress.core.stats import attributions, compare_models, roc_auc, unlabeled_words
-from kdcompress.deploy.frontier import Budget, int8_verdict, pareto, Point, recommend
+from kdcompress.deploy.frontier import Budget, Point, int8_verdict, pareto, recommend
 from kdcompress.deploy.graph import onnx_size
 from kdcompress.deploy.manifest import load_images, model_file, read_manifest
 from kdcompress.deploy.preprocessing import normalize
 from kdcompress.deploy.results import BenchmarkResult, ModelResult, PointResult
 from kdcompress.deploy.sessions import check_model
-from kdcompress.deploy.targets import Loaded, REFERENCE, runtime_versions, TARGETS
+from kdcompress.deploy.targets import REFERENCE, TARGETS, Loaded, runtime_versions
 from kdcompress.deploy.timing import interleaved_latency, machine, tile_batch
 
 BUSY_THRESHOLD = 0.25  # share of the CPU used by other processes above which timings are flagged

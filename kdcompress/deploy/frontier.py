@@ -199,8 +199,9 @@ def _describe(p: Point, twin: Point, top: Point, by_name: dict[str, Point], wher
         text += f"; sensitivity {p.sensitivity:.1%}, specificity {p.specificity:.1%}"
     baseline = by_name.get(p.baseline) if p.baseline else None
     if baseline is not None and baseline.correct is not None and p.correct is not None:
-        from kdcompress.core.stats import compare
         import numpy as np
+
+        from kdcompress.core.stats import compare
 
         verdict = compare(np.atleast_2d(p.correct), np.atleast_2d(baseline.correct)).to_dict()
         text += f"; vs its baseline {verdict['delta']:+.1f} points, {_noise(verdict['verdict'])}"

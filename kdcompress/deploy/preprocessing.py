@@ -131,14 +131,12 @@ def load_image(path: str | Path, size: int, channels: int) -> np.ndarray:
 
 def image_shape(path: Path) -> tuple[tuple[int, int], int]:
     """An image file's (width, height) and its number of colour channels (alpha left out), read from its header."""
-    from PIL import Image
-
     with open_image(path) as image:
         gray = image.mode in ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
         return image.size, 1 if gray else 3
 
 
-SIZES_SAMPLED = 64  # how many of a folder's training files source_sizes reads the header of
+SIZES_SAMPLED = 64  # how many of a folder's training files source_shapes reads the header of
 SIZES_KEPT = 8  # more distinct sizes than this in the sample: the images vary, and no size is unusual
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from kdcompress.deploy.preprocessing import normalize, Preprocessing
+from kdcompress.deploy.preprocessing import Preprocessing, normalize
 
 RUNS = 20  # profiled inferences at batch 1 (after one unprofiled warm-up)
 SHOWN = 6  # the layers shown, most time first

@@ -22,13 +22,13 @@ import numpy as np
 
 from kdcompress.core import roles
 from kdcompress.core.errors import KdcError
-from kdcompress.core.files import folder_lock, QUANTIZE_PREFIX, remove_stale, signals_held
+from kdcompress.core.files import QUANTIZE_PREFIX, folder_lock, remove_stale, signals_held
+from kdcompress.core.reporter import NullReporter, Reporter
 from kdcompress.deploy.frontier import int8_verdict
 from kdcompress.deploy.graph import sort_nodes
+from kdcompress.deploy.manifest import ModelEntry, file_sha256, load_images, model_file, read_manifest, run_file, write_manifest
 from kdcompress.deploy.metadata import file_metadata, stamp
-from kdcompress.deploy.manifest import file_sha256, load_images, model_file, ModelEntry, read_manifest, run_file, write_manifest
-from kdcompress.core.reporter import NullReporter, Reporter
-from kdcompress.deploy.preprocessing import normalize, Preprocessing
+from kdcompress.deploy.preprocessing import Preprocessing, normalize
 from kdcompress.deploy.sessions import check_model, run_logits
 from kdcompress.deploy.targets import create_session, session_call
 from kdcompress.deploy.timing import cpu_isa, cpu_name, interleaved_latency, tile_batch

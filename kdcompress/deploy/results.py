@@ -8,7 +8,8 @@ from typing import Any
 from kdcompress.core.errors import KdcError
 from kdcompress.core.values import is_fraction, is_number, is_whole
 
-FORMAT = "kdcompress-benchmark/3"  # 3: per-layer profiles, each point's load, first inference and memory; 2: points keyed by target and precision (1: fixed cpu / gpu slots)
+# 3: per-layer profiles, each point's load, first inference and memory; 2: points keyed by target and precision (1: fixed cpu / gpu slots)
+FORMAT = "kdcompress-benchmark/3"
 READABLE = (FORMAT, "kdcompress-benchmark/2")  # what from_dict reads: a /2 file is a /3 one without profiles
 UNITS = {
     "latency": "milliseconds per call, batch 1",

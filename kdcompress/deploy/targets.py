@@ -241,7 +241,7 @@ def create_session(path: Any, device: str = "cpu", threads: int | None = None) -
     a manifest.ModelFile, whose checked bytes are loaded (never the file again, which may have changed since)."""
     import onnxruntime as ort
 
-    from kdcompress.deploy.manifest import model_source, ModelFile
+    from kdcompress.deploy.manifest import ModelFile, model_source
 
     if not isinstance(path, ModelFile):
         path = Path(path)

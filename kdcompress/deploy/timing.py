@@ -11,7 +11,6 @@ from typing import Any
 import numpy as np
 
 
-
 def latency(run: Any, warmup: int, runs: int, min_seconds: float) -> dict[str, float]:
     """Per-call latency of run() in milliseconds after warm-up: p50 / p90 / p99 / mean over at least `runs` calls."""
     return interleaved_latency({"run": run}, warmup, runs, min_seconds)["run"]

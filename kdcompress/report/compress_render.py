@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from typing import Any
 
-
 from kdcompress.core import roles
 from kdcompress.report.table import FittedTable, build_table, format_count
 

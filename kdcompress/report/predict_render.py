@@ -6,7 +6,6 @@ from typing import Any
 from rich.markup import escape
 
 
-
 def quantize_lines(entry: Any, fp16: Any = None) -> list[str]:
     """What kdc quantize prints: each INT8 candidate, the one kept, the INT8 verdict, the FP16 file (Rich markup)."""
     q = entry.details["quantization"]

@@ -8,7 +8,6 @@ from rich.table import Table
 from rich.text import Text
 
 
-
 def format_count(n: int) -> str:
     """12_345_678 -> '12.35 M'."""
     return f"{n / 1e6:.2f} M" if n >= 1e5 else f"{n / 1e3:.1f} k"

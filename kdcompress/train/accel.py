@@ -4,7 +4,7 @@ On CUDA: bfloat16 autocast (float16 with loss scaling where bfloat16 is missing,
 cuDNN autotuning for the fixed batch shapes where it pays (`autotune`), fused AdamW, and how each step
 runs (`--compile`): eager, `torch.compile` of each network's `forward_features` (on: measured no faster on one H200,
 benchmarks/results/train-throughput-cuda-compile.json), or one CUDA graph of the step's forward and backward
-(graph: `train.TrainStep`), which removes the per-kernel launch cost that bounds small images.
+(graph: `loop.TrainStep`), which removes the per-kernel launch cost that bounds small images.
 On CPU everything stays float32, channels_last and eager, so the same seed gives the same numbers. bfloat16
 autocast was measured on a CPU with AMX and avx512_bf16 (2-core Intel Xeon, torch 2.14.1): training ran at
 0.54-0.71x float32's speed, and contiguous tensors at 0.38-1.03x channels_last (benchmarks/cpu_precision.py,
@@ -19,8 +19,8 @@ from typing import Any, Iterator
 
 import torch
 
-from kdcompress.train.config import COMPILE_CHOICES, DEVICES, one_of
 from kdcompress.core.errors import KdcError
+from kdcompress.train.config import COMPILE_CHOICES, DEVICES, one_of
 
 PRECISIONS = ("auto", "bfloat16", "float16", "float32")
 # How a step runs: "eager", "compile" (torch.compile of forward_features) or "graph" (a CUDA graph of forward and

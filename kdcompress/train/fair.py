@@ -15,13 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from kdcompress.core.errors import KdcError
-from kdcompress.train.config import CompressConfig
-from kdcompress.data.dataset import Dataset, load_dataset
-from kdcompress.core.world import World
-from kdcompress.train.collectives import broadcast_object, start
-from kdcompress.train.models import resolve_model_name
 from kdcompress.core.reporter import Reporter
+from kdcompress.core.world import World
+from kdcompress.data.dataset import Dataset, load_dataset
 from kdcompress.deploy.preprocessing import Preprocessing
+from kdcompress.train.collectives import broadcast_object, start
+from kdcompress.train.config import CompressConfig
+from kdcompress.train.models import resolve_model_name
 
 
 @dataclass
@@ -32,7 +32,7 @@ class Prepared:
     device: str  # "cpu" or "cuda"
     data: Dataset
     prep: Preprocessing
-    settings: Any  # train.TrainSettings for cfg.seed
+    settings: Any  # loop.TrainSettings for cfg.seed
     world: World = World()  # the processes torchrun started (one without torchrun)
     warnings: list[str] = field(default_factory=list)  # said before training; a run stores them in its manifest
 
@@ -118,7 +118,7 @@ class FairStart:
     """One seed's starting point: every student made from it differs from the others only in its objective."""
 
     seed: int
-    settings: Any  # train.TrainSettings with this seed: same views, order and schedule for every student
+    settings: Any  # loop.TrainSettings with this seed: same views, order and schedule for every student
     initial: Any  # the student's initial weights (never trained itself: each objective gets a copy)
     projection: Any  # student -> teacher feature projection's initial weights (copied for beta > 0)
     views: int = 0  # batches in one training (DKD's warm-up is a share of them)
@@ -127,15 +127,15 @@ class FairStart:
 
     def baseline(self) -> Any:
         """CE on labels, from the shared initial weights."""
-        from kdcompress.train.objectives import Supervised
         from kdcompress.train.loop import clone_model
+        from kdcompress.train.objectives import Supervised
 
         return Supervised(clone_model(self.initial))
 
     def control(self, smoothing: float) -> Any:
         """The label-smoothing control: the baseline's objective with a softened target, from the same weights."""
-        from kdcompress.train.objectives import Supervised
         from kdcompress.train.loop import clone_model
+        from kdcompress.train.objectives import Supervised
 
         return Supervised(clone_model(self.initial), smoothing)
 
@@ -144,9 +144,9 @@ class FairStart:
 
         kd: the logit term (losses.KdLoss; default KL).
         """
+        from kdcompress.train.loop import clone_model
         from kdcompress.train.losses import KdLoss
         from kdcompress.train.objectives import Distillation
-        from kdcompress.train.loop import clone_model
 
         projection = clone_model(self.projection) if beta > 0 else None
         return Distillation(clone_model(self.initial), teacher, temperature, alpha, beta, projection, kd or KdLoss(), self.views,
@@ -161,11 +161,10 @@ def fair_start(prepared: Prepared, seed: int, teacher: Any, architecture: str | 
     """
     import torch
 
-    from kdcompress.train.models import adapt_to_input, create_model, create_projection, zero_init_head
-    from kdcompress.train.views import steps_per_epoch
-
     from kdcompress.core.roles import pruned_ratio
+    from kdcompress.train.models import adapt_to_input, create_model, create_projection, zero_init_head
     from kdcompress.train.prune import prune
+    from kdcompress.train.views import steps_per_epoch
 
     cfg, data = prepared.cfg, prepared.data
     torch.manual_seed(seed)

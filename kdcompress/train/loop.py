@@ -18,16 +18,16 @@ import torch
 import torch.nn as nn
 from timm.utils import ModelEmaV3
 
+from kdcompress.core.errors import KdcError
+from kdcompress.core.reporter import Reporter
+from kdcompress.data.dataset import Dataset, batches
+from kdcompress.data.image_files import ImageFiles
+from kdcompress.deploy.preprocessing import Preprocessing
 from kdcompress.train import losses
 from kdcompress.train.accel import autocast, autotune, compiled, create_optimizer, cudnn_autotune, eager, grad_scaler, resolve_precision, step_mode
-from kdcompress.data.dataset import batches, Dataset
 from kdcompress.train.collectives import broadcast_buffers, data_parallel, gather_rows, shard
-from kdcompress.core.errors import KdcError
 from kdcompress.train.objectives import LiveTeacher, trainable_parameters
-from kdcompress.core.reporter import Reporter
-from kdcompress.deploy.preprocessing import Preprocessing
-from kdcompress.data.image_files import ImageFiles
-from kdcompress.train.views import stats, to_input, ViewStream
+from kdcompress.train.views import ViewStream, stats, to_input
 
 Images = np.ndarray | ImageFiles  # uint8 N x C x H x W, in memory or on disk
 REPORT_EVERY = 5  # steps between progress updates on CPU

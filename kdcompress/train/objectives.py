@@ -1,6 +1,6 @@
 """What is optimised: a training objective is a module that returns the loss and its named parts.
 
-The baseline and the distilled student use the same loop (`train.fit`) and differ only in
+The baseline and the distilled student use the same loop (`loop.fit`) and differ only in
 their objective. `objective.student` is the bare network that gets exported; the teacher and
 the feature projection live beside it and are never part of the export.
 """
@@ -119,7 +119,7 @@ class RecordedTeacher(nn.Module):
     """The teacher's outputs for every batch of one training run, computed once and replayed.
 
     Valid only for students that see exactly the recorded views: same data, seed, epochs and
-    batch size (`train.record_teacher` makes them with the same view stream as `train.fit`).
+    batch size (`teacher.record_teacher` makes them with the same view stream as `loop.fit`).
     This is "consistent teaching" (Beyer et al. 2022) with the outputs precomputed as in FKD
     (Shen & Xing 2022): a sweep of N students costs N student trainings plus one teacher pass.
     """
@@ -141,7 +141,7 @@ class RecordedTeacher(nn.Module):
         """The recorded outputs of batch number `view` (images are only checked for their count).
 
         view is an int, or a one-element tensor on the device: a CUDA graph replays with the batch number it
-        holds (`train.TrainStep`), so it is read on the device, and only the int is range-checked here.
+        holds (`loop.TrainStep`), so it is read on the device, and only the int is range-checked here.
         """
         on_device = isinstance(view, torch.Tensor)
         if (not on_device and (view is None or not 0 <= view < self.views)) or self.logits.shape[1] != images.shape[0]:

@@ -83,7 +83,6 @@ def train_one(prepared: Any, objective_: Any, settings: Any, name: str, reporter
     """Train one objective from its fair start (settings: that seed's) and score its student on the test split
     (score False: a process other than rank 0, which reports nothing)."""
     from kdcompress.train.loop import fit, predict_logits
-
     from kdcompress.train.objectives import Distillation
 
     data = prepared.training_data(isinstance(objective_, Distillation))  # --unlabeled's images: the distilled only

@@ -16,13 +16,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from kdcompress.train.config import CompressConfig
+from kdcompress.core.errors import KdcError
+from kdcompress.core.files import TEACHER_TMP_SUFFIX, remove_stale, write_json_atomic
+from kdcompress.core.reporter import Reporter
 from kdcompress.data.dataset import Dataset
 from kdcompress.data.specs import DatasetSpec
-from kdcompress.core.errors import KdcError
-from kdcompress.core.files import remove_stale, TEACHER_TMP_SUFFIX, write_json_atomic
-from kdcompress.core.reporter import Reporter
 from kdcompress.deploy.preprocessing import Preprocessing
+from kdcompress.train.config import CompressConfig
 
 TEACHER_RECIPE = 4  # bump when the teacher's training changes, so cached teachers are not reused
 # (2: zeroed head; 3: stride-1 stem at small inputs; 4: auxiliary classes where the dataset has them)
@@ -192,9 +192,9 @@ def _train_teacher(
 ) -> tuple[Any, dict[str, Any]]:
     import torch
 
+    from kdcompress.train.loop import fit
     from kdcompress.train.models import adapt_to_input, create_model, zero_init_head
     from kdcompress.train.objectives import Supervised
-    from kdcompress.train.loop import fit
 
     n_classes = len(data.classes)
     torch.manual_seed(cfg.seed)

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from kdcompress.data.dataset import Dataset, load_batches
 from kdcompress.core.errors import KdcError
+from kdcompress.data.dataset import Dataset, load_batches
 from kdcompress.data.image_files import ImageFiles
 from kdcompress.deploy.preprocessing import Preprocessing
 
@@ -179,7 +179,7 @@ class ViewStream:
     (`image_files.ImageFiles`) is decoded by DataLoader workers in the same order and augmented on the device.
     """
 
-    def __init__(self, data: Dataset, prep: Preprocessing, settings: Any) -> None:  # settings: train.TrainSettings
+    def __init__(self, data: Dataset, prep: Preprocessing, settings: Any) -> None:  # settings: loop.TrainSettings
         device = settings.device
         # On the device the batches are made on: no index copies from the host each step. On CPU this is the
         # CPU generator, so CPU numbers are unchanged; a CUDA run draws other (equally seeded) views.
