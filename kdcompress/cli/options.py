@@ -23,7 +23,7 @@ import typer
 from kdcompress.cli.output import fail
 from kdcompress.core.errors import KdcError
 from kdcompress.data.specs import DATASETS
-from kdcompress.train.config import COMPRESS_ONLY, GRID, HARDWARE, OUTPUT, SWEEP_SEEDS, TRAINING, CompressConfig, settings
+from kdcompress.train.config import COMPRESS_ONLY, GRID, HARDWARE, OUTPUT, SWEEP_SEEDS, TRAINING, CompressConfig, Setting, settings
 from kdcompress.train.losses import KD_LOSSES
 
 COMMANDS = ("compress", "sweep")
@@ -34,7 +34,7 @@ def per_dataset(field: str, unit: str = "") -> str:
     return ", ".join(f"{name} {getattr(spec, field)}{unit}" for name, spec in DATASETS.items())
 
 
-def _setting_parameter(name: str, default: Any, how: Any, annotation: Any) -> inspect.Parameter:
+def _setting_parameter(name: str, default: Any, how: Setting, annotation: Any) -> inspect.Parameter:
     """One generated option: the field's default, flags, panel and help (with its per-dataset defaults)."""
     flags = how.flag_names(name)
     if annotation is bool and len(flags) == 1:
@@ -48,7 +48,7 @@ def _setting_parameter(name: str, default: Any, how: Any, annotation: Any) -> in
     return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation)
 
 
-def _grid_parameter(name: str, how: Any) -> inspect.Parameter:
+def _grid_parameter(name: str, how: Setting) -> inspect.Parameter:
     """A sweep's grid option in place of a GRID setting: the same flags, a comma-separated list of values."""
     text = ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in how.grid)
     listed = f" ({','.join(KD_LOSSES)})" if name == "kd_loss" else ""
