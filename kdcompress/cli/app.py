@@ -199,7 +199,8 @@ def benchmark(
 
     budget = Budget(max_ms, max_mb, max_drop, max_ram)
     command = " ".join(["kdc", *map(shlex.quote, sys.argv[1:])]) if sys.argv[1:2] == ["benchmark"] else None
-    options = {"threads": threads, "batch": batch, "gpu": gpu, "quick": quick, "budget": budget}
+    targets = options.names(target) if target else None
+    measure = {"threads": threads, "batch": batch, "gpu": gpu, "quick": quick, "budget": budget}
 
     def show(result: Any) -> None:
         if not as_json:
@@ -212,7 +213,7 @@ def benchmark(
             if result.saved:
                 say(stdout, f"Saved benchmark.json, benchmark.md and benchmark.png in {result.run_dir}")
 
-    results, broken = benchmark_runs(path, all_runs, RichReporter(stderr), show, rehash=rehash, command=command, target=target, **options)
+    results, broken = benchmark_runs(path, all_runs, RichReporter(stderr), show, rehash=rehash, command=command, targets=targets, **measure)
     if as_json:
         dicts = [r.to_dict() for r in results]
         sys.stdout.write(json.dumps(dicts if all_runs else dicts[0], indent=2) + "\n")

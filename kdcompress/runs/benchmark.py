@@ -17,22 +17,21 @@ RESULT_FILES = ("benchmark.json", "benchmark.md", "benchmark.png")
 
 def benchmark_runs(
     path: Path, all_runs: bool, reporter: Reporter, show: Callable[[BenchmarkResult], None], rehash: bool = False,
-    command: str | None = None, target: str | None = None, **options: Any,
+    command: str | None = None, targets: tuple[str, ...] | None = None, **options: Any,
 ) -> tuple[list[BenchmarkResult], str | None]:
     """`kdc benchmark PATH [--all]`: benchmark_and_save each run PATH names (a run, an artifacts root's newest run, or
     with all_runs every finished run under it), show each result as it comes, and return them all with, under
     all_runs, what could not be benchmarked (None when every run was): such a run is warned about and skipped.
 
-    target: the --target text; command: the command line to record (default: the one that makes this result)."""
+    targets: --target's names; command: the command line to record (default: the one that makes this result)."""
     from kdcompress.deploy.run_lookup import resolve_runs
 
-    targets = tuple(part.strip() for part in target.split(",") if part.strip()) if target else None
     results, broken = [], []
     for run_dir in resolve_runs(path, all_runs):
         reporter.info(f"benchmarking {run_dir}")
         try:
             result = benchmark_and_save(
-                run_dir, reporter, rehash=rehash, targets=targets, command=command or benchmark_command(run_dir, target, **options), **options
+                run_dir, reporter, rehash=rehash, targets=targets, command=command or benchmark_command(run_dir, targets, **options), **options
             )
         except KdcError as exc:
             if not all_runs:
@@ -49,10 +48,10 @@ def benchmark_runs(
     return results, said
 
 
-def benchmark_command(run_dir: Path, target: str | None, threads: int, batch: int, gpu: bool, quick: bool, budget: Any) -> str:
+def benchmark_command(run_dir: Path, targets: tuple[str, ...] | None, threads: int, batch: int, gpu: bool, quick: bool, budget: Any) -> str:
     """The kdc benchmark command line that makes this result, every option and the budget included (a library call)."""
     parts = ["kdc", "benchmark", shlex.quote(str(run_dir)), "--threads", str(threads), "--batch", str(batch)]
-    parts += ["--target", target] if target else []
+    parts += ["--target", ",".join(targets)] if targets else []
     parts += [] if gpu else ["--no-gpu"]
     parts += ["--quick"] if quick else []
     for flag, value in (("--max-ms", budget.max_ms), ("--max-mb", budget.max_mb), ("--max-drop", budget.max_drop), ("--max-ram", budget.max_ram)):

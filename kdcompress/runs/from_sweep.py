@@ -17,7 +17,8 @@ from typing import Any
 
 from kdcompress.core.errors import KdcError
 from kdcompress.core.files import read_json
-from kdcompress.runs.sweep import FORMAT, SHARED_SETTINGS
+from kdcompress.runs.sweep import SHARED_SETTINGS
+from kdcompress.runs.sweep_grid import FORMAT
 from kdcompress.train.config import CompressConfig
 
 CELL = ("temperature", "alpha", "beta")
