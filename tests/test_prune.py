@@ -1,6 +1,7 @@
 """Students carved from the teacher by Torch-Pruning: smaller, rebuilt from the manifest, fair, exported."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -36,6 +37,13 @@ def test_a_model_torch_pruning_cannot_prune_is_one_line():
     size = vit.patch_embed.img_size[0]
     with pytest.raises(KdcError, match="Torch-Pruning cannot prune VisionTransformer at 50%"):
         prune(vit, 0.5, 3, size)
+
+
+@pytest.mark.parametrize("student", ["pruned1", "pruned05", "resnet10t,pruned99"])
+def test_a_pruned_student_name_out_of_range_is_refused_in_one_line(student):
+    with pytest.raises(KdcError, match=f"--student {student.split(',')[-1]}: the teacher pruned takes a percent from 5 to 95"):
+        CompressConfig(student=student).resolved()
+    assert CompressConfig(student="resnet10t,pruned50", prune="0.5,0.8").students == ["resnet10t", "pruned50", "pruned80"]
 
 
 @pytest.mark.parametrize("value, message", [("0.5,x", "comma-separated ratios"), ("0.99", "between 0.05 and 0.95"),
@@ -140,3 +148,26 @@ def test_prune_to_ms_picks_the_least_ratio_that_meets_the_latency_as_timed(monke
     assert len(made) <= 6  # a bisection of 19 steps, not a scan
     timed.clear()
     assert module.ratio_for_latency(teacher, 50, prep, images, NullReporter())[0] is None  # the teacher meets it
+
+
+def test_a_sweep_trains_each_pruned_student_as_compress_does(pruned_run, tmp_path):
+    # --prune in kdc sweep: each pruned student sweeps on its own, into --out/pruned50, and its seed's baseline and
+    # distilled student score exactly what compress's scored (the same teacher, pruned weights, seed and batches).
+    from kdcompress.deploy.manifest import read_manifest
+    from kdcompress.runs.sweep import sweep
+    from kdcompress.train.sweep_config import SweepConfig
+
+    result, config = pruned_run
+    run = result.run_dir
+    base = replace(config, prune="0.5", teacher_weights=str(run / "checkpoints" / "teacher.pt"), control="none")
+    swept = SweepConfig(base, temperatures=(config.temperature,), alphas=(config.alpha,), betas=(config.beta,), seeds=1,
+                        out=str(tmp_path / "sweep"))  # fmt: skip
+    subs = dict(swept.per_student())
+    assert subs["pruned50"].base.students == ["pruned50"] and subs["pruned50"].base.named_students == []
+    assert list(subs) == ["test_resnet", "pruned50"] and subs["pruned50"].out == str(tmp_path / "sweep" / "pruned50")
+    results = sweep(subs["pruned50"])
+    manifest, labels = read_manifest(run), np.load(run / "test_set.npz")["labels"]
+    for swept_run in results["runs"]:
+        role = "baseline-pruned50" if swept_run["kind"] == "baseline" else "student-pruned50"
+        assert int((np.array(swept_run["predictions"]) == labels).sum()) == manifest.models[role].test_correct, role
+    assert len(results["runs"]) == 2

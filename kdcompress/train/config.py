@@ -85,8 +85,8 @@ class CompressConfig:
     teacher: str | None = setting(None, "Teacher: any timm model name.", TEACHER, per_dataset="teacher")
     student: str | None = setting(
         None, "Student(s): timm model names, comma-separated for several (resnet18,resnet10t); each gets its own fair "
-        "start, baseline, distilled student and control, from one teacher. kdc sweep: a sweep folder per student, "
-        "OUT/STUDENT.", STUDENTS, per_dataset="student",
+        "start, baseline, distilled student and control, from one teacher; pruned50 names the teacher pruned by half "
+        "(--prune). kdc sweep: a sweep folder per student, OUT/STUDENT.", STUDENTS, per_dataset="student",
     )  # fmt: skip
     pretrained: bool = setting(False, "Start the teacher from timm's ImageNet weights (downloads).", TEACHER)
     pretrained_student: bool = setting(False, "Start every student from ImageNet weights.", STUDENTS)
@@ -100,8 +100,9 @@ class CompressConfig:
         Torch-Pruning removes from every prunable layer group (L2 magnitude; the classifier kept). Each is a student
         named pruned50 ... with its baseline (fine-tuned with CE), distilled student (from the unpruned teacher) and
         control, all from the same pruned weights. A teacher it cannot prune is said in one line; the others go on.
+        kdc sweep: each pruned student sweeps into --out/pruned50 ... beside the named ones.
         """,
-        STUDENTS, sweep=COMPRESS_ONLY,
+        STUDENTS,
     )  # fmt: skip
     prune_to_ms: float | None = setting(
         None, "Also the teacher pruned just enough to run within this many ms at batch 1 here: the least ratio (0.05 "
@@ -248,6 +249,7 @@ class CompressConfig:
         if self.unlabeled is not None:
             self._check_unlabeled()
         self.prune_ratios  # noqa: B018 (refused in one line here, before anything loads)
+        self._check_pruned_names(students)
         if self.pretrained_students is not None:
             unknown = [name for name in split_students(self.pretrained_students) if name not in students]
             if unknown:
@@ -277,6 +279,16 @@ class CompressConfig:
                 f"Give one of them a weight, or use --alpha 0"
             )
 
+    @staticmethod
+    def _check_pruned_names(students: list[str]) -> None:
+        """A --student name such as pruned50 is the teacher pruned: its percent is one --prune takes, spelled once."""
+        from kdcompress.core.roles import pruned_name, pruned_ratio
+
+        for name in students:
+            ratio = pruned_ratio(name)
+            if ratio is not None and not (0.05 <= ratio <= 0.95 and name == pruned_name(ratio)):
+                raise KdcError(f"--student {name}: the teacher pruned takes a percent from 5 to 95 without a leading 0, such as pruned50")
+
     def _check_unlabeled(self) -> None:
         """--unlabeled: what it cannot be combined with, said before anything loads or trains."""
         if self.unlabeled == UNLABELED_AUX and resolve_spec(self.dataset).name != "cifar3":
@@ -290,15 +302,23 @@ class CompressConfig:
 
     @property
     def named_students(self) -> list[str]:
-        """The timm student architectures, in the order given (the dataset's default ones when none was given)."""
-        return split_students(self.student or resolve_spec(self.dataset).student)
+        """The timm student architectures, in the order given (the dataset's default ones when none was given); a
+        --student name such as pruned50 is the teacher pruned, not one of them."""
+        from kdcompress.core.roles import pruned_ratio
+
+        return [name for name in self._given_students() if pruned_ratio(name) is None]
 
     @property
     def students(self) -> list[str]:
-        """Every student: the named architectures, then the teacher pruned at each --prune ratio (pruned50 ...)."""
+        """Every student: those --student names (pruned50 among them: the teacher pruned), then the teacher pruned at
+        each --prune ratio not already named."""
         from kdcompress.core.roles import pruned_name
 
-        return self.named_students + [pruned_name(r) for r in self.prune_ratios]
+        given = self._given_students()
+        return given + [name for name in map(pruned_name, self.prune_ratios) if name not in given]
+
+    def _given_students(self) -> list[str]:
+        return split_students(self.student or resolve_spec(self.dataset).student)
 
     def student_pretrained(self, name: str) -> bool:
         """Whether student name starts from ImageNet weights: --pretrained-student (all), or --pretrained-students names it."""

@@ -64,7 +64,8 @@ class SweepConfig:
         cfg = self.resolved()
         if not cfg.base.several:
             return [(cfg.base.student, cfg)]  # type: ignore[list-item]
-        return [(s, replace(cfg, base=replace(cfg.base, student=s), out=str(Path(cfg.out) / s))) for s in cfg.base.students]  # type: ignore[arg-type]
+        # A pruned student (pruned50) sweeps as the only student of its sub-sweep: its name says the ratio.
+        return [(s, replace(cfg, base=replace(cfg.base, student=s, prune=None), out=str(Path(cfg.out) / s))) for s in cfg.base.students]  # type: ignore[arg-type]
 
     def cells(self) -> list[Cell]:
         """Every (T, alpha, beta, KD loss) of the grid."""
