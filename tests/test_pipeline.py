@@ -351,7 +351,7 @@ def test_a_busy_machine_is_said_when_compress_starts(tmp_path, monkeypatch):
 def test_a_model_that_answers_one_class_for_every_image_is_warned_about():
     from types import SimpleNamespace
 
-    from kdcompress.runs.compress import _one_class_warning
+    from kdcompress.runs.model_files import one_class_warning as _one_class_warning
 
     def entry(**recall):
         return SimpleNamespace(details={"per_class_accuracy": recall})

@@ -19,11 +19,12 @@ TWO = "test_resnet,test_efficientnet"  # two tiny timm students (the second is a
 
 
 def _counting(monkeypatch, name):
-    """Wrap NAME where compress calls it (record_teacher: where train.seed imports it from) so that each call is
-    counted; returns the list of calls."""
+    """Wrap NAME where compress calls it (record_teacher and teacher_train_logits: where train.seed imports them from)
+    so that each call is counted; returns the list of calls."""
+    from kdcompress.train import fair as fair_module
     from kdcompress.train import teacher as teacher_module
 
-    module = teacher_module if name == "record_teacher" else compress_module
+    module = {"record_teacher": teacher_module, "teacher_train_logits": fair_module}.get(name, compress_module)
     calls = []
     original = getattr(module, name)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable
 
 from kdcompress.core import roles
 from kdcompress.core.errors import KdcError
@@ -14,14 +14,14 @@ from kdcompress.core.reporter import NullReporter, Reporter
 from kdcompress.core.roles import TEACHER, pruned_ratio
 from kdcompress.core.stats import attributions, compare_models
 from kdcompress.data.dataset import batches
-from kdcompress.deploy.manifest import DatasetInfo, Manifest, ModelEntry, write_manifest
+from kdcompress.deploy.manifest import DatasetInfo, Manifest, write_manifest
 from kdcompress.runs.environment import Phases, busy_warning, environment
-from kdcompress.runs.model_files import export_model, exporter, save_samples
+from kdcompress.runs.model_files import export_model, exporter, model_warnings, save_samples
 from kdcompress.runs.rundir import check_out, discard_run, prepare_run_dir, publish_run
 from kdcompress.train import losses
 from kdcompress.train.collectives import broadcast_object
 from kdcompress.train.config import CompressConfig
-from kdcompress.train.fair import Prepared, control_smoothing, fair_start, prepare, teacher_train_logits
+from kdcompress.train.fair import Prepared, fair_start, prepare
 from kdcompress.train.teacher import load_or_train_teacher
 
 if TYPE_CHECKING:
@@ -149,17 +149,18 @@ def _train_students(
 ) -> tuple[dict[str, Any], dict[str, dict[str, Any]], dict[str, Any], dict[str, Any]]:
     """For every student: baseline, distilled student and (with --control) the label-smoothing control, from its fair start.
 
-    Each is one training of the student's seed (train.seed, the unit kdc sweep trains through too). The teacher's
-    outputs (recorded once where seed.teacher_outputs' rule says so) and the control's matched smoothing are made
-    once, for all students.
+    Each is one training of the student's seed (train.seed, the unit kdc sweep trains through too). What they learn
+    from the teacher (its outputs, recorded once where seed.teacher_outputs' rule says so, and the control's matched
+    smoothing) is made once, for all students (seed.Lessons).
     """
     from kdcompress.train.accel import describe_precision, step_mode
-    from kdcompress.train.seed import objective, train_one
+    from kdcompress.train.seed import ROLE_OF, Lessons, objective, train_one, trainings
 
     cfg = run.cfg
     models: dict[str, Any] = {TEACHER: teacher}
     records: dict[str, dict[str, Any]] = {TEACHER: teacher_record}
-    shared = _Shared(run, teacher, reporter)
+    test_logits: dict[str, Any] = {}
+    lessons = Lessons(run, teacher, reporter)
     trained_students = []
     for architecture in cfg.students:
         try:
@@ -172,69 +173,29 @@ def _train_students(
             run.warnings.append(said)
             continue
         trained_students.append(architecture)
-        for training, extra in _trainings(run, shared):
+        for training, extra in trainings(cfg, lessons):
             name = roles.role(ROLE_OF[training.kind], architecture if cfg.several else None)
-            made = objective(start, training, shared.teacher_outputs(start) if training.kind == "distilled" else teacher)
+            learns_from = lessons.outputs(start.settings, cfg.beta > 0, len(cfg.students)) if training.kind == "distilled" else teacher
+            made = objective(start, training, learns_from)
             _announce(run, start, name, made, extra, reporter)
             trained = train_one(run, made, start.settings, roles.label(name), reporter, score=run.world.main)
             stem = {"stem_stride": start.stem_stride} if start.stem_stride else {}  # --student-stem auto at small inputs
             records[name] = {"objective": made.describe(), **stem, **extra, **trained.result.record()}
             done(name, made.student)
             models[name] = made.student
-            shared.test_logits[name] = trained.logits
+            test_logits[name] = trained.logits
     mode = step_mode(cfg.compile, run.device, run.world.size)
     training = {
         "device": run.device,
         "precision": describe_precision(run.device, run.settings.precision),
         "compile": f"{cfg.compile} ({mode})",
-        "teacher_outputs": "live" if shared.outputs is None or shared.outputs is teacher else "recorded once, then replayed",
+        "teacher_outputs": "live" if lessons.live or not lessons.recorded else "recorded once, then replayed",
         "data": "streamed from disk (DataLoader workers)" if run.data.streamed else "in memory",
         **parallel_record(run),
     }
     if cfg.several:
         training["students"] = trained_students
-    return models, records, training, shared.test_logits  # the trainings' own test scores, reused by _finish
-
-
-ROLE_OF = {"baseline": "baseline", "distilled": "student", "control": "control"}  # seed.KINDS -> the run's role names
-
-
-class _Shared:
-    """What every student of a run learns from, made on first use and kept: the teacher's outputs, the control's smoothing."""
-
-    def __init__(self, run: Prepared, teacher: Any, reporter: Reporter) -> None:
-        self.run, self.teacher, self.reporter = run, teacher, reporter
-        self.outputs: Any = None
-        self.matched: dict[str, float] | None = None
-        self.test_logits: dict[str, Any] = {}
-
-    def teacher_outputs(self, start: Any) -> Any:
-        """Recorded once for every student (they all see the same views), or the live teacher (seed.teacher_outputs)."""
-        if self.outputs is None:
-            from kdcompress.train.seed import teacher_outputs
-
-            features = self.run.cfg.beta > 0
-            self.outputs = teacher_outputs(self.teacher, self.run.distilled_data, self.run.prep, start.settings, features,
-                                           len(self.run.cfg.students), self.reporter)  # fmt: skip
-        return self.outputs
-
-    def smoothing(self) -> dict[str, float]:
-        if self.matched is None:
-            cfg = self.run.cfg
-            self.matched = control_smoothing(self.run, teacher_train_logits(self.run, self.teacher), cfg.temperature, cfg.alpha)
-        return self.matched
-
-
-def _trainings(run: Prepared, shared: _Shared) -> Iterator[tuple[Any, dict[str, Any]]]:
-    """One student's trainings in order, made as they are needed: (seed.Training, what its record adds)."""
-    from kdcompress.train.seed import Training
-
-    cfg = run.cfg
-    yield Training("baseline"), {}
-    yield Training("distilled", cfg.temperature, cfg.alpha, cfg.beta, cfg.kd), {}
-    if cfg.control == "label-smoothing":
-        matched = shared.smoothing()
-        yield Training("control", smoothing=matched["smoothing"]), {"matched": matched}
+    return models, records, training, test_logits  # the trainings' own test scores, reused by _finish
 
 
 ANNOUNCED = {"baseline": "baseline", "student": "distilled student", "control": "label-smoothing control"}
@@ -293,7 +254,7 @@ def _finish(
     write_json_atomic(staging / "history.json", history)
     comparisons = compare_models(correct)
 
-    warnings = [*run.warnings, *_teacher_warnings(entries)]
+    warnings = [*run.warnings, *model_warnings(entries)]
     manifest = Manifest(
         run=run_name,
         dataset=DatasetInfo(data.name, data.classes, data.counts(), data.source, data.fingerprint(), list(data.source_sizes),
@@ -326,32 +287,3 @@ def _finish(
     write_yaml_atomic(staging / CONFIG_FILE, cfg.to_options(), header)
     write_manifest(staging, manifest)
     return manifest
-
-
-def _teacher_warnings(entries: dict[str, ModelEntry]) -> list[str]:
-    """A warning for each baseline the teacher does not beat (distilling from it can only pass on its mistakes), and
-    for each trained model that gives one class to every test image (it learned no more than the class counts)."""
-    teacher = entries[TEACHER].test_accuracy
-    below = [
-        f"the teacher ({teacher:.1%}) scores below the {roles.label(name)} student ({entry.test_accuracy:.1%}): "
-        f"distilling from it can only pass on its mistakes"
-        for name, entry in entries.items()
-        if roles.kind_of(name) == "baseline" and teacher < entry.test_accuracy
-    ]
-    return below + [warning for name, entry in entries.items() if (warning := _one_class_warning(name, entry))]
-
-
-def _one_class_warning(role: str, entry: ModelEntry) -> str | None:
-    """The warning for a model whose test recall is 1 for one class and 0 for every other: it answers that class for
-    every image, so its accuracy is that class's share of the test split, whatever the table's Δ suggests."""
-    recall = {name: r for name, r in entry.details.get("per_class_accuracy", {}).items() if r is not None}
-    answered = [name for name, r in recall.items() if r > 0]
-    if len(recall) < 2 or len(answered) != 1 or recall[answered[0]] < 1:
-        return None
-    also = " (distilling from it passes on nothing)" if role == TEACHER else ""
-    return (
-        f"the {roles.label(role)} model answers {answered[0]} for every test image{also}: it learned no more than "
-        f"the class counts; train longer (--epochs, --teacher-epochs) or on more images"
-    )
-
-

@@ -1,6 +1,6 @@
 """What a compress run writes for each model it trains: its checkpoint's rebuild record, its ONNX export (checked
-against PyTorch and stamped with its metadata) and manifest entry, and the run's sample files (test, validation and
-calibration images)."""
+against PyTorch and stamped with its metadata) and manifest entry, the warnings its test scores call for, and the
+run's sample files (test, validation and calibration images)."""
 
 from __future__ import annotations
 
@@ -71,15 +71,13 @@ def export_model(
     """
     from kdcompress.train.loop import predict_logits
     from kdcompress.train.models import count_parameters
+    from kdcompress.train.seed import Score
 
     data = run.data
     if logits is None:
         logits = predict_logits(model, data.test_x, run.prep, run.device)
-    correct = logits.argmax(axis=1) == data.test_y
-    per_class = {
-        name: float(correct[data.test_y == i].mean()) if (data.test_y == i).any() else None
-        for i, name in enumerate(data.classes)
-    }
+    score = Score(logits, data.test_y)
+    correct = score.correct
     if not exports.background:
         reporter.info(f"exporting {role} to ONNX and checking it against PyTorch")
     parity = exports.parity(role, model)
@@ -92,9 +90,38 @@ def export_model(
         onnx=onnx_path.name,
         parameters=count_parameters(model),
         onnx_bytes=onnx_path.stat().st_size,
-        test_accuracy=float(correct.mean()),
+        test_accuracy=score.accuracy,
         test_correct=int(correct.sum()),
-        details={"checkpoint": f"checkpoints/{role}.pt", "per_class_accuracy": per_class, "export": parity,
+        details={"checkpoint": f"checkpoints/{role}.pt", "per_class_accuracy": score.per_class(data.classes), "export": parity,
                  "sha256": file_sha256(onnx_path), **pruned},  # fmt: skip
     )
     return entry, correct
+
+
+def model_warnings(entries: dict[str, ModelEntry]) -> list[str]:
+    """A warning for each baseline the teacher does not beat (distilling from it can only pass on its mistakes), and
+    for each trained model that gives one class to every test image (it learned no more than the class counts)."""
+    teacher = entries[TEACHER].test_accuracy
+    below = [
+        f"the teacher ({teacher:.1%}) scores below the {roles.label(name)} student ({entry.test_accuracy:.1%}): "
+        f"distilling from it can only pass on its mistakes"
+        for name, entry in entries.items()
+        if roles.kind_of(name) == "baseline" and teacher < entry.test_accuracy
+    ]
+    return below + [warning for name, entry in entries.items() if (warning := one_class_warning(name, entry))]
+
+
+def one_class_warning(role: str, entry: ModelEntry) -> str | None:
+    """The warning for a model whose test recall is 1 for one class and 0 for every other: it answers that class for
+    every image, so its accuracy is that class's share of the test split, whatever the table's Δ suggests."""
+    recall = {name: r for name, r in entry.details.get("per_class_accuracy", {}).items() if r is not None}
+    answered = [name for name, r in recall.items() if r > 0]
+    if len(recall) < 2 or len(answered) != 1 or recall[answered[0]] < 1:
+        return None
+    also = " (distilling from it passes on nothing)" if role == TEACHER else ""
+    return (
+        f"the {roles.label(role)} model answers {answered[0]} for every test image{also}: it learned no more than "
+        f"the class counts; train longer (--epochs, --teacher-epochs) or on more images"
+    )
+
+

@@ -24,7 +24,6 @@ from typing import Any
 from kdcompress.core.errors import KdcError
 from kdcompress.core.files import read_json, write_json_atomic, write_together, write_yaml_atomic
 from kdcompress.core.reporter import NullReporter, Reporter
-from kdcompress.core.stats import roc_auc
 from kdcompress.data.dataset import Dataset
 from kdcompress.runs.environment import busy_warning
 from kdcompress.runs.sweep_grid import (
@@ -38,11 +37,11 @@ from kdcompress.runs.sweep_grid import (
 )  # fmt: skip
 from kdcompress.train.collectives import barrier, broadcast_object, shard
 from kdcompress.train.config import SHARED, CompressConfig, sweep_settings
-from kdcompress.train.fair import Prepared, control_smoothing, fair_start, prepare, teacher_train_logits
+from kdcompress.train.fair import Prepared, fair_start, prepare
 from kdcompress.train.models import STUDENT_HEAD
-from kdcompress.train.seed import Training, objective, teacher_outputs, train_one
+from kdcompress.train.seed import Lessons, Score, Training, objective, train_one
 from kdcompress.train.sweep_config import SweepConfig
-from kdcompress.train.teacher import RECIPE_LEVERS, load_or_train_teacher, recording_fits
+from kdcompress.train.teacher import RECIPE_LEVERS, load_or_train_teacher
 
 SHARED_SETTINGS = sweep_settings(SHARED)  # what every run of a sweep shares: a resumed sweep must agree on all of them
 # Settings that sweeps written before they were recorded lack: such a folder is not refused for them.
@@ -178,9 +177,9 @@ def _train_missing(
     if "teacher" not in shared and world.main:
         shared["teacher"] = _teacher_entry(run, teacher, record)
         write_json_atomic(folder / "sweep.json", shared)
-    # The controls' smoothing needs the teacher's logits on the training split: the same for every seed and (T, alpha).
-    controls = any(job.kind == "control" for _, job in plan)
-    teacher_logits = teacher_train_logits(run, teacher) if controls else None
+    # What the trainings learn from the teacher, made once: each seed's recorded outputs (kept for the next student's
+    # sweep in recordings, where all seeds' fit in memory together) and the controls' smoothing.
+    lessons = Lessons(run, teacher, reporter, len(cfg.seed_list()), recordings)
     share = shard(len(plan), world.rank, world.size)  # this rank's trainings: a contiguous run of the plan
     done = total - len(plan) + share.start
     if world.size > 1:
@@ -189,11 +188,11 @@ def _train_missing(
         seed_jobs = [job for _, job in runs]
         start = fair_start(run, seed, teacher)  # the same initial weights and projection as `kdc compress --seed`
         settings = replace(start.settings, world_size=1, rank=0)  # each training whole, in this process
-        recorded = _seed_teacher_outputs(run, teacher, settings, seed, seed_jobs, folder, reporter, recordings, len(cfg.seed_list()))
+        learns_from = _seed_teacher_outputs(lessons, settings, seed_jobs, folder)
         for job in seed_jobs:
             done += 1
-            matched = control_smoothing(run, teacher_logits, *job.pair) if job.kind == "control" else None
-            made = objective(start, _training(run, job, matched), recorded if recorded is not None else teacher)
+            matched = lessons.smoothing(*job.pair) if job.kind == "control" else None
+            made = objective(start, _training(run, job, matched), learns_from)
             name = run_name(seed, job)
             reporter.info(f"[{done}/{total}] {name}: {made.describe()}")
             try:
@@ -214,45 +213,25 @@ def _teacher_entry(run: Prepared, teacher: Any, record: dict[str, Any]) -> dict[
     from kdcompress.train.loop import predict_logits
 
     data = run.data
-    logits = predict_logits(teacher, data.test_x, run.prep, run.device)[:, : len(data.classes)]
-    correct = logits.argmax(axis=1) == data.test_y
+    score = Score(predict_logits(teacher, data.test_x, run.prep, run.device)[:, : len(data.classes)], data.test_y)
     record.pop("history", None)
-    auc = roc_auc(logits, data.test_y)
-    return {**record, "architecture": run.cfg.teacher, "test_accuracy": float(correct.mean()),
-            **({"roc_auc": auc} if auc is not None else {})}  # fmt: skip
+    auc = score.roc_auc
+    return {**record, "architecture": run.cfg.teacher, "test_accuracy": score.accuracy, **({"roc_auc": auc} if auc is not None else {})}
 
 
-def _seed_teacher_outputs(
-    run: Prepared,
-    teacher: Any,
-    settings: Any,
-    seed: int,
-    seed_jobs: list[Job],
-    folder: Path,
-    reporter: Reporter,
-    recordings: dict[tuple[int, bool], Any] | None = None,
-    seeds: int = 1,
-) -> Any:
-    """The teacher's outputs on every view this seed's distilled students see, recorded once (None: it runs live).
-
-    With recordings (several students), a seed recorded for an earlier student is replayed, and a new recording
-    is kept for the next student when `seeds` of them fit in memory together.
-    """
+def _seed_teacher_outputs(lessons: Lessons, settings: Any, seed_jobs: list[Job], folder: Path) -> Any:
+    """What this seed's distilled students learn from: the teacher's outputs on every view they see, recorded once
+    (the recording's cost kept in runs/seedN-teacher-outputs.cost), replayed from an earlier student, or the teacher."""
     distilled = [job for job in seed_jobs if job.kind == "distilled"]
     if not distilled:
-        return None
+        return lessons.teacher
     features = any(job.cell[2] > 0 for job in distilled)
-    if recordings is not None and (seed, features) in recordings:
-        reporter.info(f"seed {seed}: replaying the teacher outputs recorded for the previous student")
-        return recordings[(seed, features)]
+    replayed = (settings.seed, features) in lessons.recorded
     started = time.perf_counter()
-    recorded = teacher_outputs(teacher, run.distilled_data, run.prep, settings, features, len(distilled), reporter, f"seed {seed}: teacher outputs")
-    if recorded is teacher:  # the rule says live (seed.teacher_outputs)
-        return None
-    write_json_atomic(folder / "runs" / f"seed{seed}-teacher-outputs.cost", {"seconds": time.perf_counter() - started})
-    if recordings is not None and recording_fits(teacher, run.distilled_data, replace(settings, epochs=settings.epochs * seeds), features):
-        recordings[(seed, features)] = recorded
-    return recorded
+    made = lessons.outputs(settings, features, len(distilled), f"seed {settings.seed}: teacher outputs")
+    if made is not lessons.teacher and not replayed:
+        write_json_atomic(folder / "runs" / f"seed{settings.seed}-teacher-outputs.cost", {"seconds": time.perf_counter() - started})
+    return made
 
 
 def _training(run: Prepared, job: Job, matched: dict[str, float] | None) -> Training:
@@ -275,12 +254,13 @@ def _diverged(run: Prepared, made: Any, name: str, why: str) -> dict[str, Any]:
 def _train_one(run: Prepared, made: Any, settings: Any, name: str, reporter: Reporter) -> dict[str, Any]:
     """Train one objective and judge it on the test split: the run file's content, less the seed and cell."""
     trained = train_one(run, made, settings, name, reporter)
-    auc = roc_auc(trained.logits, run.data.test_y)
+    score = trained.score(run.data.test_y)
+    auc = score.roc_auc
     return {
         "name": name,
         "objective": made.describe(),
-        "test_accuracy": float((trained.predictions == run.data.test_y).mean()),
-        "predictions": trained.predictions.tolist(),
+        "test_accuracy": score.accuracy,
+        "predictions": score.predictions.tolist(),
         **({"roc_auc": auc} if auc is not None else {}),
         "device": run.device,
         **trained.result.record(),
