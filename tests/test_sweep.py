@@ -301,3 +301,18 @@ def test_a_diverged_cell_is_recorded_and_the_sweep_goes_on(tmp_path, tiny_run, m
     assert dist["mean"] == 0.0 and results["chosen"]["kd_loss"] == "kl"  # validation never chooses it
     run = json.loads((tmp_path / "sweep" / "runs" / "seed0-T4-alpha0.5-beta0-dist.json").read_text())
     assert "the training diverged" in run["diverged"]
+
+
+def test_a_sweep_run_file_is_read_back_as_its_type_and_written_as_it_came():
+    from kdcompress.runs.sweep_grid import SweepRun
+
+    entry = {"name": "seed0-T4-alpha0.5-beta0", "objective": "KL", "test_accuracy": 0.5, "predictions": [0, 1], "device": "cpu",
+             "best_epoch": 3, "best_val_accuracy": 0.75, "train_seconds": 1.5, "history": [{"loss": 1.0}], "seed": 0,
+             "kind": "distilled", "temperature": 4.0, "alpha": 0.5, "beta": 0.0, "kd_loss": "kl"}  # fmt: skip
+    run = SweepRun.from_dict(entry, 2, 3)
+    assert (run.best_val_accuracy, run.kd_loss, run.roc_auc, run.rest["best_epoch"]) == (0.75, "kl", None, 3)
+    assert run.to_dict() == entry  # nothing lost, nothing added (no roc_auc, matched or diverged where there were none)
+    for change, said in (({"kind": "teacher"}, "not a seed and a kind"), ({"predictions": [0, 3]}, "not class indices 0..2"),
+                         ({"best_val_accuracy": 2}, "best_val_accuracy is '2', not a fraction")):  # fmt: skip
+        with pytest.raises(ValueError, match=said):
+            SweepRun.from_dict({**entry, **change}, 2, 3)

@@ -28,10 +28,10 @@ from kdcompress.data.dataset import Dataset
 from kdcompress.runs.environment import busy_warning
 from kdcompress.runs.sweep_grid import (
     FORMAT,
-    RETRAIN,
     Job,
+    SweepRun,
     jobs,
-    run_file_problem,
+    read_runs,
     run_name,
     summarize,
 )  # fmt: skip
@@ -104,13 +104,10 @@ def sweep(
         shared = _check_resumable(folder, run.cfg, run.data)
         header = f"kdc sweep settings of {folder.name}, resolved.\nkdc sweep --config config.yaml runs them again: it resumes this sweep."
         write_yaml_atomic(folder / "config.yaml", replace(cfg, base=run.cfg).to_options(), header)
-        done = set()
-        for path in sorted((folder / "runs").glob("*.json")):
-            problem = run_file_problem(read_json(path, RETRAIN), len(run.data.test_y), len(run.data.classes))
-            if problem:  # trained again, and its file replaced when that training finishes
-                reporter.warn(f"{path} is damaged ({problem}): that training runs again")
-            else:
-                done.add(path.stem)
+        finished, damaged = read_runs(folder, len(run.data.test_y), len(run.data.classes))
+        for name, problem in damaged.items():  # trained again, and its file replaced when that training finishes
+            reporter.warn(f"{folder / 'runs' / name}.json is damaged ({problem}): that training runs again")
+        done = set(finished)
         plan = [(s, c) for s in cfg.seed_list() for c in jobs(cfg) if run_name(s, c) not in done]
         if done:
             reporter.info(f"resuming {folder}: {total - len(plan)} of {total} trainings already done")
@@ -205,7 +202,8 @@ def _train_missing(
             entry.update({"seed": seed, "kind": job.kind, "temperature": job.temperature, "alpha": job.alpha, "beta": job.beta,
                           **({"kd_loss": job.kd_loss} if job.kind == "distilled" else {}),
                           **({"matched": matched} if matched else {})})  # fmt: skip
-            write_json_atomic(folder / "runs" / f"{name}.json", entry)
+            # written through its type, which checks it as a resumed sweep will read it back
+            write_json_atomic(folder / "runs" / f"{name}.json", SweepRun.from_dict(entry, len(run.data.test_y), len(run.data.classes)).to_dict())
 
 
 def _teacher_entry(run: Prepared, teacher: Any, record: dict[str, Any]) -> dict[str, Any]:

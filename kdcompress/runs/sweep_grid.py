@@ -3,7 +3,7 @@ summary of a finished sweep (results.json): every grid point against the baselin
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -88,9 +88,45 @@ def choose_by_validation(validation: dict[Cell, list[float]]) -> Cell:
     return max(validation, key=lambda cell: float(np.mean(validation[cell])))
 
 
-def run_file_problem(entry: Any, test_images: int, classes: int) -> str | None:
-    """What is wrong with a sweep's runs/NAME.json (None: nothing): its predictions must be one class index per test
-    image (-1 only in a diverged run's), its accuracies numbers in [0, 1]; a file cut short or edited is not used."""
+@dataclass(frozen=True)
+class SweepRun:
+    """One finished training of a sweep, as its runs/NAME.json holds it (and results.json's `runs` list)."""
+
+    name: str
+    objective: str
+    test_accuracy: float
+    predictions: list[int]  # one class index per test image (-1 throughout in a diverged run)
+    best_val_accuracy: float  # of the epoch the training kept: what the sweep chooses its cell on
+    seed: int
+    kind: str  # "baseline" | "control" | "distilled"
+    train_seconds: float | None = None  # None: the training diverged
+    temperature: float | None = None
+    alpha: float | None = None
+    beta: float | None = None
+    kd_loss: str | None = None  # a distilled run's (losses.KD_LOSSES)
+    roc_auc: float | None = None  # two-class data only
+    matched: dict[str, float] | None = None  # a control's smoothing and what it was matched to (fair.control_smoothing)
+    diverged: str | None = None  # why, for a distilled training that diverged
+    rest: dict[str, Any] = field(default_factory=dict)  # the rest of the training's record (device, epochs, history)
+
+    @classmethod
+    def from_dict(cls, entry: Any, test_images: int, classes: int) -> "SweepRun":
+        """A run file's content, checked: its predictions one class index per test image (-1 only in a diverged
+        run's), its accuracies fractions; a file cut short or edited raises ValueError saying what is wrong."""
+        problem = _run_problem(entry, test_images, classes)
+        if problem:
+            raise ValueError(problem)
+        known = {f.name for f in fields(cls)} - {"rest"}
+        return cls(**{k: v for k, v in entry.items() if k in known}, rest={k: v for k, v in entry.items() if k not in known})
+
+    def to_dict(self) -> dict[str, Any]:
+        """The run file's content: every field, the optional ones only where set, and the rest as it came."""
+        values = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "rest"}
+        optional = ("roc_auc", "matched", "diverged", "kd_loss")
+        return {**{k: v for k, v in values.items() if not (k in optional and v is None)}, **self.rest}
+
+
+def _run_problem(entry: Any, test_images: int, classes: int) -> str | None:
     from kdcompress.core.values import is_fraction, is_whole
 
     if not isinstance(entry, dict):
@@ -105,22 +141,35 @@ def run_file_problem(entry: Any, test_images: int, classes: int) -> str | None:
     for key in ("best_val_accuracy", "test_accuracy"):
         if not is_fraction(entry.get(key)):
             return f"{key} is {str(entry.get(key))[:20]!r}, not a fraction"
+    if not is_whole(entry.get("seed")) or entry.get("kind") not in ("baseline", "control", "distilled"):
+        return f"seed {str(entry.get('seed'))[:20]!r} and kind {str(entry.get('kind'))[:20]!r}, not a seed and a kind of training"
+    if not isinstance(entry.get("name"), str) or not isinstance(entry.get("objective"), str):
+        return "no name or objective"
     return None
+
+
+def read_runs(folder: Path, test_images: int, classes: int) -> tuple[dict[str, SweepRun], dict[str, str]]:
+    """Every run file of a sweep folder: the sound ones by name, and what is wrong with each damaged one."""
+    runs, damaged = {}, {}
+    for path in sorted((folder / "runs").glob("*.json")):
+        try:
+            runs[path.stem] = SweepRun.from_dict(read_json(path, RETRAIN), test_images, classes)
+        except ValueError as exc:
+            damaged[path.stem] = str(exc)
+    return runs, damaged
 
 
 def summarize(cfg: SweepConfig, data: Dataset, folder: Path, device: str) -> dict[str, Any]:
     """results.json from the run files: per grid point, mean +- std over seeds and the verdict vs baseline."""
-    runs = {p.stem: read_json(p, RETRAIN) for p in sorted((folder / "runs").glob("*.json"))}
-    for name, entry in runs.items():
-        problem = run_file_problem(entry, len(data.test_y), len(data.classes))
-        if problem:
-            raise KdcError(f"{folder / 'runs' / name}.json is damaged ({problem}): {RETRAIN}")
+    runs, damaged = read_runs(folder, len(data.test_y), len(data.classes))
+    for name, problem in damaged.items():
+        raise KdcError(f"{folder / 'runs' / name}.json is damaged ({problem}): {RETRAIN}")
     shared = read_json(folder / "sweep.json", "delete the sweep folder to start over")
     seeds = cfg.seed_list()
     table = _SeedTable(runs, seeds, data.test_y)
     baseline_acc = table.matrix(BASELINE).mean(axis=1)
     controls, cells = _compare_grid(cfg, table)
-    validation = {cell: [runs[run_name(s, distilled_job(cell))]["best_val_accuracy"] for s in seeds] for cell in cfg.cells()}
+    validation = {cell: [runs[run_name(s, distilled_job(cell))].best_val_accuracy for s in seeds] for cell in cfg.cells()}
     chosen = cells[cfg.cells().index(choose_by_validation(validation))]
     best_on_test = max(cells, key=lambda c: c["delta"])
     results = {
@@ -146,7 +195,7 @@ def summarize(cfg: SweepConfig, data: Dataset, folder: Path, device: str) -> dic
         "cost": _cost(cfg, runs, folder),
         "device": device,
         "environment": environment(),
-        "runs": [runs[run_name(s, j)] for s in seeds for j in jobs(cfg) if run_name(s, j) in runs],
+        "runs": [runs[run_name(s, j)].to_dict() for s in seeds for j in jobs(cfg) if run_name(s, j) in runs],
     }
     write_json_atomic(folder / "results.json", results)
     return results
@@ -156,7 +205,7 @@ def summarize(cfg: SweepConfig, data: Dataset, folder: Path, device: str) -> dic
 class _SeedTable:
     """The finished run files of a sweep, read per job across seeds."""
 
-    runs: dict[str, Any]
+    runs: dict[str, SweepRun]
     seeds: list[int]
     test_y: np.ndarray
 
@@ -165,11 +214,11 @@ class _SeedTable:
 
     def aucs(self, job: Job) -> dict[str, float]:
         """Mean and std of ROC-AUC over seeds (two-class data only)."""
-        return auc_summary([self.runs.get(name, {}).get("roc_auc") for name in self.names(job)])
+        return auc_summary([self.runs[name].roc_auc if name in self.runs else None for name in self.names(job)])
 
     def matrix(self, job: Job) -> np.ndarray:
         """Seeds x test images: which images each seed's run of this job got right."""
-        return np.stack([np.asarray(self.runs[name]["predictions"]) == self.test_y for name in self.names(job)])
+        return np.stack([np.asarray(self.runs[name].predictions) == self.test_y for name in self.names(job)])
 
     def complete(self, job: Job) -> bool:
         return all(name in self.runs for name in self.names(job))
@@ -184,8 +233,8 @@ def _compare_grid(cfg: SweepConfig, table: _SeedTable) -> tuple[list[dict[str, A
         if table.complete(job):
             first = table.runs[table.names(job)[0]]
             control_matrices[pair] = table.matrix(job)
-            controls.append({"temperature": pair[0], "alpha": pair[1], "objective": first["objective"],
-                             "matched": first.get("matched"), **compare(control_matrices[pair], baseline).to_dict(),
+            controls.append({"temperature": pair[0], "alpha": pair[1], "objective": first.objective, "matched": first.matched,
+                             **compare(control_matrices[pair], baseline).to_dict(),
                              **table.aucs(job)})  # fmt: skip
     cells = []
     for cell in cfg.cells():
@@ -193,25 +242,25 @@ def _compare_grid(cfg: SweepConfig, table: _SeedTable) -> tuple[list[dict[str, A
         names = table.names(job)
         distilled = table.matrix(job)
         entry = {"temperature": cell[0], "alpha": cell[1], "beta": cell[2], "kd_loss": cell[3],
-                 "objective": table.runs[names[0]]["objective"]}  # fmt: skip
+                 "objective": table.runs[names[0]].objective}  # fmt: skip
         entry.update(compare(distilled, baseline).to_dict(), **table.aucs(job))
-        diverged = [n for n in names if table.runs[n].get("diverged")]
+        diverged = [n for n in names if table.runs[n].diverged]
         if diverged:
             entry["diverged_seeds"] = len(diverged)
             entry["words"] = f"diverged in {len(diverged)} of {len(names)} seed(s), each counted as all wrong; " + entry["words"]
-        entry["val_mean"] = float(np.mean([table.runs[n]["best_val_accuracy"] for n in names]))
+        entry["val_mean"] = float(np.mean([table.runs[n].best_val_accuracy for n in names]))
         if job.pair in control_matrices:
             entry["vs_control"] = compare(distilled, control_matrices[job.pair], reference=REFERENCES["control"]).to_dict()
         cells.append(entry)
     return controls, cells
 
 
-def _cost(cfg: SweepConfig, runs: dict[str, Any], folder: Path) -> dict[str, Any]:
+def _cost(cfg: SweepConfig, runs: dict[str, SweepRun], folder: Path) -> dict[str, Any]:
     """What the sweep's trainings cost: a distilled training against a baseline one, and the teacher's recordings."""
     seeds = cfg.seed_list()
     costs = [read_json(p, RETRAIN).get("seconds", 0.0) for p in (folder / "runs").glob("*.cost")]
-    baseline_seconds = [runs[run_name(s, BASELINE)]["train_seconds"] for s in seeds]
-    distilled_seconds = [runs[run_name(s, distilled_job(c))]["train_seconds"] for s in seeds for c in cfg.cells()]
+    baseline_seconds = [runs[run_name(s, BASELINE)].train_seconds for s in seeds]
+    distilled_seconds = [runs[run_name(s, distilled_job(c))].train_seconds for s in seeds for c in cfg.cells()]
     distilled_seconds = [t for t in distilled_seconds if t is not None] or [0.0]  # diverged trainings have no time
     return {
         "baseline_seconds_mean": float(np.mean(baseline_seconds)),
