@@ -366,18 +366,24 @@ def test_int8_slower_than_fp32_is_said_in_quantize_benchmark_and_json(tiny_run, 
     assert verdict["faster"] is False and verdict["speedup_batch1"] < 1
 
     bench = benchmark_and_save(run, quick=True, gpu=False)  # benchmark's own verdict, from its own timings, is saved
-    assert json.loads((run / "benchmark.json").read_text())["int8_verdicts"]["int8"]["words"] == bench.int8_verdicts["int8"]["words"]
+    assert json.loads((run / "benchmark.json").read_text())["int8_verdicts"]["int8"]["words"] == bench.int8_verdicts["int8"].words
     bench.models["int8"].reference.batch1["p50_ms"] = 3 * bench.models["student"].reference.p50_ms
     bench.int8_verdicts["int8"] = _int8_verdict(bench.models, "int8", 64)
-    assert not bench.int8_verdicts["int8"]["faster"] and "3.00x slower at batch 1" in bench.int8_verdicts["int8"]["words"]
+    assert not bench.int8_verdicts["int8"].faster and "3.00x slower at batch 1" in bench.int8_verdicts["int8"].words
     assert any(line.startswith("WARNING: distilled int8: INT8 kept for size") for line in benchmark_context(bench))
 
 
 def test_int8_verdict_words():
-    from kdcompress.deploy.frontier import int8_verdict
+    from kdcompress.core.errors import KdcError
+    from kdcompress.deploy.frontier import Int8Verdict, int8_verdict
 
     fast = int8_verdict({"p50_ms": 1.0, "images_per_s": 100, "bytes": 400}, {"p50_ms": 0.5, "images_per_s": 300, "bytes": 100}, 64)
-    assert fast["faster"] and fast["words"] == "INT8 is 4.00x smaller and 2.00x faster at batch 1, 3.00x faster at batch 64 than FP32 on this machine"
+    assert fast.faster and fast.words == "INT8 is 4.00x smaller and 2.00x faster at batch 1, 3.00x faster at batch 64 than FP32 on this machine"
     mixed = int8_verdict({"p50_ms": 0.55, "images_per_s": 7337, "bytes": 395}, {"p50_ms": 0.63, "images_per_s": 3490, "bytes": 100}, 64)
-    assert not mixed["faster"]
-    assert mixed["words"] == "INT8 kept for size (3.95x smaller); 1.15x slower at batch 1, 2.10x slower at batch 64 than FP32 on this machine"
+    assert not mixed.faster
+    assert mixed.words == "INT8 kept for size (3.95x smaller); 1.15x slower at batch 1, 2.10x slower at batch 64 than FP32 on this machine"
+    assert Int8Verdict.from_dict(mixed.to_dict()) == mixed  # as manifest.json and benchmark.json keep it
+    with pytest.raises(KdcError, match="an INT8 verdict lacks words"):
+        Int8Verdict.from_dict({k: v for k, v in mixed.to_dict().items() if k != "words"})
+    with pytest.raises(KdcError, match="wrong type"):
+        Int8Verdict.from_dict({**mixed.to_dict(), "faster": "no"})

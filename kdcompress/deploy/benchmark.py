@@ -16,7 +16,7 @@ from kdcompress.core import roles
 from kdcompress.core.errors import KdcError
 from kdcompress.core.reporter import NullReporter, Reporter
 from kdcompress.core.stats import attributions, compare_models, roc_auc, unlabeled_words
-from kdcompress.deploy.frontier import Budget, Point, int8_verdict, pareto, recommend
+from kdcompress.deploy.frontier import Budget, Int8Verdict, Point, int8_verdict, pareto, recommend
 from kdcompress.deploy.graph import onnx_size
 from kdcompress.deploy.manifest import load_images, model_file, read_manifest
 from kdcompress.deploy.preprocessing import normalize
@@ -164,7 +164,7 @@ def _profile(result: BenchmarkResult, run_dir: Path, manifest: Any, images: np.n
     every INT8 file that is not faster than its FP32 file here, on onnxruntime-cpu and, where it was used, openvino-cpu."""
     from kdcompress.deploy.profile import profile_onnxruntime, profile_openvino
 
-    wanted = [r for r, verdict in result.int8_verdicts.items() if not verdict["faster"]]
+    wanted = [r for r, verdict in result.int8_verdicts.items() if not verdict.faster]
     chosen = (result.recommendation or {}).get("model")
     wanted = ([chosen] if chosen in result.models else []) + [r for r in wanted if r != chosen]
     openvino = not result.targets.get("openvino-cpu") and "openvino-cpu" in result.targets  # used in this benchmark
@@ -351,7 +351,7 @@ def gain_meaning(chosen: str, attribution: dict[str, str] | str | None) -> str:
     return f" What its gain over the baseline means: {said}."  # regularisation, or the teacher's
 
 
-def _int8_verdict(models: dict[str, ModelResult], role: str, batch: int) -> dict[str, Any]:
+def _int8_verdict(models: dict[str, ModelResult], role: str, batch: int) -> Int8Verdict:
     """An INT8 student against the FP32 one it was made from, on onnxruntime-cpu as timed here."""
 
     def side(model: ModelResult) -> dict[str, float]:

@@ -6,7 +6,7 @@ Pure arithmetic on measured points (no onnxruntime here): `kdc benchmark` measur
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from kdcompress.core.errors import KdcError
@@ -222,7 +222,36 @@ def _noise(verdict: str) -> str:
     return {"better": "better beyond noise", "worse": "worse beyond noise"}.get(verdict, "within noise")
 
 
-def int8_verdict(fp32: dict[str, float], int8: dict[str, float], batch: int) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Int8Verdict:
+    """Whether an INT8 file is faster than the FP32 one it was made from, here: in kdc quantize's record of it
+    (manifest.json) and in benchmark.json's int8_verdicts."""
+
+    faster: bool  # at batch 1 and at throughput_batch both
+    speedup_batch1: float  # FP32 p50 / INT8 p50
+    speedup_throughput: float  # INT8 images/s / FP32 images/s at throughput_batch
+    throughput_batch: int
+    smaller_x: float  # FP32 bytes / INT8 bytes
+    words: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "Int8Verdict":
+        """A verdict read back (every field of it: a KdcError naming what is missing or of the wrong type)."""
+        if not isinstance(data, dict) or any(f.name not in data for f in fields(cls)):
+            raise KdcError(f"an INT8 verdict lacks {', '.join(f.name for f in fields(cls) if not isinstance(data, dict) or f.name not in data)}")
+        verdict = cls(**{f.name: data[f.name] for f in fields(cls)})
+        numbers = (verdict.speedup_batch1, verdict.speedup_throughput, verdict.smaller_x)
+        if not isinstance(verdict.faster, bool) or not isinstance(verdict.words, str) or not all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in numbers
+        ):
+            raise KdcError(f"an INT8 verdict holds values of the wrong type: {str(data)[:60]}")
+        return verdict
+
+
+def int8_verdict(fp32: dict[str, float], int8: dict[str, float], batch: int) -> Int8Verdict:
     """Whether the INT8 model is faster than the FP32 one on this machine, at batch 1 and at `batch`, in words.
 
     Each side gives p50_ms (batch 1), images_per_s (at batch) and bytes. INT8 counts as faster only
@@ -238,11 +267,4 @@ def int8_verdict(fp32: dict[str, float], int8: dict[str, float], batch: int) -> 
 
     speeds = f"{rate(speedup_1, 'at batch 1')}, {rate(speedup_bulk, f'at batch {batch}')} than FP32 on this machine"
     words = f"INT8 is {smaller:.2f}x smaller and {speeds}" if faster else f"INT8 kept for size ({smaller:.2f}x smaller); {speeds}"
-    return {
-        "faster": faster,
-        "speedup_batch1": speedup_1,
-        "speedup_throughput": speedup_bulk,
-        "throughput_batch": batch,
-        "smaller_x": smaller,
-        "words": words,
-    }
+    return Int8Verdict(faster, speedup_1, speedup_bulk, batch, smaller, words)

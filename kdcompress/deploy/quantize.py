@@ -24,7 +24,7 @@ from kdcompress.core import roles
 from kdcompress.core.errors import KdcError
 from kdcompress.core.files import QUANTIZE_PREFIX, folder_lock, remove_stale, signals_held
 from kdcompress.core.reporter import NullReporter, Reporter
-from kdcompress.deploy.frontier import int8_verdict
+from kdcompress.deploy.frontier import Int8Verdict, int8_verdict
 from kdcompress.deploy.graph import sort_nodes
 from kdcompress.deploy.manifest import ModelEntry, file_sha256, load_images, model_file, read_manifest, run_file, write_manifest
 from kdcompress.deploy.metadata import file_metadata, stamp
@@ -242,8 +242,9 @@ def _quantize_student(
     if not keep:
         reporter.warn(f"{name}: every INT8 candidate lost more than {MAX_ACCURACY_LOSS:.0%} accuracy; kept the most accurate")
     int8 = _int8_entry(student, staged[0], chosen, fp32, measured, threads)
-    if not int8.details["quantization"]["verdict"]["faster"]:
-        reporter.warn(f"{name}: {int8.details['quantization']['verdict']['words']}")
+    verdict = Int8Verdict.from_dict(int8.details["quantization"]["verdict"])
+    if not verdict.faster:
+        reporter.warn(f"{name}: {verdict.words}")
     entry16 = _format_entry(student, staged[1], "FP16, for GPU targets", fp16)
     entry16.details["fp16"] = {k: v for k, v in fp16.items() if k not in ("accuracy", "correct")}
     if fp16["top1_agreement"] < FP16_MIN_AGREEMENT:
@@ -341,7 +342,7 @@ def _int8_entry(
             {"p50_ms": fp32["p50_ms"], "images_per_s": fp32["images_per_s"], "bytes": student.onnx_bytes},
             {"p50_ms": chosen["p50_ms"], "images_per_s": chosen["images_per_s"], "bytes": entry.onnx_bytes},
             VERDICT_BATCH,
-        ),
+        ).to_dict(),
     }
     return entry
 

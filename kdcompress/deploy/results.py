@@ -7,6 +7,7 @@ from typing import Any
 
 from kdcompress.core.errors import KdcError
 from kdcompress.core.values import is_fraction, is_number, is_whole
+from kdcompress.deploy.frontier import Int8Verdict
 
 # 3: per-layer profiles, each point's load, first inference and memory; 2: points keyed by target and precision (1: fixed cpu / gpu slots)
 FORMAT = "kdcompress-benchmark/3"
@@ -91,7 +92,7 @@ class BenchmarkResult:
     models: dict[str, ModelResult]
     comparisons: dict[str, Any] = field(default_factory=dict)
     attribution: Any = None
-    int8_verdicts: dict[str, Any] = field(default_factory=dict)
+    int8_verdicts: dict[str, Int8Verdict] = field(default_factory=dict)  # role of an INT8 file -> vs its FP32 file
     notes: list[str] = field(default_factory=list)  # points that could not be run, and why
     recommendation: dict[str, Any] | None = None
     profiles: dict[str, Any] = field(default_factory=dict)  # role -> deploy.profile's per-layer profiles, one per runtime (format 3)
@@ -107,6 +108,7 @@ class BenchmarkResult:
     def to_dict(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "models"}
         data["models"] = {role: asdict(model) for role, model in self.models.items()}
+        data["int8_verdicts"] = {role: verdict.to_dict() for role, verdict in self.int8_verdicts.items()}
         return {"format": data.pop("format"), **data}
 
     @classmethod
@@ -121,8 +123,9 @@ class BenchmarkResult:
                 role: ModelResult(**{**model, "points": [PointResult(**p) for p in model["points"]]})
                 for role, model in data["models"].items()
             }
-            known = {f.name for f in fields(cls)} - {"models"}
-            result = cls(models=models, **{k: v for k, v in data.items() if k in known})
+            verdicts = {role: Int8Verdict.from_dict(v) for role, v in data.get("int8_verdicts", {}).items()}
+            known = {f.name for f in fields(cls)} - {"models", "int8_verdicts"}
+            result = cls(models=models, int8_verdicts=verdicts, **{k: v for k, v in data.items() if k in known})
         except (KeyError, TypeError, AttributeError) as exc:
             raise KdcError(f"the benchmark result is incomplete ({exc}): run kdc benchmark again") from None
         result._check()

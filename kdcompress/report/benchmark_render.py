@@ -119,7 +119,7 @@ def benchmark_context(result: Any) -> list[str]:
     lines += verdict_lines(result.comparisons, result.attribution)
     for role, verdict in result.int8_verdicts.items():
         whose = f"{roles.label(role)}: "
-        lines.append(("" if verdict["faster"] else "WARNING: ") + whose + verdict["words"] + " (onnxruntime-cpu, as timed above)")
+        lines.append(("" if verdict.faster else "WARNING: ") + whose + verdict.words + " (onnxruntime-cpu, as timed above)")
     from kdcompress.deploy.profile import profile_words
 
     for role, profiles in result.profiles.items():  # profiled apart from the timings, after them

@@ -5,6 +5,8 @@ from typing import Any
 
 from rich.markup import escape
 
+from kdcompress.deploy.frontier import Int8Verdict
+
 
 def quantize_lines(entry: Any, fp16: Any = None) -> list[str]:
     """What kdc quantize prints: each INT8 candidate, the one kept, the INT8 verdict, the FP16 file (Rich markup)."""
@@ -17,8 +19,9 @@ def quantize_lines(entry: Any, fp16: Any = None) -> list[str]:
         f"Kept {q['chosen']} (chosen on {where}): {entry.onnx} ({entry.onnx_bytes / 1e6:.2f} MB), test accuracy "
         f"{entry.test_accuracy:.2%} (FP32 {q['fp32_accuracy']:.2%}, p50 {q['fp32_p50_ms']:.2f} ms)"
     )
-    style = "green" if q["verdict"]["faster"] else "bold yellow"
-    lines.append(f"[{style}]{escape(q['verdict']['words'])}[/]")
+    verdict = Int8Verdict.from_dict(q["verdict"])
+    style = "green" if verdict.faster else "bold yellow"
+    lines.append(f"[{style}]{escape(verdict.words)}[/]")
     if fp16 is not None:
         f = fp16.details["fp16"]
         lines.append(

@@ -219,7 +219,7 @@ def _teacher_entry(run: Prepared, teacher: Any, record: dict[str, Any]) -> dict[
 
 def _seed_teacher_outputs(lessons: Lessons, settings: Any, seed_jobs: list[Job], folder: Path) -> Any:
     """What this seed's distilled students learn from: the teacher's outputs on every view they see, recorded once
-    (the recording's cost kept in runs/seedN-teacher-outputs.cost), replayed from an earlier student, or the teacher."""
+    (the recording's cost kept in the sweep folder, as seedN-teacher-outputs.cost), replayed from an earlier student, or the teacher."""
     distilled = [job for job in seed_jobs if job.kind == "distilled"]
     if not distilled:
         return lessons.teacher
