@@ -90,7 +90,7 @@ class Lessons:
     A compress run (one seed) keeps its recording for all its students. A sweep trains its students one after the
     other, seed after seed, each student's sweep with its own Lessons: it passes `store`, one dict for all of them,
     and `seeds`, and a recording is kept there for the next student while all seeds' recordings fit in memory (a
-    sweep without a store keeps none: each seed's recording serves that seed's trainings and is let go).
+    sweep of several seeds without a store keeps none: each seed's recording serves that seed's trainings and is let go).
     """
 
     def __init__(self, run: Any, teacher: Any, reporter: Reporter, seeds: int = 1, store: dict[Any, Any] | None = None) -> None:
