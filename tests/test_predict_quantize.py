@@ -41,6 +41,7 @@ def folder_run(tmp_path_factory):
     return root, compress(config).run_dir
 
 
+@pytest.mark.xdist_group("folder_run")  # one worker makes the folder_run they share
 def test_predict_gives_the_evaluation_logits_for_a_test_image(folder_run):
     root, run = folder_run
     manifest = read_manifest(run).to_dict()
@@ -187,6 +188,7 @@ def test_a_calibration_set_without_images_is_refused_before_anything_is_built(ti
     assert files_under(run) == before
 
 
+@pytest.mark.xdist_group("folder_run")  # one worker makes the folder_run they share
 def test_predict_on_openvino_agrees_with_onnxruntime_on_the_runs_test_images(folder_run):
     # The same preprocessing and the same output on either runtime (OpenVINO at f32).
     root, run = folder_run
@@ -205,6 +207,7 @@ def test_predict_on_openvino_agrees_with_onnxruntime_on_the_runs_test_images(fol
 # A newcomer's first hour, predict's items.
 
 
+@pytest.mark.xdist_group("folder_run")  # one worker makes the folder_run they share
 def test_predict_never_guesses_between_runs_of_different_datasets(tiny_run, folder_run, tmp_path):
     from conftest import copy_run
 
@@ -227,6 +230,7 @@ def test_predict_never_guesses_between_runs_of_different_datasets(tiny_run, fold
     assert "1 of 1 image(s) are of another size than the images the run was trained from (8x8 px)" in " ".join(digits.stdout.split())
 
 
+@pytest.mark.xdist_group("folder_run")  # one worker makes the folder_run they share
 def test_predict_takes_the_recommended_model_and_a_files_own_name(folder_run, tmp_path):
     from conftest import copy_run
 
@@ -294,6 +298,7 @@ def _recommend(run, model):
         (lambda data, run: ((run / "benchmark.json").unlink(), __import__("os").mkfifo(run / "benchmark.json")), "is not a regular file"),
     ],
 )
+@pytest.mark.xdist_group("folder_run")  # one worker makes the folder_run they share
 def test_predict_reads_benchmark_json_as_a_run_file_with_its_types_checked(folder_run, tmp_path, damage, said):
     from conftest import copy_run
 
@@ -307,6 +312,7 @@ def test_predict_reads_benchmark_json_as_a_run_file_with_its_types_checked(folde
     fails_cleanly(runner.invoke(app, ["predict", str(root / "test" / "cats" / "01.png"), "--run", str(run)]), said)
 
 
+@pytest.mark.xdist_group("folder_run")  # one worker makes the folder_run they share
 def test_predict_says_when_no_recommendation_is_recorded(folder_run, tmp_path):
     from conftest import copy_run
 
@@ -319,6 +325,7 @@ def test_predict_says_when_no_recommendation_is_recorded(folder_run, tmp_path):
                                 "recommendation is recorded")  # fmt: skip
 
 
+@pytest.mark.xdist_group("folder_run")  # one worker makes the folder_run they share
 def test_a_failed_image_does_not_load_torch(folder_run, tmp_path):
     import subprocess
     import sys
@@ -358,6 +365,7 @@ def test_grayscale_images_of_a_run_trained_on_grayscale_files_are_not_said_to_be
     assert len(out["results"]) == 10 and not [w for w in out["warnings"] if "channels" in w]
 
 
+@pytest.mark.xdist_group("folder_run")  # one worker makes the folder_run they share
 def test_a_benchmark_json_of_another_format_is_no_recommendation_not_an_error(folder_run, tmp_path):
     from conftest import copy_run
 

@@ -76,13 +76,14 @@ def pruned_run(tmp_path_factory):
         patch.undo()
 
 
+@pytest.mark.xdist_group("pruned_run")  # one worker makes the run they share (pyproject.toml pins pytest for it)
 def test_pruned_students_train_export_and_rebuild_and_one_that_cannot_be_made_is_said(pruned_run, tmp_path):
     from kdcompress.deploy.manifest import read_manifest
     from kdcompress.deploy.sessions import run_logits
     from kdcompress.deploy.targets import create_session
     from kdcompress.train.export import export_checkpoint
 
-    result, _ = pruned_run
+    result, config = pruned_run
     run = result.run_dir
     manifest = read_manifest(run)
     names = {f"{kind}-{student}" for kind in ("baseline", "student", "control") for student in ("test_resnet", "pruned50")}
@@ -101,6 +102,7 @@ def test_pruned_students_train_export_and_rebuild_and_one_that_cannot_be_made_is
     assert np.allclose(ours, rebuilt, atol=1e-5)
 
 
+@pytest.mark.xdist_group("pruned_run")  # one worker makes the run they share (pyproject.toml pins pytest for it)
 def test_a_pruned_students_baseline_distilled_and_control_start_from_identical_weights(pruned_run):
     from kdcompress.train.fair import fair_start, prepare
     from kdcompress.train.teacher import load_or_train_teacher
@@ -150,6 +152,7 @@ def test_prune_to_ms_picks_the_least_ratio_that_meets_the_latency_as_timed(monke
     assert module.ratio_for_latency(teacher, 50, prep, images, NullReporter())[0] is None  # the teacher meets it
 
 
+@pytest.mark.xdist_group("pruned_run")  # one worker makes the run they share (pyproject.toml pins pytest for it)
 def test_a_sweep_trains_each_pruned_student_as_compress_does(pruned_run, tmp_path):
     # --prune in kdc sweep: each pruned student sweeps on its own, into --out/pruned50, and its seed's baseline and
     # distilled student score exactly what compress's scored (the same teacher, pruned weights, seed and batches).

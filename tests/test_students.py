@@ -49,6 +49,7 @@ def two_student_run(tmp_path_factory):
     return result.run_dir, {name: len(calls) for name, calls in counts.items()}
 
 
+@pytest.mark.xdist_group("two_student_run")  # one worker makes the two_student_run they share
 def test_two_students_share_one_teacher_and_one_recording_of_its_outputs(two_student_run):
     run, counts = two_student_run
     assert counts == {"load_or_train_teacher": 1, "record_teacher": 1, "teacher_train_logits": 1}
@@ -92,6 +93,7 @@ def test_a_student_trains_the_same_beside_another_as_alone(tmp_path):
         assert both.manifest.models[f"{kind}-test_efficientnet"].test_correct == alone.manifest.models[kind].test_correct
 
 
+@pytest.mark.xdist_group("two_student_run")  # one worker makes the two_student_run they share
 def test_quantize_benchmark_and_predict_address_each_student(two_student_run, tmp_path):
     run, _ = two_student_run
     result = runner.invoke(app, ["quantize", str(run), "--model", "student-test_resnet"])
@@ -207,6 +209,7 @@ def test_each_format_of_a_student_is_judged_against_that_students_baseline():
     assert points["teacher.onnx @ onnxruntime-cpu native"].baseline is None and points["baseline-resnet18.onnx @ onnxruntime-cpu native"].baseline is None
 
 
+@pytest.mark.xdist_group("two_student_run")  # one worker makes the two_student_run they share
 def test_quantize_checks_every_student_first_and_publishes_nothing_when_one_is_missing(two_student_run, tmp_path):
     # A deleted student file used to be found after the first student's files were rewritten.
     from conftest import copy_run, files_under
