@@ -158,6 +158,9 @@ def test_a_sweep_of_two_students_trains_one_teacher_and_records_each_seed_once(t
         results = json.loads((out / arch / "results.json").read_text())
         assert [r["name"] for r in results["runs"]] == ["seed0-baseline", "seed0-T4-alpha0.5-beta0.3"]
         assert f"student {arch}" in result.output
+    # the recording's cost is kept where it was made (the first student's sweep), not where it was replayed
+    costs = [[p.name for p in (out / arch / "runs").glob("*.cost")] for arch in TWO.split(",")]
+    assert costs == [["seed0-teacher-outputs.cost"], []]
     fails_cleanly(runner.invoke(app, ["compress", *TINY, "--from-sweep", str(out)]), "holds a sweep per student: pass one of them")
     # The teacher is cached under --artifacts, not inside the sweep: a compress from one student's sweep reuses it.
     assert [p.name for p in (tmp_path / ".teachers").iterdir()] and not (out / ".teachers").exists()

@@ -16,7 +16,6 @@ The sweep folder is resumable: finished trainings are never redone.
 from __future__ import annotations
 
 import itertools
-import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -224,11 +223,9 @@ def _seed_teacher_outputs(lessons: Lessons, settings: Any, seed_jobs: list[Job],
     if not distilled:
         return lessons.teacher
     features = any(job.cell[2] > 0 for job in distilled)
-    replayed = (settings.seed, features) in lessons.recorded
-    started = time.perf_counter()
     made = lessons.outputs(settings, features, len(distilled), f"seed {settings.seed}: teacher outputs")
-    if made is not lessons.teacher and not replayed:
-        write_json_atomic(folder / "runs" / f"seed{settings.seed}-teacher-outputs.cost", {"seconds": time.perf_counter() - started})
+    if lessons.recording_seconds is not None:  # recorded now, not replayed nor live
+        write_json_atomic(folder / "runs" / f"seed{settings.seed}-teacher-outputs.cost", {"seconds": lessons.recording_seconds})
     return made
 
 

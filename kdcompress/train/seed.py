@@ -12,6 +12,7 @@ baseline, the label-smoothing control and each distilled student. This module ho
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, replace
 from typing import Any, Iterator
 
@@ -98,6 +99,7 @@ class Lessons:
         self.shared = store is not None  # a sweep's store, kept for its next student
         self.recorded = {} if store is None else store
         self.live = False  # whether a distilled training got the live teacher
+        self.recording_seconds: float | None = None  # what the last outputs() spent recording (None: replayed or live)
         self._train_logits: Any = None
 
     def outputs(self, settings: Any, features: bool, replays: int, label: str = "teacher outputs") -> Any:
@@ -105,14 +107,18 @@ class Lessons:
         from kdcompress.train.teacher import recording_fits
 
         key = (settings.seed, features)
+        self.recording_seconds = None
         if key in self.recorded:
             if self.shared:
                 self.reporter.info(f"seed {settings.seed}: replaying the teacher outputs recorded for the previous student")
             return self.recorded[key]
+        started = time.perf_counter()
         made = teacher_outputs(self.teacher, self.run.distilled_data, self.run.prep, settings, features, replays, self.reporter, label)
         if made is self.teacher:
             self.live = True
-        elif self.seeds == 1 and not self.shared:
+            return made
+        self.recording_seconds = time.perf_counter() - started
+        if self.seeds == 1 and not self.shared:
             self.recorded[key] = made  # one seed's students (compress): the rule checked that it fits
         elif self.shared and recording_fits(self.teacher, self.run.distilled_data, replace(settings, epochs=settings.epochs * self.seeds), features):
             self.recorded[key] = made
