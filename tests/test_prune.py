@@ -83,7 +83,7 @@ def test_pruned_students_train_export_and_rebuild_and_one_that_cannot_be_made_is
     from kdcompress.deploy.targets import create_session
     from kdcompress.train.export import export_checkpoint
 
-    result, config = pruned_run
+    result, _ = pruned_run
     run = result.run_dir
     manifest = read_manifest(run)
     names = {f"{kind}-{student}" for kind in ("baseline", "student", "control") for student in ("test_resnet", "pruned50")}
